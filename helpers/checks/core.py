@@ -1,0 +1,495 @@
+"""The mechanism every chapter's checks share.
+
+A check calls the learner's function on inputs it generates (axis sizes all different, so a
+swapped axis cannot pass by accident), compares each result with the reference implementation,
+and on failure raises `CheckFailed` with one specific sentence:
+
+* the output's shape in course terms: "weights has shape (B, T_k, T_q) = (2, 7, 5); expected
+  (B, T_q, T_k) = (2, 5, 7)";
+* the name of a known mistake when the output equals that mistake's output (each chapter keeps a
+  catalogue of them: softmax over the wrong axis, a missing 1/sqrt(d_k), ...);
+* otherwise the first symptom found (NaN, wrong dtype, the largest difference and where).
+
+Checks run in the learner's kernel, where the learner's code could replace anything, so they
+defend themselves:
+
+* `protect` seals the course's modules (assigning to their attributes raises) and snapshots
+  torch, NumPy, math and builtins; every check verifies that nothing it relies on was replaced
+  since the notebook's first cell, before and after calling the learner's code;
+* an answer that is the exercise's reference implementation or the torch built-in it asks the
+  learner to write is refused; so is one that calls them (or the checks' own code) while it
+  runs, which a profiler watches for.
+
+None of this is a sandbox. The instructor's grading path adds a scan of the submitted answer
+cells for what a kernel cannot see.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import inspect
+import math
+import os
+import sys
+import types
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..shapes import fmt_shape
+
+__all__ = [
+    "CheckFailed",
+    "Case",
+    "Mistake",
+    "protect",
+    "verify_environment",
+    "named_shape",
+    "call_learner",
+    "compare",
+    "check_function",
+    "check_numbers",
+]
+
+
+class CheckFailed(AssertionError):
+    """A check found a problem; the message says what it is, in one sentence."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tamper resistance
+# ---------------------------------------------------------------------------------------------
+
+_SNAPSHOT: dict[tuple[str, str], tuple[Any, Any]] = {}  # (owner, name) -> (owner object, value)
+
+
+class _SealedModule(types.ModuleType):
+    """A module whose attributes cannot be reassigned or deleted (submodules may still be added)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        is_new_submodule = (
+            isinstance(value, types.ModuleType)
+            and value.__name__ == f"{self.__name__}.{name}"
+            and name not in vars(self)
+        )
+        is_import_dunder = name.startswith("__") and name.endswith("__") and name != "__class__"
+        if is_new_submodule or is_import_dunder:
+            super().__setattr__(name, value)
+            return
+        raise AttributeError(
+            f"{self.__name__}.{name} cannot be replaced: the course's modules are read-only in "
+            f"notebooks (give your own function a name of its own instead)"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{self.__name__}.{name} cannot be deleted: the course's modules are read-only")
+
+
+def _watchable(value: Any) -> bool:
+    # Bound methods are created afresh on each access (IPython re-installs some in builtins per cell).
+    if isinstance(value, (types.ModuleType, types.MethodType)):
+        return False
+    return callable(value)
+
+
+def _lookup(owner: Any, name: str) -> Any:
+    """What `owner.name` resolves to, without running descriptors: a class's MRO, a module's dict."""
+    for namespace in (vars(k) for k in owner.__mro__) if isinstance(owner, type) else (vars(owner),):
+        if name in namespace:
+            return namespace[name]
+    return None
+
+
+def _snapshot(label: str, owner: Any, names: Iterable[str] | None = None) -> None:
+    if names is None:
+        names = {n for k in owner.__mro__[:-1] for n in vars(k)} if isinstance(owner, type) else list(vars(owner))
+    for name in names:
+        value = _lookup(owner, name)
+        if _watchable(value):
+            _SNAPSHOT[(label, name)] = (owner, value)
+
+
+def _snapshot_libraries() -> None:
+    _snapshot("torch", torch)
+    _snapshot("torch.nn.functional", F)
+    _snapshot("torch.Tensor", torch.Tensor)  # its own methods and torch._C.TensorBase's
+    _snapshot("numpy", np)
+    _snapshot("numpy.testing", np.testing)
+    _snapshot("math", math)
+    builtin_names = [
+        n for n, v in vars(builtins).items()
+        if isinstance(v, type) or (isinstance(v, types.BuiltinFunctionType) and v.__self__ is builtins)
+    ]
+    _snapshot("builtins", builtins, builtin_names)
+    _snapshot("sys", sys, ["setprofile", "getprofile", "settrace", "gettrace"])
+    _snapshot("warnings", warnings, ["catch_warnings", "simplefilter"])
+
+
+def protect(*modules: types.ModuleType) -> None:
+    """Seal these course modules and record their functions; checks verify them later."""
+    for module in modules:
+        _snapshot(module.__name__, module)
+        if not isinstance(module, _SealedModule):
+            module.__class__ = _SealedModule
+
+
+def verify_environment() -> None:
+    """Raise CheckFailed if a function a check relies on was replaced after the first cell."""
+    replaced = [
+        f"{label}.{name}"
+        for (label, name), (owner, value) in _SNAPSHOT.items()
+        if _lookup(owner, name) is not value
+    ]
+    if replaced:
+        shown = ", ".join(replaced[:3]) + (f" and {len(replaced) - 3} more" if len(replaced) > 3 else "")
+        raise CheckFailed(
+            f"this check will not run because {shown} was replaced after the notebook's first cell; "
+            f"a check cannot trust a patched library. Restart the kernel and run all cells without "
+            f"replacing library or course functions"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing inputs and outputs in course terms
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of the learner's function: positional arguments and the axis sizes behind them."""
+
+    args: tuple
+    sizes: Mapping[str, int]  # axis name -> size, e.g. {"B": 2, "T_q": 5}; sizes differ where possible
+    arg_names: tuple[str, ...]
+    note: str = ""  # e.g. "with a causal mask"
+
+    def describe_inputs(self) -> str:
+        parts = []
+        for name, arg in zip(self.arg_names, self.args):
+            if isinstance(arg, torch.Tensor):
+                parts.append(f"{name} {named_shape(arg.shape, self.sizes)} {str(arg.dtype).replace('torch.', '')}")
+            else:
+                parts.append(f"{name}={arg!r}")
+        return ", ".join(parts)
+
+
+def named_shape(shape: Sequence[int], sizes: Mapping[str, int]) -> str:
+    """(B, T_q, d_v) = (2, 5, 13): axis names where a size identifies exactly one axis."""
+    by_size: dict[int, list[str]] = {}
+    for axis, size in sizes.items():
+        by_size.setdefault(int(size), []).append(axis)
+    names = [by_size[d][0] if len(by_size.get(int(d), [])) == 1 else str(int(d)) for d in shape]
+    named = "(" + ", ".join(names) + ("," if len(names) == 1 else "") + ")"
+    plain = fmt_shape(shape)
+    return plain if named == plain else f"{named} = {plain}"
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A known wrong version of the exercise: same signature as the answer, mistaken output."""
+
+    key: str
+    message: str
+    impl: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        _MISTAKE_IMPLS.add(self.impl)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calling the learner's code
+# ---------------------------------------------------------------------------------------------
+
+
+_HELPERS_DIR = str(Path(__file__).resolve().parent.parent) + os.sep  # .../helpers/
+_CHECKS_DIR = str(Path(__file__).resolve().parent) + os.sep  # .../helpers/checks/
+_THIS_FILE = str(Path(__file__).resolve())
+_MISTAKE_IMPLS: set[Any] = set()  # catalogued wrong answers may be passed to a check directly (tests do)
+
+
+def _label(obj: Any) -> str:
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__
+    module = getattr(obj, "__module__", None) or "torch"
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+
+
+class _Forbidden:
+    """What an answer may not call: the chapter's reference module, torch built-ins, the checks."""
+
+    def __init__(self, forbidden: Sequence[Any]) -> None:
+        self.files: dict[str, str] = {}
+        self.codes: dict[types.CodeType, str] = {}
+        self.c_functions: dict[int, tuple[Any, str]] = {}
+        for obj in forbidden:
+            if isinstance(obj, types.ModuleType):
+                self.files[str(Path(obj.__file__).resolve())] = obj.__name__
+            elif getattr(obj, "__code__", None) is not None:
+                self.codes[obj.__code__] = _label(obj)
+            else:
+                self.c_functions[id(obj)] = (obj, _label(obj))
+
+    def _code_label(self, code: types.CodeType) -> str | None:
+        if code in self.codes:
+            return self.codes[code]
+        filename = code.co_filename
+        if filename in self.files:
+            return f"{self.files[filename]}.{code.co_name}"
+        if filename.startswith(_CHECKS_DIR) and filename != _THIS_FILE:
+            return f"the checks' own code ({code.co_name})"
+        return None
+
+    def direct(self, fn: Any) -> str | None:
+        """The label of `fn` if the answer *is* a forbidden function (possibly wrapped)."""
+        if fn in _MISTAKE_IMPLS:
+            return None
+        target = fn
+        for _ in range(10):
+            target = inspect.unwrap(getattr(target, "__func__", target))
+            if isinstance(target, functools.partial):
+                target = target.func
+            else:
+                break
+        if id(target) in self.c_functions and self.c_functions[id(target)][0] is target:
+            return self.c_functions[id(target)][1]
+        code = getattr(target, "__code__", None)
+        return self._code_label(code) if code is not None else None
+
+    @contextmanager
+    def watching(self) -> Iterator[list[str]]:
+        """Record calls into forbidden code made by code outside `helpers` (the learner's)."""
+        hits: list[str] = []
+
+        def profiler(frame: types.FrameType, event: str, arg: Any) -> None:
+            if event == "call":
+                label = self._code_label(frame.f_code)
+                caller = frame.f_back
+                if label and (caller is None or not caller.f_code.co_filename.startswith(_HELPERS_DIR)):
+                    hits.append(label)
+            elif event == "c_call":
+                entry = self.c_functions.get(id(arg))
+                if entry and entry[0] is arg and not frame.f_code.co_filename.startswith(_HELPERS_DIR):
+                    hits.append(entry[1])
+
+        previous = sys.getprofile()
+        sys.setprofile(profiler)
+        try:
+            yield hits
+        finally:
+            sys.setprofile(previous)
+
+
+def _clone(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+def call_learner(fn: Any, name: str, case: Case, forbidden: Sequence[Any] = ()) -> Any:
+    """Call the learner's function on one case; translate every way it can go wrong."""
+    if not callable(fn):
+        raise CheckFailed(f"{name} should be a function; got {type(fn).__name__}")
+    rules = _Forbidden(forbidden)
+    refused = rules.direct(fn)
+    if refused:
+        raise CheckFailed(
+            f"{name} is {refused}, not your own function; this exercise asks you to write it "
+            f"yourself, and an answer that is the reference or torch's built-in scores no points"
+        )
+    originals = [_clone(a) for a in case.args]
+    verify_environment()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a warning on stderr would zero a graded cell
+            with rules.watching() as hits:
+                result = fn(*case.args)
+    except NotImplementedError:
+        raise CheckFailed(
+            f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code, "
+            f"run that cell, then run this one"
+        ) from None
+    except CheckFailed:
+        raise
+    except Exception as error:
+        raise CheckFailed(
+            f"{name} raised {type(error).__name__}: {error} (called with {case.describe_inputs()})"
+        ) from None
+    verify_environment()
+    if hits:
+        raise CheckFailed(
+            f"{name} calls {hits[0]}, which is what this exercise asks you to write yourself; "
+            f"an answer that calls the reference or torch's built-in scores no points"
+        )
+    for arg_name, before, after in zip(case.arg_names, originals, case.args):
+        if isinstance(before, torch.Tensor) and not torch.equal(before, after.detach()):
+            raise CheckFailed(
+                f"{name} modified its input {arg_name} in place; return a new tensor instead "
+                f"(for example masked_fill rather than masked_fill_)"
+            )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing outputs
+# ---------------------------------------------------------------------------------------------
+
+# As tight as each dtype allows (torch.testing.assert_close's defaults).
+_TOLERANCE = {torch.float16: (1e-3, 1e-5), torch.bfloat16: (1.6e-2, 1e-5),
+              torch.float32: (1.3e-6, 1e-5), torch.float64: (1e-7, 1e-7)}
+
+
+def _values_problem(what: str, got: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """None when equal within tolerance (NaN where expected NaN, the same infinities), else why not."""
+    got = got.detach().cpu()
+    expected = expected.detach().cpu()
+    if got.dtype == torch.bool or not got.is_floating_point():
+        diff = got != expected
+        if not diff.any():
+            return None
+        index = tuple(int(i) for i in diff.nonzero()[0])
+        return (f"{what} is {got[index].item()!r} at index {index}, where {expected[index].item()!r} "
+                f"was expected ({int(diff.sum())} of {diff.numel()} entries differ)")
+    got_nan, exp_nan = torch.isnan(got), torch.isnan(expected)
+    if (got_nan & ~exp_nan).any():
+        index = tuple(int(i) for i in (got_nan & ~exp_nan).nonzero()[0])
+        return f"{what} contains NaN (first at index {index}); expected finite numbers there"
+    rtol, atol = _TOLERANCE.get(expected.dtype, (1e-7, 1e-7))
+    both_inf = torch.isinf(got) & torch.isinf(expected) & (torch.sign(got) == torch.sign(expected))
+    finite = ~(got_nan | exp_nan | both_inf)
+    error = torch.where(finite, (got - expected).abs(), torch.zeros((), dtype=got.dtype))
+    allowed = atol + rtol * expected.abs()
+    bad = (finite & ((error > allowed) | torch.isinf(got) | torch.isinf(expected))) | (exp_nan & ~got_nan)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    return (f"{what} differs from the reference in {int(bad.sum())} of {bad.numel()} entries; first at "
+            f"index {index}: got {got[index].item():.6g}, expected {expected[index].item():.6g}")
+
+
+def compare(got: Any, expected: Any, output_names: Sequence[str], sizes: Mapping[str, int], fn_name: str) -> str | None:
+    """None if `got` equals `expected` (a tensor, or a tuple of tensors named by output_names)."""
+    if len(output_names) > 1:
+        if not isinstance(got, (tuple, list)) or len(got) != len(output_names):
+            kind = f"a {type(got).__name__}" + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
+            return f"{fn_name} should return a tuple ({', '.join(output_names)}); it returned {kind}"
+        pairs = list(zip(output_names, got, expected))
+    else:
+        pairs = [(output_names[0], got, expected)]
+    for what, g, e in pairs:
+        if not isinstance(g, torch.Tensor):
+            return f"{what} should be a torch.Tensor; {fn_name} returned a {type(g).__name__}"
+        if g.shape != e.shape:
+            return (f"{what} has shape {named_shape(g.shape, sizes)}; expected "
+                    f"{named_shape(e.shape, sizes)}")
+        if g.dtype != e.dtype:
+            hint = " (boolean masks mean True = may attend)" if e.dtype == torch.bool else " (keep the input's dtype)"
+            return f"{what} has dtype {g.dtype}; expected {e.dtype}{hint}"
+        problem = _values_problem(what, g, e)
+        if problem:
+            return problem
+    return None
+
+
+def _nan_to_zero(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return torch.nan_to_num(value.detach(), nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_nan_to_zero(v) for v in value)
+    return value
+
+
+def _matching_mistake(got: Any, mistakes: Sequence[Mistake], case: Case, outputs: Sequence[str],
+                      name: str) -> Mistake | None:
+    """The catalogued mistake whose output equals `got` on this case, if any.
+
+    A second pass reads NaN in `got` as 0: a learner who made a catalogued mistake and also let
+    fully blocked rows become NaN is told about the catalogued mistake first.
+    """
+    wrong_outputs = []
+    for mistake in mistakes:
+        try:
+            wrong_outputs.append((mistake, mistake.impl(*case.args)))
+        except Exception:  # a mistake that cannot run on this case cannot match it
+            continue
+    for candidate in (got, _nan_to_zero(got)):
+        for mistake, wrong in wrong_outputs:
+            if compare(candidate, wrong, outputs, case.sizes, name) is None:
+                return mistake
+    return None
+
+
+def _same_layout(got: Any, expected: Any) -> bool:
+    """Same structure, shapes and dtypes: only the values differ."""
+    if isinstance(expected, tuple):
+        return (isinstance(got, (tuple, list)) and len(got) == len(expected)
+                and all(_same_layout(g, e) for g, e in zip(got, expected)))
+    return isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == expected.dtype
+
+
+def check_function(
+    fn: Any,
+    *,
+    name: str,
+    reference: Callable[..., Any],
+    cases: Sequence[Case],
+    outputs: Sequence[str] = ("output",),
+    mistakes: Sequence[Mistake] = (),
+    forbidden: Sequence[Any] = (),
+    diagnose: Callable[[Any, Any, Case], str | None] | None = None,
+) -> None:
+    """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches."""
+    verify_environment()
+    for case in cases:
+        expected = reference(*case.args)
+        got = call_learner(fn, name, case, forbidden)
+        problem = compare(got, expected, outputs, case.sizes, name)
+        if problem is None:
+            continue
+        where = f" ({case.note})" if case.note else ""
+        mistake = _matching_mistake(got, mistakes, case, outputs, name)
+        if mistake is not None:
+            raise CheckFailed(f"{name}{where}: {mistake.message}")
+        symptom = diagnose(got, expected, case) if diagnose and _same_layout(got, expected) else None
+        raise CheckFailed(f"{name}{where}: {symptom or problem} [inputs: {case.describe_inputs()}]")
+    verify_environment()
+    print(f"✓ {name}: matches the reference on all {len(cases)} cases")
+
+
+def check_numbers(
+    answers: Mapping[str, Any],
+    expected: Mapping[str, float],
+    *,
+    tolerance: Mapping[str, float] | None = None,
+    mistakes: Mapping[str, Sequence[tuple[float, str]]] | None = None,
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Numeric answers: each must be a number within its tolerance; known wrong values are named."""
+    verify_environment()
+    tolerance = tolerance or {}
+    for key, target in expected.items():
+        value = answers.get(key)
+        if value is None:
+            raise CheckFailed(f"{key} has no answer yet: assign a number to it and run its cell")
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise CheckFailed(f"{key} should be a number; got {type(value).__name__}")
+        tol = tolerance.get(key, 0.0)
+        if abs(float(value) - target) <= tol:
+            continue
+        for wrong, message in (mistakes or {}).get(key, ()):
+            if abs(float(value) - wrong) <= max(tol, 1e-9 * abs(wrong)):
+                raise CheckFailed(f"{key} = {value}: {message}")
+        hint = (hints or {}).get(key)
+        raise CheckFailed(f"{key} = {value} is not right" + (f"; {hint}" if hint else ""))
+    verify_environment()
+    print(f"✓ all {len(expected)} answers are right")
+
+
+_snapshot_libraries()
+protect(sys.modules[__name__])
