@@ -27,6 +27,7 @@ cells for what a kernel cannot see.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import inspect
 import math
@@ -61,6 +62,11 @@ __all__ = [
 
 class CheckFailed(AssertionError):
     """A check found a problem; the message says what it is, in one sentence."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a stack trace: the learner needs the sentence, not the
+        # check's internals (and graded feedback never shows more than this line).
+        return [f"CheckFailed: {self}"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +310,10 @@ def call_learner(fn: Any, name: str, case: Case, forbidden: Sequence[Any] = ()) 
     originals = [_clone(a) for a in case.args]
     verify_environment()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a warning on stderr would zero a graded cell
+        # Anything on stderr zeroes a graded cell: silence warnings, send the answer's own
+        # stderr prints to stdout, where the learner still sees them.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
+            warnings.simplefilter("ignore")
             with rules.watching() as hits:
                 result = fn(*case.args)
     except NotImplementedError:
