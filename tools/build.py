@@ -1,0 +1,255 @@
+"""Build every derived notebook from its one authored source, or check that none is stale.
+
+    python tools/build.py                 # build all chapters
+    python tools/build.py 01_attention    # build one chapter
+    python tools/build.py --only theory   # only the theory notebooks (or --only exercises)
+    python tools/build.py --check         # exit 1 if a derived file differs from what a build makes
+
+Sources (jupytext percent format, reviewed and diffed as plain Python):
+    content/notebooks/NN_topic.py  ->  notebooks/NN_topic.ipynb              executed, outputs kept
+    content/solutions/NN_topic.py  ->  solutions/NN_topic/NN_topic.ipynb     nbgrader source, no outputs
+                                   ->  exercises/NN_topic/NN_topic.ipynb     `nbgrader generate_assignment`
+
+Cell headers in the sources carry what the notebooks need:
+    # %% [markdown] id="masking"             a stable cell id (otherwise one is derived)
+    # %% id="ex6-answer" kind="answer"       nbgrader: autograded answer (### BEGIN/END SOLUTION)
+    # %% id="ex6-test" kind="test" points=2  nbgrader: autograded test, locked
+    # %% [markdown] id="ex9" kind="manual" points=3    nbgrader: manually graded written answer
+Every other cell of a solution notebook becomes a locked read-only cell.
+A theory notebook is executed only when its cells changed (or with --execute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENT = ROOT / "content"
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+THEORY_TIMEOUT = 600  # seconds per cell while building; the budgets are measured by tools/bench.py
+
+
+class BuildError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Source -> notebook
+# ---------------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "cell"
+
+
+def _assign_ids(nb: nbformat.NotebookNode) -> None:
+    """Stable ids: an explicit `id`, else the slug of a markdown heading, else `<anchor>-<n>`."""
+    used: set[str] = set()
+    anchor, count = "top", 0
+    for cell in nb.cells:
+        explicit = cell.metadata.pop("id", None)
+        heading = re.match(r"#+\s+(.*)", cell.source) if cell.cell_type == "markdown" else None
+        if explicit:
+            cell_id, anchor, count = explicit, explicit, 0
+        elif heading:
+            cell_id, anchor, count = _slug(heading.group(1)), _slug(heading.group(1)), 0
+        else:
+            count += 1
+            cell_id = f"{anchor}-{count}"
+        base, n = cell_id, 1
+        while cell_id in used:
+            n += 1
+            cell_id = f"{base}-{n}"
+        if explicit and cell_id != explicit:
+            raise BuildError(f"cell id {explicit!r} is used twice")
+        used.add(cell_id)
+        cell.id = cell_id
+
+
+def _nbgrader_metadata(nb: nbformat.NotebookNode, source: Path) -> None:
+    for cell in nb.cells:
+        kind = cell.metadata.pop("kind", "readonly")
+        points = cell.metadata.pop("points", None)
+        text = cell.source
+        has_solution = "### BEGIN SOLUTION" in text
+        has_hidden = "### BEGIN HIDDEN TESTS" in text
+        meta = {"grade": False, "grade_id": cell.id, "locked": True, "schema_version": 3,
+                "solution": False, "task": False}
+        if kind == "answer":
+            if cell.cell_type != "code" or not has_solution:
+                raise BuildError(f"{source.name}: answer cell {cell.id} needs ### BEGIN/END SOLUTION")
+            meta.update(locked=False, solution=True)
+        elif kind == "test":
+            if cell.cell_type != "code" or not points:
+                raise BuildError(f"{source.name}: test cell {cell.id} needs points")
+            meta.update(grade=True, points=points)
+        elif kind == "manual":
+            if cell.cell_type != "markdown" or not points or not has_solution:
+                raise BuildError(f"{source.name}: manual cell {cell.id} needs points and a solution")
+            meta.update(grade=True, locked=False, solution=True, points=points)
+        elif kind != "readonly":
+            raise BuildError(f"{source.name}: cell {cell.id} has unknown kind {kind!r}")
+        if kind != "answer" and kind != "manual" and has_solution:
+            raise BuildError(f"{source.name}: cell {cell.id} has a solution region but kind={kind}")
+        if has_hidden and kind != "test":
+            raise BuildError(f"{source.name}: hidden tests outside a test cell ({cell.id})")
+        cell.metadata["nbgrader"] = meta
+
+
+def notebook_from_source(source: Path, *, graded: bool) -> nbformat.NotebookNode:
+    nb = jupytext.read(source)
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    _assign_ids(nb)
+    if graded:
+        _nbgrader_metadata(nb, source)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.validate(nb)
+    return nb
+
+
+def _cells_signature(nb: nbformat.NotebookNode) -> list[tuple]:
+    """What a theory notebook's source determines: everything except outputs."""
+    return [(c.id, c.cell_type, c.source, dict(c.metadata)) for c in nb.cells]
+
+
+def _write(nb: nbformat.NotebookNode, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapters
+# ---------------------------------------------------------------------------------------------
+
+
+def chapters() -> list[str]:
+    names = {p.stem for p in (CONTENT / "solutions").glob("[0-9][0-9]_*.py")}
+    names |= {p.stem for p in (CONTENT / "notebooks").glob("[0-9][0-9]_*.py")}
+    return sorted(names)
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path) -> None:
+    client = NotebookClient(nb, timeout=THEORY_TIMEOUT, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+
+
+def nbgrader_env() -> dict[str, str]:
+    """nbgrader runs `alembic` by name: put this interpreter's bin/ first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def generate_exercise(chapter: str, course: Path) -> Path:
+    """Run `nbgrader generate_assignment` in `course` (a folder with nbgrader_config.py)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "nbgrader", "generate_assignment", chapter, "--force", "--no-db"],
+        cwd=course, env=nbgrader_env(), capture_output=True, text=True,
+    )
+    if run.returncode != 0:
+        raise BuildError(f"nbgrader generate_assignment {chapter} failed:\n{run.stdout}\n{run.stderr}")
+    return course / "exercises" / chapter / f"{chapter}.ipynb"
+
+
+def build(chapter: str, *, force_execute: bool = False, only: str | None = None) -> None:
+    solution_src = CONTENT / "solutions" / f"{chapter}.py"
+    if solution_src.exists() and only in (None, "exercises"):
+        _write(notebook_from_source(solution_src, graded=True), ROOT / "solutions" / chapter / f"{chapter}.ipynb")
+        generate_exercise(chapter, ROOT)
+        print(f"built solutions/{chapter} and exercises/{chapter}")
+    theory_src = CONTENT / "notebooks" / f"{chapter}.py"
+    if theory_src.exists() and only in (None, "theory"):
+        target = ROOT / "notebooks" / f"{chapter}.ipynb"
+        nb = notebook_from_source(theory_src, graded=False)
+        current = nbformat.read(str(target), as_version=4) if target.exists() else None
+        if force_execute or current is None or _cells_signature(current) != _cells_signature(nb) \
+                or not _is_executed(current):
+            start = time.perf_counter()
+            execute(nb, target.parent)
+            _write(nb, target)
+            print(f"executed notebooks/{chapter}.ipynb in {time.perf_counter() - start:.1f} s")
+        else:
+            print(f"notebooks/{chapter}.ipynb is up to date")
+
+
+def _is_executed(nb: nbformat.NotebookNode) -> bool:
+    return all(c.execution_count is not None for c in nb.cells if c.cell_type == "code" and c.source.strip())
+
+
+def check(chapter: str) -> list[str]:
+    """Problems that make a derived file stale; nothing is executed or written in the repository."""
+    problems = []
+    solution_src = CONTENT / "solutions" / f"{chapter}.py"
+    if solution_src.exists():
+        solution = ROOT / "solutions" / chapter / f"{chapter}.ipynb"
+        with tempfile.TemporaryDirectory() as tmp:
+            course = Path(tmp)
+            shutil.copy(ROOT / "nbgrader_config.py", course)
+            built = course / "solutions" / chapter / f"{chapter}.ipynb"
+            _write(notebook_from_source(solution_src, graded=True), built)
+            if not solution.exists() or solution.read_bytes() != built.read_bytes():
+                problems.append(f"solutions/{chapter}/{chapter}.ipynb is stale: run python tools/build.py {chapter}")
+            exercise = generate_exercise(chapter, course)
+            committed = ROOT / "exercises" / chapter / f"{chapter}.ipynb"
+            if not committed.exists() or not filecmp.cmp(committed, exercise, shallow=False):
+                problems.append(f"exercises/{chapter}/{chapter}.ipynb differs from what nbgrader generates: "
+                                f"run python tools/build.py {chapter}")
+            extra = sorted(p.name for p in committed.parent.iterdir() if p.name != committed.name) \
+                if committed.parent.exists() else []
+            if extra:
+                problems.append(f"exercises/{chapter}/ holds files nbgrader does not generate: {extra}")
+    theory_src = CONTENT / "notebooks" / f"{chapter}.py"
+    if theory_src.exists():
+        target = ROOT / "notebooks" / f"{chapter}.ipynb"
+        if not target.exists():
+            problems.append(f"notebooks/{chapter}.ipynb is missing: run python tools/build.py {chapter}")
+        else:
+            current = nbformat.read(str(target), as_version=4)
+            if _cells_signature(current) != _cells_signature(notebook_from_source(theory_src, graded=False)):
+                problems.append(f"notebooks/{chapter}.ipynb is stale: run python tools/build.py {chapter}")
+            elif not _is_executed(current):
+                problems.append(f"notebooks/{chapter}.ipynb is not executed: run python tools/build.py --execute {chapter}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("chapters", nargs="*", help="chapters such as 01_attention (default: all)")
+    parser.add_argument("--check", action="store_true", help="report stale derived files; change nothing")
+    parser.add_argument("--execute", action="store_true", help="re-execute theory notebooks even if unchanged")
+    parser.add_argument("--only", choices=["theory", "exercises"], help="build only theory notebooks, or only solutions + exercises")
+    args = parser.parse_args(argv)
+    selected = args.chapters or chapters()
+    unknown = sorted(set(selected) - set(chapters()))
+    if unknown:
+        parser.error(f"no sources for {unknown}; chapters: {chapters()}")
+    if args.check:
+        problems = [p for chapter in selected for p in check(chapter)]
+        for problem in problems:
+            print(problem)
+        print("derived notebooks are up to date" if not problems else f"{len(problems)} stale")
+        return 1 if problems else 0
+    for chapter in selected:
+        build(chapter, force_execute=args.execute, only=args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
