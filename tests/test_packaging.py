@@ -1,0 +1,70 @@
+"""Install metadata: one source of truth for the pins, and the README's commands are what CI runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tools.build import ROOT
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+README = (ROOT / "README.md").read_text()
+
+
+def _readme_command(label: str) -> str:
+    """The command in the README's code block that follows the line `<!-- label -->`."""
+    match = re.search(rf"<!-- {label} -->\s*```(?:bash|sh)?\n(.*?)\n```", README, re.S)
+    assert match, f"README has no block marked <!-- {label} -->"
+    return match.group(1).strip()
+
+
+def test_every_dependency_is_pinned_exactly():
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.+\-]*", requirement), requirement
+    assert "torch==2.13.0" in PYPROJECT["project"]["dependencies"]
+
+
+def test_environment_yml_installs_the_package_and_pins_nothing_itself():
+    text = (ROOT / "environment.yml").read_text()
+    lines = [line.split("#")[0].strip() for line in text.splitlines()]
+    deps = [line[2:].strip() for line in lines if line.startswith("- ")]
+    assert "--editable ." in deps
+    conda_packages = {re.split(r"[=<>]", d)[0] for d in deps if d not in ("--editable .", "pip:", "conda-forge")}
+    assert conda_packages == {"python", "pip"}
+    python = next(d for d in deps if d.startswith("python="))
+    minimum = PYPROJECT["project"]["requires-python"].removeprefix(">=")
+    assert tuple(map(int, python.split("=")[1].split("."))) >= tuple(map(int, minimum.split(".")))
+
+
+def test_installed_versions_match_the_pins():
+    from importlib.metadata import version
+
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        name, pinned = requirement.split("==")
+        assert version(name).split("+")[0] == pinned, (name, version(name), pinned)
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    for label in ("install", "test"):
+        for line in _readme_command(label).splitlines():
+            if line.strip() and not line.startswith("#"):
+                assert line.strip() in ci, f"README {label} line {line!r} is not run by .ci/run"
+
+
+def test_package_imports_from_any_directory(tmp_path):
+    code = "import helpers, helpers.attention, helpers.checks.attention; print(helpers.__file__)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stdout.strip()).parent == ROOT / "helpers"
+
+
+@pytest.mark.parametrize("folder", ["submitted", "autograded", "feedback", "exchange"])
+def test_nbgrader_runtime_folders_are_ignored(folder):
+    run = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x/y.ipynb"], cwd=ROOT)
+    assert run.returncode == 0
