@@ -144,7 +144,7 @@ def chapters() -> list[str]:
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path) -> None:
-    client = NotebookClient(nb, timeout=THEORY_TIMEOUT, kernel_name="python3", record_timing=False,
+    client = NotebookClient(nb, timeout=THEORY_TIMEOUT, kernel_name="python3", record_timing=False, coalesce_streams=True,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute()
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}

@@ -1,0 +1,1176 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown] id="intro"
+# # Chapter 01: scaled dot-product attention
+#
+# Every token in a sequence enters a transformer block as its own vector. **Attention is the step
+# where a token reads the other tokens**: from the vectors themselves it works out how relevant
+# each position is, turns those relevances into weights that add up to one, and takes the
+# weighted average of what the positions have to offer. It is the only place in a block where
+# information moves *between* positions; the feed-forward network (chapter 03) works on each
+# position by itself.
+#
+# The whole chapter is one line of algebra:
+#
+# $$
+# \operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\left(\frac{QK^\top}{\sqrt{d_k}}\right) V
+# $$
+#
+# **The shape contract.** Leading axes (batch `B`, heads `H`) ride along untouched; attention
+# only ever looks at the last two axes.
+#
+# | tensor | shape | what a row is |
+# |---|---|---|
+# | hidden states $X$ | `(T, d_model)` | one token |
+# | queries $Q$ | `(T_q, d_k)` | what one position is looking for |
+# | keys $K$ | `(T_k, d_k)` | what one position offers to be matched on |
+# | values $V$ | `(T_k, d_v)` | what one position hands over |
+# | scores $S$ | `(T_q, T_k)` | one query compared with every key |
+# | mask $M$ (bool) | broadcasts to `(T_q, T_k)` | which keys that query may read (`True` = allow) |
+# | weights $A$ | `(T_q, T_k)` | a probability distribution over the keys |
+# | output $O$ | `(T_q, d_v)` | the mixture that query receives |
+#
+# **Map of this notebook.**
+#
+# 1. Queries, keys and values: three projections of the same hidden states
+# 2. The score matrix: every query against every key
+# 3. Why divide by $\sqrt{d_k}$: measured, not asserted
+# 4. Masking: causal and padding masks, and the row with nothing to attend to
+# 5. Attention weights: the softmax over keys, and heatmaps that mean something
+# 6. Weighted values: the output is an average of value rows
+# 7. The whole thing, checked against `torch.nn.functional.scaled_dot_product_attention`
+# 8. The causal property: the future cannot leak into the past
+# 9. Sizes in a real LLM: what the score matrix costs
+# 10. Common mistakes, each one run next to the right version
+# 11. Self-check, evidence card, and the exercises
+#
+# Every subtopic follows the same pattern: the idea in plain words, the formula, a worked example
+# with real numbers, an implementation check (shapes first, then code), where it shows up in real
+# models, and a common mistake run beside the right version. Cells that start with
+# `# NBVAL_CHECK_OUTPUT` are claims: the test suite re-runs the notebook and fails if their output
+# ever changes.
+
+# %% id="setup"
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import helpers
+from helpers.attention import (
+    apply_mask,
+    attention_scores,
+    causal_mask,
+    masked_softmax,
+    padding_mask,
+    scaled_dot_product_attention,
+)
+from helpers.plots import attention_heatmap, mask_grid
+
+helpers.seed_everything(0)
+device = helpers.get_device()
+print("computing on:", device.type)
+
+
+def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard-normal numbers drawn on the CPU from their own seed, then moved to `device`.
+
+    A GPU's random generator gives different numbers than the CPU's for the same seed; drawing on
+    the CPU gives every machine the same inputs, so the printed results agree everywhere.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+
+
+def show(t: torch.Tensor, digits: int = 4) -> list:
+    """A tensor as plain nested lists of rounded floats: no device, no dtype, no -0.0."""
+    return (torch.round(t.detach().double().cpu(), decimals=digits) + 0.0).tolist()
+
+
+def print_rows(name: str, t: torch.Tensor, digits: int = 4) -> None:
+    print(f"{name} {tuple(t.shape)}:")
+    for row in show(t, digits):
+        print("   ", row)
+
+# %% [markdown] id="qkv"
+# ## 1. Queries, keys and values
+#
+# **Main idea.** Each token's hidden state is used in three roles. As a **query** it describes what
+# this position is looking for. As a **key** it advertises what this position contains, so that other
+# queries can match against it. As a **value** it is the content this position hands over once it
+# has been matched. One vector cannot be good at all three jobs at once, so each role gets its own
+# learned linear map of the same hidden state: the model learns separately *what to match on* and
+# *what to pass along*.
+#
+# **Formula.** With hidden states $X \in \mathbb{R}^{T \times d_{\text{model}}}$ (one row per token):
+#
+# $$
+# Q = X W_Q^\top, \qquad K = X W_K^\top, \qquad V = X W_V^\top,
+# $$
+#
+# where $W_Q, W_K \in \mathbb{R}^{d_k \times d_{\text{model}}}$ and
+# $W_V \in \mathbb{R}^{d_v \times d_{\text{model}}}$. The weights are stored the way
+# `torch.nn.Linear` stores them, `(out_features, in_features)`, which is why they appear
+# transposed. Queries and keys must share the width $d_k$ (they are compared by a dot product);
+# values may have a different width $d_v$.
+#
+# **Worked example.** Three tokens with $d_{\text{model}} = 4$, projected to $d_k = d_v = 2$. Small
+# integers, so you can redo every entry by hand: entry $(t, c)$ of $Q$ is the dot product of token
+# $t$'s row of $X$ with row $c$ of $W_Q$.
+
+# %% id="qkv-example"
+# NBVAL_CHECK_OUTPUT
+X = torch.tensor([[1., 0., 2., 0.],
+                  [0., 1., 0., 1.],
+                  [1., 1., 0., 0.]], device=device)  # (T, d_model) = (3, 4)
+W_Q = torch.tensor([[1., 0., 0., 0.],
+                    [0., 0., 1., 1.]], device=device)  # (d_k, d_model) = (2, 4)
+W_K = torch.tensor([[0., 1., 0., 0.],
+                    [1., 0., 1., 0.]], device=device)  # (d_k, d_model) = (2, 4)
+W_V = torch.tensor([[1., 0., 1., 0.],
+                    [0., 1., 0., 2.]], device=device)  # (d_v, d_model) = (2, 4)
+
+Q = X @ W_Q.T  # (T, d_k) = (3, 2)
+K = X @ W_K.T  # (T, d_k) = (3, 2)
+V = X @ W_V.T  # (T, d_v) = (3, 2)
+print_rows("Q", Q, 1)
+print_rows("K", K, 1)
+print_rows("V", V, 1)
+
+# %% [markdown] id="qkv-check"
+# Read row 0 of $Q$: token 0 is $x_0 = [1, 0, 2, 0]$; its dot product with $W_Q$'s first row
+# $[1, 0, 0, 0]$ is 1 and with the second row $[0, 0, 1, 1]$ is 2, so $q_0 = [1, 2]$.
+#
+# **Implementation check.** Write the shapes before the code. With a batch of $B = 2$ sequences of
+# $T = 5$ tokens, $d_{\text{model}} = 16$, $d_k = 8$ and $d_v = 12$ (all different on purpose, so a
+# swapped axis cannot hide):
+#
+# - `x`: `(B, T, d_model)` = `(2, 5, 16)`
+# - `W_Q`, `W_K`: `(d_k, d_model)` = `(8, 16)`; `W_V`: `(d_v, d_model)` = `(12, 16)`
+# - `q`, `k`: `(B, T, d_k)` = `(2, 5, 8)`; `v`: `(B, T, d_v)` = `(2, 5, 12)`
+#
+# `x @ W.T` acts on the last axis only, so the batch axis comes along for free, and it is exactly
+# what a bias-free `torch.nn.Linear` layer computes.
+
+# %% id="qkv-shapes"
+# NBVAL_CHECK_OUTPUT
+B, T, d_model, d_k, d_v = 2, 5, 16, 8, 12
+x = randn(B, T, d_model, seed=1)  # (B, T, d_model)
+proj_q = torch.nn.Linear(d_model, d_k, bias=False).to(device)  # weight (d_k, d_model)
+proj_k = torch.nn.Linear(d_model, d_k, bias=False).to(device)  # weight (d_k, d_model)
+proj_v = torch.nn.Linear(d_model, d_v, bias=False).to(device)  # weight (d_v, d_model)
+
+q = x @ proj_q.weight.T  # (B, T, d_k)
+k = x @ proj_k.weight.T  # (B, T, d_k)
+v = x @ proj_v.weight.T  # (B, T, d_v)
+print("W_Q", tuple(proj_q.weight.shape), " W_V", tuple(proj_v.weight.shape))
+print("q", tuple(q.shape), " k", tuple(k.shape), " v", tuple(v.shape))
+print("x @ W.T is what nn.Linear computes:", torch.allclose(q, proj_q(x), atol=1e-6))
+
+# %% [markdown] id="qkv-llm"
+# **In real LLMs.** GPT-2 small has $d_{\text{model}} = 768$; the query projection for all 12 heads
+# together is one $768 \to 768$ map (each head then takes its own 64 columns, chapter 02). GPT-2
+# and nanoGPT fuse the three projections into one $768 \to 2304$ map and split its output into
+# $Q$, $K$ and $V$ (nanoGPT's fused `nn.Linear` weight has shape `(2304, 768)`); Llama-family models
+# keep separate `q_proj`, `k_proj`, `v_proj` layers without biases. Same arithmetic either way.
+#
+# **Common mistake: multiplying by $W$ instead of $W^\top$.** With the `nn.Linear` layout, `x @ W`
+# is wrong. When $d_k \ne d_{\text{model}}$ torch refuses the product, which is the lucky case; when
+# the weight happens to be square (as it is for the full 768-wide projection in GPT-2) the product
+# runs and silently returns other numbers. The trap is real: the original GPT-2 checkpoints store
+# their projections as `(in_features, out_features)`, the transpose of `nn.Linear`'s layout, so
+# code that loads them into `nn.Linear` layers (nanoGPT's `from_pretrained`, for one) has to
+# transpose them first.
+
+# %% id="qkv-mistake"
+# NBVAL_CHECK_OUTPUT
+W_square = randn(4, 4, seed=2)  # (d_k, d_model) = (4, 4): a square weight
+right = X @ W_square.T  # (3, 4)
+wrong = X @ W_square  # (3, 4)  WRONG: treats the rows of W as its columns
+print("square W: same shape", tuple(wrong.shape) == tuple(right.shape),
+      "| same numbers", torch.allclose(wrong, right))
+try:
+    X @ W_Q  # (3, 4) @ (2, 4)  WRONG: the inner sizes 4 and 2 do not match
+except RuntimeError:
+    print("non-square W: RuntimeError, the product is refused")
+
+# %% [markdown] id="scores"
+# ## 2. The score matrix
+#
+# **Main idea.** To decide how much query $i$ should take from position $j$, compare the two
+# vectors with a dot product: it is large when they point the same way and negative when they point
+# apart. Doing that for every (query, key) pair at once is a single matrix product. The result has
+# **one row per query and one column per key**; row $i$ is "how well does each key answer query $i$".
+#
+# **Formula.**
+#
+# $$
+# S = \frac{QK^\top}{\sqrt{d_k}} \in \mathbb{R}^{T_q \times T_k}, \qquad
+# S_{ij} = \frac{q_i \cdot k_j}{\sqrt{d_k}} = \frac{1}{\sqrt{d_k}} \sum_{c=1}^{d_k} Q_{ic} K_{jc}
+# $$
+#
+# (Section 3 explains the $\sqrt{d_k}$.)
+#
+# **Worked example.** The scores of the three tokens from section 1, once with the double loop that
+# the formula spells out and once with `helpers.attention.attention_scores`. Before scaling, query
+# $q_0 = [1, 2]$ against key $k_0 = [0, 3]$ gives $0 + 6 = 6$, and $6 / \sqrt 2 \approx 4.2426$.
+
+# %% id="scores-example"
+# NBVAL_CHECK_OUTPUT
+T_q, T_k, d_k = Q.shape[0], K.shape[0], Q.shape[1]
+S_loop = torch.zeros(T_q, T_k, device=device)  # (T_q, T_k) = (3, 3)
+for i in range(T_q):
+    for j in range(T_k):
+        S_loop[i, j] = sum(Q[i, c] * K[j, c] for c in range(d_k)) / math.sqrt(d_k)
+
+S = attention_scores(Q, K)  # (T_q, T_k) = (3, 3)
+print_rows("S", S)
+print("loop and matrix product agree:", torch.allclose(S_loop, S))
+
+# %% [markdown] id="scores-check"
+# **Implementation check.** Queries and keys may come from sequences of different lengths (in
+# cross-attention they do), so use $T_q = 3$, $T_k = 5$, $d_k = 8$:
+#
+# - `q`: `(B, T_q, d_k)` = `(2, 3, 8)`, `k`: `(B, T_k, d_k)` = `(2, 5, 8)`
+# - `k.transpose(-2, -1)`: `(B, d_k, T_k)` = `(2, 8, 5)`; transpose the last two axes only, never
+#   `k.T`, which would also reverse the batch axis
+# - `scores`: `(B, T_q, T_k)` = `(2, 3, 5)`
+
+# %% id="scores-shapes"
+# NBVAL_CHECK_OUTPUT
+q = randn(2, 3, 8, seed=3)  # (B, T_q, d_k)
+k = randn(2, 5, 8, seed=4)  # (B, T_k, d_k)
+k_t = k.transpose(-2, -1)  # (B, d_k, T_k)
+scores = q @ k_t / math.sqrt(q.shape[-1])  # (B, T_q, T_k)
+print("k^T", tuple(k_t.shape), "-> scores", tuple(scores.shape))
+print("same as helpers.attention.attention_scores:", torch.allclose(scores, attention_scores(q, k), atol=1e-6))
+
+# %% [markdown] id="scores-llm"
+# **In real LLMs.** Every layer computes one score matrix per head per sequence. In a decoder's
+# self-attention $T_q = T_k$ = the sequence length. In the cross-attention of an encoder-decoder
+# model (T5, Whisper; chapter 05) the queries come from the output being written and the keys from
+# the encoded input, so the matrix is rectangular. During generation with a KV cache (chapter 07)
+# only the newest token asks a question: $T_q = 1$ row against all cached keys.
+#
+# **Common mistake: the product in the wrong order.** `k @ q.transpose(-2, -1)` produces the
+# transpose, one row per *key*. With $T_q \ne T_k$ the shape gives it away; in self-attention
+# ($T_q = T_k$) the shape looks fine and only the numbers are wrong. The softmax that follows then
+# normalises over queries instead of keys.
+
+# %% id="scores-mistake"
+# NBVAL_CHECK_OUTPUT
+wrong = k @ q.transpose(-2, -1) / math.sqrt(8)  # (B, T_k, T_q)  WRONG: rows are keys
+print("rectangular: right", tuple(scores.shape), "wrong", tuple(wrong.shape))
+
+q_sq, k_sq = randn(2, 4, 8, seed=5), randn(2, 4, 8, seed=6)  # (B, T, d_k) each, T_q = T_k = 4
+right_sq = attention_scores(q_sq, k_sq)  # (B, T, T)
+wrong_sq = k_sq @ q_sq.transpose(-2, -1) / math.sqrt(8)  # (B, T, T)  WRONG
+print("square: same shape", wrong_sq.shape == right_sq.shape,
+      "| same numbers", torch.allclose(wrong_sq, right_sq),
+      "| it is the transpose", torch.allclose(wrong_sq, right_sq.transpose(-2, -1), atol=1e-6))
+
+# %% [markdown] id="scaling"
+# ## 3. Why divide by $\sqrt{d_k}$
+#
+# **Main idea.** Suppose the entries of a query and a key are independent, with mean 0 and
+# variance 1 (roughly what normalised hidden states and freshly initialised projections give).
+# Their dot product adds up $d_k$ such products, so its variance grows like $d_k$: a spread of
+# about 32 when $d_k = 1024$. A softmax over numbers that far apart puts almost all the weight on
+# the largest one. Attention turns into a hard "pick one key", and the gradient through the
+# softmax nearly vanishes, so the model cannot learn to spread its attention. Dividing by
+# $\sqrt{d_k}$ brings the variance back to 1 whatever the width.
+#
+# **Formula.** For independent zero-mean, unit-variance entries,
+#
+# $$
+# \operatorname{Var}(q \cdot k) = \sum_{c=1}^{d_k} \operatorname{Var}(q_c k_c)
+#   = \sum_{c=1}^{d_k} \mathbb{E}[q_c^2]\,\mathbb{E}[k_c^2] = d_k,
+# \qquad
+# \operatorname{Var}\!\left(\frac{q \cdot k}{\sqrt{d_k}}\right) = \frac{d_k}{d_k} = 1 .
+# $$
+#
+# **Worked example.** Multiplying scores by a constant sharpens the softmax. The scores $[1, 2, 3]$
+# give a soft distribution; the same scores times 8 (which is what forgetting the scale does when
+# $d_k = 64$, since $\sqrt{64} = 8$) give nearly all the weight to the last key.
+
+# %% id="scaling-example"
+# NBVAL_CHECK_OUTPUT
+row = torch.tensor([1., 2., 3.], device=device)  # (T_k,) = (3,)
+print("softmax([1, 2, 3])      =", show(torch.softmax(row, dim=-1)))
+print("softmax([1, 2, 3] * 8)  =", show(torch.softmax(row * 8, dim=-1)))
+
+# %% [markdown] id="scaling-measure"
+# **Measured.** For each $d_k$ in 4, 16, 64, 256, 1024, draw 10,000 random (query, key) pairs with
+# unit-variance entries and measure the variance of the dot product: raw, divided by $\sqrt{d_k}$
+# (right), and divided by $d_k$ (a common slip). The measurement runs in `float64` so that its
+# printed digits do not depend on the machine.
+
+# %% id="scaling-variance"
+# NBVAL_CHECK_OUTPUT
+dims = [4, 16, 64, 256, 1024]
+n_pairs = 10_000
+var_raw, var_sqrt, var_dk = [], [], []
+print(f"{'d_k':>5} | {'Var(q.k)':>9} {'/ d_k':>6} | {'Var(q.k / sqrt d_k)':>19} | {'Var(q.k / d_k)':>14}")
+for n, d in enumerate(dims):
+    q = randn(n_pairs, d, seed=100 + n, dtype=torch.float64)  # (N, d_k)
+    k = randn(n_pairs, d, seed=200 + n, dtype=torch.float64)  # (N, d_k)
+    dots = (q * k).sum(dim=-1)  # (N,): one dot product per pair
+    var_raw.append(dots.var().item())
+    var_sqrt.append((dots / math.sqrt(d)).var().item())
+    var_dk.append((dots / d).var().item())
+    print(f"{d:>5} | {var_raw[-1]:>9.1f} {var_raw[-1] / d:>6.2f} | {var_sqrt[-1]:>19.2f} | {var_dk[-1]:>14.5f}")
+
+# %% [markdown] id="scaling-softmax-text"
+# The raw variance tracks $d_k$ (the ratio column stays near 1), the scaled variance stays near 1,
+# and dividing by $d_k$ overshoots to $1/d_k$.
+#
+# Now the consequence for the softmax. Take 16 random keys and 2,000 random queries per $d_k$, and
+# measure for each query row of weights: the largest weight (1 means one key takes everything), the
+# entropy $-\sum_j A_{ij} \log A_{ij}$ (0 for a one-hot row, $\log 16 \approx 2.773$ for a uniform
+# one), and the size of the softmax's gradient: for one row of scores $s$ and its weights
+# $a = \operatorname{softmax}(s)$ the Jacobian is $\partial a / \partial s = \operatorname{diag}(a) - a a^\top$,
+# and its (Frobenius) norm is 0 for a one-hot row: no learning signal passes through it.
+
+# %% id="scaling-softmax"
+# NBVAL_CHECK_OUTPUT
+n_queries, n_keys = 2_000, 16
+variants = {"none": lambda d: 1.0, "sqrt": lambda d: 1 / math.sqrt(d), "d_k": lambda d: 1 / d}
+stats = {name: {"max": [], "entropy": [], "grad": []} for name in variants}
+for n, d in enumerate(dims):
+    q = randn(n_queries, d, seed=300 + n, dtype=torch.float64)  # (N, d_k)
+    k = randn(n_keys, d, seed=400 + n, dtype=torch.float64)  # (T_k, d_k)
+    dots = q @ k.T  # (N, T_k)
+    for name, scale in variants.items():
+        a = torch.softmax(dots * scale(d), dim=-1)  # (N, T_k)
+        jacobian = torch.diag_embed(a) - a[:, :, None] * a[:, None, :]  # (N, T_k, T_k)
+        stats[name]["max"].append(a.max(dim=-1).values.mean().item())
+        stats[name]["entropy"].append(torch.special.entr(a).sum(dim=-1).mean().item())
+        stats[name]["grad"].append(jacobian.flatten(1).norm(dim=-1).mean().item())
+
+print(f"{'':>5} | {'mean largest weight':^20} | {'mean entropy (max 2.773)':^24} | {'gradient size':^13}")
+print(f"{'d_k':>5} | {'none':>6}{'sqrt':>7}{'d_k':>7} | {'none':>8}{'sqrt':>8}{'d_k':>8} | {'none':>6}{'sqrt':>7}")
+for n, d in enumerate(dims):
+    mx = [stats[name]["max"][n] for name in variants]
+    en = [stats[name]["entropy"][n] for name in variants]
+    gr = [stats[name]["grad"][n] for name in ("none", "sqrt")]
+    print(f"{d:>5} | {mx[0]:>6.3f}{mx[1]:>7.3f}{mx[2]:>7.3f} | {en[0]:>8.3f}{en[1]:>8.3f}{en[2]:>8.3f} | "
+          f"{gr[0]:>6.3f}{gr[1]:>7.3f}")
+
+# %% [markdown] id="scaling-plot-text"
+# Without the scale, the largest weight climbs towards 1, the entropy falls towards 0 and the
+# gradient shrinks towards 0 as $d_k$ grows. With it, all three stay put. Dividing by $d_k$ goes
+# the other way: the weights drift towards uniform ($1/16 = 0.0625$, entropy $2.773$), so
+# attention cannot prefer any key. The same numbers as pictures:
+
+# %% id="scaling-plot"
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+axes[0].loglog(dims, var_raw, "o-", label="no scale")
+axes[0].loglog(dims, var_sqrt, "s-", label=r"$/\sqrt{d_k}$")
+axes[0].loglog(dims, var_dk, "^-", label=r"$/d_k$")
+axes[0].loglog(dims, dims, "k:", label=r"$d_k$ (theory)")
+axes[0].set(title="variance of the scores", xlabel=r"$d_k$")
+labels = {"none": "no scale", "sqrt": r"$/\sqrt{d_k}$", "d_k": r"$/d_k$"}
+for name, marker in zip(variants, "os^"):
+    axes[1].semilogx(dims, stats[name]["max"], marker + "-", label=labels[name])
+    axes[2].semilogx(dims, stats[name]["entropy"], marker + "-", label=labels[name])
+axes[1].set(title="mean largest weight (16 keys)", xlabel=r"$d_k$", ylim=(0, 1.05))
+axes[2].axhline(math.log(n_keys), color="k", linestyle=":", label="uniform")
+axes[2].set(title="mean entropy of a row", xlabel=r"$d_k$")
+for ax in axes:
+    ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown] id="scaling-llm"
+# **Implementation check.** The scale depends on the width of one query, `q.shape[-1]` ($d_k$, the
+# *per-head* width in a multi-head layer), never on $d_{\text{model}}$ or on the sequence length.
+# Scores keep their shape: `(..., T_q, T_k)` before and after the division.
+#
+# **In real LLMs.** GPT-2 has $d_k = 64$ per head, so the factor is $1/8$; Llama-2 7B has
+# $d_k = 128$, factor $1/\sqrt{128} \approx 0.088$. `torch.nn.functional.scaled_dot_product_attention`
+# applies $1/\sqrt{d_k}$ by default (its `scale` argument overrides it). A few models, T5 for one,
+# leave the division out of the attention code and fold the factor into how $W_Q$ is initialised;
+# the effect on the score variance at the start of training is the same.
+#
+# **Common mistake.** Forgetting the scale (weights saturate, gradients die) or dividing by $d_k$
+# (weights go flat). Both are visible in the table above, and both run again in section 10.
+
+# %% [markdown] id="masking"
+# ## 4. Masking
+#
+# **Main idea.** Not every query may read every key. A **causal** mask stops a position from
+# reading later positions: a language model that predicts token $i+1$ must not see it. A
+# **padding** mask hides the filler tokens that make sequences of different lengths fit one batch
+# tensor. In this course a mask is a boolean tensor with **`True` = may attend** and
+# **`False` = blocked**, the same convention as `torch.nn.functional.scaled_dot_product_attention`.
+# Blocked scores become $-\infty$ **before** the softmax: $e^{-\infty} = 0$, so blocked keys get
+# exactly zero weight and the remaining weights are renormalised over the allowed keys.
+#
+# **Formula.**
+#
+# $$
+# \tilde S_{ij} = \begin{cases} S_{ij} & \text{if } M_{ij} \text{ (allowed)} \\ -\infty & \text{otherwise} \end{cases}
+# \qquad
+# M^{\text{causal}}_{ij} = [\, j \le i \,],
+# \qquad
+# M^{\text{pad}}_{b,ij} = [\, j < L_b \,]
+# $$
+#
+# where $L_b$ is the number of real tokens in sequence $b$. Equivalently, add a bias that is $0$ on
+# allowed pairs and $-\infty$ on blocked ones: $\operatorname{softmax}(S + \text{bias})$.
+#
+# **Worked example.** The causal rule for four positions, written with nothing but Python loops:
+# query position `i` may read key position `j` exactly when `j <= i`.
+
+# %% id="causal-loops"
+# NBVAL_CHECK_OUTPUT
+seq_len = 4
+loop_rows = []
+for query_pos in range(seq_len):
+    row = []
+    for key_pos in range(seq_len):
+        if key_pos <= query_pos:
+            row.append("allow")
+        else:
+            row.append("block")
+    loop_rows.append(row)
+    print(row)
+
+# %% [markdown] id="causal-helpers-text"
+# The same mask as a tensor, from `helpers.attention.causal_mask`: `True` on and below the diagonal.
+# Row $i$ is query $i$; the first token can read only itself, the last one reads everything.
+
+# %% id="causal-helpers"
+# NBVAL_CHECK_OUTPUT
+mask4 = causal_mask(4, device=device)  # (T, T) = (4, 4), bool
+print("shape", tuple(mask4.shape), "dtype", mask4.dtype)
+for row in mask4.tolist():
+    print(row)
+as_words = [["allow" if allowed else "block" for allowed in row] for row in mask4.tolist()]
+print("same as the loops:", as_words == loop_rows)
+
+# %% [markdown] id="masking-apply-text"
+# Apply it to a $4 \times 4$ score matrix: `apply_mask` puts $-\infty$ above the diagonal, and the
+# softmax turns every $-\infty$ into an exact 0. Row 1 keeps scores $[1, 3]$, so its weights are
+# $e^1/(e^1 + e^3) \approx 0.1192$ and $e^3/(e^1 + e^3) \approx 0.8808$.
+
+# %% id="masking-example"
+# NBVAL_CHECK_OUTPUT
+S4 = torch.tensor([[2., 1., 0., 3.],
+                   [1., 3., 2., 0.],
+                   [0., 2., 1., 1.],
+                   [1., 1., 2., 2.]], device=device)  # (T_q, T_k) = (4, 4)
+print_rows("masked scores", apply_mask(S4, mask4), 1)  # (4, 4), -inf where blocked
+print_rows("weights", masked_softmax(S4, mask4))  # (4, 4)
+
+# %% [markdown] id="padding-text"
+# **Padding.** Two sequences of lengths 3 and 5 share a batch padded to $T = 5$.
+# `padding_mask(lengths, T)` returns shape `(B, 1, T_k)`: one row of allowed keys per sequence,
+# with a size-1 query axis that broadcasts against scores `(B, T_q, T_k)`, so every query of that
+# sequence ignores the same padded keys. Masks combine with `&`: a key is allowed only if both masks
+# allow it.
+#
+# **Implementation check.**
+#
+# - scores: `(B, T_q, T_k)` = `(2, 5, 5)`
+# - causal mask: `(T_q, T_k)` = `(5, 5)`, broadcast over the batch
+# - padding mask: `(B, 1, T_k)` = `(2, 1, 5)`, broadcast over the queries
+# - `padding & causal`: `(B, T_q, T_k)` = `(2, 5, 5)`
+# - for per-head scores `(B, H, T_q, T_k)` add a head axis: `padding_mask(lengths, T)[:, None]`,
+#   shape `(B, 1, 1, T_k)`
+
+# %% id="padding-mask"
+# NBVAL_CHECK_OUTPUT
+pad = padding_mask([3, 5], 5, device=device)  # (B, 1, T_k) = (2, 1, 5)
+causal5 = causal_mask(5, device=device)  # (T_q, T_k) = (5, 5)
+both = pad & causal5  # (B, T_q, T_k) = (2, 5, 5)
+print("padding", tuple(pad.shape), pad.tolist())
+print("padding & causal", tuple(both.shape), "; sequence 0 (length 3):")
+for row in both[0].tolist():
+    print("   ", row)
+
+# %% id="masking-grids"
+fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+mask_grid(causal5, ax=axes[0], title="causal (5, 5)")
+mask_grid(pad[0].expand(5, 5), ax=axes[1], title="padding, length 3 (broadcast)")
+mask_grid(both[0], ax=axes[2], title="padding & causal")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown] id="fully-blocked-text"
+# **A row with nothing to attend to.** Batched generation usually pads on the *left*, so that every
+# sequence's newest token sits in the last column. Combined with the causal mask, a padded query at
+# the front may only read keys that are themselves padding: **every key in its row is blocked**.
+# The naive softmax of a row of $-\infty$ computes $-\infty - (-\infty)$ and returns NaN, and one
+# NaN spreads through every later layer and into the loss. `helpers.attention.masked_softmax`
+# defines this case instead: **a fully blocked row gets all-zero weights, so its output is zeros,
+# not NaN** (the padded position is ignored downstream anyway).
+
+# %% id="fully-blocked"
+# NBVAL_CHECK_OUTPUT
+T, n_pad = 5, 2  # two padding tokens on the left, then three real ones
+real_keys = (torch.arange(T, device=device) >= n_pad)[None, :]  # (1, T_k): keys 0 and 1 are padding
+left_mask = real_keys & causal_mask(T, device=device)  # (T_q, T_k) = (5, 5)
+print("allowed keys per query:", left_mask.sum(dim=-1).tolist())
+
+s = randn(T, T, seed=7)  # (T_q, T_k)
+v = randn(T, 3, seed=8)  # (T_k, d_v)
+naive = torch.softmax(apply_mask(s, left_mask), dim=-1)  # (T_q, T_k)  WRONG for blocked rows
+safe = masked_softmax(s, left_mask)  # (T_q, T_k)
+print("naive weights, rows 0-1:", show(naive[:2], 3))
+print("helpers weights, rows 0-1:", show(safe[:2], 3))
+print("naive output has NaN:", torch.isnan(naive @ v).any().item(),
+      "| helpers output has NaN:", torch.isnan(safe @ v).any().item())
+print("helpers output rows 0-1:", show(safe[:2] @ v, 3))
+
+# %% [markdown] id="masking-llm"
+# **In real LLMs.** Every GPT-style decoder applies the causal mask in every layer; BERT-style
+# encoders use only padding masks. Hugging Face's `attention_mask` (1 = real token, 0 = padding)
+# points the same way as our `True` = allow, but **`torch.nn.MultiheadAttention` and
+# `torch.nn.Transformer` read a boolean mask the other way round (`True` = blocked)**. Moving a mask
+# between the two conventions means `~mask`; forgetting it is the inverted-mask bug of section 10.
+#
+# **Common mistake.** The NaN row above, and, in section 10, filling blocked scores with 0, masking
+# after the softmax, an inverted mask and a causal mask that blocks the diagonal.
+
+# %% [markdown] id="weights"
+# ## 5. Attention weights
+#
+# **Main idea.** Scores are arbitrary real numbers. The softmax, taken **along the key axis**,
+# turns each query's row into a probability distribution over the keys: every weight is
+# non-negative, blocked keys get exactly 0, and each row sums to 1. A large weight means "this query
+# takes most of its information from that key".
+#
+# **Formula.**
+#
+# $$
+# A_{ij} = \frac{\exp(\tilde S_{ij})}{\sum_{j'=1}^{T_k} \exp(\tilde S_{ij'})},
+# \qquad A_{ij} \ge 0, \qquad \sum_{j=1}^{T_k} A_{ij} = 1 .
+# $$
+#
+# Adding the same constant to a whole row does not change it, so implementations subtract the
+# row's maximum before exponentiating; otherwise $\exp$ overflows for scores of a few hundred.
+#
+# **Worked example.** $[1, 2, 3]$ by hand: $e^1 \approx 2.7183$, $e^2 \approx 7.3891$,
+# $e^3 \approx 20.0855$, total $\approx 30.1929$, so the weights are $\approx [0.0900, 0.2447, 0.6652]$.
+
+# %% id="weights-example"
+# NBVAL_CHECK_OUTPUT
+row = [1.0, 2.0, 3.0]
+exps = [math.exp(s) for s in row]
+total = sum(exps)
+print("exp:", [round(e, 4) for e in exps], " total:", round(total, 4))
+print("by hand:      ", [round(e / total, 4) for e in exps])
+print("torch.softmax:", show(torch.softmax(torch.tensor(row, device=device), dim=-1)))
+
+big = torch.tensor([1000., 1001., 1002.], device=device)  # same gaps, shifted by 999
+naive = torch.exp(big) / torch.exp(big).sum()  # WRONG: exp(1000) overflows to inf, inf / inf = nan
+print("shifted by 999, naive exp:", show(naive), "| torch.softmax:", show(torch.softmax(big, dim=-1)))
+
+# %% [markdown] id="weights-rows-text"
+# **Implementation check.**
+#
+# - scores and weights: `(B, T_q, T_k)` = `(2, 3, 5)`, the softmax keeps the shape
+# - `weights.sum(dim=-1)`: `(B, T_q)` = `(2, 3)`, all ones (one sum per query)
+#
+# Here with a padding mask (sequence 0 has 2 real keys, sequence 1 has 5): the blocked keys carry
+# exactly zero weight, and every row still sums to 1 over the keys that are left.
+
+# %% id="weights-rows-sum"
+# NBVAL_CHECK_OUTPUT
+scores = randn(2, 3, 5, seed=9)  # (B, T_q, T_k)
+weights = masked_softmax(scores, padding_mask([2, 5], 5, device=device))  # (B, T_q, T_k)
+row_sums = weights.sum(dim=-1)  # (B, T_q)
+print("weights", tuple(weights.shape), "-> row sums", tuple(row_sums.shape), show(row_sums))
+print("every row sums to 1:", torch.allclose(row_sums, torch.ones_like(row_sums)))
+print("no negative weight:", bool((weights >= 0).all()))
+print("weight on padded keys of sequence 0:", weights[0, :, 2:].sum().item())
+
+# %% [markdown] id="weights-patterns-text"
+# **Heatmaps that mean something.** Random weights make random pictures, so build two attention
+# patterns by hand on the sentence "the cat sat on the mat". Trained models learn both.
+#
+# - **Previous-token attention.** Give each key a one-hot code of its position ("I am at position
+#   $j$"), and make query $i$ the code of position $i-1$ ("I want position $i - 1$"), scaled so that
+#   the matching score is 6 and every other score 0. With the causal mask, the first token has only
+#   itself to read.
+# - **Same-word attention.** Queries and keys are one-hot codes of the word itself, with no mask:
+#   each token attends to every occurrence of its own word, so the two "the"s share their weight.
+#
+# For the previous-token pattern, the values are one-hot codes of the words, so each output row says
+# which word that position received.
+
+# %% id="weights-patterns"
+# NBVAL_CHECK_OUTPUT
+tokens = ["the", "cat", "sat", "on", "the", "mat"]
+vocab = sorted(set(tokens))  # ['cat', 'mat', 'on', 'sat', 'the']
+T, n_vocab, gap = len(tokens), len(vocab), 6.0
+
+position_code = torch.eye(T, device=device)  # (T, T): row j is the one-hot code of position j
+q_prev = torch.zeros(T, T, device=device)  # (T, d_k) with d_k = T
+q_prev[1:] = position_code[:-1] * gap * math.sqrt(T)  # query i asks for position i - 1
+word_code = torch.eye(n_vocab, device=device)[[vocab.index(t) for t in tokens]]  # (T, n_vocab)
+
+out_prev, w_prev = scaled_dot_product_attention(
+    q_prev, position_code, word_code, causal_mask(T, device=device))  # (T, n_vocab), (T, T)
+for i, token in enumerate(tokens):
+    j = max(i - 1, 0)
+    print(f"{i} {token:>3} receives {vocab[out_prev[i].argmax().item()]!r:<6} (weight {w_prev[i, j].item():.2f} on key {j})")
+
+q_same = word_code * gap * math.sqrt(n_vocab)  # (T, d_k) with d_k = n_vocab
+out_same, w_same = scaled_dot_product_attention(q_same, word_code, word_code)  # (T, n_vocab), (T, T)
+print("same-word weights of the first 'the':", show(w_same[0], 2))
+
+# %% id="weights-heatmaps"
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+attention_heatmap(w_prev, query_labels=tokens, key_labels=tokens, ax=axes[0], annotate=True,
+                  title="previous-token attention (causal)")
+attention_heatmap(w_same, query_labels=tokens, key_labels=tokens, ax=axes[1], annotate=True,
+                  title="same-word attention (no mask)")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown] id="weights-causal-text"
+# A causal heatmap from random queries and keys ($T = 6$, $d_k = 8$): everything above the diagonal
+# is exactly 0, the first row is $[1, 0, \dots, 0]$ because the first token can only read itself,
+# and later rows spread their weight over more keys.
+
+# %% id="weights-causal"
+w_causal = masked_softmax(attention_scores(randn(6, 8, seed=10), randn(6, 8, seed=11)),
+                          causal_mask(6, device=device))  # (T_q, T_k) = (6, 6)
+attention_heatmap(w_causal, annotate=True, title="random queries and keys, causal mask")
+plt.show()
+
+# %% [markdown] id="weights-llm"
+# **In real LLMs.** Interpretability work on trained models finds previous-token heads like the one
+# built above (in GPT-2 small, for instance), and they are a building block of "induction heads",
+# which copy what followed an earlier occurrence of the current token. Many LLMs also park a large
+# share of their attention on the very first token (an "attention sink") when no key is relevant,
+# since every row has to sum to 1 somewhere. Chapter 09 measures the entropy of attention rows as a
+# diagnostic.
+#
+# **Common mistake: softmax over the wrong axis.** `torch.softmax(scores, dim=-2)` normalises each
+# *column*: every key hands out a total weight of 1 across the queries, and the rows, which are what
+# attention needs, sum to anything. (Calling `F.softmax(scores)` without `dim` is deprecated for the
+# same reason: the axis must be chosen, and it is the key axis, `-1`.)
+
+# %% id="weights-mistake"
+# NBVAL_CHECK_OUTPUT
+scores = randn(3, 5, seed=12, dtype=torch.float64)  # (T_q, T_k); float64: stable printed digits
+right = torch.softmax(scores, dim=-1)  # (T_q, T_k)
+wrong = torch.softmax(scores, dim=-2)  # (T_q, T_k)  WRONG: normalises over the queries
+print("right: row sums", show(right.sum(dim=-1), 3), " column sums", show(right.sum(dim=-2), 3))
+print("wrong: row sums", show(wrong.sum(dim=-1), 3), " column sums", show(wrong.sum(dim=-2), 3))
+
+# %% [markdown] id="values"
+# ## 6. Weighted values
+#
+# **Main idea.** Each query's output is the average of the value rows, weighted by that query's
+# attention weights. Because the weights are non-negative and sum to 1, this is a **convex
+# combination**: every coordinate of the output lies between the smallest and the largest value of
+# that coordinate among the keys it reads. Attention is a soft lookup. A one-hot row of weights
+# copies one value row exactly; a flat row returns the mean.
+#
+# **Formula.**
+#
+# $$
+# O = A V \in \mathbb{R}^{T_q \times d_v}, \qquad o_i = \sum_{j=1}^{T_k} A_{ij}\, v_j .
+# $$
+#
+# **Worked example.** Weights $[0.5, 0.25, 0.25]$ over the value rows $[3, 0]$, $[0, 3]$, $[1, 1]$
+# (the $V$ of section 1): $0.5 \cdot [3, 0] + 0.25 \cdot [0, 3] + 0.25 \cdot [1, 1] = [1.75, 1.0]$.
+
+# %% id="values-example"
+# NBVAL_CHECK_OUTPUT
+a = torch.tensor([0.5, 0.25, 0.25], device=device)  # (T_k,) = (3,): one query's weights
+o_loop = sum(a[j] * V[j] for j in range(V.shape[0]))  # (d_v,) = (2,)
+o_matmul = a @ V  # (T_k,) @ (T_k, d_v) -> (d_v,) = (2,)
+print("by the sum:", show(o_loop), " by a @ V:", show(o_matmul))
+
+# %% [markdown] id="values-check"
+# **Implementation check.** $d_v$ need not equal $d_k$; use $d_v = 7$:
+#
+# - weights `A`: `(B, T_q, T_k)` = `(2, 3, 5)`
+# - values `V`: `(B, T_k, d_v)` = `(2, 5, 7)`
+# - output `A @ V`: `(B, T_q, d_v)` = `(2, 3, 7)`: the key axis is summed away
+#
+# Then the convex-combination property (each output coordinate within the range of the value
+# column), and the two extremes: a one-hot row copies a value row, a uniform row gives the mean.
+
+# %% id="values-convex"
+# NBVAL_CHECK_OUTPUT
+A = masked_softmax(randn(2, 3, 5, seed=13))  # (B, T_q, T_k)
+Vb = randn(2, 5, 7, seed=14)  # (B, T_k, d_v)
+O = A @ Vb  # (B, T_q, d_v)
+print("A", tuple(A.shape), "@ V", tuple(Vb.shape), "-> O", tuple(O.shape))
+low = Vb.min(dim=-2, keepdim=True).values  # (B, 1, d_v)
+high = Vb.max(dim=-2, keepdim=True).values  # (B, 1, d_v)
+print("every output inside its value column's range:", bool(((O >= low - 1e-6) & (O <= high + 1e-6)).all()))
+
+one_hot = torch.eye(5, device=device)[[4, 0, 2]]  # (T_q, T_k) = (3, 5)
+print("one-hot weights copy value rows 4, 0, 2:", torch.allclose(one_hot @ Vb[0], Vb[0, [4, 0, 2]], atol=1e-6))
+uniform = torch.full((1, 5), 0.2, device=device)  # (1, T_k)
+print("uniform weights give the mean:", torch.allclose(uniform @ Vb[0], Vb[0].mean(dim=0, keepdim=True), atol=1e-6))
+
+# %% [markdown] id="values-llm"
+# **In real LLMs.** Each head produces a `(T, d_head)` output; the heads are concatenated and
+# mixed by an output projection $W_O$ (chapter 02), and the result is added to the residual stream
+# (chapter 04). Since attention only averages, it moves information between positions but creates
+# no new features on its own; the projections and the MLP do that.
+#
+# **Common mistake: transposed weights.** `A.transpose(-2, -1) @ V` runs whenever $T_q = T_k$, as in
+# every self-attention layer, and returns the right shape with the wrong numbers. With a causal
+# mask it is worse: transposed causal weights let early positions read later ones.
+
+# %% id="values-mistake"
+# NBVAL_CHECK_OUTPUT
+A_causal = masked_softmax(randn(4, 4, seed=15), causal_mask(4, device=device))  # (T, T)
+V4 = randn(4, 3, seed=16)  # (T_k, d_v)
+right = A_causal @ V4  # (T_q, d_v)
+wrong = A_causal.transpose(-2, -1) @ V4  # (T_q, d_v)  WRONG: row i now holds column i's weights
+print("same shape:", right.shape == wrong.shape, "| same numbers:", torch.allclose(right, wrong))
+print("keys that query 0 reads, right:", [j for j in range(4) if A_causal[0, j] > 0],
+      " wrong:", [j for j in range(4) if A_causal.T[0, j] > 0])
+
+# %% [markdown] id="full-attention"
+# ## 7. The whole thing
+#
+# **Formula.** With the mask written as an additive bias $B_{ij} = 0$ where allowed and
+# $-\infty$ where blocked:
+#
+# $$
+# \operatorname{Attention}(Q, K, V, M) = \operatorname{softmax}\!\left(\frac{QK^\top}{\sqrt{d_k}} + B\right) V .
+# $$
+#
+# `helpers.attention.scaled_dot_product_attention(q, k, v, mask=None)` is sections 2 to 6 in a row
+# and returns `(output, weights)`.
+#
+# **Worked example.** The three tokens of section 1 end to end, with the causal mask. Token 0 can
+# only read itself, so its output is exactly its own value row $[3, 0]$; token 1 mixes rows 0 and 1
+# with weights $\approx [0.8930, 0.1070]$.
+
+# %% id="full-example"
+# NBVAL_CHECK_OUTPUT
+O3, A3 = scaled_dot_product_attention(Q, K, V, causal_mask(3, device=device))  # (T, d_v), (T, T)
+print_rows("weights A", A3)
+print_rows("output O", O3)
+
+# %% [markdown] id="full-vs-torch-text"
+# **Against torch.** The same inputs through `torch.nn.functional.scaled_dot_product_attention`
+# (its boolean `attn_mask` uses the same `True` = allow convention), with no mask, with the causal
+# mask (both as a mask and as `is_causal=True`) and with a padding mask.
+#
+# **Implementation check.** `q`, `k`: `(B, T, d_k)` = `(2, 6, 8)`; `v`: `(B, T, d_v)` = `(2, 6, 10)`;
+# masks `(T, T)` and `(B, 1, T)`; output `(B, T, d_v)` = `(2, 6, 10)`.
+#
+# The difference is printed as a comparison against a tolerance rather than as a number, because the
+# last digits of float32 arithmetic differ between a laptop and a GPU.
+
+# %% id="full-vs-torch"
+# NBVAL_CHECK_OUTPUT
+q, k, v = randn(2, 6, 8, seed=17), randn(2, 6, 8, seed=18), randn(2, 6, 10, seed=19)  # (B, T, d)
+causal6 = causal_mask(6, device=device)  # (T, T)
+pad6 = padding_mask([4, 6], 6, device=device)  # (B, 1, T)
+cases = {
+    "no mask": (None, {}),
+    "causal": (causal6, {"attn_mask": causal6}),
+    "is_causal": (causal6, {"is_causal": True}),
+    "padding": (pad6, {"attn_mask": pad6}),
+}
+for name, (mask, torch_kwargs) in cases.items():
+    ours, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, T, d_v)
+    theirs = F.scaled_dot_product_attention(q, k, v, **torch_kwargs)  # (B, T, d_v)
+    diff = (ours - theirs).abs().max().item()
+    print(f"{name:<9} shape {tuple(ours.shape)}  allclose {torch.allclose(ours, theirs, atol=1e-5)}"
+          f"  max |diff| < 1e-5: {diff < 1e-5}")
+
+# %% [markdown] id="full-weights-text"
+# `F.scaled_dot_product_attention` returns **only the output**: its fast kernels (FlashAttention,
+# chapter 07) never store the weight matrix. To see torch's weights anyway, attend over the identity
+# matrix as values: row $i$ of $A I$ is row $i$ of $A$.
+
+# %% id="full-weights"
+# NBVAL_CHECK_OUTPUT
+_, ours_w = scaled_dot_product_attention(q, k, v, pad6)  # (B, T_q, T_k)
+identity = torch.eye(6, device=device).expand(2, 6, 6)  # (B, T_k, T_k) used as values
+theirs_w = F.scaled_dot_product_attention(q, k, identity, attn_mask=pad6)  # (B, T_q, T_k)
+print("weights", tuple(ours_w.shape), "match torch's:", torch.allclose(ours_w, theirs_w, atol=1e-5))
+
+# %% [markdown] id="full-llm"
+# **In real LLMs.** nanoGPT's attention calls `F.scaled_dot_product_attention(q, k, v, is_causal=True)`
+# on tensors of shape `(B, H, T, d_head)` and keeps the explicit version (the one you just compared)
+# as a fallback; production inference servers use the same math in fused kernels.
+#
+# **Common mistake: a float mask where a boolean one was meant.** torch's function *adds* a float
+# `attn_mask` to the scores. `causal.float()` is 1.0 on allowed pairs and 0.0 on blocked ones: it
+# adds 1 to the allowed scores and blocks nothing, so the future leaks. `helpers` refuses a
+# non-boolean mask with a message instead.
+
+# %% id="full-mistake"
+# NBVAL_CHECK_OUTPUT
+right_w = F.scaled_dot_product_attention(q, k, identity, attn_mask=causal6)  # (B, T, T)
+wrong_w = F.scaled_dot_product_attention(q, k, identity, attn_mask=causal6.float())  # WRONG: additive
+future = ~causal6  # (T, T): the pairs a causal mask blocks
+print("any weight on future keys? bool mask:", bool((right_w[:, future] > 0).any()),
+      "| float mask:", bool((wrong_w[:, future] > 0).any()))
+try:
+    scaled_dot_product_attention(q, k, v, causal6.float())
+except TypeError as error:
+    print("helpers:", str(error).split(". ")[0])
+
+# %% [markdown] id="causal-property"
+# ## 8. The causal property
+#
+# **Main idea.** In a decoder, output $i$ must depend only on positions $0, \dots, i$. During
+# training all positions are computed in parallel and position $i$ is trained to predict token
+# $i+1$, which is sitting in the same input: if the mask leaked, the model would learn to copy the
+# answer instead of predicting it. The test is a perturbation: change the key and value of one
+# position $p$; the outputs before $p$ must not move at all.
+#
+# **Formula.** $\dfrac{\partial o_i}{\partial k_p} = \dfrac{\partial o_i}{\partial v_p} = 0$ for all $p > i$,
+# because $A_{ip} = 0$ exactly and $\tilde S_{ip} = -\infty$ whatever $k_p$ is.
+#
+# **Implementation check.** `q`, `k`, `v`: `(B, T, d)` = `(2, 6, 8)`; changed position $p = 4$;
+# per-position change `(B, T)` = `(2, 6)`, reduced over the batch to `(T,)`.
+
+# %% id="causal-property-check"
+# NBVAL_CHECK_OUTPUT
+T, p = 6, 4
+q, k, v = randn(2, T, 8, seed=20), randn(2, T, 8, seed=21), randn(2, T, 8, seed=22)  # (B, T, d)
+k2, v2 = k.clone(), v.clone()
+k2[:, p] += 10 * randn(2, 8, seed=23)  # a very different key at position p
+v2[:, p] += 10 * randn(2, 8, seed=24)  # and a very different value
+mask = causal_mask(T, device=device)  # (T, T)
+
+
+def changed_positions(mask):
+    before, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, T, d)
+    after, _ = scaled_dot_product_attention(q, k2, v2, mask)  # (B, T, d)
+    moved = (before != after).any(dim=-1).any(dim=0)  # (T,): did output t change in any sequence?
+    return [t for t in range(T) if moved[t]]
+
+
+print(f"changed key/value at position {p}")
+print("causal mask: outputs that changed", changed_positions(mask))
+print("causal mask: outputs before position", p, "bit-for-bit unchanged:", all(t >= p for t in changed_positions(mask)))
+print("no mask (WRONG for a decoder): outputs that changed", changed_positions(None))
+
+# %% [markdown] id="causal-property-llm"
+# With the mask, only positions 4 and 5 (which are allowed to read position 4) change; without it,
+# every position changes: the future leaks backwards.
+#
+# **In real LLMs.** This is also what makes the KV cache possible (chapter 07): since earlier
+# outputs never depend on later tokens, the keys and values of a prefix can be computed once and
+# reused while generating. Chapter 09 turns this perturbation into a leakage test for whole models,
+# and adds a gradient-based version.
+
+# %% [markdown] id="llm-scale"
+# ## 9. Sizes in a real LLM
+#
+# GPT-2 small: $d_{\text{model}} = 768$, 12 heads, 12 layers, a context of 1024 tokens. The head
+# width is $d_{\text{head}} = d_{\text{model}} / H$, and every head of every layer computes a
+# $T \times T$ score matrix for every sequence in the batch.
+
+# %% id="llm-scale-gpt2"
+# NBVAL_CHECK_OUTPUT
+d_model, n_heads, n_layers, context, batch = 768, 12, 12, 1024, 8
+d_head = d_model // n_heads
+print("d_head =", d_model, "/", n_heads, "=", d_head, "-> scale 1/sqrt(d_head) =", 1 / math.sqrt(d_head))
+
+per_head = context * context  # entries of one (T, T) score matrix
+per_layer = batch * n_heads * per_head  # (B, H, T, T) in one layer
+all_layers = n_layers * per_layer  # kept for the backward pass during training
+MiB, GiB = 2**20, 2**30
+print(f"one head, one sequence: {context} x {context} = {per_head:,} entries = {per_head * 4 / MiB:g} MiB in float32")
+print(f"one layer, batch {batch}: {per_layer:,} entries = {per_layer * 4 / MiB:g} MiB")
+print(f"all {n_layers} layers: {all_layers:,} entries = {all_layers * 4 / GiB:g} GiB")
+
+# %% [markdown] id="llm-scale-growth"
+# The matrix grows with the square of the context: twice the tokens, four times the memory.
+
+# %% id="llm-scale-table"
+# NBVAL_CHECK_OUTPUT
+for T in [1024, 2048, 4096, 8192, 32768]:
+    print(f"T = {T:>6}: one head, one sequence, float32 score matrix = {T * T * 4 / MiB:>6g} MiB")
+
+# %% [markdown] id="llm-scale-next"
+# This quadratic cost is why the fast kernels never store the score matrix: FlashAttention
+# computes the same output tile by tile with an online softmax, and during generation a KV cache
+# avoids recomputing old keys and values. Both are chapter 07; splitting $d_{\text{model}}$ into
+# heads is chapter 02.
+
+# %% [markdown] id="common-mistakes"
+# ## 10. Common mistakes
+#
+# Each wrong version below is complete and runs without an error: that is what makes it dangerous.
+# Each one is run on the same inputs as the right version, and the cell prints the symptom that gives
+# it away. One causal self-attention setup serves them all: $T = 5$, $d_k = 64$, in `float64` so
+# the printed digits agree on every machine. The checks in the exercise notebook recognise these
+# same mistakes and name them.
+
+# %% id="mistakes-setup"
+# NBVAL_CHECK_OUTPUT
+T, d_k, d_v = 5, 64, 3
+q = randn(T, d_k, seed=30, dtype=torch.float64)  # (T, d_k)
+k = randn(T, d_k, seed=31, dtype=torch.float64)  # (T, d_k)
+v = randn(T, d_v, seed=32, dtype=torch.float64)  # (T, d_v)
+causal = causal_mask(T, device=device)  # (T, T)
+raw = q @ k.T  # (T_q, T_k), not yet scaled
+right_w = masked_softmax(raw / math.sqrt(d_k), causal)  # (T_q, T_k)
+right_out = right_w @ v  # (T_q, d_v)
+
+
+def leaks(attend):
+    """Does changing the value at the last position change any earlier output?"""
+    v_changed = v.clone()
+    v_changed[-1] += 10.0
+    return not torch.equal(attend(v)[:-1], attend(v_changed)[:-1])
+
+
+def entropy(w):
+    return show(torch.special.entr(w).sum(dim=-1), 2)  # one entropy per query row
+
+
+print("right: row sums", show(right_w.sum(dim=-1), 3), "| leaks:", leaks(lambda v_: right_w @ v_))
+
+# %% [markdown] id="mistake-axis"
+# **1. Softmax over the query axis.** Symptom: the *columns* sum to 1 and the rows do not.
+
+# %% id="mistake-axis-run"
+# NBVAL_CHECK_OUTPUT
+wrong_w = torch.softmax(apply_mask(raw / math.sqrt(d_k), causal), dim=-2)  # WRONG: dim=-2
+print("row sums   ", show(wrong_w.sum(dim=-1), 3))
+print("column sums", show(wrong_w.sum(dim=-2), 3))
+
+# %% [markdown] id="mistake-no-scale"
+# **2. Missing $1/\sqrt{d_k}$.** Symptom: with $d_k = 64$ the scores are 8 times too large, the
+# rows are nearly one-hot and their entropy collapses.
+
+# %% id="mistake-no-scale-run"
+# NBVAL_CHECK_OUTPUT
+wrong_w = masked_softmax(raw, causal)  # WRONG: no scaling
+print("largest weight per row, right:", show(right_w.max(dim=-1).values, 3))
+print("largest weight per row, wrong:", show(wrong_w.max(dim=-1).values, 3))
+print("entropy per row, right:", entropy(right_w), " wrong:", entropy(wrong_w))
+
+# %% [markdown] id="mistake-divide-dk"
+# **3. Dividing by $d_k$ instead of $\sqrt{d_k}$.** Symptom: the weights go nearly uniform over the
+# allowed keys ($1/(i+1)$ in row $i$), so the entropy approaches its maximum $\log(i+1)$.
+
+# %% id="mistake-divide-dk-run"
+# NBVAL_CHECK_OUTPUT
+wrong_w = masked_softmax(raw / d_k, causal)  # WRONG: divides by d_k
+print("last row, right:", show(right_w[-1], 3))
+print("last row, wrong:", show(wrong_w[-1], 3), " uniform would be 0.2")
+print("entropy per row, wrong:", entropy(wrong_w), " max:", [round(math.log(i + 1), 2) for i in range(T)])
+
+# %% [markdown] id="mistake-after"
+# **4. Mask applied after the softmax.** Symptom: rows no longer sum to 1 (the softmax already
+# handed weight to the future keys that the mask then deletes), and because the future scores sit
+# in the softmax's denominator, a later key still changes earlier outputs.
+
+# %% id="mistake-after-run"
+# NBVAL_CHECK_OUTPUT
+wrong_w = torch.softmax(raw / math.sqrt(d_k), dim=-1) * causal  # WRONG: masks the weights afterwards
+print("row sums", show(wrong_w.sum(dim=-1), 3))
+
+
+def attend_after(k_):
+    return (torch.softmax(q @ k_.T / math.sqrt(d_k), dim=-1) * causal) @ v  # (T_q, d_v)
+
+
+k_changed = k.clone()
+k_changed[-1] += 10.0
+print("changing the last key changes earlier outputs:",
+      not torch.equal(attend_after(k)[:-1], attend_after(k_changed)[:-1]))
+
+# %% [markdown] id="mistake-zero"
+# **5. Blocked scores filled with 0 instead of $-\infty$.** A score of 0 is an ordinary score:
+# $e^0 = 1$. Symptom: blocked keys get weight, and the future leaks.
+
+# %% id="mistake-zero-run"
+# NBVAL_CHECK_OUTPUT
+wrong_w = torch.softmax((raw / math.sqrt(d_k)).masked_fill(~causal, 0.0), dim=-1)  # WRONG: 0, not -inf
+print("weight on blocked keys per row, right:", show((right_w * ~causal).sum(dim=-1), 3))
+print("weight on blocked keys per row, wrong:", show((wrong_w * ~causal).sum(dim=-1), 3))
+print("future leaks, right:", leaks(lambda v_: right_w @ v_), "| wrong:", leaks(lambda v_: wrong_w @ v_))
+
+# %% [markdown] id="mistake-inverted"
+# **6. Inverted mask** (`True` read as "blocked", as `nn.MultiheadAttention` does). Symptom: each
+# token reads only the future and never itself; the last token has nothing to read.
+
+# %% id="mistake-inverted-run"
+# NBVAL_CHECK_OUTPUT
+wrong_w = masked_softmax(raw / math.sqrt(d_k), ~causal)  # WRONG: the mask is inverted
+
+
+def keys_read(w):
+    return [[j for j in range(T) if w[i, j] > 0] for i in range(T)]
+
+
+print("keys each query reads, right:", keys_read(right_w))
+print("keys each query reads, wrong:", keys_read(wrong_w))
+
+# %% [markdown] id="mistake-diagonal"
+# **7. Causal mask with the diagonal blocked** (`tril(-1)` or `j < i` instead of `j <= i`).
+# Symptom: no token reads itself, and the first token has no key at all, so its output is zeros
+# (with a naive softmax, NaN).
+
+# %% id="mistake-diagonal-run"
+# NBVAL_CHECK_OUTPUT
+strict = torch.ones(T, T, dtype=torch.bool, device=device).tril(-1)  # (T, T)  WRONG: diagonal blocked
+wrong_w = masked_softmax(raw / math.sqrt(d_k), strict)
+print("weight of each token on itself, right:", show(torch.diagonal(right_w), 3))
+print("weight of each token on itself, wrong:", show(torch.diagonal(wrong_w), 3))
+print("keys each query reads, wrong:", keys_read(wrong_w))
+print("first output, wrong:", show(wrong_w[0] @ v, 3),
+      "| naive softmax gives NaN:", torch.isnan(torch.softmax(apply_mask(raw, strict), dim=-1)[0]).all().item())
+
+# %% [markdown] id="mistake-nan"
+# **8. A fully blocked row giving NaN.** Symptom: NaN in the output, and then in everything computed
+# from it. Section 4's left-padding case, once more: the naive softmax returns NaN for the padded
+# rows, `masked_softmax` returns zeros, and the loss computed from the outputs stays finite.
+
+# %% id="mistake-nan-run"
+# NBVAL_CHECK_OUTPUT
+real = (torch.arange(T, device=device) >= 2)[None, :] & causal  # (T, T): rows 0 and 1 fully blocked
+naive_out = torch.softmax(apply_mask(raw / math.sqrt(d_k), real), dim=-1) @ v  # WRONG: NaN rows
+safe_out = masked_softmax(raw / math.sqrt(d_k), real) @ v  # (T, d_v)
+print("rows with NaN, naive:", [i for i in range(T) if torch.isnan(naive_out[i]).any()],
+      "| helpers:", [i for i in range(T) if torch.isnan(safe_out[i]).any()])
+print("a loss over all outputs, naive:", naive_out.pow(2).sum().item(),
+      "| helpers is finite:", math.isfinite(safe_out.pow(2).sum().item()))
+
+# %% [markdown] id="mistakes-summary"
+# | mistake | symptom you can print | the fix |
+# |---|---|---|
+# | softmax over the query axis | columns sum to 1, rows do not | `dim=-1` |
+# | missing $1/\sqrt{d_k}$ | near one-hot rows, entropy near 0 as $d_k$ grows | divide the scores by `math.sqrt(q.shape[-1])` |
+# | dividing by $d_k$ | near-uniform rows | divide by $\sqrt{d_k}$ |
+# | mask after the softmax | rows sum to less than 1; the future still moves earlier outputs | mask the scores, then softmax |
+# | blocked scores set to 0 | blocked keys get weight; the future leaks | fill with $-\infty$ |
+# | inverted mask | tokens read only the future; the last row is empty | `True` = allow, convert with `~mask` |
+# | diagonal blocked | zero weight on itself; the first row is empty | `tril()` (keep the diagonal) |
+# | naive softmax of a fully blocked row | NaN in outputs and loss | zeros for rows with no allowed key |
+
+# %% [markdown] id="self-check"
+# ## 11. Self-check
+#
+# Try to answer before opening each answer.
+#
+# **Q1.** Queries have shape `(2, 7, 16)` and keys `(2, 9, 16)`. What is the shape of the score matrix,
+# and along which axis does the softmax run?
+#
+# <details><summary>Answer</summary>
+#
+# `(2, 7, 9)`, i.e. `(B, T_q, T_k)`: one row per query, one column per key. The softmax runs
+# along the last axis (`dim=-1`, the keys), so each of the 7 rows is a distribution over 9 keys.
+#
+# </details>
+#
+# **Q2.** Why $\sqrt{d_k}$ and not $d_k$?
+#
+# <details><summary>Answer</summary>
+#
+# With unit-variance entries the dot product has variance $d_k$, i.e. standard deviation
+# $\sqrt{d_k}$. Dividing by the standard deviation brings the scores back to variance 1.
+# Dividing by $d_k$ leaves variance $1/d_k$: the scores shrink towards 0 and the weights towards
+# uniform (section 3's table).
+#
+# </details>
+#
+# **Q3.** A boolean mask entry is `False`. What happens to that score, when, and what weight does the
+# key end up with?
+#
+# <details><summary>Answer</summary>
+#
+# The pair is blocked: the score becomes $-\infty$ before the softmax, so the key gets weight
+# exactly 0 and the other keys' weights are renormalised to sum to 1.
+#
+# </details>
+#
+# **Q4.** Write the causal mask for $T = 3$ as `True`/`False` rows.
+#
+# <details><summary>Answer</summary>
+#
+# `[True, False, False]`, `[True, True, False]`, `[True, True, True]`: query $i$ may read keys
+# $0, \dots, i$ (on and below the diagonal).
+#
+# </details>
+#
+# **Q5.** What does `helpers.attention.masked_softmax` return for a query whose keys are all blocked,
+# and why not just let the softmax run?
+#
+# <details><summary>Answer</summary>
+#
+# All-zero weights, so that query's output is zeros, not NaN. A plain softmax of a row of
+# $-\infty$ computes $-\infty - (-\infty)$ = NaN, and NaN spreads to every later layer and to the
+# loss. This happens for real with left padding plus a causal mask.
+#
+# </details>
+#
+# **Q6.** Every output row of attention lies "between" the value rows. Make that precise.
+#
+# <details><summary>Answer</summary>
+#
+# $o_i = \sum_j A_{ij} v_j$ with $A_{ij} \ge 0$ and $\sum_j A_{ij} = 1$: a convex combination of
+# the value rows the query may read. Each coordinate of $o_i$ lies between the smallest and the
+# largest value of that coordinate among those rows.
+#
+# </details>
+#
+# **Q7.** How would you show, with one experiment, that a decoder's attention does not leak the future?
+#
+# <details><summary>Answer</summary>
+#
+# Change the key and value (or the input token) at one position $p$ and compare the outputs:
+# those before $p$ must be exactly unchanged (section 8). Without the mask they all change.
+#
+# </details>
+#
+# **Q8.** GPT-2 small, context 1024, 12 heads, batch 8: how many float32 bytes do the score matrices of
+# one layer take?
+#
+# <details><summary>Answer</summary>
+#
+# $8 \times 12 \times 1024 \times 1024 = 100{,}663{,}296$ entries, times 4 bytes = 384 MiB per
+# layer; 4.5 GiB for all 12 layers if they are kept for the backward pass.
+#
+# </details>
+
+# %% [markdown] id="evidence-card"
+# ## Evidence card
+#
+# What you can now show, and the cell that shows it (cell ids are stable; the test suite checks
+# every cell marked `# NBVAL_CHECK_OUTPUT`):
+#
+# | you can show | where |
+# |---|---|
+# | Q, K, V are `x @ W.T` with `nn.Linear`-layout weights; their shapes for any $B$, $T$, $d_k$, $d_v$ | §1, `qkv-example`, `qkv-shapes` |
+# | the score matrix has one row per query, shape `(..., T_q, T_k)` | §2, `scores-example`, `scores-shapes` |
+# | the raw score variance grows like $d_k$ and the $1/\sqrt{d_k}$ scale brings it to 1; unscaled softmax saturates | §3, `scaling-variance`, `scaling-softmax`, `scaling-plot` |
+# | the causal allow/block pattern, written with loops and with `causal_mask` | §4, `causal-loops`, `causal-helpers` |
+# | padding masks broadcast as `(B, 1, T_k)` and combine with `&` | §4, `padding-mask`, `masking-grids` |
+# | a fully blocked query row gives zeros, not NaN | §4, `fully-blocked`; §10, `mistake-nan-run` |
+# | softmax rows are distributions; a constructed heatmap reads as a pattern | §5, `weights-rows-sum`, `weights-patterns`, `weights-heatmaps` |
+# | each output row is a convex combination of value rows | §6, `values-example`, `values-convex` |
+# | the step-by-step version equals `F.scaled_dot_product_attention` with and without masks | §7, `full-vs-torch`, `full-weights` |
+# | the causal mask stops any leak from the future; no mask leaks | §8, `causal-property-check` |
+# | the cost of the score matrix for GPT-2 small and how it grows with $T$ | §9, `llm-scale-gpt2`, `llm-scale-table` |
+# | eight common mistakes recognised by their printed symptom | §10, `mistake-*-run` |
+
+# %% [markdown] id="next"
+# ## Next: the exercises
+#
+# Open [`exercises/01_attention/01_attention.ipynb`](../exercises/01_attention/01_attention.ipynb).
+# You will compute attention for tiny matrices by hand, then write `attention_scores`,
+# `causal_mask`, `apply_mask`, `padding_mask`, `masked_softmax` and `scaled_dot_product_attention`
+# yourself. Each exercise has a visible check that runs right away and names the mistake if your
+# output matches one of those in section 10.
