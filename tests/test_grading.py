@@ -2,8 +2,8 @@
 
 One autograde run grades a class of submissions of chapter 01: the solution, the untouched
 exercise, known mistakes, an infinite loop, tampered and deleted test cells, an answer that
-imports the reference, patched checks, a patched allclose, noise on stderr and a hard-coded
-answer. Each must get exactly the points listed here, and feedback must name the mistake
+imports the reference, patched checks, a patched allclose, noise on stderr, a hard-coded
+answer and a fake `helpers` package beside the notebook. Each must get exactly the points listed here, and feedback must name the mistake
 without showing hidden tests.
 """
 
@@ -97,6 +97,17 @@ STUDENTS = {
             "    table = {6: torch.ones(6, 6, dtype=torch.bool).tril(), 1: torch.ones(1, 1, dtype=torch.bool)}\n"
             "    return table[T]\n")},
         {"ex3-hidden"}, "KeyError"),
+    # A package named `helpers` beside the notebook whose checks pass everything: it must not be imported.
+    "shadowing_helpers": (
+        {"ex7-answer": lambda source: "def scaled_dot_product_attention(q, k, v, mask=None):\n    return q, q\n"},
+        _lost("ex7"), "output has shape (B, T_q, d_k) = (2, 5, 11); expected (B, T_q, d_v) = (2, 5, 13)"),
+}
+FILES = {
+    "shadowing_helpers": {
+        "helpers/__init__.py": "def seed_everything(seed):\n    pass\n",
+        "helpers/checks/__init__.py": "",
+        "helpers/checks/attention.py": "def __getattr__(name):\n    return lambda *args, **kwargs: print('ok')\n",
+    },
 }
 
 
@@ -109,6 +120,10 @@ def graded(tmp_path_factory):
     course.submit("blank", ASSIGNMENT, released)
     for student, (edits, _, _) in STUDENTS.items():
         course.submit(student, ASSIGNMENT, filled_in(released, answers, edits))
+        for name, text in FILES.get(student, {}).items():
+            path = course.root / "submitted" / student / ASSIGNMENT / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
     autograde = course.nbgrader("autograde", ASSIGNMENT, "--force", f"--Execute.timeout={TIMEOUT}")
     feedback = course.nbgrader("generate_feedback", ASSIGNMENT, "--force")
     export = course.nbgrader("export", "--to", str(course.root / "grades.csv"))
