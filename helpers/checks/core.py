@@ -35,7 +35,6 @@ import os
 import sys
 import types
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -136,6 +135,7 @@ def _snapshot_libraries() -> None:
     _snapshot("builtins", builtins, builtin_names)
     _snapshot("sys", sys, ["setprofile", "getprofile", "settrace", "gettrace"])
     _snapshot("warnings", warnings, ["catch_warnings", "simplefilter"])
+    _snapshot("contextlib", contextlib, ["redirect_stderr"])
 
 
 def protect(*modules: types.ModuleType) -> None:
@@ -268,7 +268,7 @@ class _Forbidden:
         code = getattr(target, "__code__", None)
         return self._code_label(code) if code is not None else None
 
-    @contextmanager
+    @contextlib.contextmanager
     def watching(self) -> Iterator[list[str]]:
         """Record calls into forbidden code made by code outside `helpers` (the learner's)."""
         hits: list[str] = []
