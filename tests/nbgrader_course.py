@@ -1,19 +1,41 @@
-"""A throwaway copy of the course for grading round trips: generate, submit, autograde, feedback."""
+"""A throwaway copy of the course for grading round trips: generate, submit, autograde, feedback.
+
+Each chapter's known submissions live in `tests/grading/ch<chapter>.py` as a dict `STUDENTS` of
+`Submission`s; `tests/test_grading.py` grades them all with one autograde run per chapter.
+"""
 
 from __future__ import annotations
 
 import copy
+import csv
+import html
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection, Mapping
 
 import nbformat
+from nbgrader.api import Gradebook
 
 from tools.build import ROOT, nbgrader_env
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A filled-in exercise notebook: the solution's answers, then `edits` (cell id -> edit).
+
+    `lost` names what must score 0: an exercise ("ex3", all its grade cells) or one grade cell
+    ("ex3-hidden"); every other grade cell must get full points. `feedback` is text the feedback
+    page must show; `files` are extra files submitted beside the notebook (path -> text).
+    """
+    edits: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
+    lost: Collection[str] = ()
+    feedback: str | None = None
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 class Course:
@@ -23,19 +45,29 @@ class Course:
         shutil.copytree(ROOT / "solutions", folder / "solutions")
 
     def nbgrader(self, *args: str) -> subprocess.CompletedProcess:
-        run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=self.root, env=nbgrader_env(),
-                             capture_output=True, text=True)
-        return run
+        return subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=self.root, env=nbgrader_env(),
+                              capture_output=True, text=True)
 
     def release(self, assignment: str) -> nbformat.NotebookNode:
         run = self.nbgrader("generate_assignment", assignment, "--force")
         assert run.returncode == 0, run.stderr
         return nbformat.read(str(self.root / "exercises" / assignment / f"{assignment}.ipynb"), as_version=4)
 
-    def submit(self, student: str, assignment: str, nb: nbformat.NotebookNode) -> None:
-        target = self.root / "submitted" / student / assignment / f"{assignment}.ipynb"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, str(target))
+    def submit(self, student: str, assignment: str, nb: nbformat.NotebookNode,
+               files: Mapping[str, str] | None = None) -> None:
+        folder = self.root / "submitted" / student / assignment
+        folder.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(folder / f"{assignment}.ipynb"))
+        for name, text in (files or {}).items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+
+
+def grade_points(assignment: str) -> dict[str, float]:
+    """Points per grade cell id, read from the solution notebook."""
+    nb = nbformat.read(str(ROOT / "solutions" / assignment / f"{assignment}.ipynb"), as_version=4)
+    return {c.id: c.metadata["nbgrader"]["points"] for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("grade")}
 
 
 def solution_answers(assignment: str) -> dict[str, str]:
@@ -51,7 +83,7 @@ def solution_answers(assignment: str) -> dict[str, str]:
 
 
 def filled_in(released: nbformat.NotebookNode, answers: dict[str, str],
-              edits: dict[str, Callable[[str], str]] | None = None) -> nbformat.NotebookNode:
+              edits: Mapping[str, Callable[[str], str]] | None = None) -> nbformat.NotebookNode:
     """The released notebook with answer cells replaced by `answers`, then `edits` applied (any cell)."""
     nb = copy.deepcopy(released)
     for cell in nb.cells:
@@ -64,7 +96,63 @@ def filled_in(released: nbformat.NotebookNode, answers: dict[str, str],
 
 
 def replace(old: str, new: str) -> Callable[[str], str]:
+    """An edit that replaces `old` (which must occur) by `new`."""
     def edit(source: str) -> str:
         assert old in source, f"{old!r} not found in {source!r}"
         return source.replace(old, new)
     return edit
+
+
+def put(source: str) -> Callable[[str], str]:
+    """An edit that replaces the whole cell by `source`."""
+    return lambda _: source
+
+
+class GradedClass:
+    """One chapter's class: released, submitted (blank + `students`), autograded, feedback, export."""
+
+    def __init__(self, folder: Path, assignment: str, students: Mapping[str, Submission],
+                 autograde_args: Collection[str] = ()) -> None:
+        self.assignment = assignment
+        self.students = dict(students)
+        self.points = grade_points(assignment)
+        self.course = Course(folder)
+        released = self.course.release(assignment)
+        answers = solution_answers(assignment)
+        self.course.submit("blank", assignment, released)
+        self.course.submit("perfect", assignment, filled_in(released, answers))
+        for student, submission in self.students.items():
+            self.course.submit(student, assignment, filled_in(released, answers, submission.edits), submission.files)
+        self.autograde = self.course.nbgrader("autograde", assignment, "--force", *autograde_args)
+        self.feedback = self.course.nbgrader("generate_feedback", assignment, "--force")
+        self.export = self.course.nbgrader("export", "--to", str(folder / "grades.csv"))
+
+    @property
+    def root(self) -> Path:
+        return self.course.root
+
+    def scores(self, student: str) -> dict[str, float]:
+        with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as gb:
+            return {cell: gb.find_grade(cell, self.assignment, self.assignment, student).score
+                    for cell in self.points}
+
+    def expected(self, student: str) -> dict[str, float]:
+        lost = set(self.students[student].lost) if student in self.students else set()
+        unknown = {name for name in lost if not any(cell == name or cell.split("-")[0] == name
+                                                     for cell in self.points)}
+        assert not unknown, f"{student}: no grade cells named {sorted(unknown)}"
+        return {cell: 0 if (cell in lost or cell.split("-")[0] in lost) else points
+                for cell, points in self.points.items()}
+
+    def feedback_page(self, student: str) -> str:
+        path = self.root / "feedback" / student / self.assignment / f"{self.assignment}.html"
+        return html.unescape(path.read_text())
+
+    def exported(self) -> dict[str, float]:
+        with open(self.root / "grades.csv") as handle:
+            return {row["student_id"]: float(row["score"]) for row in csv.DictReader(handle)
+                    if row["assignment"] == self.assignment}
+
+    def autograded(self, student: str) -> nbformat.NotebookNode:
+        path = self.root / "autograded" / student / self.assignment / f"{self.assignment}.ipynb"
+        return nbformat.read(str(path), as_version=4)
