@@ -1,7 +1,8 @@
-"""A throwaway copy of the course for grading round trips: generate, submit, autograde, feedback.
+"""A throwaway copy of the course for grading round trips: generate, submit, grade, export.
 
 Each chapter's known submissions live in `tests/grading/ch<chapter>.py` as a dict `STUDENTS` of
-`Submission`s; `tests/test_grading.py` grades them all with one autograde run per chapter.
+`Submission`s; `tests/test_grading.py` grades each chapter's class with one run of the instructor's
+command, `course-grade-class` (scan, parallel autograde, feedback), then `nbgrader export`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Collection, Mapping
 
 import nbformat
-from nbgrader.api import Gradebook
+from nbgrader.api import Gradebook, MissingEntry
 
 from tools.build import ROOT, nbgrader_env
 
@@ -29,13 +30,17 @@ class Submission:
     """A filled-in exercise notebook: the solution's answers, then `edits` (cell id -> edit).
 
     `lost` names what must score 0: an exercise ("ex3", all its grade cells) or one grade cell
-    ("ex3-hidden"); every other grade cell must get full points. `feedback` is text the feedback
-    page must show; `files` are extra files submitted beside the notebook (path -> text).
+    ("ex3-hidden"), or "all"; every other grade cell must get full points. An edit that returns
+    None deletes the cell. `feedback` is text the feedback page must show (None: no page is
+    expected to name anything); `report` is text the class report must show on the student's
+    line; `files` are extra files submitted beside the notebook (path -> text). "{COURSE}" in a
+    cell stands for the course folder's absolute path.
     """
     edits: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
     lost: Collection[str] = ()
     feedback: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)
+    report: str | None = None
 
 
 class Course:
@@ -92,6 +97,8 @@ def filled_in(released: nbformat.NotebookNode, answers: dict[str, str],
     for cell_id, edit in (edits or {}).items():
         cell = next(c for c in nb.cells if c.id == cell_id)
         cell.source = edit(cell.source)
+        if cell.source is None:
+            nb.cells.remove(cell)
     return nb
 
 
@@ -112,7 +119,7 @@ class GradedClass:
     """One chapter's class: released, submitted (blank + `students`), autograded, feedback, export."""
 
     def __init__(self, folder: Path, assignment: str, students: Mapping[str, Submission],
-                 autograde_args: Collection[str] = ()) -> None:
+                 grade_args: Collection[str] = ()) -> None:
         self.assignment = assignment
         self.students = dict(students)
         self.points = grade_points(assignment)
@@ -122,31 +129,47 @@ class GradedClass:
         self.course.submit("blank", assignment, released)
         self.course.submit("perfect", assignment, filled_in(released, answers))
         for student, submission in self.students.items():
-            self.course.submit(student, assignment, filled_in(released, answers, submission.edits), submission.files)
-        self.autograde = self.course.nbgrader("autograde", assignment, "--force", *autograde_args)
-        self.feedback = self.course.nbgrader("generate_feedback", assignment, "--force")
+            nb = filled_in(released, answers, submission.edits)
+            for cell in nb.cells:
+                cell.source = cell.source.replace("{COURSE}", str(folder))
+            self.course.submit(student, assignment, nb, submission.files)
+        self.grade_args = tuple(grade_args)
+        self.run = subprocess.run([sys.executable, "-m", "helpers.grading.classroom", assignment, "--course",
+                                   str(folder), *grade_args], cwd=folder, env=nbgrader_env(),
+                                  capture_output=True, text=True)
         self.export = self.course.nbgrader("export", "--to", str(folder / "grades.csv"))
+
+    @property
+    def report(self) -> str:
+        return (self.root / f"report-{self.assignment}.txt").read_text()
+
+    def report_line(self, student: str) -> str:
+        return next(line for line in self.report.splitlines() if line.split(" ")[0] == student)
 
     @property
     def root(self) -> Path:
         return self.course.root
 
     def scores(self, student: str) -> dict[str, float]:
+        """Each grade cell's score in the gradebook (0 for a submission nbgrader could not grade)."""
         with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as gb:
-            return {cell: gb.find_grade(cell, self.assignment, self.assignment, student).score
-                    for cell in self.points}
+            try:
+                return {cell: gb.find_grade(cell, self.assignment, self.assignment, student).score
+                        for cell in self.points}
+            except MissingEntry:
+                return dict.fromkeys(self.points, 0)
 
     def expected(self, student: str) -> dict[str, float]:
         lost = set(self.students[student].lost) if student in self.students else set()
-        unknown = {name for name in lost if not any(cell == name or cell.split("-")[0] == name
+        unknown = {name for name in lost - {"all"} if not any(cell == name or cell.split("-")[0] == name
                                                      for cell in self.points)}
         assert not unknown, f"{student}: no grade cells named {sorted(unknown)}"
-        return {cell: 0 if (cell in lost or cell.split("-")[0] in lost) else points
+        return {cell: 0 if ("all" in lost or cell in lost or cell.split("-")[0] in lost) else points
                 for cell, points in self.points.items()}
 
-    def feedback_page(self, student: str) -> str:
+    def feedback_page(self, student: str) -> str | None:
         path = self.root / "feedback" / student / self.assignment / f"{self.assignment}.html"
-        return html.unescape(path.read_text())
+        return html.unescape(path.read_text()) if path.exists() else None
 
     def exported(self) -> dict[str, float]:
         with open(self.root / "grades.csv") as handle:

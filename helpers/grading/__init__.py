@@ -1,0 +1,11 @@
+"""Grading with nbgrader's own machinery, for learners and instructors.
+
+    course-grade exercises/01_attention/01_attention.ipynb   # a learner grades their own notebook
+    course-scan 01_attention                                 # instructor: scan submitted answers
+    course-grade-class 01_attention                          # instructor: scan, autograde (parallel),
+                                                             # feedback, export, report
+
+`course.py` finds the course and drives nbgrader in-process, `results.py` reads grades and feedback
+sentences back, `scan.py` reads answer cells for forbidden code, `learner.py` and `classroom.py`
+are the two commands.
+"""

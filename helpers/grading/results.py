@@ -1,0 +1,111 @@
+"""Reading a graded submission back: points per grade cell and exercise, and the sentence a
+learner should read for each (the check's message, the error, or the ✓ line)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from .course import Assignment, exercise_of
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class CellResult:
+    cell: str
+    score: float | None  # None: not graded (the kernel died, or manual grading pending)
+    points: float
+    message: str
+
+
+@dataclass
+class ExerciseResult:
+    exercise: str
+    score: float | None
+    points: float
+    message: str
+
+    @property
+    def status(self) -> str:
+        if self.score is None:
+            return "not graded"
+        return "passed" if self.score == self.points else ("partial" if self.score else "failed")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(_ANSI.sub("", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cell_message(cell: nbformat.NotebookNode | None) -> str:
+    """The error a test cell raised (one line), else its ✓ line, else ''."""
+    if cell is None:
+        return ""
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            ename, evalue = output.get("ename", "Error"), output.get("evalue", "")
+            return _one_line(f"{ename}: {evalue}" if evalue else ename)
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream" and output.get("name") == "stdout":
+            ticks = [line for line in output.get("text", "").splitlines() if line.startswith("✓")]
+            if ticks:
+                return _one_line(ticks[-1])
+    return ""
+
+
+def read_cells(assignment: Assignment, gradebook_url: str, student: str,
+               autograded: Path | None) -> list[CellResult]:
+    """Scores from the gradebook, messages from the autograded notebook (if it exists)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    cells = {}
+    if autograded is not None and autograded.is_file():
+        nb = nbformat.read(str(autograded), as_version=4)
+        cells = {c.metadata.get("nbgrader", {}).get("grade_id", c.get("id")): c for c in nb.cells}
+    results = []
+    with Gradebook(gradebook_url) as gb:
+        for cell_id, points in assignment.points.items():
+            try:
+                score = gb.find_grade(cell_id, assignment.name, assignment.name, student).score
+            except MissingEntry:
+                score = None
+            if autograded is None or not autograded.is_file():
+                score = None
+            message = cell_message(cells.get(cell_id))
+            if cell_id in assignment.hidden_cells and not message.startswith("✓") and score == points:
+                message = "hidden tests passed"
+            results.append(CellResult(cell_id, score, points, message))
+    return results
+
+
+def by_exercise(cells: list[CellResult]) -> list[ExerciseResult]:
+    """One row per exercise: the sum of its cells, and the first failing cell's message."""
+    rows: dict[str, ExerciseResult] = {}
+    for cell in cells:
+        name = exercise_of(cell.cell)
+        row = rows.setdefault(name, ExerciseResult(name, 0.0, 0.0, ""))
+        row.points += cell.points
+        row.score = None if (row.score is None or cell.score is None) else row.score + cell.score
+        failed = cell.score is not None and cell.score < cell.points
+        if failed and not row.message.startswith("✗"):
+            where = "hidden test" if cell.cell.endswith("hidden") else "test"
+            row.message = f"✗ {where}: {cell.message or 'failed'}"
+        elif not row.message:
+            row.message = cell.message
+    return list(rows.values())
+
+
+def table(rows: list[ExerciseResult], width: int = 100) -> str:
+    """A plain-text table: exercise, points, status, message; then the total."""
+    lines = [f"{'exercise':<9} {'points':>9}  {'status':<10} feedback", "-" * width]
+    for row in rows:
+        score = "-" if row.score is None else f"{row.score:g}"
+        lines.append(f"{row.exercise:<9} {score + ' / ' + format(row.points, 'g'):>9}  {row.status:<10} {row.message}")
+    total = sum(r.points for r in rows)
+    got = sum(r.score or 0 for r in rows)
+    lines += ["-" * width, f"{'total':<9} {format(got, 'g') + ' / ' + format(total, 'g'):>9}"]
+    return "\n".join(lines)

@@ -1,0 +1,309 @@
+"""`course-scan`: read every submitted answer cell for code a kernel cannot be trusted to refuse.
+
+    course-scan 01_attention            # submitted/<student>/01_attention/*.ipynb
+
+The checks refuse cheats at run time, but they run in the student's kernel. This scan reads the
+code instead, before grading, and reports per student and exercise:
+
+    reference_import  imports the chapter's reference implementation (helpers.<topic>)
+    checks_import     imports the course's checks from an answer
+    torch_builtin     uses the torch built-in the chapter asks students to write
+    patching          assigns to an attribute of a module (torch.allclose = ...), setattr on one,
+                      or edits sys.modules / builtins / globals()
+    file_access       opens, lists, copies or deletes files, or names the gradebook or other
+                      students' folders
+    process           os._exit, sys.exit, exit(), signals, subprocess, os.system, shell escapes (!cmd)
+    network           sockets, urllib, http clients
+    dynamic_code      exec, eval, compile, __import__, importlib: code the scan cannot read
+    unparsable        the cell is not valid Python (the autograder will report the error)
+    extra_files       Python files submitted beside the notebook (they could shadow the course's
+                      modules; PYTHONSAFEPATH keeps the autograder from importing them)
+
+It never changes a grade: it prints a report and writes scan-<assignment>.csv for the instructor.
+Cells scanned: the answer cells, and any cell a student added (nbgrader restores locked cells).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import nbformat
+
+from .course import Assignment, GradingError, exercise_of, find_course
+
+MODULE_ROOTS = {"torch", "numpy", "np", "math", "builtins", "sys", "helpers", "F", "nn", "os", "random",
+                "functools", "operator", "warnings", "contextlib", "inspect", "types", "IPython", "nbgrader"}
+PROCESS_CALLS = {"os._exit", "os.abort", "os.kill", "os.killpg", "os.system", "os.popen", "os.fork", "os.forkpty",
+                 "sys.exit", "exit", "quit", "signal.signal", "signal.alarm", "signal.raise_signal"}
+PROCESS_MODULES = {"subprocess", "multiprocessing", "ctypes", "pty", "signal", "threading", "asyncio"}
+NETWORK_MODULES = {"socket", "urllib", "http", "requests", "httpx", "ftplib", "smtplib", "ssl", "aiohttp"}
+FILE_CALLS = {"open", "io.open", "os.open", "os.remove", "os.unlink", "os.rename", "os.replace", "os.listdir",
+              "os.scandir", "os.walk", "os.makedirs", "os.mkdir", "os.rmdir", "os.chmod", "os.chdir",
+              "os.symlink", "os.link", "os.truncate"}
+FILE_MODULES = {"shutil", "glob", "pathlib", "sqlite3", "tempfile", "fileinput", "zipfile", "tarfile", "pickle"}
+DYNAMIC_CALLS = {"exec", "eval", "compile", "__import__", "globals", "vars", "getattr"}
+COURSE_PATHS = re.compile(r"gradebook|submitted|autograded|feedback[/\\]|solutions[/\\]|\.\./")
+
+
+@dataclass(frozen=True)
+class Finding:
+    student: str
+    exercise: str
+    cell: str
+    rule: str
+    line: int
+    code: str
+
+
+def chapter_rules(assignment: str) -> tuple[str, set[str]]:
+    """(reference module name, names of the torch built-ins the chapter forbids), read from the
+    chapter's checks module: every module-level tuple of torch callables there is a forbidden list."""
+    topic = assignment.split("_", 1)[1] if "_" in assignment else assignment
+    builtins_: set[str] = set()
+    try:
+        checks: ModuleType | None = importlib.import_module(f"helpers.checks.{topic}")
+    except ImportError:
+        checks = None
+    for value in vars(checks).values() if checks else ():
+        if isinstance(value, (tuple, list)):
+            for item in value:
+                module = getattr(item, "__module__", "") or ""
+                if callable(item) and module.startswith("torch"):
+                    builtins_.add(item.__qualname__.split(".")[0])
+    return f"helpers.{topic}", builtins_
+
+
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    if isinstance(node, ast.Call):  # e.g. torch.nn.functional.__dict__ or Path(...).read_text
+        inner = _dotted(node.func)
+        return ".".join([f"{inner}()" if inner else "()", *reversed(parts)])
+    return None
+
+
+class _Reader(ast.NodeVisitor):
+    def __init__(self, reference: str, builtins_: set[str], aliases: dict[str, str]) -> None:
+        self.reference, self.builtins, self.aliases = reference, builtins_, aliases
+        self.found: list[tuple[str, int]] = []
+
+    def _resolve(self, dotted: str) -> str:
+        head, _, rest = dotted.partition(".")
+        full = self.aliases.get(head, head)
+        return f"{full}.{rest}" if rest else full
+
+    def _flag(self, rule: str, node: ast.AST) -> None:
+        self.found.append((rule, getattr(node, "lineno", 0)))
+
+    def _module(self, name: str, node: ast.AST) -> None:
+        root = name.split(".")[0]
+        if name == self.reference or name.startswith(self.reference + "."):
+            self._flag("reference_import", node)
+        elif name == "helpers.checks" or name.startswith("helpers.checks."):
+            self._flag("checks_import", node)
+        if root in PROCESS_MODULES:
+            self._flag("process", node)
+        if root in FILE_MODULES:
+            self._flag("file_access", node)
+        if root in NETWORK_MODULES:
+            self._flag("network", node)
+        if root == "importlib":
+            self._flag("dynamic_code", node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._module(alias.name, node)
+            self.aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+        self.generic_visit(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        base = node.module or ""
+        for alias in node.names:
+            self._module(f"{base}.{alias.name}" if base else alias.name, node)
+            if base.split(".")[0] == "torch" and alias.name in self.builtins:
+                self._flag("torch_builtin", node)
+            self.aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        dotted = _dotted(node)
+        if dotted:
+            full = self._resolve(dotted)
+            parts = full.split(".")
+            if parts[0] == "torch" and any(p in self.builtins for p in parts[1:]):
+                self._flag("torch_builtin", node)
+            if full == self.reference or full.startswith(self.reference + "."):
+                self._flag("reference_import", node)
+        self.generic_visit(node)
+
+    def _target(self, target: ast.AST) -> None:
+        if isinstance(target, ast.Attribute):
+            dotted = _dotted(target)
+            root = dotted.split(".")[0] if dotted else ""
+            if root in self.aliases or root in MODULE_ROOTS or root == "__builtins__":
+                self._flag("patching", target)
+        elif isinstance(target, ast.Subscript):
+            dotted = _dotted(target.value) or ""
+            if dotted in {"sys.modules", "globals()", "__builtins__", "builtins.__dict__", "vars()"} \
+                    or dotted.endswith(".__dict__"):
+                self._flag("patching", target)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                self._target(element)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for target in node.targets:
+            self._target(target)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._target(node.target)
+        self.generic_visit(node)
+
+    def visit_Delete(self, node: ast.Delete) -> None:
+        for target in node.targets:
+            self._target(target)
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        dotted = _dotted(node.func) or ""
+        full = self._resolve(dotted) if dotted else ""
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else full
+        if full in {"setattr", "delattr", "object.__setattr__", "object.__delattr__", "type.__setattr__"}:
+            self._flag("patching", node)
+        if full in PROCESS_CALLS or full.startswith(("os.exec", "os.spawn")):
+            self._flag("process", node)
+        if full in FILE_CALLS or name in {"read_text", "read_bytes", "write_text", "write_bytes", "unlink", "rmtree"}:
+            self._flag("file_access", node)
+        if full in DYNAMIC_CALLS - {"getattr", "globals", "vars"} or full.startswith("importlib."):
+            self._flag("dynamic_code", node)
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and COURSE_PATHS.search(node.value):
+            self._flag("file_access", node)
+
+
+_MAGIC = re.compile(r"^\s*(!|%%?(system|sx|bash|sh|script|writefile|run|load)\b)")
+
+
+def scan_source(source: str, reference: str, builtins_: set[str], aliases: dict[str, str]) -> list[tuple[str, int, str]]:
+    """(rule, line, code) for each finding in one cell's source."""
+    lines = source.splitlines()
+    findings = [("process" if m.group(1) == "!" or m.group(2) in {"system", "sx", "bash", "sh", "script"} else
+                 "file_access", number, lines[number - 1].strip())
+                for number, line in enumerate(lines, 1) if (m := _MAGIC.match(line))]
+    python = "\n".join("" if _MAGIC.match(line) or line.lstrip().startswith("%") else line for line in lines)
+    try:
+        tree = ast.parse(python)
+    except SyntaxError as error:
+        return findings + [("unparsable", error.lineno or 0, (error.text or "").strip())]
+    reader = _Reader(reference, builtins_, aliases)
+    reader.visit(tree)
+    seen = set()
+    for rule, number in reader.found:
+        if (rule, number) not in seen:
+            seen.add((rule, number))
+            findings.append((rule, number, lines[number - 1].strip() if 0 < number <= len(lines) else ""))
+    return findings
+
+
+def scan_notebook(nb: nbformat.NotebookNode, assignment: Assignment, student: str = "") -> list[Finding]:
+    reference, builtins_ = chapter_rules(assignment.name)
+    known = set(assignment.source_ids)
+    answers = set(assignment.answer_cells)
+    aliases: dict[str, str] = {}
+    findings = []
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code":
+            continue
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if grade_id in known and grade_id not in answers:
+            # a locked cell (restored by nbgrader): read its imports for aliases only
+            try:
+                _Reader(reference, builtins_, aliases).visit(ast.parse(cell.source))
+            except SyntaxError:
+                pass
+            continue
+        label = grade_id if grade_id in known else f"added cell {index + 1}"
+        exercise = exercise_of(grade_id) if grade_id in known else "-"
+        for rule, line, code in scan_source(cell.source, reference, builtins_, aliases):
+            findings.append(Finding(student, exercise, label, rule, line, code[:120]))
+    return findings
+
+
+def submitted_notebooks(course: Path, assignment: str) -> dict[str, Path]:
+    folder = course / "submitted"
+    return {p.parent.parent.name: p for p in sorted(folder.glob(f"*/{assignment}/{assignment}.ipynb"))}
+
+
+def scan_class(course: Path, assignment: Assignment) -> tuple[list[Finding], dict[str, str]]:
+    """Findings for every submission, and the students whose notebook could not be read."""
+    findings, unreadable = [], {}
+    for student, path in submitted_notebooks(course, assignment.name).items():
+        try:
+            nb = nbformat.read(str(path), as_version=4)
+        except Exception as error:  # noqa: BLE001 (a broken file is reported, not fatal)
+            unreadable[student] = f"{type(error).__name__}: {error}"
+            continue
+        findings += scan_notebook(nb, assignment, student)
+        for extra in sorted(path.parent.rglob("*.py")):
+            findings.append(Finding(student, "-", "-", "extra_files", 0, str(extra.relative_to(path.parent))))
+    return findings, unreadable
+
+
+def report(findings: list[Finding], unreadable: dict[str, str]) -> str:
+    if not findings and not unreadable:
+        return "scan: nothing to report"
+    lines = [f"{'student':<20} {'exercise':<9} {'cell':<16} {'rule':<17} code"]
+    for f in findings:
+        lines.append(f"{f.student:<20} {f.exercise:<9} {f.cell:<16} {f.rule:<17} line {f.line}: {f.code}")
+    for student, problem in unreadable.items():
+        lines.append(f"{student:<20} {'-':<9} {'-':<16} {'unreadable':<17} {problem}")
+    students = {f.student for f in findings} | set(unreadable)
+    lines.append(f"scan: {len(findings)} findings for {len(students)} students (grades are not changed)")
+    return "\n".join(lines)
+
+
+def write_csv(findings: list[Finding], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student", "exercise", "cell", "rule", "line", "code"])
+        for f in findings:
+            writer.writerow([f.student, f.exercise, f.cell, f.rule, f.line, f.code])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="course-scan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("assignment", help="e.g. 01_attention")
+    parser.add_argument("--course", help="the course folder (default: the working directory, else the installed course)")
+    args = parser.parse_args(argv)
+    try:
+        course = find_course(args.course)
+        assignment = Assignment(course, args.assignment)
+        assignment.source  # noqa: B018 (raises GradingError for an unknown assignment)
+    except GradingError as problem:
+        print(f"course-scan: {problem}", file=sys.stderr)
+        return 2
+    findings, unreadable = scan_class(course, assignment)
+    print(report(findings, unreadable))
+    write_csv(findings, course / f"scan-{assignment.name}.csv")
+    print(f"written: {course / f'scan-{assignment.name}.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""`course-grade`, the learner's own grader: nbgrader's autograde with the hidden tests, in a
+temporary course, from any working directory, never touching the learner's file."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from tools.build import ROOT, chapters, nbgrader_env
+
+from .nbgrader_course import filled_in, put, replace, solution_answers
+
+pytestmark = pytest.mark.slow
+
+CHAPTER = "01_attention"
+RELEASED = ROOT / "exercises" / CHAPTER / f"{CHAPTER}.ipynb"
+
+
+def course_grade(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "helpers.grading.learner", *map(str, args)], cwd=cwd,
+                          env=nbgrader_env(), capture_output=True, text=True, check=False)
+
+
+def notebook(tmp_path, edits=None, name=f"{CHAPTER}.ipynb"):
+    nb = filled_in(nbformat.read(str(RELEASED), as_version=4), solution_answers(CHAPTER), edits)
+    path = tmp_path / "work" / name
+    path.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def row(output: str, exercise: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(exercise + " "))
+
+
+def test_a_solved_notebook_gets_every_point(tmp_path):
+    path = notebook(tmp_path)
+    run = course_grade(path, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "total       23 / 23" in run.stdout
+    assert all(" passed " in row(run.stdout, f"ex{i}") for i in range(1, 9))
+
+
+def test_mistakes_and_hidden_failures_are_reported_without_hidden_source(tmp_path):
+    path = notebook(tmp_path, {
+        "ex2-answer": replace(" / math.sqrt(d_k)", ""),
+        "ex3-answer": put("def causal_mask(T):\n"
+                          "    table = {6: torch.ones(6, 6, dtype=torch.bool).tril(), 1: torch.ones(1, 1, dtype=torch.bool)}\n"
+                          "    return table[T]\n")})
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    run = course_grade(path.name, cwd=path.parent)  # a relative path, from the notebook's folder
+    assert run.returncode == 0, run.stderr
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert "0 / 3  failed" in row(run.stdout, "ex2") and "not divided by sqrt(d_k)" in row(run.stdout, "ex2")
+    assert "1 / 2  partial    ✗ hidden test: CheckFailed: causal_mask raised KeyError: 9" in row(run.stdout, "ex3")
+    assert "total       19 / 23" in run.stdout
+    assert "BEGIN HIDDEN" not in run.stdout and "seed=5" not in run.stdout and "_weights" not in run.stdout
+
+
+def test_a_crashing_kernel_is_reported(tmp_path):
+    path = notebook(tmp_path, {"ex4-answer": put("import os\nos._exit(3)")})
+    run = course_grade(path, cwd=tmp_path)
+    assert run.returncode == 1
+    assert "not graded: the kernel died" in run.stdout
+
+
+def _written(text):
+    def make(path):
+        path.write_text(text)
+        return path
+    return make
+
+
+def _foreign_notebook(path):
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (_written("print('hello')\n"), "is not a Jupyter notebook: it is not valid JSON"),
+    (_written('{"cells": 3}'), "is not a Jupyter notebook"),
+    (_foreign_notebook, "is not an exercise notebook of this course"),
+    (lambda p: p.parent, "is a folder"),
+    (lambda p: p.parent / "missing.ipynb", "no such file"),
+])
+def test_unreadable_input_is_named(tmp_path, make, message):
+    path = make(tmp_path / "mine.ipynb")
+    run = course_grade(path, cwd=tmp_path)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def test_deleted_cells_are_named(tmp_path):
+    path = notebook(tmp_path, {"ex3-test": lambda s: None, "ex4-answer": lambda s: None})
+    run = course_grade(path, cwd=tmp_path)
+    assert run.returncode == 2
+    assert "cells deleted: ex3-test, ex4-answer" in run.stderr
+
+
+def test_wrong_assignment_is_named(tmp_path):
+    path = notebook(tmp_path)
+    run = course_grade(path, "--assignment", "99_nothing", cwd=tmp_path)
+    assert run.returncode == 2 and "no assignment '99_nothing'" in run.stderr
+    others = [c for c in chapters() if c != CHAPTER and (ROOT / "solutions" / c).exists()]
+    if others:
+        run = course_grade(path, "--assignment", others[0], cwd=tmp_path)
+        assert run.returncode == 2
+        assert f"is not a notebook of assignment {others[0]}; its cells are those of {CHAPTER}" in run.stderr

@@ -1,0 +1,71 @@
+"""The pre-grading scan: each rule fires on the code it names, and never on the solutions."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from helpers.grading.course import Assignment, find_course
+from helpers.grading.scan import chapter_rules, scan_notebook, scan_source
+from tools.build import CONTENT, ROOT, chapters
+
+from .nbgrader_course import solution_answers
+
+REFERENCE, BUILTINS = chapter_rules("01_attention")
+
+CASES = {
+    "reference_import": ["from helpers.attention import scaled_dot_product_attention",
+                         "import helpers.attention as a",
+                         "from helpers import attention",
+                         "import helpers\nf = helpers.attention.masked_softmax"],
+    "checks_import": ["import helpers.checks.attention as c", "from helpers.checks import core"],
+    "torch_builtin": ["import torch.nn.functional as F\ny = F.scaled_dot_product_attention(q, k, v)",
+                      "from torch.nn.functional import scaled_dot_product_attention",
+                      "import torch\nm = torch.nn.MultiheadAttention(8, 2)",
+                      "from torch import nn\nm = nn.MultiheadAttention(8, 2)"],
+    "patching": ["torch.allclose = lambda *a, **k: True", "import numpy as np\nnp.allclose = None",
+                 "setattr(torch, 'allclose', None)", "import sys\nsys.modules['helpers'] = None",
+                 "torch.Tensor.sum = lambda self, *a: 0", "del torch.softmax",
+                 "object.__setattr__(torch, 'softmax', None)", "__builtins__.print = None"],
+    "file_access": ["open('../../gradebook.db').read()", "import shutil", "import os\nos.listdir('..')",
+                    "from pathlib import Path\nPath('x').write_text('y')", "x = 'submitted/alice'"],
+    "process": ["import os\nos._exit(0)", "import sys\nsys.exit(1)", "exit()", "import subprocess",
+                "!rm -rf /", "import os\nos.system('ls')", "%%bash"],
+    "network": ["import socket", "from urllib.request import urlopen"],
+    "dynamic_code": ["exec('x = 1')", "eval('1')", "__import__('os')", "import importlib"],
+    "unparsable": ["def f(:\n    pass"],
+}
+
+
+@pytest.mark.parametrize("rule, source", [(rule, s) for rule, sources in CASES.items() for s in sources])
+def test_rule_fires(rule, source):
+    rules = {finding[0] for finding in scan_source(source, REFERENCE, BUILTINS, {"torch": "torch"})}
+    assert rule in rules, rules
+
+
+@pytest.mark.parametrize("source", [
+    "def causal_mask(T):\n    return torch.ones(T, T, dtype=torch.bool).tril()",
+    "class M(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.w = torch.nn.Parameter(torch.ones(2))",
+    "out = torch.softmax(scores, dim=-1)\nout.data = out.data * 1",
+    "import math\nscale = 1 / math.sqrt(64)",
+    "from helpers.attention import scaled_dot_product_attention as sdpa",  # fine in a later chapter
+])
+def test_ordinary_code_is_not_flagged(source):
+    reference, builtins_ = chapter_rules("02_heads")
+    assert scan_source(source, reference, builtins_, {"torch": "torch"}) == []
+
+
+@pytest.mark.parametrize("chapter", [c for c in chapters() if (CONTENT / "solutions" / f"{c}.py").exists()])
+def test_solutions_raise_no_finding(chapter):
+    assignment = Assignment(find_course(ROOT), chapter)
+    nb = nbformat.read(str(ROOT / "exercises" / chapter / f"{chapter}.ipynb"), as_version=4)
+    answers = solution_answers(chapter)
+    for cell in nb.cells:
+        if cell.id in answers:
+            cell.source = answers[cell.id]
+    assert scan_notebook(nb, assignment, "perfect") == []
+
+
+def test_chapter_rules_come_from_the_checks_module():
+    assert REFERENCE == "helpers.attention"
+    assert {"scaled_dot_product_attention", "MultiheadAttention"} <= BUILTINS

@@ -1,0 +1,113 @@
+"""Benchmark grading a class (issue: grading that instructors can trust). Nothing here asserts a time.
+
+    python tools/bench_class.py            # 30 submissions spread over the chapters
+    python tools/bench_class.py --size 60
+
+It builds a synthetic class in a temporary copy of the course: for each chapter, submissions
+cycle through the solution, the known wrong submissions of tests/grading/ch<chapter>.py (partial
+credit, cheats, a crashing kernel) and the blank notebook (broken: every answer raises), leaving
+out the ones that only burn a timeout or the network. Then, per chapter, it times
+
+    plain execution   every submitted notebook run once in a fresh kernel (nbclient), serially
+    serial grading    course-grade-class --workers 1   (scan, autograde, feedback, CSVs)
+    parallel grading  course-grade-class --workers N   (N = CPU count)
+
+and prints seconds per notebook and the ratio of grading to plain execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.nbgrader_course import Course, filled_in, solution_answers
+from tools.build import CONTENT, chapters, nbgrader_env
+
+SKIP = {"loop", "uses_network", "memory_hog"}  # a timeout, the network, a 4 GiB allocation
+
+
+def make_class(folder: Path, chapter: str, size: int) -> list[str]:
+    course = Course(folder)
+    released = course.release(chapter)
+    answers = solution_answers(chapter)
+    cases = importlib.import_module(f"tests.grading.ch{chapter}").STUDENTS
+    kinds = [("perfect", None), *[(name, sub) for name, sub in cases.items() if name not in SKIP], ("blank", "blank")]
+    students = []
+    for index in range(size):
+        kind, submission = kinds[index % len(kinds)]
+        student = f"s{index:02d}_{kind}"
+        if submission == "blank":
+            nb = released
+        else:
+            nb = filled_in(released, answers, submission.edits if submission else {})
+            for cell in nb.cells:
+                cell.source = cell.source.replace("{COURSE}", str(folder))
+        course.submit(student, chapter, nb, submission.files if submission not in (None, "blank") else None)
+        students.append(student)
+    return students
+
+
+def plain_execution(folder: Path, chapter: str, students: list[str]) -> float:
+    start = time.perf_counter()
+    for student in students:
+        path = folder / "submitted" / student / chapter / f"{chapter}.ipynb"
+        nb = nbformat.read(str(path), as_version=4)
+        NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    return time.perf_counter() - start
+
+
+def grade(folder: Path, chapter: str, workers: int) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "helpers.grading.classroom", chapter, "--course", str(folder),
+                    "--workers", str(workers)], cwd=folder, env=nbgrader_env(), check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=30, help="submissions in the class, spread over the chapters")
+    args = parser.parse_args()
+    graded = [c for c in chapters() if (CONTENT / "solutions" / f"{c}.py").exists()]
+    sizes = {c: args.size // len(graded) + (i < args.size % len(graded)) for i, c in enumerate(graded)}
+    workers = os.cpu_count() or 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for chapter, size in sizes.items():
+            serial, parallel = Path(tmp, chapter, "serial"), Path(tmp, chapter, "parallel")
+            students = make_class(serial, chapter, size)
+            make_class(parallel, chapter, size)
+            t_plain = plain_execution(serial, chapter, students)
+            t_serial = grade(serial, chapter, 1)
+            t_parallel = grade(parallel, chapter, workers)
+            rows.append((chapter, size, t_plain, t_serial, t_parallel))
+            shutil.rmtree(Path(tmp, chapter))
+    print(f"| chapter | notebooks | plain execution (s/nb) | serial grading (s/nb) | parallel grading, {workers} workers "
+          "(s/nb) | serial / plain | serial / parallel |")
+    print("|---|---|---|---|---|---|---|")
+    for chapter, n, plain, serial, parallel in rows:
+        print(f"| {chapter} | {n} | {plain / n:.2f} | {serial / n:.2f} | {parallel / n:.2f} | "
+              f"{serial / plain:.2f} | {serial / parallel:.2f} |")
+    n = sum(r[1] for r in rows)
+    plain, serial, parallel = (sum(r[i] for r in rows) for i in (2, 3, 4))
+    print(f"| all | {n} | {plain / n:.2f} | {serial / n:.2f} | {parallel / n:.2f} | {serial / plain:.2f} | "
+          f"{serial / parallel:.2f} |")
+    print(f"\ntotal: plain {plain:.1f} s, serial grading {serial:.1f} s, parallel grading {parallel:.1f} s")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
