@@ -77,7 +77,10 @@ def chapter_rules(assignment: str) -> tuple[str, set[str]]:
             for item in value:
                 module = getattr(item, "__module__", "") or ""
                 if callable(item) and module.startswith("torch"):
-                    builtins_.add(item.__qualname__.split(".")[0])
+                    # a method names its class (MultiheadAttention.forward); a C function names
+                    # itself (torch._C._VariableFunctionsClass.layer_norm -> layer_norm)
+                    owner = item.__qualname__.split(".")[0]
+                    builtins_.add(owner if "." in item.__qualname__ and not owner.startswith("_") else item.__name__)
     return f"helpers.{topic}", builtins_
 
 
