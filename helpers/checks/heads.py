@@ -1,0 +1,588 @@
+"""Checks for chapter 02 (multi-head, grouped-query and multi-query attention) and their mistakes.
+
+Each `check_*` takes the learner's function, calls it on generated inputs and raises `CheckFailed`
+with one sentence when something is wrong. Keyword arguments choose other seeds, dtypes, axis sizes
+and model configurations: the visible tests use the defaults, the hidden tests use others.
+
+Answers may use chapter 01's `helpers.attention.scaled_dot_product_attention`; they may not call
+`helpers.heads` (the reference), torch's multi-head attention, or, for grouped-query attention,
+`F.scaled_dot_product_attention` (its `enable_gqa=True` does the grouping).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import heads as ref
+from ..attention import causal_mask, padding_mask, scaled_dot_product_attention
+from .core import (
+    Case,
+    CheckFailed,
+    Mistake,
+    call_learner,
+    check_function,
+    check_numbers,
+    protect,
+    verify_environment,
+)
+
+__all__ = [
+    "MISTAKES",
+    "REAL_SIZES",
+    "check_attention_param_count",
+    "check_grouped_query_attention",
+    "check_kv_cache_elements_per_token",
+    "check_merge_heads",
+    "check_multi_head_attention",
+    "check_real_model_numbers",
+    "check_split_heads",
+]
+
+# The learner writes these themselves: an answer that is or calls one of them is refused.
+_REFERENCE = (ref,)
+_TORCH_MHA = (F.multi_head_attention_forward, torch.nn.MultiheadAttention.forward)
+_TORCH_SDPA = (F.scaled_dot_product_attention,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks of the mistaken implementations (each mistake is a complete, runnable answer)
+# ---------------------------------------------------------------------------------------------
+
+
+def _split(x: torch.Tensor, n_heads: int, style: str = "right") -> torch.Tensor:
+    B, T, d_model = x.shape
+    d_head = d_model // n_heads
+    if style == "right":
+        return x.reshape(B, T, n_heads, d_head).transpose(1, 2)  # (B, H, T, d_head)
+    if style == "no_transpose":
+        return x.reshape(B, n_heads, T, d_head)  # WRONG: rows of the new axes mix tokens
+    if style == "interleaved":
+        return x.reshape(B, T, d_head, n_heads).permute(0, 3, 1, 2)  # WRONG: head h gets features h, h+H, ...
+    raise ValueError(style)
+
+
+def _merge(x: torch.Tensor, style: str = "right") -> torch.Tensor:
+    B, H, T, d_head = x.shape
+    if style == "right":
+        return x.transpose(1, 2).reshape(B, T, H * d_head)  # (B, T, d_model)
+    if style == "no_transpose":
+        return x.reshape(B, T, H * d_head)  # WRONG: the inverse of the no-transpose split
+    if style == "interleaved":
+        return x.permute(0, 2, 3, 1).reshape(B, T, H * d_head)  # WRONG: the inverse of the interleaved split
+    raise ValueError(style)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               scale: float | None = None, mask_style: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Chapter 01's attention, optionally with another scale or a mishandled mask."""
+    if scale is not None:
+        q = q * (scale * math.sqrt(q.shape[-1]))  # so that q k^T / sqrt(d_head) carries `scale`
+    if mask_style == "ignored":
+        mask = None
+    elif mask_style == "inverted" and mask is not None:
+        mask = ~mask
+    return scaled_dot_product_attention(q, k, v, mask)  # (B, H, T, d_head), (B, H, T, T)
+
+
+def _heads_attention(*, split: str = "right", merge: str | None = None, out_proj: str = "right",
+                     in_proj: str = "right", weights_out: str = "per_head", scale: str = "d_head",
+                     mask_style: str = "right", kv_map: str = "interleave") -> Callable[..., Any]:
+    """A complete grouped-query attention (MHA when n_kv_heads = n_heads) with mistakes built in."""
+    merge = split if merge is None else merge
+
+    def project(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x @ w if in_proj == "untransposed" else x @ w.T
+
+    def gqa(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None):
+        d_model = x.shape[-1]
+        q = _split(project(x, w_q), n_heads, split)  # (B, H, T, d_head)
+        k = _split(project(x, w_k), n_kv_heads, split)  # (B, H_kv, T, d_head)
+        v = _split(project(x, w_v), n_kv_heads, split)  # (B, H_kv, T, d_head)
+        group = n_heads // n_kv_heads
+        if kv_map == "interleave":
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # head h -> h // group
+        else:
+            k, v = k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)  # WRONG: head h -> h % H_kv
+        factor = 1 / math.sqrt(d_model) if scale == "d_model" else None
+        heads, weights = _attention(q, k, v, mask, factor, mask_style)
+        out = _merge(heads, merge)  # (B, T, d_model)
+        if out_proj == "right":
+            out = out @ w_o.T
+        elif out_proj == "untransposed":
+            out = out @ w_o
+        if weights_out == "averaged":
+            weights = weights.mean(dim=1)  # WRONG: (B, T, T), one pattern for all heads
+        return out, weights
+
+    return gqa
+
+
+def _mha(**mistakes: str) -> Callable[..., Any]:
+    gqa = _heads_attention(**mistakes)
+
+    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        return gqa(x, w_q, w_k, w_v, w_o, n_heads, n_heads, mask)
+
+    return mha
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalogue
+# ---------------------------------------------------------------------------------------------
+
+_M = {
+    "no_output_projection": (
+        "the output projection is missing: after concatenating the heads, multiply by W_Oᵀ "
+        "(out = merged @ w_o.T), which mixes what the heads found"),
+    "head_averaged_weights": (
+        "the weights are averaged over the heads, shape (B, T, T), which is what nn.MultiheadAttention "
+        "returns by default; return one pattern per head, shape (B, H, T, T) (average_attn_weights=False)"),
+    "scale_d_model": (
+        "the scores are divided by sqrt(d_model); each head divides by the square root of its own "
+        "width, sqrt(d_head) = sqrt(d_model / H)"),
+    "mask_ignored": "the mask is ignored, so blocked keys still get weight",
+}
+
+SPLIT_MISTAKES = (
+    Mistake("no_transpose",
+            "x was reshaped straight to (B, H, T, d_head) without the transpose, so a 'head' holds pieces "
+            "of several tokens; view it as (B, T, H, d_head) first, then transpose(1, 2)",
+            lambda x, n_heads: _split(x, n_heads, "no_transpose")),
+    Mistake("wrong_axis",
+            "the heads are split along the wrong axis: head h gets every H-th feature (h, h + H, ...); "
+            "head h owns the block of features h*d_head .. (h+1)*d_head - 1, so view the last axis as "
+            "(H, d_head), not (d_head, H)",
+            lambda x, n_heads: _split(x, n_heads, "interleaved")),
+    Mistake("head_axis_not_moved",
+            "the feature axis is split but the head axis is not moved in front of the tokens: the result "
+            "is (B, T, H, d_head); transpose(1, 2) makes it (B, H, T, d_head)",
+            lambda x, n_heads: _split(x, n_heads).transpose(1, 2)),
+    Mistake("d_head_before_T",
+            "the last two axes are swapped, (B, H, d_head, T); swap only the token and head axes of "
+            "(B, T, H, d_head): transpose(1, 2)",
+            lambda x, n_heads: _split(x, n_heads).transpose(2, 3)),
+)
+
+MERGE_MISTAKES = (
+    Mistake("no_transpose",
+            "the heads were reshaped straight from (B, H, T, d_head) to (B, T, d_model) without moving "
+            "the head axis back, so each output row mixes several tokens; transpose(1, 2) to "
+            "(B, T, H, d_head) first, then reshape",
+            lambda x: _merge(x, "no_transpose")),
+    Mistake("wrong_axis",
+            "the heads' features are interleaved (feature c of head h lands at c*H + h); concatenate them "
+            "instead: head h fills features h*d_head .. (h+1)*d_head - 1",
+            lambda x: _merge(x, "interleaved")),
+    Mistake("heads_summed",
+            "the heads are summed into (B, T, d_head); merging puts them side by side, "
+            "(B, T, H * d_head) = (B, T, d_model)",
+            lambda x: x.sum(dim=1)),
+)
+
+_HEAD_MISTAKES = {
+    "split_no_transpose": (
+        ("the heads are split by reshaping (B, T, d_model) straight to (B, H, T, d_head) (and merged back "
+         "the same way), so each head mixes several tokens' features; view as (B, T, H, d_head), then "
+         "transpose(1, 2)"), {"split": "no_transpose"}),
+    "merge_no_transpose": (
+        ("the heads are merged by reshaping (B, H, T, d_head) straight to (B, T, d_model), so each output "
+         "row mixes several tokens; transpose(1, 2) to (B, T, H, d_head) first, then reshape"),
+        {"merge": "no_transpose"}),
+    "wrong_axis": (
+        ("the heads are split along the wrong axis: head h takes every H-th feature (h, h + H, ...) "
+         "instead of the block h*d_head .. (h+1)*d_head - 1; view the feature axis as (H, d_head)"),
+        {"split": "interleaved"}),
+    "no_output_projection": (_M["no_output_projection"], {"out_proj": "none"}),
+    "output_projection_untransposed": (
+        ("the output projection uses w_o instead of w_o.T; nn.Linear-layout weights are "
+         "(out_features, in_features), so y = x @ W.T"), {"out_proj": "untransposed"}),
+    "projections_untransposed": (
+        ("the Q, K, V and output projections use x @ W instead of x @ W.T; nn.Linear-layout weights are "
+         "(out_features, in_features)"), {"in_proj": "untransposed", "out_proj": "untransposed"}),
+    "head_averaged_weights": (_M["head_averaged_weights"], {"weights_out": "averaged"}),
+    "scale_d_model": (_M["scale_d_model"], {"scale": "d_model"}),
+    "mask_ignored": (_M["mask_ignored"], {"mask_style": "ignored"}),
+    "inverted_mask": (
+        ("the mask is inverted: in this course True = may attend (nn.MultiheadAttention's bool masks mean "
+         "the opposite, True = blocked)"), {"mask_style": "inverted"}),
+}
+
+MHA_MISTAKES = tuple(Mistake(key, message, _mha(**how)) for key, (message, how) in _HEAD_MISTAKES.items())
+
+GQA_MISTAKES = (
+    Mistake("kv_head_modulo",
+            "query head h reads key/value head h % H_kv (as kv.repeat does); it should read head "
+            "h // (H / H_kv), so each run of H / H_kv consecutive query heads shares one K/V head "
+            "(repeat_interleave along the head axis)",
+            _heads_attention(kv_map="modulo")),
+    *(Mistake(key, message, _heads_attention(**how)) for key, (message, how) in _HEAD_MISTAKES.items()
+      if key in ("no_output_projection", "head_averaged_weights", "scale_d_model", "mask_ignored",
+                 "split_no_transpose", "wrong_axis")),
+)
+
+
+def _count_params(d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = False, *,
+                  kv: str = "right", out: bool = True, bias_style: str = "right", per_head: bool = False) -> int:
+    """attention_param_count with mistakes built in."""
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    d_head = d_model // n_heads
+    d_kv = d_model if kv == "full" else n_kv_heads * d_head
+    if per_head:  # WRONG: every head's projection counted as d_head x d_head
+        weights = (n_heads + 2 * n_kv_heads + n_heads) * d_head * d_head
+    else:
+        weights = d_model * d_model + 2 * d_kv * d_model + (d_model * d_model if out else 0)
+    if not bias or bias_style == "none":
+        return weights
+    biases = {"right": d_model + 2 * d_kv + (d_model if out else 0),
+              "full_width": 4 * d_model if out else 3 * d_model,
+              "once": d_model,
+              "qkv_only": d_model + 2 * d_kv}[bias_style]
+    return weights + biases
+
+
+PARAM_COUNT_MISTAKES = (
+    Mistake("kv_heads_ignored",
+            "K and V are counted as d_model x d_model; with n_kv_heads key/value heads each is "
+            "(n_kv_heads * d_head) x d_model, where d_head = d_model / n_heads",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, kv="full")),
+    Mistake("no_output_projection",
+            "the output projection W_O (d_model x d_model, plus its bias when bias=True) is not counted",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, out=False)),
+    Mistake("per_head_square",
+            "each head's projection was counted as d_head x d_head; it maps all d_model input features to "
+            "d_head outputs, a d_head x d_model block of the weight",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, per_head=True)),
+    Mistake("bias_ignored",
+            "bias=True gives each of the four projections a bias vector (one number per output feature), "
+            "and none was counted",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="none")),
+    Mistake("bias_full_width",
+            "the K and V biases were counted as d_model numbers each; a bias has one number per output "
+            "feature, n_kv_heads * d_head for K and for V",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="full_width")),
+    Mistake("bias_once",
+            "only one bias vector (d_model numbers) was counted; each of the four projections has its own",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="once")),
+    Mistake("bias_qkv_only",
+            "the output projection's bias is not counted; with bias=True all four projections have one",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="qkv_only")),
+)
+
+KV_CACHE_MISTAKES = (
+    Mistake("k_or_v_only",
+            "only one of K and V is counted; the cache stores both for every token, so multiply by 2",
+            lambda n_layers, n_kv_heads, d_head: n_layers * n_kv_heads * d_head),
+    Mistake("one_layer",
+            "this is one layer's cache; every layer keeps its own keys and values, so multiply by n_layers",
+            lambda n_layers, n_kv_heads, d_head: 2 * n_kv_heads * d_head),
+    Mistake("bytes_fp16",
+            "this is bytes in fp16 (2 per number); the function counts numbers (elements), not bytes",
+            lambda n_layers, n_kv_heads, d_head: 4 * n_layers * n_kv_heads * d_head),
+)
+
+MISTAKES = {
+    "split_heads": SPLIT_MISTAKES,
+    "merge_heads": MERGE_MISTAKES,
+    "multi_head_attention": MHA_MISTAKES,
+    "grouped_query_attention": GQA_MISTAKES,
+    "attention_param_count": PARAM_COUNT_MISTAKES,
+    "kv_cache_elements_per_token": KV_CACHE_MISTAKES,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def _lengths(gen: torch.Generator, B: int, T: int) -> torch.Tensor:
+    """(B,) lengths: the first sequence full, the others random in 1..T-1."""
+    lengths = torch.randint(1, max(T, 2), (B,), generator=gen).clamp(max=T)
+    lengths[0] = T
+    return lengths
+
+
+def _weights(gen: torch.Generator, d_model: int, d_kv: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """w_q, w_k, w_v, w_o in nn.Linear layout, scaled like nn.Linear's initialisation (about 1/sqrt(d_model))."""
+    s = 1 / math.sqrt(d_model)
+    return (_randn(gen, d_model, d_model, dtype=dtype, scale=s), _randn(gen, d_kv, d_model, dtype=dtype, scale=s),
+            _randn(gen, d_kv, d_model, dtype=dtype, scale=s), _randn(gen, d_model, d_model, dtype=dtype, scale=s))
+
+
+def _values_moved(got: Any, expected: torch.Tensor) -> bool:
+    """The symptom of a wrong split or merge: the right numbers, in the wrong places."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype:
+        return False
+    return torch.equal(got.detach().cpu().flatten().sort().values, expected.detach().cpu().flatten().sort().values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: splitting and merging
+# ---------------------------------------------------------------------------------------------
+
+
+def check_split_heads(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
+    """split_heads(x, n_heads): (B, T, d_model) -> (B, H, T, d_head)."""
+    gen = torch.Generator().manual_seed(seed)
+    d_model = H * d_head
+    sizes = {"B": B, "T": T, "H": H, "d_head": d_head, "d_model": d_model}
+    transposed = _randn(gen, B, d_model, T, dtype=dtype).transpose(1, 2)  # (B, T, d_model), not contiguous
+    cases = [
+        Case((_randn(gen, B, T, d_model, dtype=dtype), H), sizes, ("x", "n_heads")),
+        Case((transposed, H), sizes, ("x", "n_heads"), "x not contiguous in memory (a transposed view)"),
+    ]
+
+    def diagnose(got: Any, expected: Any, case: Case) -> str | None:
+        if not _values_moved(got, expected):
+            return None
+        return ("the heads hold the right numbers in the wrong places: heads[b, h, t] must be "
+                "x[b, t, h*d_head:(h+1)*d_head]")
+
+    check_function(fn, name="split_heads", reference=ref.split_heads, cases=cases, outputs=("heads",),
+                   mistakes=SPLIT_MISTAKES, forbidden=_REFERENCE, diagnose=diagnose)
+
+
+def check_merge_heads(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
+    """merge_heads(x): (B, H, T, d_head) -> (B, T, H * d_head), the inverse of split_heads."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"B": B, "T": T, "H": H, "d_head": d_head, "d_model": H * d_head}
+    cases = [
+        Case((_randn(gen, B, H, T, d_head, dtype=dtype),), sizes, ("x",)),
+        Case((_randn(gen, B, T, H, d_head, dtype=dtype).transpose(1, 2),), sizes, ("x",),
+             "x not contiguous in memory, as split_heads returns it"),
+    ]
+
+    def diagnose(got: Any, expected: Any, case: Case) -> str | None:
+        if not _values_moved(got, expected):
+            return None
+        return ("the merged tensor holds the right numbers in the wrong places: merged[b, t, "
+                "h*d_head:(h+1)*d_head] must be x[b, h, t]")
+
+    check_function(fn, name="merge_heads", reference=ref.merge_heads, cases=cases, outputs=("merged",),
+                   mistakes=MERGE_MISTAKES, forbidden=_REFERENCE, diagnose=diagnose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: attention with heads
+# ---------------------------------------------------------------------------------------------
+
+
+def _attention_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], torch.Tensor):
+        return None
+    w_got, w_exp = got[1].detach().cpu(), expected[1].detach().cpu()
+    if w_got.shape == w_exp.shape and w_got.dtype == w_exp.dtype and torch.allclose(w_got, w_exp, rtol=1e-4, atol=1e-6):
+        return ("the attention weights are right but the output is not; check the merge (transpose back to "
+                "(B, T, H, d_head), then reshape to (B, T, d_model)) and the output projection @ w_o.T")
+    sums = w_got.sum(dim=-1)
+    if ((sums - 1).abs() > 1e-4).any() and (sums != 0).any():
+        return "rows of the weights do not sum to 1; each head's softmax runs over the keys (dim=-1)"
+    return None
+
+
+def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                               B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
+    """multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads, mask=None) -> (out, weights)."""
+    gen = torch.Generator().manual_seed(seed)
+    d_model = H * d_head
+    sizes = {"B": B, "T": T, "H": H, "d_head": d_head, "d_model": d_model}
+    names = ("x", "w_q", "w_k", "w_v", "w_o", "n_heads", "mask")
+
+    def inputs() -> tuple:
+        return (_randn(gen, B, T, d_model, dtype=dtype), *_weights(gen, d_model, d_model, dtype), H)
+
+    pad = padding_mask(_lengths(gen, B, T), T)[:, None]  # (B, 1, 1, T)
+    cases = [
+        Case(inputs(), sizes, names[:6], "no mask"),
+        Case((*inputs(), causal_mask(T)), sizes, names, "causal mask (T, T)"),
+        Case((*inputs(), pad & causal_mask(T)), sizes, names, "padding & causal mask (B, 1, T, T)"),
+    ]
+    check_function(fn, name="multi_head_attention", reference=ref.multi_head_attention, cases=cases,
+                   outputs=("output", "weights"), mistakes=MHA_MISTAKES, forbidden=_REFERENCE + _TORCH_MHA,
+                   diagnose=_attention_diagnose)
+
+
+def check_grouped_query_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                                  B: int = 3, T: int = 5, H: int = 6, H_kv: int = 2, d_head: int = 4) -> None:
+    """grouped_query_attention(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None) -> (out, weights).
+
+    Runs the given (H, H_kv), then multi-query (H_kv = 1) and plain multi-head (H_kv = H) attention.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    d_model = H * d_head
+    names = ("x", "w_q", "w_k", "w_v", "w_o", "n_heads", "n_kv_heads", "mask")
+
+    def case(n_kv: int, mask: torch.Tensor | None, note: str) -> Case:
+        sizes = {"B": B, "T": T, "H": H, "H_kv": n_kv, "d_head": d_head, "d_model": d_model, "d_kv": n_kv * d_head}
+        args = (_randn(gen, B, T, d_model, dtype=dtype), *_weights(gen, d_model, n_kv * d_head, dtype), H, n_kv)
+        return Case(args if mask is None else (*args, mask), sizes, names[:len(args) + (mask is not None)], note)
+
+    pad = padding_mask(_lengths(gen, B, T), T)[:, None]  # (B, 1, 1, T)
+    cases = [
+        case(H_kv, causal_mask(T), f"GQA, {H} query heads sharing {H_kv} K/V heads, causal mask"),
+        case(H_kv, None, f"GQA, {H} query heads sharing {H_kv} K/V heads, no mask"),
+        case(1, pad, "MQA (n_kv_heads = 1), padding mask (B, 1, 1, T)"),
+        case(H, causal_mask(T), "MHA (n_kv_heads = n_heads), causal mask"),
+    ]
+    check_function(fn, name="grouped_query_attention", reference=ref.grouped_query_attention, cases=cases,
+                   outputs=("output", "weights"), mistakes=GQA_MISTAKES,
+                   forbidden=_REFERENCE + _TORCH_MHA + _TORCH_SDPA, diagnose=_attention_diagnose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: counting functions (integer answers)
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_count(name: str, value: Any) -> int:
+    """An integer count from an int, a NumPy integer, an integral float or a one-element tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckFailed(f"{name} should return a number (an int); it returned a {type(value).__name__}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise CheckFailed(f"{name} returned {value}, which is not a whole number; a count is an integer "
+                          f"(use // for exact division)")
+    return int(value)
+
+
+def _check_counts(fn: Any, *, name: str, reference: Callable[..., int], configs: Sequence[tuple],
+                  arg_names: tuple[str, ...], mistakes: Sequence[Mistake], hint: str) -> None:
+    verify_environment()
+    for config in configs:
+        case = Case(tuple(config), {}, arg_names)
+        expected = reference(*config)
+        got = _as_count(name, call_learner(fn, name, case, _REFERENCE))
+        if got == expected:
+            continue
+        for mistake in mistakes:
+            if mistake.impl(*config) == got:
+                raise CheckFailed(f"{name}({case.describe_inputs()}) = {got}: {mistake.message}")
+        raise CheckFailed(f"{name}({case.describe_inputs()}) = {got} is not right; {hint}")
+    verify_environment()
+    print(f"✓ {name}: right for all {len(configs)} configurations")
+
+
+# (d_model, n_heads, n_kv_heads, bias); None means n_kv_heads = n_heads.
+PARAM_CONFIGS = ((512, 8, None, False), (512, 8, 2, False), (768, 12, None, True), (512, 8, 2, True),
+                 (64, 4, 1, True))
+
+
+def check_attention_param_count(fn: Any, *, configs: Sequence[tuple] = PARAM_CONFIGS) -> None:
+    """attention_param_count(d_model, n_heads, n_kv_heads=None, bias=False) -> int."""
+    _check_counts(fn, name="attention_param_count", reference=ref.attention_param_count, configs=configs,
+                  arg_names=("d_model", "n_heads", "n_kv_heads", "bias"), mistakes=PARAM_COUNT_MISTAKES,
+                  hint="add up out_features x in_features for W_Q, W_K, W_V and W_O, plus out_features for "
+                       "each bias when bias=True")
+
+
+# (n_layers, n_kv_heads, d_head)
+KV_CONFIGS = ((32, 32, 128), (32, 8, 128), (12, 12, 64), (2, 1, 3))
+
+
+def check_kv_cache_elements_per_token(fn: Any, *, configs: Sequence[tuple] = KV_CONFIGS) -> None:
+    """kv_cache_elements_per_token(n_layers, n_kv_heads, d_head) -> int."""
+    _check_counts(fn, name="kv_cache_elements_per_token", reference=ref.kv_cache_elements_per_token,
+                  configs=configs, arg_names=("n_layers", "n_kv_heads", "d_head"), mistakes=KV_CACHE_MISTAKES,
+                  hint="each layer caches one key and one value vector of d_head numbers per K/V head")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric answers for real model sizes
+# ---------------------------------------------------------------------------------------------
+
+# The sizes exercise 7 uses (the notebook prints them in a read-only cell). Llama-2-7B's attention
+# (multi-head), the same layer with 8 K/V heads (Llama-3-8B and Mistral-7B use this GQA shape) and
+# with one (MQA); GPT-2 small, whose projections have biases. fp16 cache of one 4096-token sequence.
+REAL_SIZES = MappingProxyType({"n_layers": 32, "d_model": 4096, "n_heads": 32, "n_kv_heads_gqa": 8, "n_kv_heads_mqa": 1,
+                                   "context": 4096, "bytes_per_element": 2, "gpt2_d_model": 768, "gpt2_n_heads": 12})
+
+
+def _real_numbers() -> tuple[dict[str, float], dict[str, list[tuple[float, str]]]]:
+    s = REAL_SIZES
+    d_head = s["d_model"] // s["n_heads"]
+    kv_heads = {"mha": s["n_heads"], "gqa": s["n_kv_heads_gqa"], "mqa": s["n_kv_heads_mqa"]}
+    expected: dict[str, float] = {}
+    wrong: dict[str, list[tuple[float, str]]] = {}
+
+    def add(key: str, value: float, message: str) -> None:
+        known = wrong.setdefault(key, [])
+        if value == expected[key]:
+            return
+        for i, (v, first) in enumerate(known):
+            if v == value:  # two mistakes give the same number: name both
+                known[i] = (v, f"{first}; or else {message}")
+                return
+        known.append((value, message))
+
+    for variant, h_kv in kv_heads.items():
+        key = f"params_{variant}"
+        args = (s["d_model"], s["n_heads"], h_kv, False)
+        expected[key] = ref.attention_param_count(*args)
+        add(key, expected[key] * s["n_layers"], f"that is all {s['n_layers']} layers; the question asks for one layer")
+        for mistake in PARAM_COUNT_MISTAKES:
+            add(key, mistake.impl(*args), mistake.message)
+    gpt2 = (s["gpt2_d_model"], s["gpt2_n_heads"], None, True)
+    expected["params_gpt2"] = ref.attention_param_count(*gpt2)
+    for mistake in PARAM_COUNT_MISTAKES:
+        add("params_gpt2", mistake.impl(*gpt2), mistake.message)
+
+    tokens_bytes = s["context"] * s["bytes_per_element"]
+    for variant, h_kv in kv_heads.items():
+        key = f"kv_bytes_{variant}"
+        per_token = ref.kv_cache_elements_per_token(s["n_layers"], h_kv, d_head)
+        expected[key] = per_token * tokens_bytes
+        if variant != "mha":
+            add(key, ref.kv_cache_elements_per_token(s["n_layers"], s["n_heads"], d_head) * tokens_bytes,
+                "the cache holds only the n_kv_heads key/value heads, not one K and V per query head")
+        add(key, per_token * s["context"], "that counts numbers; multiply by 2 bytes per fp16 number")
+        add(key, per_token * s["context"] * 4, "fp16 takes 2 bytes per number, not 4")
+        add(key, per_token * s["bytes_per_element"], f"that is one token; the sequence has {s['context']} tokens")
+        for mistake in KV_CACHE_MISTAKES[:2]:
+            add(key, mistake.impl(s["n_layers"], h_kv, d_head) * tokens_bytes, mistake.message)
+    expected["kv_saving_gqa"] = expected["kv_bytes_mha"] / expected["kv_bytes_gqa"]
+    add("kv_saving_gqa", expected["kv_bytes_gqa"] / expected["kv_bytes_mha"],
+        "that is GQA's cache as a fraction of MHA's; the saving factor is MHA's bytes / GQA's bytes")
+    add("kv_saving_gqa", expected["params_mha"] / expected["params_gqa"],
+        "that is the ratio of attention parameters; the question asks about the KV cache")
+    return expected, wrong
+
+
+_REAL_HINTS = {
+    "params_mha": "W_Q, W_K, W_V and W_O are each d_model x d_model",
+    "params_gqa": "W_K and W_V are (n_kv_heads * d_head) x d_model with d_head = d_model / n_heads",
+    "params_mqa": "one K/V head: W_K and W_V are d_head x d_model",
+    "params_gpt2": "four 768 x 768 weights plus four biases of 768",
+    "kv_bytes_mha": "2 (K and V) x n_layers x n_kv_heads x d_head numbers per token, x tokens, x 2 bytes",
+    "kv_bytes_gqa": "as for MHA, with 8 K/V heads instead of 32",
+    "kv_bytes_mqa": "as for MHA, with a single K/V head",
+    "kv_saving_gqa": "divide MHA's cache bytes by GQA's",
+}
+
+
+def check_real_model_numbers(**answers: Any) -> None:
+    """Exercise 7: attention parameters and KV-cache bytes for MHA, GQA and MQA at real sizes."""
+    expected, wrong = _real_numbers()
+    missing = [key for key in expected if key not in answers]
+    if missing:
+        raise CheckFailed(f"check_real_model_numbers needs an answer for {', '.join(missing)}")
+    check_numbers(answers, expected, tolerance={"kv_saving_gqa": 1e-9}, mistakes=wrong, hints=_REAL_HINTS)
+
+
+protect(ref, sys.modules[__name__])
