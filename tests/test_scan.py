@@ -11,7 +11,8 @@ from tools.build import CONTENT, ROOT, chapters
 
 from .nbgrader_course import solution_answers
 
-REFERENCE, BUILTINS = chapter_rules("01_attention")
+RULES = chapter_rules("01_attention")
+REFERENCE, BUILTINS = RULES.reference, RULES.builtins("ex7")
 
 CASES = {
     "reference_import": ["from helpers.attention import scaled_dot_product_attention",
@@ -51,8 +52,8 @@ def test_rule_fires(rule, source):
     "from helpers.attention import scaled_dot_product_attention as sdpa",  # fine in a later chapter
 ])
 def test_ordinary_code_is_not_flagged(source):
-    reference, builtins_ = chapter_rules("02_heads")
-    assert scan_source(source, reference, builtins_, {"torch": "torch"}) == []
+    rules = chapter_rules("02_heads")
+    assert scan_source(source, rules.reference, rules.builtins("ex3"), {"torch": "torch"}) == []
 
 
 @pytest.mark.parametrize("chapter", [c for c in chapters() if (CONTENT / "solutions" / f"{c}.py").exists()])
@@ -69,3 +70,16 @@ def test_solutions_raise_no_finding(chapter):
 def test_chapter_rules_come_from_the_checks_module():
     assert REFERENCE == "helpers.attention"
     assert {"scaled_dot_product_attention", "MultiheadAttention"} <= BUILTINS
+    heads = chapter_rules("02_heads")  # F.scaled_dot_product_attention is allowed in ex3, not in ex4
+    assert "scaled_dot_product_attention" not in heads.builtins("ex3")
+    assert {"scaled_dot_product_attention", "MultiheadAttention"} <= heads.builtins("ex4")
+    assert heads.builtins("ex1") == set()
+    ffn = chapter_rules("03_ffn")
+    assert ffn.builtins("ex1") == {"gelu", "GELU"} and ffn.builtins("ex2") == set()
+
+
+def test_a_reference_function_an_exercise_allows_is_not_flagged():
+    ffn = chapter_rules("03_ffn")
+    source = "from helpers.ffn import top_k_route"
+    assert scan_source(source, ffn.reference, set(), {}, ffn.allowed_reference.get("ex7", ())) == []
+    assert scan_source(source, ffn.reference, set(), {}, ffn.allowed_reference.get("ex6", ()))[0][0] == "reference_import"

@@ -50,6 +50,8 @@ __all__ = [
 _REFERENCE = (ref,)
 _TORCH_MHA = (F.multi_head_attention_forward, torch.nn.MultiheadAttention.forward)
 _TORCH_SDPA = (F.scaled_dot_product_attention,)
+# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
+FORBIDDEN_BY_EXERCISE = {"ex3": _TORCH_MHA, "ex4": _TORCH_MHA + _TORCH_SDPA}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import csv
 import importlib
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -63,25 +64,57 @@ class Finding:
     code: str
 
 
-def chapter_rules(assignment: str) -> tuple[str, set[str]]:
-    """(reference module name, names of the torch built-ins the chapter forbids), read from the
-    chapter's checks module: every module-level tuple of torch callables there is a forbidden list."""
+def _torch_names(items) -> set[str]:
+    names = set()
+    for item in items:
+        module = getattr(item, "__module__", "") or ""
+        if callable(item) and module.startswith("torch"):
+            # a method names its class (MultiheadAttention.forward); a C function names itself
+            # (torch._C._VariableFunctionsClass.layer_norm -> layer_norm)
+            owner = item.__qualname__.split(".")[0]
+            names.add(owner if "." in item.__qualname__ and not owner.startswith("_") else item.__name__)
+    return names
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a chapter forbids, read from its checks module `helpers.checks.<topic>`:
+
+    - `FORBIDDEN_BY_EXERCISE = {"ex1": (F.gelu, ...)}`: the torch built-ins each exercise forbids
+      (exercises not listed forbid none); without it, every module-level tuple of torch callables
+      is forbidden in every exercise;
+    - `ALLOWED_REFERENCE_BY_EXERCISE = {"ex7": ("top_k_route",)}`: reference functions an exercise
+      may import.
+    """
+    reference: str
+    chapter_builtins: frozenset[str]
+    builtins_by_exercise: dict | None
+    allowed_reference: dict
+
+    def builtins(self, exercise: str) -> set[str]:
+        if self.builtins_by_exercise is None:
+            return set(self.chapter_builtins)
+        return set(self.builtins_by_exercise.get(exercise, ()))
+
+
+def chapter_rules(assignment: str) -> Rules:
     topic = assignment.split("_", 1)[1] if "_" in assignment else assignment
-    builtins_: set[str] = set()
     try:
         checks: ModuleType | None = importlib.import_module(f"helpers.checks.{topic}")
     except ImportError:
         checks = None
-    for value in vars(checks).values() if checks else ():
-        if isinstance(value, (tuple, list)):
-            for item in value:
-                module = getattr(item, "__module__", "") or ""
-                if callable(item) and module.startswith("torch"):
-                    # a method names its class (MultiheadAttention.forward); a C function names
-                    # itself (torch._C._VariableFunctionsClass.layer_norm -> layer_norm)
-                    owner = item.__qualname__.split(".")[0]
-                    builtins_.add(owner if "." in item.__qualname__ and not owner.startswith("_") else item.__name__)
-    return f"helpers.{topic}", builtins_
+    values = vars(checks) if checks else {}
+    chapter = set()
+    for name, value in values.items():
+        if isinstance(value, (tuple, list)) and name != "FORBIDDEN_BY_EXERCISE":
+            chapter |= _torch_names(value)
+    by_exercise = values.get("FORBIDDEN_BY_EXERCISE")
+    if isinstance(by_exercise, dict):
+        by_exercise = {ex: frozenset(_torch_names(items)) for ex, items in by_exercise.items()}
+    else:
+        by_exercise = None
+    allowed = {ex: frozenset(names) for ex, names in values.get("ALLOWED_REFERENCE_BY_EXERCISE", {}).items()}
+    return Rules(f"helpers.{topic}", frozenset(chapter), by_exercise, allowed)
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -98,9 +131,15 @@ def _dotted(node: ast.AST) -> str | None:
 
 
 class _Reader(ast.NodeVisitor):
-    def __init__(self, reference: str, builtins_: set[str], aliases: dict[str, str]) -> None:
+    def __init__(self, reference: str, builtins_: set[str], aliases: dict[str, str],
+                 allowed: Collection[str] = ()) -> None:
         self.reference, self.builtins, self.aliases = reference, builtins_, aliases
+        self.allowed = {f"{reference}.{name}" for name in allowed}
         self.found: list[tuple[str, int]] = []
+
+    def _is_reference(self, name: str) -> bool:
+        inside = name == self.reference or name.startswith(self.reference + ".")
+        return inside and not any(name == a or name.startswith(a + ".") for a in self.allowed)
 
     def _resolve(self, dotted: str) -> str:
         head, _, rest = dotted.partition(".")
@@ -112,7 +151,7 @@ class _Reader(ast.NodeVisitor):
 
     def _module(self, name: str, node: ast.AST) -> None:
         root = name.split(".")[0]
-        if name == self.reference or name.startswith(self.reference + "."):
+        if self._is_reference(name):
             self._flag("reference_import", node)
         elif name == "helpers.checks" or name.startswith("helpers.checks."):
             self._flag("checks_import", node)
@@ -147,7 +186,7 @@ class _Reader(ast.NodeVisitor):
             parts = full.split(".")
             if parts[0] == "torch" and any(p in self.builtins for p in parts[1:]):
                 self._flag("torch_builtin", node)
-            if full == self.reference or full.startswith(self.reference + "."):
+            if self._is_reference(full):
                 self._flag("reference_import", node)
         self.generic_visit(node)
 
@@ -202,7 +241,8 @@ class _Reader(ast.NodeVisitor):
 _MAGIC = re.compile(r"^\s*(!|%%?(system|sx|bash|sh|script|writefile|run|load)\b)")
 
 
-def scan_source(source: str, reference: str, builtins_: set[str], aliases: dict[str, str]) -> list[tuple[str, int, str]]:
+def scan_source(source: str, reference: str, builtins_: set[str], aliases: dict[str, str],
+                allowed: Collection[str] = ()) -> list[tuple[str, int, str]]:
     """(rule, line, code) for each finding in one cell's source."""
     lines = source.splitlines()
     findings = [("process" if m.group(1) == "!" or m.group(2) in {"system", "sx", "bash", "sh", "script"} else
@@ -213,7 +253,7 @@ def scan_source(source: str, reference: str, builtins_: set[str], aliases: dict[
         tree = ast.parse(python)
     except SyntaxError as error:
         return findings + [("unparsable", error.lineno or 0, (error.text or "").strip())]
-    reader = _Reader(reference, builtins_, aliases)
+    reader = _Reader(reference, builtins_, aliases, allowed)
     reader.visit(tree)
     seen = set()
     for rule, number in reader.found:
@@ -224,7 +264,7 @@ def scan_source(source: str, reference: str, builtins_: set[str], aliases: dict[
 
 
 def scan_notebook(nb: nbformat.NotebookNode, assignment: Assignment, student: str = "") -> list[Finding]:
-    reference, builtins_ = chapter_rules(assignment.name)
+    rules = chapter_rules(assignment.name)
     known = set(assignment.source_ids)
     answers = set(assignment.answer_cells)
     aliases: dict[str, str] = {}
@@ -236,13 +276,14 @@ def scan_notebook(nb: nbformat.NotebookNode, assignment: Assignment, student: st
         if grade_id in known and grade_id not in answers:
             # a locked cell (restored by nbgrader): read its imports for aliases only
             try:
-                _Reader(reference, builtins_, aliases).visit(ast.parse(cell.source))
+                _Reader(rules.reference, set(), aliases).visit(ast.parse(cell.source))
             except SyntaxError:
                 pass
             continue
         label = grade_id if grade_id in known else f"added cell {index + 1}"
         exercise = exercise_of(grade_id) if grade_id in known else "-"
-        for rule, line, code in scan_source(cell.source, reference, builtins_, aliases):
+        for rule, line, code in scan_source(cell.source, rules.reference, rules.builtins(exercise), aliases,
+                                            rules.allowed_reference.get(exercise, ())):
             findings.append(Finding(student, exercise, label, rule, line, code[:120]))
     return findings
 
