@@ -58,7 +58,7 @@ STUDENTS = {
                                "heads = torch.nn.functional.scaled_dot_product_attention(q, k[:, ::group], "
                                "v[:, ::group], attn_mask=mask, enable_gqa=True)\n"
                                "    weights = None")},
-        {"ex4"}, "calls torch._C._nn.scaled_dot_product_attention", report="scan: torch_builtin (ex4)"),
+        {"ex4"}, "calls torch.nn.functional.scaled_dot_product_attention", report="scan: torch_builtin (ex4)"),
     # A wrong numeric answer: the KV cache without the factor 2 for keys and values.
     "kv_bytes_no_factor_two": Submission(
         {"ex7-answer": replace("kv_bytes_gqa = 2 * n_layers", "kv_bytes_gqa = n_layers")},
