@@ -35,9 +35,10 @@ import os
 import sys
 import types
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,16 +47,16 @@ import torch.nn.functional as F
 from ..shapes import fmt_shape
 
 __all__ = [
-    "CheckFailed",
     "Case",
+    "CheckFailed",
     "Mistake",
-    "protect",
-    "verify_environment",
-    "named_shape",
     "call_learner",
-    "compare",
     "check_function",
     "check_numbers",
+    "compare",
+    "named_shape",
+    "protect",
+    "verify_environment",
 ]
 
 
@@ -478,6 +479,11 @@ def check_function(
     print(f"✓ {name}: matches the reference on " + ("its test case" if len(cases) == 1 else f"all {len(cases)} cases"))
 
 
+def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal numbers drawn in float64 from `gen`, then cast: the same values in every dtype."""
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
 def check_numbers(
     answers: Mapping[str, Any],
     expected: Mapping[str, float],
@@ -485,9 +491,14 @@ def check_numbers(
     tolerance: Mapping[str, float] | None = None,
     mistakes: Mapping[str, Sequence[tuple[float, str]]] | None = None,
     hints: Mapping[str, str] | None = None,
+    name: str = "this check",
 ) -> None:
-    """Numeric answers: each must be a number within its tolerance; known wrong values are named."""
+    """Numeric answers: each must be a number within its tolerance; known wrong values are named.
+    `name` (the check's name) is used when an answer is not passed at all."""
     verify_environment()
+    missing = [key for key in expected if key not in answers]
+    if missing:
+        raise CheckFailed(f"{name} needs an answer for {', '.join(missing)}")
     tolerance = tolerance or {}
     for key, target in expected.items():
         value = answers.get(key)
