@@ -18,6 +18,8 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,9 +37,18 @@ def sandbox_problem(user: str) -> str | None:
         if shutil.which(tool) is None:
             return f"--sandbox needs the `{tool}` command (util-linux)"
     try:
-        pwd.getpwnam(user)
+        account = pwd.getpwnam(user)
     except KeyError:
         return f"--sandbox: no user {user!r} on this machine (e.g. `useradd --system grader`, or use nobody)"
+    # The kernel must be able to start: Python, the course package and ipykernel readable by USER.
+    probe = subprocess.run(
+        ["unshare", "--net", "--", "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+         "--clear-groups", "--", sys.executable, "-c", "import helpers, ipykernel"],
+        cwd="/", capture_output=True, text=True, timeout=120, check=False)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        return (f"--sandbox: user {user!r} cannot start a kernel here ({last}); the Python environment and "
+                f"the course package must be readable by {user!r}")
     return None
 
 
