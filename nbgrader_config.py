@@ -41,6 +41,11 @@ c.OverwriteCells.add_missing_cells = True
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"\w*Warning: "
 
+# `nbgrader zip_collect A` (or `course-grade-class A --zip-collect`) unpacks an LMS download put in
+# downloaded/A/archive/: each file named <student_id>_<anything>_<notebook>.ipynb, e.g. Canvas's
+# "alice_12345_67890_01_attention.ipynb", goes to submitted/alice/A/01_attention.ipynb.
+c.FileNameCollectorPlugin.named_regexp = r"^.*/(?P<student_id>[^_/]+)_(?:[^/]*_)?(?P<file_id>\d\d_[a-z0-9_]+\.ipynb)$"
+
 # Keep a flood of output from swamping the autograded notebook.
 c.LimitOutput.max_lines = 200
 c.LimitOutput.max_traceback = 20
