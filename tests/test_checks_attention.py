@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import helpers.attention as reference
 import helpers.checks.attention as checks
 from helpers.checks import CheckFailed
 from helpers.checks.core import verify_environment
+from tools.build import ROOT
 
 from . import loops
 
@@ -278,3 +281,23 @@ def test_counts_right_and_each_known_wrong_value(capsys):
         checks.check_counts(**{**RIGHT_COUNTS, "var_scaled": "1"})
     with pytest.raises(CheckFailed, match="needs an answer for score_bytes"):
         checks.check_counts(**{k: v for k, v in RIGHT_COUNTS.items() if k != "score_bytes"})
+
+
+def test_torch_wrapping_its_own_functions_is_not_a_patch():
+    """Importing torch._dynamo (torch.compile, `with torch.device(...)`) wraps torch.manual_seed;
+    the checks must still run afterwards, and still refuse a learner's own replacement."""
+    script = (
+        "import helpers.checks.attention as c, torch, torch._dynamo\n"
+        "from tests import loops\n"
+        "assert torch.manual_seed.__wrapped__ is not None\n"
+        "c.check_attention_scores(loops.attention_scores)\n"
+        "import functools\n"
+        "torch.manual_seed = functools.wraps(torch.manual_seed)(lambda *a: None)\n"
+        "try:\n"
+        "    c.check_attention_scores(loops.attention_scores)\n"
+        "except c.CheckFailed as error:\n"
+        "    print('refused:', error)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "✓ attention_scores" in run.stdout and "refused: this check will not run because torch.manual_seed" in run.stdout

@@ -147,12 +147,28 @@ def protect(*modules: types.ModuleType) -> None:
             module.__class__ = _SealedModule
 
 
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent) + os.sep
+
+
+def _unchanged(current: Any, original: Any) -> bool:
+    """`current` is `original`, or torch's own wrapper of it: importing torch._dynamo (which
+    `torch.compile` and `with torch.device(...)` do) wraps torch.manual_seed, and that is no patch."""
+    for _ in range(4):
+        if current is original:
+            return True
+        code = getattr(current, "__code__", None)
+        if code is None or not str(Path(code.co_filename).resolve()).startswith(_TORCH_DIR):
+            return False
+        current = getattr(current, "__wrapped__", None)
+    return False
+
+
 def verify_environment() -> None:
     """Raise CheckFailed if a function a check relies on was replaced after the first cell."""
     replaced = [
         f"{label}.{name}"
         for (label, name), (owner, value) in _SNAPSHOT.items()
-        if _lookup(owner, name) is not value
+        if not _unchanged(_lookup(owner, name), value)
     ]
     if replaced:
         shown = ", ".join(replaced[:3]) + (f" and {len(replaced) - 3} more" if len(replaced) > 3 else "")
