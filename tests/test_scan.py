@@ -83,3 +83,14 @@ def test_a_reference_function_an_exercise_allows_is_not_flagged():
     source = "from helpers.ffn import top_k_route"
     assert scan_source(source, ffn.reference, set(), {}, ffn.allowed_reference.get("ex7", ())) == []
     assert scan_source(source, ffn.reference, set(), {}, ffn.allowed_reference.get("ex6", ()))[0][0] == "reference_import"
+
+
+def test_course_functions_a_chapter_forbids_are_flagged_by_name():
+    overview = chapter_rules("00_overview")
+    assert "helpers.blocks.decoder_forward" in overview.forbidden_helpers
+
+    def rules_of(source):
+        return {f[0] for f in scan_source(source, overview.references, set(), {}, (), overview.forbidden_helpers)}
+    assert rules_of("from helpers.blocks import decoder_forward") == {"reference_import"}
+    assert rules_of("import helpers.blocks\nlogits = helpers.blocks.decoder_forward(model, ids)") == {"reference_import"}
+    assert rules_of("from helpers.blocks import DecoderBlock") == set()

@@ -76,6 +76,19 @@ def _torch_names(items) -> set[str]:
     return names
 
 
+def _helpers_names(items) -> tuple[set[str], set[str]]:
+    """(course modules, dotted names of course functions/classes) listed in a forbidden tuple."""
+    modules, names = set(), set()
+    for item in items:
+        if isinstance(item, ModuleType) and item.__name__.startswith("helpers."):
+            modules.add(item.__name__)
+            continue
+        module = getattr(item, "__module__", "") or ""
+        if callable(item) and module.startswith("helpers.") and not module.startswith("helpers.checks"):
+            names.add(f"{module}.{item.__qualname__}")  # a method: only its explicit use is visible
+    return modules, names
+
+
 @dataclass(frozen=True)
 class Rules:
     """What a chapter forbids, read from its checks module `helpers.checks.<topic>`:
@@ -84,12 +97,19 @@ class Rules:
       (exercises not listed forbid none); without it, every module-level tuple of torch callables
       is forbidden in every exercise;
     - `ALLOWED_REFERENCE_BY_EXERCISE = {"ex7": ("top_k_route",)}`: reference functions an exercise
-      may import.
+      may import;
+    - course modules (`_REFERENCE = (ref,)`) and course functions in module-level tuples: what
+      answers may not import, besides `helpers.<topic>` itself.
     """
-    reference: str
+    references: tuple[str, ...]  # course modules an answer may not import (helpers.<topic> first)
     chapter_builtins: frozenset[str]
     builtins_by_exercise: dict | None
     allowed_reference: dict
+    forbidden_helpers: frozenset[str] = frozenset()  # e.g. helpers.blocks.decoder_forward
+
+    @property
+    def reference(self) -> str:
+        return self.references[0]
 
     def builtins(self, exercise: str) -> set[str]:
         if self.builtins_by_exercise is None:
@@ -104,17 +124,21 @@ def chapter_rules(assignment: str) -> Rules:
     except ImportError:
         checks = None
     values = vars(checks) if checks else {}
-    chapter = set()
+    chapter, modules, helpers_names = set(), {f"helpers.{topic}"}, set()
     for name, value in values.items():
         if isinstance(value, (tuple, list)) and name != "FORBIDDEN_BY_EXERCISE":
             chapter |= _torch_names(value)
+            more_modules, more_names = _helpers_names(value)
+            modules |= more_modules
+            helpers_names |= more_names
     by_exercise = values.get("FORBIDDEN_BY_EXERCISE")
     if isinstance(by_exercise, dict):
         by_exercise = {ex: frozenset(_torch_names(items)) for ex, items in by_exercise.items()}
     else:
         by_exercise = None
     allowed = {ex: frozenset(names) for ex, names in values.get("ALLOWED_REFERENCE_BY_EXERCISE", {}).items()}
-    return Rules(f"helpers.{topic}", frozenset(chapter), by_exercise, allowed)
+    references = (f"helpers.{topic}", *sorted(modules - {f"helpers.{topic}"}))
+    return Rules(references, frozenset(chapter), by_exercise, allowed, frozenset(helpers_names))
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -131,15 +155,20 @@ def _dotted(node: ast.AST) -> str | None:
 
 
 class _Reader(ast.NodeVisitor):
-    def __init__(self, reference: str, builtins_: set[str], aliases: dict[str, str],
-                 allowed: Collection[str] = ()) -> None:
-        self.reference, self.builtins, self.aliases = reference, builtins_, aliases
-        self.allowed = {f"{reference}.{name}" for name in allowed}
+    def __init__(self, reference: str | tuple[str, ...], builtins_: set[str], aliases: dict[str, str],
+                 allowed: Collection[str] = (), forbidden_helpers: Collection[str] = ()) -> None:
+        self.references = (reference,) if isinstance(reference, str) else tuple(reference)
+        self.builtins, self.aliases = builtins_, aliases
+        self.allowed = {f"{module}.{name}" for module in self.references for name in allowed}
+        self.forbidden_helpers = set(forbidden_helpers)
         self.found: list[tuple[str, int]] = []
 
     def _is_reference(self, name: str) -> bool:
-        inside = name == self.reference or name.startswith(self.reference + ".")
-        return inside and not any(name == a or name.startswith(a + ".") for a in self.allowed)
+        def under(prefix: str) -> bool:
+            return name == prefix or name.startswith(prefix + ".")
+        if any(under(f) for f in self.forbidden_helpers):
+            return True
+        return any(under(r) for r in self.references) and not any(under(a) for a in self.allowed)
 
     def _resolve(self, dotted: str) -> str:
         head, _, rest = dotted.partition(".")
@@ -241,8 +270,8 @@ class _Reader(ast.NodeVisitor):
 _MAGIC = re.compile(r"^\s*(!|%%?(system|sx|bash|sh|script|writefile|run|load)\b)")
 
 
-def scan_source(source: str, reference: str, builtins_: set[str], aliases: dict[str, str],
-                allowed: Collection[str] = ()) -> list[tuple[str, int, str]]:
+def scan_source(source: str, reference: str | tuple[str, ...], builtins_: set[str], aliases: dict[str, str],
+                allowed: Collection[str] = (), forbidden_helpers: Collection[str] = ()) -> list[tuple[str, int, str]]:
     """(rule, line, code) for each finding in one cell's source."""
     lines = source.splitlines()
     findings = [("process" if m.group(1) == "!" or m.group(2) in {"system", "sx", "bash", "sh", "script"} else
@@ -253,7 +282,7 @@ def scan_source(source: str, reference: str, builtins_: set[str], aliases: dict[
         tree = ast.parse(python)
     except SyntaxError as error:
         return findings + [("unparsable", error.lineno or 0, (error.text or "").strip())]
-    reader = _Reader(reference, builtins_, aliases, allowed)
+    reader = _Reader(reference, builtins_, aliases, allowed, forbidden_helpers)
     reader.visit(tree)
     seen = set()
     for rule, number in reader.found:
@@ -276,14 +305,14 @@ def scan_notebook(nb: nbformat.NotebookNode, assignment: Assignment, student: st
         if grade_id in known and grade_id not in answers:
             # a locked cell (restored by nbgrader): read its imports for aliases only
             try:
-                _Reader(rules.reference, set(), aliases).visit(ast.parse(cell.source))
+                _Reader(rules.references, set(), aliases).visit(ast.parse(cell.source))
             except SyntaxError:
                 pass
             continue
         label = grade_id if grade_id in known else f"added cell {index + 1}"
         exercise = exercise_of(grade_id) if grade_id in known else "-"
-        for rule, line, code in scan_source(cell.source, rules.reference, rules.builtins(exercise), aliases,
-                                            rules.allowed_reference.get(exercise, ())):
+        for rule, line, code in scan_source(cell.source, rules.references, rules.builtins(exercise), aliases,
+                                            rules.allowed_reference.get(exercise, ()), rules.forbidden_helpers):
             findings.append(Finding(student, exercise, label, rule, line, code[:120]))
     return findings
 
