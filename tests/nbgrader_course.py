@@ -46,6 +46,7 @@ class Submission:
 class Course:
     def __init__(self, folder: Path) -> None:
         self.root = folder
+        folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "nbgrader_config.py", folder)
         shutil.copytree(ROOT / "solutions", folder / "solutions")
 

@@ -2,6 +2,7 @@
 
     python tools/bench_class.py            # 30 submissions spread over the chapters
     python tools/bench_class.py --size 60
+    python tools/bench_class.py --chapter 01_attention   # the whole class on one chapter
 
 It builds a synthetic class in a temporary copy of the course: for each chapter, submissions
 cycle through the solution, the known wrong submissions of tests/grading/ch<chapter>.py (partial
@@ -79,8 +80,10 @@ def grade(folder: Path, chapter: str, workers: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=30, help="submissions in the class, spread over the chapters")
+    parser.add_argument("--chapter", action="append", help="only these chapters (repeatable)")
     args = parser.parse_args()
     graded = [c for c in chapters() if (CONTENT / "solutions" / f"{c}.py").exists()]
+    graded = [c for c in graded if c in args.chapter] if args.chapter else graded
     sizes = {c: args.size // len(graded) + (i < args.size % len(graded)) for i, c in enumerate(graded)}
     workers = os.cpu_count() or 1
     rows = []
