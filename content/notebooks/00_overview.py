@@ -756,6 +756,8 @@ for field, value in [("positions", "rope"), ("ffn", "moe")]:
         print(error)
 
 # %% [markdown] id="roadmap-table"
+# Chapters 00 to 04 are here now; 05 to 09 are being written, and the table says what each will prove.
+#
 # | chapter | opens | proves |
 # |---|---|---|
 # | 00 overview | the whole path, tokens to logits | shape map = shapes measured on a running block; permutation equivariance without positions; tokenizer round trip; token budgets |
