@@ -46,3 +46,28 @@ def test_catalogue_messages_are_distinct_within_a_check(topic):
 def test_every_check_with_a_catalogue_is_exercised(topic):
     suite = SUITES[topic]
     assert set(suite.checks.MISTAKES) <= set(suite.CHECKS)
+
+
+def _sealed_names():
+    for topic, suite in SUITES.items():
+        reference = importlib.import_module(f"helpers.{topic}")
+        yield pytest.param(importlib.import_module("helpers.checks"), topic, id=f"{topic}-checks-module")
+        for name in [n for n in dir(suite.checks) if n.startswith("check_")]:
+            yield pytest.param(suite.checks, name, id=f"{topic}-checks-{name}")
+        for name in getattr(reference, "__all__", []):
+            yield pytest.param(reference, name, id=f"{topic}-reference-{name}")
+
+
+@pytest.mark.parametrize("module, name", list(_sealed_names()))
+def test_checks_and_references_cannot_be_replaced(module, name):
+    """An answer cell cannot swap a check or a reference function for its own (`protect`)."""
+    original = getattr(module, name)
+    try:
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(module, name, lambda *args, **kwargs: None)
+        with pytest.raises(AttributeError, match="read-only"):
+            delattr(module, name)
+    finally:
+        if getattr(module, name, None) is not original:
+            object.__setattr__(module, name, original)
+    assert getattr(module, name) is original

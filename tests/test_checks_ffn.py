@@ -184,13 +184,6 @@ def test_feed_forward_may_use_torch_gelu_and_swiglu_may_use_torch_silu(capsys):
     assert capsys.readouterr().out.count("✓") == 2
 
 
-def test_replacing_a_check_or_reference_is_blocked():
-    with pytest.raises(AttributeError, match="read-only"):
-        checks.check_feed_forward = lambda fn: None
-    with pytest.raises(AttributeError, match="read-only"):
-        reference.feed_forward = lambda *a: None
-
-
 def test_hard_coded_visible_output_fails_hidden_inputs():
     memory = {}
 

@@ -259,13 +259,6 @@ def test_block_answers_may_call_the_given_norms_and_torch_but_not_the_reference_
     assert "✓" in capsys.readouterr().out
 
 
-def test_replacing_a_check_or_reference_is_blocked():
-    with pytest.raises(AttributeError, match="read-only"):
-        checks.check_layer_norm = lambda fn: None
-    with pytest.raises(AttributeError, match="read-only"):
-        reference.layer_norm = lambda *a: None
-
-
 def test_patched_library_function_makes_checks_refuse():
     original = torch.allclose
     try:

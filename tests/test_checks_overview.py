@@ -290,15 +290,6 @@ def test_answers_calling_the_reference_are_refused(name, answer):
         CHECKS[name](answer)
 
 
-def test_replacing_a_check_or_reference_is_blocked():
-    with pytest.raises(AttributeError, match="read-only"):
-        checks.check_shape_map = lambda fn: None
-    with pytest.raises(AttributeError, match="read-only"):
-        reference.shape_map = lambda *a: None
-    with pytest.raises(AttributeError, match="read-only"):
-        reference_tok.merge_pair = lambda *a: None
-
-
 def test_patched_library_function_makes_checks_refuse():
     original = torch.allclose
     try:
