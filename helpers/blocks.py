@@ -12,7 +12,8 @@ The path of one forward pass (chapter 00's tour):
                -> final norm (Pre-LN only) -> LM head h @ W_headᵀ (B, T, V)
 
 A DecoderBlock is composed from the chapters' own pieces, never a second copy of their math:
-attention is helpers.heads.MultiHeadAttention (chapter 02, which calls chapter 01's attention),
+attention is `Attention` below, built from chapter 02's split_heads / repeat_kv / merge_heads and
+chapter 01's attention (its steps kept apart so positions and the KV cache plug in one place each),
 the FFN is helpers.ffn.FeedForward or SwiGLUFFN (chapter 03), the norms and the two block
 equations are helpers.norms (chapter 04):
 
@@ -36,17 +37,19 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .attention import causal_mask
+from .attention import attention_scores, causal_mask, masked_softmax, scaled_dot_product_attention
 from .ffn import FeedForward, SwiGLUFFN, ffn_param_count
-from .heads import MultiHeadAttention, attention_param_count
+from .heads import _require_heads, attention_param_count, merge_heads, repeat_kv, split_heads
 from .norms import LayerNorm, RMSNorm, post_ln_block, pre_ln_block
 from .shapes import ShapeError, fmt_shape, require_float, require_tensor
 
 __all__ = [
+    "Attention",
     "DecoderBlock",
     "LATER_CHAPTERS",
     "ModelConfig",
     "TinyDecoder",
+    "attend",
     "decoder_forward",
     "model_param_count",
 ]
@@ -140,6 +143,97 @@ def _norm(config: ModelConfig) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
+# The attention sublayer
+# ---------------------------------------------------------------------------------------------
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+           bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention core of the shared model: chapter 01's attention, with an optional score bias.
+
+    q (B, H, T_q, d_head), k and v (B, H, T_k, d_head) (K/V heads already repeated for GQA),
+    mask bool broadcastable to (B, H, T_q, T_k) (True = may attend), bias float broadcastable to
+    (B, H, T_q, T_k), added to the scaled scores before the mask (relative-position biases such as
+    ALiBi or T5's live here) -> (out (B, H, T_q, d_head), weights (B, H, T_q, T_k)).
+    """
+    if bias is None:
+        return scaled_dot_product_attention(q, k, v, mask)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
+    scores = attention_scores(q, k)  # (B, H, T_q, T_k): q kᵀ / sqrt(d_head)
+    if bias.dtype != scores.dtype or not bias.is_floating_point():
+        raise TypeError(f"attend: bias must be a float tensor of the scores' dtype {scores.dtype}; got {bias.dtype}")
+    try:
+        scores = scores + bias  # (B, H, T_q, T_k)
+    except RuntimeError:
+        raise ShapeError(f"attend: bias must broadcast to the scores (B, H, T_q, T_k) = {fmt_shape(scores.shape)}; "
+                         f"got {fmt_shape(bias.shape)}") from None
+    weights = masked_softmax(scores, mask)  # (B, H, T_q, T_k)
+    return weights @ v, weights  # (B, H, T_q, d_head), (B, H, T_q, T_k)
+
+
+class Attention(nn.Module):
+    """The shared model's attention sublayer: H query heads, H_kv key/value heads, no biases.
+
+    Self-attention reads queries, keys and values from x; cross-attention (chapter 05) reads keys
+    and values from another sequence, `source` (the encoder's output). The steps are kept apart so
+    that later chapters add theirs in one place each: rotate q and k (RoPE, chapter 06) after
+    `project`, keep K and V in a cache (chapter 07) before the heads are repeated, pass a score
+    bias (ALiBi, T5, chapter 06) to `attend`.
+
+        attn = Attention(config)
+        out, weights = attn(x, mask)              # (B, T, d_model), (B, H, T, T)
+        out, weights = attn(x, mask, source=mem)  # (B, T_q, d_model), (B, H, T_q, T_src)
+
+    The four nn.Linear layers are named as in helpers.heads.MultiHeadAttention (and Llama), and the
+    numbers are chapter 02's multi_head_attention / grouped_query_attention.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d_model, n_heads, n_kv_heads = config.d_model, config.n_heads, config.kv_heads
+        self.d_head = _require_heads("Attention", d_model, n_heads, n_kv_heads)
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)  # weight (d_model, d_model)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)  # (H_kv * d_head, d_model)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)  # (H_kv * d_head, d_model)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)  # weight (d_model, d_model)
+
+    def _require_input(self, name: str, x: torch.Tensor, layout: str) -> None:
+        require_float("Attention", name, x, layout)
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ShapeError(f"Attention: {name} must be {layout} with d_model = {self.d_model}; "
+                             f"got {fmt_shape(x.shape)}")
+
+    def project(self, x: torch.Tensor, source: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T_q, d_model) [, source (B, T_k, d_model)] -> q (B, H, T_q, d_head), k, v (B, H_kv, T_k, d_head)."""
+        self._require_input("x", x, "(B, T_q, d_model)")
+        if source is None:
+            source = x  # self-attention: keys and values from the same tokens
+        else:
+            self._require_input("source", source, "(B, T_k, d_model)")
+            if source.shape[0] != x.shape[0]:
+                raise ShapeError(f"Attention: x {fmt_shape(x.shape)} and source {fmt_shape(source.shape)} "
+                                 f"must have the same batch size B")
+        q = split_heads(self.q_proj(x), self.n_heads)  # (B, T_q, d_model) -> (B, H, T_q, d_head)
+        k = split_heads(self.k_proj(source), self.n_kv_heads)  # (B, T_k, H_kv * d_head) -> (B, H_kv, T_k, d_head)
+        v = split_heads(self.v_proj(source), self.n_kv_heads)  # (B, H_kv, T_k, d_head)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, source: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T_q, d_model), mask bool broadcastable to (B, H, T_q, T_k) [, source, bias]
+        -> (out (B, T_q, d_model), weights (B, H, T_q, T_k))."""
+        q, k, v = self.project(x, source)  # (B, H, T_q, d_head), (B, H_kv, T_k, d_head) x 2
+        group = self.n_heads // self.n_kv_heads  # query heads per key/value head
+        k, v = repeat_kv(k, group), repeat_kv(v, group)  # (B, H, T_k, d_head): head h reads K/V head h // group
+        heads, weights = attend(q, k, v, mask, bias)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
+        return self.o_proj(merge_heads(heads)), weights  # (B, T_q, d_model), (B, H, T_q, T_k)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, d_head={self.d_head}"
+
+
+# ---------------------------------------------------------------------------------------------
 # One block
 # ---------------------------------------------------------------------------------------------
 
@@ -156,7 +250,7 @@ class DecoderBlock(nn.Module):
             raise TypeError(f"DecoderBlock: config must be a ModelConfig; got {type(config).__name__}")
         self.config = config
         self.norm1 = _norm(config)
-        self.attn = MultiHeadAttention(config.d_model, config.n_heads, config.kv_heads)
+        self.attn = Attention(config)
         self.norm2 = _norm(config)
         if config.ffn == "gelu":
             self.ffn = FeedForward(config.d_model, config.ffn_width, activation="gelu", bias=config.bias)
