@@ -41,16 +41,21 @@ from .attention import attention_scores, causal_mask, masked_softmax, scaled_dot
 from .ffn import FeedForward, SwiGLUFFN, ffn_param_count
 from .heads import _require_heads, attention_param_count, merge_heads, repeat_kv, split_heads
 from .norms import LayerNorm, RMSNorm, post_ln_block, pre_ln_block
-from .shapes import ShapeError, fmt_shape, require_float, require_tensor
+from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
 
 __all__ = [
     "Attention",
     "DecoderBlock",
+    "KVCache",
     "LATER_CHAPTERS",
+    "LayerCache",
     "ModelConfig",
     "TinyDecoder",
     "attend",
+    "cached_causal_mask",
+    "cached_forward",
     "decoder_forward",
+    "generate",
     "model_param_count",
 ]
 
@@ -220,10 +225,15 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, source: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                bias: torch.Tensor | None = None, cache: LayerCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T_q, d_model), mask bool broadcastable to (B, H, T_q, T_k) [, source, bias]
-        -> (out (B, T_q, d_model), weights (B, H, T_q, T_k))."""
+        -> (out (B, T_q, d_model), weights (B, H, T_q, T_k)).
+
+        cache (chapter 07): this layer's KV cache; the new k and v are appended to it and the
+        queries attend to every cached key, T_k = cached + T_q (give a bottom-right causal mask)."""
         q, k, v = self.project(x, source)  # (B, H, T_q, d_head), (B, H_kv, T_k, d_head) x 2
+        if cache is not None:  # chapter 07: keep the H_kv heads (what GQA saves), before the repeat
+            k, v = cache.update(k, v)  # (B, H_kv, T_cached + T_q, d_head) x 2
         group = self.n_heads // self.n_kv_heads  # query heads per key/value head
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # (B, H, T_k, d_head): head h reads K/V head h // group
         heads, weights = attend(q, k, v, mask, bias)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
@@ -258,11 +268,13 @@ class DecoderBlock(nn.Module):
             self.ffn = SwiGLUFFN(config.d_model, config.ffn_width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                return_weights: bool = False, *,
+                cache: LayerCache | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, d_model) -> out (B, T, d_model) [, weights (B, H, T, T)].
 
         mask: bool, True = may attend, broadcastable to (B, H, T, T). None means the causal mask
-        when config.causal, else no mask.
+        when config.causal, else no mask. cache (chapter 07): this layer's KV cache; then the
+        default mask is the bottom-right aligned causal mask (T, cached + T).
         """
         fn = "DecoderBlock"
         require_float(fn, "x", x, "(B, T, d_model)")
@@ -271,11 +283,12 @@ class DecoderBlock(nn.Module):
                              f"got {fmt_shape(x.shape)}")
         T = x.shape[1]
         if mask is None and self.config.causal:
-            mask = causal_mask(T, device=x.device)  # (T, T)
+            mask = (causal_mask(T, device=x.device) if cache is None  # (T, T)
+                    else cached_causal_mask(T, cache.length + T, device=x.device))  # (T, cached + T)
         seen: list[torch.Tensor] = []
 
         def attend(h: torch.Tensor) -> torch.Tensor:
-            out, weights = self.attn(h, mask)  # (B, T, d_model), (B, H, T, T)
+            out, weights = self.attn(h, mask, cache=cache)  # (B, T, d_model), (B, H, T, T_k)
             seen.append(weights)
             return out
 
@@ -387,3 +400,197 @@ def model_param_count(config: ModelConfig) -> int:
     final = norm if config.norm_placement == "pre" else 0
     head = 0 if config.tie_weights else V * d
     return embeddings + config.n_layers * (attention + ffn + 2 * norm) + final + head
+
+
+# ---------------------------------------------------------------------------------------------
+# The KV cache and generation (chapter 07)
+# ---------------------------------------------------------------------------------------------
+
+
+def cached_causal_mask(T_q: int, T_k: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """(T_q, T_k) bool causal mask for the T_q newest tokens of a T_k-token sequence (T_q <= T_k).
+
+    Bottom-right aligned: query i is token T_k - T_q + i, so it may attend to keys 0 .. T_k - T_q + i.
+    torch's is_causal=True aligns top-left instead (query i sees keys 0 .. i), which is the same
+    only when T_q = T_k; after a cache (T_q < T_k) top-left would hide the newest keys.
+    """
+    fn = "cached_causal_mask"
+    require_positive_int(fn, "T_q", T_q)
+    require_positive_int(fn, "T_k", T_k)
+    if T_q > T_k:
+        raise ShapeError(f"{fn}: the T_q = {T_q} new tokens are part of the T_k = {T_k} keys, so T_q <= T_k")
+    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(diagonal=T_k - T_q)  # (T_q, T_k)
+
+
+class LayerCache:
+    """One layer's keys and values of the tokens seen so far, (B, H_kv, T_cached, d_head) each."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens cached so far: the position of the next token."""
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new tokens' k, v (B, H_kv, T_new, d_head); return all (B, H_kv, T_cached + T_new, d_head)."""
+        fn = "LayerCache.update"
+        require_float(fn, "k", k, "(B, H_kv, T_new, d_head)")
+        require_float(fn, "v", v, "(B, H_kv, T_new, d_head)")
+        if k.shape != v.shape:
+            raise ShapeError(f"{fn}: k {fmt_shape(k.shape)} and v {fmt_shape(v.shape)} must have the same shape")
+        if self.k is not None and (k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3]):
+            raise ShapeError(f"{fn}: the cache holds (B, H_kv, T, d_head) = {fmt_shape(self.k.shape)}; the new k "
+                             f"{fmt_shape(k.shape)} must match it in B, H_kv and d_head")
+        if self.k is None:
+            self.k, self.v = k.detach(), v.detach()
+        else:
+            self.k = torch.cat([self.k, k.detach()], dim=2)  # (B, H_kv, T_cached + T_new, d_head)
+            self.v = torch.cat([self.v, v.detach()], dim=2)  # (B, H_kv, T_cached + T_new, d_head)
+        return self.k, self.v
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
+
+
+class KVCache:
+    """A decoder's KV cache: one LayerCache per layer.
+
+        cache = KVCache(model.config.n_layers)
+        logits = cached_forward(model, prompt_ids, cache)      # prefill: every prompt token at once
+        logits = cached_forward(model, next_id[:, None], cache)  # decode: one token, T_k = cached + 1
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
+            raise ValueError(f"KVCache: n_layers must be an int >= 0; got {n_layers!r}")
+        self.layers = [LayerCache() for _ in range(n_layers)]
+        self.tokens = 0  # tokens processed (also the count for a model with no layers)
+
+    def __len__(self) -> int:
+        return self.tokens
+
+    def __getitem__(self, layer: int) -> LayerCache:
+        return self.layers[layer]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: 2 x n_layers x B x H_kv x tokens x d_head x bytes per element."""
+        return sum(layer.nbytes for layer in self.layers)
+
+
+def _position_rows(model: TinyDecoder, T: int, offset: int) -> torch.Tensor | None:
+    """The absolute position rows added to tokens offset .. offset + T - 1, or None."""
+    config = model.config
+    if offset + T > config.max_seq_len and model.pos_emb is not None:
+        raise ValueError(f"cached_forward: positions='learned' has a table of max_seq_len = {config.max_seq_len} "
+                         f"rows, so the model cannot process position {offset + T - 1} (the cache holds {offset} "
+                         f"tokens and {T} more were given); generate at most max_seq_len tokens in all, or use "
+                         f"a position method without a table")
+    rows = getattr(model, "position_rows", None)  # chapter 06's methods (sinusoidal, learned at an offset)
+    if rows is not None:
+        return rows(T, offset)  # (T, d_model) or None
+    if model.pos_emb is not None:
+        return model.pos_emb.weight[offset:offset + T]  # (T, d_model): rows of positions offset .. offset + T - 1
+    return None
+
+
+def cached_forward(model: TinyDecoder, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """ids (B, T) of the tokens at positions len(cache) .. len(cache) + T - 1 -> logits (B, T, V).
+
+    Each layer appends the new tokens' keys and values to its LayerCache and attends over all of
+    them with the bottom-right causal mask, so the logits equal model(all ids so far)[:, -T:].
+    """
+    fn = "cached_forward"
+    if not isinstance(model, TinyDecoder):
+        raise TypeError(f"{fn}: model must be a TinyDecoder; got {type(model).__name__}")
+    if not isinstance(cache, KVCache) or len(cache.layers) != model.config.n_layers:
+        raise TypeError(f"{fn}: cache must be a KVCache({model.config.n_layers}) for this model's "
+                        f"{model.config.n_layers} layers; got {cache!r}")
+    if not model.config.causal:
+        raise ValueError(f"{fn}: a KV cache serves a causal decoder (config.causal=True): with causal=False "
+                         f"every earlier token would have to see the new ones, and their cached keys go stale")
+    require_tensor(fn, "ids", ids)
+    if ids.dim() != 2 or ids.shape[1] < 1:
+        raise ShapeError(f"{fn}: ids must be (B, T) with T >= 1; got {fmt_shape(ids.shape)}")
+    offset, T = len(cache), ids.shape[1]
+    wpe = _position_rows(model, T, offset)  # (T, d_model) or None
+    extra = {}
+    position_bias = getattr(model, "position_bias", None)  # chapter 06: ALiBi / T5 biases, RoPE offset
+    if position_bias is not None:
+        q_pos = torch.arange(offset, offset + T, device=ids.device)  # (T,)
+        k_pos = torch.arange(0, offset + T, device=ids.device)  # (cached + T,)
+        extra = {"bias": position_bias(q_pos, k_pos), "offset": offset}  # bias (H, T, cached + T) or None
+
+    def run(block: DecoderBlock, layer: LayerCache):
+        return lambda h: block(h, cache=layer, **extra)  # (B, T, d_model) -> (B, T, d_model)
+
+    blocks = [run(b, layer) for b, layer in zip(model.blocks, cache.layers)]
+    lm_head = None if model.lm_head.weight is model.tok_emb.weight else model.lm_head.weight
+    logits = decoder_forward(ids, model.tok_emb.weight, wpe, blocks, model.final_norm, lm_head)  # (B, T, V)
+    cache.tokens += T
+    return logits
+
+
+def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> ids (B, 1): argmax for temperature 0, else a sample of softmax(logits / t) over the top k."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    logits = logits / temperature  # (B, V)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+
+
+def generate(model: TinyDecoder, prompt_ids: torch.Tensor, max_new_tokens: int, use_cache: bool = True, *,
+             temperature: float = 1.0, top_k: int | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """prompt_ids (B, T_prompt) -> (B, T_prompt + max_new_tokens): the prompt and the new tokens.
+
+    temperature 0 picks the most likely token (greedy); otherwise tokens are drawn from
+    softmax(logits / temperature), restricted to the top_k most likely when top_k is given, with
+    `generator` (seed it for repeatable samples). use_cache=True runs the prompt once (prefill) and
+    then one token per step against the KV cache; use_cache=False recomputes the whole sequence
+    every step. Both give the same tokens.
+    """
+    fn = "generate"
+    if not isinstance(model, TinyDecoder):
+        raise TypeError(f"{fn}: model must be a TinyDecoder; got {type(model).__name__}")
+    require_tensor(fn, "prompt_ids", prompt_ids)
+    if prompt_ids.dim() != 2 or prompt_ids.shape[1] < 1 or prompt_ids.is_floating_point():
+        raise ShapeError(f"{fn}: prompt_ids must be integer ids of shape (B, T_prompt) with T_prompt >= 1; got "
+                         f"{fmt_shape(prompt_ids.shape)} of dtype {prompt_ids.dtype}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"{fn}: max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"{fn}: temperature must be a number >= 0 (0 = greedy); got {temperature!r}")
+    if top_k is not None:
+        require_positive_int(fn, "top_k", top_k)
+    total = prompt_ids.shape[1] + max_new_tokens
+    if model.pos_emb is not None and total > model.config.max_seq_len:
+        raise ValueError(f"{fn}: positions='learned' has max_seq_len = {model.config.max_seq_len} rows, but the "
+                         f"prompt ({prompt_ids.shape[1]} tokens) plus max_new_tokens = {max_new_tokens} needs "
+                         f"{total} positions")
+    was_training = model.training
+    model.eval()
+    ids = prompt_ids
+    try:
+        with torch.no_grad():
+            cache = KVCache(model.config.n_layers) if use_cache else None
+            step_input = prompt_ids  # (B, T_prompt): the prefill
+            for _ in range(max_new_tokens):
+                if use_cache:
+                    logits = cached_forward(model, step_input, cache)[:, -1]  # (B, V)
+                else:
+                    logits = model(ids)[:, -1]  # (B, V): the whole sequence again
+                step_input = _next_token(logits, temperature, top_k, generator)  # (B, 1)
+                ids = torch.cat([ids, step_input], dim=1)  # (B, T + 1)
+    finally:
+        model.train(was_training)
+    return ids
