@@ -29,13 +29,24 @@ import math
 
 import torch
 
-from .shapes import ShapeError, fmt_shape, require_bool_mask, require_float, require_positive_int, require_same_dtype
+from .attention import scaled_dot_product_attention
+from .shapes import (
+    ShapeError,
+    fmt_shape,
+    require_bool_mask,
+    require_float,
+    require_positive_int,
+    require_same_dtype,
+    require_tensor,
+)
 
 __all__ = [
+    "attend_with_cache",
     "attention_flops",
     "attention_mlp_crossover",
     "bytes_per_element",
     "decode_step_flops",
+    "embed_new_tokens",
     "kv_cache_bytes",
     "mlp_flops",
     "model_flops",
@@ -194,6 +205,66 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, d_head: int, tokens: int, bat
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise ValueError(f"{fn}: tokens must be an int >= 0; got {tokens!r}")
     return 2 * n_layers * batch * n_kv_heads * tokens * d_head * bytes_per_element(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# One decoding step with a cache, as functions (the exercises' versions of blocks.KVCache)
+# ---------------------------------------------------------------------------------------------
+
+
+def embed_new_tokens(ids: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, cache_length: int) -> torch.Tensor:
+    """Embeddings of T new tokens that follow cache_length cached ones, with learned positions.
+
+    ids (B, T), wte (V, d_model), wpe (T_max, d_model) -> wte[ids] + wpe[cache_length : cache_length + T]
+    (B, T, d_model): the new tokens sit at positions cache_length .. cache_length + T - 1.
+    """
+    fn = "embed_new_tokens"
+    require_tensor(fn, "ids", ids)
+    if ids.dim() != 2 or ids.is_floating_point():
+        raise ShapeError(f"{fn}: ids must be integer ids of shape (B, T); got {fmt_shape(ids.shape)}")
+    require_float(fn, "wte", wte, "(V, d_model)")
+    require_float(fn, "wpe", wpe, "(T_max, d_model)")
+    if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 0:
+        raise ValueError(f"{fn}: cache_length must be an int >= 0; got {cache_length!r}")
+    T = ids.shape[1]
+    if cache_length + T > wpe.shape[0]:
+        raise ShapeError(f"{fn}: positions {cache_length} .. {cache_length + T - 1} need rows of wpe, which has "
+                         f"T_max = {wpe.shape[0]} rows")
+    return wte[ids] + wpe[cache_length:cache_length + T]  # (B, T, d_model) + (T, d_model)
+
+
+def attend_with_cache(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One attention step of T_new new tokens against a cache of T_past tokens (GQA-aware).
+
+    q (B, H, T_new, d_head); k_new, v_new (B, H_kv, T_new, d_head); k_cache, v_cache
+    (B, H_kv, T_past, d_head), T_past may be 0 -> (out (B, H, T_new, d_head), k_all, v_all
+    (B, H_kv, T_past + T_new, d_head)). The new keys join the cache *before* attending (a token
+    sees itself), the cache keeps the H_kv heads (repeated to H only for the attention), and the
+    causal mask is bottom-right aligned: new query i sees keys 0 .. T_past + i.
+    """
+    from .blocks import cached_causal_mask  # noqa: PLC0415  (blocks imports nothing from here)
+
+    fn = "attend_with_cache"
+    for name, x in (("q", q), ("k_new", k_new), ("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require_float(fn, name, x, "(B, heads, T, d_head)")
+    require_same_dtype(fn, q=q, k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache)
+    B, H, T_new, d_head = q.shape
+    H_kv = k_new.shape[1]
+    if (k_new.shape != (B, H_kv, T_new, d_head) or v_new.shape != k_new.shape
+            or k_cache.shape[:2] != (B, H_kv) or k_cache.shape[3] != d_head or v_cache.shape != k_cache.shape
+            or H % H_kv):
+        raise ShapeError(f"{fn}: expected q (B, H, T_new, d_head) = {fmt_shape(q.shape)}, k_new and v_new "
+                         f"(B, H_kv, T_new, d_head) with H_kv dividing H, k_cache and v_cache (B, H_kv, T_past, "
+                         f"d_head); got k_new {fmt_shape(k_new.shape)}, v_new {fmt_shape(v_new.shape)}, k_cache "
+                         f"{fmt_shape(k_cache.shape)}, v_cache {fmt_shape(v_cache.shape)}")
+    k_all = torch.cat([k_cache, k_new], dim=2)  # (B, H_kv, T_past + T_new, d_head)
+    v_all = torch.cat([v_cache, v_new], dim=2)  # (B, H_kv, T_past + T_new, d_head)
+    group = H // H_kv
+    k, v = k_all.repeat_interleave(group, dim=1), v_all.repeat_interleave(group, dim=1)  # (B, H, T_k, d_head)
+    mask = cached_causal_mask(T_new, k_all.shape[2], device=q.device)  # (T_new, T_k)
+    out, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, H, T_new, d_head)
+    return out, k_all, v_all
 
 
 # ---------------------------------------------------------------------------------------------

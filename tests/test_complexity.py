@@ -366,3 +366,33 @@ def test_cache_refuses_mismatched_inputs():
         cached_forward(make_model(causal=False), torch.zeros(1, 2, dtype=torch.long), KVCache(2))
     with pytest.raises(ShapeError, match="prompt_ids must be integer ids"):
         generate(model, torch.zeros(3, dtype=torch.long), 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# The exercises' functional versions of one cached step
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("H, H_kv", [(4, 4), (6, 2), (3, 1)])
+@pytest.mark.parametrize("T_past, T_new", [(0, 5), (7, 1), (4, 3)])
+def test_attend_with_cache_equals_recomputing_the_whole_sequence(H, H_kv, T_past, T_new):
+    gen = torch.Generator().manual_seed(H * 10 + T_past)
+    T = T_past + T_new
+    q_all = torch.randn(2, H, T, 5, generator=gen, dtype=torch.float64)
+    k_all = torch.randn(2, H_kv, T, 5, generator=gen, dtype=torch.float64)
+    v_all = torch.randn(2, H_kv, T, 5, generator=gen, dtype=torch.float64)
+    full = F.scaled_dot_product_attention(q_all, k_all, v_all, is_causal=True, enable_gqa=True)  # (2, H, T, 5)
+    out, k_cat, v_cat = complexity.attend_with_cache(q_all[:, :, T_past:], k_all[:, :, T_past:], v_all[:, :, T_past:],
+                                                     k_all[:, :, :T_past], v_all[:, :, :T_past])
+    assert_close(out, full[:, :, T_past:], n=T)
+    assert torch.equal(k_cat, k_all) and torch.equal(v_cat, v_all)  # copies: exact
+
+
+def test_embed_new_tokens_equals_the_rows_of_the_full_sequence():
+    model = make_model(positions="learned")
+    ids = torch.randint(0, 37, (2, 9), generator=torch.Generator().manual_seed(1))
+    wte, wpe = model.tok_emb.weight.detach(), model.pos_emb.weight.detach()
+    full = model.tok_emb(ids) + model.pos_emb(torch.arange(9))  # (2, 9, d_model) through nn.Embedding
+    assert torch.equal(complexity.embed_new_tokens(ids[:, 6:], wte, wpe, 6), full[:, 6:].detach())
+    with pytest.raises(ShapeError, match="T_max = 40 rows"):
+        complexity.embed_new_tokens(ids, wte, wpe, 35)

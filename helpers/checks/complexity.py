@@ -1,0 +1,511 @@
+"""Checks for chapter 07 (FLOPs, KV-cache memory, cached decoding, the online softmax) and their mistakes.
+
+Each `check_*` takes the learner's function (or numbers), runs it on inputs it makes, and raises
+`CheckFailed` with one sentence when something is wrong. Keyword arguments choose other seeds,
+dtypes, sizes and configurations: the visible tests use the defaults, the hidden tests others.
+
+FLOP convention everywhere: one multiply-add is 2 FLOPs, and only matrix products count (what
+torch.utils.flop_counter.FlopCounterMode counts). Answers may use chapter 01's
+`helpers.attention.scaled_dot_product_attention`; they may not call `helpers.complexity` (the
+reference), `helpers.blocks` (its cache and generation), or, for the online softmax, any torch
+attention (`F.scaled_dot_product_attention`) or softmax: the point is to write the running
+statistics yourself.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import blocks as _blocks
+from .. import complexity as ref
+from ..attention import scaled_dot_product_attention
+from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, protect, verify_environment
+from .core import randn as _randn
+
+__all__ = [
+    "MISTAKES",
+    "REAL_CONFIGS",
+    "check_attend_with_cache",
+    "check_attention_flops",
+    "check_embed_new_tokens",
+    "check_kv_cache_bytes",
+    "check_kv_cache_numbers",
+    "check_mlp_flops",
+    "check_online_softmax_attention",
+]
+
+_REFERENCE = (ref, _blocks)
+_TORCH_ATTENTION = (F.scaled_dot_product_attention, torch.softmax, F.softmax, torch.Tensor.softmax,
+                    torch.logsumexp, torch.Tensor.logsumexp)
+# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
+FORBIDDEN_BY_EXERCISE = {"ex6": (F.scaled_dot_product_attention,),
+                         "ex7": (F.scaled_dot_product_attention, torch.softmax, F.softmax, torch.logsumexp)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting: attention and MLP FLOPs
+# ---------------------------------------------------------------------------------------------
+
+_PARTS = ("projections", "scores", "values", "output")
+
+
+def _attention_counts(d_model, n_heads, T, n_kv_heads=None, *, mac=2, kv="right", score_width="d_head",
+                      output=True):
+    """attention_flops with mistakes built in; returns the four parts."""
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    d_head = d_model // n_heads
+    d_kv = d_model if kv == "n_heads" else n_kv_heads * d_head
+    width = d_model if score_width == "d_model" else d_head
+    return {"projections": mac * T * d_model * (d_model + 2 * d_kv),
+            "scores": mac * n_heads * T * T * width,
+            "values": mac * n_heads * T * T * width,
+            "output": mac * T * d_model * d_model if output else 0}
+
+
+def _attention_right(d_model, n_heads, T, n_kv_heads=None):
+    counts = ref.attention_flops(d_model, n_heads, T, n_kv_heads=n_kv_heads)
+    return {part: counts[part] for part in _PARTS}
+
+
+ATTENTION_FLOP_MISTAKES = (
+    Mistake("multiply_add_as_one",
+            "every count is half the expected one: a multiply-add is 2 FLOPs (one multiply, one add), so a "
+            "(m x k) @ (k x n) product costs 2 m k n FLOPs",
+            lambda *a: _attention_counts(*a, mac=1)),
+    Mistake("n_heads_for_kv",
+            "K and V are projected to n_heads * d_head = d_model features; with n_kv_heads key/value heads "
+            "W_K and W_V have only n_kv_heads * d_head outputs each",
+            lambda *a: _attention_counts(*a, kv="n_heads")),
+    Mistake("scores_with_d_model",
+            "each head's scores and weighted values use its own d_head features, not d_model: Q Kᵀ costs "
+            "2 H T T d_head in all (that is 2 T T d_model, not 2 H T T d_model)",
+            lambda *a: _attention_counts(*a, score_width="d_model")),
+    Mistake("output_forgotten",
+            "the output projection W_O is a d_model x d_model matrix product too: 2 T d_model² FLOPs",
+            lambda *a: _attention_counts(*a, output=False)),
+)
+
+
+def _mlp(d_model, d_ff, T, kind="gelu", *, mac=2, matrices=None):
+    n = matrices if matrices is not None else (2 if kind == "gelu" else 3)
+    return n * mac * T * d_model * d_ff
+
+
+MLP_FLOP_MISTAKES = (
+    Mistake("multiply_add_as_one",
+            "the count is half the expected one: a multiply-add is 2 FLOPs, so each d_model x d_ff matrix "
+            "costs 2 T d_model d_ff",
+            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, mac=1)),
+    Mistake("swiglu_two_matrices",
+            "SwiGLU has three matrices (gate, up and down), each 2 T d_model d_ff FLOPs; two were counted",
+            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=2)),
+    Mistake("one_matrix",
+            "only one matrix was counted; the FFN has an up projection and a down projection (and a gate in SwiGLU)",
+            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=1)),
+)
+
+
+def _as_count(name: str, value: Any) -> int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckFailed(f"{name} should be a number (an int); got a {type(value).__name__}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise CheckFailed(f"{name} is {value}, which is not a whole number; a count is an integer (use // "
+                          f"for exact division)")
+    return int(value)
+
+
+def _normalise(name: str, got: Any, keys: Sequence[str] | None) -> Any:
+    if keys is None:
+        return _as_count(name, got)
+    if not isinstance(got, dict) or set(got) != set(keys):
+        shown = sorted(got) if isinstance(got, dict) else type(got).__name__
+        raise CheckFailed(f"{name} should return a dict with the keys {', '.join(keys)}; got {shown}")
+    return {key: _as_count(f"{name}[{key!r}]", got[key]) for key in keys}
+
+
+def _check_counts(fn: Any, *, name: str, reference: Callable[..., Any], configs: Sequence[tuple],
+                  arg_names: tuple[str, ...], mistakes: Sequence[Mistake], hint: str,
+                  keys: Sequence[str] | None = None) -> None:
+    """Every configuration must give the reference's count. A catalogued mistake is named when it
+    gives the learner's counts on every configuration (one configuration alone can fit several)."""
+    verify_environment()
+    cases = [Case(tuple(config), {}, arg_names) for config in configs]
+    got = [_normalise(name, call_learner(fn, name, case, _REFERENCE), keys) for case in cases]
+    expected = [reference(*config) for config in configs]
+    if got == expected:
+        verify_environment()
+        print(f"✓ {name}: right for all {len(configs)} configurations")
+        return
+    first = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
+    where = f"{name}({cases[first].describe_inputs()})"
+    for mistake in mistakes:
+        if all(mistake.impl(*config) == g for config, g in zip(configs, got)):
+            raise CheckFailed(f"{where}: {mistake.message}")
+    if keys is not None:
+        wrong = [k for k in keys if got[first][k] != expected[first][k]]
+        raise CheckFailed(f"{where}: {', '.join(wrong)} not right (got {got[first][wrong[0]]} for {wrong[0]}); {hint}")
+    raise CheckFailed(f"{where} = {got[first]} is not right; {hint}")
+
+
+# (d_model, n_heads, T, n_kv_heads)
+ATTENTION_CONFIGS = ((64, 4, 16, None), (96, 6, 10, 2), (768, 12, 1024, None), (4096, 32, 4096, 8), (48, 4, 1, 1))
+
+
+def check_attention_flops(fn: Any, *, configs: Sequence[tuple] = ATTENTION_CONFIGS) -> None:
+    """attention_flops(d_model, n_heads, T, n_kv_heads=None) -> {"projections", "scores", "values", "output"}."""
+    _check_counts(fn, name="attention_flops", reference=_attention_right, configs=configs,
+                  arg_names=("d_model", "n_heads", "T", "n_kv_heads"), mistakes=ATTENTION_FLOP_MISTAKES,
+                  keys=_PARTS, hint="count 2 m k n for every (m x k) @ (k x n) product: x W_Qᵀ, x W_Kᵀ, x W_Vᵀ, "
+                                    "Q Kᵀ and A V per head, and the output projection")
+
+
+# (d_model, d_ff, T, kind)
+MLP_CONFIGS = ((64, 172, 16, "swiglu"), (64, 256, 16, "gelu"), (768, 3072, 1024, "gelu"), (4096, 14336, 1, "swiglu"))
+
+
+def check_mlp_flops(fn: Any, *, configs: Sequence[tuple] = MLP_CONFIGS) -> None:
+    """mlp_flops(d_model, d_ff, T, kind="gelu") -> int."""
+    _check_counts(fn, name="mlp_flops", reference=lambda d, f, T, kind="gelu": ref.mlp_flops(d, f, T, kind=kind),
+                  configs=configs, arg_names=("d_model", "d_ff", "T", "kind"), mistakes=MLP_FLOP_MISTAKES,
+                  hint="a GELU MLP has 2 matrices of d_model x d_ff, SwiGLU 3; each costs 2 T d_model d_ff FLOPs")
+
+
+# ---------------------------------------------------------------------------------------------
+# KV-cache memory
+# ---------------------------------------------------------------------------------------------
+
+
+def _kv(n_layers, n_kv_heads, d_head, tokens, batch=1, dtype=torch.float16, *, kv=2, layers=True,
+        bytes_rule="right", use_batch=True):
+    size = {"right": torch.empty((), dtype=dtype).element_size(), "two": 2, "four": 4,
+            "bits": torch.finfo(dtype).bits if dtype.is_floating_point else 8}[bytes_rule]
+    return kv * (n_layers if layers else 1) * (batch if use_batch else 1) * n_kv_heads * tokens * d_head * size
+
+
+KV_BYTES_MISTAKES = (
+    Mistake("k_or_v_only",
+            "only one of K and V is counted: the cache stores a key and a value vector per token, so multiply by 2",
+            lambda *a: _kv(*a, kv=1)),
+    Mistake("one_layer",
+            "this is one layer's cache; every layer keeps its own keys and values, so multiply by n_layers",
+            lambda *a: _kv(*a, layers=False)),
+    Mistake("bytes_fixed_two",
+            "2 bytes per element is right for float16/bfloat16 only; take the size from the dtype "
+            "(torch.empty((), dtype=dtype).element_size(): 4 for float32, 8 for float64)",
+            lambda *a: _kv(*a, bytes_rule="two")),
+    Mistake("bytes_fixed_four",
+            "4 bytes per element is float32's size; take it from the dtype (2 for float16/bfloat16, 8 for float64)",
+            lambda *a: _kv(*a, bytes_rule="four")),
+    Mistake("bits_not_bytes",
+            "the size per element is in bits (e.g. 16 for float16); memory is counted in bytes, 8 bits each",
+            lambda *a: _kv(*a, bytes_rule="bits")),
+    Mistake("batch_forgotten",
+            "every sequence of the batch has its own cache; multiply by batch",
+            lambda *a: _kv(*a, use_batch=False)),
+)
+
+# (n_layers, n_kv_heads, d_head, tokens, batch, dtype)
+KV_BYTES_CONFIGS = ((32, 32, 128, 4096, 1, torch.float16), (32, 8, 128, 8192, 4, torch.bfloat16),
+                    (2, 1, 16, 10, 3, torch.float32), (12, 12, 64, 1024, 2, torch.float64))
+
+
+def check_kv_cache_bytes(fn: Any, *, configs: Sequence[tuple] = KV_BYTES_CONFIGS) -> None:
+    """kv_cache_bytes(n_layers, n_kv_heads, d_head, tokens, batch, dtype) -> int (bytes)."""
+    _check_counts(fn, name="kv_cache_bytes",
+                  reference=lambda L, h, d, t, b, dt: ref.kv_cache_bytes(L, h, d, t, batch=b, dtype=dt),
+                  configs=configs, arg_names=("n_layers", "n_kv_heads", "d_head", "tokens", "batch", "dtype"),
+                  mistakes=KV_BYTES_MISTAKES,
+                  hint="2 (K and V) x n_layers x batch x n_kv_heads x tokens x d_head x bytes per element")
+
+
+# Real decoders (the notebook prints them in a read-only cell): Llama-2-7B (MHA), Llama-3-8B (GQA,
+# 8 K/V heads), Falcon-7B (MQA: one K/V head of 64 for 71 query heads), all fp16.
+REAL_CONFIGS = MappingProxyType({
+    "llama2_7b": MappingProxyType({"n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "d_head": 128, "context": 4096}),
+    "llama3_8b": MappingProxyType({"n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "d_head": 128, "context": 8192}),
+    "falcon_7b": MappingProxyType({"n_layers": 32, "n_heads": 71, "n_kv_heads": 1, "d_head": 64, "context": 2048}),
+    "bytes_per_element": 2, "batch": 16, "gpu_bytes": 80 * 2**30, "weight_bytes_llama3": 16 * 2**30,
+})
+
+
+def _real_numbers() -> tuple[dict[str, float], dict[str, list[tuple[float, str]]]]:
+    s = REAL_CONFIGS
+    size = s["bytes_per_element"]
+    expected: dict[str, float] = {}
+    wrong: dict[str, list[tuple[float, str]]] = {}
+
+    def add(key: str, value: float, message: str) -> None:
+        known = wrong.setdefault(key, [])
+        if value == expected[key]:
+            return
+        for i, (v, first) in enumerate(known):
+            if v == value:
+                known[i] = (v, f"{first}; or else {message}")
+                return
+        known.append((value, message))
+
+    def per_sequence(c, *, heads=None, kv=2, layers=True, size=size, tokens=None):
+        return (kv * (c["n_layers"] if layers else 1) * (heads or c["n_kv_heads"]) * c["d_head"]
+                * (tokens or c["context"]) * size)
+
+    for name in ("llama2_7b", "llama3_8b", "falcon_7b"):
+        c, key = s[name], f"kv_{name}"
+        expected[key] = per_sequence(c)
+        add(key, per_sequence(c, heads=c["n_heads"]),
+            "n_heads was used where n_kv_heads belongs: the cache holds only the key/value heads")
+        add(key, per_sequence(c, kv=1), KV_BYTES_MISTAKES[0].message)
+        add(key, per_sequence(c, layers=False), KV_BYTES_MISTAKES[1].message)
+        add(key, per_sequence(c, size=4), "fp16 takes 2 bytes per number, not 4")
+        add(key, per_sequence(c, size=1), "that counts numbers; multiply by 2 bytes per fp16 number")
+        add(key, per_sequence(c, tokens=1), f"that is one token; the sequence has {c['context']} tokens")
+    c = s["llama3_8b"]
+    expected["kv_batch_llama3"] = expected["kv_llama3_8b"] * s["batch"]
+    add("kv_batch_llama3", expected["kv_llama3_8b"], f"that is one sequence; the batch holds {s['batch']}")
+    free = s["gpu_bytes"] - s["weight_bytes_llama3"]
+    expected["max_batch_llama3"] = free // expected["kv_llama3_8b"]
+    add("max_batch_llama3", s["gpu_bytes"] // expected["kv_llama3_8b"],
+        "the weights take memory too: subtract them before dividing by one sequence's cache")
+    add("max_batch_llama3", free / expected["kv_llama3_8b"] + 1, "a batch is a whole number of sequences: round down")
+    add("max_batch_llama3", free // per_sequence(c, heads=c["n_heads"]),
+        "n_heads was used where n_kv_heads belongs: GQA's cache is 4 times smaller")
+    expected["gqa_saving_llama3"] = c["n_heads"] / c["n_kv_heads"]
+    add("gqa_saving_llama3", c["n_kv_heads"] / c["n_heads"],
+        "that is GQA's cache as a fraction of MHA's; the saving factor is MHA's bytes / GQA's bytes")
+    return expected, wrong
+
+
+_REAL_HINTS = {
+    "kv_llama2_7b": "2 (K and V) x n_layers x n_kv_heads x d_head x context x 2 bytes",
+    "kv_llama3_8b": "as for Llama-2, with 8 K/V heads and 8192 tokens",
+    "kv_falcon_7b": "one K/V head of d_head = 64",
+    "kv_batch_llama3": "one sequence's cache times the batch",
+    "max_batch_llama3": "(GPU memory - weights) // one sequence's cache",
+    "gqa_saving_llama3": "MHA would cache n_heads heads, GQA caches n_kv_heads",
+}
+
+
+def check_kv_cache_numbers(**answers: Any) -> None:
+    """Exercise 4: KV-cache bytes of real decoders (MHA, GQA, MQA), a batch, and what fits on a GPU."""
+    expected, wrong = _real_numbers()
+    check_numbers(answers, expected, tolerance={"gqa_saving_llama3": 1e-9}, mistakes=wrong, hints=_REAL_HINTS,
+                  name="check_kv_cache_numbers")
+
+
+# ---------------------------------------------------------------------------------------------
+# A cached decoding step: positions, then attention
+# ---------------------------------------------------------------------------------------------
+
+
+def _embed(ids, wte, wpe, cache_length, *, shift=0, offset=True):
+    start = cache_length + shift if offset else 0
+    T = ids.shape[1]
+    return wte[ids] + wpe[start:start + T]  # (B, T, d_model)
+
+
+EMBED_MISTAKES = (
+    Mistake("offset_forgotten",
+            "the new tokens got positions 0 .. T - 1; after cache_length cached tokens they sit at positions "
+            "cache_length .. cache_length + T - 1, so take wpe[cache_length : cache_length + T]",
+            lambda ids, wte, wpe, n: _embed(ids, wte, wpe, n, offset=False)),
+    Mistake("offset_minus_one",
+            "the position offset is off by one (one too small): with cache_length tokens cached at positions "
+            "0 .. cache_length - 1, the next token's position is cache_length itself",
+            lambda ids, wte, wpe, n: _embed(ids, wte, wpe, n, shift=-1)),
+    Mistake("offset_plus_one",
+            "the position offset is off by one (one too large): positions count from 0, so the first new token "
+            "is at position cache_length, not cache_length + 1",
+            lambda ids, wte, wpe, n: _embed(ids, wte, wpe, n, shift=1)),
+)
+
+
+def check_embed_new_tokens(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, V: int = 11,
+                           d_model: int = 6, T_max: int = 20) -> None:
+    """embed_new_tokens(ids, wte, wpe, cache_length) -> (B, T, d_model)."""
+    gen = torch.Generator().manual_seed(seed)
+    wte, wpe = _randn(gen, V, d_model, dtype=dtype), _randn(gen, T_max, d_model, dtype=dtype)
+    names = ("ids", "wte", "wpe", "cache_length")
+    cases = []
+    for T, n, note in ((1, 7, "one new token after 7 cached"), (3, 5, "3 new tokens after 5 cached"),
+                       (4, 0, "the prompt: nothing cached yet")):
+        sizes = {"B": B, "T": T, "V": V, "d_model": d_model, "T_max": T_max}
+        ids = torch.randint(0, V, (B, T), generator=gen)
+        cases.append(Case((ids, wte, wpe, n), sizes, names, note))
+    check_function(fn, name="embed_new_tokens", reference=ref.embed_new_tokens, cases=cases,
+                   outputs=("embeddings",), mistakes=EMBED_MISTAKES, forbidden=_REFERENCE)
+
+
+def _step(q, k_new, v_new, k_cache, v_cache, *, mask="bottom_right", append=True, kv_map="interleave",
+          cache_heads="kv"):
+    H, H_kv = q.shape[1], k_new.shape[1]
+    k_all = torch.cat([k_cache, k_new], dim=2)  # (B, H_kv, T_k, d_head)
+    v_all = torch.cat([v_cache, v_new], dim=2)
+    k_use, v_use = (k_all, v_all) if append else (k_cache, v_cache)
+    g = H // H_kv
+    if kv_map == "interleave":
+        k_rep, v_rep = k_use.repeat_interleave(g, dim=1), v_use.repeat_interleave(g, dim=1)
+    else:
+        k_rep, v_rep = k_use.repeat(1, g, 1, 1), v_use.repeat(1, g, 1, 1)
+    T_q, T_k = q.shape[2], k_use.shape[2]
+    if mask == "bottom_right":
+        m = torch.ones(T_q, T_k, dtype=torch.bool).tril(T_k - T_q)
+    elif mask == "top_left":
+        m = torch.ones(T_q, T_k, dtype=torch.bool).tril()
+    elif mask == "off_by_one":
+        m = torch.ones(T_q, T_k, dtype=torch.bool).tril(T_k - T_q - 1)
+    else:
+        m = None
+    out, _ = scaled_dot_product_attention(q, k_rep, v_rep, m)
+    if cache_heads == "repeated":
+        k_all, v_all = k_all.repeat_interleave(g, dim=1), v_all.repeat_interleave(g, dim=1)
+    return out, k_all, v_all
+
+
+STEP_MISTAKES = (
+    Mistake("top_left_mask",
+            "the causal mask is aligned top-left (as torch's is_causal=True does): new query i then sees only "
+            "keys 0 .. i and misses the most recent cached tokens; align it bottom-right, query i sees keys "
+            "0 .. T_past + i (torch.ones(T_new, T_k).tril(diagonal=T_k - T_new))",
+            lambda *a: _step(*a, mask="top_left")),
+    Mistake("mask_off_by_one",
+            "the cache mask is shifted by one: each new query is blocked from its own key; query i is token "
+            "T_past + i and may attend to keys 0 .. T_past + i, itself included",
+            lambda *a: _step(*a, mask="off_by_one")),
+    Mistake("no_mask",
+            "no causal mask among the new tokens: when several tokens arrive at once (a prefill), token i must "
+            "not see the new tokens after it",
+            lambda *a: _step(*a, mask="none")),
+    Mistake("not_appended_first",
+            "the queries attend to the old cache only; append the new keys and values first, so each new "
+            "token also sees itself",
+            lambda *a: _step(*a, append=False)),
+    Mistake("kv_head_modulo",
+            "query head h reads K/V head h % H_kv (as .repeat does); it should read head h // (H / H_kv): "
+            "repeat_interleave along the head axis",
+            lambda *a: _step(*a, kv_map="modulo")),
+    Mistake("cache_repeated_heads",
+            "the returned cache holds the K/V heads repeated to H heads; keep the H_kv heads in the cache (that "
+            "is what GQA and MQA save) and repeat them only for the attention",
+            lambda *a: _step(*a, cache_heads="repeated")),
+)
+
+
+def check_attend_with_cache(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 6,
+                            H_kv: int = 2, d_head: int = 4, T_past: int = 5) -> None:
+    """attend_with_cache(q, k_new, v_new, k_cache, v_cache) -> (out, k_all, v_all)."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("q", "k_new", "v_new", "k_cache", "v_cache")
+
+    def case(T_new: int, past: int, n_kv: int, note: str) -> Case:
+        sizes = {"B": B, "H": H, "H_kv": n_kv, "T_new": T_new, "T_past": past, "T_k": past + T_new, "d_head": d_head}
+        args = (_randn(gen, B, H, T_new, d_head, dtype=dtype), _randn(gen, B, n_kv, T_new, d_head, dtype=dtype),
+                _randn(gen, B, n_kv, T_new, d_head, dtype=dtype), _randn(gen, B, n_kv, past, d_head, dtype=dtype),
+                _randn(gen, B, n_kv, past, d_head, dtype=dtype))
+        return Case(args, sizes, names, note)
+
+    cases = [
+        case(3, T_past, H_kv, f"3 new tokens after {T_past} cached, {H} query heads sharing {H_kv} K/V heads"),
+        case(1, T_past, H_kv, f"one new token after {T_past} cached"),
+        case(4, 0, 1, "a prompt of 4 tokens, empty cache, one K/V head (MQA)"),
+        case(2, T_past + 1, H, "2 new tokens, plain multi-head (H_kv = H)"),
+    ]
+    check_function(fn, name="attend_with_cache", reference=ref.attend_with_cache, cases=cases,
+                   outputs=("out", "k_all", "v_all"), mistakes=STEP_MISTAKES,
+                   forbidden=_REFERENCE + (F.scaled_dot_product_attention,))
+
+
+# ---------------------------------------------------------------------------------------------
+# FlashAttention's online softmax
+# ---------------------------------------------------------------------------------------------
+
+
+def _online(q, k, v, block_size, *, rescale_sum=True, rescale_acc=True, running_max=True, normalise=True):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    m = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=q.dtype)
+    l = torch.zeros((*q.shape[:-1], 1), dtype=q.dtype)
+    acc = torch.zeros((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)
+    for start in range(0, k.shape[-2], block_size):
+        s = (q @ k[..., start:start + block_size, :].transpose(-2, -1)) * scale
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True)) if running_max else torch.zeros_like(m)
+        p = torch.exp(s - m_new)
+        c = torch.exp(m - m_new) if running_max else torch.ones_like(m)
+        l = (c if rescale_sum else 1) * l + p.sum(dim=-1, keepdim=True)
+        acc = (c if rescale_acc else 1) * acc + p @ v[..., start:start + block_size, :]
+        m = m_new
+    return acc / l if normalise else acc
+
+
+ONLINE_MISTAKES = (
+    Mistake("sum_not_rescaled",
+            "the running sum l is not rescaled when the running max grows: before adding a block, multiply "
+            "l by exp(m_old - m_new), as you do for the accumulated output",
+            lambda q, k, v, b: _online(q, k, v, b, rescale_sum=False)),
+    Mistake("output_not_rescaled",
+            "the accumulated output is not rescaled when the running max grows: multiply it by "
+            "exp(m_old - m_new) before adding the new block's exp(S - m_new) @ V",
+            lambda q, k, v, b: _online(q, k, v, b, rescale_acc=False)),
+    Mistake("nothing_rescaled",
+            "neither the running sum nor the accumulated output is rescaled when the max grows; both were "
+            "summed under the old max and must be multiplied by exp(m_old - m_new)",
+            lambda q, k, v, b: _online(q, k, v, b, rescale_sum=False, rescale_acc=False)),
+    Mistake("no_running_max",
+            "there is no running max: exp(S) of large scores overflows to inf (and inf / inf is NaN); "
+            "subtract the largest score seen so far before exp, and rescale when it grows",
+            lambda q, k, v, b: _online(q, k, v, b, running_max=False)),
+    Mistake("not_normalised",
+            "the output is not divided by the running sum at the end: softmax weights sum to 1, so return acc / l",
+            lambda q, k, v, b: _online(q, k, v, b, normalise=False)),
+)
+
+
+def _online_reference(q, k, v, block_size):
+    return ref.tiled_attention(q, k, v, block_size=block_size)
+
+
+def check_online_softmax_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float64, B: int = 2,
+                                   T_q: int = 5, T_k: int = 11, d_head: int = 4, d_v: int = 3,
+                                   block_sizes: Sequence[int] = (4, 1, 11)) -> None:
+    """online_softmax_attention(q, k, v, block_size) -> (..., T_q, d_v), no mask."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("q", "k", "v", "block_size")
+    sizes = {"B": B, "T_q": T_q, "T_k": T_k, "d_head": d_head, "d_v": d_v}
+    big = 900.0 if dtype == torch.float64 else 60.0  # scores large enough that exp(S) overflows
+
+    def args(block: int, scale: float) -> tuple:
+        q = _randn(gen, B, T_q, d_head, dtype=dtype, scale=scale)
+        # keys sorted by their first score, rising: the running max grows block after block
+        k = _randn(gen, B, T_k, d_head, dtype=dtype, scale=scale)
+        order = (q[:, :1] @ k.transpose(-2, -1))[:, 0].argsort(dim=-1)  # (B, T_k)
+        k = torch.gather(k, 1, order[..., None].expand_as(k))
+        return (q, k, _randn(gen, B, T_k, d_v, dtype=dtype), block)
+
+    first = block_sizes[0]
+    cases = [Case(args(first, 1.0), sizes, names, f"block_size = {first}, which does not divide T_k = {T_k}"),
+             Case(args(first, 1.0), sizes, names, f"block_size = {first}, keys whose scores grow block by block"),
+             Case(args(first, math.sqrt(big)), sizes, names, f"large scores (exp overflows in {str(dtype)[6:]})")]
+    cases += [Case(args(b, 1.0), sizes, names, f"block_size = {b}") for b in block_sizes[1:]]
+    check_function(fn, name="online_softmax_attention", reference=_online_reference, cases=cases,
+                   outputs=("output",), mistakes=ONLINE_MISTAKES, forbidden=_REFERENCE + _TORCH_ATTENTION)
+
+
+MISTAKES = {
+    "attention_flops": ATTENTION_FLOP_MISTAKES,
+    "mlp_flops": MLP_FLOP_MISTAKES,
+    "kv_cache_bytes": KV_BYTES_MISTAKES,
+    "embed_new_tokens": EMBED_MISTAKES,
+    "attend_with_cache": STEP_MISTAKES,
+    "online_softmax_attention": ONLINE_MISTAKES,
+}
+
+protect(ref, _blocks, sys.modules[__name__])

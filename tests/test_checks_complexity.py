@@ -1,0 +1,243 @@
+"""Chapter 07's checks: they accept correct answers written independently, name every catalogued
+mistake with its own message, and refuse the reference, the shared model's cache and torch's attention."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helpers.checks.complexity as checks
+import helpers.complexity as reference
+from helpers import blocks
+from helpers.attention import scaled_dot_product_attention as chapter01_attention
+from helpers.checks import CheckFailed
+
+from . import loops_complexity as loops
+
+CHECKS = {
+    "attention_flops": checks.check_attention_flops,
+    "mlp_flops": checks.check_mlp_flops,
+    "kv_cache_bytes": checks.check_kv_cache_bytes,
+    "embed_new_tokens": checks.check_embed_new_tokens,
+    "attend_with_cache": checks.check_attend_with_cache,
+    "online_softmax_attention": checks.check_online_softmax_attention,
+}
+
+# The variants the hidden tests of the exercise notebook use: other seeds, sizes, dtypes and configs.
+HIDDEN = {
+    "attention_flops": {"configs": ((128, 8, 7, 4), (32, 2, 3, None), (5120, 40, 2048, 8), (64, 8, 5, 1))},
+    "mlp_flops": {"configs": ((32, 96, 3, "swiglu"), (48, 192, 5, "gelu"), (5120, 13824, 7, "swiglu"))},
+    "kv_cache_bytes": {"configs": ((80, 8, 128, 2048, 2, torch.float16), (3, 2, 5, 7, 1, torch.float64),
+                                   (28, 4, 128, 100, 5, torch.float32))},
+    "embed_new_tokens": {"seed": 5, "dtype": torch.float64, "B": 3, "V": 13, "d_model": 5, "T_max": 16},
+    "attend_with_cache": {"seed": 5, "dtype": torch.float64, "B": 1, "H": 8, "H_kv": 4, "d_head": 3, "T_past": 6},
+    "online_softmax_attention": {"seed": 5, "dtype": torch.float32, "B": 3, "T_q": 4, "T_k": 13, "d_head": 5,
+                                 "d_v": 2, "block_sizes": (5, 2, 13)},
+}
+ANSWERS = {name: getattr(loops, name) for name in CHECKS}
+
+
+@pytest.mark.parametrize("name", CHECKS)
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_check_accepts_an_independent_correct_answer(name, variant, capsys):
+    CHECKS[name](ANSWERS[name], **(HIDDEN[name] if variant == "hidden" else {}))
+    assert "✓" in capsys.readouterr().out
+
+
+def test_chapter_catalogue_covers_the_issue_list():
+    keys = {name: {m.key for m in catalogue} for name, catalogue in checks.MISTAKES.items()}
+    assert {"multiply_add_as_one", "n_heads_for_kv"} <= keys["attention_flops"]
+    assert {"multiply_add_as_one"} <= keys["mlp_flops"]
+    assert {"k_or_v_only", "one_layer", "bytes_fixed_two", "bytes_fixed_four"} <= keys["kv_cache_bytes"]
+    assert {"offset_minus_one", "offset_plus_one"} <= keys["embed_new_tokens"]
+    assert {"top_left_mask", "mask_off_by_one"} <= keys["attend_with_cache"]
+    assert {"sum_not_rescaled", "no_running_max"} <= keys["online_softmax_attention"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Other correct answers
+# ------------------------------------------------------------------------------------------------
+
+
+def attend_with_sdpa_core(q, k_new, v_new, k_cache, v_cache):
+    """Chapter 01's attention (allowed), expand-then-reshape for the groups, mask from arange."""
+    k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
+    B, H_kv, T_k, d = k_all.shape
+    g = q.shape[1] // H_kv
+    k = k_all[:, :, None].expand(B, H_kv, g, T_k, d).reshape(B, H_kv * g, T_k, d)
+    v = v_all[:, :, None].expand(B, H_kv, g, T_k, d).reshape(B, H_kv * g, T_k, d)
+    T_q = q.shape[2]
+    mask = torch.arange(T_k)[None, :] <= torch.arange(T_k - T_q, T_k)[:, None]
+    out, _ = chapter01_attention(q, k, v, mask)
+    return out, k_all, v_all
+
+
+def online_with_logsumexp_by_hand(q, k, v, block_size):
+    """Keeps the running log-sum-exp instead of (m, l): also an online softmax."""
+    lse = torch.full((*q.shape[:-1], 1), -math.inf, dtype=q.dtype)
+    acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    for s0 in range(0, k.shape[-2], block_size):
+        s = q @ k[..., s0:s0 + block_size, :].transpose(-2, -1) / math.sqrt(q.shape[-1])
+        top = torch.maximum(lse, s.amax(-1, keepdim=True))
+        new = top + torch.log(torch.exp(lse - top) + torch.exp(s - top).sum(-1, keepdim=True))
+        acc = acc * torch.exp(lse - new) + torch.exp(s - new) @ v[..., s0:s0 + block_size, :]
+        lse = new
+    return acc
+
+
+def test_other_correct_answers_pass(capsys):
+    checks.check_attend_with_cache(attend_with_sdpa_core)
+    checks.check_attend_with_cache(attend_with_sdpa_core, **HIDDEN["attend_with_cache"])
+    checks.check_online_softmax_attention(online_with_logsumexp_by_hand)
+    checks.check_online_softmax_attention(online_with_logsumexp_by_hand, **HIDDEN["online_softmax_attention"])
+    checks.check_embed_new_tokens(lambda ids, wte, wpe, n: F.embedding(ids, wte) + wpe[n:n + ids.shape[1]])
+    checks.check_mlp_flops(lambda d, f, T, kind="gelu": (6 if kind == "swiglu" else 4) * T * d * f)
+    assert capsys.readouterr().out.count("✓") == 6
+
+
+@pytest.mark.parametrize("wrap", [float, np.int64, torch.tensor], ids=["float", "numpy-int", "tensor"])
+def test_counts_accept_whole_numbers_of_any_numeric_type(wrap, capsys):
+    checks.check_mlp_flops(lambda *a: wrap(loops.mlp_flops(*a)))
+    checks.check_kv_cache_bytes(lambda *a: wrap(loops.kv_cache_bytes(*a)))
+    checks.check_attention_flops(lambda *a: {k: wrap(v) for k, v in loops.attention_flops(*a).items()})
+    assert capsys.readouterr().out.count("✓") == 3
+
+
+def test_counts_refuse_fractions_wrong_keys_and_unknown_errors():
+    with pytest.raises(CheckFailed, match="not a whole number"):
+        checks.check_mlp_flops(lambda *a: loops.mlp_flops(*a) + 0.5)
+    with pytest.raises(CheckFailed, match="should return a dict with the keys projections, scores, values, output"):
+        checks.check_attention_flops(lambda *a: sum(loops.attention_flops(*a).values()))
+    with pytest.raises(CheckFailed, match=r"scores not right \(got 1 for scores\)"):
+        checks.check_attention_flops(lambda *a: {**loops.attention_flops(*a), "scores": 1})
+    with pytest.raises(CheckFailed, match=r"kv_cache_bytes\(n_layers=32.*\) = 7 is not right; 2 \(K and V\)"):
+        checks.check_kv_cache_bytes(lambda *a: 7)
+
+
+def test_the_flop_counter_agrees_with_the_checked_counts():
+    """The check's expected numbers are what torch's FlopCounterMode measures on the shared model's attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for d, h, T, kv in checks.ATTENTION_CONFIGS[:2] + checks.ATTENTION_CONFIGS[4:]:
+        attn = blocks.Attention(blocks.ModelConfig(vocab_size=3, d_model=d, n_heads=h, n_kv_heads=kv))
+        with FlopCounterMode(display=False) as counter:
+            attn(torch.randn(1, T, d))
+        assert counter.get_total_flops() == sum(loops.attention_flops(d, h, T, kv).values())
+
+
+def test_dtype_kept_by_the_online_softmax():
+    def float32_inside(q, k, v, b):
+        return loops.online_softmax_attention(q.float(), k.float(), v.float(), b)
+
+    with pytest.raises(CheckFailed, match="dtype torch.float32; expected torch.float64"):
+        checks.check_online_softmax_attention(float32_inside)
+
+
+def test_a_mistake_only_visible_with_a_real_group_is_caught_by_the_gqa_case():
+    wrong = next(m for m in checks.STEP_MISTAKES if m.key == "kv_head_modulo")
+    with pytest.raises(CheckFailed, match="6 query heads sharing 2 K/V heads"):
+        checks.check_attend_with_cache(wrong.impl)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cheats
+# ------------------------------------------------------------------------------------------------
+
+
+def _sdpa_step(q, k_new, v_new, k_cache, v_cache):
+    k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
+    mask = blocks.cached_causal_mask(q.shape[2], k_all.shape[2])
+    return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True), k_all, v_all
+
+
+def _layer_cache_step(q, k_new, v_new, k_cache, v_cache):
+    cache = blocks.LayerCache()
+    if k_cache.shape[2]:
+        cache.update(k_cache, v_cache)
+    k_all, v_all = cache.update(k_new, v_new)
+    return attend_with_sdpa_core(q, k_new, v_new, k_cache, v_cache)[0], k_all, v_all
+
+
+def _softmax_online(q, k, v, block_size):
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ v
+
+
+@pytest.mark.parametrize("check, answer", [
+    ("attention_flops", lambda d, h, T, kv=None: reference.attention_flops(d, h, T, n_kv_heads=kv)),
+    ("mlp_flops", lambda d, f, T, kind="gelu": reference.mlp_flops(d, f, T, kind=kind)),
+    ("kv_cache_bytes", lambda L, h, d, t, b, dt: reference.kv_cache_bytes(L, h, d, t, b, dt)),
+    ("embed_new_tokens", lambda *a: reference.embed_new_tokens(*a)),
+    ("attend_with_cache", lambda *a: reference.attend_with_cache(*a)),
+    ("attend_with_cache", _sdpa_step),
+    ("attend_with_cache", _layer_cache_step),
+    ("online_softmax_attention", lambda q, k, v, b: reference.tiled_attention(q, k, v, block_size=b)),
+    ("online_softmax_attention", lambda q, k, v, b: F.scaled_dot_product_attention(q, k, v)),
+    ("online_softmax_attention", _softmax_online),
+], ids=["attention-flops-ref", "mlp-ref", "kv-ref", "embed-ref", "step-ref", "step-F-sdpa", "step-LayerCache",
+        "tiled-ref", "F-sdpa", "torch-softmax"])
+def test_answers_calling_the_reference_or_builtin_are_refused(check, answer):
+    with pytest.raises(CheckFailed, match="calls|not your own function"):
+        CHECKS[check](answer)
+
+
+@pytest.mark.parametrize("name", ["embed_new_tokens", "attend_with_cache"])
+def test_the_reference_itself_is_refused(name):
+    with pytest.raises(CheckFailed, match="not your own function"):
+        CHECKS[name](getattr(reference, name))
+
+
+def test_hard_coded_visible_answers_fail_hidden_inputs():
+    table = {c: loops.mlp_flops(*c) for c in checks.MLP_CONFIGS}
+    checks.check_mlp_flops(lambda *a: table[a])
+    with pytest.raises(CheckFailed, match="KeyError"):
+        checks.check_mlp_flops(lambda *a: table[a], **HIDDEN["mlp_flops"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Numeric answers for real decoders
+# ------------------------------------------------------------------------------------------------
+
+
+def right_numbers():
+    s = checks.REAL_CONFIGS
+    kv = {name: loops.kv_cache_bytes(c["n_layers"], c["n_kv_heads"], c["d_head"], c["context"], 1, torch.float16)
+          for name, c in ((n, s[n]) for n in ("llama2_7b", "llama3_8b", "falcon_7b"))}
+    return {"kv_llama2_7b": kv["llama2_7b"], "kv_llama3_8b": kv["llama3_8b"], "kv_falcon_7b": kv["falcon_7b"],
+            "kv_batch_llama3": kv["llama3_8b"] * s["batch"],
+            "max_batch_llama3": (s["gpu_bytes"] - s["weight_bytes_llama3"]) // kv["llama3_8b"],
+            "gqa_saving_llama3": s["llama3_8b"]["n_heads"] / s["llama3_8b"]["n_kv_heads"]}
+
+
+def test_real_numbers_are_the_published_sizes(capsys):
+    answers = right_numbers()
+    assert answers["kv_llama2_7b"] == 2 * 2**30  # the seeds' example: 2 GiB per 4096-token sequence
+    assert answers["kv_llama3_8b"] == 2**30 and answers["kv_falcon_7b"] == 16 * 2**20
+    assert answers["max_batch_llama3"] == 64
+    checks.check_kv_cache_numbers(**answers)
+    assert "✓" in capsys.readouterr().out
+
+
+def test_real_numbers_name_each_known_wrong_value():
+    answers = right_numbers()
+    _, wrong = checks._real_numbers()
+    for key, values in wrong.items():
+        for value, message in values:
+            with pytest.raises(CheckFailed, match=re.escape(message)):
+                checks.check_kv_cache_numbers(**{**answers, key: value})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("kv_llama3_8b", 4 * 2**30, "n_heads was used where n_kv_heads belongs"),
+    ("kv_llama2_7b", 2**30, "only one of K and V is counted"),
+    ("kv_falcon_7b", 2**19, "this is one layer's cache"),
+    ("max_batch_llama3", 80, "the weights take memory too"),
+    ("kv_llama2_7b", 123, "is not right; 2 (K and V)"),
+])
+def test_real_numbers_typical_errors(key, value, message):
+    with pytest.raises(CheckFailed, match=re.escape(message)):
+        checks.check_kv_cache_numbers(**{**right_numbers(), key: value})
