@@ -26,8 +26,13 @@ m grows, so it never holds more than a (block x block) piece of the T x T score 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from .attention import scaled_dot_product_attention
 from .shapes import (
@@ -50,6 +55,7 @@ __all__ = [
     "kv_cache_bytes",
     "mlp_flops",
     "model_flops",
+    "peak_tensor_bytes",
     "flops_per_token",
     "score_bytes",
     "tiled_attention",
@@ -346,3 +352,57 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
             m = m_new
         out[..., q0:q1, :] = torch.where(l > 0, acc / torch.where(l > 0, l, torch.ones_like(l)), zero)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring memory
+# ---------------------------------------------------------------------------------------------
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Watches every tensor an ATen operator returns; adds its storage's bytes while it lives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+        self._outside: set[int] = set()  # storages made before the call (inputs, weights)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self._seen:
+                self._outside.add(t.untyped_storage().data_ptr())
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or key in self._seen or key in self._outside:  # a view: nothing new allocated
+                continue
+            self._seen.add(key)
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key, size)
+        return out
+
+    def _free(self, key: int, size: int) -> None:
+        self.live -= size
+        self._seen.discard(key)
+
+
+def peak_tensor_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+    """Run fn(*args, **kwargs); return (its result, the peak bytes of tensors it had alive at once).
+
+    Counts the storage of every tensor that torch's operators create during the call (inputs that
+    existed before are not counted) and subtracts it when the tensor is freed. This is torch's own
+    allocation, on any device; Python's tracemalloc does not see it (torch allocates in C++), and
+    a process's RSS mixes it with the interpreter and allocator caches. Scratch buffers a kernel
+    uses internally and frees before returning are not visible to it.
+    """
+    if not callable(fn):
+        raise TypeError(f"peak_tensor_bytes: fn must be callable; got {type(fn).__name__}")
+    with _LiveBytes() as mode:
+        result = fn(*args, **kwargs)
+    return result, mode.peak

@@ -396,3 +396,34 @@ def test_embed_new_tokens_equals_the_rows_of_the_full_sequence():
     assert torch.equal(complexity.embed_new_tokens(ids[:, 6:], wte, wpe, 6), full[:, 6:].detach())
     with pytest.raises(ShapeError, match="T_max = 40 rows"):
         complexity.embed_new_tokens(ids, wte, wpe, 35)
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring memory
+# ------------------------------------------------------------------------------------------------
+
+
+def test_peak_tensor_bytes_counts_live_tensors_and_frees_dead_ones():
+    def two_at_once():
+        a = torch.ones(1000)  # 4000 bytes
+        b = torch.ones(500, dtype=torch.float64)  # 4000 bytes
+        return a.sum() + b.sum()
+
+    def one_after_another():
+        total = torch.ones(1000).sum()  # the 4000-byte tensor is freed before the next is made
+        return total + torch.ones(1000).sum()
+
+    assert complexity.peak_tensor_bytes(two_at_once)[1] >= 8000
+    peak_seq = complexity.peak_tensor_bytes(one_after_another)[1]
+    assert 4000 <= peak_seq < 8000
+    x = torch.randn(64, 64)
+    view, peak = complexity.peak_tensor_bytes(lambda: x.t()[:10])  # a view allocates nothing new
+    assert peak == 0 and view.shape == (10, 64)
+
+
+def test_peak_tensor_bytes_of_naive_attention_holds_the_score_matrix():
+    q = k = v = torch.randn(1, 2, 128, 8)
+    (_, weights), peak = complexity.peak_tensor_bytes(lambda: blocks.attend(q, k, v))
+    assert peak >= weights.nbytes == complexity.score_bytes(1, 2, 128)
+    _, tiled_peak = complexity.peak_tensor_bytes(lambda: complexity.tiled_attention(q, k, v, block_size=16))
+    assert tiled_peak < complexity.score_bytes(1, 2, 128) / 4
