@@ -1,0 +1,694 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown] id="intro"
+# # Chapter 07: what a transformer costs — FLOPs, memory, the KV cache, and FlashAttention's online softmax
+#
+# The earlier chapters asked *what* a transformer computes. This one asks *how much* it costs, and
+# where the cost comes from. Three numbers decide whether a model runs on your hardware: the
+# **FLOPs** (how much arithmetic), the **memory** (what has to be held at once), and the **bytes
+# moved** per FLOP (whether the chip waits for arithmetic or for memory). Each of them grows with
+# the sequence length `T` in its own way, and each has a standard trick against it: the **KV
+# cache** for generation, **GQA/MQA** for the cache's size, and **FlashAttention** for the score
+# matrix.
+#
+# **The FLOP convention of this chapter** (and of `helpers.complexity`): *one multiply-add is 2 FLOPs*,
+# so a product of an `(m, k)` matrix with a `(k, n)` matrix costs $2mkn$ FLOPs. Only matrix products
+# are counted; softmax, norms and activations cost $O(T\,d)$ each and are left out. That is exactly
+# what `torch.utils.flop_counter.FlopCounterMode` counts, so every formula here is checked against it.
+#
+# | quantity | formula (one layer, one sequence) | grows like |
+# |---|---|---|
+# | attention projections Q, K, V, O | $2T d (2d + 2 d_{kv})$, $d_{kv} = H_{kv} d_{\text{head}}$ | $T$ |
+# | scores $QK^\top$ and weighted values $AV$ | $2 \cdot 2 H T^2 d_{\text{head}} = 4 T^2 d$ | $T^2$ |
+# | MLP (GELU: 2 matrices, SwiGLU: 3) | $2 m\, T d\, d_{ff}$ | $T$ |
+# | score matrix memory | $H T^2 \times$ bytes | $T^2$ |
+# | KV cache (whole model) | $2 \cdot L \cdot H_{kv} \cdot d_{\text{head}} \cdot T \times$ bytes | $T$ |
+#
+# **Map of this notebook.**
+#
+# 1. Attention FLOPs and MLP FLOPs, checked by torch's flop counter; where attention starts to dominate
+# 2. Score memory, and time and memory *measured* against `T` (log-log), next to the formulas
+# 3. FLOPs per token of a whole model, for inference and for training
+# 4. The KV cache: the formula, the 2 GiB example, and what GQA/MQA save
+# 5. Generating with a cache: identical tokens, timed side by side; the bottom-right causal mask
+# 6. Prefill vs decode: why decoding is memory-bound (bytes moved per FLOP, measured)
+# 7. FlashAttention's online softmax, derived and run block by block
+# 8. Context windows at scale: the prompt budget meets the memory bill
+# 9. Self-check and evidence card
+#
+# Cells that start with `# NBVAL_CHECK_OUTPUT` are claims: the test suite re-runs the notebook and
+# fails if their output ever changes. Timings are measured on whatever machine runs the notebook, so
+# they are printed but never checked.
+
+# %% id="setup"
+import math
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import helpers
+from helpers.attention import causal_mask, scaled_dot_product_attention
+from helpers.blocks import (
+    Attention,
+    KVCache,
+    ModelConfig,
+    TinyDecoder,
+    cached_causal_mask,
+    cached_forward,
+    generate,
+)
+from helpers.complexity import (
+    attention_flops,
+    attention_mlp_crossover,
+    decode_step_flops,
+    flops_per_token,
+    kv_cache_bytes,
+    mlp_flops,
+    model_flops,
+    peak_tensor_bytes,
+    score_bytes,
+    tiled_attention,
+)
+from helpers.ffn import FeedForward, SwiGLUFFN
+from helpers.overview import remaining_tokens
+
+helpers.seed_everything(0)
+device = helpers.get_device()
+# The measurements below compare how costs *grow*; one CPU thread keeps them steady on a busy
+# machine (two threads that wait on each other can make small operations many times slower).
+torch.set_num_threads(1)
+print("computing on:", device.type)
+
+
+def counted(fn) -> int:
+    """FLOPs torch's FlopCounterMode sees while fn() runs."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def best_time(fn, repeat: int = 5) -> float:
+    """The fastest of `repeat` runs, in seconds (the least disturbed by other programs)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+GiB, MiB = 2**30, 2**20
+
+# %% [markdown] id="flops"
+# ## 1. Attention FLOPs and MLP FLOPs
+#
+# **The idea.** A layer does two kinds of work. Everything that acts on one token at a time — the
+# Q, K, V and output projections and the MLP — costs the same for every token, so it grows like
+# $T$. The attention core compares every query with every key — $QK^\top$ and then $AV$ — so it
+# grows like $T^2$. For short sequences the per-token work dominates; past some length the
+# quadratic part takes over.
+#
+# **The formulas** (one layer, batch 1, $d = d_{\text{model}}$, $d_{kv} = H_{kv} d_{\text{head}}$, $m$ =
+# number of MLP matrices):
+#
+# $$
+# \text{FLOPs}_{\text{attn}}(T) = \underbrace{2Td(d + 2d_{kv})}_{Q,K,V} + \underbrace{2HT^2d_{\text{head}}}_{QK^\top}
+# + \underbrace{2HT^2d_{\text{head}}}_{AV} + \underbrace{2Td^2}_{O},
+# \qquad
+# \text{FLOPs}_{\text{MLP}}(T) = 2m\,T\,d\,d_{ff}.
+# $$
+#
+# **Worked example**: GPT-2 small ($d = 768$, $H = 12$, $d_{ff} = 3072$) on $T = 1024$ tokens.
+
+# %% id="flops-gpt2"
+# NBVAL_CHECK_OUTPUT
+gpt2 = ModelConfig(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, max_seq_len=1024)
+parts = attention_flops(768, 12, 1024)
+for name, value in parts.items():
+    print(f"attention {name:<12} {value / 1e9:7.3f} GFLOP")
+print(f"MLP (GELU)             {mlp_flops(768, 3072, 1024) / 1e9:7.3f} GFLOP")
+print("scores by hand: 2 * 12 * 1024 * 1024 * 64 =", 2 * 12 * 1024 * 1024 * 64)
+
+# %% [markdown] id="flops-check-md"
+# **Implementation check.** Shapes first: `x (1, T, 48)`, `Attention` with 6 query heads and 2 K/V
+# heads ($d_{\text{head}} = 8$, $d_{kv} = 16$). torch's flop counter watches the real module run and
+# reports each matrix product; the four projections are `aten.mm`, the two per-head products `aten.bmm`.
+
+# %% id="flops-check"
+# NBVAL_CHECK_OUTPUT
+config = ModelConfig(vocab_size=11, d_model=48, n_heads=6, n_kv_heads=2)
+attn = Attention(config)
+x = torch.randn(1, 20, 48)
+with FlopCounterMode(display=False) as counter:
+    attn(x, causal_mask(20))
+measured = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+formula = attention_flops(48, 6, 20, n_kv_heads=2)
+print("flop counter:", measured)
+print("formula:      aten.mm =", formula["projections"] + formula["output"], " aten.bmm =", formula["scores"] + formula["values"])
+ffn = SwiGLUFFN(48, 128)
+print("SwiGLU MLP: counter", counted(lambda: ffn(x)), "formula", mlp_flops(48, 128, 20, kind="swiglu"))
+
+# %% [markdown] id="crossover-md"
+# **Where attention starts to dominate.** Setting the two costs equal,
+# $2Td(2d + 2d_{kv}) + 4T^2 d = 2mTd\,d_{ff}$ gives $T^\* = (m\,d_{ff} - 2d - 2d_{kv}) / 2$. For GPT-2
+# that is $(2 \cdot 3072 - 1536 - 1536)/2 = 1536$ tokens: beyond it, one layer's attention costs more
+# FLOPs than its MLP. The course's small model reaches that point much sooner, because its MLP is
+# small in absolute terms.
+
+# %% id="crossover"
+# NBVAL_CHECK_OUTPUT
+course = ModelConfig(vocab_size=512, d_model=128, n_heads=4, n_layers=4, max_seq_len=1024)
+llama_like = ModelConfig(vocab_size=32000, d_model=4096, n_heads=32, n_kv_heads=8, n_layers=32,
+                         ffn="swiglu", d_ff=14336, max_seq_len=8192)
+for name, c in (("GPT-2 small", gpt2), ("course model", course), ("Llama-3-8B-like", llama_like)):
+    print(f"{name:<16} attention >= MLP from T = {attention_mlp_crossover(c)}")
+
+# %% id="crossover-plot"
+T_range = np.unique(np.logspace(4, 15, 60, base=2).astype(int))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+for ax, (name, c) in zip(axes, (("GPT-2 small", gpt2), ("course model", course))):
+    parts = [attention_flops(c.d_model, c.n_heads, int(t), n_kv_heads=c.kv_heads) for t in T_range]
+    ax.loglog(T_range, [p["projections"] + p["output"] for p in parts], label="attention projections (∝ T)")
+    ax.loglog(T_range, [p["scores"] + p["values"] for p in parts], label="QKᵀ and AV (∝ T²)")
+    ax.loglog(T_range, [mlp_flops(c.d_model, c.ffn_width, int(t)) for t in T_range], label="MLP (∝ T)")
+    ax.axvline(attention_mlp_crossover(c), color="gray", ls=":", label="attention = MLP")
+    ax.set(title=f"{name}: FLOPs of one layer vs T", xlabel="sequence length T", ylabel="FLOPs")
+    ax.legend(fontsize=8)
+plt.suptitle("The T² part is a steeper line on log-log axes: it overtakes the per-token work at T*")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown] id="flops-mistake-md"
+# **Where it shows up.** Model cards quote "FLOPs per token"; hardware is quoted in FLOP/s, almost
+# always with the same 2-per-multiply-add convention (a "989 TFLOP/s" GPU does about 495 T multiply-adds a
+# second). Mixing the conventions halves or doubles every estimate.
+#
+# **Common mistake: counting a multiply-add as one FLOP.** Run beside the counter, the wrong count is
+# exactly half:
+
+# %% id="flops-mistake"
+# NBVAL_CHECK_OUTPUT
+W = torch.randn(64, 32)
+a = torch.randn(10, 32)
+print("flop counter for (10 x 32) @ (32 x 64):", counted(lambda: a @ W.T))
+print("right, 2 m k n:", 2 * 10 * 32 * 64, "| wrong, m k n:", 10 * 32 * 64)
+
+# %% [markdown] id="memory"
+# ## 2. Score memory, and time and memory measured against T
+#
+# **The idea.** Plain attention builds the whole score matrix — one $T \times T$ matrix per head — and
+# then the softmax weights, another matrix of the same size. Its memory grows like $T^2$ too, and at
+# long contexts it is the memory, not the FLOPs, that stops you first.
+#
+# $$
+# \text{score bytes} = B \cdot H \cdot T_q \cdot T_k \cdot \text{bytes per element}
+# $$
+#
+# **Worked example.** GPT-2 small, one sequence of 1024 tokens, float32: $12 \cdot 1024^2 \cdot 4$
+# bytes = 48 MiB *per layer*. At 32 768 tokens it is $32^2 = 1024$ times more: 48 GiB.
+
+# %% id="memory-example"
+# NBVAL_CHECK_OUTPUT
+print("GPT-2, T = 1024: ", score_bytes(1, 12, 1024) / MiB, "MiB per layer")
+print("GPT-2, T = 32768:", score_bytes(1, 12, 32768) / GiB, "GiB per layer")
+print("Llama-3-8B-like, T = 8192, bf16:", score_bytes(1, 32, 8192, dtype=torch.bfloat16) / GiB, "GiB per layer")
+
+# %% [markdown] id="measure-md"
+# **Measured against the formulas.** How is memory measured here? Not with Python's `tracemalloc`:
+# torch allocates its tensors in C++, which `tracemalloc` never sees. Not with the process's resident
+# memory either, which mixes the tensors with the interpreter and allocator caches. Instead
+# `peak_tensor_bytes` watches every tensor that torch's operators return during a call and adds up
+# the bytes of those alive at the same time; its peak is the memory the computation needed.
+# (`tools/bench_complexity.py` repeats the measurement with the peak resident memory of a fresh
+# process, for comparison.) Shapes: `q, k, v (1, 4, T, 32)`.
+
+# %% id="measure"
+Ts = [128, 256, 512, 1024, 2048]
+naive_time, naive_mem, tiled_mem, formula_mem = [], [], [], []
+for T in Ts:
+    q, k, v = (torch.randn(1, 4, T, 32, device=device) for _ in range(3))
+    naive_time.append(best_time(lambda: scaled_dot_product_attention(q, k, v), repeat=3))
+    naive_mem.append(peak_tensor_bytes(lambda: scaled_dot_product_attention(q, k, v))[1])
+    tiled_mem.append(peak_tensor_bytes(lambda: tiled_attention(q, k, v, block_size=128))[1])
+    formula_mem.append(score_bytes(1, 4, T))
+for T, t, m, tm, f in zip(Ts, naive_time, naive_mem, tiled_mem, formula_mem):
+    print(f"T = {T:5d}: naive {t * 1e3:7.2f} ms, peak {m / MiB:7.2f} MiB (score matrix {f / MiB:6.2f} MiB); "
+          f"tiled peak {tm / MiB:5.2f} MiB")
+slope_time = np.polyfit(np.log(Ts[2:]), np.log(naive_time[2:]), 1)[0]
+slope_mem = np.polyfit(np.log(Ts[2:]), np.log(naive_mem[2:]), 1)[0]
+print(f"log-log slopes from T = 512 on: time {slope_time:.2f}, memory {slope_mem:.2f} (the T² terms alone would give 2)")
+
+# %% id="measure-plot"
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+axes[0].loglog(Ts, naive_time, "o-", label="measured, naive attention")
+scale = naive_time[-1] / (2 * 4 * Ts[-1] ** 2 * 32 * 2)
+axes[0].loglog(Ts, [scale * 2 * 4 * T**2 * 32 * 2 for T in Ts], "k--", label="∝ FLOPs of QKᵀ and AV (T²)")
+axes[0].set(title="time vs T", xlabel="T", ylabel="seconds")
+axes[1].loglog(Ts, naive_mem, "o-", label="measured peak, naive")
+axes[1].loglog(Ts, tiled_mem, "s-", label="measured peak, tiled (block 128)")
+axes[1].loglog(Ts, formula_mem, "k--", label="formula: one score matrix, 4 H T² bytes")
+axes[1].set(title="memory vs T", xlabel="T", ylabel="bytes")
+for ax in axes:
+    ax.legend(fontsize=8)
+plt.suptitle("Naive attention's memory climbs with slope 2 on log-log axes, its time towards 2; tiled memory stays nearly flat")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown] id="memory-read"
+# Read the right panel: the naive peak sits at about *twice* the formula's line, because the scores
+# and the softmax weights are alive at the same moment. The time (left) bends towards slope 2 only
+# at longer `T`: for short sequences fixed costs (Python, launching the operations, the $O(T d)$
+# work) still dominate, which is why the fit starts at `T = 512`. The tiled version (section 7) never holds
+# more than a `block x block` piece of the scores: its peak grows only with the output, like $T$.
+#
+# **Common mistake: "memory is $O(T d)$, like the activations".** The activations `(B, T, d_model)`
+# do grow linearly, but the score matrix per head is `(T, T)`, whatever `d_head` is. Run side by side:
+
+# %% id="memory-mistake"
+# NBVAL_CHECK_OUTPUT
+T, d = 4096, 768
+print("activations (T, d_model) float32:", T * d * 4 / MiB, "MiB")
+print("scores of 12 heads (12, T, T) float32:", score_bytes(1, 12, T) / MiB, "MiB  <- the T² term")
+
+# %% [markdown] id="per-token"
+# ## 3. FLOPs per token of a whole model, inference and training
+#
+# **The idea.** Add up the layers and the LM head ($2 T d V$) and divide by $T$: that is the cost of
+# one token. For inference it is about $2N$ for a model with $N$ parameters in its matrices (each
+# weight is used in one multiply-add per token), plus the attention core's $4 T d$ per layer, which
+# grows with the context. Training also runs the backward pass, which for every matrix product
+# $y = xW$ computes two products of the same size (the gradients of $x$ and of $W$): training costs
+# 3 × forward, the well-known $6N$ per token.
+#
+# $$
+# \text{FLOPs/token} \approx 2N + L \cdot 4 T d \ \text{(inference)},
+# \qquad \text{training} = 3 \times \text{forward}.
+# $$
+#
+# **Check against the counter**, forward and forward + backward, on the course model:
+
+# %% id="per-token-check"
+# NBVAL_CHECK_OUTPUT
+model = TinyDecoder(course)
+ids = torch.randint(0, 512, (1, 256))
+print("forward:            counter", counted(lambda: model(ids)), " formula", model_flops(course, 256))
+print("forward + backward: counter", counted(lambda: model(ids).sum().backward()),
+      " formula", model_flops(course, 256, training=True))
+model.zero_grad(set_to_none=True)
+
+# %% id="per-token-table"
+# NBVAL_CHECK_OUTPUT
+matrix_params = course.n_layers * (4 * 128 * 128 + 2 * 128 * 512) + 512 * 128  # layers' matrices + head
+print("2N (matrices, head included) =", 2 * matrix_params)
+for T in (1, 256, 1024):
+    print(f"T = {T:4d}: inference {flops_per_token(course, T):>9,} FLOPs/token, "
+          f"training {flops_per_token(course, T, training=True):>10,}")
+
+# %% [markdown] id="per-token-md"
+# At $T = 1$ the inference cost is exactly $2N$ plus a sliver (one score, one weighted value per head);
+# at $T = 1024$ the attention core has added $4 \cdot 1024 \cdot 128 = 524\,288$ FLOPs per layer and
+# token, which for this small model is more than its whole $2N$. For GPT-3-sized models $d$ is so large
+# that the same term stays a few percent until very long contexts.
+#
+# **Where it shows up.** Training budgets ("$6ND$" for $D$ training tokens), and the throughput numbers
+# of inference servers.
+
+# %% [markdown] id="kv-cache"
+# ## 4. The KV cache
+#
+# **The idea.** A decoder generates one token at a time, and each new token attends to all earlier
+# ones. Their keys and values never change (causal attention: the past does not see the future), so
+# instead of recomputing them every step, every layer keeps them: the **KV cache**. It trades
+# memory for FLOPs, and its memory is often the largest thing on an inference server.
+#
+# $$
+# \text{KV bytes} = 2\ (K, V) \times L \times B \times H_{kv} \times T \times d_{\text{head}} \times \text{bytes per element}
+# $$
+#
+# **Worked example** (the seeds' numbers): 32 layers × 32 K/V heads × 128 × 4096 tokens × 2 bytes
+# (fp16) × 2 (K and V) = 2 GiB per sequence — Llama-2-7B's shape.
+
+# %% id="kv-example"
+# NBVAL_CHECK_OUTPUT
+print("Llama-2-7B shape:", 2 * 32 * 32 * 128 * 4096 * 2 / GiB, "GiB =", kv_cache_bytes(32, 32, 128, 4096) / GiB, "GiB")
+for name, h_kv in (("MHA, 32 K/V heads", 32), ("GQA,  8 K/V heads", 8), ("MQA,  1 K/V head ", 1)):
+    print(f"{name}: {kv_cache_bytes(32, h_kv, 128, 4096) / MiB:7.0f} MiB per 4096-token sequence")
+
+# %% [markdown] id="kv-real-md"
+# **Implementation check: the formula against a real cache.** The shared model's `KVCache` holds one
+# `(B, H_kv, T, d_head)` tensor for K and one for V per layer; their `.nbytes` must be the formula.
+# The cache stores the $H_{kv}$ heads *before* they are repeated for the query heads: that is
+# where GQA's saving lives.
+
+# %% id="kv-real"
+# NBVAL_CHECK_OUTPUT
+for n_kv in (4, 2, 1):
+    c = ModelConfig(vocab_size=512, d_model=128, n_heads=4, n_kv_heads=n_kv, n_layers=4, max_seq_len=1024)
+    m = TinyDecoder(c).eval()
+    cache = KVCache(c.n_layers)
+    with torch.no_grad():
+        cached_forward(m, torch.randint(0, 512, (2, 100)), cache)
+    print(f"H_kv = {n_kv}: layer 0 K {tuple(cache[0].k.shape)}, cache.nbytes = {cache.nbytes:>7}, "
+          f"formula = {kv_cache_bytes(4, n_kv, 32, 100, batch=2, dtype=torch.float32):>7}")
+
+# %% [markdown] id="kv-mistake-md"
+# **Common mistake: caching the repeated heads.** If the cache stores K and V *after* `repeat_kv`,
+# a GQA model spends exactly as much cache memory as plain multi-head attention, and the saving is
+# gone. Using `n_heads` where `n_kv_heads` belongs in the formula makes the same error on paper:
+
+# %% id="kv-mistake"
+# NBVAL_CHECK_OUTPUT
+right = kv_cache_bytes(32, 8, 128, 8192)  # Llama-3-8B: 32 query heads share 8 K/V heads
+wrong = kv_cache_bytes(32, 32, 128, 8192)
+print(f"Llama-3-8B, 8192 tokens: right {right / GiB} GiB, with n_heads {wrong / GiB} GiB ({wrong // right}x too much)")
+
+# %% [markdown] id="generate"
+# ## 5. Generating with a cache: identical tokens, timed side by side
+#
+# `generate(model, prompt_ids, max_new_tokens, use_cache=...)` runs the prompt through the model
+# once (the **prefill**), then feeds one token per step (the **decode**). With `use_cache=False` it
+# recomputes the whole sequence every step instead. The results must be identical; only the time differs.
+# Greedy decoding (`temperature=0`) makes the comparison exact.
+
+# %% id="generate-run"
+torch.manual_seed(0)
+gen_model = TinyDecoder(course).to(device).eval()
+prompt = torch.randint(0, 512, (1, 8), device=device)
+new_tokens = 100
+start = time.perf_counter()
+fast = generate(gen_model, prompt, new_tokens, use_cache=True, temperature=0)
+t_cached = time.perf_counter() - start
+start = time.perf_counter()
+slow = generate(gen_model, prompt, new_tokens, use_cache=False, temperature=0)
+t_full = time.perf_counter() - start
+print(f"cached {t_cached:.2f} s, recomputed {t_full:.2f} s: {t_full / t_cached:.1f}x faster with the cache")
+
+# %% id="generate-same"
+# NBVAL_CHECK_OUTPUT
+print("identical tokens:", torch.equal(fast, slow), "| shape", tuple(fast.shape))
+flops_full = sum(model_flops(course, t) for t in range(8, 8 + new_tokens))
+flops_cached = model_flops(course, 8) + sum(decode_step_flops(course, t) for t in range(8, 8 + new_tokens - 1))
+print(f"FLOPs: recomputed {flops_full:.3e}, cached {flops_cached:.3e} ({flops_full / flops_cached:.0f}x fewer)")
+
+# %% [markdown] id="mask-md"
+# **The causal mask after a cache is aligned bottom-right.** With $T_q$ new queries and $T_k$ keys
+# (cached + new), new query $i$ is token $T_k - T_q + i$ and may see keys $0 \dots T_k - T_q + i$.
+# torch's `is_causal=True` aligns the mask **top-left** instead (query $i$ sees keys $0 \dots i$), which is
+# the same only when $T_q = T_k$. Here is the mistake run next to the right version, for 2 new tokens
+# after 4 cached ones:
+
+# %% id="mask-compare"
+# NBVAL_CHECK_OUTPUT
+print("bottom-right (right), query rows = tokens 4 and 5:")
+print(cached_causal_mask(2, 6).int())
+print("top-left (is_causal=True), wrong here:")
+print(torch.ones(2, 6, dtype=torch.bool).tril().int())
+q6, k6, v6 = (torch.randn(1, 1, t, 8, generator=torch.Generator().manual_seed(s)) for t, s in ((6, 1), (6, 2), (6, 3)))
+full = F.scaled_dot_product_attention(q6, k6, v6, is_causal=True)[:, :, 4:]  # all 6 tokens, keep the last 2
+right_step = F.scaled_dot_product_attention(q6[:, :, 4:], k6, v6, attn_mask=cached_causal_mask(2, 6))
+wrong_step = F.scaled_dot_product_attention(q6[:, :, 4:], k6, v6, is_causal=True)
+print("bottom-right equals full recomputation:", torch.allclose(right_step, full, atol=1e-6),
+      "| is_causal does:", torch.allclose(wrong_step, full, atol=1e-6))
+
+# %% [markdown] id="offset-md"
+# **Common mistake: the position offset.** With learned positions, the new token after $n$ cached
+# tokens sits at position $n$. Off by one, the model reads the wrong row of the position table and
+# its logits change. Past the end of the table there is no row at all: the shared model says so
+# instead of failing with an index error.
+
+# %% id="offset-mistake"
+# NBVAL_CHECK_OUTPUT
+small = TinyDecoder(ModelConfig(vocab_size=512, d_model=128, n_heads=4, n_layers=4, max_seq_len=16)).eval()
+ids = torch.randint(0, 512, (1, 10), generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    reference_logits = small(ids)[:, -1]
+    cache = KVCache(4)
+    cached_forward(small, ids[:, :9], cache)
+    right = cached_forward(small, ids[:, 9:], cache)[:, -1]
+    h = small.tok_emb.weight[ids[:, 9:]] + small.pos_emb.weight[8]  # WRONG: position 8, not 9
+print("offset 9 (right) equals recomputation:", torch.allclose(right, reference_logits, atol=1e-5))
+print("offset 8 embeds differently:", not torch.allclose(h, small.tok_emb.weight[ids[:, 9:]] + small.pos_emb.weight[9]))
+try:
+    generate(small, ids, 7)
+except ValueError as error:
+    print("past max_seq_len:", str(error)[:80], "...")
+
+# %% [markdown] id="prefill-decode"
+# ## 6. Prefill vs decode: why decoding is memory-bound
+#
+# **The idea.** To multiply $T$ token vectors by a $d \times d$ weight matrix, the chip must read the
+# $d^2$ weights from memory once, and then does $2Td^2$ FLOPs with them. The **arithmetic intensity**
+# (FLOPs per byte moved) is about
+#
+# $$
+# \frac{2Td^2}{\text{bytes}(W) + \text{bytes}(x) + \text{bytes}(y)} = \frac{2Td^2}{4(d^2 + 2Td)} \approx \frac{T}{2}
+# \quad (\text{float32}, T \ll d).
+# $$
+#
+# A prefill has $T$ in the hundreds or thousands: many FLOPs per byte, the arithmetic units are busy
+# (**compute-bound**). A decode step has $T = 1$ per sequence: half a FLOP per byte, and the chip spends
+# its time waiting for the weights (and the KV cache) to arrive (**memory-bound**). Measured: the
+# time of one `(T, 2048) @ (2048, 2048)` product as `T` grows.
+
+# %% id="prefill-measure"
+d_big = 2048
+W_big = torch.randn(d_big, d_big, device=device)
+rows = [1, 4, 16, 64, 256, 512]
+per_token, intensity, achieved = [], [], []
+for T in rows:
+    xb = torch.randn(T, d_big, device=device)
+    seconds = best_time(lambda: xb @ W_big.T, repeat=7)
+    flops = 2 * T * d_big * d_big
+    moved = 4 * (d_big * d_big + 2 * T * d_big)
+    per_token.append(seconds / T)
+    intensity.append(flops / moved)
+    achieved.append(flops / seconds)
+    print(f"T = {T:5d}: {flops / moved:7.1f} FLOP/byte, {seconds * 1e3:7.3f} ms, "
+          f"{seconds / T * 1e6:8.2f} µs per token, {flops / seconds / 1e9:6.1f} GFLOP/s")
+
+# %% id="prefill-plot"
+fig, ax = plt.subplots(figsize=(6, 3.8))
+ax.loglog(intensity, achieved, "o-")
+for T, x_, y_ in zip(rows, intensity, achieved):
+    ax.annotate(f"T={T}", (x_, y_), fontsize=8)
+ax.set(xlabel="arithmetic intensity (FLOP per byte moved)", ylabel="achieved FLOP/s",
+       title="Decode (T=1) is starved for bytes; prefill reaches the compute roof")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown] id="prefill-read"
+# With one token the multiply runs at a small fraction of the speed the same weights reach with
+# hundreds of tokens: the time of a decode step is the time to *read the weights* (and, at long
+# contexts, the KV cache), not to multiply. That is why servers batch many sequences' decode steps
+# together (more tokens per byte of weights), and why the cache's bytes (section 4) matter so much:
+# every decode step reads all of them.
+
+# %% id="decode-bytes"
+# NBVAL_CHECK_OUTPUT
+weights_bytes = 8 * 2**30 * 2  # an 8-billion-parameter model in bf16
+cache_8k = kv_cache_bytes(32, 8, 128, 8192)
+step_flops = 2 * 8 * 10**9  # about 2N FLOPs per decoded token
+print(f"decode step of one sequence: reads {(weights_bytes + cache_8k) / GiB:.0f} GiB for {step_flops / 1e9:.0f} GFLOP "
+      f"= {step_flops / (weights_bytes + cache_8k):.2f} FLOP/byte")
+
+# %% [markdown] id="online-softmax"
+# ## 7. FlashAttention's online softmax
+#
+# **The idea.** The score matrix is needed only to be softmaxed and multiplied by $V$. FlashAttention
+# never stores it: it walks over the keys in blocks and keeps, for every query, three running
+# quantities — the largest score so far $m$, the sum $\ell = \sum_j e^{s_j - m}$, and the unnormalised
+# output $\text{acc} = \sum_j e^{s_j - m} v_j$. When a new block brings a larger maximum, everything
+# summed so far was computed against the old $m$ and is rescaled by $e^{m_{\text{old}} - m_{\text{new}}}$:
+#
+# $$
+# m' = \max(m, \max_j s_j), \quad
+# \ell' = e^{m - m'} \ell + \sum_j e^{s_j - m'}, \quad
+# \text{acc}' = e^{m - m'} \text{acc} + \sum_j e^{s_j - m'} v_j, \qquad
+# \text{out} = \text{acc} / \ell .
+# $$
+#
+# Why it is exact: for every key $j$ seen so far, its term is $e^{s_j - m}$ with the *current* $m$,
+# because each rescaling multiplies $e^{s_j - m_{\text{old}}}$ by $e^{m_{\text{old}} - m_{\text{new}}}$.
+# At the end, $\text{acc}/\ell = \sum_j e^{s_j - m} v_j / \sum_j e^{s_j - m} = \sum_j \operatorname{softmax}(s)_j v_j$.
+# Subtracting $m$ keeps every exponent $\le 0$, so nothing overflows.
+#
+# **Worked example**: one query, 7 keys, blocks of 3 (the last block has 1 key), statistics printed.
+
+# %% id="online-steps"
+# NBVAL_CHECK_OUTPUT
+scores_row = torch.tensor([1.0, 3.0, 0.5, 4.0, 2.0, 6.0, -1.0], dtype=torch.float64)
+values_row = torch.arange(7, dtype=torch.float64)[:, None] * torch.tensor([[1.0, -1.0]], dtype=torch.float64)  # (7, 2)
+m, l, acc = -math.inf, 0.0, torch.zeros(2, dtype=torch.float64)
+for start in range(0, 7, 3):
+    s = scores_row[start:start + 3]
+    m_new = max(m, s.max().item())
+    c = math.exp(m - m_new)  # rescale factor for what was summed under the old max
+    l = c * l + torch.exp(s - m_new).sum().item()
+    acc = c * acc + torch.exp(s - m_new) @ values_row[start:start + 3]
+    print(f"block {start}-{min(start + 3, 7) - 1}: m = {m_new:.1f}, rescale {c:.4f}, l = {l:.4f}, acc = {acc.numpy().round(4)}")
+    m = m_new
+exact = torch.softmax(scores_row, dim=0) @ values_row
+print("online:", (acc / l).numpy().round(6), " exact softmax:", exact.numpy().round(6))
+
+# %% [markdown] id="online-tiled-md"
+# **Implementation check.** `tiled_attention(q, k, v, mask=None, causal=False, block_size=...)` does
+# this for blocks of queries against blocks of keys, skips key blocks that a causal mask blocks
+# entirely, and gives zeros to a query whose keys are all masked (chapter 01's convention). Against
+# torch's fused attention, with block sizes that do not divide `T`:
+
+# %% id="online-tiled"
+# NBVAL_CHECK_OUTPUT
+gen = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(2, 4, 100, 16, generator=gen) for _ in range(3))
+for block in (7, 32, 100):
+    for causal in (False, True):
+        ours = tiled_attention(q, k, v, causal=causal, block_size=block)
+        torch_out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        print(f"block {block:3d}, causal={causal!s:<5}: max |difference| < 1e-5: {(ours - torch_out).abs().max().item() < 1e-5}")
+
+# %% [markdown] id="online-mistake-md"
+# **Common mistake: forgetting to rescale the running sum.** Without the factor $e^{m - m'}$ on
+# $\ell$, the terms summed under an old, smaller maximum are far too large compared with the new
+# ones, and the output is wrong — silently, no NaN. Without any running max, large scores overflow:
+
+# %% id="online-mistake"
+# NBVAL_CHECK_OUTPUT
+def online(scores, values, block, rescale_sum=True, running_max=True):
+    m, l, acc = -math.inf, 0.0, torch.zeros(values.shape[1], dtype=values.dtype)
+    for start in range(0, len(scores), block):
+        s = scores[start:start + block]
+        m_new = max(m, s.max().item()) if running_max else 0.0
+        c = math.exp(m - m_new) if running_max else 1.0
+        l = (c if rescale_sum else 1.0) * l + torch.exp(s - m_new).sum().item()
+        acc = c * acc + torch.exp(s - m_new) @ values[start:start + block]
+        m = m_new
+    return acc / l
+
+
+print("right:                 ", online(scores_row, values_row, 3).numpy().round(4))
+print("sum not rescaled:      ", online(scores_row, values_row, 3, rescale_sum=False).numpy().round(4))
+big = scores_row.float() * 100  # scores of several hundred: exp overflows float32 at about 88.7
+print("no running max, float32:", online(big, values_row.float(), 3, running_max=False).numpy(),
+      "| with it:", online(big, values_row.float(), 3).numpy().round(4))
+
+# %% [markdown] id="online-where"
+# **Where it shows up.** FlashAttention (1, 2 and 3) runs exactly this recurrence inside one GPU
+# kernel, keeping the blocks in fast on-chip memory; its backward pass recomputes the blocks instead
+# of storing the scores. `F.scaled_dot_product_attention` picks such a kernel when it can. The FLOPs
+# are the same as plain attention (a little more); the win is memory, $O(T)$ instead of $O(T^2)$, and
+# fewer bytes moved between the chip and its main memory.
+
+# %% [markdown] id="context"
+# ## 8. Context windows at scale
+#
+# Chapter 00 split an 8192-token window into a prompt budget: 600 (system) + 6000 (retrieved) + 400
+# (user) + 1000 (reserved output) = 8000, leaving 192. The window is a hard limit of the model
+# (learned positions have no row past it; other methods degrade past the training length, chapter 06).
+# Every token of that budget also costs memory on the server: its keys and values sit in the cache
+# for as long as the request runs, in every layer.
+
+# %% id="context-bill"
+# NBVAL_CHECK_OUTPUT
+print("margin:", remaining_tokens(8192, system=600, retrieved=6000, user=400, output=1000), "tokens")
+for window in (8192, 32768, 131072):
+    kv = kv_cache_bytes(32, 8, 128, window)
+    scores = score_bytes(1, 32, window, dtype=torch.bfloat16)
+    print(f"window {window:>6}: KV cache {kv / GiB:5.1f} GiB per sequence (GQA, bf16); "
+          f"naive scores {scores / GiB:7.1f} GiB per layer")
+
+# %% [markdown] id="context-read"
+# At a 128k window a single sequence's cache takes 16 GiB even with GQA, and the naive score matrix of
+# one layer would take 1 TiB — which is why long-context models need both GQA (or MQA) and a tiled
+# attention kernel. Doubling the context doubles the cache and the per-token FLOPs of the attention
+# core, and quadruples what naive attention would have to hold.
+
+# %% [markdown] id="self-check"
+# ## 9. Self-check
+#
+# **Q1.** A layer has $d = 1024$, $d_{ff} = 4096$ (GELU), 16 heads, no GQA. At which $T$ does its
+# attention cost as many FLOPs as its MLP?
+#
+# <details><summary>Answer</summary>
+#
+# $T^\* = (2 \cdot 4096 - 2 \cdot 1024 - 2 \cdot 1024)/2 = 2048$.
+# </details>
+#
+# **Q2.** Why is training about 3 × the FLOPs of a forward pass?
+#
+# <details><summary>Answer</summary>
+#
+# For each product $y = xW$ the backward pass computes $\partial L/\partial x = (\partial L/\partial y) W^\top$
+# and $\partial L/\partial W = x^\top (\partial L/\partial y)$: two products of the same size as the forward one.
+# </details>
+#
+# **Q3.** Mistral-7B has 32 layers, 8 K/V heads of 128, and caches in bf16. How many bytes does one
+# 4096-token sequence take, and how much would it take with 32 K/V heads?
+#
+# <details><summary>Answer</summary>
+#
+# $2 \cdot 32 \cdot 8 \cdot 128 \cdot 4096 \cdot 2 = 512$ MiB; with 32 heads 2 GiB (4× more).
+# </details>
+#
+# **Q4.** After 10 cached tokens, 3 new ones arrive together. Which keys may new query 0 see? What
+# does `is_causal=True` give it instead?
+#
+# <details><summary>Answer</summary>
+#
+# Keys 0..10 (it is token 10). `is_causal=True` aligns top-left and gives it key 0 only.
+# </details>
+#
+# **Q5.** In the online softmax, the running max grows from 2 to 5 when a block arrives. What must
+# happen to $\ell$ and to the accumulated output, and why?
+#
+# <details><summary>Answer</summary>
+#
+# Both are multiplied by $e^{2 - 5} = e^{-3}$: their terms were $e^{s - 2}$ and must become $e^{s - 5}$
+# to be added to the new block's terms.
+# </details>
+#
+# **Q6.** Why does batching many users' decode steps together make a server faster?
+#
+# <details><summary>Answer</summary>
+#
+# A decode step is memory-bound: its time is reading the weights. With a batch of $B$ sequences the
+# same weights serve $B$ tokens, multiplying the FLOPs per byte by $B$ (the KV caches, one per
+# sequence, do not get shared).
+# </details>
+
+# %% [markdown] id="evidence-card"
+# ## Evidence card
+#
+# What you can now show, and the cell that shows it (cells marked `# NBVAL_CHECK_OUTPUT` are checked
+# by the test suite):
+#
+# | you can show | where |
+# |---|---|
+# | attention's parts and the MLP in FLOPs, equal to torch's flop counter (2 FLOPs per multiply-add) | §1, `flops-gpt2`, `flops-check`, `flops-mistake` |
+# | attention overtakes the MLP at $T^\*$ = 1536 for GPT-2 small | §1, `crossover`, `crossover-plot` |
+# | score memory is $O(T^2)$; measured time and memory have slope ≈ 2 on log-log axes | §2, `memory-example`, `measure`, `measure-plot` |
+# | forward and training FLOPs of a whole model, equal to the flop counter | §3, `per-token-check`, `per-token-table` |
+# | 2 GiB of KV cache per 4096-token sequence for Llama-2-7B's shape; GQA ÷4, MQA ÷32; `.nbytes` of a real cache | §4, `kv-example`, `kv-real`, `kv-mistake` |
+# | cached generation gives identical tokens, faster; the cache mask is bottom-right, not `is_causal` | §5, `generate-run`, `generate-same`, `mask-compare`, `offset-mistake` |
+# | decode is memory-bound: FLOP/s against FLOP/byte, measured | §6, `prefill-measure`, `prefill-plot`, `decode-bytes` |
+# | the online softmax, step by step, equal to exact attention; without rescaling it is wrong | §7, `online-steps`, `online-tiled`, `online-mistake` |
+# | what a long context window costs in cache and scores | §8, `context-bill` |
+
+# %% [markdown] id="next"
+# ## Next: the exercises
+#
+# Open [`exercises/07_complexity/07_complexity.ipynb`](../exercises/07_complexity/07_complexity.ipynb).
+# You will write attention and MLP FLOP counters (checked against the flop counter's numbers), compute
+# the KV-cache memory of real decoders with MHA, GQA and MQA, embed new tokens at the right position
+# offset, write one cached attention step, and write the online softmax over blocks.

@@ -1,0 +1,56 @@
+"""Known submissions of chapter 07 and the exact points each must get (see tests/test_grading.py)."""
+
+from helpers.checks import complexity as checks
+
+from ..nbgrader_course import Submission, put, replace
+
+
+def _msg(catalogue, key):
+    return next(m.message for m in catalogue if m.key == key)
+
+
+def _number(key, start):
+    """The message of the known wrong value of `key` whose message starts with `start`."""
+    return next(message for _, message in checks._real_numbers()[1][key] if message.startswith(start))
+
+
+STUDENTS = {
+    # The issue's catalogued mistakes, one each.
+    "multiply_add_as_one": Submission(
+        {"ex1-answer": lambda source: source.replace("2 * ", "")},
+        {"ex1"}, _msg(checks.ATTENTION_FLOP_MISTAKES, "multiply_add_as_one")),
+    "n_heads_for_kv": Submission(
+        {"ex1-answer": replace("d_kv = n_kv_heads * d_head", "d_kv = n_heads * d_head")},
+        {"ex1"}, _msg(checks.ATTENTION_FLOP_MISTAKES, "n_heads_for_kv")),
+    "bytes_always_two": Submission(
+        {"ex3-answer": replace("size = torch.empty((), dtype=dtype).element_size()", "size = 2")},
+        {"ex3"}, _msg(checks.KV_BYTES_MISTAKES, "bytes_fixed_two")),
+    "kv_numbers_n_heads": Submission(
+        {"ex4-answer": replace('model["n_kv_heads"] * model["d_head"]', 'model["n_heads"] * model["d_head"]')},
+        {"ex4"}, _number("kv_llama3_8b", "n_heads was used where n_kv_heads belongs")),
+    "offset_plus_one": Submission(
+        {"ex5-answer": replace("wpe[cache_length:cache_length + T]", "wpe[cache_length + 1:cache_length + 1 + T]")},
+        {"ex5"}, _msg(checks.EMBED_MISTAKES, "offset_plus_one")),
+    "top_left_mask": Submission(
+        {"ex6-answer": replace(".tril(diagonal=T_k - T_new)", ".tril()")},
+        {"ex6"}, _msg(checks.STEP_MISTAKES, "top_left_mask")),
+    "sum_not_rescaled": Submission(
+        {"ex7-answer": replace("l = c * l + p.sum(dim=-1, keepdim=True)", "l = l + p.sum(dim=-1, keepdim=True)")},
+        {"ex7"}, _msg(checks.ONLINE_MISTAKES, "sum_not_rescaled")),
+    # Right for the visible configurations only: the hidden test's other configurations catch it.
+    "hard_coded": Submission(
+        {"ex2-answer": put("def mlp_flops(d_model, d_ff, T, kind='gelu'):\n"
+                           "    return {(64, 172, 16, 'swiglu'): 1056768, (64, 256, 16, 'gelu'): 1048576,\n"
+                           "            (768, 3072, 1024, 'gelu'): 9663676416,\n"
+                           "            (4096, 14336, 1, 'swiglu'): 352321536}[(d_model, d_ff, T, kind)]\n")},
+        {"ex2-hidden"}, "KeyError"),
+    # Cheats: the reference, and a wrapper of torch's fused attention.
+    "reference_import": Submission(
+        {"ex6-answer": put("from helpers.complexity import attend_with_cache")},
+        {"ex6"}, "not your own function", report="scan: reference_import (ex6)"),
+    "sdpa_wrapper": Submission(
+        {"ex7-answer": put("import torch.nn.functional as F\n"
+                           "def online_softmax_attention(q, k, v, block_size):\n"
+                           "    return F.scaled_dot_product_attention(q, k, v)\n")},
+        {"ex7"}, "calls torch.nn.functional.scaled_dot_product_attention", report="scan: torch_builtin (ex7)"),
+}
