@@ -108,8 +108,12 @@ def test_crossover_is_where_attention_first_costs_as_much_as_the_mlp():
     assert complexity.attention_mlp_crossover(gpt2) == 1536  # (2 * 3072 - 2 * 768 - 2 * 768) / 2
     for config in (gpt2, CONFIGS[0], CONFIGS[1]):
         T = complexity.attention_mlp_crossover(config)
-        attn = lambda t: complexity.attention_flops(config.d_model, config.n_heads, t, n_kv_heads=config.kv_heads)["total"]  # noqa: E731
-        mlp = lambda t: complexity.mlp_flops(config.d_model, config.ffn_width, t, kind=config.ffn)  # noqa: E731
+        def attn(t, c=config):
+            return complexity.attention_flops(c.d_model, c.n_heads, t, n_kv_heads=c.kv_heads)["total"]
+
+        def mlp(t, c=config):
+            return complexity.mlp_flops(c.d_model, c.ffn_width, t, kind=c.ffn)
+
         assert attn(T) >= mlp(T) and (T == 1 or attn(T - 1) < mlp(T - 1))
 
 

@@ -79,7 +79,7 @@ from helpers.complexity import (
     score_bytes,
     tiled_attention,
 )
-from helpers.ffn import FeedForward, SwiGLUFFN
+from helpers.ffn import SwiGLUFFN
 from helpers.overview import remaining_tokens
 
 helpers.seed_everything(0)
@@ -97,12 +97,12 @@ def counted(fn) -> int:
     return counter.get_total_flops()
 
 
-def best_time(fn, repeat: int = 5) -> float:
-    """The fastest of `repeat` runs, in seconds (the least disturbed by other programs)."""
+def best_time(fn, *args, repeat: int = 5) -> float:
+    """The fastest of `repeat` runs of fn(*args), in seconds (the least disturbed by other programs)."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        fn(*args)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -239,9 +239,9 @@ Ts = [128, 256, 512, 1024, 2048]
 naive_time, naive_mem, tiled_mem, formula_mem = [], [], [], []
 for T in Ts:
     q, k, v = (torch.randn(1, 4, T, 32, device=device) for _ in range(3))
-    naive_time.append(best_time(lambda: scaled_dot_product_attention(q, k, v), repeat=3))
-    naive_mem.append(peak_tensor_bytes(lambda: scaled_dot_product_attention(q, k, v))[1])
-    tiled_mem.append(peak_tensor_bytes(lambda: tiled_attention(q, k, v, block_size=128))[1])
+    naive_time.append(best_time(scaled_dot_product_attention, q, k, v, repeat=3))
+    naive_mem.append(peak_tensor_bytes(scaled_dot_product_attention, q, k, v)[1])
+    tiled_mem.append(peak_tensor_bytes(tiled_attention, q, k, v, block_size=128)[1])
     formula_mem.append(score_bytes(1, 4, T))
 for T, t, m, tm, f in zip(Ts, naive_time, naive_mem, tiled_mem, formula_mem):
     print(f"T = {T:5d}: naive {t * 1e3:7.2f} ms, peak {m / MiB:7.2f} MiB (score matrix {f / MiB:6.2f} MiB); "
@@ -469,7 +469,7 @@ rows = [1, 4, 16, 64, 256, 512]
 per_token, intensity, achieved = [], [], []
 for T in rows:
     xb = torch.randn(T, d_big, device=device)
-    seconds = best_time(lambda: xb @ W_big.T, repeat=7)
+    seconds = best_time(torch.matmul, xb, W_big.T, repeat=7)
     flops = 2 * T * d_big * d_big
     moved = 4 * (d_big * d_big + 2 * T * d_big)
     per_token.append(seconds / T)
