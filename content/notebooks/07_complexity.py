@@ -319,8 +319,8 @@ for T in (1, 256, 1024):
 # %% [markdown] id="per-token-md"
 # At $T = 1$ the inference cost is exactly $2N$ plus a sliver (one score, one weighted value per head);
 # at $T = 1024$ the attention core has added $4 \cdot 1024 \cdot 128 = 524\,288$ FLOPs per layer and
-# token, which for this small model is more than its whole $2N$. For GPT-3-sized models $d$ is so large
-# that the same term stays a few percent until very long contexts.
+# token, which over this small model's 4 layers (2.1 million) is more than its whole $2N$. For
+# GPT-3-sized models $d$ is so large that the same term stays a few percent until very long contexts.
 #
 # **Where it shows up.** Training budgets ("$6ND$" for $D$ training tokens), and the throughput numbers
 # of inference servers.
@@ -380,7 +380,10 @@ print(f"Llama-3-8B, 8192 tokens: right {right / GiB} GiB, with n_heads {wrong / 
 # `generate(model, prompt_ids, max_new_tokens, use_cache=...)` runs the prompt through the model
 # once (the **prefill**), then feeds one token per step (the **decode**). With `use_cache=False` it
 # recomputes the whole sequence every step instead. The results must be identical; only the time differs.
-# Greedy decoding (`temperature=0`) makes the comparison exact.
+# Greedy decoding (`temperature=0`) makes the comparison exact. The FLOPs differ far more than the
+# times: at this size each step is mostly fixed overhead (Python, launching small operations), which
+# the cache does not remove. The gap in time grows with the number of tokens, because recomputation
+# costs more every step and the cached step does not (`tools/bench_complexity.py` times 512 tokens).
 
 # %% id="generate-run"
 torch.manual_seed(0)

@@ -17,7 +17,13 @@ def _number(key, start):
 STUDENTS = {
     # The catalogued mistakes, one each.
     "multiply_add_as_one": Submission(
-        {"ex1-answer": lambda source: source.replace("2 * ", "")},
+        {"ex1-answer": put("def attention_flops(d_model, n_heads, T, n_kv_heads=None):\n"
+                           "    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads\n"
+                           "    d_head = d_model // n_heads\n"
+                           "    d_kv = n_kv_heads * d_head\n"
+                           "    return {'projections': T * d_model * (d_model + 2 * d_kv),\n"
+                           "            'scores': n_heads * T * T * d_head, 'values': n_heads * T * T * d_head,\n"
+                           "            'output': T * d_model * d_model}\n")},
         {"ex1"}, _msg(checks.ATTENTION_FLOP_MISTAKES, "multiply_add_as_one")),
     "n_heads_for_kv": Submission(
         {"ex1-answer": replace("d_kv = n_kv_heads * d_head", "d_kv = n_heads * d_head")},
