@@ -431,3 +431,24 @@ def test_peak_tensor_bytes_of_naive_attention_holds_the_score_matrix():
     assert peak >= weights.nbytes == complexity.score_bytes(1, 2, 128)
     _, tiled_peak = complexity.peak_tensor_bytes(lambda: complexity.tiled_attention(q, k, v, block_size=16))
     assert tiled_peak < complexity.score_bytes(1, 2, 128) / 4
+
+
+def test_peak_tensor_bytes_agrees_with_the_operating_systems_peak_rss():
+    """The oracle is the kernel: VmHWM (peak resident memory) of a fresh process, reset just before the call."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    from tools.bench_complexity import MEMORY_CHILD, ROOT
+
+    done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, "naive", "1024", "1"], capture_output=True,
+                          text=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode != 0 and "Permission denied" in done.stderr:
+        pytest.skip("this system does not let a process reset its peak RSS")
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["tensor_peak_bytes"] >= 2 * complexity.score_bytes(1, 4, 1024)  # scores and weights
+    assert abs(measured["rss_peak_bytes"] - measured["tensor_peak_bytes"]) < 0.15 * measured["tensor_peak_bytes"]

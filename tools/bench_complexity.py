@@ -13,10 +13,11 @@
    against helpers.complexity.tiled_attention (the online softmax, block 128) for q, k, v of shape
    (1, 4, T, 32) at T = 1024, 2048, 4096. Each (method, T) runs in a fresh Python process, which
    measures memory two ways:
-     * peak RSS: the process's resident-memory high-water mark (resource.getrusage ru_maxrss) after
-       the call minus the same mark after the inputs were made and a small warm-up call ran. This is
-       what the operating system saw, allocator caches included. (Python's tracemalloc would see
-       nothing here: torch allocates its tensors in C++, outside Python's allocator.)
+     * peak RSS: the process's resident-memory high-water mark during the call minus its resident
+       memory just before it (Linux: the mark VmHWM is reset by writing 5 to /proc/self/clear_refs,
+       then read from /proc/self/status), after the inputs were made and a small warm-up call ran.
+       This is what the operating system saw, allocator caches included. (Python's tracemalloc
+       would see nothing here: torch allocates its tensors in C++, outside Python's allocator.)
      * peak tensor bytes: helpers.complexity.peak_tensor_bytes, the largest total size of the tensors
        torch's operators had alive at once during the call (torch's own view, independent of the
        allocator).
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MEMORY_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 from helpers.attention import scaled_dot_product_attention
@@ -51,12 +52,18 @@ run = {"naive": lambda q, k, v: scaled_dot_product_attention(q, k, v)[0],
 gen = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(1, 4, T, 32, generator=gen) for _ in range(3))
 small = [t[:, :, :64].contiguous() for t in (q, k, v)]
+def status_kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
 run(*small)  # warm-up: load kernels, touch the allocator
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = status_kib("VmRSS")
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset the high-water mark VmHWM to the current RSS
 start = time.perf_counter()
 out = run(q, k, v)
 first = time.perf_counter() - start
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = status_kib("VmHWM")
 del out
 times = [first]
 for _ in range(2):
