@@ -18,7 +18,7 @@ EXPENSIVE_MODULES = {"test_course_grade.py", "test_class_collect.py", "test_lear
 def _group(item: pytest.Item) -> str | None:
     path = item.path
     if path.suffix == ".ipynb":
-        return f"nbval:{path.name}"
+        return f"nbval:{path.parent.name}/{path.name}"
     if path.name == "test_grading.py":
         chapter = getattr(getattr(item, "callspec", None), "params", {}).get("chapter")
         return f"grading:{chapter or '01_attention'}"  # the unparametrized ones look at chapter 01's class
