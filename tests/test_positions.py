@@ -245,3 +245,128 @@ def test_relative_position_bias_looks_up_one_number_per_bucket_and_head():
         assert torch.equal(bias[h], rpb.bias.weight[buckets, h])
     assert torch.equal(rpb(torch.tensor([5]), torch.arange(6)), bias[:, 5:])  # one new token at position 5
     assert sum(p.numel() for p in rpb.parameters()) == 8 * 3
+
+
+# ------------------------------------------------------------------------------------------------
+# The shared model's `positions` field
+# ------------------------------------------------------------------------------------------------
+
+from helpers.attention import causal_mask  # noqa: E402
+from helpers.blocks import ModelConfig, TinyDecoder, attend, model_param_count  # noqa: E402
+from helpers.heads import merge_heads, repeat_kv  # noqa: E402
+
+METHODS = ("none", "learned", "sinusoidal", "rope", "alibi", "relative")
+
+
+def _model(positions: str, seed: int = 0, **overrides) -> TinyDecoder:
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=40, d_model=24, n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=32,
+                         positions=positions, **overrides)
+    return TinyDecoder(config).double().eval()
+
+
+@pytest.mark.parametrize("positions", METHODS)
+@pytest.mark.parametrize("overrides", [dict(), dict(tie_weights=False, norm="rmsnorm", ffn="swiglu", d_ff=20),
+                                       dict(causal=False, norm_placement="post")])
+def test_every_method_runs_and_counts_its_parameters(positions, overrides):
+    model = _model(positions, **overrides)
+    logits, weights = model(torch.randint(0, 40, (2, 11)), return_weights=True)
+    assert logits.shape == (2, 11, 40) and len(weights) == 2 and weights[0].shape == (2, 4, 11, 11)
+    assert model_param_count(model.config) == sum(p.numel() for p in model.parameters())
+
+
+def test_position_parameters_are_the_table_the_buckets_or_nothing():
+    base = model_param_count(_model("none").config)
+    extra = {m: model_param_count(_model(m).config) - base for m in METHODS}
+    assert extra == {"none": 0, "learned": 32 * 24, "sinusoidal": 0, "rope": 0, "alibi": 0, "relative": 32 * 4}
+
+
+@pytest.mark.parametrize("positions", METHODS)
+def test_only_a_model_without_positions_is_permutation_equivariant(positions):
+    """No causal mask: with positions='none' shuffling the tokens shuffles the outputs; any method breaks it."""
+    model = _model(positions, causal=False)
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(3))
+    perm = torch.tensor([3, 0, 8, 1, 5, 2, 7, 4, 6])
+    with torch.no_grad():
+        equivariant = torch.allclose(model(ids[:, perm]), model(ids)[:, perm], rtol=1e-9, atol=1e-9)
+    assert equivariant == (positions == "none")
+
+
+@pytest.mark.parametrize("positions", ["rope", "alibi", "relative"])
+def test_relative_methods_do_not_care_where_the_sequence_starts(positions):
+    model = _model(positions)
+    ids = torch.randint(0, 40, (2, 9))
+    with torch.no_grad():
+        assert_close(model(ids, offset=17), model(ids), n=24)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_absolute_methods_add_the_rows_of_their_offset(positions):
+    model = _model(positions)
+    ids = torch.randint(0, 40, (1, 5))
+    with torch.no_grad():
+        assert not torch.allclose(model(ids, offset=3), model(ids))
+        assert_close(model.position_rows(5, 3), model.position_rows(8)[3:])
+    with pytest.raises(ShapeError, match="learned table"):
+        _model("learned").position_rows(4, 30)
+
+
+def test_learned_positions_refuse_sequences_longer_than_the_table():
+    with pytest.raises(ShapeError, match="T = 33 tokens but the position table wpe"):
+        _model("learned")(torch.zeros(1, 33, dtype=torch.long))
+    for positions in ("sinusoidal", "rope", "alibi", "relative"):
+        assert _model(positions)(torch.zeros(1, 33, dtype=torch.long)).shape == (1, 33, 40)
+
+
+@pytest.mark.parametrize("positions", ["rope", "alibi", "relative", "none"])
+def test_one_new_token_at_position_t_gets_what_the_full_pass_computes(positions):
+    """What a KV cache does: the last token's q at offset t, against the keys of positions 0..t."""
+    model = _model(positions)
+    attn = model.blocks[0].attn
+    T = 7
+    x = torch.randn(2, T, 24, dtype=torch.float64)
+    full_bias = model.position_bias(torch.arange(T), torch.arange(T))
+    full, _ = attn(x, causal_mask(T), bias=full_bias)  # (B, T, d_model)
+
+    q_old, k_old, v_old = attn.project(x[:, :-1])
+    _, k_old = attn.rotate(q_old, k_old, offset=0)  # cached keys, rotated at their own positions
+    q_new, k_new, v_new = attn.project(x[:, -1:])
+    q_new, k_new = attn.rotate(q_new, k_new, offset=T - 1)  # the new token at position T - 1
+    k = repeat_kv(torch.cat([k_old, k_new], dim=2), 2)
+    v = repeat_kv(torch.cat([v_old, v_new], dim=2), 2)
+    bias = model.position_bias(torch.tensor([T - 1]), torch.arange(T))  # (H, 1, T) or None
+    heads, _ = attend(q_new, k, v, None, bias)
+    assert_close(attn.o_proj(merge_heads(heads)), full[:, -1:], n=24)
+
+
+def test_rope_settings_change_the_model():
+    ids = torch.randint(0, 40, (1, 8))
+    with torch.no_grad():
+        half, inter = _model("rope")(ids), _model("rope", rope_pairs="interleaved")(ids)
+        other_base = _model("rope", rope_base=100.0)(ids)
+    assert not torch.allclose(half, inter) and not torch.allclose(half, other_base)
+    assert _model("rope").blocks[0].attn.rope.pairs == "half"
+
+
+def test_rope_never_touches_v_and_the_model_uses_its_rotation():
+    model = _model("rope")
+    attn = model.blocks[0].attn
+    x = torch.randn(1, 6, 24, dtype=torch.float64)
+    q, k, v = attn.project(x)
+    rq, rk = attn.rotate(q, k, 0)
+    out, weights = attn(x, causal_mask(6))
+    manual, w = attend(rq, repeat_kv(rk, 2), repeat_kv(v, 2), causal_mask(6))
+    assert_close(weights, w, n=6)
+    assert_close(out, attn.o_proj(merge_heads(manual)), n=24)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(positions="rope", d_model=12, n_heads=4), "d_head = d_model / n_heads = 3 must be even"),
+    (dict(positions="rope", rope_pairs="neox"), "rope_pairs must be one of"),
+    (dict(rope_base=1), "rope_base must be a number > 1"),
+    (dict(positions="relative", relative_buckets=2, causal=False), "at least 2 buckets per direction"),
+    (dict(positions="absolute"), "positions must be one of"),
+])
+def test_bad_position_settings_are_refused(overrides, message):
+    with pytest.raises((ValueError, ShapeError), match=message):
+        ModelConfig(**{"vocab_size": 10, **overrides})
