@@ -20,7 +20,10 @@ STUDENTS = {
         {"ex2-answer": replace("return attn(x + pe)", "return attn(x) + pe")},
         {"ex2"}, _msg(checks.ADD_POSITIONS_MISTAKES, "positions_after_attention")),
     "rope_interleaved": Submission(
-        {"ex3-answer": replace("a, b = x[..., : d_head // 2], x[..., d_head // 2:]", "a, b = x[..., 0::2], x[..., 1::2]")},
+        {"ex3-answer": lambda source: source.replace(
+            "a, b = x[..., : d_head // 2], x[..., d_head // 2:]", "a, b = x[..., 0::2], x[..., 1::2]").replace(
+            "torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)",
+            "torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)")},
         {"ex3", "ex4"}, _msg(checks.ROPE_MISTAKES, "interleaved_layout").split(" of GPT-J")[0]),
     "rope_on_v": Submission(
         {"ex4-answer": replace("apply_rope(k, 0), v, mask)", "apply_rope(k, 0), apply_rope(v, 0), mask)")},
