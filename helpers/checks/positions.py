@@ -364,7 +364,7 @@ def _mistaken_test(kind: str):
         if kind == "same_position_only":
             return all(bool(torch.allclose((rope(q, m) * rope(k, m)).sum(), (q * k).sum())) for m in (1, 5, 20))
         # "exact": compares scores with == (rounding makes equal offsets differ in the last bits)
-        return all(bool((rope(q, m + 3) * rope(k, m)).sum() == (rope(q, 3) * rope(k, 0)).sum()) for m in (57, 1000))
+        return all(bool((rope(q, m + 3) * rope(k, m)).sum() == (rope(q, 3) * rope(k, 0)).sum()) for m in (57, 1000, 4321, 77777))
     return wrong
 
 
