@@ -569,7 +569,8 @@ with torch.no_grad():
 # trained by the course's training loop (`helpers.training.train`, chapter 08) for 150 steps of
 # 16 windows of **64** characters, same seed, same batches. Then each reads the same 16
 # validation windows of 64, 128 and 256 characters, and we record the loss at every position.
-# The tiny models do not benefit from two threads, so the experiment runs on one CPU thread.
+# On a CPU the experiment runs on one thread, so that its time depends little on how busy the
+# machine's other cores are; it prints how long it took.
 
 # %% id="length-train"
 from helpers.corpus import load_corpus
