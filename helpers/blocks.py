@@ -26,8 +26,22 @@ batch_first=True, bias=False) with copied weights and a causal mask (torch's boo
 True = blocked, so pass ~causal_mask(T)); post-norm matches norm_first=False.
 
 The config switches parts by name, so later chapters (and chapter 09's ablations) change a field,
-not the code. Values that later chapters add (sinusoidal, RoPE and ALiBi positions; MoE FFNs) are
-refused with a ValueError that names the chapter.
+not the code. Values that later chapters add (MoE FFNs) are refused with a ValueError that names
+the chapter.
+
+Positions (chapter 06, helpers.positions), each applied where it belongs:
+
+    learned, sinusoidal   a (T, d_model) row per position added to the token embeddings
+    rope                  q and k rotated inside Attention.forward, after `project` and before the
+                          K/V heads are repeated (v never); config.rope_base, config.rope_pairs
+    alibi, relative       a (H, T_q, T_k) bias added to the scores (`attend`'s bias); T5's bias
+                          (config.relative_buckets, relative_max_distance) is one table shared by
+                          all layers, as in T5
+    none                  nothing: without a causal mask the model is permutation-equivariant
+
+Every position-dependent method takes an `offset` (TinyDecoder.forward(ids, offset=t) computes
+tokens at positions t .. t + T - 1), or explicit positions (TinyDecoder.position_bias), so a KV
+cache can process one new token at position t exactly as a full forward pass would.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from .attention import attention_scores, causal_mask, masked_softmax, scaled_dot
 from .ffn import FeedForward, SwiGLUFFN, ffn_param_count
 from .heads import _require_heads, attention_param_count, merge_heads, repeat_kv, split_heads
 from .norms import LayerNorm, RMSNorm, post_ln_block, pre_ln_block
+from .positions import PAIR_LAYOUTS, ALiBi, RelativePositionBias, RotaryEmbedding, learned_positions, sinusoidal_table
 from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
 
 __all__ = [
@@ -63,15 +78,11 @@ CHOICES = {
     "norm_placement": ("pre", "post"),
     "norm": ("layernorm", "rmsnorm"),
     "ffn": ("gelu", "swiglu"),
-    "positions": ("none", "learned"),
+    "positions": ("none", "learned", "sinusoidal", "rope", "alibi", "relative"),
 }
 
 # (field, value) -> the chapter that adds it to the shared model.
 LATER_CHAPTERS = {
-    ("positions", "sinusoidal"): "06_positions",
-    ("positions", "rope"): "06_positions",
-    ("positions", "alibi"): "06_positions",
-    ("positions", "relative"): "06_positions",
     ("ffn", "moe"): "05_blocks",
 }
 
@@ -90,10 +101,15 @@ class ModelConfig:
     norm_placement: str = "pre"  # "pre" or "post"
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     ffn: str = "gelu"  # "gelu" (GPT-2 MLP) or "swiglu" (Llama MLP)
-    positions: str = "learned"  # "none" or "learned"
+    positions: str = "learned"  # "none", "learned", "sinusoidal", "rope", "alibi" or "relative" (chapter 06)
     tie_weights: bool = True  # the LM head reuses the token embedding matrix
     causal: bool = True  # decoder: each token sees itself and the past only
     bias: bool = False  # biases in the FFN's linear layers (attention never has them)
+    # Chapter 06's position settings (each used only by its method):
+    rope_base: float = 10000.0  # rope: pair k turns rope_base^(-2k / d_head) radians per position
+    rope_pairs: str = "half"  # rope: "half" (channels k, k + d_head/2: HF Llama) or "interleaved" (2k, 2k+1: GPT-J)
+    relative_buckets: int = 32  # relative: T5's number of distance buckets (per direction when not causal: half)
+    relative_max_distance: int = 128  # relative: distances beyond this share the last bucket
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "max_seq_len"):
@@ -121,6 +137,25 @@ class ModelConfig:
         if self.n_heads % self.kv_heads:
             raise ShapeError(f"ModelConfig: n_heads = {self.n_heads} is not divisible by n_kv_heads = "
                              f"{self.kv_heads}; each key/value head serves n_heads / n_kv_heads query heads")
+        self._check_positions()
+
+    def _check_positions(self) -> None:
+        """Chapter 06's settings."""
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or not self.rope_base > 1:
+            raise ValueError(f"ModelConfig: rope_base must be a number > 1; got {self.rope_base!r}")
+        if self.rope_pairs not in PAIR_LAYOUTS:
+            raise ValueError(f"ModelConfig: rope_pairs must be one of {PAIR_LAYOUTS}; got {self.rope_pairs!r}")
+        for name in ("relative_buckets", "relative_max_distance"):
+            _positive(name, getattr(self, name))
+        if self.positions == "rope" and self.d_head % 2:
+            raise ShapeError(f"ModelConfig: positions='rope' rotates pairs of channels, so d_head = d_model / "
+                             f"n_heads = {self.d_head} must be even")
+        if self.positions == "relative":
+            per_direction = self.relative_buckets if self.causal else self.relative_buckets // 2
+            if per_direction < 2 or self.relative_max_distance <= per_direction // 2:
+                raise ValueError(f"ModelConfig: positions='relative' needs at least 2 buckets per direction and "
+                                 f"relative_max_distance > buckets per direction / 2; got relative_buckets = "
+                                 f"{self.relative_buckets}, relative_max_distance = {self.relative_max_distance}")
 
     @property
     def d_head(self) -> int:
@@ -201,6 +236,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)  # (H_kv * d_head, d_model)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)  # (H_kv * d_head, d_model)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)  # weight (d_model, d_model)
+        # Chapter 06: RoPE has no parameters; it rotates q and k of self-attention only.
+        self.rope = (RotaryEmbedding(self.d_head, config.rope_base, config.rope_pairs)
+                     if config.positions == "rope" else None)
 
     def _require_input(self, name: str, x: torch.Tensor, layout: str) -> None:
         require_float("Attention", name, x, layout)
@@ -224,14 +262,25 @@ class Attention(nn.Module):
         v = split_heads(self.v_proj(source), self.n_kv_heads)  # (B, H_kv, T_k, d_head)
         return q, k, v
 
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (chapter 06): q (B, H, T_q, d_head) and k (B, H_kv, T_k, d_head) of tokens at positions
+        offset, offset + 1, ... rotated; unchanged when the model does not use RoPE. Never v."""
+        if self.rope is None:
+            return q, k
+        return self.rope(q, offset), self.rope(k, offset)  # same shapes
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, source: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None, cache: LayerCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                bias: torch.Tensor | None = None, offset: int = 0,
+                cache: LayerCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T_q, d_model), mask bool broadcastable to (B, H, T_q, T_k) [, source, bias]
         -> (out (B, T_q, d_model), weights (B, H, T_q, T_k)).
 
+        offset: the position of x's first token (RoPE rotates q and k of self-attention by it).
         cache (chapter 07): this layer's KV cache; the new k and v are appended to it and the
         queries attend to every cached key, T_k = cached + T_q (give a bottom-right causal mask)."""
         q, k, v = self.project(x, source)  # (B, H, T_q, d_head), (B, H_kv, T_k, d_head) x 2
+        if source is None:
+            q, k = self.rotate(q, k, offset)  # RoPE: (B, H, T_q, d_head), (B, H_kv, T_k, d_head)
         if cache is not None:  # chapter 07: keep the H_kv heads (what GQA saves), before the repeat
             k, v = cache.update(k, v)  # (B, H_kv, T_cached + T_q, d_head) x 2
         group = self.n_heads // self.n_kv_heads  # query heads per key/value head
@@ -268,13 +317,15 @@ class DecoderBlock(nn.Module):
             self.ffn = SwiGLUFFN(config.d_model, config.ffn_width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                return_weights: bool = False, *,
+                return_weights: bool = False, *, bias: torch.Tensor | None = None, offset: int = 0,
                 cache: LayerCache | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, d_model) -> out (B, T, d_model) [, weights (B, H, T, T)].
 
         mask: bool, True = may attend, broadcastable to (B, H, T, T). None means the causal mask
-        when config.causal, else no mask. cache (chapter 07): this layer's KV cache; then the
-        default mask is the bottom-right aligned causal mask (T, cached + T).
+        when config.causal, else no mask. bias: a float score bias broadcastable to (B, H, T, T)
+        (ALiBi, T5); offset: the position of x's first token (RoPE), both from chapter 06.
+        cache (chapter 07): this layer's KV cache; then the default mask is the bottom-right
+        aligned causal mask (T, cached + T).
         """
         fn = "DecoderBlock"
         require_float(fn, "x", x, "(B, T, d_model)")
@@ -288,7 +339,7 @@ class DecoderBlock(nn.Module):
         seen: list[torch.Tensor] = []
 
         def attend(h: torch.Tensor) -> torch.Tensor:
-            out, weights = self.attn(h, mask, cache=cache)  # (B, T, d_model), (B, H, T, T_k)
+            out, weights = self.attn(h, mask, bias=bias, offset=offset, cache=cache)  # (B, T, d_model), (B, H, T, T_k)
             seen.append(weights)
             return out
 
@@ -345,6 +396,11 @@ class TinyDecoder(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)  # weight (V, d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
+        # Chapter 06's score biases: T5's learned table (shared by every layer) or ALiBi's fixed slopes.
+        self.rel_bias = (RelativePositionBias(config.n_heads, config.relative_buckets, config.relative_max_distance,
+                                              bidirectional=not config.causal)
+                         if config.positions == "relative" else None)
+        self.alibi = ALiBi(config.n_heads) if config.positions == "alibi" else None
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layers))
         # A Post-LN block already ends with a norm; a Pre-LN stack needs one after its last block.
         self.final_norm = _norm(config) if config.norm_placement == "pre" else None
@@ -361,20 +417,55 @@ class TinyDecoder(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, ids: torch.Tensor, return_weights: bool = False):
-        """ids (B, T) -> logits (B, T, V) [, [weights (B, H, T, T) for each layer]]."""
-        weights: list[torch.Tensor] = []
+    def position_rows(self, T: int, offset: int = 0) -> torch.Tensor | None:
+        """The absolute position rows for positions offset .. offset + T - 1: (T, d_model), or None when
+        the model adds none (rope, alibi, relative, none). Learned rows past the table raise a ShapeError."""
+        if self.config.positions == "sinusoidal":
+            weight = self.tok_emb.weight
+            return sinusoidal_table(T, self.config.d_model, offset=offset, dtype=weight.dtype,
+                                    device=weight.device)  # (T, d_model)
+        if self.pos_emb is not None:
+            return learned_positions(self.pos_emb.weight, T, offset)  # (T, d_model)
+        return None
 
-        def run(block: DecoderBlock):
+    def position_bias(self, q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor | None:
+        """The score bias of queries at q_positions (T_q,) against keys at k_positions (T_k,):
+        (H, T_q, T_k) for alibi and relative, None for the other methods."""
+        dtype = self.tok_emb.weight.dtype
+        if self.alibi is not None:
+            return self.alibi(q_positions, k_positions, dtype=dtype)  # (H, T_q, T_k)
+        if self.rel_bias is not None:
+            return self.rel_bias(q_positions, k_positions).to(dtype)  # (H, T_q, T_k)
+        return None
+
+    def forward(self, ids: torch.Tensor, return_weights: bool = False, *, offset: int = 0):
+        """ids (B, T) -> logits (B, T, V) [, [weights (B, H, T, T) for each layer]].
+
+        offset: the position of the first token (default 0). Without a KV cache the T tokens attend
+        to each other only, at positions offset .. offset + T - 1."""
+        weights: list[torch.Tensor] = []
+        require_tensor("TinyDecoder", "ids", ids)
+        T = ids.shape[-1] if ids.dim() else 0
+        bias = None
+        if self.config.positions in ("alibi", "relative") and T:
+            positions = torch.arange(offset, offset + T, device=ids.device)  # (T,)
+            bias = self.position_bias(positions, positions)  # (H, T, T)
+
+        def run(block: DecoderBlock, keep: bool):
             def call(h: torch.Tensor) -> torch.Tensor:
-                out, w = block(h, return_weights=True)  # (B, T, d_model), (B, H, T, T)
-                weights.append(w)
+                out, w = block(h, return_weights=True, bias=bias, offset=offset)  # (B, T, d_model), (B, H, T, T)
+                if keep:
+                    weights.append(w)
                 return out
             return call
 
-        wpe = self.pos_emb.weight if self.pos_emb is not None else None
+        if self.config.positions == "learned" and offset == 0:
+            wpe = self.pos_emb.weight  # the whole table: decoder_forward names T_max if T is longer
+        else:
+            wpe = self.position_rows(T, offset) if T and ids.dim() == 2 else None  # (T, d_model) or None
         lm_head = None if self.lm_head.weight is self.tok_emb.weight else self.lm_head.weight
-        blocks = [run(b) for b in self.blocks] if return_weights else list(self.blocks)
+        plain = not return_weights and offset == 0 and bias is None
+        blocks = list(self.blocks) if plain else [run(b, return_weights) for b in self.blocks]
         logits = decoder_forward(ids, self.tok_emb.weight, wpe, blocks, self.final_norm, lm_head)  # (B, T, V)
         return (logits, weights) if return_weights else logits
 
@@ -382,10 +473,11 @@ class TinyDecoder(nn.Module):
 def model_param_count(config: ModelConfig) -> int:
     """Parameters of TinyDecoder(config), each shared tensor counted once.
 
-        V d (token embeddings) + T_max d (learned positions)
+        V d (token embeddings) + T_max d (learned positions) + buckets H (relative: one shared table)
         + n_layers * (attention + FFN + 2 norms)        attention: chapter 02, FFN: chapter 03
         + final norm (Pre-LN) + V d (LM head, only when untied)
-    A LayerNorm has 2 d parameters (gamma, beta), an RMSNorm d (gamma).
+    A LayerNorm has 2 d parameters (gamma, beta), an RMSNorm d (gamma). Sinusoidal positions, RoPE
+    and ALiBi have no parameters.
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"model_param_count: config must be a ModelConfig; got {type(config).__name__}")
@@ -397,6 +489,7 @@ def model_param_count(config: ModelConfig) -> int:
     else:
         ffn = ffn_param_count(d, config.ffn_width, gated=True, bias=False)
     embeddings = V * d + (config.max_seq_len * d if config.positions == "learned" else 0)
+    embeddings += config.relative_buckets * config.n_heads if config.positions == "relative" else 0
     final = norm if config.norm_placement == "pre" else 0
     head = 0 if config.tie_weights else V * d
     return embeddings + config.n_layers * (attention + ffn + 2 * norm) + final + head

@@ -749,7 +749,9 @@ print(f"true model's average loss on the sample: {true_model_loss:.2f}")
 
 # %% id="roadmap-refusal"
 # NBVAL_CHECK_OUTPUT
-for field, value in [("positions", "rope"), ("ffn", "moe")]:
+from helpers.blocks import LATER_CHAPTERS  # (field, value) -> the chapter that adds it
+
+for field, value in LATER_CHAPTERS:
     try:
         ModelConfig(vocab_size=10, **{field: value})
     except ValueError as error:

@@ -1,0 +1,585 @@
+"""Checks for chapter 06 (sinusoidal positions, RoPE, ALiBi, and a RoPE property test) and their
+catalogue of known mistakes.
+
+Each `check_*` takes the learner's function, calls it on generated inputs and raises `CheckFailed`
+with one sentence when something is wrong. Keyword arguments choose other seeds, dtypes, sizes and
+offsets: the visible tests use the defaults, the hidden tests use others.
+
+What the checks hand to the learner's code is never a function of this file (a call into the
+checks' own code is refused): exercise 2's attention is torch's nn.TransformerEncoderLayer, and
+exercise 5's RoPE candidates are compiled from the source text `_ROPE_SOURCE` below under a name of
+their own.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import positions as ref
+from ..attention import scaled_dot_product_attention
+from .core import (
+    Case,
+    CheckFailed,
+    Mistake,
+    call_learner,
+    check_function,
+    check_numbers,
+    protect,
+    verify_environment,
+)
+from .core import randn as _randn
+
+__all__ = [
+    "MISTAKES",
+    "check_add_positions",
+    "check_alibi_bias",
+    "check_apply_rope",
+    "check_relative_offset_test",
+    "check_rope_attention",
+    "check_rope_numbers",
+]
+
+# The learner writes these themselves: an answer that is or calls one of them is refused.
+_REFERENCE = (ref,)
+# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py):
+# no torch built-in computes positions, so only the reference module (always forbidden) matters.
+FORBIDDEN_BY_EXERCISE: dict[str, tuple] = {}
+# Exercise 2 may take the table from helpers.positions, exercise 4 the rotation.
+ALLOWED_REFERENCE_BY_EXERCISE = {"ex2": ("sinusoidal_table",), "ex4": ("apply_rope",)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistaken implementations (each one is a complete, runnable wrong answer)
+# ---------------------------------------------------------------------------------------------
+
+
+def _table(T, d_model, offset=0, *, order="sin_cos", exponent="pair", layout="interleaved", shift=0,
+           use_offset=True):
+    """A sinusoidal table with mistakes built in (float64 angles, float32 result)."""
+    start = (offset if use_offset else 0) + shift
+    p = torch.arange(start, start + T, dtype=torch.float64)[:, None]  # (T, 1)
+    i = torch.arange(d_model // 2, dtype=torch.float64)[None, :]  # (1, d/2)
+    power = i / d_model if exponent == "i_over_d" else 2 * i / d_model
+    sin_arg = p / 10000.0 ** power  # (T, d/2)
+    cos_arg = p / 10000.0 ** ((2 * i + 1) / d_model) if exponent == "column" else sin_arg  # (T, d/2)
+    first, second = (sin_arg.sin(), cos_arg.cos()) if order == "sin_cos" else (sin_arg.cos(), cos_arg.sin())
+    if layout == "halves":
+        return torch.cat([first, second], dim=-1).float()  # (T, d_model)
+    return torch.stack([first, second], dim=-1).flatten(-2).float()  # (T, d_model)
+
+
+def _table_with(**how):
+    return lambda T, d_model, offset=0: _table(T, d_model, offset, **how)
+
+
+SINUSOIDAL_MISTAKES = (
+    Mistake("sin_cos_swapped",
+            "sin and cos are swapped: column 2i holds the cosine and 2i + 1 the sine; PE(p, 2i) = "
+            "sin(p w_i) and PE(p, 2i + 1) = cos(p w_i), so PE(0) = [0, 1, 0, 1, ...]",
+            _table_with(order="cos_sin")),
+    Mistake("exponent_i_over_d",
+            "the exponent is i / d_model with i the pair index; the frequency of pair i is "
+            "w_i = 10000^(-2i / d_model), so the slowest pair reaches about 1/10000, not 1/100",
+            _table_with(exponent="i_over_d")),
+    Mistake("column_exponent",
+            "the cosine column 2i + 1 got its own exponent (2i + 1) / d_model; sin and cos of one pair "
+            "share the frequency w_i = 10000^(-2i / d_model), which is what makes PE(p + k) a rotation of PE(p)",
+            _table_with(exponent="column")),
+    Mistake("halves_layout",
+            "the sines fill the first half of the columns and the cosines the second half (the "
+            "tensor2tensor layout); here they alternate: column 2i is sin(p w_i), column 2i + 1 cos(p w_i)",
+            _table_with(layout="halves")),
+    Mistake("offset_plus_one",
+            "the positions are off by one: the first row is position offset + 1; row t is position "
+            "offset + t, so with offset = 0 the first row is PE(0) = [0, 1, 0, 1, ...]",
+            _table_with(shift=1)),
+    Mistake("offset_minus_one",
+            "the positions are off by one: the first row is position offset - 1; row t is position offset + t",
+            _table_with(shift=-1)),
+    Mistake("offset_ignored",
+            "offset is ignored: the rows are positions 0 .. T - 1 whatever the offset; row t is position "
+            "offset + t (a KV cache asks for one row at position t = offset)",
+            _table_with(use_offset=False)),
+)
+
+
+def _add_positions_wrong(kind: str):
+    def wrong(x, attn, offset=0):
+        T, d_model = x.shape[1], x.shape[2]
+        table = _table(T, d_model, offset, shift=1 if kind == "plus_one" else 0,
+                       use_offset=kind != "offset_ignored").to(x.dtype)  # (T, d_model)
+        if kind == "after":
+            return attn(x) + table
+        if kind == "both":
+            return attn(x + table) + table
+        if kind == "none":
+            return attn(x)
+        return attn(x + table)
+    return wrong
+
+
+ADD_POSITIONS_MISTAKES = (
+    Mistake("positions_after_attention",
+            "the positions are added after attention, attn(x) + PE; attention itself then never sees where "
+            "a token stands (it stays permutation-equivariant). Add them to the input: attn(x + PE)",
+            _add_positions_wrong("after")),
+    Mistake("positions_twice",
+            "the positions are added twice, to the input and again to the output; add them once, to the input",
+            _add_positions_wrong("both")),
+    Mistake("no_positions", "no positions are added: the result is attn(x); it should be attn(x + PE)",
+            _add_positions_wrong("none")),
+    Mistake("offset_ignored",
+            "offset is ignored: token t must get the row of position offset + t, not t",
+            _add_positions_wrong("offset_ignored")),
+    Mistake("offset_plus_one",
+            "the positions are off by one: token t gets the row of position offset + t + 1; it should "
+            "be offset + t", _add_positions_wrong("plus_one")),
+)
+
+
+def _rope(x, offset=0, *, pairs="half", exponent="pair", sign=1.0, shift=0, use_offset=True,
+          base=10000.0):
+    """RoPE with mistakes built in; positions may be negative here."""
+    T, d = x.shape[-2], x.shape[-1]
+    start = (offset if use_offset else 0) + shift
+    p = torch.arange(start, start + T, dtype=torch.float64)[:, None]  # (T, 1)
+    k = torch.arange(d // 2, dtype=torch.float64)[None, :]  # (1, d/2)
+    power = 2 * k / d if exponent == "pair" else k / d
+    angles = sign * p * base ** (-power)  # (T, d/2)
+    if pairs == "mixed":  # angles laid out (t0, t0, t1, t1, ...) but channels paired as halves
+        angles = angles.repeat_interleave(2, dim=-1)  # (T, d)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        rotated = torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
+        return x * cos + rotated * sin
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    if pairs == "half":
+        a, b = x[..., : d // 2], x[..., d // 2:]
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+
+def _rope_with(**how):
+    return lambda x, offset=0: _rope(x, offset, **how)
+
+
+ROPE_MISTAKES = (
+    Mistake("interleaved_layout",
+            "this rotates the interleaved pairs (2k, 2k + 1) of GPT-J and Meta's Llama; this exercise "
+            "uses the rotate-half layout of HF Llama: pair k is channels (k, k + d_head/2)",
+            _rope_with(pairs="interleaved")),
+    Mistake("mixed_layouts",
+            "the angles are laid out for interleaved pairs (theta_0, theta_0, theta_1, theta_1, ...) but the "
+            "channels are paired as halves (rotate_half); with rotate_half the angles repeat as halves: "
+            "cat([angles, angles], dim=-1)",
+            _rope_with(pairs="mixed")),
+    Mistake("exponent_k_over_d",
+            "the frequencies use the exponent k / d_head; pair k turns by theta_k = 10000^(-2k / d_head) "
+            "per position", _rope_with(exponent="k_over_d")),
+    Mistake("wrong_direction",
+            "the pairs rotate the wrong way (the sine's sign is flipped): a pair (a, b) becomes "
+            "(a cos - b sin, a sin + b cos)", _rope_with(sign=-1.0)),
+    Mistake("offset_plus_one",
+            "the positions are off by one: token t is rotated as position offset + t + 1; it is at "
+            "offset + t (with offset = 0 the first token is not rotated at all)", _rope_with(shift=1)),
+    Mistake("offset_minus_one",
+            "the positions are off by one: token t is rotated as position offset + t - 1; it is at offset + t",
+            _rope_with(shift=-1)),
+    Mistake("offset_ignored",
+            "offset is ignored: token t must be rotated by the angle of position offset + t, not t",
+            _rope_with(use_offset=False)),
+)
+
+
+def _rope_attention_wrong(kind: str):
+    def wrong(q, k, v):
+        T_q, T_k = q.shape[-2], k.shape[-2]
+        start = T_k - T_q  # the queries are the last T_q tokens
+        q_start = {"q_offset_ignored": 0, "q_offset_plus_one": start + 1,
+                   "q_offset_minus_one": start - 1}.get(kind, start)
+        mask = torch.ones(T_q, T_k, dtype=torch.bool).tril(diagonal=0 if kind == "mask_not_shifted" else start)
+        if kind == "after_scores":
+            out, weights = scaled_dot_product_attention(q, k, v, mask)
+            return _rope(out, start), weights
+        rq = q if kind == "k_only" else _rope(q, q_start)
+        rk = _rope(k, 0) if kind != "q_only" else k
+        rv = _rope(v, 0) if kind == "rope_on_v" else v
+        return scaled_dot_product_attention(rq, rk, rv, mask)
+    return wrong
+
+
+ROPE_ATTENTION_MISTAKES = (
+    Mistake("rope_on_v",
+            "v is rotated too; RoPE rotates only q and k, which meet in the scores. The values carry "
+            "content, and rotating them scrambles the output", _rope_attention_wrong("rope_on_v")),
+    Mistake("rope_after_scores",
+            "the rotation is applied after attention (to its output), so the scores q kᵀ never see a "
+            "position; rotate q and k before computing the scores", _rope_attention_wrong("after_scores")),
+    Mistake("rope_q_only",
+            "only q is rotated; k must be rotated by its own positions too, or the scores depend on "
+            "the query's absolute position instead of the offset i - j", _rope_attention_wrong("q_only")),
+    Mistake("rope_k_only", "only k is rotated; q must be rotated by its own positions too",
+            _rope_attention_wrong("k_only")),
+    Mistake("q_offset_ignored",
+            "the queries are rotated as positions 0 .. T_q - 1; they are the last T_q tokens, at positions "
+            "T_k - T_q .. T_k - 1 (a cached decoder's new token sits at position T_k - 1)",
+            _rope_attention_wrong("q_offset_ignored")),
+    Mistake("q_offset_plus_one",
+            "the queries' positions are off by one: the first query is at T_k - T_q, not T_k - T_q + 1",
+            _rope_attention_wrong("q_offset_plus_one")),
+    Mistake("q_offset_minus_one",
+            "the queries' positions are off by one: the first query is at T_k - T_q, not T_k - T_q - 1",
+            _rope_attention_wrong("q_offset_minus_one")),
+    Mistake("mask_not_shifted",
+            "the causal mask is aligned to the top-left corner, so query i sees keys 0..i; query i is at "
+            "position T_k - T_q + i and sees keys 0 .. T_k - T_q + i (torch.ones(T_q, T_k).tril(T_k - T_q))",
+            _rope_attention_wrong("mask_not_shifted")),
+)
+
+
+def _slopes_wrong(H: int, kind: str) -> torch.Tensor:
+    if kind == "fixed":
+        return torch.tensor([2.0 ** -(h + 1) for h in range(H)], dtype=torch.float64)
+    if kind == "geometric":
+        start = 2.0 ** (-8.0 / H)
+        return torch.tensor([start ** (h + 1) for h in range(H)], dtype=torch.float64)
+    slopes = ref.alibi_slopes(H)
+    return slopes.flip(0) if kind == "reversed" else slopes
+
+
+def _alibi_wrong(kind: str):
+    def wrong(n_heads, T):
+        slopes = _slopes_wrong(n_heads, kind if kind in ("fixed", "geometric", "reversed") else "right")
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        distance = {"no_abs": (i - j), "key_position": -j}.get(kind, (i - j).abs()).double()
+        sign = 1.0 if kind == "sign" else -1.0
+        if kind == "no_slope":
+            slopes = torch.ones(n_heads, dtype=torch.float64)
+        return (sign * slopes[:, None, None] * distance).float()
+    return wrong
+
+
+ALIBI_MISTAKES = (
+    Mistake("sign_flipped",
+            "the bias has the wrong sign: it rewards distant keys; ALiBi subtracts m_h |i - j|, so the "
+            "further a key, the lower its score", _alibi_wrong("sign")),
+    Mistake("slopes_reversed",
+            "the slopes are in reverse order: head 0 gets the largest slope (2^(-8/H)), the last head the smallest",
+            _alibi_wrong("reversed")),
+    Mistake("slopes_fixed",
+            "the slopes are 1/2, 1/4, 1/8, ... whatever the number of heads; they are (2^(-8/H))^(h+1), "
+            "which is 1/2 .. 1/256 only for 8 heads", _alibi_wrong("fixed")),
+    Mistake("non_power_of_two",
+            "for a head count that is not a power of two the slopes are not one geometric sequence: take "
+            "the P slopes of the largest power of two P below H, then every other slope of 2P heads",
+            _alibi_wrong("geometric")),
+    Mistake("no_abs",
+            "the distance is i - j without the absolute value, so keys after the query get a positive "
+            "bias; use -m_h |i - j|", _alibi_wrong("no_abs")),
+    Mistake("no_slope",
+            "every head has slope 1; each head h has its own slope m_h (alibi's multi-scale memory)",
+            _alibi_wrong("no_slope")),
+)
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 5: RoPE candidates for the learner's property test. They are compiled from this text
+# under their own file name, so that the learner's test may call them (calls into the checks'
+# own code are refused).
+# ---------------------------------------------------------------------------------------------
+
+_ROPE_SOURCE = '''
+import torch
+
+def _angles(T, d, start, base, power=1.0):
+    p = torch.arange(start, start + T, dtype=torch.float64)[:, None] ** power
+    return p * base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)[None, :]
+
+def _rotate(x, angles, pairs):
+    d = x.shape[-1]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    if pairs == "half":
+        a, b = x[..., : d // 2], x[..., d // 2:]
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+def rope_half(x, offset=0):
+    return _rotate(x, _angles(x.shape[-2], x.shape[-1], offset, 10000.0), "half")
+
+def rope_interleaved(x, offset=0):
+    return _rotate(x, _angles(x.shape[-2], x.shape[-1], offset, 10000.0), "interleaved")
+
+def rope_base_100(x, offset=0):
+    return _rotate(x, _angles(x.shape[-2], x.shape[-1], offset, 100.0), "half")
+
+def no_positions(x, offset=0):
+    return x.clone()
+
+def rope_squared_positions(x, offset=0):
+    return _rotate(x, _angles(x.shape[-2], x.shape[-1], offset, 10000.0, power=2.0), "half")
+
+def added_positions(x, offset=0):
+    angles = _angles(x.shape[-2], x.shape[-1], offset, 10000.0)
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2).to(x.dtype)
+    return x + table
+
+def rope_growing(x, offset=0):
+    T = x.shape[-2]
+    scale = 1 + 0.05 * torch.arange(offset, offset + T, dtype=torch.float64)[:, None]
+    return _rotate(x, _angles(T, x.shape[-1], offset, 10000.0), "half") * scale.to(x.dtype)
+'''
+
+_ROPE_NAMESPACE: dict[str, Any] = {}
+exec(compile(_ROPE_SOURCE, "<chapter 06 rope candidates>", "exec"), _ROPE_NAMESPACE)
+
+# (name, what it is, does <f(q, m), f(k, n)> depend only on m - n?)
+ROPE_CANDIDATES = (
+    ("rope_half", "RoPE with rotate-half pairs", True),
+    ("rope_interleaved", "RoPE with interleaved pairs", True),
+    ("rope_base_100", "RoPE with base 100", True),
+    ("no_positions", "a function that ignores the position (its scores never change, so they depend on m - n only, trivially)", True),
+    ("rope_squared_positions", "a rotation by p^2 * theta_k instead of p * theta_k (norms kept, not relative)", False),
+    ("added_positions", "a function that adds a sinusoidal position vector (absolute, not a rotation)", False),
+    ("rope_growing", "RoPE followed by a scale that grows with the position (relative angles, absolute sizes)", False),
+)
+
+
+def _mistaken_test(kind: str):
+    """Complete, runnable wrong property tests: fn(rope, d_head) -> bool."""
+    def wrong(rope, d_head):
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(1, d_head, generator=g, dtype=torch.float64)
+        k = torch.randn(1, d_head, generator=g, dtype=torch.float64)
+        if kind == "always_true":
+            return True
+        if kind == "always_false":
+            return False
+        if kind == "same_position_only":
+            return all(bool(torch.allclose((rope(q, m) * rope(k, m)).sum(), (q * k).sum())) for m in (1, 5, 20))
+        # "exact": compares scores with == (rounding makes equal offsets differ in the last bits)
+        return all(bool((rope(q, m + 3) * rope(k, m)).sum() == (rope(q, 3) * rope(k, 0)).sum()) for m in (57, 1000, 4321, 77777))
+    return wrong
+
+
+RELATIVE_TEST_MISTAKES = (
+    Mistake("always_true",
+            "your test returns True for every function, including ones whose scores depend on absolute "
+            "positions; compute <rope(q, m), rope(k, n)> for several (m, n) with the same m - n and compare",
+            _mistaken_test("always_true")),
+    Mistake("always_false", "your test returns False even for a correct RoPE", _mistaken_test("always_false")),
+    Mistake("same_position_only",
+            "your test only compares scores at equal positions (m = n) with the unrotated <q, k>; every "
+            "rotation keeps those, even one by p^2 * theta. Compare pairs with the same nonzero offset "
+            "m - n at different absolute positions", _mistaken_test("same_position_only")),
+    Mistake("exact_equality",
+            "your test compares floats with ==, so a correct RoPE fails on rounding in the last bits; "
+            "compare with torch.allclose (or math.isclose)", _mistaken_test("exact")),
+)
+
+MISTAKES = {
+    "sinusoidal_table": SINUSOIDAL_MISTAKES,
+    "add_positions": ADD_POSITIONS_MISTAKES,
+    "apply_rope": ROPE_MISTAKES,
+    "rope_attention": ROPE_ATTENTION_MISTAKES,
+    "relative_offset_holds": RELATIVE_TEST_MISTAKES,
+    "alibi_bias": ALIBI_MISTAKES,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference_table(T, d_model, offset=0):
+    return ref.sinusoidal_table(T, d_model, offset=offset)  # (T, d_model) float32
+
+
+def check_sinusoidal_table(fn: Any, *, T: int = 6, d_model: int = 8, offsets: Sequence[int] = (0, 9)) -> None:
+    """sinusoidal_table(T, d_model, offset=0) -> (T, d_model) float32."""
+    names = ("T", "d_model", "offset")
+    sizes = {"T": T, "d_model": d_model}
+    cases = [Case((T, d_model, offset), sizes, names, f"offset = {offset}") for offset in offsets]
+    cases.append(Case((1, d_model, offsets[-1] + T), {"1": 1, "d_model": d_model}, names,
+                      f"one row at offset = {offsets[-1] + T}, as a KV cache asks"))
+    check_function(fn, name="sinusoidal_table", reference=_reference_table, cases=cases, outputs=("table",),
+                   mistakes=SINUSOIDAL_MISTAKES, forbidden=_REFERENCE)
+
+
+def _attention_layer(seed: int, d_model: int, n_heads: int, dtype: torch.dtype) -> nn.Module:
+    """torch's own encoder layer (no mask: it mixes all tokens), frozen and in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, 2 * d_model, dropout=0.0, batch_first=True,
+                                           dtype=dtype).eval()
+    layer.requires_grad_(False)
+    return layer
+
+
+def _reference_add_positions(x, attn, offset=0):
+    table = ref.sinusoidal_table(x.shape[1], x.shape[2], offset=offset, dtype=x.dtype)  # (T, d_model)
+    return attn(x + table)  # (B, T, d_model)
+
+
+def check_add_positions(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, T: int = 5,
+                        d_model: int = 8, n_heads: int = 2, offset: int = 4) -> None:
+    """add_positions(x, attn, offset=0) -> attn(x + PE(offset .. offset + T - 1)), (B, T, d_model)."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("x", "attn", "offset")
+    sizes = {"B": B, "T": T, "d_model": d_model}
+    attn = _attention_layer(seed, d_model, n_heads, dtype)
+    cases = [
+        Case((_randn(gen, B, T, d_model, dtype=dtype), attn), sizes, names[:2], "offset left at 0"),
+        Case((_randn(gen, B, T, d_model, dtype=dtype), attn, offset), sizes, names, f"offset = {offset}"),
+    ]
+    with torch.no_grad():
+        check_function(fn, name="add_positions", reference=_reference_add_positions, cases=cases,
+                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=())
+
+
+def _reference_rope(x, offset=0):
+    return ref.apply_rope(x, offset)  # half pairs, base 10000
+
+
+def check_apply_rope(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
+                     T: int = 5, d_head: int = 8, offset: int = 6) -> None:
+    """apply_rope(x, offset=0): x (..., T, d_head) rotated in rotate-half pairs, base 10000."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"B": B, "H": H, "T": T, "d_head": d_head}
+    cases = [
+        Case((_randn(gen, B, H, T, d_head, dtype=dtype),), sizes, ("x",), "x (B, H, T, d_head), offset left at 0"),
+        Case((_randn(gen, B, H, T, d_head, dtype=dtype), offset), sizes, ("x", "offset"), f"offset = {offset}"),
+        Case((_randn(gen, T, d_head, dtype=dtype), offset + 1), {"T": T, "d_head": d_head}, ("x", "offset"),
+             f"x (T, d_head), offset = {offset + 1}"),
+    ]
+    check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
+                   mistakes=ROPE_MISTAKES, forbidden=_REFERENCE)
+
+
+def _reference_rope_attention(q, k, v):
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    start = T_k - T_q  # the queries are the last T_q tokens
+    mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(diagonal=start)  # (T_q, T_k)
+    return scaled_dot_product_attention(ref.apply_rope(q, start), ref.apply_rope(k, 0), v, mask)
+
+
+def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
+                         T_k: int = 7, d_head: int = 4) -> None:
+    """rope_attention(q, k, v) -> (out, weights): causal attention, q and k rotated by their positions.
+
+    q (B, H, T_q, d_head) are the last T_q of the T_k tokens whose keys and values are k, v
+    (B, H, T_k, d_head): query i sits at position T_k - T_q + i.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    names = ("q", "k", "v")
+
+    def case(T_q: int, note: str) -> Case:
+        sizes = {"B": B, "H": H, "T_q": T_q, "T_k": T_k, "d_head": d_head}
+        return Case((_randn(gen, B, H, T_q, d_head, dtype=dtype, scale=2.0),
+                     _randn(gen, B, H, T_k, d_head, dtype=dtype, scale=2.0),
+                     _randn(gen, B, H, T_k, d_head, dtype=dtype)), sizes, names, note)
+
+    cases = [case(T_k, "T_q = T_k: the whole sequence"), case(3, "T_q = 3: the last 3 tokens"),
+             case(1, "T_q = 1: one new token at position T_k - 1")]
+    check_function(fn, name="rope_attention", reference=_reference_rope_attention, cases=cases,
+                   outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=())
+
+
+def _as_verdict(name: str, value: Any, what: str) -> bool:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype == torch.bool:
+        return bool(value.item())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise CheckFailed(f"{name} should return True or False; it returned {type(value).__name__} {value!r} for {what}")
+
+
+def check_relative_offset_test(fn: Any, *, d_heads: Sequence[int] = (8,)) -> None:
+    """relative_offset_holds(rope, d_head) -> bool: True exactly for the functions whose scores
+    <rope(q, m), rope(k, n)> depend only on m - n (ROPE_CANDIDATES lists the functions it is given)."""
+    name = "relative_offset_holds"
+    verify_environment()
+    for d_head in d_heads:
+        verdicts = []
+        for key, what, _ in ROPE_CANDIDATES:
+            case = Case((_ROPE_NAMESPACE[key], d_head), {}, ("rope", "d_head"), what)
+            verdicts.append(_as_verdict(name, call_learner(fn, name, case, _REFERENCE), what))
+        expected = [right for _, _, right in ROPE_CANDIDATES]
+        if verdicts == expected:
+            continue
+        for mistake in RELATIVE_TEST_MISTAKES:
+            if verdicts == [mistake.impl(_ROPE_NAMESPACE[key], d_head) for key, _, _ in ROPE_CANDIDATES]:
+                raise CheckFailed(f"{name}: {mistake.message}")
+        index = next(i for i, (got, right) in enumerate(zip(verdicts, expected)) if got != right)
+        _, what, right = ROPE_CANDIDATES[index]
+        why = ("its scores depend only on m - n" if right else "its scores depend on the absolute positions")
+        raise CheckFailed(f"{name} returned {verdicts[index]} for {what} (d_head = {d_head}); {why}")
+    verify_environment()
+    print(f"✓ {name}: tells all {len(ROPE_CANDIDATES)} candidates apart"
+          + (f" for d_head in {tuple(d_heads)}" if len(d_heads) > 1 else ""))
+
+
+def _reference_alibi(n_heads, T):
+    positions = torch.arange(T)
+    return ref.alibi_bias(ref.alibi_slopes(n_heads), positions, positions)  # (H, T, T) float32
+
+
+def check_alibi_bias(fn: Any, *, heads: Sequence[int] = (4, 6), T: int = 5) -> None:
+    """alibi_bias(n_heads, T) -> (H, T, T) float32: bias[h, i, j] = -m_h |i - j|."""
+    cases = [Case((H, T), {"H": H, "T": T}, ("n_heads", "T"), f"{H} heads") for H in heads]
+    check_function(fn, name="alibi_bias", reference=_reference_alibi, cases=cases, outputs=("bias",),
+                   mistakes=ALIBI_MISTAKES, forbidden=_REFERENCE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric answers
+# ---------------------------------------------------------------------------------------------
+
+# Exercise 7's settings (printed in the notebook): d_head 64 and base 10000 (GPT-NeoX-like), pair 8;
+# Llama 3's d_head 128 and base 500 000.
+NUMBERS = {"d_head": 64, "base": 10000.0, "pair": 8, "llama3_d_head": 128, "llama3_base": 500000.0}
+
+
+def _numbers() -> tuple[dict[str, float], dict[str, list[tuple[float, str]]]]:
+    n = NUMBERS
+    wavelength = ref.rope_wavelength(n["pair"], n["d_head"], n["base"])
+    longest = ref.rope_wavelength(n["llama3_d_head"] // 2 - 1, n["llama3_d_head"], n["llama3_base"])
+    expected = {"wavelength_pair": wavelength, "turn_position": float(math.ceil(wavelength)),
+                "llama3_longest_wavelength": longest}
+    wrong = {
+        "wavelength_pair": [
+            (2 * math.pi * n["base"] ** (n["pair"] / n["d_head"]),
+             "that uses the exponent i / d_head; theta_i = base^(-2i / d_head)"),
+            (n["base"] ** (2 * n["pair"] / n["d_head"]),
+             "that is 1 / theta_i, the positions per radian; a full turn is 2 pi radians"),
+            (2 * math.pi * n["base"] ** (2 * 2 * n["pair"] / n["d_head"]),
+             "that is the pair of channel 16; pair i is channels (2i, 2i + 1), so use 2i = 16 in the exponent")],
+        "turn_position": [
+            (float(math.floor(wavelength)), "at that position the angle is still just below 2 pi; round up"),
+            (float(math.ceil(2 * math.pi * n["base"] ** (n["pair"] / n["d_head"]))),
+             "that uses the exponent i / d_head; theta_i = base^(-2i / d_head)")],
+        "llama3_longest_wavelength": [
+            (2 * math.pi * n["llama3_base"], "the last pair is i = d_head/2 - 1 = 63, so the exponent is 126 / 128, not 1"),
+            (2 * math.pi * 10000.0 ** (126 / 128), "Llama 3 uses base 500 000, not 10 000"),
+            (n["llama3_base"] ** (126 / 128), "a full turn is 2 pi radians: multiply 1 / theta by 2 pi")],
+    }
+    return expected, wrong
+
+
+def check_rope_numbers(**answers: Any) -> None:
+    """Exercise 7: the wavelength of pair 8, the position where it completes a turn, Llama 3's longest wavelength."""
+    expected, wrong = _numbers()
+    tolerance = {"wavelength_pair": 0.01, "llama3_longest_wavelength": 0.5e-3 * expected["llama3_longest_wavelength"]}
+    check_numbers(answers, expected, tolerance=tolerance, mistakes=wrong, name="check_rope_numbers",
+                  hints={"wavelength_pair": "theta_i = base^(-2i / d_head); one turn takes 2 pi / theta_i positions",
+                         "turn_position": "the first whole position p with p * theta_i >= 2 pi",
+                         "llama3_longest_wavelength": "the slowest pair is the last one, i = d_head / 2 - 1"})
+
+
+protect(ref, sys.modules[__name__])
