@@ -39,8 +39,10 @@ from torch import nn
 from .attention import causal_mask
 from .ffn import FeedForward, SwiGLUFFN, ffn_param_count
 from .heads import MultiHeadAttention, attention_param_count
+from .heads import _require_heads, _require_weight, merge_heads, repeat_kv, split_heads  # chapter 05
+from .attention import scaled_dot_product_attention  # chapter 05
 from .norms import LayerNorm, RMSNorm, post_ln_block, pre_ln_block
-from .shapes import ShapeError, fmt_shape, require_float, require_tensor
+from .shapes import ShapeError, fmt_shape, require_float, require_same_dtype, require_tensor
 
 __all__ = [
     "DecoderBlock",
@@ -49,6 +51,9 @@ __all__ = [
     "TinyDecoder",
     "decoder_forward",
     "model_param_count",
+    # chapter 05
+    "cross_attention",
+    "decoder_block",
 ]
 
 CHOICES = {
@@ -293,3 +298,86 @@ def model_param_count(config: ModelConfig) -> int:
     final = norm if config.norm_placement == "pre" else 0
     head = 0 if config.tie_weights else V * d
     return embeddings + config.n_layers * (attention + ffn + 2 * norm) + final + head
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 05: cross-attention and the decoder block with cross-attention
+# ---------------------------------------------------------------------------------------------
+
+
+def cross_attention(x: torch.Tensor, memory: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
+                    w_v: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int | None = None,
+                    memory_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries from the decoder stream, keys and values from the encoder's output.
+
+    x (B, T_tgt, d_model), memory (B, T_src, d_model); w_q, w_o (d_model, d_model); w_k, w_v
+    (n_kv_heads * d_head, d_model) (n_kv_heads=None: n_heads); memory_mask (B, T_src) bool, True = a
+    real source token (a key-padding mask: it blocks keys, never queries)
+    -> (out (B, T_tgt, d_model), weights (B, H, T_tgt, T_src)).
+
+    No causal mask: every target position may read the whole source, which is complete before
+    decoding starts. Built from chapter 02's pieces (split_heads, repeat_kv, merge_heads) and
+    chapter 01's scaled_dot_product_attention.
+    """
+    fn = "cross_attention"
+    require_float(fn, "x", x, "(B, T_tgt, d_model)")
+    require_float(fn, "memory", memory, "(B, T_src, d_model)")
+    B, T_tgt, d_model = x.shape
+    if memory.shape[0] != B or memory.shape[2] != d_model:
+        raise ShapeError(f"{fn}: x is (B, T_tgt, d_model) = {fmt_shape(x.shape)}, so memory must be "
+                         f"(B, T_src, d_model) with B = {B} and d_model = {d_model}; got {fmt_shape(memory.shape)}")
+    T_src = memory.shape[1]
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    d_head = _require_heads(fn, d_model, n_heads, n_kv_heads)
+    kv_layout = "(n_kv_heads * d_head, d_model)"
+    _require_weight(fn, "w_q", w_q, (d_model, d_model), "(d_model, d_model)")
+    _require_weight(fn, "w_k", w_k, (n_kv_heads * d_head, d_model), kv_layout)
+    _require_weight(fn, "w_v", w_v, (n_kv_heads * d_head, d_model), kv_layout)
+    _require_weight(fn, "w_o", w_o, (d_model, d_model), "(d_model, d_model)")
+    require_same_dtype(fn, x=x, memory=memory, w_q=w_q, w_k=w_k, w_v=w_v, w_o=w_o)
+    mask = None
+    if memory_mask is not None:
+        require_tensor(fn, "memory_mask", memory_mask)
+        if memory_mask.dtype != torch.bool or tuple(memory_mask.shape) != (B, T_src):
+            raise ShapeError(f"{fn}: memory_mask must be a bool key-padding mask of shape (B, T_src) = "
+                             f"({B}, {T_src}), True = real source token; got {fmt_shape(memory_mask.shape)} "
+                             f"of dtype {memory_mask.dtype}")
+        mask = memory_mask[:, None, None, :]  # (B, 1, 1, T_src): blocks keys, for every head and query
+    q = split_heads(x @ w_q.T, n_heads)  # (B, T_tgt, d_model) -> (B, H, T_tgt, d_head)
+    k = split_heads(memory @ w_k.T, n_kv_heads)  # (B, T_src, H_kv * d_head) -> (B, H_kv, T_src, d_head)
+    v = split_heads(memory @ w_v.T, n_kv_heads)  # (B, H_kv, T_src, d_head)
+    k = repeat_kv(k, n_heads // n_kv_heads)  # (B, H, T_src, d_head)
+    v = repeat_kv(v, n_heads // n_kv_heads)  # (B, H, T_src, d_head)
+    heads, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, H, T_tgt, d_head), (B, H, T_tgt, T_src)
+    return merge_heads(heads) @ w_o.T, weights  # (B, T_tgt, d_model), (B, H, T_tgt, T_src)
+
+
+def decoder_block(x: torch.Tensor, memory: torch.Tensor, self_attn, cross_attn, ffn, norm1, norm2, norm3,
+                  memory_mask: torch.Tensor | None = None, norm_placement: str = "pre") -> torch.Tensor:
+    """The decoder block of an encoder-decoder: three residual sublayers.
+
+    x (B, T_tgt, d_model) the decoder stream, memory (B, T_src, d_model) the encoder's output (already
+    normalised by the encoder's final norm in a Pre-LN model: it is not normalised again here);
+    self_attn(h, mask) -> (B, T_tgt, d_model) with mask a (T_tgt, T_tgt) bool causal mask;
+    cross_attn(h, memory, memory_mask) -> (B, T_tgt, d_model); ffn, norm1..3: (B, T, d_model) -> same.
+
+        pre   x = x + self_attn(norm1(x), causal)
+              x = x + cross_attn(norm2(x), memory, memory_mask)
+              x = x + ffn(norm3(x))                             T5, torch norm_first=True
+        post  x = norm1(x + self_attn(x, causal))
+              x = norm2(x + cross_attn(x, memory, memory_mask))
+              x = norm3(x + ffn(x))                             the 2017 Transformer, torch's default
+    """
+    fn = "decoder_block"
+    require_float(fn, "x", x, "(B, T_tgt, d_model)")
+    require_float(fn, "memory", memory, "(B, T_src, d_model)")
+    if norm_placement not in ("pre", "post"):
+        raise ValueError(f"{fn}: norm_placement must be 'pre' or 'post'; got {norm_placement!r}")
+    causal = causal_mask(x.shape[1], device=x.device)  # (T_tgt, T_tgt): the decoder never sees its future
+    if norm_placement == "pre":
+        x = x + self_attn(norm1(x), causal)  # (B, T_tgt, d_model)
+        x = x + cross_attn(norm2(x), memory, memory_mask)  # (B, T_tgt, d_model): reads the source
+        return x + ffn(norm3(x))  # (B, T_tgt, d_model)
+    x = norm1(x + self_attn(x, causal))  # (B, T_tgt, d_model)
+    x = norm2(x + cross_attn(x, memory, memory_mask))  # (B, T_tgt, d_model)
+    return norm3(x + ffn(x))  # (B, T_tgt, d_model)
