@@ -295,8 +295,9 @@ def classify_mask(mask: torch.Tensor) -> str:
     see are read as padding and left out. A square mask is a self-attention mask; a cross mask is
     told apart when T_q != T_k (a square cross mask looks exactly like a bidirectional one). Raises
     ValueError for a mask that is none of these (not square and rows differing, a blocked diagonal,
-    a future key outside any prefix, ...). For a batch, every sequence must agree, except that a
-    prefix-LM batch may contain sequences whose prefix makes them causal or bidirectional.
+    a future key outside any prefix, ...). A batch gets the plainest name that fits every sequence:
+    causal and bidirectional sequences together are a prefix-LM batch (prefixes 1 and the whole
+    length), and a sequence with a single real token fits any kind.
     """
     fn = "classify_mask"
     require_tensor(fn, "mask", mask)
@@ -310,9 +311,13 @@ def classify_mask(mask: torch.Tensor) -> str:
         raise ShapeError(f"{fn}: mask must have shape (T_q, T_k), (B, T_q, T_k) or (B, 1, T_q, T_k); got "
                          f"{fmt_shape(mask.shape)}")
     kinds = [_classify_one(m, f"sequence {b} of the batch ") for b, m in enumerate(mask)]
-    found = set(kinds)
-    if len(found) == 1:
-        return kinds[0]
-    if "prefix-lm" in found and found <= {"prefix-lm", "causal", "bidirectional"}:
-        return "prefix-lm"
-    raise ValueError(f"{fn}: the sequences of the batch have masks of different kinds: {kinds}")
+    if kinds[0] == "cross":  # a (B, T_q, T_k) batch with T_q != T_k: every sequence was checked to be cross
+        return "cross"
+    # A causal mask is a prefix-LM mask with prefix 1, a bidirectional one a prefix-LM mask whose
+    # prefix is the whole sequence, and a sequence with one real token fits every kind: name the
+    # plainest kind that fits every sequence.
+    single = [int(m.any(dim=0).sum()) == 1 for m in mask]
+    for kind in ("bidirectional", "causal"):
+        if all(k == kind or one for k, one in zip(kinds, single)):
+            return kind
+    return "prefix-lm"

@@ -13,7 +13,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 from helpers.attention import causal_mask
-from helpers.blocks import LATER_CHAPTERS, DecoderBlock, ModelConfig, TinyDecoder, decoder_forward, model_param_count
+from helpers.blocks import (
+    LATER_CHAPTERS,
+    Attention,
+    DecoderBlock,
+    ModelConfig,
+    TinyDecoder,
+    attend,
+    decoder_forward,
+    model_param_count,
+)
+from helpers.heads import grouped_query_attention, multi_head_attention
+from helpers.numerics import assert_close
 from helpers.shapes import ShapeError
 
 DTYPES = [torch.float32, torch.float64]
@@ -311,3 +322,67 @@ def test_decoder_forward_with_plain_functions():
     ids = torch.tensor([[2, 0, 3]])
     logits = decoder_forward(ids, wte, None, [], None)
     assert torch.equal(logits, F.one_hot(ids, 4).double())  # embeddings read back by the tied head
+
+
+# ---------------------------------------------------------------------------------------------
+# The attention sublayer every block uses
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_sublayer_is_chapter_02s_attention(n_kv_heads, dtype):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=11, d_model=24, n_heads=4, n_kv_heads=n_kv_heads)
+    attn = Attention(config).to(dtype)
+    x = torch.randn(3, 7, 24, dtype=dtype)
+    mask = causal_mask(7)
+    out, weights = attn(x, mask)
+    w = (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight)
+    if n_kv_heads == 4:
+        want = multi_head_attention(x, *w, 4, mask)
+    else:
+        want = grouped_query_attention(x, *w, 4, n_kv_heads, mask)
+    assert out.shape == (3, 7, 24) and weights.shape == (3, 4, 7, 7)
+    assert_close(out, want[0], n=24)
+    assert_close(weights, want[1], n=24)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_score_bias_matches_torch_float_mask(dtype):
+    """F.scaled_dot_product_attention adds a float attn_mask to the scaled scores: the same as `bias`."""
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 3, 5, 8, generator=gen, dtype=dtype)
+    k = torch.randn(2, 3, 6, 8, generator=gen, dtype=dtype)
+    v = torch.randn(2, 3, 6, 4, generator=gen, dtype=dtype)
+    bias = torch.randn(3, 5, 6, generator=gen, dtype=dtype)  # one bias per head, broadcast over B
+    mask = torch.rand(2, 1, 5, 6, generator=gen) > 0.3
+    mask[..., 0] = True  # every query keeps a key
+    out, weights = attend(q, k, v, mask, bias)
+    float_mask = bias.masked_fill(~mask, float("-inf"))  # (2, 3, 5, 6)
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=float_mask), n=8)
+    assert_close(weights.sum(-1), torch.ones(2, 3, 5, dtype=dtype), n=6)
+    assert_close(attend(q, k, v, mask, torch.zeros((), dtype=dtype))[0], attend(q, k, v, mask)[0], n=8)
+
+
+def test_cross_attention_reads_keys_and_values_from_the_source():
+    torch.manual_seed(2)
+    attn = Attention(ModelConfig(vocab_size=11, d_model=16, n_heads=2, n_kv_heads=1))
+    x, memory = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+    out, weights = attn(x, source=memory)
+    assert out.shape == (2, 5, 16) and weights.shape == (2, 2, 5, 9)
+    q, k, v = attn.project(x, memory)
+    assert q.shape == (2, 2, 5, 8) and k.shape == v.shape == (2, 1, 9, 8)
+    moved = attn(x, source=memory[:, torch.randperm(9)])[0]  # no positions on memory: order is irrelevant
+    assert_close(moved, out, n=16)
+
+
+def test_attention_errors_name_the_shapes():
+    attn = Attention(ModelConfig(vocab_size=11, d_model=16, n_heads=2))
+    with pytest.raises(ShapeError, match=r"x must be \(B, T_q, d_model\) with d_model = 16; got \(2, 5, 12\)"):
+        attn(torch.randn(2, 5, 12))
+    with pytest.raises(ShapeError, match=r"same batch size"):
+        attn(torch.randn(2, 5, 16), source=torch.randn(3, 4, 16))
+    q = torch.randn(1, 2, 3, 8)
+    with pytest.raises(ShapeError, match=r"bias must broadcast to the scores .*\(1, 2, 3, 3\); got \(4, 4\)"):
+        attend(q, q, q, bias=torch.zeros(4, 4))
