@@ -91,7 +91,8 @@ def _cross(*, kv_from: str = "memory", causal: bool = False, mask_axis: str = "k
         scores = q @ k.transpose(-2, -1)  # (B, H, T_q, T_k)
         scores = scores / {"d_head": math.sqrt(d_head), "none": 1.0, "d_model": math.sqrt(d_model)}[scale]
         allow = torch.ones(B, 1, T_q, T_k, dtype=torch.bool)
-        if memory_mask is not None and kv_from == "memory":
+        # (keys taken from x still get the mask when it fits them, as a learner's code would do)
+        if memory_mask is not None and memory_mask.shape[-1] == T_k:
             if mask_axis == "keys":
                 allow = allow & memory_mask[:, None, None, :]
             elif mask_axis == "queries":  # WRONG: needs T_q == T_src to even run
