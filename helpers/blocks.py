@@ -26,8 +26,18 @@ batch_first=True, bias=False) with copied weights and a causal mask (torch's boo
 True = blocked, so pass ~causal_mask(T)); post-norm matches norm_first=False.
 
 The config switches parts by name, so later chapters (and chapter 09's ablations) change a field,
-not the code. Values that later chapters add (sinusoidal, RoPE and ALiBi positions; MoE FFNs) are
-refused with a ValueError that names the chapter.
+not the code. Values that later chapters add (sinusoidal, RoPE and ALiBi positions) are refused
+with a ValueError that names the chapter.
+
+Chapter 05 adds the other two kinds of model and two block variants, all from the same config:
+
+    kind="encoder"          TinyEncoder: EncoderBlocks (bidirectional, key padding), MLM logits
+    kind="encoder-decoder"  TinyEncoderDecoder: encoder stack -> memory; CrossDecoderBlocks (causal
+                            self-attention, cross-attention on memory, FFN: decoder_block's equations)
+    block="parallel"        x + attn(norm(x)) + ffn(norm(x)) (GPT-J, PaLM): parallel_block
+    ffn="moe"               chapter 03's MoEFFN (n_experts, top_k); moe_balance_loss(model) sums the
+                            layers' load-balancing losses of the last forward pass
+build_model(config) returns the model config.kind names; model_param_count covers every variant.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ check_decoder_block(decoder_block, seed=13, dtype=torch.float32, B=1, T_tgt=7, T
 # %% [markdown] id="ex3"
 # ## Exercise 3: identify encoder-only, decoder-only and encoder-decoder masks
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 5
+# *Points* 5 in two parts (2 + 3)
 #
 # Four kinds of mask cover the three kinds of model. Each is `(T_q, T_k)` per sequence, True = may
 # attend, with padded keys (columns no query may see) blocked:
@@ -202,8 +202,8 @@ check_decoder_block(decoder_block, seed=13, dtype=torch.float32, B=1, T_tgt=7, T
 # | `prefix-lm` | real keys with `j <= i` or `j < prefix` | prefix LMs (T5's prefix-LM objective, UniLM, GLM) |
 # | `cross` | every real **source** key, for every **target** query | encoder-decoder cross-attention |
 #
-# **Part (a), 2 points.** The next cell prints six masks (1 = may attend). Name each one:
-# `"bidirectional"`, `"causal"`, `"prefix-lm"`, `"cross"`, or `"none"` when it is none of them.
+# Part (a) names six masks; part (b) builds the masks of each kind of model. The next cell prints
+# the six masks of part (a) (1 = may attend).
 
 # %% id="ex3-masks"
 from helpers.checks.blocks import MASKS_TO_NAME
@@ -213,6 +213,13 @@ for _name, _mask in MASKS_TO_NAME.items():
     print(_mask.int().numpy(), "\n")
 
 # %% [markdown] id="ex3a"
+# ### Part (a): name the masks
+#
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 2
+#
+# Name each mask printed above: `"bidirectional"`, `"causal"`, `"prefix-lm"`, `"cross"`, or `"none"`
+# when it is none of them.
+#
 # <details><summary>Hint: a procedure</summary>
 #
 # Is it square? (Not square: queries and keys come from two sequences.) Which columns are blocked
@@ -250,7 +257,11 @@ assert [v.strip().lower() for v in _given] == ["causal", "prefix-lm", "cross", "
 ### END HIDDEN TESTS
 
 # %% [markdown] id="ex3b"
-# **Part (b), 3 points.** Now build them. Write `model_masks(kind, lengths, T, target_lengths=None, T_tgt=None)`
+# ### Part (b): build the masks of each model kind
+#
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 3
+#
+# Now build them. Write `model_masks(kind, lengths, T, target_lengths=None, T_tgt=None)`
 # returning a dict of `(B, T_q, T_k)` bool masks, the ones a model of that kind needs:
 #
 # | `kind` | returns |
