@@ -511,6 +511,14 @@ print("memory normalised twice, max difference from the right output:", round((t
 # * **GPT-style** `TinyDecoder`: the same path with causal blocks; logits at position $t$ predict token $t+1$.
 # * **T5-style** `TinyEncoderDecoder`: source ids `(B, T_src)` → encoder → memory `(B, T_src, d)`; target ids
 #   `(B, T_tgt)` → decoder blocks, each reading memory → logits `(B, T_tgt, V)`.
+#
+# **Formulas: what each kind models.** With $\mathcal{M}$ the masked positions of a BERT input,
+#
+# $$
+# \text{BERT: } \sum_{i \in \mathcal{M}} \log p(x_i \mid x_{\setminus \mathcal{M}}),\qquad
+# \text{GPT: } \log p(x) = \sum_t \log p(x_t \mid x_{<t}),\qquad
+# \text{T5: } \log p(y \mid x) = \sum_t \log p(y_t \mid y_{<t}, x).
+# $$
 
 # %% id="kinds-shapes"
 # NBVAL_CHECK_OUTPUT
@@ -523,8 +531,10 @@ def trace(model: nn.Module, *args) -> list[str]:
             if parts[1] == "0":
                 handles.append(module.register_forward_pre_hook(
                     lambda m, a, stack=parts[0]: lines.append(f"{stack} embeddings {tuple(a[0].shape)}")))
-            handles.append(module.register_forward_hook(  # blocks may return (out, weights)
-                lambda m, a, out, name=name: lines.append(f"{name} {tuple((out[0] if isinstance(out, tuple) else out).shape)}")))
+            handles.append(module.register_forward_hook(  # blocks may return (out, weights); a decoder block reads memory
+                lambda m, a, out, name=name: lines.append(
+                    f"{name} {tuple((out[0] if isinstance(out, tuple) else out).shape)}"
+                    + (f" (reading memory {tuple(a[1].shape)})" if name.startswith("decoder") else ""))))
         elif name in ("final_norm", "encoder_norm", "decoder_norm"):
             handles.append(module.register_forward_hook(
                 lambda m, a, out, name=name: lines.append(f"{name} {tuple(out.shape)}")))
@@ -546,6 +556,26 @@ t5 = TinyEncoderDecoder(ModelConfig(**base, kind="encoder-decoder")).to(device)
 print("BERT-style: ids", (B, T), "->", " -> ".join(trace(bert, ids, [6, 4])))
 print("GPT-style:  ids", (B, T), "->", " -> ".join(trace(gpt, ids)))
 print("T5-style:   src", (B, T_src), "tgt", (B, T_tgt), "->", " -> ".join(trace(t5, src, tgt, [7, 3])))
+
+# %% [markdown] id="kinds-mistake-text"
+# **Common mistake: reading a bidirectional model's logits as next-token predictions.** A BERT-style
+# encoder's prediction at position $t$ has already seen token $t+1$, so "predicting" it is copying.
+# The two models below share the same weights; only the GPT-style one's logits at position 2 ignore
+# token 3. (The other half of this mistake, comparing logits at $t$ with token $t$ instead of
+# $t+1$, is chapter 08's shift by one.)
+
+# %% id="kinds-mistake"
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+bert_twin = TinyEncoder(ModelConfig(**base, kind="encoder")).to(device).eval()
+gpt_twin = TinyDecoder(ModelConfig(**base)).to(device).eval()
+gpt_twin.load_state_dict(bert_twin.state_dict())  # identical parameter names and shapes: the same weights
+changed = ids.clone()
+changed[:, 3] = (changed[:, 3] + 1) % V  # change token 3 only
+with torch.no_grad():
+    for name, model in [("BERT-style", bert_twin), ("GPT-style", gpt_twin)]:
+        moved = not torch.equal(model(ids)[:, 2], model(changed)[:, 2])
+        print(f"{name}: the logits at position 2 move when token 3 changes: {moved}")
 
 # %% [markdown] id="kinds-oracle-text"
 # **Implementation check.** The whole encoder-decoder against `torch.nn.Transformer` with every
@@ -677,7 +707,8 @@ print("parameters, SwiGLU:", model_param_count(dense_cfg), "| MoE with 4 experts
 # * **Encoder-decoders** do well when input and output are different in kind or length (translation,
 #   speech recognition: Whisper), and the encoder's bidirectional pass over a long input is cheaper
 #   than putting the input through every decoder step. T5-style models were competitive with
-#   decoders of similar compute in controlled comparisons (e.g. the T5 paper's objective study).
+#   decoders in controlled comparisons: in the T5 paper's study of architectures and objectives, an
+#   encoder-decoder trained with a denoising objective did best among the variants tried.
 # * Part of the win is **engineering and scale**, not architecture alone: one stack is simpler to
 #   shard, cache and serve, and the field's tooling converged on it. Prefix-LM masks (section 4) show
 #   that the line between the kinds is only a mask.
