@@ -1,0 +1,335 @@
+"""Chapter 08: training signals, and the training loop chapters 06, 08 and 09 use.
+
+    history = train(model, train_ids, val_ids, steps=300, batch_size=16, block_size=64)
+    history.plot(baselines={"unigram": 3.2, "bigram": 2.5})   # train and val loss in one call
+    history.val_loss[-1], history.tokens_per_s
+
+**The next-token loss.** A decoder reads ids x_0 .. x_{T-1} and predicts, at every position t, the
+token that comes next. Its logits at position t are scored against x_{t+1}, so logits and targets
+are shifted by one against each other: the last position has no target, the first token is never a
+target. With the logits z (B, T, V):
+
+    loss = mean over (b, t < T-1) of  -log softmax(z[b, t])[x[b, t+1]]
+         = mean of  logsumexp(z[b, t]) - z[b, t, x[b, t+1]]
+
+`lm_loss(logits, ids)` does the shift itself; `token_loss(logits, targets)` scores position t
+against targets[:, t] unshifted, for targets that are already shifted (what `batches` returns).
+A target equal to `ignore_index` (-100, as in torch.nn.functional.cross_entropy) is left out of
+both the sum and the count.
+
+**The loop** (`train`): nanoGPT's recipe on a small scale.
+
+* batches: `batches(ids, B, T, generator)` draws B random windows of T + 1 consecutive tokens from
+  a long 1-D id tensor; x is a window's first T tokens, y its last T (x shifted left by one), so
+  y[b, t] is the token after x[b, t]. A torch.Generator makes the draw repeat for a seed.
+* optimizer: AdamW (decoupled weight decay) on every parameter; weight decay only on matrices
+  (linear weights, embeddings), none on norms' gains and biases.
+* learning rate: a linear warm-up from lr / warmup to lr over the first `warmup` steps, then a
+  cosine decay to min_lr at the last step (`lr_at`).
+* gradient clipping: the global L2 norm of all gradients is scaled down to at most grad_clip.
+* validation: the mean loss on `eval_batches` fixed validation batches (drawn once, so the curve
+  moves only because the model does), before the first step, every `eval_every` steps and after
+  the last.
+* a `tqdm.auto` progress bar (a widget in JupyterLab, text in a terminal) with the latest losses.
+
+On the CPU a run is deterministic: the same model, data and seed give bit-identical losses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
+
+__all__ = [
+    "TrainHistory",
+    "batches",
+    "lm_loss",
+    "lr_at",
+    "token_loss",
+    "train",
+]
+
+IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _require_ids(fn: str, name: str, ids: object, layout: str, rank: int) -> torch.Tensor:
+    require_tensor(fn, name, ids)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.dim() != rank:
+        raise ShapeError(f"{fn}: {name} must be an integer tensor of shape {layout}; got "
+                         f"{fmt_shape(ids.shape)} of dtype {ids.dtype}")
+    return ids
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), position by position, no shift.
+
+    Positions whose target is ignore_index count neither in the sum nor in the mean; if every
+    position is ignored the loss is NaN (0 / 0), as in torch.nn.functional.cross_entropy.
+    """
+    fn = "token_loss"
+    require_float(fn, "logits", logits, "(B, T, V)")
+    _require_ids(fn, "targets", targets, "(B, T)", 2)
+    if tuple(targets.shape) != tuple(logits.shape[:2]):
+        raise ShapeError(f"{fn}: targets must have shape (B, T) = {fmt_shape(logits.shape[:2])} as in logits "
+                         f"{fmt_shape(logits.shape)} = (B, T, V); got {fmt_shape(targets.shape)}")
+    V = logits.shape[-1]
+    keep = targets != ignore_index  # (B, T) bool
+    bad = keep & ((targets < 0) | (targets >= V))
+    if bad.any():
+        raise ValueError(f"{fn}: targets must lie in 0..V-1 = 0..{V - 1} or equal ignore_index = {ignore_index}; "
+                         f"got {int(targets[bad][0])}")
+    safe = torch.where(keep, targets, torch.zeros_like(targets))  # (B, T): any valid id where ignored
+    log_z = torch.logsumexp(logits, dim=-1)  # (B, T)
+    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T): z[b, t, target]
+    nll = (log_z - picked) * keep  # (B, T): -log p(target), 0 where ignored
+    return nll.sum() / keep.sum()  # scalar
+
+
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Next-token loss: logits (B, T, V) at position t scored against ids[:, t + 1]; a scalar.
+
+    The shift by one: predictions logits[:, :-1] (B, T-1, V), targets ids[:, 1:] (B, T-1).
+    """
+    fn = "lm_loss"
+    require_float(fn, "logits", logits, "(B, T, V)")
+    _require_ids(fn, "ids", ids, "(B, T)", 2)
+    if tuple(ids.shape) != tuple(logits.shape[:2]):
+        raise ShapeError(f"{fn}: ids must have shape (B, T) = {fmt_shape(logits.shape[:2])} as in logits "
+                         f"{fmt_shape(logits.shape)} = (B, T, V): the ids the model read; got {fmt_shape(ids.shape)}")
+    if ids.shape[1] < 2:
+        raise ShapeError(f"{fn}: a next-token loss needs T >= 2 tokens (T - 1 predictions); got ids "
+                         f"{fmt_shape(ids.shape)}")
+    return token_loss(logits[:, :-1], ids[:, 1:], ignore_index)  # (B, T-1, V) vs (B, T-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and schedule
+# ---------------------------------------------------------------------------------------------
+
+
+def batches(ids: torch.Tensor, batch_size: int, block_size: int,
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """B random windows of a 1-D id tensor: x (B, T) and the next tokens y (B, T), y[:, t] = x's next.
+
+    Window starts are uniform over 0 .. len(ids) - T - 1 (drawn on the CPU with `generator`), so
+    every window has its T + 1 tokens inside ids. x and y live on ids' device.
+    """
+    fn = "batches"
+    _require_ids(fn, "ids", ids, "(N,)", 1)
+    require_positive_int(fn, "batch_size", batch_size)
+    require_positive_int(fn, "block_size", block_size)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{fn}: generator must be a torch.Generator (seeded: torch.Generator().manual_seed(0)); "
+                        f"got {type(generator).__name__}")
+    N = ids.shape[0]
+    if N < block_size + 1:
+        raise ShapeError(f"{fn}: ids has {N} tokens, too few for one window of block_size + 1 = "
+                         f"{block_size + 1} (T inputs and the token after the last)")
+    starts = torch.randint(0, N - block_size, (batch_size,), generator=generator,
+                           device=generator.device)  # (B,)
+    idx = starts.to(ids.device)[:, None] + torch.arange(block_size, device=ids.device)  # (B, T)
+    return ids[idx], ids[idx + 1]  # (B, T), (B, T)
+
+
+def lr_at(step: int, *, lr: float, steps: int, warmup: int, min_lr: float) -> float:
+    """The learning rate of step `step` (0-based) of `steps`: warm-up, then cosine decay.
+
+        step < warmup:   lr * (step + 1) / warmup                       linear, reaches lr at warmup - 1
+        otherwise:       min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2,  p = (step + 1 - warmup) / (steps - warmup)
+
+    so the last step (steps - 1) runs at min_lr.
+    """
+    if not 0 <= step < steps:
+        raise ValueError(f"lr_at: step must lie in 0..steps-1 = 0..{steps - 1}; got {step}")
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step + 1 - warmup) / (steps - warmup)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+# ---------------------------------------------------------------------------------------------
+# The history of a run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainHistory:
+    """What a run of `train` measured.
+
+    steps[i], train_loss[i], lr[i], grad_norm[i]: update number (1-based), the loss of its batch
+    (before the update), its learning rate and its gradient norm before clipping.
+    val_steps[j], val_loss[j]: updates done when validated (0 = the untrained model), mean loss.
+    tokens_per_s: training tokens (steps * B * T) per second of training (validation excluded);
+    seconds: wall time of the whole run.
+    """
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    tokens_per_s: float = float("nan")
+    seconds: float = float("nan")
+    grad_norm: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+    def plot(self, ax=None, baselines: dict[str, float] | None = None, title: str | None = None):
+        """Train loss (per step, faint, with a running mean) and validation loss on one Axes.
+
+        baselines: {name: loss} drawn as dashed horizontal lines (e.g. unigram and bigram losses,
+        or a known entropy rate). Returns the Axes.
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(7, 4))
+        if self.steps:
+            ax.plot(self.steps, self.train_loss, color="tab:blue", alpha=0.25, lw=0.8)
+            window = max(1, len(self.steps) // 25)
+            smooth = torch.tensor(self.train_loss, dtype=torch.float64)  # (steps,)
+            kernel = torch.ones(window, dtype=torch.float64) / window  # (window,)
+            run = torch.nn.functional.conv1d(smooth[None, None], kernel[None, None])[0, 0]  # (steps - window + 1,)
+            ax.plot(self.steps[window - 1:], run.tolist(), color="tab:blue",
+                    label=f"train (running mean of {window})" if window > 1 else "train")
+        if self.val_steps:
+            ax.plot(self.val_steps, self.val_loss, "o-", color="tab:orange", ms=4, label="validation")
+        styles = ["--", ":", "-.", (0, (5, 1))]
+        for i, (name, value) in enumerate((baselines or {}).items()):
+            ax.axhline(value, color="gray", ls=styles[i % len(styles)], lw=1, label=f"{name} {value:.3f}")
+        ax.set_xlabel("update step")
+        ax.set_ylabel("loss (nats per token)")
+        ax.set_title(title or "Training and validation loss")
+        ax.legend()
+        return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on tensors with 2+ dims (matrices, embeddings), none on gains and biases.
+    A tied tensor (embedding = LM head) appears once: model.named_parameters() skips repeats."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    was_training = model.training
+    model.eval()
+    total = sum(token_loss(model(x), y).item() for x, y in val_set) / len(val_set)
+    model.train(was_training)
+    return total
+
+
+def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, steps: int, batch_size: int,
+          block_size: int, lr: float = 3e-3, warmup: int | None = None, min_lr: float | None = None,
+          weight_decay: float = 0.1, grad_clip: float | None = 1.0, eval_every: int | None = None,
+          eval_batches: int = 8, seed: int = 0, progress: bool = True, device: torch.device | str | None = None,
+          betas: tuple[float, float] = (0.9, 0.95)) -> TrainHistory:
+    """Train `model` (ids (B, T) int64 -> logits (B, T, V)) for `steps` AdamW updates; the history.
+
+    warmup: steps of linear warm-up (None: 10 % of steps); min_lr: the learning rate at the last
+    step (None: lr / 10); grad_clip: max global gradient norm (None or 0: no clipping);
+    eval_every: validate every so many steps (None: 10 times per run), always at 0 and at the end;
+    eval_batches: validation batches of batch_size windows, drawn once; seed: the batch sampler's
+    seed (the model's initialization is the caller's); device: where to train (None: where the
+    model's parameters are). The model is trained in place and left in its original train/eval mode.
+    """
+    fn = "train"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module; got {type(model).__name__}")
+    _require_ids(fn, "train_ids", train_ids, "(N,)", 1)
+    _require_ids(fn, "val_ids", val_ids, "(N,)", 1)
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
+                        ("eval_batches", eval_batches)):
+        require_positive_int(fn, name, value)
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < steps:
+        raise ValueError(f"{fn}: warmup must be an int in 0..steps-1 = 0..{steps - 1}; got {warmup!r}")
+    min_lr = lr / 10 if min_lr is None else min_lr
+    if not (lr > 0 and 0 <= min_lr <= lr):
+        raise ValueError(f"{fn}: need lr > 0 and 0 <= min_lr <= lr; got lr={lr!r}, min_lr={min_lr!r}")
+    eval_every = max(1, steps // 10) if eval_every is None else eval_every
+    require_positive_int(fn, "eval_every", eval_every)
+    max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if max_len is not None and block_size > max_len and getattr(model.config, "positions", "") == "learned":
+        raise ShapeError(f"{fn}: block_size = {block_size} exceeds the model's learned position table "
+                         f"(max_seq_len = {max_len} rows)")
+
+    params = list(model.parameters())
+    if device is None:
+        device = params[0].device if params else torch.device("cpu")
+    device = torch.device(device)
+    model.to(device)
+    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
+
+    gen = torch.Generator().manual_seed(seed)  # training batches
+    val_gen = torch.Generator().manual_seed(seed + 1_000_003)  # the fixed validation batches
+    val_set = [batches(val_ids, batch_size, block_size, val_gen) for _ in range(eval_batches)]
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=betas,
+                                  foreach=False)  # one loop order on every machine
+
+    history = TrainHistory()
+    was_training = model.training
+    start = time.perf_counter()
+    history.val_steps.append(0)
+    history.val_loss.append(_evaluate(model, val_set))
+    train_seconds = 0.0
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(1, steps + 1), desc="training", disable=not progress, leave=True)
+    model.train()
+    for step in bar:
+        t0 = time.perf_counter()
+        rate = lr_at(step - 1, lr=lr, steps=steps, warmup=warmup, min_lr=min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        x, y = batches(train_ids, batch_size, block_size, gen)  # (B, T), (B, T)
+        loss = token_loss(model(x), y)  # scalar: logits (B, T, V) vs y (B, T)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
+                                                         if p.grad is not None]))
+        optimizer.step()
+        value = loss.item()  # waits for the step to finish on a GPU
+        train_seconds += time.perf_counter() - t0
+        if not math.isfinite(value):
+            bar.close()
+            model.train(was_training)
+            raise FloatingPointError(f"{fn}: the training loss became {value} at step {step}; lower lr "
+                                     f"(now {rate:.3g}) or keep grad_clip on")
+        history.steps.append(step)
+        history.train_loss.append(value)
+        history.lr.append(rate)
+        history.grad_norm.append(float(norm))
+        if step % eval_every == 0 or step == steps:
+            history.val_steps.append(step)
+            history.val_loss.append(_evaluate(model, val_set))
+            bar.set_postfix(loss=f"{value:.3f}", val=f"{history.val_loss[-1]:.3f}", lr=f"{rate:.2e}")
+    bar.close()
+    model.train(was_training)
+    history.tokens = steps * batch_size * block_size
+    history.tokens_per_s = history.tokens / train_seconds if train_seconds > 0 else float("inf")
+    history.seconds = time.perf_counter() - start
+    return history
