@@ -749,7 +749,7 @@ print(f"true model's average loss on the sample: {true_model_loss:.2f}")
 
 # %% id="roadmap-refusal"
 # NBVAL_CHECK_OUTPUT
-for field, value in [("positions", "rope"), ("ffn", "moe")]:
+for field, value in [("positions", "rope"), ("positions", "alibi")]:
     try:
         ModelConfig(vocab_size=10, **{field: value})
     except ValueError as error:
