@@ -48,10 +48,23 @@ import torch
 from torch import nn
 
 from .attention import attention_scores, causal_mask, masked_softmax, scaled_dot_product_attention
-from .ffn import FeedForward, SwiGLUFFN, ffn_param_count
-from .ffn import MoEFFN, load_balancing_loss, moe_param_count, top_k_route  # chapter 05
-from .heads import _require_heads, attention_param_count, merge_heads, repeat_kv, split_heads
-from .heads import _require_weight  # chapter 05
+from .ffn import (
+    FeedForward,
+    MoEFFN,  # chapter 05
+    SwiGLUFFN,
+    ffn_param_count,
+    load_balancing_loss,  # chapter 05
+    moe_param_count,  # chapter 05
+    top_k_route,  # chapter 05
+)
+from .heads import (
+    _require_heads,
+    _require_weight,  # chapter 05
+    attention_param_count,
+    merge_heads,
+    repeat_kv,
+    split_heads,
+)
 from .norms import LayerNorm, RMSNorm, post_ln_block, pre_ln_block
 from .shapes import ShapeError, fmt_shape, require_float, require_same_dtype, require_tensor
 

@@ -69,7 +69,7 @@ from helpers.blocks import (
     moe_balance_loss,
 )
 from helpers.ffn import token_influence
-from helpers.plots import attention_heatmap, mask_grid
+from helpers.plots import mask_grid
 
 helpers.seed_everything(0)
 device = helpers.get_device()

@@ -44,8 +44,6 @@
 # checks and scores no points. Run the next cell first.
 
 # %% id="setup"
-import math
-
 import torch
 
 import helpers
