@@ -39,9 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
+# First, so that nbformat (imported by jupytext) starts without its slow optional import.
+from helpers.grading.fastimport import nbgrader_command
+
+# isort: split
 import jupytext
 import nbformat
-import tomllib
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +200,11 @@ def helper_dependencies(nb: nbformat.NotebookNode) -> list[Path]:
 
 
 def _pins() -> list[str]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    """The `dependencies = [...]` entries of pyproject.toml (the course's one list of pins)."""
+    block = re.search(r"^dependencies = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
+    if block is None:
+        raise BuildError("pyproject.toml has no `dependencies = [...]` list")
+    return re.findall(r'^\s*"([^"]+)"', block.group(1), re.M)
 
 
 def dependency_record(nb: nbformat.NotebookNode) -> dict[str, object]:
@@ -259,7 +266,7 @@ def nbgrader_env() -> dict[str, str]:
 def generate_exercise(chapter: str, course: Path) -> Path:
     """Run `nbgrader generate_assignment` in `course` (a folder with nbgrader_config.py)."""
     run = subprocess.run(
-        [sys.executable, "-m", "nbgrader", "generate_assignment", chapter, "--force", "--no-db"],
+        nbgrader_command("generate_assignment", chapter, "--force", "--no-db"),
         cwd=course, env=nbgrader_env(), capture_output=True, text=True,
     )
     if run.returncode != 0:
