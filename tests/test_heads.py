@@ -296,7 +296,7 @@ def test_kv_cache_matches_a_real_cache_tensor_and_published_sizes():
     n_layers, n_kv_heads, d_head, T = 3, 2, 5, 7
     cache = torch.empty(n_layers, 2, n_kv_heads, T, d_head, device="meta")  # (layers, K/V, H_kv, T, d_head)
     assert kv_cache_elements_per_token(n_layers, n_kv_heads, d_head) * T == cache.numel()
-    # COURSE.md's chapter 07 example: 32 layers, 32 KV heads, d_head 128, fp16, 4096 tokens = 2 GiB
+    # The course's chapter 07 example: 32 layers, 32 KV heads, d_head 128, fp16, 4096 tokens = 2 GiB
     assert kv_cache_elements_per_token(32, 32, 128) * 4096 * 2 == 2 * 2**30
     assert kv_cache_elements_per_token(32, 32, 128) // kv_cache_elements_per_token(32, 8, 128) == 4
 
