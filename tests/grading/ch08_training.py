@@ -24,7 +24,13 @@ STUDENTS = {
         {"ex1-answer": replace("torch.log_softmax(preds, dim=-1)", "torch.log_softmax(preds.softmax(-1), dim=-1)")},
         {"ex1"}, _msg(checks.LM_LOSS_MISTAKES, "softmax_twice")),
     "all_mask_token": Submission(
-        {"ex2-answer": replace("selected & (r < 0.8)", "selected")},
+        {"ex2-answer": put("def mlm_mask(ids, mask_id, vocab_size, generator):\n"
+                           "    u = torch.rand(ids.shape, generator=generator)\n"
+                           "    torch.rand(ids.shape, generator=generator)\n"
+                           "    torch.randint(0, vocab_size, ids.shape, generator=generator)\n"
+                           "    selected = u < 0.15\n"
+                           "    inputs = torch.where(selected, torch.full_like(ids, mask_id), ids)\n"
+                           "    return inputs, torch.where(selected, ids, torch.full_like(ids, -100))\n")},
         {"ex2"}, _msg(checks.MLM_MISTAKES, "all_mask_token")),
     "labels_everywhere": Submission(
         {"ex2-answer": replace("labels = torch.where(selected, ids, torch.full_like(ids, -100))", "labels = ids.clone()")},
