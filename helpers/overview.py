@@ -19,6 +19,7 @@ The shape map of one decoder block (d_head = d_model / H):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -32,6 +33,7 @@ from .shapes import ShapeError, fmt_shape, require_float, require_positive_int
 
 __all__ = [
     "AddPositions",
+    "OrderSensitiveRounding",
     "SHAPE_MAP",
     "budget_table",
     "is_permutation_equivariant",
@@ -172,6 +174,30 @@ def is_permutation_equivariant(f: Callable[[torch.Tensor], torch.Tensor], x: tor
         raise ShapeError(f"{fn}: f must map (B, T, d) = {fmt_shape(x.shape)} to (B, T, d_out); got "
                          f"{fmt_shape(out.shape)}")
     return bool(torch.allclose(out_of_permuted, out[:, perm], atol=atol, rtol=rtol))
+
+
+class OrderSensitiveRounding(nn.Module):
+    """A token-wise map (so permutation equivariant) that rounds like a reordered reduction.
+
+    x (B, T, d) -> 2 x (B, T, d), one unit in the last place higher when the tokens are not those of
+    `original` in their original order.
+
+    Whether f(x[:, perm]) and f(x)[:, perm] are bit-identical for a real block depends on the CPU:
+    one kernel sums in the same order for both, another blocks the matrix differently after the
+    permutation. This trap makes the difference certain on every machine: given its tokens in any
+    order but the original one, every output moves by one unit in the last place, as a reordered
+    sum's would. So an exact comparison always says False here, and a tolerance says True.
+    """
+
+    def __init__(self, original: torch.Tensor) -> None:
+        super().__init__()
+        self.original = original
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = 2 * x  # (B, T, d): token-wise and exact
+        if x.shape != self.original.shape or not torch.equal(x, self.original.to(x.device, x.dtype)):
+            out = torch.nextafter(out, torch.full_like(out, math.inf))  # one ulp up: another summation order
+        return out
 
 
 class AddPositions(nn.Module):

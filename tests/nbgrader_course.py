@@ -20,6 +20,7 @@ from typing import Callable, Collection, Mapping
 import nbformat
 from nbgrader.api import Gradebook, MissingEntry
 
+from helpers.grading.fastimport import nbgrader_command
 from tools.build import ROOT, nbgrader_env
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -51,7 +52,7 @@ class Course:
         shutil.copytree(ROOT / "solutions", folder / "solutions")
 
     def nbgrader(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=self.root, env=nbgrader_env(),
+        return subprocess.run(nbgrader_command(*args), cwd=self.root, env=nbgrader_env(),
                               capture_output=True, text=True)
 
     def release(self, assignment: str) -> nbformat.NotebookNode:

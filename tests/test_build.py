@@ -62,3 +62,33 @@ def test_theory_notebook_is_executed_with_outputs(chapter):
     assert any(c.source.startswith("# NBVAL_CHECK_OUTPUT") for c in code)
     errors = [o for c in code for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_executed_notebooks_record_the_helpers_they_import():
+    """The record follows imports through helpers' own modules: chapter 00 imports helpers.overview,
+    which imports helpers.blocks, which imports chapter 01-04's modules."""
+    from tools.build import DEPENDS_KEY, dependency_record
+
+    nb = nbformat.read(str(ROOT / "notebooks" / "00_overview.ipynb"), as_version=4)
+    record = dependency_record(nb)
+    assert {"helpers/__init__.py", "helpers/overview.py", "helpers/blocks.py", "helpers/attention.py",
+            "helpers/norms.py"} <= set(record["helpers"])
+    assert "helpers/checks/core.py" not in record["helpers"]  # theory notebooks run no checks
+    for chapter in chapters():
+        executed = nbformat.read(str(ROOT / "notebooks" / f"{chapter}.ipynb"), as_version=4)
+        assert executed.metadata[DEPENDS_KEY]["helpers"] == dependency_record(executed)["helpers"], chapter
+
+
+def test_a_changed_helper_or_pin_makes_the_executed_notebook_stale():
+    from tools.build import DEPENDS_KEY, _dependencies_changed, dependency_record
+
+    nb = nbformat.read(str(ROOT / "notebooks" / "01_attention.ipynb"), as_version=4)
+    nb.metadata[DEPENDS_KEY] = dependency_record(nb)
+    assert _dependencies_changed(nb) is None
+    nb.metadata[DEPENDS_KEY] = {**dependency_record(nb), "helpers_sha256": "0" * 64}
+    assert "a helpers module it imports changed" in _dependencies_changed(nb)
+    assert "helpers/attention.py" in _dependencies_changed(nb)
+    nb.metadata[DEPENDS_KEY] = {**dependency_record(nb), "pins_sha256": "0" * 64}
+    assert "pinned dependencies" in _dependencies_changed(nb)
+    del nb.metadata[DEPENDS_KEY]
+    assert "records no dependencies" in _dependencies_changed(nb)

@@ -55,15 +55,22 @@ def test_chapter_catalogue_covers_the_issue_list():
     assert any("biases forgotten" in message for _, message in checks._COUNT_MISTAKES["gpt2_mlp"])
 
 
-def test_the_softmax_then_renormalise_convention_is_accepted():
+def test_the_softmax_then_renormalise_convention_is_accepted(capsys):
     """Some models take a softmax over all experts, then top-k, then renormalise: the same numbers."""
     def renormalised(router_logits, k):
         probs = torch.softmax(router_logits, dim=-1)
         top, idx = probs.topk(k, dim=-1)
         return top / top.sum(dim=-1, keepdim=True), idx
 
-    checks.check_top_k_route(renormalised)
+    checks.check_top_k_route(renormalised)  # raises CheckFailed if the convention were refused
     checks.check_top_k_route(renormalised, **HIDDEN["top_k_route"])
+    assert capsys.readouterr().out.count("✓ top_k_route") == 2
+    # ... and without the renormalisation the same answer is refused, naming the mistake
+    def not_renormalised(router_logits, k):
+        return torch.softmax(router_logits, dim=-1).topk(k, dim=-1)
+
+    with pytest.raises(CheckFailed, match="sum to less than 1; take the softmax over the k chosen logits"):
+        checks.check_top_k_route(not_renormalised)
 
 
 def test_moe_answer_may_use_the_reference_router_and_a_dense_loop(capsys):

@@ -32,6 +32,7 @@ from helpers.ffn import (
     token_influence,
     top_k_route,
 )
+from helpers.numerics import assert_close, close
 from helpers.shapes import ShapeError
 
 DTYPES = [torch.float32, torch.float64]
@@ -162,14 +163,15 @@ def test_ffn_is_token_independent_and_permutation_equivariant():
     x = randn(2, 7, 6, seed=11)
     out = feed_forward(x, w1, b1, w2, b2)
     perm = torch.randperm(7, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(feed_forward(x[:, perm], w1, b1, w2, b2), out[:, perm], rtol=0, atol=0)
+    # Equal up to rounding only: permuted rows may be blocked differently inside the matrix multiply.
+    assert_close(feed_forward(x[:, perm], w1, b1, w2, b2), out[:, perm], n=24)
     for j in range(7):
         x2 = x.clone()
         x2[:, j] += 3.0
         out2 = feed_forward(x2, w1, b1, w2, b2)
         others = [i for i in range(7) if i != j]
-        assert torch.equal(out2[:, others], out[:, others])
-        assert not torch.equal(out2[:, j], out[:, j])
+        assert close(out2[:, others], out[:, others], n=24)
+        assert not close(out2[:, j], out[:, j], n=24)
 
 
 def test_token_influence_is_diagonal_for_ffn_and_full_for_attention():

@@ -21,6 +21,7 @@ from helpers.norms import (
     residual_norms,
     rms_norm,
 )
+from helpers.numerics import close
 from helpers.shapes import ShapeError
 
 DTYPES = [torch.float32, torch.float64]
@@ -198,17 +199,17 @@ def test_scale_invariance_can_fail():
 
 
 def test_each_token_is_normalized_by_its_own_statistics():
-    """Changing other tokens (in the batch or the sequence) leaves a token's output bit-identical."""
+    """Changing other tokens (in the batch or the sequence) leaves a token's output unchanged."""
     x = randn(3, 6, 8, dtype=torch.float64)
     gamma, beta = params(8, torch.float64)
     x2 = x.clone()
     x2[1:] *= 7.0  # the other sequences of the batch
     x2[0, 1:] += 3.0  # the other tokens of sequence 0
     for norm in (lambda t: layer_norm(t, gamma, beta), lambda t: rms_norm(t, gamma)):
-        assert torch.equal(norm(x)[0, 0], norm(x2)[0, 0])
+        assert close(norm(x)[0, 0], norm(x2)[0, 0], n=8)
     # a batch-axis "norm" fails the same test
     over_batch = lambda t: (t - t.mean(0)) / t.var(0, correction=0).add(1e-5).sqrt()
-    assert not torch.equal(over_batch(x)[0, 0], over_batch(x2)[0, 0])
+    assert not close(over_batch(x)[0, 0], over_batch(x2)[0, 0], n=8)
 
 
 def test_batch_of_one():

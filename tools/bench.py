@@ -26,6 +26,7 @@ import torch
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from helpers.grading.fastimport import nbgrader_command  # noqa: E402
 from tools.build import ROOT, chapters, nbgrader_env  # noqa: E402
 
 BUDGET = {"08_training": 120}  # seconds; every other notebook: 30
@@ -46,7 +47,7 @@ def autograde_seconds(chapter: str) -> tuple[float, float]:
         course = Path(tmp)
         shutil.copy(ROOT / "nbgrader_config.py", course)
         shutil.copytree(ROOT / "solutions" / chapter, course / "solutions" / chapter)
-        run = lambda *args: subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course,  # noqa: E731
+        run = lambda *args: subprocess.run(nbgrader_command(*args), cwd=course,  # noqa: E731
                                            env=nbgrader_env(), capture_output=True, text=True, check=True)
         run("generate_assignment", chapter, "--force")
         submitted = course / "submitted" / "bench" / chapter

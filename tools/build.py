@@ -17,12 +17,19 @@ Cell headers in the sources carry what the notebooks need:
     # %% [markdown] id="ex9" kind="manual" points=3    nbgrader: manually graded written answer
 Every other cell of a solution notebook becomes a locked read-only cell.
 A theory notebook is executed only when its cells changed (or with --execute).
+
+An executed theory notebook records what its outputs depended on (notebook metadata
+"transformer_internals"): a hash of every `helpers` module it imports, directly or through other
+helpers modules, and a hash of the pinned dependencies in pyproject.toml. `--check` reports the
+notebook stale when either changed, and a build re-executes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import filecmp
+import hashlib
 import os
 import re
 import shutil
@@ -32,6 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# First, so that nbformat (imported by jupytext) starts without its slow optional import.
+from helpers.grading.fastimport import nbgrader_command
+
+# isort: split
 import jupytext
 import nbformat
 from nbclient import NotebookClient
@@ -127,6 +138,100 @@ def _cells_signature(nb: nbformat.NotebookNode) -> list[tuple]:
     return [(c.id, c.cell_type, c.source, dict(c.metadata)) for c in nb.cells]
 
 
+# ---------------------------------------------------------------------------------------------
+# What an executed notebook depended on
+# ---------------------------------------------------------------------------------------------
+
+DEPENDS_KEY = "transformer_internals"
+
+
+def _imported_modules(code: str, package: str | None = None) -> set[str]:
+    """Absolute names of the modules `code` imports (relative imports resolved against `package`)."""
+    lines = [line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and package:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)  # `from helpers import plots`
+    return names
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    if parts[0] != "helpers":
+        return None
+    base = ROOT.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def helper_dependencies(nb: nbformat.NotebookNode) -> list[Path]:
+    """Every helpers module a notebook's code imports, followed through the modules' own imports."""
+    todo = {"helpers"}  # importing any submodule runs the package's __init__
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            todo |= _imported_modules(cell.source)
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if path is None or name in seen:
+            continue
+        seen[name] = path
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        todo |= _imported_modules(path.read_text(), package)
+        parent = name.rpartition(".")[0]
+        if parent:
+            todo.add(parent)
+    return sorted(set(seen.values()))
+
+
+def _pins() -> list[str]:
+    """The `dependencies = [...]` entries of pyproject.toml (the course's one list of pins)."""
+    block = re.search(r"^dependencies = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
+    if block is None:
+        raise BuildError("pyproject.toml has no `dependencies = [...]` list")
+    return re.findall(r'^\s*"([^"]+)"', block.group(1), re.M)
+
+
+def dependency_record(nb: nbformat.NotebookNode) -> dict[str, object]:
+    files = helper_dependencies(nb)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return {
+        "helpers": [path.relative_to(ROOT).as_posix() for path in files],
+        "helpers_sha256": digest.hexdigest(),
+        "pins_sha256": hashlib.sha256("\n".join(_pins()).encode()).hexdigest(),
+    }
+
+
+def _dependencies_changed(nb: nbformat.NotebookNode) -> str | None:
+    """None if the recorded dependencies are today's, else what changed."""
+    recorded = nb.metadata.get(DEPENDS_KEY)
+    if not recorded:
+        return "it records no dependencies"
+    now = dependency_record(nb)
+    if recorded.get("pins_sha256") != now["pins_sha256"]:
+        return "the pinned dependencies in pyproject.toml changed since it was executed"
+    if recorded.get("helpers_sha256") != now["helpers_sha256"]:
+        return f"a helpers module it imports changed since it was executed ({', '.join(now['helpers'])})"
+    return None
+
+
 def _write(nb: nbformat.NotebookNode, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
@@ -147,7 +252,8 @@ def execute(nb: nbformat.NotebookNode, cwd: Path) -> None:
     client = NotebookClient(nb, timeout=THEORY_TIMEOUT, kernel_name="python3", record_timing=False, coalesce_streams=True,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute()
-    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"},
+                   DEPENDS_KEY: dependency_record(nb)}
 
 
 def nbgrader_env() -> dict[str, str]:
@@ -160,7 +266,7 @@ def nbgrader_env() -> dict[str, str]:
 def generate_exercise(chapter: str, course: Path) -> Path:
     """Run `nbgrader generate_assignment` in `course` (a folder with nbgrader_config.py)."""
     run = subprocess.run(
-        [sys.executable, "-m", "nbgrader", "generate_assignment", chapter, "--force", "--no-db"],
+        nbgrader_command("generate_assignment", chapter, "--force", "--no-db"),
         cwd=course, env=nbgrader_env(), capture_output=True, text=True,
     )
     if run.returncode != 0:
@@ -180,7 +286,7 @@ def build(chapter: str, *, force_execute: bool = False, only: str | None = None)
         nb = notebook_from_source(theory_src, graded=False)
         current = nbformat.read(str(target), as_version=4) if target.exists() else None
         if force_execute or current is None or _cells_signature(current) != _cells_signature(nb) \
-                or not _is_executed(current):
+                or not _is_executed(current) or _dependencies_changed(current):
             start = time.perf_counter()
             execute(nb, target.parent)
             _write(nb, target)
@@ -226,6 +332,8 @@ def check(chapter: str) -> list[str]:
                 problems.append(f"notebooks/{chapter}.ipynb is stale: run python tools/build.py {chapter}")
             elif not _is_executed(current):
                 problems.append(f"notebooks/{chapter}.ipynb is not executed: run python tools/build.py --execute {chapter}")
+            elif (why := _dependencies_changed(current)):
+                problems.append(f"notebooks/{chapter}.ipynb is stale: {why}; run python tools/build.py {chapter}")
     return problems
 
 

@@ -592,9 +592,10 @@ PERMUTATION_MISTAKES = (
             "f(x)",
             _equivariance_test(output="unpermuted")),
     Mistake("exact_equality",
-            "your test says False for a block without positions or mask: its outputs agree only up to "
-            "floating-point rounding (the sums run in another order); compare with a tolerance, "
-            "torch.allclose(a, b, atol=1e-5), not torch.equal or ==",
+            "your test says False for a function that is permutation equivariant up to floating-point "
+            "rounding (a token-wise map whose last bits depend on the order its tokens arrive in, as a "
+            "matrix multiply's do on some CPUs); compare with a tolerance, torch.allclose(a, b, atol=1e-5), "
+            "not torch.equal or ==",
             _equivariance_test(compare="equal")),
     Mistake("loose_tolerance",
             "your test says True for a function that adds 0.01 * t to token t: the tolerance is so loose "
@@ -630,6 +631,9 @@ def _permutation_cases(seed: int, dtype: torch.dtype, B: int, T: int, d: int, H:
         (ffn, x(), True, "a position-wise FFN"),
         (ramp, x(), False, "a function that adds 0.01 * t to token t"),
         (nn.GELU(), x(), True, "an element-wise GELU"),
+        (nn.ReLU(), x(), True, "an element-wise ReLU (no rounding at all)"),
+        (ref.OrderSensitiveRounding(rounding := x()), rounding, True,
+         "a token-wise function whose last bits depend on the order of its tokens"),
     ]
 
 

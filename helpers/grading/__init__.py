@@ -9,3 +9,7 @@
 sentences back, `scan.py` reads answer cells for forbidden code, `learner.py` and `classroom.py`
 are the two commands.
 """
+
+from .fastimport import skip_slow_optional_imports
+
+skip_slow_optional_imports()  # before any grading module imports nbgrader (see fastimport.py)

@@ -41,6 +41,7 @@ from .course import (
     find_course,
     nbgrader_api,
 )
+from .fastimport import nbgrader_command
 from .results import by_exercise, read_cells
 from .sandbox import lock_down, sandbox_problem
 from .scan import Finding, scan_class, submitted_notebooks, write_csv
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         api = nbgrader_api(course)
         ensure_released(api, course, assignment)
         if args.zip_collect:
-            run = subprocess.run([sys.executable, "-m", "nbgrader", "zip_collect", assignment.name, "--force"],
+            run = subprocess.run(nbgrader_command("zip_collect", assignment.name, "--force"),
                                  cwd=course, capture_output=True, text=True, check=False)
             if run.returncode:
                 raise GradingError(f"nbgrader zip_collect failed:\n{run.stderr[-2000:]}")
