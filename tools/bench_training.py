@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {load:.1f}, {platform.machine()}")
     baseline = statistics.median(rates[names[-1]])
-    print(f"\n| model | parameters | tokens/s (median) | min..max | vs MiniGPT |\n|---|---|---|---|---|")
+    print("\n| model | parameters | tokens/s (median) | min..max | vs MiniGPT |\n|---|---|---|---|---|")
     for name in names:
         median = statistics.median(rates[name])
         print(f"| {name} | {param_count(models[name]):,} | {median:,.0f} | {min(rates[name]):,.0f}.."
