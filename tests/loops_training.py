@@ -52,6 +52,15 @@ def teacher_forcing_inputs(targets, bos_id):
     return inputs
 
 
+def padding_labels(ids, attention_mask):
+    labels = ids.clone()
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            if not attention_mask[b, t]:
+                labels[b, t] = -100
+    return labels
+
+
 def tie_weights(model):
     model.lm_head.weight = model.tok_emb.weight
 

@@ -17,6 +17,7 @@ CHECKS = {
     "mlm_mask": checks.check_mlm_mask,
     "teacher_forcing_inputs": checks.check_teacher_forcing_inputs,
     "tie_weights": checks.check_tie_weights,
+    "padding_labels": checks.check_padding_labels,
 }
 
 # The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
@@ -25,6 +26,7 @@ HIDDEN = {
     "mlm_mask": {"seed": 7, "B": 3, "T": 41, "V": 17},
     "teacher_forcing_inputs": {"seed": 5, "B": 2, "T": 9, "V": 7},
     "tie_weights": {"seed": 3, "V": 29, "d_model": 8},
+    "padding_labels": {"seed": 5, "B": 4, "T": 11, "V": 7},
 }
 
 
@@ -78,7 +80,8 @@ def test_other_correct_answers_pass(variant, capsys):
     checks.check_teacher_forcing_inputs(lambda y, bos: F.pad(y, (1, 0), value=bos)[:, :-1],
                                         **kw("teacher_forcing_inputs"))
     checks.check_tie_weights(tie_the_other_way, **kw("tie_weights"))
-    assert capsys.readouterr().out.count("✓") == 4
+    checks.check_padding_labels(lambda ids, mask: torch.where(mask, ids, -100), **kw("padding_labels"))
+    assert capsys.readouterr().out.count("✓") == 5
 
 
 def test_numbers_accept_the_right_values_and_name_the_known_wrong_ones(capsys):

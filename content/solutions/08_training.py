@@ -10,8 +10,8 @@
 # # Chapter 08 exercises: training signals
 #
 # You will write the losses and inputs a transformer is trained with: the next-token loss with its
-# shift by one, BERT's masking for the masked-LM loss, a decoder's teacher-forcing inputs, and weight
-# tying, then answer three counting questions:
+# shift by one, BERT's masking for the masked-LM loss, a decoder's teacher-forcing inputs, weight
+# tying and the labels of a padded batch, and answer three counting questions:
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -20,6 +20,7 @@
 # | 3 | `teacher_forcing_inputs(targets, bos_id)` | 2 |
 # | 4 | `tie_weights(model)`: one matrix for the embedding and the LM head | 3 |
 # | 5 | counting: parameters saved by tying, the loss of a fresh model, random tokens in a batch | 3 |
+# | 6 | `padding_labels(ids, attention_mask)`: a loss mask that agrees with the attention mask | 2 |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -278,11 +279,47 @@ assert int(saved_gpt2) == 38597376 and float(saved_gpt2) == 38597376
 assert abs(float(initial_loss) - 9 * math.log(2)) < 1e-3 and abs(float(random_tokens) - 61.44) < 1e-6
 ### END HIDDEN TESTS
 
+# %% [markdown] id="ex6"
+# ## Exercise 6: labels that agree with the attention mask
+#
+# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points* 2
+#
+# A batch of sequences of different lengths is padded to one length `T`. The **attention mask**
+# `attention_mask` `(B, T)` is `True` where a token is real and `False` at padding. The loss must
+# agree with it: padding is never a target. Write `padding_labels(ids, attention_mask)` returning
+# labels `(B, T)` for your `lm_loss` of exercise 1: the token id where the token is real, `-100`
+# where it is padding. Do **not** shift: `lm_loss` shifts. The check uses right padding (padding
+# after the text) and left padding (before it, as batched generation does).
+#
+# <details><summary>Hint</summary>
+#
+# One call: `ids.masked_fill(~attention_mask, -100)`, or `torch.where(attention_mask, ids, -100)`.
+# </details>
+
+# %% id="ex6-answer" kind="answer"
+def padding_labels(ids, attention_mask):
+    ### BEGIN SOLUTION
+    return ids.masked_fill(~attention_mask, -100)  # (B, T)
+    ### END SOLUTION
+
+
+# %% id="ex6-test" kind="test" points=1
+from helpers.checks.training import check_padding_labels
+
+check_padding_labels(padding_labels)
+
+# %% id="ex6-hidden" kind="test" points=1
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+check_padding_labels(padding_labels, seed=5, B=4, T=11, V=7)
+### END HIDDEN TESTS
+
 # %% [markdown] id="outro"
 # ## Done
 #
 # With every visible test passing you have written the training signals of both model families:
 # the shifted next-token loss of a decoder (GPT), the masked-LM inputs and labels of an encoder
-# (BERT), the teacher-forcing inputs of a decoder that learns a target sequence, and weight tying.
+# (BERT), the teacher-forcing inputs of a decoder that learns a target sequence, weight tying, and
+# labels that agree with the attention mask.
 # The theory notebook trains a model with them. To see all your points, including the hidden
 # tests, grade the whole notebook (see the README's learner section).

@@ -29,6 +29,7 @@ __all__ = [
     "MISTAKES",
     "check_lm_loss",
     "check_mlm_mask",
+    "check_padding_labels",
     "check_teacher_forcing_inputs",
     "check_tie_weights",
     "check_training_numbers",
@@ -211,8 +212,29 @@ TIE_MISTAKES = (
             _tie_new_parameter),
 )
 
+PADDING_LABEL_MISTAKES = (
+    Mistake("inverted",
+            "the mask is read the wrong way round: real tokens got -100 and padding kept its ids; "
+            "attention_mask is True where the token is real, and only padding is ignored",
+            lambda ids, attention_mask: ids.masked_fill(attention_mask, IGNORE)),
+    Mistake("zero_fill",
+            "padding was labelled 0, which is a real token id, so the loss still scores it; use the ignore "
+            "index -100",
+            lambda ids, attention_mask: ids.masked_fill(~attention_mask, 0)),
+    Mistake("padding_kept",
+            "the padding ids are kept as labels, so the loss scores predictions of padding; put -100 where "
+            "attention_mask is False",
+            lambda ids, attention_mask: ids.clone()),
+    Mistake("pre_shifted",
+            "the labels are shifted by one here; lm_loss does the shift itself, so labels stay aligned with "
+            "ids (same positions) and only padding becomes -100",
+            lambda ids, attention_mask: torch.cat([ids.masked_fill(~attention_mask, IGNORE)[:, 1:],
+                                                   torch.full_like(ids[:, :1], IGNORE)], dim=1)),
+)
+
 MISTAKES = {
     "lm_loss": LM_LOSS_MISTAKES,
+    "padding_labels": PADDING_LABEL_MISTAKES,
     "mlm_mask": MLM_MISTAKES,
     "teacher_forcing_inputs": TEACHER_FORCING_MISTAKES,
     "tie_weights": TIE_MISTAKES,
@@ -386,6 +408,26 @@ def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16)
                           f"(V, d_model) = {tuple(emb.shape)} itself")
     raise CheckFailed("tie_weights: model.lm_head.weight is not model.tok_emb.weight; assign the embedding's "
                       "Parameter to the head: model.lm_head.weight = model.tok_emb.weight")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 6: labels that agree with the attention mask
+# ---------------------------------------------------------------------------------------------
+
+
+def check_padding_labels(fn: Any, *, seed: int = 0, B: int = 3, T: int = 8, V: int = 20) -> None:
+    """padding_labels(ids, attention_mask): ids (B, T), attention_mask (B, T) bool -> labels (B, T)."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"B": B, "T": T}
+    lengths = torch.randint(1, T, (B,), generator=gen)
+    lengths[0] = T
+    right = torch.arange(T) < lengths[:, None]  # (B, T): right padding
+    left = torch.arange(T) >= (T - lengths)[:, None]  # (B, T): left padding
+    names = ("ids", "attention_mask")
+    cases = [Case((_ids(gen, B, T, V), right), sizes, names, "right padding"),
+             Case((_ids(gen, B, T, V), left), sizes, names, "left padding")]
+    check_function(fn, name="padding_labels", reference=ref.lm_labels, cases=cases, outputs=("labels",),
+                   mistakes=PADDING_LABEL_MISTAKES, forbidden=_REFERENCE)
 
 
 # ---------------------------------------------------------------------------------------------

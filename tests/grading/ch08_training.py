@@ -42,6 +42,9 @@ STUDENTS = {
     "no_bos": Submission(
         {"ex3-answer": put("def teacher_forcing_inputs(targets, bos_id):\n    return targets.clone()\n")},
         {"ex3"}, _msg(checks.TEACHER_FORCING_MISTAKES, "no_shift")),
+    "padding_labelled_zero": Submission(
+        {"ex6-answer": replace("ids.masked_fill(~attention_mask, -100)", "ids.masked_fill(~attention_mask, 0)")},
+        {"ex6"}, _msg(checks.PADDING_LABEL_MISTAKES, "zero_fill")),
     # Right only for the visible test's V = 11 and 2 cases: hard-coded, the hidden tests catch it.
     "hard_coded_vocab": Submission(
         {"ex1-answer": replace("torch.log_softmax(preds, dim=-1)", "torch.log_softmax(preds[..., :11], dim=-1)")},
