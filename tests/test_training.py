@@ -324,8 +324,9 @@ def test_clipping_changes_the_run_and_norms_are_recorded_before_clipping():
 
 def test_training_reaches_the_entropy_rate_of_a_markov_chain():
     """The oracle: a first-order Markov chain's entropy rate is the lowest loss any model can reach.
-    A one-layer model learns the transition table; its validation loss ends within 0.03 nats of
-    the rate (margin measured about 0.01), far below the unigram entropy (the loss of ignoring context)."""
+    A one-layer model learns the transition table in 250 steps; its validation loss ends within 0.03
+    nats of the rate 1.190 (measured: 1.189, i.e. 0.001 below it, which is the finite validation
+    sample's own noise), far below the unigram entropy 1.740 (the loss of ignoring context)."""
     chain = markov_chain(8, seed=0)
     alphabet = {ch: i for i, ch in enumerate(chain.alphabet)}
     train_ids = torch.tensor([alphabet[c] for c in chain.sample(40_000, seed=1)])
