@@ -21,15 +21,15 @@ from helpers.heads import (
     repeat_kv,
     split_heads,
 )
-from helpers.numerics import assert_close, close
+from helpers.numerics import assert_close, close, tolerances
 from helpers.shapes import ShapeError
 
 DTYPES = [torch.float32, torch.float64]
 
 
 def tol(dtype):
-    # torch.testing.assert_close's defaults: as tight as the dtype allows
-    return {} if dtype == torch.float64 else {"rtol": 1.3e-6, "atol": 1e-5}
+    # the course's one rule for float comparisons (torch's defaults for these short reductions)
+    return tolerances(dtype)
 
 
 def randn(*shape, gen, dtype, scale=1.0):
@@ -296,7 +296,7 @@ def test_kv_cache_matches_a_real_cache_tensor_and_published_sizes():
     n_layers, n_kv_heads, d_head, T = 3, 2, 5, 7
     cache = torch.empty(n_layers, 2, n_kv_heads, T, d_head, device="meta")  # (layers, K/V, H_kv, T, d_head)
     assert kv_cache_elements_per_token(n_layers, n_kv_heads, d_head) * T == cache.numel()
-    # COURSE.md's chapter 07 example: 32 layers, 32 KV heads, d_head 128, fp16, 4096 tokens = 2 GiB
+    # The course's chapter 07 example: 32 layers, 32 KV heads, d_head 128, fp16, 4096 tokens = 2 GiB
     assert kv_cache_elements_per_token(32, 32, 128) * 4096 * 2 == 2 * 2**30
     assert kv_cache_elements_per_token(32, 32, 128) // kv_cache_elements_per_token(32, 8, 128) == 4
 

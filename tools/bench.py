@@ -1,4 +1,4 @@
-"""Measure the budgets of COURSE.md section 6 (a benchmark, not a test: nothing here asserts a time).
+"""Measure the budgets of CONTRIBUTING.md section 7 (a benchmark, not a test: nothing here asserts a time).
 
     python tools/bench.py                # every chapter
     python tools/bench.py 01_attention   # one chapter

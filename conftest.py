@@ -10,6 +10,7 @@ With `pytest -n auto --dist loadgroup` (pyproject's addopts), tests spread over 
 from __future__ import annotations
 
 import pytest
+from _pytest.nodeid import coerce_node_id
 
 EXPENSIVE_MODULES = {"test_course_grade.py", "test_class_collect.py", "test_learner_tools.py", "test_scan.py"}
 
@@ -17,7 +18,7 @@ EXPENSIVE_MODULES = {"test_course_grade.py", "test_class_collect.py", "test_lear
 def _group(item: pytest.Item) -> str | None:
     path = item.path
     if path.suffix == ".ipynb":
-        return f"nbval:{path.name}"
+        return f"nbval:{path.parent.name}/{path.name}"
     if path.name == "test_grading.py":
         chapter = getattr(getattr(item, "callspec", None), "params", {}).get("chapter")
         return f"grading:{chapter or '01_attention'}"  # the unparametrized ones look at chapter 01's class
@@ -26,8 +27,19 @@ def _group(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         group = _group(item)
-        if group and not item.get_closest_marker("xdist_group"):
+        if group is None:
+            continue
+        if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
+        if config.getvalue("loadgroup") and "@" not in item.nodeid:
+            # What xdist's worker does for marked tests (nodeid "...@group", which its LoadGroup
+            # scheduler reads), written for pytest 9's structured node ids: xdist 3.8 still sets
+            # the old `_nodeid`, which pytest 9 no longer reads, so without this every test,
+            # notebook cells included, would be scheduled alone.
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
+
+
