@@ -621,5 +621,6 @@ print("sample from the leaky model:", repr(tok.decode(garbage[0].tolist())))
 # ## Next: the exercises
 #
 # Open [`exercises/08_training/08_training.ipynb`](../exercises/08_training/08_training.ipynb). You
-# will write `lm_loss` with its shift and padding, BERT's `mlm_mask`, the teacher-forcing inputs and
-# weight tying, each with a visible check that names the mistake if you make one of those above.
+# will write `lm_loss` with its shift and padding, BERT's `mlm_mask`, the teacher-forcing inputs,
+# weight tying and padding labels that agree with the attention mask, each with a visible check that
+# names the mistake if you make one of those above.
