@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
-        if config.getvalue("loadgroup") and "@" not in item.nodeid:
+        if getattr(config.option, "loadgroup", False) and "@" not in item.nodeid:
             # What xdist's worker does for marked tests (nodeid "...@group", which its LoadGroup
             # scheduler reads), written for pytest 9's structured node ids: xdist 3.8 still sets
             # the old `_nodeid`, which pytest 9 no longer reads, so without this every test,

@@ -4,8 +4,10 @@ temporary course, from any working directory, never touching the learner's file.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -110,3 +112,13 @@ def test_wrong_assignment_is_named(tmp_path):
         run = course_grade(path, "--assignment", others[0], cwd=tmp_path)
         assert run.returncode == 2
         assert f"is not a notebook of assignment {others[0]}; its cells are those of {CHAPTER}" in run.stderr
+
+
+def test_the_console_script_works_by_path_without_an_activated_environment(tmp_path):
+    """`.venv/bin/course-grade NB` with the environment's bin/ off PATH (nbgrader needs `alembic`)."""
+    script = Path(sys.executable).parent / "course-grade"
+    path = notebook(tmp_path)
+    bare = {"HOME": str(tmp_path), "PATH": os.pathsep.join(p for p in ("/usr/bin", "/bin") if Path(p).exists())}
+    run = subprocess.run([str(script), str(path)], cwd=tmp_path, env=bare, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "total       23 / 23" in run.stdout

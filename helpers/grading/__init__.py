@@ -10,6 +10,17 @@ sentences back, `scan.py` reads answer cells for forbidden code, `learner.py` an
 are the two commands.
 """
 
+import os as _os
+import sys as _sys
+from pathlib import Path as _Path
+
 from .fastimport import skip_slow_optional_imports
 
 skip_slow_optional_imports()  # before any grading module imports nbgrader (see fastimport.py)
+
+# nbgrader runs the `alembic` command by name when it creates a gradebook. Called by path
+# (.venv/bin/course-grade) without an activated environment, that command is not on PATH: put this
+# interpreter's bin/ first, so the console scripts work either way.
+_BIN = str(_Path(_sys.executable).parent)
+if _BIN not in _os.environ.get("PATH", "").split(_os.pathsep):
+    _os.environ["PATH"] = _BIN + _os.pathsep + _os.environ.get("PATH", "")
