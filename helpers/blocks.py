@@ -58,6 +58,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention_scores, causal_mask, masked_softmax, scaled_dot_product_attention
@@ -80,7 +81,7 @@ from .heads import (
 )
 from .norms import LayerNorm, RMSNorm, post_ln_block, pre_ln_block
 from .positions import PAIR_LAYOUTS, ALiBi, RelativePositionBias, RotaryEmbedding, learned_positions, sinusoidal_table
-from .shapes import ShapeError, fmt_shape, require_float, require_same_dtype, require_tensor
+from .shapes import ShapeError, fmt_shape, require_bool_mask, require_float, require_same_dtype, require_tensor
 
 __all__ = [
     "Attention",
@@ -89,6 +90,7 @@ __all__ = [
     "ModelConfig",
     "TinyDecoder",
     "attend",
+    "fused_attend",
     "decoder_forward",
     "model_param_count",
     # chapter 05
@@ -113,6 +115,7 @@ CHOICES = {
     "positions": ("none", "learned", "sinusoidal", "rope", "alibi", "relative"),
     "kind": ("decoder", "encoder", "encoder-decoder"),  # chapter 05
     "block": ("sequential", "parallel"),  # chapter 05
+    "attention": ("course", "fused"),  # chapter 08: the chapters' attention, or torch's fused kernel
 }
 
 # (field, value) -> the chapter that adds it to the shared model. Empty since chapters 05 and 06
@@ -149,6 +152,7 @@ class ModelConfig:
     block: str = "sequential"  # "sequential" or "parallel" (GPT-J, PaLM)
     n_experts: int = 4  # ffn="moe": experts per layer
     top_k: int = 2  # ffn="moe": experts per token
+    attention: str = "course"  # "course" (chapter 01's, returns weights) or "fused" (same numbers, faster)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "max_seq_len"):
@@ -228,14 +232,19 @@ def _norm(config: ModelConfig) -> nn.Module:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-           bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           bias: torch.Tensor | None = None, *, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention core of the shared model: chapter 01's attention, with an optional score bias.
 
     q (B, H, T_q, d_head), k and v (B, H, T_k, d_head) (K/V heads already repeated for GQA),
     mask bool broadcastable to (B, H, T_q, T_k) (True = may attend), bias float broadcastable to
     (B, H, T_q, T_k), added to the scaled scores before the mask (relative-position biases such as
     ALiBi or T5's live here) -> (out (B, H, T_q, d_head), weights (B, H, T_q, T_k)).
+
+    fused=True computes the same out with torch's kernel (`fused_attend`) and returns weights None:
+    a fused kernel never forms the (T_q, T_k) weight matrix, so it cannot hand it back.
     """
+    if fused:
+        return fused_attend(q, k, v, mask, bias), None  # (B, H, T_q, d_head), no weights
     if bias is None:
         return scaled_dot_product_attention(q, k, v, mask)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
     scores = attention_scores(q, k)  # (B, H, T_q, T_k): q kᵀ / sqrt(d_head)
@@ -248,6 +257,48 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                          f"got {fmt_shape(bias.shape)}") from None
     weights = masked_softmax(scores, mask)  # (B, H, T_q, T_k)
     return weights @ v, weights  # (B, H, T_q, d_head), (B, H, T_q, T_k)
+
+
+# Chapter 08: the fused path. ------------------------------------------------------------------
+
+
+def fused_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """attend's output through torch.nn.functional.scaled_dot_product_attention: out (B, H, T_q, d_head).
+
+    Same inputs and conventions as `attend` (bool mask True = may attend; bias added to the scaled
+    scores; a query row with every key blocked gives zeros, which torch's kernel also returns). The
+    kernel computes softmax(q kᵀ / sqrt(d_head) + attn_mask) v in tiles without keeping the weights,
+    so it is faster and lighter but returns no weights. How the course's inputs map onto it:
+
+        mask only                 attn_mask = mask (bool, the same convention)
+        the causal (T, T) mask    is_causal=True (the kernel skips the blocked tiles)
+        bias (and mask)           attn_mask = bias where allowed, -inf where blocked (a float mask)
+    """
+    fn = "fused_attend"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        require_float(fn, name, t, "(..., T, d_head)")
+    if k.shape[-1] != q.shape[-1] or k.shape[:-1] != v.shape[:-1]:
+        raise ShapeError(f"{fn}: q {fmt_shape(q.shape)} = (..., T_q, d_head), k {fmt_shape(k.shape)} and "
+                         f"v {fmt_shape(v.shape)} = (..., T_k, d_head) must agree on d_head and T_k")
+    scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    if mask is not None:
+        require_bool_mask(fn, mask, scores_shape)
+        if bias is None and mask.dim() == 2 and T_q == T_k and torch.equal(mask, causal_mask(T_q, device=mask.device)):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T_q, d_head)
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T_q, d_head)
+    if bias.dtype != q.dtype or not bias.is_floating_point():
+        raise TypeError(f"{fn}: bias must be a float tensor of the scores' dtype {q.dtype}; got {bias.dtype}")
+    try:
+        torch.broadcast_shapes(bias.shape, scores_shape)
+    except RuntimeError:
+        raise ShapeError(f"{fn}: bias must broadcast to the scores (B, H, T_q, T_k) = {fmt_shape(scores_shape)}; "
+                         f"got {fmt_shape(bias.shape)}") from None
+    if mask is not None:
+        bias = bias.masked_fill(~mask, float("-inf"))  # broadcast (..., T_q, T_k): blocked scores -> -inf
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T_q, d_head)
 
 
 class Attention(nn.Module):
@@ -265,6 +316,10 @@ class Attention(nn.Module):
 
     The four nn.Linear layers are named as in helpers.heads.MultiHeadAttention (and Llama), and the
     numbers are chapter 02's multi_head_attention / grouped_query_attention.
+
+    With config.attention = "fused" (chapter 08), a call with need_weights=False runs torch's fused
+    kernel (`fused_attend`, same numbers) and returns weights None; a call that needs the weights
+    (the default) takes the course path, because a fused kernel never forms them.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -279,6 +334,7 @@ class Attention(nn.Module):
         # Chapter 06: RoPE has no parameters; it rotates q and k of self-attention only.
         self.rope = (RotaryEmbedding(self.d_head, config.rope_base, config.rope_pairs)
                      if config.positions == "rope" else None)
+        self.fused = config.attention == "fused"  # chapter 08: torch's kernel when no weights are needed
 
     def _require_input(self, name: str, x: torch.Tensor, layout: str) -> None:
         require_float("Attention", name, x, layout)
@@ -310,9 +366,10 @@ class Attention(nn.Module):
         return self.rope(q, offset), self.rope(k, offset)  # same shapes
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, source: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                bias: torch.Tensor | None = None, offset: int = 0,
+                need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T_q, d_model), mask bool broadcastable to (B, H, T_q, T_k) [, source, bias]
-        -> (out (B, T_q, d_model), weights (B, H, T_q, T_k)).
+        -> (out (B, T_q, d_model), weights (B, H, T_q, T_k), or None from the fused path).
 
         offset: the position of x's first token (RoPE rotates q and k of self-attention by it)."""
         q, k, v = self.project(x, source)  # (B, H, T_q, d_head), (B, H_kv, T_k, d_head) x 2
@@ -320,7 +377,8 @@ class Attention(nn.Module):
             q, k = self.rotate(q, k, offset)  # RoPE: (B, H, T_q, d_head), (B, H_kv, T_k, d_head)
         group = self.n_heads // self.n_kv_heads  # query heads per key/value head
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # (B, H, T_k, d_head): head h reads K/V head h // group
-        heads, weights = attend(q, k, v, mask, bias)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
+        fused = self.fused and not need_weights  # the fused kernel cannot return weights
+        heads, weights = attend(q, k, v, mask, bias, fused=fused)  # (B, H, T_q, d_head), (B, H, T_q, T_k) or None
         return self.o_proj(merge_heads(heads)), weights  # (B, T_q, d_model), (B, H, T_q, T_k)
 
     def extra_repr(self) -> str:
@@ -369,7 +427,8 @@ class DecoderBlock(nn.Module):
         seen: list[torch.Tensor] = []
 
         def attend(h: torch.Tensor) -> torch.Tensor:
-            out, weights = self.attn(h, mask, bias=bias, offset=offset)  # (B, T, d_model), (B, H, T, T)
+            out, weights = self.attn(h, mask, bias=bias, offset=offset,
+                                     need_weights=return_weights)  # (B, T, d_model), (B, H, T, T) or None
             seen.append(weights)
             return out
 
@@ -487,9 +546,10 @@ class TinyDecoder(nn.Module):
 
         def run(block: DecoderBlock, keep: bool):
             def call(h: torch.Tensor) -> torch.Tensor:
+                if not keep:  # no weights asked for: the fused path (chapter 08) may run
+                    return block(h, bias=bias, offset=offset)  # (B, T, d_model)
                 out, w = block(h, return_weights=True, bias=bias, offset=offset)  # (B, T, d_model), (B, H, T, T)
-                if keep:
-                    weights.append(w)
+                weights.append(w)
                 return out
             return call
 
