@@ -26,8 +26,17 @@ batch_first=True, bias=False) with copied weights and a causal mask (torch's boo
 True = blocked, so pass ~causal_mask(T)); post-norm matches norm_first=False.
 
 The config switches parts by name, so later chapters (and chapter 09's ablations) change a field,
-not the code. Values that later chapters add (MoE FFNs) are refused with a ValueError that names
-the chapter.
+not the code.
+
+Chapter 05 adds the other two kinds of model and two block variants, all from the same config:
+
+    kind="encoder"          TinyEncoder: EncoderBlocks (bidirectional, key padding), MLM logits
+    kind="encoder-decoder"  TinyEncoderDecoder: encoder stack -> memory; CrossDecoderBlocks (causal
+                            self-attention, cross-attention on memory, FFN: decoder_block's equations)
+    block="parallel"        x + attn(norm(x)) + ffn(norm(x)) (GPT-J, PaLM): parallel_block
+    ffn="moe"               chapter 03's MoEFFN (n_experts, top_k); moe_balance_loss(model) sums the
+                            layers' load-balancing losses of the last forward pass
+build_model(config) returns the model config.kind names; model_param_count covers every variant.
 
 Positions (chapter 06, helpers.positions), each applied where it belongs:
 
@@ -46,17 +55,41 @@ cache can process one new token at position t exactly as a full forward pass wou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention_scores, causal_mask, masked_softmax, scaled_dot_product_attention
-from .ffn import FeedForward, SwiGLUFFN, ffn_param_count
-from .heads import _require_heads, attention_param_count, merge_heads, repeat_kv, split_heads
+from .ffn import (
+    FeedForward,
+    MoEFFN,  # chapter 05
+    SwiGLUFFN,
+    ffn_param_count,
+    load_balancing_loss,  # chapter 05
+    moe_param_count,  # chapter 05
+    top_k_route,  # chapter 05
+)
+from .heads import (
+    _require_heads,
+    _require_weight,  # chapter 05
+    attention_param_count,
+    merge_heads,
+    repeat_kv,
+    split_heads,
+)
 from .norms import LayerNorm, RMSNorm, post_ln_block, pre_ln_block
 from .positions import PAIR_LAYOUTS, ALiBi, RelativePositionBias, RotaryEmbedding, learned_positions, sinusoidal_table
-from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
+from .shapes import (
+    ShapeError,
+    fmt_shape,
+    require_bool_mask,
+    require_float,
+    require_positive_int,
+    require_same_dtype,
+    require_tensor,
+)
 
 __all__ = [
     "Attention",
@@ -69,22 +102,38 @@ __all__ = [
     "attend",
     "cached_causal_mask",
     "cached_forward",
+    "fused_attend",
     "decoder_forward",
     "generate",
     "model_param_count",
+    # chapter 05
+    "BalancedMoEFFN",
+    "CrossDecoderBlock",
+    "EncoderBlock",
+    "TinyEncoder",
+    "TinyEncoderDecoder",
+    "build_model",
+    "cross_attention",
+    "cross_attention_sublayer",
+    "decoder_block",
+    "moe_balance_loss",
+    "parallel_block",
+    "self_attention_sublayer",
 ]
 
 CHOICES = {
     "norm_placement": ("pre", "post"),
     "norm": ("layernorm", "rmsnorm"),
-    "ffn": ("gelu", "swiglu"),
+    "ffn": ("gelu", "swiglu", "moe"),
     "positions": ("none", "learned", "sinusoidal", "rope", "alibi", "relative"),
+    "kind": ("decoder", "encoder", "encoder-decoder"),  # chapter 05
+    "block": ("sequential", "parallel"),  # chapter 05
+    "attention": ("course", "fused"),  # chapter 08: the chapters' attention, or torch's fused kernel
 }
 
-# (field, value) -> the chapter that adds it to the shared model.
-LATER_CHAPTERS = {
-    ("ffn", "moe"): "05_blocks",
-}
+# (field, value) -> the chapter that adds it to the shared model. Empty since chapters 05 and 06
+# landed; a value a future chapter adds is listed here (and refused, naming it) until it exists.
+LATER_CHAPTERS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -110,6 +159,13 @@ class ModelConfig:
     rope_pairs: str = "half"  # rope: "half" (channels k, k + d_head/2: HF Llama) or "interleaved" (2k, 2k+1: GPT-J)
     relative_buckets: int = 32  # relative: T5's number of distance buckets (per direction when not causal: half)
     relative_max_distance: int = 128  # relative: distances beyond this share the last bucket
+    # chapter 05: which model (TinyDecoder, TinyEncoder, TinyEncoderDecoder), the block's layout
+    # (x + attn(norm(x)) + ffn(norm(x)) for "parallel"), and the MoE FFN's experts (ffn="moe")
+    kind: str = "decoder"  # "decoder" (GPT), "encoder" (BERT) or "encoder-decoder" (T5)
+    block: str = "sequential"  # "sequential" or "parallel" (GPT-J, PaLM)
+    n_experts: int = 4  # ffn="moe": experts per layer
+    top_k: int = 2  # ffn="moe": experts per token
+    attention: str = "course"  # "course" (chapter 01's, returns weights) or "fused" (same numbers, faster)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "max_seq_len"):
@@ -137,6 +193,7 @@ class ModelConfig:
         if self.n_heads % self.kv_heads:
             raise ShapeError(f"ModelConfig: n_heads = {self.n_heads} is not divisible by n_kv_heads = "
                              f"{self.kv_heads}; each key/value head serves n_heads / n_kv_heads query heads")
+        _check_block_variants(self)  # chapter 05
         self._check_positions()
 
     def _check_positions(self) -> None:
@@ -188,14 +245,19 @@ def _norm(config: ModelConfig) -> nn.Module:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-           bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           bias: torch.Tensor | None = None, *, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention core of the shared model: chapter 01's attention, with an optional score bias.
 
     q (B, H, T_q, d_head), k and v (B, H, T_k, d_head) (K/V heads already repeated for GQA),
     mask bool broadcastable to (B, H, T_q, T_k) (True = may attend), bias float broadcastable to
     (B, H, T_q, T_k), added to the scaled scores before the mask (relative-position biases such as
     ALiBi or T5's live here) -> (out (B, H, T_q, d_head), weights (B, H, T_q, T_k)).
+
+    fused=True computes the same out with torch's kernel (`fused_attend`) and returns weights None:
+    a fused kernel never forms the (T_q, T_k) weight matrix, so it cannot hand it back.
     """
+    if fused:
+        return fused_attend(q, k, v, mask, bias), None  # (B, H, T_q, d_head), no weights
     if bias is None:
         return scaled_dot_product_attention(q, k, v, mask)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
     scores = attention_scores(q, k)  # (B, H, T_q, T_k): q kᵀ / sqrt(d_head)
@@ -208,6 +270,48 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                          f"got {fmt_shape(bias.shape)}") from None
     weights = masked_softmax(scores, mask)  # (B, H, T_q, T_k)
     return weights @ v, weights  # (B, H, T_q, d_head), (B, H, T_q, T_k)
+
+
+# Chapter 08: the fused path. ------------------------------------------------------------------
+
+
+def fused_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """attend's output through torch.nn.functional.scaled_dot_product_attention: out (B, H, T_q, d_head).
+
+    Same inputs and conventions as `attend` (bool mask True = may attend; bias added to the scaled
+    scores; a query row with every key blocked gives zeros, which torch's kernel also returns). The
+    kernel computes softmax(q kᵀ / sqrt(d_head) + attn_mask) v in tiles without keeping the weights,
+    so it is faster and lighter but returns no weights. How the course's inputs map onto it:
+
+        mask only                 attn_mask = mask (bool, the same convention)
+        the causal (T, T) mask    is_causal=True (the kernel skips the blocked tiles)
+        bias (and mask)           attn_mask = bias where allowed, -inf where blocked (a float mask)
+    """
+    fn = "fused_attend"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        require_float(fn, name, t, "(..., T, d_head)")
+    if k.shape[-1] != q.shape[-1] or k.shape[:-1] != v.shape[:-1]:
+        raise ShapeError(f"{fn}: q {fmt_shape(q.shape)} = (..., T_q, d_head), k {fmt_shape(k.shape)} and "
+                         f"v {fmt_shape(v.shape)} = (..., T_k, d_head) must agree on d_head and T_k")
+    scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    if mask is not None:
+        require_bool_mask(fn, mask, scores_shape)
+        if bias is None and mask.dim() == 2 and T_q == T_k and torch.equal(mask, causal_mask(T_q, device=mask.device)):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T_q, d_head)
+    if bias is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T_q, d_head)
+    if bias.dtype != q.dtype or not bias.is_floating_point():
+        raise TypeError(f"{fn}: bias must be a float tensor of the scores' dtype {q.dtype}; got {bias.dtype}")
+    try:
+        torch.broadcast_shapes(bias.shape, scores_shape)
+    except RuntimeError:
+        raise ShapeError(f"{fn}: bias must broadcast to the scores (B, H, T_q, T_k) = {fmt_shape(scores_shape)}; "
+                         f"got {fmt_shape(bias.shape)}") from None
+    if mask is not None:
+        bias = bias.masked_fill(~mask, float("-inf"))  # broadcast (..., T_q, T_k): blocked scores -> -inf
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T_q, d_head)
 
 
 class Attention(nn.Module):
@@ -225,6 +329,10 @@ class Attention(nn.Module):
 
     The four nn.Linear layers are named as in helpers.heads.MultiHeadAttention (and Llama), and the
     numbers are chapter 02's multi_head_attention / grouped_query_attention.
+
+    With config.attention = "fused" (chapter 08), a call with need_weights=False runs torch's fused
+    kernel (`fused_attend`, same numbers) and returns weights None; a call that needs the weights
+    (the default) takes the course path, because a fused kernel never forms them.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -239,6 +347,7 @@ class Attention(nn.Module):
         # Chapter 06: RoPE has no parameters; it rotates q and k of self-attention only.
         self.rope = (RotaryEmbedding(self.d_head, config.rope_base, config.rope_pairs)
                      if config.positions == "rope" else None)
+        self.fused = config.attention == "fused"  # chapter 08: torch's kernel when no weights are needed
 
     def _require_input(self, name: str, x: torch.Tensor, layout: str) -> None:
         require_float("Attention", name, x, layout)
@@ -271,9 +380,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, source: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, offset: int = 0,
-                cache: LayerCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                need_weights: bool = True,
+                cache: LayerCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T_q, d_model), mask bool broadcastable to (B, H, T_q, T_k) [, source, bias]
-        -> (out (B, T_q, d_model), weights (B, H, T_q, T_k)).
+        -> (out (B, T_q, d_model), weights (B, H, T_q, T_k), or None from the fused path).
 
         offset: the position of x's first token (RoPE rotates q and k of self-attention by it).
         cache (chapter 07): this layer's KV cache; the new k and v are appended to it and the
@@ -285,7 +395,8 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)  # (B, H_kv, T_cached + T_q, d_head) x 2
         group = self.n_heads // self.n_kv_heads  # query heads per key/value head
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # (B, H, T_k, d_head): head h reads K/V head h // group
-        heads, weights = attend(q, k, v, mask, bias)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
+        fused = self.fused and not need_weights  # the fused kernel cannot return weights
+        heads, weights = attend(q, k, v, mask, bias, fused=fused)  # (B, H, T_q, d_head), (B, H, T_q, T_k) or None
         return self.o_proj(merge_heads(heads)), weights  # (B, T_q, d_model), (B, H, T_q, T_k)
 
     def extra_repr(self) -> str:
@@ -310,11 +421,9 @@ class DecoderBlock(nn.Module):
         self.config = config
         self.norm1 = _norm(config)
         self.attn = Attention(config)
-        self.norm2 = _norm(config)
-        if config.ffn == "gelu":
-            self.ffn = FeedForward(config.d_model, config.ffn_width, activation="gelu", bias=config.bias)
-        else:
-            self.ffn = SwiGLUFFN(config.d_model, config.ffn_width)
+        # a parallel block (chapter 05) feeds both sublayers from norm1: it has no second norm
+        self.norm2 = _norm(config) if config.block == "sequential" else None
+        self.ffn = _ffn(config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 return_weights: bool = False, *, bias: torch.Tensor | None = None, offset: int = 0,
@@ -339,12 +448,16 @@ class DecoderBlock(nn.Module):
         seen: list[torch.Tensor] = []
 
         def attend(h: torch.Tensor) -> torch.Tensor:
-            out, weights = self.attn(h, mask, bias=bias, offset=offset, cache=cache)  # (B, T, d_model), (B, H, T, T_k)
+            out, weights = self.attn(h, mask, bias=bias, offset=offset, need_weights=return_weights,
+                                     cache=cache)  # (B, T, d_model), (B, H, T, T_k) or None
             seen.append(weights)
             return out
 
-        block = pre_ln_block if self.config.norm_placement == "pre" else post_ln_block
-        out = block(x, attend, self.ffn, self.norm1, self.norm2)  # (B, T, d_model)
+        if self.config.block == "parallel":  # chapter 05
+            out = parallel_block(x, attend, self.ffn, self.norm1)  # (B, T, d_model)
+        else:
+            block = pre_ln_block if self.config.norm_placement == "pre" else post_ln_block
+            out = block(x, attend, self.ffn, self.norm1, self.norm2)  # (B, T, d_model)
         return (out, seen[0]) if return_weights else out
 
 
@@ -393,6 +506,7 @@ class TinyDecoder(nn.Module):
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"TinyDecoder: config must be a ModelConfig; got {type(config).__name__}")
+        _require_kind("TinyDecoder", config, "decoder")  # chapter 05
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)  # weight (V, d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
@@ -453,9 +567,10 @@ class TinyDecoder(nn.Module):
 
         def run(block: DecoderBlock, keep: bool):
             def call(h: torch.Tensor) -> torch.Tensor:
+                if not keep:  # no weights asked for: the fused path (chapter 08) may run
+                    return block(h, bias=bias, offset=offset)  # (B, T, d_model)
                 out, w = block(h, return_weights=True, bias=bias, offset=offset)  # (B, T, d_model), (B, H, T, T)
-                if keep:
-                    weights.append(w)
+                weights.append(w)
                 return out
             return call
 
@@ -481,18 +596,458 @@ def model_param_count(config: ModelConfig) -> int:
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"model_param_count: config must be a ModelConfig; got {type(config).__name__}")
+    if config.kind != "decoder":  # chapter 05: TinyEncoder, TinyEncoderDecoder
+        return _encoder_model_param_count(config)
     d, V = config.d_model, config.vocab_size
-    norm = 2 * d if config.norm == "layernorm" else d
+    norm = _norm_param_count(config)
     attention = attention_param_count(d, config.n_heads, config.kv_heads)
-    if config.ffn == "gelu":
-        ffn = ffn_param_count(d, config.ffn_width, gated=False, bias=config.bias)
-    else:
-        ffn = ffn_param_count(d, config.ffn_width, gated=True, bias=False)
+    ffn = _ffn_param_count(config)
     embeddings = V * d + (config.max_seq_len * d if config.positions == "learned" else 0)
     embeddings += config.relative_buckets * config.n_heads if config.positions == "relative" else 0
     final = norm if config.norm_placement == "pre" else 0
     head = 0 if config.tie_weights else V * d
-    return embeddings + config.n_layers * (attention + ffn + 2 * norm) + final + head
+    norms_per_block = 1 if config.block == "parallel" else 2
+    return embeddings + config.n_layers * (attention + ffn + norms_per_block * norm) + final + head
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 05: cross-attention and the decoder block with cross-attention
+# ---------------------------------------------------------------------------------------------
+
+
+def cross_attention(x: torch.Tensor, memory: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
+                    w_v: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int | None = None,
+                    memory_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries from the decoder stream, keys and values from the encoder's output.
+
+    x (B, T_tgt, d_model), memory (B, T_src, d_model); w_q, w_o (d_model, d_model); w_k, w_v
+    (n_kv_heads * d_head, d_model) (n_kv_heads=None: n_heads); memory_mask (B, T_src) bool, True = a
+    real source token (a key-padding mask: it blocks keys, never queries)
+    -> (out (B, T_tgt, d_model), weights (B, H, T_tgt, T_src)).
+
+    No causal mask: every target position may read the whole source, which is complete before
+    decoding starts. Built from chapter 02's pieces (split_heads, repeat_kv, merge_heads) and
+    chapter 01's scaled_dot_product_attention.
+    """
+    fn = "cross_attention"
+    require_float(fn, "x", x, "(B, T_tgt, d_model)")
+    require_float(fn, "memory", memory, "(B, T_src, d_model)")
+    B, T_tgt, d_model = x.shape
+    if memory.shape[0] != B or memory.shape[2] != d_model:
+        raise ShapeError(f"{fn}: x is (B, T_tgt, d_model) = {fmt_shape(x.shape)}, so memory must be "
+                         f"(B, T_src, d_model) with B = {B} and d_model = {d_model}; got {fmt_shape(memory.shape)}")
+    T_src = memory.shape[1]
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    d_head = _require_heads(fn, d_model, n_heads, n_kv_heads)
+    kv_layout = "(n_kv_heads * d_head, d_model)"
+    _require_weight(fn, "w_q", w_q, (d_model, d_model), "(d_model, d_model)")
+    _require_weight(fn, "w_k", w_k, (n_kv_heads * d_head, d_model), kv_layout)
+    _require_weight(fn, "w_v", w_v, (n_kv_heads * d_head, d_model), kv_layout)
+    _require_weight(fn, "w_o", w_o, (d_model, d_model), "(d_model, d_model)")
+    require_same_dtype(fn, x=x, memory=memory, w_q=w_q, w_k=w_k, w_v=w_v, w_o=w_o)
+    mask = _memory_key_mask(fn, memory_mask, B, T_src)  # (B, 1, 1, T_src) or None
+    q = split_heads(x @ w_q.T, n_heads)  # (B, T_tgt, d_model) -> (B, H, T_tgt, d_head)
+    k = split_heads(memory @ w_k.T, n_kv_heads)  # (B, T_src, H_kv * d_head) -> (B, H_kv, T_src, d_head)
+    v = split_heads(memory @ w_v.T, n_kv_heads)  # (B, H_kv, T_src, d_head)
+    k = repeat_kv(k, n_heads // n_kv_heads)  # (B, H, T_src, d_head)
+    v = repeat_kv(v, n_heads // n_kv_heads)  # (B, H, T_src, d_head)
+    heads, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, H, T_tgt, d_head), (B, H, T_tgt, T_src)
+    return merge_heads(heads) @ w_o.T, weights  # (B, T_tgt, d_model), (B, H, T_tgt, T_src)
+
+
+def decoder_block(x: torch.Tensor, memory: torch.Tensor, self_attn, cross_attn, ffn, norm1, norm2, norm3,
+                  memory_mask: torch.Tensor | None = None, norm_placement: str = "pre") -> torch.Tensor:
+    """The decoder block of an encoder-decoder: three residual sublayers.
+
+    x (B, T_tgt, d_model) the decoder stream, memory (B, T_src, d_model) the encoder's output (already
+    normalised by the encoder's final norm in a Pre-LN model: it is not normalised again here);
+    self_attn(h, mask) -> (B, T_tgt, d_model) with mask a (T_tgt, T_tgt) bool causal mask;
+    cross_attn(h, memory, memory_mask) -> (B, T_tgt, d_model); ffn, norm1..3: (B, T, d_model) -> same.
+
+        pre   x = x + self_attn(norm1(x), causal)
+              x = x + cross_attn(norm2(x), memory, memory_mask)
+              x = x + ffn(norm3(x))                             T5, torch norm_first=True
+        post  x = norm1(x + self_attn(x, causal))
+              x = norm2(x + cross_attn(x, memory, memory_mask))
+              x = norm3(x + ffn(x))                             the 2017 Transformer, torch's default
+    """
+    fn = "decoder_block"
+    require_float(fn, "x", x, "(B, T_tgt, d_model)")
+    require_float(fn, "memory", memory, "(B, T_src, d_model)")
+    if norm_placement not in ("pre", "post"):
+        raise ValueError(f"{fn}: norm_placement must be 'pre' or 'post'; got {norm_placement!r}")
+    causal = causal_mask(x.shape[1], device=x.device)  # (T_tgt, T_tgt): the decoder never sees its future
+    if norm_placement == "pre":
+        x = x + self_attn(norm1(x), causal)  # (B, T_tgt, d_model)
+        x = x + cross_attn(norm2(x), memory, memory_mask)  # (B, T_tgt, d_model): reads the source
+        return x + ffn(norm3(x))  # (B, T_tgt, d_model)
+    x = norm1(x + self_attn(x, causal))  # (B, T_tgt, d_model)
+    x = norm2(x + cross_attn(x, memory, memory_mask))  # (B, T_tgt, d_model)
+    return norm3(x + ffn(x))  # (B, T_tgt, d_model)
+
+
+def _memory_key_mask(fn: str, memory_mask: torch.Tensor | None, B: int, T_src: int) -> torch.Tensor | None:
+    """A (B, T_src) key-padding mask (True = real source token) -> (B, 1, 1, T_src) for the scores."""
+    if memory_mask is None:
+        return None
+    require_tensor(fn, "memory_mask", memory_mask)
+    if memory_mask.dtype != torch.bool or tuple(memory_mask.shape) != (B, T_src):
+        raise ShapeError(f"{fn}: memory_mask must be a bool key-padding mask of shape (B, T_src) = "
+                         f"({B}, {T_src}), True = real source token; got {fmt_shape(memory_mask.shape)} "
+                         f"of dtype {memory_mask.dtype}")
+    return memory_mask[:, None, None, :]  # (B, 1, 1, T_src): blocks keys, for every head and query
+
+
+def self_attention_sublayer(attn: Attention, weights: list | None = None):
+    """attn as the function decoder_block calls: (h (B, T, d_model), mask) -> (B, T, d_model).
+
+    weights: a list that collects each call's attention weights (B, H, T, T), or None.
+    """
+    def sublayer(h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        out, w = attn(h, mask)  # (B, T, d_model), (B, H, T, T)
+        if weights is not None:
+            weights.append(w)
+        return out
+    return sublayer
+
+
+def cross_attention_sublayer(attn: Attention, weights: list | None = None):
+    """attn as cross-attention: (h (B, T_tgt, d_model), memory (B, T_src, d_model), memory_mask (B, T_src)
+    or None) -> (B, T_tgt, d_model). Keys and values come from memory; no causal mask."""
+    def sublayer(h: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _memory_key_mask("cross-attention", memory_mask, memory.shape[0], memory.shape[1])
+        out, w = attn(h, mask, source=memory)  # (B, T_tgt, d_model), (B, H, T_tgt, T_src)
+        if weights is not None:
+            weights.append(w)
+        return out
+    return sublayer
+
+
+def parallel_block(x: torch.Tensor, attn, ffn, norm) -> torch.Tensor:
+    """GPT-J's and PaLM's parallel block: x + attn(norm(x)) + ffn(norm(x)).
+
+    Both sublayers read the same normalised input, so they can run at the same time (and their
+    input projections can be fused into one matmul); one norm per block instead of two.
+    """
+    require_float("parallel_block", "x", x, "(B, T, d_model)")
+    h = norm(x)  # (B, T, d_model), computed once for both sublayers
+    return x + attn(h) + ffn(h)  # (B, T, d_model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 05: the config's block variants (kind, parallel, MoE)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_block_variants(config: ModelConfig) -> None:
+    for name in ("n_experts", "top_k"):
+        _positive(name, getattr(config, name))
+    if config.ffn == "moe" and config.top_k > config.n_experts:
+        raise ValueError(f"ModelConfig: top_k = {config.top_k} is more than n_experts = {config.n_experts}")
+    if config.block == "parallel" and config.norm_placement != "pre":
+        raise ValueError("ModelConfig: block='parallel' reads one normalised input, x + attn(norm(x)) + "
+                         "ffn(norm(x)), so it needs norm_placement='pre'")
+    if config.block == "parallel" and config.kind == "encoder-decoder":
+        raise ValueError("ModelConfig: block='parallel' is defined for decoder-only and encoder-only blocks "
+                         "(two sublayers); an encoder-decoder's decoder block has three")
+
+
+def _require_kind(fn: str, config: ModelConfig, kind: str) -> None:
+    if config.kind != kind:
+        model = {"decoder": "TinyDecoder", "encoder": "TinyEncoder", "encoder-decoder": "TinyEncoderDecoder"}
+        raise ValueError(f"{fn}: config.kind must be {kind!r}; got {config.kind!r} (build it with "
+                         f"{model[config.kind]}, or build_model(config))")
+
+
+class BalancedMoEFFN(MoEFFN):
+    """Chapter 03's MoEFFN that keeps its auxiliary load-balancing loss from the last forward pass.
+
+    After a forward pass, `balance_loss` is Switch Transformer's n_experts * sum_i f_i P_i over the
+    tokens of that pass (0-d, carries the router's gradient); moe_balance_loss(model) sums it over layers.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, n_experts: int, k: int) -> None:
+        super().__init__(d_model, d_ff, n_experts, k, gated=True)
+        self.balance_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = x @ self.router.weight.T  # (..., n_experts): the same logits moe_forward routes by
+        _, chosen = top_k_route(logits, self.k)  # (..., k)
+        self.balance_loss = load_balancing_loss(logits, chosen)  # 0-d
+        return super().forward(x)  # (..., d_model)
+
+
+def _ffn(config: ModelConfig) -> nn.Module:
+    """The FFN sublayer the config names: GPT-2's MLP, Llama's SwiGLU, or a mixture of SwiGLU experts."""
+    if config.ffn == "gelu":
+        return FeedForward(config.d_model, config.ffn_width, activation="gelu", bias=config.bias)
+    if config.ffn == "swiglu":
+        return SwiGLUFFN(config.d_model, config.ffn_width)
+    return BalancedMoEFFN(config.d_model, config.ffn_width, config.n_experts, config.top_k)
+
+
+def moe_balance_loss(model: nn.Module) -> torch.Tensor:
+    """The sum over a model's MoE layers of their load-balancing losses from its last forward pass.
+
+    Add it to the training loss with a small coefficient (Switch Transformer: 0.01). 1 per layer means
+    perfectly balanced routing, n_experts per layer everything on one expert.
+    """
+    layers = [m for m in model.modules() if isinstance(m, BalancedMoEFFN)]
+    if not layers:
+        raise ValueError("moe_balance_loss: the model has no MoE layer (build it with ffn='moe')")
+    if any(m.balance_loss is None for m in layers):
+        raise ValueError("moe_balance_loss: run a forward pass first; the loss is that pass's routing statistic")
+    return torch.stack([m.balance_loss for m in layers]).sum()
+
+
+def _norm_param_count(config: ModelConfig) -> int:
+    """A LayerNorm has gamma and beta (2 d), an RMSNorm gamma (d)."""
+    return 2 * config.d_model if config.norm == "layernorm" else config.d_model
+
+
+def _ffn_param_count(config: ModelConfig) -> int:
+    d = config.d_model
+    if config.ffn == "gelu":
+        return ffn_param_count(d, config.ffn_width, gated=False, bias=config.bias)
+    if config.ffn == "swiglu":
+        return ffn_param_count(d, config.ffn_width, gated=True, bias=False)
+    return moe_param_count(d, config.ffn_width, config.n_experts, config.top_k, gated=True)["total"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 05: encoder block, decoder block with cross-attention, the two other model kinds
+# ---------------------------------------------------------------------------------------------
+
+
+class EncoderBlock(DecoderBlock):
+    """Bidirectional self-attention + FFN (BERT, T5's encoder): a DecoderBlock without the causal mask.
+
+    forward(x, mask=None): mask bool broadcastable to (B, H, T, T), e.g. a key-padding mask
+    bidirectional_mask(lengths, T)[:, None]; None = every token sees every token.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"EncoderBlock: config must be a ModelConfig; got {type(config).__name__}")
+        super().__init__(replace(config, causal=False))
+
+
+class CrossDecoderBlock(nn.Module):
+    """The decoder block of an encoder-decoder: causal self-attention, cross-attention, FFN.
+
+    Three residual sublayers with their norms (norm1, norm2, norm3), Pre-LN or Post-LN, in the order
+    and with the names of torch.nn.TransformerDecoderLayer; the equations are decoder_block's.
+    x (B, T_tgt, d_model), memory (B, T_src, d_model) -> (B, T_tgt, d_model).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"CrossDecoderBlock: config must be a ModelConfig; got {type(config).__name__}")
+        self.config = config
+        self.norm1 = _norm(config)
+        self.self_attn = Attention(config)
+        self.norm2 = _norm(config)
+        self.cross_attn = Attention(config)  # H_kv key/value heads read memory: GQA works here too
+        self.norm3 = _norm(config)
+        self.ffn = _ffn(config)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+                return_weights: bool = False):
+        """x (B, T_tgt, d_model), memory (B, T_src, d_model), memory_mask (B, T_src) bool (True = real)
+        -> out (B, T_tgt, d_model) [, (self weights (B, H, T_tgt, T_tgt), cross weights (B, H, T_tgt, T_src))]."""
+        fn = "CrossDecoderBlock"
+        for name, t in (("x", x), ("memory", memory)):
+            require_float(fn, name, t, "(B, T, d_model)")
+            if t.shape[-1] != self.config.d_model:
+                raise ShapeError(f"{fn}: {name} must be (B, T, d_model) with d_model = {self.config.d_model}; "
+                                 f"got {fmt_shape(t.shape)}")
+        self_w: list[torch.Tensor] = []
+        cross_w: list[torch.Tensor] = []
+        out = decoder_block(x, memory, self_attention_sublayer(self.self_attn, self_w),
+                            cross_attention_sublayer(self.cross_attn, cross_w), self.ffn,
+                            self.norm1, self.norm2, self.norm3, memory_mask,
+                            self.config.norm_placement)  # (B, T_tgt, d_model)
+        return (out, (self_w[0], cross_w[0])) if return_weights else out
+
+
+def _require_ids(fn: str, name: str, ids: torch.Tensor, config: ModelConfig) -> None:
+    require_tensor(fn, name, ids)
+    if ids.dim() != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ShapeError(f"{fn}: {name} must be an integer tensor of shape (B, T); got {fmt_shape(ids.shape)} "
+                         f"of dtype {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
+        raise ValueError(f"{fn}: token ids must lie in 0..V-1 = 0..{config.vocab_size - 1}; got {name} from "
+                         f"{int(ids.min())} to {int(ids.max())}")
+    if config.positions == "learned" and ids.shape[1] > config.max_seq_len:
+        raise ShapeError(f"{fn}: {name} has T = {ids.shape[1]} tokens but the position table has only "
+                         f"max_seq_len = {config.max_seq_len} rows")
+
+
+def _key_padding(fn: str, lengths, B: int, T: int, device) -> torch.Tensor | None:
+    """lengths (B,) -> (B, T) bool, True = real token; None -> None."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths, device=device)
+    if tuple(lengths.shape) != (B,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ShapeError(f"{fn}: lengths must be B = {B} integers, one per sequence; got {fmt_shape(lengths.shape)} "
+                         f"of dtype {lengths.dtype}")
+    if int(lengths.min()) < 1 or int(lengths.max()) > T:
+        raise ValueError(f"{fn}: every length must lie in 1..T = 1..{T}; got {lengths.tolist()}")
+    return torch.arange(T, device=device)[None, :] < lengths[:, None]  # (B, T)
+
+
+class _Embedded(nn.Module):
+    """Shared parts of TinyEncoder and TinyEncoderDecoder: token embeddings, learned positions, head."""
+
+    def _setup(self, config: ModelConfig, fn: str) -> None:
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"{fn}: config must be a ModelConfig; got {type(config).__name__}")
+        if config.positions not in ("none", "learned"):
+            raise ValueError(f"{fn}: positions must be 'none' or 'learned' for this model; got {config.positions!r}")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)  # weight (V, d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # weight (V, d_model)
+
+    def _finish(self) -> None:
+        self.apply(TinyDecoder._init_weights)
+        if self.config.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight  # one tensor, two uses
+
+    def _positions(self) -> nn.Embedding | None:
+        c = self.config
+        return nn.Embedding(c.max_seq_len, c.d_model) if c.positions == "learned" else None
+
+    def _embed(self, ids: torch.Tensor, pos_emb: nn.Embedding | None) -> torch.Tensor:
+        h = self.tok_emb(ids)  # (B, T, d_model)
+        if pos_emb is not None:
+            h = h + pos_emb.weight[: ids.shape[1]]  # (B, T, d_model) + (T, d_model)
+        return h
+
+
+class TinyEncoder(_Embedded):
+    """An encoder-only model (BERT-shaped): embeddings, n_layers EncoderBlocks, final norm (Pre-LN),
+    and a masked-LM head. Every token sees every real token of its sequence.
+
+        config = ModelConfig(vocab_size=512, kind="encoder")
+        logits = TinyEncoder(config)(ids, lengths)   # ids (B, T), lengths (B,) -> (B, T, V)
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self._setup(config, "TinyEncoder")
+        _require_kind("TinyEncoder", config, "encoder")
+        self.pos_emb = self._positions()
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layers))
+        self.final_norm = _norm(config) if config.norm_placement == "pre" else None
+        self._finish()
+
+    def encode(self, ids: torch.Tensor, lengths=None, return_weights: bool = False):
+        """ids (B, T) [, lengths (B,)] -> hidden states (B, T, d_model) [, [weights (B, H, T, T)] per layer]."""
+        _require_ids("TinyEncoder", "ids", ids, self.config)
+        B, T = ids.shape
+        real = _key_padding("TinyEncoder", lengths, B, T, ids.device)  # (B, T) or None
+        mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T): padded keys blocked
+        h = self._embed(ids, self.pos_emb)  # (B, T, d_model)
+        weights = []
+        for block in self.blocks:
+            h, w = block(h, mask, return_weights=True)  # (B, T, d_model), (B, H, T, T)
+            weights.append(w)
+        if self.final_norm is not None:
+            h = self.final_norm(h)  # (B, T, d_model)
+        return (h, weights) if return_weights else h
+
+    def forward(self, ids: torch.Tensor, lengths=None, return_weights: bool = False):
+        """ids (B, T) [, lengths (B,)] -> logits (B, T, V) [, weights per layer]."""
+        h, weights = self.encode(ids, lengths, return_weights=True)  # (B, T, d_model)
+        logits = h @ self.lm_head.weight.T  # (B, T, V)
+        return (logits, weights) if return_weights else logits
+
+
+class TinyEncoderDecoder(_Embedded):
+    """An encoder-decoder (T5- or 2017-Transformer-shaped): an encoder stack reads the source, a decoder
+    stack of CrossDecoderBlocks writes the target, reading the encoder's output at every layer.
+
+        config = ModelConfig(vocab_size=512, kind="encoder-decoder")
+        logits = TinyEncoderDecoder(config)(src_ids, tgt_ids, src_lengths)   # -> (B, T_tgt, V)
+
+    One token embedding (shared by source, target and the tied head, as in T5), a learned position
+    table each for source and target, n_layers blocks in each stack, and in a Pre-LN model a final
+    norm after each stack: the memory the decoder reads is normalised once, by the encoder's norm.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self._setup(config, "TinyEncoderDecoder")
+        _require_kind("TinyEncoderDecoder", config, "encoder-decoder")
+        self.src_pos_emb = self._positions()
+        self.tgt_pos_emb = self._positions()
+        self.encoder = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layers))
+        self.encoder_norm = _norm(config) if config.norm_placement == "pre" else None
+        self.decoder = nn.ModuleList(CrossDecoderBlock(config) for _ in range(config.n_layers))
+        self.decoder_norm = _norm(config) if config.norm_placement == "pre" else None
+        self._finish()
+
+    def encode(self, src_ids: torch.Tensor, src_lengths=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """src_ids (B, T_src) -> (memory (B, T_src, d_model), memory_mask (B, T_src) bool or None)."""
+        _require_ids("TinyEncoderDecoder", "src_ids", src_ids, self.config)
+        B, T_src = src_ids.shape
+        real = _key_padding("TinyEncoderDecoder", src_lengths, B, T_src, src_ids.device)  # (B, T_src)
+        mask = None if real is None else real[:, None, None, :]  # (B, 1, 1, T_src)
+        h = self._embed(src_ids, self.src_pos_emb)  # (B, T_src, d_model)
+        for block in self.encoder:
+            h = block(h, mask)  # (B, T_src, d_model)
+        if self.encoder_norm is not None:
+            h = self.encoder_norm(h)  # (B, T_src, d_model): normalised once, here
+        return h, real
+
+    def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+               return_weights: bool = False):
+        """tgt_ids (B, T_tgt), memory (B, T_src, d_model) -> logits (B, T_tgt, V)
+        [, [(self (B, H, T_tgt, T_tgt), cross (B, H, T_tgt, T_src))] per layer]."""
+        _require_ids("TinyEncoderDecoder", "tgt_ids", tgt_ids, self.config)
+        h = self._embed(tgt_ids, self.tgt_pos_emb)  # (B, T_tgt, d_model)
+        weights = []
+        for block in self.decoder:
+            h, w = block(h, memory, memory_mask, return_weights=True)  # (B, T_tgt, d_model)
+            weights.append(w)
+        if self.decoder_norm is not None:
+            h = self.decoder_norm(h)  # (B, T_tgt, d_model)
+        logits = h @ self.lm_head.weight.T  # (B, T_tgt, V)
+        return (logits, weights) if return_weights else logits
+
+    def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_lengths=None, return_weights: bool = False):
+        """src_ids (B, T_src), tgt_ids (B, T_tgt) [, src_lengths (B,)] -> logits (B, T_tgt, V)."""
+        memory, memory_mask = self.encode(src_ids, src_lengths)  # (B, T_src, d_model), (B, T_src)
+        return self.decode(tgt_ids, memory, memory_mask, return_weights)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """TinyDecoder, TinyEncoder or TinyEncoderDecoder, as config.kind says."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"build_model: config must be a ModelConfig; got {type(config).__name__}")
+    return {"decoder": TinyDecoder, "encoder": TinyEncoder, "encoder-decoder": TinyEncoderDecoder}[config.kind](config)
+
+
+def _encoder_model_param_count(config: ModelConfig) -> int:
+    """TinyEncoder and TinyEncoderDecoder.
+
+        encoder:          V d + T_max d + L (attention + FFN + norms) + final norm (Pre-LN) + V d (untied head)
+        encoder-decoder:  V d (shared) + 2 T_max d + L (attention + FFN + 2 norms)
+                          + L (2 attention + FFN + 3 norms) + 2 final norms (Pre-LN) + V d (untied head)
+    """
+    d, V, L = config.d_model, config.vocab_size, config.n_layers
+    norm = _norm_param_count(config)
+    attention = attention_param_count(d, config.n_heads, config.kv_heads)
+    ffn = _ffn_param_count(config)
+    table = config.max_seq_len * d if config.positions == "learned" else 0
+    head = 0 if config.tie_weights else V * d
+    final = norm if config.norm_placement == "pre" else 0
+    encoder_layer = attention + ffn + (1 if config.block == "parallel" else 2) * norm
+    if config.kind == "encoder":
+        return V * d + table + L * encoder_layer + final + head
+    decoder_layer = 2 * attention + ffn + 3 * norm  # self-attention, cross-attention, FFN; three norms
+    return V * d + 2 * table + L * (encoder_layer + decoder_layer) + 2 * final + head
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,12 +47,23 @@ from torch import nn
 from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
 
 __all__ = [
+    "IGNORE_INDEX",
     "TrainHistory",
     "batches",
+    "bigram_loss",
     "lm_loss",
+    "lm_labels",
     "lr_at",
+    "mlm_loss",
+    "mlm_mask",
+    "param_count",
+    "sample_tokens",
+    "teacher_forcing_inputs",
+    "tie_weights",
+    "tied_param_saving",
     "token_loss",
     "train",
+    "unigram_loss",
 ]
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default
@@ -111,6 +122,180 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, ignore_index: int = IGNORE_
         raise ShapeError(f"{fn}: a next-token loss needs T >= 2 tokens (T - 1 predictions); got ids "
                          f"{fmt_shape(ids.shape)}")
     return token_loss(logits[:, :-1], ids[:, 1:], ignore_index)  # (B, T-1, V) vs (B, T-1)
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Masked-LM loss: logits (B, T, V) at position t scored against labels[:, t], no shift; labels
+    are ignore_index everywhere except at the positions mlm_mask selected."""
+    return token_loss(logits, labels, ignore_index)
+
+
+def lm_labels(ids: torch.Tensor, attention_mask: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Next-token labels that agree with a key-padding attention mask: ids where the token is real,
+    ignore_index where it is padding. ids (B, T), attention_mask (B, T) bool (True = real token).
+
+    lm_loss(logits, lm_labels(ids, mask)) then scores position t only when token t + 1 is real, so
+    no padding token is ever a target, and the mean runs over real targets only.
+    """
+    fn = "lm_labels"
+    _require_ids(fn, "ids", ids, "(B, T)", 2)
+    require_tensor(fn, "attention_mask", attention_mask)
+    if attention_mask.dtype != torch.bool or attention_mask.shape != ids.shape:
+        raise ShapeError(f"{fn}: attention_mask must be a bool tensor shaped like ids {fmt_shape(ids.shape)} "
+                         f"(True = real token); got {fmt_shape(attention_mask.shape)} of dtype {attention_mask.dtype}")
+    return ids.masked_fill(~attention_mask, ignore_index)  # (B, T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked-LM inputs, teacher forcing, weight tying
+# ---------------------------------------------------------------------------------------------
+
+
+def mlm_mask(ids: torch.Tensor, mask_id: int, vocab_size: int, generator: torch.Generator, *,
+             p: float = 0.15, can_mask: torch.Tensor | None = None,
+             ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: (inputs (B, T), labels (B, T)) from ids (B, T).
+
+    Each position that can_mask allows (default: all) is selected with probability p. A selected
+    position gets the mask token with probability 0.8, a uniformly random token with 0.1, and keeps
+    its own token with 0.1; its label is the original token. Every other position keeps its token
+    and gets the label ignore_index, so the loss is computed on the selected positions only.
+
+    The random numbers are drawn from `generator` in this order, each with the shape of ids:
+    u = rand (selected where u < p), r = rand (mask token where r < 0.8, random token where
+    0.8 <= r < 0.9), random = randint(0, vocab_size). So a seed gives exact, repeatable values.
+    """
+    fn = "mlm_mask"
+    _require_ids(fn, "ids", ids, "(B, T)", 2)
+    require_positive_int(fn, "vocab_size", vocab_size)
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < vocab_size:
+        raise ValueError(f"{fn}: mask_id must be an int in 0..vocab_size-1 = 0..{vocab_size - 1}; got {mask_id!r}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{fn}: generator must be a torch.Generator; got {type(generator).__name__}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{fn}: p must lie in [0, 1]; got {p!r}")
+    u = torch.rand(ids.shape, generator=generator)  # (B, T): selection
+    r = torch.rand(ids.shape, generator=generator)  # (B, T): what a selected position becomes
+    random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator)  # (B, T)
+    selected = u < p  # (B, T) bool
+    if can_mask is not None:
+        if can_mask.dtype != torch.bool or can_mask.shape != ids.shape:
+            raise ShapeError(f"{fn}: can_mask must be a bool tensor shaped like ids {fmt_shape(ids.shape)}; got "
+                             f"{fmt_shape(can_mask.shape)} of dtype {can_mask.dtype}")
+        selected = selected & can_mask.cpu()
+    selected, r, random_ids = selected.to(ids.device), r.to(ids.device), random_ids.to(ids.device)
+    inputs = torch.where(selected & (r < 0.8), torch.full_like(ids, mask_id), ids)  # (B, T): 80 % mask token
+    inputs = torch.where(selected & (r >= 0.8) & (r < 0.9), random_ids, inputs)  # (B, T): 10 % random token
+    labels = torch.where(selected, ids, torch.full_like(ids, ignore_index))  # (B, T): loss only where selected
+    return inputs, labels
+
+
+def teacher_forcing_inputs(targets: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """A decoder's inputs for training on targets (B, T): BOS, then the targets shifted right by one.
+
+        targets  y_0  y_1  ...  y_{T-1}
+        inputs   BOS  y_0  ...  y_{T-2}        position t reads the true y_{<t} and predicts y_t
+
+    The model is fed the true previous tokens (teacher forcing), not its own predictions, so all T
+    positions train in one parallel pass; the last target is never an input.
+    """
+    fn = "teacher_forcing_inputs"
+    _require_ids(fn, "targets", targets, "(B, T)", 2)
+    if isinstance(bos_id, bool) or not isinstance(bos_id, int):
+        raise TypeError(f"{fn}: bos_id must be an int; got {type(bos_id).__name__}")
+    bos = torch.full_like(targets[:, :1], bos_id)  # (B, 1)
+    return torch.cat([bos, targets[:, :-1]], dim=1)  # (B, T)
+
+
+def tie_weights(embedding: nn.Embedding, head: nn.Linear) -> None:
+    """Make head use the embedding's weight tensor (V, d_model): one Parameter, two uses, shared storage.
+
+    Assigning the Parameter itself shares it; copying its values (`.data.copy_`, `.clone()`) does not:
+    the two would drift apart at the first optimizer step, and nothing is saved.
+    """
+    if not isinstance(embedding, nn.Embedding) or not isinstance(head, nn.Linear):
+        raise TypeError("tie_weights: expected an nn.Embedding and an nn.Linear; got "
+                        f"{type(embedding).__name__} and {type(head).__name__}")
+    if tuple(head.weight.shape) != tuple(embedding.weight.shape):
+        raise ShapeError(f"tie_weights: the head's weight {fmt_shape(head.weight.shape)} = (V, d_model) must have "
+                         f"the embedding's shape {fmt_shape(embedding.weight.shape)}")
+    head.weight = embedding.weight  # the same Parameter object: same storage, one gradient
+
+
+def param_count(model: nn.Module) -> int:
+    """Trainable numbers in a model, each shared tensor counted once (as the optimizer sees them)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():  # parameters() already yields a shared Parameter once
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def tied_param_saving(vocab_size: int, d_model: int) -> int:
+    """Parameters saved by tying the LM head to the token embedding: one (V, d_model) matrix."""
+    require_positive_int("tied_param_saving", "vocab_size", vocab_size)
+    require_positive_int("tied_param_saving", "d_model", d_model)
+    return vocab_size * d_model
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines and samples
+# ---------------------------------------------------------------------------------------------
+
+
+def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, alpha: float = 1.0) -> float:
+    """The validation loss of the best context-free guess: token frequencies counted on train_ids
+    with add-alpha smoothing, p(v) = (count(v) + alpha) / (N + alpha V); mean -log p over val_ids."""
+    fn = "unigram_loss"
+    _require_ids(fn, "train_ids", train_ids, "(N,)", 1)
+    _require_ids(fn, "val_ids", val_ids, "(N,)", 1)
+    counts = torch.bincount(train_ids.cpu(), minlength=vocab_size).double() + alpha  # (V,)
+    log_p = counts.log() - counts.sum().log()  # (V,)
+    return float(-log_p[val_ids.cpu()].mean())
+
+
+def bigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, alpha: float = 0.1) -> float:
+    """The validation loss of a count-based bigram model: p(b | a) = (count(a b) + alpha) /
+    (count(a) + alpha V), counted on train_ids; mean -log p over the val_ids pairs. The best a
+    model that sees only the previous token can do, up to the smoothing and the finite sample."""
+    fn = "bigram_loss"
+    _require_ids(fn, "train_ids", train_ids, "(N,)", 1)
+    _require_ids(fn, "val_ids", val_ids, "(N,)", 1)
+    a, b = train_ids[:-1].cpu(), train_ids[1:].cpu()
+    counts = torch.bincount(a * vocab_size + b, minlength=vocab_size ** 2).double().view(vocab_size, vocab_size)
+    counts = counts + alpha  # (V, V)
+    log_p = counts.log() - counts.sum(dim=1, keepdim=True).log()  # (V, V): row a = p(. | a)
+    va, vb = val_ids[:-1].cpu(), val_ids[1:].cpu()
+    return float(-log_p[va, vb].mean())
+
+
+@torch.no_grad()
+def sample_tokens(model: nn.Module, prompt: torch.Tensor, n_new: int, *, generator: torch.Generator,
+                  temperature: float = 1.0, block_size: int | None = None) -> torch.Tensor:
+    """Free-running generation: prompt (B, T0) -> (B, T0 + n_new), each new token drawn from
+    softmax(logits / temperature) at the last position, then fed back as input. No KV cache: the
+    whole (cropped) sequence is re-read at every step, which is fine for a few hundred tokens.
+    temperature 0 means greedy (argmax). block_size: how many trailing tokens the model reads."""
+    fn = "sample_tokens"
+    _require_ids(fn, "prompt", prompt, "(B, T0)", 2)
+    require_positive_int(fn, "n_new", n_new)
+    if block_size is None:
+        block_size = getattr(getattr(model, "config", None), "max_seq_len", None) or prompt.shape[1] + n_new
+    was_training = model.training
+    model.eval()
+    ids = prompt
+    for _ in range(n_new):
+        logits = model(ids[:, -block_size:])[:, -1]  # (B, V): the prediction after the last token
+        if temperature == 0:
+            nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        else:
+            probs = torch.softmax(logits.double() / temperature, dim=-1).cpu()  # (B, V)
+            nxt = torch.multinomial(probs, 1, generator=generator).to(ids.device)  # (B, 1)
+        ids = torch.cat([ids, nxt], dim=1)  # (B, T + 1)
+    model.train(was_training)
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------

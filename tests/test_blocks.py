@@ -279,11 +279,13 @@ def test_same_seed_same_model():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field, value", list(LATER_CHAPTERS))
-def test_later_chapter_values_are_refused_with_the_chapter_named(field, value):
-    chapter = LATER_CHAPTERS[field, value]
-    with pytest.raises(ValueError, match=f"{field}='{value}' is added to the shared model in chapter {chapter}"):
-        ModelConfig(vocab_size=10, **{field: value})
+def test_later_chapter_values_are_refused_with_the_chapter_named(monkeypatch):
+    """Every value the syllabus names exists now (LATER_CHAPTERS is empty); the mechanism stays for
+    a value a future chapter adds: it is refused naming that chapter, not as an unknown value."""
+    for (field, value), chapter in {**LATER_CHAPTERS, ("norm", "dyt"): "10_future"}.items():
+        monkeypatch.setitem(LATER_CHAPTERS, (field, value), chapter)
+        with pytest.raises(ValueError, match=f"{field}='{value}' is added to the shared model in chapter {chapter}"):
+            ModelConfig(vocab_size=10, **{field: value})
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -452,3 +452,18 @@ def test_peak_tensor_bytes_agrees_with_the_operating_systems_peak_rss():
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["tensor_peak_bytes"] >= 2 * complexity.score_bytes(1, 4, 1024)  # scores and weights
     assert abs(measured["rss_peak_bytes"] - measured["tensor_peak_bytes"]) < 0.15 * measured["tensor_peak_bytes"]
+
+
+@pytest.mark.parametrize("fields", [{"attention": "fused"}, {"block": "parallel"}, {"ffn": "moe"}],
+                         ids=["fused-attention", "parallel-block", "moe"])
+def test_cache_works_with_the_other_chapters_switches(fields):
+    model = make_model(seed=6, n_kv_heads=2, **fields)
+    ids = torch.randint(0, 37, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(2)
+        cached = torch.cat([cached_forward(model, ids[:, :6], cache), cached_forward(model, ids[:, 6:7], cache),
+                            cached_forward(model, ids[:, 7:], cache)], dim=1)
+    assert_close(cached, full, n=32)
+    prompt = ids[:, :3]
+    assert torch.equal(generate(model, prompt, 10, temperature=0), generate(model, prompt, 10, False, temperature=0))

@@ -744,14 +744,12 @@ print(f"true model's average loss on the sample: {true_model_loss:.2f}")
 #
 # Each chapter opens one part of the block you just ran and proves it against an independent
 # oracle (a torch module, a closed form, a property test). The shared model, `helpers.blocks`,
-# gains a config field when a chapter adds a part; a value that belongs to a later chapter is
-# refused with that chapter's name:
+# gains a config field when a chapter adds a part, and refuses a value it does not know, naming
+# the ones it has:
 
 # %% id="roadmap-refusal"
 # NBVAL_CHECK_OUTPUT
-from helpers.blocks import LATER_CHAPTERS  # (field, value) -> the chapter that adds it
-
-for field, value in LATER_CHAPTERS:
+for field, value in [("norm", "batchnorm"), ("positions", "xpos")]:
     try:
         ModelConfig(vocab_size=10, **{field: value})
     except ValueError as error:

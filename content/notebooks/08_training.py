@@ -1,0 +1,626 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown] id="intro"
+# # Chapter 08: training signals, and a model that learns
+#
+# Chapters 01 to 07 built a transformer that computes; this one makes it **learn**. A language model
+# is trained by comparing its predictions with the text itself, so the whole art is in what is
+# compared with what: which position predicts which token, which positions count, and what the model
+# is allowed to see while it predicts. Get one of these wrong and training still runs, the loss
+# still falls, and the model is useless.
+#
+# | signal | what is compared | used by |
+# |---|---|---|
+# | next-token loss | logits at $t$ against the token at $t + 1$ (shift by one) | GPT, Llama: every decoder-only LM |
+# | masked-LM loss | logits at hidden positions against the hidden tokens (15 %, 80/10/10) | BERT, RoBERTa |
+# | teacher forcing | a decoder reads the true previous tokens, not its own guesses | every decoder in training (T5, translation) |
+# | loss mask | padding positions are never targets, matching the attention mask | every batched training run |
+# | weight tying | one $(V, d_{\text{model}})$ matrix embeds tokens and scores them | GPT-2, T5, many small models |
+#
+# **Map of this notebook.**
+#
+# 1. The next-token loss: the shift by one, by hand and against `F.cross_entropy`
+# 2. The masked-LM loss: BERT's 15 % and 80 / 10 / 10, measured
+# 3. Teacher forcing: the decoder's inputs, and why one pass trains every position
+# 4. Loss masks and attention masks: padding that neither leaks nor counts
+# 5. Weight tying: one matrix, shared storage, $V \times d_{\text{model}}$ parameters saved
+# 6. The training loop, and the fused attention path it uses
+# 7. **The run**: a tiny GPT trained on Python's documentation, against unigram and bigram baselines
+# 8. Teacher forcing vs free-running generation
+# 9. A mask bug in training: a model that sees the next token
+# 10. Common mistakes, self-check, evidence card
+#
+# Each subtopic follows the same pattern: the idea, the formula, a worked example computed in a cell,
+# where it shows up in real models, and a common mistake run beside the right version. Cells that
+# start with `# NBVAL_CHECK_OUTPUT` are claims: the test suite re-runs the notebook and fails if their
+# output ever changes.
+
+# %% id="setup"
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import helpers
+from helpers.blocks import ModelConfig, TinyDecoder, model_param_count
+from helpers.corpus import load_corpus
+from helpers.tokenizers import course_chars
+from helpers.training import (
+    batches,
+    bigram_loss,
+    lm_labels,
+    lm_loss,
+    lr_at,
+    mlm_loss,
+    mlm_mask,
+    param_count,
+    sample_tokens,
+    teacher_forcing_inputs,
+    tie_weights,
+    token_loss,
+    train,
+    unigram_loss,
+)
+
+helpers.seed_everything(0)
+device = helpers.get_device()
+if device.type == "cpu":
+    # The models here are tiny: on a 2-core CPU, one thread runs them several times faster than two
+    # (the threads spend more time waiting for each other than computing; section 7 has numbers).
+    torch.set_num_threads(1)
+print("computing on:", device.type)
+
+
+def show(t: torch.Tensor, digits: int = 4) -> list:
+    """A tensor as plain nested lists of rounded floats: no device, no dtype, no -0.0."""
+    return (torch.round(t.detach().double().cpu(), decimals=digits) + 0.0).tolist()
+
+
+# %% [markdown] id="next-token"
+# ## 1. The next-token loss
+#
+# **Main idea.** A decoder reads tokens $x_0 \dots x_{T-1}$ and, at every position $t$, outputs
+# logits $z_t \in \mathbb{R}^V$: its guess for the token that comes **next**. The causal mask lets
+# position $t$ see $x_0 \dots x_t$ only, so one forward pass makes $T - 1$ honest predictions at once.
+# Training compares the guess at $t$ with the true $x_{t+1}$: logits and targets are shifted by one
+# against each other. The last position has no target; the first token is never one.
+#
+# **Formula.** The cross-entropy of the softmax of $z_t$ with the true next token, averaged:
+#
+# $$
+# \mathcal{L} = \frac{1}{N}\sum_{b,\,t} -\log \operatorname{softmax}(z_{b,t})_{x_{b,t+1}}
+# = \frac{1}{N}\sum_{b,\,t} \Big(\log \sum_{v} e^{z_{b,t,v}} - z_{b,t,x_{b,t+1}}\Big),
+# \qquad N = B\,(T-1).
+# $$
+#
+# **Worked example.** One sequence of $T = 3$ tokens over a vocabulary of $V = 4$, with logits chosen
+# by hand. Two predictions are scored: position 0 against $x_1 = 2$, position 1 against $x_2 = 0$.
+
+# %% id="next-token-by-hand"
+# NBVAL_CHECK_OUTPUT
+ids = torch.tensor([[3, 2, 0]])  # (B, T) = (1, 3)
+logits = torch.tensor([[[0.0, 0.0, 2.0, 0.0],  # (B, T, V) = (1, 3, 4): position 0 favours token 2
+                        [1.0, 0.0, 0.0, 1.0],  # position 1: tokens 0 and 3
+                        [0.0, 5.0, 0.0, 0.0]]])  # position 2: no target, never scored
+p0 = math.exp(2) / (math.exp(2) + 3)  # softmax(z_0)[2]
+p1 = math.e / (2 * math.e + 2)  # softmax(z_1)[0]
+by_hand = (-math.log(p0) - math.log(p1)) / 2
+print(f"p(x_1 = 2 | x_0) = {p0:.4f}, p(x_2 = 0 | x_0, x_1) = {p1:.4f}")
+print(f"by hand: {by_hand:.4f} | lm_loss: {lm_loss(logits, ids).item():.4f}"
+      f" | F.cross_entropy on shifted tensors: "
+      f"{F.cross_entropy(logits[0, :-1], ids[0, 1:]).item():.4f}")
+
+# %% [markdown] id="next-token-check-text"
+# **Implementation check.** Shapes first: `logits[:, :-1]` is `(B, T-1, V)`, `ids[:, 1:]` is
+# `(B, T-1)`. `helpers.training.lm_loss` writes the formula with `logsumexp` and `gather`; on random
+# inputs it equals `F.cross_entropy` on the shifted, flattened tensors. A freshly initialized model
+# (weights with standard deviation 0.02, as GPT-2) spreads its probability almost evenly, so its
+# first loss is close to $\log V$: that is the number to expect at step 0, and a sanity check on
+# every new training run.
+
+# %% id="next-token-check"
+# NBVAL_CHECK_OUTPUT
+gen = torch.Generator().manual_seed(1)
+logits = torch.randn(4, 9, 50, generator=gen, dtype=torch.float64)  # (B, T, V)
+ids = torch.randint(0, 50, (4, 9), generator=gen)  # (B, T)
+ours = lm_loss(logits, ids)
+theirs = F.cross_entropy(logits[:, :-1].reshape(-1, 50), ids[:, 1:].reshape(-1))  # (B (T-1), V) vs (B (T-1),)
+print("lm_loss equals F.cross_entropy on shifted tensors:", torch.allclose(ours, theirs))
+
+torch.manual_seed(0)
+fresh = TinyDecoder(ModelConfig(vocab_size=512, d_model=64, n_heads=4, n_layers=2, max_seq_len=64))
+ids = torch.randint(0, 512, (8, 64), generator=gen)  # (B, T)
+with torch.no_grad():
+    first = lm_loss(fresh(ids), ids).item()
+print(f"fresh model, V = 512: loss {first:.2f} vs ln V = {math.log(512):.2f}")
+
+# %% [markdown] id="next-token-mistake-text"
+# **Common mistake: no shift, or the shift the wrong way.** Without the shift, position $t$ is scored
+# against $x_t$, a token the model has just read: the model can learn to copy its input and the loss
+# says nothing about prediction. Shifted the wrong way (`logits[:, 1:]` against `ids[:, :-1]`), each
+# position is asked for the *previous* token. Both give a number that looks like a loss. Here a
+# "model" that simply copies its input (huge logit on the token it reads) is scored all three ways.
+
+# %% id="next-token-mistake"
+# NBVAL_CHECK_OUTPUT
+ids = torch.randint(0, 50, (4, 9), generator=torch.Generator().manual_seed(2))  # (B, T)
+copier = 10.0 * F.one_hot(ids, 50).double()  # (B, T, V): logits that repeat the token just read
+right = lm_loss(copier, ids).item()
+no_shift = F.cross_entropy(copier.reshape(-1, 50), ids.reshape(-1)).item()
+wrong_way = F.cross_entropy(copier[:, 1:].reshape(-1, 50), ids[:, :-1].reshape(-1)).item()
+print(f"a copying model, right loss {right:.2f} | no shift {no_shift:.4f} (looks perfect) | "
+      f"wrong way {wrong_way:.2f}")
+
+# %% [markdown] id="mlm"
+# ## 2. The masked-LM loss
+#
+# **Main idea.** An encoder like BERT sees the whole sequence at once (no causal mask), so "predict
+# the next token" would be trivial. Instead some tokens are hidden and the model recovers them from
+# both sides. BERT selects 15 % of positions; of those, 80 % become `[MASK]`, 10 % a random token
+# and 10 % stay unchanged. The last two keep the model honest: `[MASK]` never appears when the
+# model is used later, so it must build a good representation of *every* token, not only of masks.
+# The loss is computed at the selected positions only; every other label is the ignore index.
+#
+# **Formula.** With $S$ the selected positions and $\tilde x$ the corrupted input,
+#
+# $$
+# \mathcal{L}_{\text{MLM}} = \frac{1}{|S|}\sum_{(b,t) \in S} -\log \operatorname{softmax}\big(z_{b,t}(\tilde x)\big)_{x_{b,t}},
+# \qquad P(\text{selected}) = 0.15,\ \ P(\texttt{[MASK]} \mid S) = 0.8,\ \ P(\text{random} \mid S) = P(\text{kept} \mid S) = 0.1.
+# $$
+#
+# No shift here: position $t$ predicts its own (hidden) token. **Worked example:** `mlm_mask` on the
+# corpus' first 20 000 characters, with a seeded generator; the rates land on their probabilities.
+
+# %% id="mlm-rates"
+# NBVAL_CHECK_OUTPUT
+tok = course_chars()
+V_chars = tok.vocab_size
+text_ids = torch.tensor(tok.encode(load_corpus("train")[:20_000])).view(40, 500)  # (B, T)
+MASK = V_chars  # one extra id for [MASK], beyond the characters
+inputs, labels = mlm_mask(text_ids, MASK, V_chars + 1, torch.Generator().manual_seed(0))
+selected = labels != -100  # (B, T)
+k = int(selected.sum())
+print(f"selected: {k / selected.numel():.3f} of {selected.numel()} positions")
+print(f"  of those, [MASK]: {((inputs == MASK) & selected).sum().item() / k:.3f}, "
+      f"random token: {((inputs != text_ids) & (inputs != MASK) & selected).sum().item() / k:.3f}, "
+      f"unchanged: {((inputs == text_ids) & selected).sum().item() / k:.3f}")
+print("unselected positions untouched:", torch.equal(inputs[~selected], text_ids[~selected]),
+      "| labels there are -100:", bool((labels[~selected] == -100).all()))
+print("first 60 characters, corrupted (# = [MASK]):")
+print(repr("".join("#" if i == MASK else tok.decode([i]) for i in inputs[0, :60].tolist())))
+
+# %% [markdown] id="mlm-mistake-text"
+# **Common mistake: labels everywhere.** If the unselected positions keep their labels, most of the
+# loss comes from positions where the answer is *in the input*: the model lowers it by copying, and
+# the loss on the masked positions, the only part that teaches anything, is diluted 85 : 15. Below,
+# a "model" that copies its input perfectly and knows nothing else: the right MLM loss says it knows
+# nothing (about $\log V$ on masked positions), the wrong one says it is nearly perfect.
+
+# %% id="mlm-mistake"
+# NBVAL_CHECK_OUTPUT
+copier = 10.0 * F.one_hot(inputs, V_chars + 1).double()  # (B, T, V + 1): repeats its (corrupted) input
+print(f"copying model: right MLM loss {mlm_loss(copier, labels).item():.2f} | "
+      f"labels kept everywhere {mlm_loss(copier, text_ids).item():.2f}")
+all_mask = torch.where(selected, torch.full_like(text_ids, MASK), text_ids)  # WRONG: 100 % [MASK]
+print("with 100 % [MASK], a selected token is never visible in the input:",
+      bool((all_mask[selected] == MASK).all()), "| with 80/10/10 it is in",
+      f"{((inputs == text_ids) & selected).sum().item() / k:.0%} of them")
+
+# %% [markdown] id="teacher-forcing"
+# ## 3. Teacher forcing
+#
+# **Main idea.** A decoder that learns to produce a target sequence $y_0 \dots y_{T-1}$ (a translation,
+# an answer, or simply the rest of a text) is fed the **true** previous tokens while training, not the
+# ones it would have generated: its input at position $t$ is $y_{t-1}$ (a start token BOS at $t = 0$).
+# With the causal mask, all $T$ positions then train in one parallel pass. At generation time there
+# is no teacher: the model reads its own previous outputs (section 8 shows what that changes).
+#
+# **Formula.** Inputs $= [\text{BOS}, y_0, \dots, y_{T-2}]$, targets $= [y_0, \dots, y_{T-1}]$,
+#
+# $$
+# \mathcal{L}_{\text{TF}} = \frac{1}{T}\sum_{t=0}^{T-1} -\log p_\theta\big(y_t \mid \text{BOS}, y_0, \dots, y_{t-1}\big),
+# $$
+#
+# which is exactly the next-token loss of section 1 on the sequence $[\text{BOS}, y_0, \dots, y_{T-1}]$.
+
+# %% id="teacher-forcing-check"
+# NBVAL_CHECK_OUTPUT
+targets = torch.tensor([tok.encode("attention")])  # (B, T) = (1, 9)
+BOS = V_chars  # an extra id for the start token
+inputs = teacher_forcing_inputs(targets, BOS)  # (1, 9)
+print("inputs :", ["BOS" if i == BOS else tok.decode([i]) for i in inputs[0].tolist()])
+print("targets:", [tok.decode([i]) for i in targets[0].tolist()])
+torch.manual_seed(0)
+toy = TinyDecoder(ModelConfig(vocab_size=V_chars + 1, d_model=32, n_heads=2, n_layers=1, max_seq_len=16)).double()
+full = torch.cat([torch.full((1, 1), BOS), targets], dim=1)  # (1, 10): BOS y_0 .. y_8
+with torch.no_grad():
+    tf = token_loss(toy(inputs), targets).item()  # targets unshifted: the inputs carry the shift
+    lm = lm_loss(toy(full), full).item()
+print(f"teacher-forcing loss {tf:.6f} == next-token loss of BOS + targets {lm:.6f}:", math.isclose(tf, lm))
+
+# %% [markdown] id="loss-mask"
+# ## 4. Loss masks and attention masks
+#
+# **Main idea.** Sequences in a batch have different lengths, so the short ones are padded. Two
+# masks must then agree: the **attention mask** keeps real tokens from reading padding, and the
+# **loss mask** keeps padding from being scored. With right padding and a causal mask, real
+# positions never see the padding after them; so the only thing left is the loss. Setting the
+# labels of padding positions to the ignore index does it (`lm_labels`), and the mean must divide by
+# the number of *scored* targets.
+#
+# **Formula.** With $m_{b,t} = 1$ where token $t$ of sequence $b$ is real (the attention mask),
+#
+# $$
+# \mathcal{L} = \frac{\sum_{b,t} m_{b,t+1}\,\ell_{b,t}}{\sum_{b,t} m_{b,t+1}},
+# \qquad \ell_{b,t} = -\log \operatorname{softmax}(z_{b,t})_{x_{b,t+1}} .
+# $$
+#
+# **Worked example.** Three sequences of lengths 9, 6 and 3, padded to 9: the masked batch loss
+# equals the loss of the three sequences computed one by one without padding. Averaging over every
+# position (padding included) does not.
+
+# %% id="loss-mask-check"
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+toy = TinyDecoder(ModelConfig(vocab_size=20, d_model=16, n_heads=2, n_layers=2, max_seq_len=16)).double().eval()
+gen = torch.Generator().manual_seed(3)
+lengths = [9, 6, 3]
+seqs = [torch.randint(0, 19, (n,), generator=gen) for n in lengths]
+PAD = 19
+ids = torch.full((3, 9), PAD)  # (B, T), right-padded
+for b, s in enumerate(seqs):
+    ids[b, :len(s)] = s
+attention_mask = torch.arange(9) < torch.tensor(lengths)[:, None]  # (B, T): True = real token
+print(attention_mask.int())
+with torch.no_grad():
+    logits = toy(ids)  # (B, T, V)
+    masked = lm_loss(logits, lm_labels(ids, attention_mask)).item()
+    one_by_one = sum(F.cross_entropy(toy(s[None])[0, :-1], s[1:], reduction="sum").item() for s in seqs) \
+        / sum(n - 1 for n in lengths)
+    targets = lm_labels(ids, attention_mask)[:, 1:]  # (B, T-1)
+    per_token = F.cross_entropy(logits[:, :-1].reshape(-1, 20), targets.reshape(-1), reduction="none")
+    padded_mean = per_token.sum().item() / per_token.numel()  # WRONG: padding counted in the mean
+print(f"masked batch loss {masked:.4f} | sequences one by one {one_by_one:.4f} | "
+      f"mean over all positions {padded_mean:.4f} (wrong)")
+
+# %% [markdown] id="tying"
+# ## 5. Weight tying
+#
+# **Main idea.** The token embedding $W_E$ maps an id to a vector, `(V, d_model)`; the LM head
+# $W_U$ maps a vector to $V$ scores, also `(V, d_model)` in `nn.Linear` layout. Tying uses one matrix
+# for both, $W_U = W_E$: a token's input vector is also the direction that scores it as output
+# (Press & Wolf 2017; GPT-2, T5). It saves $V \times d_{\text{model}}$ parameters, a large share of a
+# small model, and the shared matrix gets gradients from both ends. It must be **one tensor**: a copy
+# would drift apart at the first optimizer step and save nothing.
+#
+# $$
+# \text{logits} = h\,W_E^{\top}, \qquad \#\text{params}_{\text{untied}} - \#\text{params}_{\text{tied}} = V\,d_{\text{model}}.
+# $$
+
+# %% id="tying-check"
+# NBVAL_CHECK_OUTPUT
+config = dict(vocab_size=V_chars, d_model=64, n_heads=4, n_layers=2, max_seq_len=64)
+untied = TinyDecoder(ModelConfig(**config, tie_weights=False))
+before = param_count(untied)
+copied = TinyDecoder(ModelConfig(**config, tie_weights=False))
+copied.lm_head.weight = torch.nn.Parameter(copied.tok_emb.weight.detach().clone())  # WRONG: a copy
+tie_weights(untied.tok_emb, untied.lm_head)  # right: the same Parameter
+print(f"V = {V_chars}, d_model = 64: untied {before} parameters, tied {param_count(untied)}, "
+      f"saved {before - param_count(untied)} = V x d_model = {V_chars * 64}")
+print("formula (helpers.blocks.model_param_count) agrees:",
+      param_count(untied) == model_param_count(ModelConfig(**config, tie_weights=True)))
+print("tied: same Parameter:", untied.lm_head.weight is untied.tok_emb.weight,
+      "| same storage:", untied.lm_head.weight.data_ptr() == untied.tok_emb.weight.data_ptr())
+print("copy: same storage:", copied.lm_head.weight.data_ptr() == copied.tok_emb.weight.data_ptr(),
+      "| parameters:", param_count(copied))
+x = torch.randint(0, V_chars, (2, 16), generator=torch.Generator().manual_seed(4))
+for name, m in [("tied", untied), ("copy", copied)]:
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    lm_loss(m(x), x).backward()
+    opt.step()
+    gap = (m.lm_head.weight - m.tok_emb.weight).abs().max().item()
+    print(f"after one AdamW step, {name}: max |W_U - W_E| = {gap:.4f}")
+
+# %% [markdown] id="loop"
+# ## 6. The training loop, and the attention it uses
+#
+# `helpers.training.train` is nanoGPT's recipe at a small scale; chapters 06 and 09 use it too.
+#
+# * **batches**: B random windows of T + 1 consecutive tokens; x is the first T, y the last T, so
+#   `y[:, t]` is the token after `x[:, t]` (the shift is done once, here, and the loss is
+#   `token_loss(model(x), y)`, unshifted);
+# * **AdamW** (decoupled weight decay 0.1 on matrices and embeddings, none on norm gains);
+# * **learning rate**: linear warm-up to `lr`, then cosine decay to `min_lr` at the last step;
+# * **gradient clipping**: the global gradient norm is scaled down to at most 1;
+# * **validation** on fixed held-out batches before the first step, regularly, and at the end;
+# * a `tqdm.auto` **progress bar** and a returned history that plots in one call.
+#
+# $$
+# \eta_t = \begin{cases} \eta\,\dfrac{t+1}{w} & t < w \\[4pt]
+# \eta_{\min} + \tfrac12(\eta - \eta_{\min})\big(1 + \cos \pi p_t\big),\ \ p_t = \dfrac{t + 1 - w}{S - w} & t \ge w \end{cases}
+# $$
+
+# %% id="loop-schedule"
+# NBVAL_CHECK_OUTPUT
+rates = [lr_at(s, lr=3e-3, steps=100, warmup=10, min_lr=3e-4) for s in range(100)]
+print("warm-up:", [f"{r:.1e}" for r in rates[:3]], "... peak at step 9:", f"{rates[9]:.1e}",
+      "| last step:", f"{rates[-1]:.1e}")
+x, y = batches(torch.arange(100), 2, 5, torch.Generator().manual_seed(0))
+print("a batch of windows:", x.tolist(), "-> next tokens:", y.tolist())
+
+# %% [markdown] id="fused"
+# **Which attention trains.** The shared model has two attention paths with the same numbers:
+# `attention="course"` runs chapter 01's function, which forms the `(T, T)` weight matrix and can
+# return it (chapter 09's diagnostics need that); `attention="fused"` calls
+# `torch.nn.functional.scaled_dot_product_attention`, which never materializes the weights (on a GPU
+# it is FlashAttention-style tiled attention, chapter 07) and is faster. The test suite proves the two
+# equal, outputs and gradients, for every mask and model variant; a model asked for its weights falls
+# back to the course path. Training needs no weights, so the run below uses `"fused"`. The same
+# check on one batch:
+
+# %% id="fused-check"
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+course_model = TinyDecoder(ModelConfig(**config, attention="course")).double()
+fused_model = TinyDecoder(ModelConfig(**config, attention="fused")).double()
+fused_model.load_state_dict(course_model.state_dict())
+x = torch.randint(0, V_chars, (3, 32), generator=torch.Generator().manual_seed(5))  # (B, T)
+losses = [lm_loss(m(x), x) for m in (course_model, fused_model)]
+for loss in losses:
+    loss.backward()
+grad_gap = max((a.grad - b.grad).abs().max().item()
+               for a, b in zip(course_model.parameters(), fused_model.parameters()))
+print(f"course loss {losses[0].item():.10f} | fused loss {losses[1].item():.10f} | "
+      f"largest gradient difference below 1e-12: {grad_gap < 1e-12}")
+
+# %% [markdown] id="run"
+# ## 7. The run
+#
+# **Data.** Python's own documentation (chapter 00's corpus, no download), one id per character:
+# 94 distinct characters. The split is by whole documents, so no paragraph is in both halves.
+#
+# **Baselines, on the same split.** A model that ignores context can do no better than the
+# character frequencies (**unigram**: $-\frac1N\sum \log \hat p(x_t)$); one that sees only the
+# previous character, no better than the pair counts (**bigram**: $-\frac1N\sum \log \hat p(x_t \mid x_{t-1})$),
+# both counted on the training split with a little smoothing and scored on the validation split.
+# A transformer that has learned anything beyond pairs of characters must end below the bigram line.
+#
+# **Model.** `TinyDecoder`: 2 layers, 4 heads, `d_model` 64, block of 64 characters, Pre-LN,
+# GELU, learned positions, tied weights, fused attention: about 110 thousand parameters.
+# On the course's 2-core CPU a model this small trains several times faster on **one** thread than
+# on two, which is why the first cell sets one thread on a CPU. Measured while writing this chapter,
+# on a busy shared 2-core machine, 30 steps of a 4-layer, `d_model` 128 model: 1 900 tokens/s on one
+# thread, 160 on two (thread synchronization dominates); an idle machine narrows the gap, but one
+# thread stays the better choice for models of this size.
+
+# %% id="run-data"
+# NBVAL_CHECK_OUTPUT
+train_ids = torch.tensor(tok.encode(load_corpus("train")))  # (N_train,)
+val_ids = torch.tensor(tok.encode(load_corpus("val")))  # (N_val,)
+unigram = unigram_loss(train_ids, val_ids, V_chars)
+bigram = bigram_loss(train_ids, val_ids, V_chars)
+print(f"characters: train {len(train_ids)}, validation {len(val_ids)}, V = {V_chars}")
+print(f"validation loss of the baselines: uniform ln V = {math.log(V_chars):.3f}, "
+      f"unigram {unigram:.3f}, bigram {bigram:.3f} nats per character")
+
+# %% id="run-model"
+run_config = ModelConfig(vocab_size=V_chars, d_model=64, n_heads=4, n_layers=2, max_seq_len=64,
+                         attention="fused")
+torch.manual_seed(0)
+model = TinyDecoder(run_config).to(device)
+print(f"{param_count(model)} parameters; fresh validation loss should be near ln V = {math.log(V_chars):.3f}")
+prompt = torch.tensor([tok.encode("The ")], device=device)  # (1, 4)
+before = sample_tokens(model, prompt, 80, generator=torch.Generator().manual_seed(0))
+print("sample before training:", repr(tok.decode(before[0].tolist())))
+
+# %% id="run-train"
+history = train(model, train_ids, val_ids, steps=500, batch_size=16, block_size=64, lr=1e-2,
+                warmup=50, min_lr=1e-3, eval_every=50, eval_batches=4, seed=0, device=device)
+print(f"{history.tokens} training tokens in {history.seconds:.0f} s: {history.tokens_per_s:,.0f} tokens/s "
+      f"(forward + backward + AdamW, validation excluded)")
+print(f"validation loss: start {history.val_loss[0]:.3f}, end {history.val_loss[-1]:.3f}; "
+      f"bigram baseline {bigram:.3f}, unigram {unigram:.3f}")
+
+# %% id="run-claims"
+# NBVAL_CHECK_OUTPUT
+print("fresh model within 0.1 of ln V:", abs(history.val_loss[0] - math.log(V_chars)) < 0.1)
+print("trained model below the bigram baseline:", history.val_loss[-1] < bigram)
+print("validation loss fell by more than 2 nats during the run:", history.val_loss[0] - history.val_loss[-1] > 2)
+
+# %% id="run-plot"
+ax = history.plot(baselines={"unigram": unigram, "bigram": bigram},
+                  title="Train and validation loss fall below the bigram line: the model uses more than one character")
+plt.show()
+
+# %% [markdown] id="run-plot-caption"
+# *What to see:* validation loss (orange) starts near $\ln V = 4.54$, crosses the unigram line within a
+# few dozen steps and the bigram line later: from then on the model uses more than the previous
+# character. The training curve (blue, noisy per batch) runs above the validation curve here because
+# the validation documents (the alphabetically last topics) happen to be easier text, not because
+# anything leaked. The train and validation splits share no document.
+
+# %% id="run-samples"
+after = sample_tokens(model, prompt, 200, generator=torch.Generator().manual_seed(0), temperature=0.8)
+print("sample after training (temperature 0.8):")
+print(tok.decode(after[0].tolist()))
+
+# %% [markdown] id="run-samples-text"
+# Before training the sample is uniform noise over the 94 characters. After half a million characters
+# of training (500 steps of 16 x 64; each character of the training split seen about 1.5 times) it
+# has words, spaces and punctuation in plausible places and the look of Python's documentation, with
+# many invented words: a 2-layer model this young cannot do more. Longer runs (`steps=5000`) reach a loss
+# near 1.5 and readable phrases; the budget of this notebook (2 minutes on a laptop CPU) stops here.
+
+# %% [markdown] id="free-running"
+# ## 8. Teacher forcing vs free-running generation
+#
+# During training the model always reads the **true** previous characters (teacher forcing). When it
+# generates, it reads **its own** previous outputs. Here the same validation text is continued both
+# ways: with teacher forcing, the next character is predicted (greedily) from the true prefix at
+# every position; free-running, the model writes 60 characters after a true prompt and each guess is
+# fed back. One early mistake changes every later input, and the free-running text drifts from the
+# truth, while the teacher-forced guesses stay as good as the loss says.
+
+# %% id="free-running-check"
+start = load_corpus("val").find("\nThe ", 10_000) + 1  # a sentence of prose in the validation split
+chunk = val_ids[start:start + 64][None].to(device)  # (1, 64): 24 characters of prompt + 40 to predict
+with torch.no_grad():
+    teacher = model(chunk).argmax(-1)  # (1, 64): the guess for the next character at every position
+tf_hits = (teacher[0, 23:-1] == chunk[0, 24:]).float().mean().item()
+free = sample_tokens(model, chunk[:, :24], 40, generator=torch.Generator(), temperature=0)  # (1, 64) greedy
+free_hits = (free[0, 24:] == chunk[0, 24:]).float().mean().item()
+print(f"teacher-forced greedy guesses matching the true next character: {tf_hits:.0%} of 40")
+print(f"free-running greedy text matching the true continuation:       {free_hits:.0%} of 40")
+
+# %% id="free-running-claim"
+# NBVAL_CHECK_OUTPUT
+print("teacher-forced guesses match the truth more often than free-running text:", tf_hits > free_hits)
+
+# %% id="free-running-show"
+print("prompt       :", repr(tok.decode(chunk[0, :24].tolist())))
+print("truth        :", repr(tok.decode(chunk[0, 24:].tolist())))
+print("teacher-forced guesses:", repr(tok.decode(teacher[0, 23:-1].tolist())))
+print("free-running :", repr(tok.decode(free[0, 24:].tolist())))
+
+# %% [markdown] id="mask-bug"
+# ## 9. A mask bug: a model that sees the next token
+#
+# Train the same model with `causal=False`: no causal mask, so position $t$ can read $x_{t+1}$, the
+# very token it is asked to predict (windows of 16 characters, 32 per batch, so that the shortcut is
+# found within the budget: in longer windows the attention takes longer to single out one position).
+# Nothing crashes. The loss falls far faster than the real run's and
+# far below anything a language model can reach: below the bigram line within a few dozen steps, and
+# on towards zero (the answer is in the input). The true floor for English text is well above that,
+# and this model has learned no language: at generation time there is no next token to read, and the
+# samples are garbage. An impossibly good loss is a bug, most often in the mask.
+
+# %% id="mask-bug-train"
+torch.manual_seed(0)
+leaky = TinyDecoder(ModelConfig(**{**vars(run_config), "causal": False})).to(device)
+leak_history = train(leaky, train_ids, val_ids, steps=200, batch_size=32, block_size=16, lr=1e-2, warmup=20,
+                     min_lr=1e-3, eval_every=25, eval_batches=4, seed=0, device=device, progress=False)
+print(f"leaky model: validation loss {leak_history.val_loss[0]:.2f} -> {leak_history.val_loss[-1]:.2f} in 200 steps; "
+      f"the causal model ended at {history.val_loss[-1]:.2f} after 500")
+
+# %% id="mask-bug-claims"
+# NBVAL_CHECK_OUTPUT
+print("leaky model far below the bigram baseline:", leak_history.val_loss[-1] < bigram - 1.0)
+print("leaky model below the trained causal model:", leak_history.val_loss[-1] < history.val_loss[-1])
+
+# %% id="mask-bug-plot"
+fig, ax = plt.subplots(figsize=(7, 4))
+ax.plot(history.val_steps, history.val_loss, "o-", label="causal (right)")
+ax.plot(leak_history.val_steps, leak_history.val_loss, "s-", color="tab:red", label="no causal mask (bug)")
+ax.axhline(bigram, color="gray", ls="--", label=f"bigram {bigram:.2f}")
+ax.set_xlabel("update step")
+ax.set_ylabel("validation loss (nats per character)")
+ax.set_title("A model that can see the next token reaches an impossibly low loss")
+ax.legend()
+plt.show()
+
+# %% id="mask-bug-sample"
+garbage = sample_tokens(leaky, prompt, 120, generator=torch.Generator().manual_seed(0), temperature=0.8)
+print("sample from the leaky model:", repr(tok.decode(garbage[0].tolist())))
+
+# %% [markdown] id="mistakes-summary"
+# ## 10. Common mistakes
+#
+# | mistake | symptom you can print | the fix |
+# |---|---|---|
+# | no shift | a copying model gets loss ~0; the model learns to copy | `logits[:, :-1]` vs `ids[:, 1:]` |
+# | shift the wrong way | the model is asked for the previous token | same as above |
+# | averaging over padding | the batch loss changes with the amount of padding | labels -100 on padding, divide by scored targets |
+# | loss on probabilities (softmax twice) | loss stuck near $\ln V$, tiny gradients | feed raw logits to the loss |
+# | MLM: all selected tokens become `[MASK]` | the model never has to represent a visible selected token | 80 / 10 / 10 |
+# | MLM: labels on unselected positions | copying looks like learning; the masked signal is diluted | labels -100 off the selection |
+# | tying by copying | `data_ptr` differs; the matrices drift apart after one step; no parameters saved | assign the Parameter itself |
+# | no causal mask in a decoder | impossibly low loss, garbage samples | causal mask (section 9) |
+# | fresh loss far from $\ln V$ | a bad initialization or a bug before training starts | check step 0 |
+
+# %% [markdown] id="self-check"
+# ## Self-check
+#
+# **Q1.** `logits` is `(8, 128, 50257)` and `ids` is `(8, 128)`. How many predictions does the
+# next-token loss average over, with no padding?
+#
+# <details><summary>Answer</summary>
+#
+# $8 \times 127 = 1016$: the last position of each sequence has no next token.
+#
+# </details>
+#
+# **Q2.** Your first logged loss for a model with $V = 32000$ is 18.7. Is something wrong?
+#
+# <details><summary>Answer</summary>
+#
+# Probably: a fresh model should start near $\ln 32000 \approx 10.4$. A much higher start means
+# confident wrong predictions at initialization (weights too large, a missing scaling).
+#
+# </details>
+#
+# **Q3.** Why does BERT leave 10 % of the selected tokens unchanged?
+#
+# <details><summary>Answer</summary>
+#
+# `[MASK]` never appears at fine-tuning or inference; if only masked positions were ever scored, the
+# model could ignore visible tokens' representations. Keeping some selected tokens visible (and
+# replacing some at random) forces a good prediction for every position.
+#
+# </details>
+#
+# **Q4.** Write the teacher-forcing inputs for targets `[y0, y1, y2]`.
+#
+# <details><summary>Answer</summary>
+#
+# `[BOS, y0, y1]`.
+#
+# </details>
+#
+# **Q5.** A model's validation loss is 0.05 nats per character on English text after five minutes
+# of CPU training. What do you check first?
+#
+# <details><summary>Answer</summary>
+#
+# The attention mask (and the shift): a loss that low means the model can see what it predicts.
+#
+# </details>
+#
+# **Q6.** How many parameters does tying save in a model with $V = 32000$ and $d_{\text{model}} = 4096$?
+#
+# <details><summary>Answer</summary>
+#
+# $32000 \times 4096 = 131{,}072{,}000$. (Llama does not tie; GPT-2 and T5 do.)
+#
+# </details>
+
+# %% [markdown] id="evidence-card"
+# ## Evidence card
+#
+# | you can show | where |
+# |---|---|
+# | the shifted loss by hand equals `lm_loss` and `F.cross_entropy`; a fresh model starts at $\ln V$ | §1, `next-token-by-hand`, `next-token-check` |
+# | no shift lets a copying model look perfect | §1, `next-token-mistake` |
+# | BERT's 15 % and 80/10/10 measured; labels everywhere reward copying | §2, `mlm-rates`, `mlm-mistake` |
+# | teacher forcing is the next-token loss of BOS + targets | §3, `teacher-forcing-check` |
+# | a loss mask that agrees with the attention mask gives the unpadded loss | §4, `loss-mask-check` |
+# | tying shares storage and saves $V \times d_{\text{model}}$; a copy drifts | §5, `tying-check` |
+# | the fused attention path equals the course path, loss and gradients | §6, `fused-check` |
+# | a tiny GPT trained on CPU ends below the bigram baseline, with samples and tokens/s | §7, `run-train`, `run-claims`, `run-plot` |
+# | free-running generation drifts from the truth while teacher-forced guesses do not | §8, `free-running-check`, `free-running-claim` |
+# | a missing causal mask gives an impossibly low loss and garbage samples | §9, `mask-bug-claims`, `mask-bug-plot` |
+
+# %% [markdown] id="next"
+# ## Next: the exercises
+#
+# Open [`exercises/08_training/08_training.ipynb`](../exercises/08_training/08_training.ipynb). You
+# will write `lm_loss` with its shift and padding, BERT's `mlm_mask`, the teacher-forcing inputs,
+# weight tying and padding labels that agree with the attention mask, each with a visible check that
+# names the mistake if you make one of those above.

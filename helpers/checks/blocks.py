@@ -1,0 +1,679 @@
+"""Checks for chapter 05 (cross-attention, the decoder block with cross-attention, the mask family,
+the prefix-LM mask, encoder-decoder parameter counts) and their catalogue of known mistakes.
+
+Each `check_*` takes the learner's function, calls it on generated inputs and raises `CheckFailed`
+with one sentence when something is wrong. Keyword arguments choose other seeds, dtypes and axis
+sizes: the visible tests use the defaults, the hidden tests use others.
+
+Answers may use the earlier chapters' helpers (`helpers.attention.scaled_dot_product_attention`,
+`causal_mask`, `padding_mask`; `helpers.heads.split_heads`, `merge_heads`, `repeat_kv`). They may not
+call this chapter's reference (`helpers.blocks`, and the mask builders `helpers.attention` gained in
+this chapter) or torch's multi-head attention and transformer layers.
+
+The decoder-block exercise hands over its sublayers: attention sublayers of the shared model
+(helpers.blocks.Attention with random weights) and torch's own FFN and LayerNorms; calling them is
+the exercise. norm1, norm2 and norm3 have different parameters, so each misplaced norm is recognised.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import attention as masks_ref
+from .. import blocks as ref
+from .core import (
+    Case,
+    CheckFailed,
+    Mistake,
+    call_learner,
+    check_function,
+    check_numbers,
+    compare,
+    protect,
+    verify_environment,
+)
+from .core import randn as _randn
+
+__all__ = [
+    "MASKS_TO_NAME",
+    "MISTAKES",
+    "check_cross_attention",
+    "check_decoder_block",
+    "check_encoder_decoder_counts",
+    "check_mask_names",
+    "check_model_masks",
+    "check_prefix_lm_mask",
+]
+
+_TORCH_MHA = (F.multi_head_attention_forward, nn.MultiheadAttention.forward)
+_TORCH_LAYERS = (nn.TransformerDecoderLayer.forward, nn.TransformerDecoder.forward, nn.Transformer.forward,
+                 nn.TransformerEncoderLayer.forward)
+# This chapter's mask builders live in helpers.attention (chapter 01's module): named one by one.
+_MASK_REFERENCE = (masks_ref.bidirectional_mask, masks_ref.causal_padding_mask, masks_ref.prefix_lm_mask,
+                   masks_ref.cross_mask, masks_ref.model_masks, masks_ref.classify_mask)
+_CROSS_FORBIDDEN = (ref,) + _TORCH_MHA
+_BLOCK_FORBIDDEN = (ref.decoder_block, ref.CrossDecoderBlock.forward, ref.TinyEncoderDecoder.forward,
+                    ref.TinyEncoderDecoder.decode) + _TORCH_LAYERS
+_MASK_FORBIDDEN = (ref,) + _MASK_REFERENCE
+# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
+FORBIDDEN_BY_EXERCISE = {"ex1": _TORCH_MHA, "ex2": _TORCH_LAYERS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 1: cross-attention, and its mistakes
+# ---------------------------------------------------------------------------------------------
+
+
+def _cross(*, kv_from: str = "memory", causal: bool = False, mask_axis: str = "keys", scale: str = "d_head",
+           kv_map: str = "interleave", project_out: bool = True):
+    """A complete cross_attention with the given mistakes built in."""
+    def wrong(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads=None, memory_mask=None):
+        n_kv = n_heads if n_kv_heads is None else n_kv_heads
+        B, T_q, d_model = x.shape
+        d_head = d_model // n_heads
+        source = memory if kv_from == "memory" else x
+        T_k = source.shape[1]
+        q = (x @ w_q.T).reshape(B, T_q, n_heads, d_head).transpose(1, 2)  # (B, H, T_q, d_head)
+        k = (source @ w_k.T).reshape(B, T_k, n_kv, d_head).transpose(1, 2)  # (B, H_kv, T_k, d_head)
+        v = (source @ w_v.T).reshape(B, T_k, n_kv, d_head).transpose(1, 2)
+        if kv_map == "interleave":
+            k, v = k.repeat_interleave(n_heads // n_kv, dim=1), v.repeat_interleave(n_heads // n_kv, dim=1)
+        else:  # WRONG: query head h reads key/value head h % H_kv
+            k, v = k.repeat(1, n_heads // n_kv, 1, 1), v.repeat(1, n_heads // n_kv, 1, 1)
+        scores = q @ k.transpose(-2, -1)  # (B, H, T_q, T_k)
+        scores = scores / {"d_head": math.sqrt(d_head), "none": 1.0, "d_model": math.sqrt(d_model)}[scale]
+        allow = torch.ones(B, 1, T_q, T_k, dtype=torch.bool)
+        # (keys taken from x still get the mask when it fits them, as a learner's code would do)
+        if memory_mask is not None and memory_mask.shape[-1] == T_k:
+            if mask_axis == "keys":
+                allow = allow & memory_mask[:, None, None, :]
+            elif mask_axis == "queries":  # WRONG: needs T_q == T_src to even run
+                allow = allow & memory_mask[:, None, :, None]
+            elif mask_axis == "inverted":
+                allow = allow & ~memory_mask[:, None, None, :]
+        if causal:
+            allow = allow & torch.ones(T_q, T_k, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~allow, float("-inf"))
+        has_key = allow.any(-1, keepdim=True)
+        weights = torch.softmax(torch.where(has_key, scores, torch.zeros_like(scores)), dim=-1)
+        weights = torch.where(has_key, weights, torch.zeros_like(weights))  # (B, H, T_q, T_k)
+        heads = (weights @ v).transpose(1, 2).reshape(B, T_q, d_model)  # (B, T_q, d_model)
+        return (heads @ w_o.T if project_out else heads), weights
+    return wrong
+
+
+CROSS_MISTAKES = (
+    Mistake("kv_from_decoder",
+            "keys and values are computed from the decoder stream x; in cross-attention only the queries "
+            "come from x, the keys and values come from memory (the encoder's output): k = memory @ w_k.T, "
+            "v = memory @ w_v.T",
+            _cross(kv_from="x")),
+    Mistake("causal_on_cross",
+            "a causal mask is applied to cross-attention, so target position i only sees source tokens "
+            "0..i; the source is complete before decoding starts, and every target position may read all "
+            "of it (only padded source keys are blocked)",
+            _cross(causal=True)),
+    Mistake("padding_on_query_axis",
+            "the padding mask blocks queries (rows) instead of keys (columns): memory_mask marks which "
+            "source tokens are real, and source tokens are the keys; broadcast it as "
+            "memory_mask[:, None, None, :] against the scores (B, H, T_tgt, T_src)",
+            _cross(mask_axis="queries")),
+    Mistake("mask_inverted",
+            "the padding mask is inverted: True in memory_mask means a real source token that may be "
+            "attended to, so the padded keys (False) are the ones to fill with -inf",
+            _cross(mask_axis="inverted")),
+    Mistake("mask_ignored",
+            "memory_mask is ignored, so padded source tokens receive attention; fill the scores of keys "
+            "where memory_mask is False with -inf before the softmax",
+            _cross(mask_axis="none")),
+    Mistake("no_scale",
+            "the scores are not divided by sqrt(d_head); scale q k^T by 1 / sqrt(d_head) with d_head = "
+            "d_model / n_heads",
+            _cross(scale="none")),
+    Mistake("scale_d_model",
+            "the scores are divided by sqrt(d_model); each head's scores are divided by sqrt(d_head), "
+            "d_head = d_model / n_heads",
+            _cross(scale="d_model")),
+    Mistake("kv_heads_tiled",
+            "query head h reads key/value head h % n_kv_heads (tensor.repeat); in grouped-query attention "
+            "each run of n_heads / n_kv_heads consecutive query heads shares one key/value head, h // "
+            "(n_heads / n_kv_heads): use repeat_interleave (or helpers.heads.repeat_kv)",
+            _cross(kv_map="tile")),
+    Mistake("no_output_projection",
+            "the output projection is missing: after merging the heads, multiply by w_o.T",
+            _cross(project_out=False)),
+)
+
+
+def _cross_case(gen: torch.Generator, dtype: torch.dtype, B: int, T_tgt: int, T_src: int, d_model: int,
+                n_heads: int, n_kv_heads: int, lengths: Sequence[int] | None, note: str) -> Case:
+    d_kv = n_kv_heads * (d_model // n_heads)
+    scale = 1.5 / math.sqrt(d_model)
+    args = (_randn(gen, B, T_tgt, d_model, dtype=dtype), _randn(gen, B, T_src, d_model, dtype=dtype),
+            _randn(gen, d_model, d_model, dtype=dtype, scale=scale), _randn(gen, d_kv, d_model, dtype=dtype, scale=scale),
+            _randn(gen, d_kv, d_model, dtype=dtype, scale=scale), _randn(gen, d_model, d_model, dtype=dtype, scale=scale),
+            n_heads, n_kv_heads,
+            None if lengths is None else torch.arange(T_src)[None, :] < torch.tensor(lengths)[:, None])
+    sizes = {"B": B, "T_tgt": T_tgt, "T_src": T_src, "d_model": d_model, "H": n_heads, "H_kv": n_kv_heads,
+             "d_head": d_model // n_heads}
+    names = ("x", "memory", "w_q", "w_k", "w_v", "w_o", "n_heads", "n_kv_heads", "memory_mask")
+    return Case(args, sizes, names, note)
+
+
+def check_cross_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2,
+                          T_tgt: int = 5, T_src: int = 7, d_model: int = 12, n_heads: int = 4,
+                          n_kv_heads: int = 2) -> None:
+    """cross_attention(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, memory_mask) -> (out, weights)."""
+    gen = torch.Generator().manual_seed(seed)
+    short = [max(1, T_tgt - 2 - b) for b in range(B)]
+    cases = [
+        _cross_case(gen, dtype, B, T_tgt, T_tgt, d_model, n_heads, n_heads, [T_tgt] + short[1:],
+                    "T_src = T_tgt, all heads full, the last sequences padded"),
+        _cross_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, n_kv_heads,
+                    [T_src] + [max(1, T_src - 3 - b) for b in range(1, B)],
+                    f"T_src != T_tgt, {n_kv_heads} key/value heads, padded memory"),
+        _cross_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, 1, None, "one key/value head, no mask"),
+    ]
+    check_function(fn, name="cross_attention", reference=ref.cross_attention, cases=cases,
+                   outputs=("out", "weights"), mistakes=CROSS_MISTAKES, forbidden=_CROSS_FORBIDDEN)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 2: the decoder block with cross-attention, and its mistakes
+# ---------------------------------------------------------------------------------------------
+
+
+def _causal(x):
+    T = x.shape[1]
+    return torch.ones(T, T, dtype=torch.bool).tril()
+
+
+def _block_pre(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), _causal(x))
+    x = x + cross_attn(norm2(x), memory, memory_mask)
+    return x + ffn(norm3(x))
+
+
+def _block_bidirectional(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), None)
+    x = x + cross_attn(norm2(x), memory, memory_mask)
+    return x + ffn(norm3(x))
+
+
+def _block_cross_no_residual(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), _causal(x))
+    x = cross_attn(norm2(x), memory, memory_mask)
+    return x + ffn(norm3(x))
+
+
+def _block_memory_normalised(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), _causal(x))
+    x = x + cross_attn(norm2(x), norm2(memory), memory_mask)
+    return x + ffn(norm3(x))
+
+
+def _block_kv_from_decoder(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), _causal(x))
+    h = norm2(x)
+    x = x + cross_attn(h, h, None)
+    return x + ffn(norm3(x))
+
+
+def _block_mask_dropped(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), _causal(x))
+    x = x + cross_attn(norm2(x), memory, None)
+    return x + ffn(norm3(x))
+
+
+def _block_cross_first(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + cross_attn(norm2(x), memory, memory_mask)
+    x = x + self_attn(norm1(x), _causal(x))
+    return x + ffn(norm3(x))
+
+
+def _block_post(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = norm1(x + self_attn(x, _causal(x)))
+    x = norm2(x + cross_attn(x, memory, memory_mask))
+    return norm3(x + ffn(x))
+
+
+def _block_norms_swapped(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    return _block_pre(x, memory, self_attn, cross_attn, ffn, norm2, norm1, norm3, memory_mask)
+
+
+def _block_ffn_no_residual(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), _causal(x))
+    x = x + cross_attn(norm2(x), memory, memory_mask)
+    return ffn(norm3(x))
+
+
+def _block_no_cross(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    x = x + self_attn(norm1(x), _causal(x))
+    return x + ffn(norm3(x))
+
+
+BLOCK_MISTAKES = (
+    Mistake("self_attention_bidirectional",
+            "the decoder's self-attention is left bidirectional (no mask), so each target position reads "
+            "the target tokens after it, which it is being trained to predict; pass the causal mask "
+            "(T_tgt, T_tgt): self_attn(norm1(x), causal)",
+            _block_bidirectional),
+    Mistake("cross_no_residual",
+            "the cross-attention sublayer has no residual connection: x = cross_attn(...) throws away the "
+            "stream; add its output: x = x + cross_attn(norm2(x), memory, memory_mask)",
+            _block_cross_no_residual),
+    Mistake("memory_normalised_twice",
+            "memory is normalised again with norm2; the encoder's final norm has already normalised it, "
+            "and norm2 belongs to the decoder stream only: cross_attn(norm2(x), memory, memory_mask)",
+            _block_memory_normalised),
+    Mistake("kv_from_decoder",
+            "cross_attn reads the decoder stream as its memory; its second argument is the encoder's "
+            "output, memory, which supplies the keys and values",
+            _block_kv_from_decoder),
+    Mistake("memory_mask_dropped",
+            "memory_mask is not passed to cross_attn, so padded source tokens are attended to; call "
+            "cross_attn(norm2(x), memory, memory_mask)",
+            _block_mask_dropped),
+    Mistake("cross_before_self",
+            "cross-attention runs before self-attention; the decoder block first lets the target tokens "
+            "read each other (causal self-attention), then reads the source (cross-attention), then the FFN",
+            _block_cross_first),
+    Mistake("post_ln",
+            "this is the Post-LN decoder block, norm1(x + self_attn(x, causal)); this exercise asks for "
+            "Pre-LN: each sublayer reads a normalised copy and adds to the raw stream, x + self_attn(norm1(x), causal)",
+            _block_post),
+    Mistake("norms_swapped",
+            "norm1 and norm2 are swapped; norm1 goes before self-attention and norm2 before cross-attention",
+            _block_norms_swapped),
+    Mistake("ffn_no_residual",
+            "the FFN sublayer has no residual connection; the block ends with x + ffn(norm3(x))",
+            _block_ffn_no_residual),
+    Mistake("no_cross_attention",
+            "the cross-attention sublayer is missing: without it the decoder never reads the source; "
+            "between self-attention and the FFN add x = x + cross_attn(norm2(x), memory, memory_mask)",
+            _block_no_cross),
+)
+
+
+class _Given(functools.partial):
+    """A sublayer or norm handed to the learner: a plain call of a callable, with a short repr."""
+
+    def __new__(cls, description: str, func: Callable[..., Any], *args: Any) -> Self:
+        self = super().__new__(cls, func, *args)
+        self.description = description
+        return self
+
+    def __repr__(self) -> str:
+        return self.description
+
+
+def _fill_(module: nn.Module, gen: torch.Generator, dtype: torch.dtype) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if isinstance(module, nn.LayerNorm) or "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.5 * _randn(gen, *p.shape, dtype=dtype))
+            else:
+                p.copy_(_randn(gen, *p.shape, dtype=dtype, scale=1.5 / math.sqrt(p.shape[-1])))
+    module.requires_grad_(False)
+
+
+def _block_case(gen: torch.Generator, dtype: torch.dtype, B: int, T_tgt: int, T_src: int, d_model: int,
+                n_heads: int, d_ff: int, padded: bool) -> Case:
+    config = ref.ModelConfig(vocab_size=2, d_model=d_model, n_heads=n_heads, max_seq_len=max(T_tgt, T_src))
+    with torch.random.fork_rng(devices=[]):  # build modules without touching the learner's random state
+        self_attn, cross_attn = ref.Attention(config).to(dtype), ref.Attention(config).to(dtype)
+        mlp = nn.Sequential(nn.Linear(d_model, d_ff, dtype=dtype), nn.Tanh(), nn.Linear(d_ff, d_model, dtype=dtype))
+        norms = [nn.LayerNorm(d_model, dtype=dtype) for _ in range(3)]
+    for module in (self_attn, cross_attn, mlp, *norms):
+        _fill_(module, gen, dtype)
+    lengths = [T_src] + [max(1, T_src - 2 - b) for b in range(1, B)]
+    memory_mask = torch.arange(T_src)[None, :] < torch.tensor(lengths)[:, None] if padded else None  # (B, T_src)
+    args = (_randn(gen, B, T_tgt, d_model, dtype=dtype), _randn(gen, B, T_src, d_model, dtype=dtype) * 2 + 1,
+            _Given(f"self_attn (h, mask) -> (B, T_tgt, d_model): self-attention, {n_heads} heads",
+                   ref.self_attention_sublayer(self_attn)),
+            _Given(f"cross_attn (h, memory, memory_mask) -> (B, T_tgt, d_model): cross-attention, {n_heads} heads",
+                   ref.cross_attention_sublayer(cross_attn)),
+            _Given(f"ffn (Linear {d_model}->{d_ff}, tanh, Linear {d_ff}->{d_model})", mlp),
+            *[_Given(f"norm{i + 1} (nn.LayerNorm({d_model}) with its own gamma and beta)", n) for i, n in enumerate(norms)],
+            memory_mask)
+    names = ("x", "memory", "self_attn", "cross_attn", "ffn", "norm1", "norm2", "norm3", "memory_mask")
+    sizes = {"B": B, "T_tgt": T_tgt, "T_src": T_src, "d_model": d_model}
+    return Case(args, sizes, names, "padded memory" if padded else "no memory_mask")
+
+
+def check_decoder_block(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2,
+                        T_tgt: int = 5, T_src: int = 7, d_model: int = 12, n_heads: int = 3, d_ff: int = 11) -> None:
+    """decoder_block(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask): Pre-LN,
+    causal self-attention, cross-attention on memory, FFN; three residual sublayers."""
+    gen = torch.Generator().manual_seed(seed)
+    cases = [_block_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, d_ff, True),
+             _block_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, d_ff, False)]
+    check_function(fn, name="decoder_block", reference=ref.decoder_block, cases=cases, outputs=("output",),
+                   mistakes=BLOCK_MISTAKES, forbidden=_BLOCK_FORBIDDEN)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 3: name the masks, and build the masks each model kind needs
+# ---------------------------------------------------------------------------------------------
+
+
+def _named_masks() -> dict[str, torch.Tensor]:
+    """The masks of exercise 3 (printed in the notebook), each (T_q, T_k), True = may attend."""
+    diagonal_blocked = torch.ones(6, 6, dtype=torch.bool).tril(-1)  # strictly below the diagonal
+    diagonal_blocked[0, 0] = True
+    return {
+        "A": masks_ref.causal_padding_mask([4], 6)[0],
+        "B": masks_ref.prefix_lm_mask([3], [6], 6)[0],
+        "C": masks_ref.cross_mask([5], 4, 6)[0],
+        "D": masks_ref.bidirectional_mask([4], 6)[0],
+        "E": diagonal_blocked,
+        "F": masks_ref.prefix_lm_mask([2], [5], 6)[0],
+    }
+
+
+MASKS_TO_NAME = _named_masks()
+MASK_ANSWERS = {"A": "causal", "B": "prefix-lm", "C": "cross", "D": "bidirectional", "E": "none", "F": "prefix-lm"}
+
+_NAME_MISTAKES = {
+    ("A", "prefix-lm"): "the last two columns are blocked for every query: they are padded keys, not a "
+                        "prefix; above the diagonal nothing is allowed, so it is causal",
+    ("A", "bidirectional"): "query 0 sees only key 0: nothing above the diagonal is allowed, which is causal",
+    ("B", "bidirectional"): "queries 0-2 see keys 0-2 together, but query 3 cannot see key 4: bidirectional "
+                            "only inside a prefix, causal after it",
+    ("B", "causal"): "query 0 sees keys 1 and 2, which are after it: inside the prefix of 3 tokens every "
+                     "token sees every other, which makes it prefix-lm",
+    ("C", "bidirectional"): "it is not square (4 queries, 6 keys): queries and keys come from two different "
+                            "sequences, which is cross-attention",
+    ("D", "causal"): "query 0 sees keys 1-3, which are after it; the blocked columns are padding",
+    ("D", "cross"): "it is square and its queries and keys are the same 6 positions: a self-attention mask "
+                    "in which every query sees every real key",
+    ("E", "causal"): "query 1 cannot see key 1, its own token: a causal mask allows j <= i, diagonal "
+                     "included; no mask kind blocks the diagonal",
+    ("F", "causal"): "query 0 sees key 1: the first 2 tokens see each other, so it is prefix-lm "
+                     "(the last column is padding)",
+    ("F", "bidirectional"): "query 2 cannot see key 3: after the prefix of 2 tokens it is causal",
+}
+
+
+def check_mask_names(**answers: Any) -> None:
+    """Exercise 3a: the kind of each printed mask, or 'none'."""
+    verify_environment()
+    kinds = (*masks_ref.MASK_KINDS, "none")
+    for key, right in MASK_ANSWERS.items():
+        if key not in answers or answers[key] is None:
+            raise CheckFailed(f"mask {key} has no answer yet: set it to one of {kinds}")
+        value = answers[key]
+        if not isinstance(value, str) or value.strip().lower() not in kinds:
+            raise CheckFailed(f"mask {key}: answer with one of {kinds}; got {value!r}")
+        value = value.strip().lower()
+        if value == right:
+            continue
+        reason = _NAME_MISTAKES.get((key, value))
+        if reason is None:
+            reason = ("it is one of the four kinds; look at the diagonal, the part above it, and the columns "
+                      "no query may see" if value == "none" else
+                      "look at its shape, its diagonal, what lies above the diagonal, and which columns are "
+                      "blocked for every query")
+        raise CheckFailed(f"mask {key} is not {value}: {reason}")
+    verify_environment()
+    print(f"✓ all {len(MASK_ANSWERS)} masks are named right")
+
+
+def _masks_wrong(*, encoder: str = "bidirectional", decoder: str = "causal", cross: str = "right",
+                 padding: str = "keys", inverted: bool = False):
+    """A complete model_masks with the given mistakes built in."""
+    def build(kind_of_mask: str, lengths: torch.Tensor, T_q: int, T_k: int) -> torch.Tensor:
+        q = torch.arange(T_q)[:, None]  # (T_q, 1)
+        k = torch.arange(T_k)[None, :]  # (1, T_k)
+        if padding == "keys":
+            real = (k[None] < lengths[:, None, None])  # (B, 1, T_k)
+        elif padding == "queries":  # WRONG: blocks query rows of padded positions
+            real = (q[None] < lengths[:, None, None])  # (B, T_q, 1)
+        else:
+            real = torch.ones(1, 1, 1, dtype=torch.bool)
+        structure = {"bidirectional": torch.ones(T_q, T_k, dtype=torch.bool),
+                     "causal": k <= q}[kind_of_mask]
+        mask = (structure[None] & real).expand(lengths.shape[0], T_q, T_k).clone()
+        return ~mask if inverted else mask
+
+    def wrong(kind, lengths, T, target_lengths=None, T_tgt=None):
+        lengths = torch.as_tensor(lengths)
+        if kind == "encoder":
+            return {"self": build(encoder, lengths, T, T)}
+        if kind == "decoder":
+            return {"self": build(decoder, lengths, T, T)}
+        target_lengths = torch.as_tensor(target_lengths)
+        if cross == "right":
+            c = build("bidirectional", lengths, T_tgt, T)
+        elif cross == "causal":
+            c = build("causal", lengths, T_tgt, T)
+        elif cross == "target_lengths":
+            c = build("bidirectional", torch.clamp(target_lengths, max=T), T_tgt, T)
+        else:  # "transposed": (B, T_src, T_tgt)
+            c = build("bidirectional", target_lengths, T, T_tgt)
+        return {"encoder": build(encoder, lengths, T, T), "decoder": build(decoder, target_lengths, T_tgt, T_tgt),
+                "cross": c}
+    return wrong
+
+
+MODEL_MASK_MISTAKES = (
+    Mistake("padding_on_query_axis",
+            "padding blocks query rows instead of key columns: a padded token must not be attended to "
+            "(its column is False), but its own row may stay as it is; compare the key index j with the length",
+            _masks_wrong(padding="queries")),
+    Mistake("no_padding", "padded tokens are not blocked: a key j is real only when j < lengths[b]",
+            _masks_wrong(padding="none")),
+    Mistake("inverted", "the masks are inverted: True means may attend, False blocked",
+            _masks_wrong(inverted=True)),
+    Mistake("causal_encoder",
+            "the encoder's mask is causal; an encoder (BERT, T5's encoder) is bidirectional: every token sees "
+            "every real token of its sequence",
+            _masks_wrong(encoder="causal")),
+    Mistake("bidirectional_decoder",
+            "the decoder's self-attention mask is bidirectional; a decoder (GPT, T5's decoder) is causal: "
+            "query i sees keys 0..i only",
+            _masks_wrong(decoder="bidirectional")),
+    Mistake("causal_cross",
+            "the cross mask is causal; every target position may see the whole (real) source, so only "
+            "padded source keys are blocked",
+            _masks_wrong(cross="causal")),
+    Mistake("cross_target_lengths",
+            "the cross mask blocks source keys by the target's lengths; its keys are source tokens, so use "
+            "the source lengths (lengths)",
+            _masks_wrong(cross="target_lengths")),
+    Mistake("cross_transposed",
+            "the cross mask has shape (B, T_src, T_tgt); its queries are the target tokens and its keys the "
+            "source tokens: (B, T_tgt, T_src)",
+            _masks_wrong(cross="transposed")),
+)
+
+_MASK_KEYS = {"encoder": ("self",), "decoder": ("self",), "encoder-decoder": ("encoder", "decoder", "cross")}
+
+
+def _masks_case(kind: str, lengths: Sequence[int], T: int, target_lengths: Sequence[int] | None,
+                T_tgt: int | None) -> Case:
+    args = (kind, torch.tensor(lengths), T) + ((torch.tensor(target_lengths), T_tgt) if kind == "encoder-decoder" else ())
+    sizes = {"B": len(lengths), "T": T} if T_tgt is None else {"B": len(lengths), "T_src": T, "T_tgt": T_tgt}
+    names = ("kind", "lengths", "T", "target_lengths", "T_tgt")[:len(args)]
+    return Case(args, sizes, names, f"kind={kind!r}")
+
+
+def check_model_masks(fn: Any, *, T: int = 6, T_tgt: int = 4, lengths: Sequence[int] = (6, 3),
+                      target_lengths: Sequence[int] = (4, 2)) -> None:
+    """model_masks(kind, lengths, T, target_lengths=None, T_tgt=None) -> dict of (B, T_q, T_k) bool masks."""
+    verify_environment()
+    cases = [_masks_case("encoder", lengths, T, None, None), _masks_case("decoder", lengths, T, None, None),
+             _masks_case("encoder-decoder", lengths, T, target_lengths, T_tgt)]
+    for case in cases:
+        expected = masks_ref.model_masks(*case.args)
+        got = call_learner(fn, "model_masks", case, _MASK_FORBIDDEN)
+        problem = _dict_problem(got, expected, case)
+        if problem is None:
+            continue
+        for mistake in MODEL_MASK_MISTAKES:
+            try:
+                wrong = mistake.impl(*case.args)
+            except Exception:  # a mistake that cannot run on this case cannot match it
+                continue
+            if _dict_problem(got, wrong, case) is None:
+                raise CheckFailed(f"model_masks ({case.note}): {mistake.message}")
+        raise CheckFailed(f"model_masks ({case.note}): {problem} [inputs: {case.describe_inputs()}]")
+    verify_environment()
+    print(f"✓ model_masks: matches the reference on all {len(cases)} cases")
+
+
+def _dict_problem(got: Any, expected: dict[str, torch.Tensor], case: Case) -> str | None:
+    if not isinstance(got, dict):
+        return f"model_masks should return a dict with keys {sorted(expected)}; it returned a {type(got).__name__}"
+    if set(got) != set(expected):
+        return f"the dict should have the keys {sorted(expected)}; it has {sorted(got)}"
+    for key in _MASK_KEYS[case.args[0]]:
+        problem = compare(got[key], expected[key], (f"the {key!r} mask",), case.sizes, "model_masks")
+        if problem:
+            return problem
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 4: the prefix-LM mask
+# ---------------------------------------------------------------------------------------------
+
+
+def _prefix_wrong(rule: str):
+    def wrong(prefix_lengths, lengths, T):
+        i = torch.arange(T)[None, :, None]  # (1, T_q, 1)
+        j = torch.arange(T)[None, None, :]  # (1, 1, T_k)
+        p = torch.as_tensor(prefix_lengths)[:, None, None]  # (B, 1, 1)
+        n = torch.as_tensor(lengths)[:, None, None]  # (B, 1, 1)
+        real = j < n
+        if rule == "causal_inside_prefix":
+            visible = j <= i
+        elif rule == "prefix_on_queries":
+            visible = (j <= i) | (i < p)
+        elif rule == "prefix_inclusive":
+            visible = (j <= i) | (j <= p)
+        elif rule == "bidirectional":
+            visible = torch.ones_like(j <= i)
+        elif rule == "no_padding":
+            visible, real = (j <= i) | (j < p), torch.ones_like(real)
+        elif rule == "padding_on_queries":
+            visible, real = (j <= i) | (j < p), i < n
+        else:  # "causal_then_prefix_blocked": the prefix sees only itself, the rest is causal over non-prefix keys
+            visible = ((j < p) & (i < p)) | ((j <= i) & (j >= p))
+        return (visible & real).expand(p.shape[0], T, T).clone()
+    return wrong
+
+
+PREFIX_MISTAKES = (
+    Mistake("causal_inside_prefix",
+            "the mask is causal inside the prefix too; in a prefix-LM every prefix token sees the whole "
+            "prefix (keys j < prefix_length), including the tokens after it",
+            _prefix_wrong("causal_inside_prefix")),
+    Mistake("prefix_on_queries",
+            "the prefix is applied to queries: prefix tokens see the whole sequence, including the part "
+            "being generated; the prefix decides which keys are visible to everyone: (j <= i) | (j < prefix)",
+            _prefix_wrong("prefix_on_queries")),
+    Mistake("prefix_inclusive",
+            "the prefix includes one token too many (j <= prefix); a prefix of length p covers keys 0..p-1: "
+            "j < prefix_length",
+            _prefix_wrong("prefix_inclusive")),
+    Mistake("bidirectional",
+            "the mask is bidirectional everywhere; after the prefix it is causal: query i sees keys j <= i",
+            _prefix_wrong("bidirectional")),
+    Mistake("no_padding",
+            "padded keys (j >= lengths[b]) are not blocked; combine the prefix-LM pattern with the key-padding "
+            "mask j < lengths[b]",
+            _prefix_wrong("no_padding")),
+    Mistake("padding_on_query_axis",
+            "padding blocks query rows instead of key columns; a padded token must not be seen (its column "
+            "is False): compare the key index j with the length",
+            _prefix_wrong("padding_on_queries")),
+    Mistake("prefix_cut_off",
+            "the tokens after the prefix cannot see the prefix; they see the whole prefix and the "
+            "generated tokens up to themselves: (j <= i) | (j < prefix)",
+            _prefix_wrong("prefix_cut_off")),
+)
+
+
+def check_prefix_lm_mask(fn: Any, *, T: int = 7, prefix_lengths: Sequence[int] = (3, 2, 0),
+                         lengths: Sequence[int] = (7, 5, 4)) -> None:
+    """prefix_lm_mask(prefix_lengths, lengths, T) -> (B, T, T) bool."""
+    B = len(lengths)
+    names = ("prefix_lengths", "lengths", "T")
+    sizes = {"B": B, "T": T}
+    cases = [
+        Case((torch.tensor(prefix_lengths), torch.tensor(lengths), T), sizes, names, "prefixes " + str(list(prefix_lengths))),
+        Case((torch.tensor(lengths), torch.tensor(lengths), T), sizes, names, "prefix = the whole sequence"),
+    ]
+    check_function(fn, name="prefix_lm_mask", reference=masks_ref.prefix_lm_mask, cases=cases, outputs=("mask",),
+                   mistakes=PREFIX_MISTAKES, forbidden=_MASK_FORBIDDEN)
+
+
+MISTAKES = {
+    "cross_attention": CROSS_MISTAKES,
+    "decoder_block": BLOCK_MISTAKES,
+    "model_masks": MODEL_MASK_MISTAKES,
+    "prefix_lm_mask": PREFIX_MISTAKES,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 5: parameters of an encoder-decoder
+# ---------------------------------------------------------------------------------------------
+
+# The config of exercise 5 (printed there): a base-sized encoder-decoder like the 2017 Transformer's,
+# with LayerNorm, learned position tables, tied embeddings and no biases.
+COUNT_CONFIG = dict(vocab_size=32000, d_model=512, n_heads=8, d_ff=2048, n_layers=6, max_seq_len=512,
+                    kind="encoder-decoder", norm="layernorm", norm_placement="pre", tie_weights=True)
+
+
+def _count_answers() -> dict[str, int]:
+    d, f, L, V, T = 512, 2048, 6, 32000, 512
+    attention = 4 * d * d
+    ffn = 2 * d * f
+    norm = 2 * d
+    encoder_layer = attention + ffn + 2 * norm
+    decoder_layer = 2 * attention + ffn + 3 * norm
+    total = V * d + 2 * T * d + L * (encoder_layer + decoder_layer) + 2 * norm
+    return {"encoder_layer": encoder_layer, "decoder_layer": decoder_layer, "total": total}
+
+
+COUNT_QUESTIONS = _count_answers()
+_D, _F, _L, _V, _T = 512, 2048, 6, 32000, 512
+_COUNT_MISTAKES = {
+    "encoder_layer": [(4 * _D * _D + 2 * _D * _F, "the two LayerNorms are missing: each has gamma and beta, 2 d_model numbers"),
+                      (4 * _D * _D + 2 * _D * _F + 2 * _D, "a LayerNorm has gamma and beta: 2 norms x 2 d_model")],
+    "decoder_layer": [(4 * _D * _D + 2 * _D * _F + 4 * _D,
+                       "that is an encoder layer; a decoder layer adds cross-attention (another 4 d_model^2) and a "
+                       "third LayerNorm"),
+                      (8 * _D * _D + 2 * _D * _F + 4 * _D, "the third LayerNorm (before the FFN) is missing"),
+                      (4 * _D * _D + 2 * _D * _F + 6 * _D, "cross-attention's four projections (4 d_model^2) are missing")],
+    "total": [(COUNT_QUESTIONS["total"] + _V * _D, "the embedding is counted twice; with tied weights the LM head "
+                                                    "is the embedding matrix (and T5 shares it between encoder and decoder)"),
+              (COUNT_QUESTIONS["total"] - 2 * 2 * _D, "the final LayerNorms after each stack are missing (Pre-LN: one per stack)"),
+              (COUNT_QUESTIONS["total"] - _T * _D, "there are two position tables, one for the source and one for the target"),
+              (_V * _D + 2 * _T * _D + 2 * _L * (4 * _D * _D + 2 * _D * _F + 4 * _D) + 4 * _D,
+               "the decoder layers are counted as encoder layers: each also has cross-attention and a third norm")],
+}
+_COUNT_HINTS = {
+    "encoder_layer": "attention (4 d_model^2) + FFN (2 d_model d_ff) + 2 LayerNorms (2 d_model each)",
+    "decoder_layer": "self-attention, cross-attention, FFN, and three LayerNorms",
+    "total": "one shared embedding, two position tables, 6 layers per stack, and a final norm per stack",
+}
+
+
+def check_encoder_decoder_counts(**answers: Any) -> None:
+    """Exercise 5: parameters of one encoder layer, one decoder layer, and the whole model."""
+    check_numbers(answers, COUNT_QUESTIONS, mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS,
+                  name="check_encoder_decoder_counts")
+
+
+protect(ref, masks_ref, sys.modules[__name__])

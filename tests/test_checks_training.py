@@ -1,0 +1,144 @@
+"""Chapter 08's checks: they accept correct answers written independently, name every catalogued
+mistake with its own message, and refuse the reference and torch's loss built-ins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helpers.checks.training as checks
+from helpers.checks import CheckFailed
+
+from . import loops_training as loops
+
+CHECKS = {
+    "lm_loss": checks.check_lm_loss,
+    "mlm_mask": checks.check_mlm_mask,
+    "teacher_forcing_inputs": checks.check_teacher_forcing_inputs,
+    "tie_weights": checks.check_tie_weights,
+    "padding_labels": checks.check_padding_labels,
+}
+
+# The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
+HIDDEN = {
+    "lm_loss": {"seed": 5, "dtype": torch.float64, "B": 4, "T": 9, "V": 6},
+    "mlm_mask": {"seed": 7, "B": 3, "T": 41, "V": 17},
+    "teacher_forcing_inputs": {"seed": 5, "B": 2, "T": 9, "V": 7},
+    "tie_weights": {"seed": 3, "V": 29, "d_model": 8},
+    "padding_labels": {"seed": 5, "B": 4, "T": 11, "V": 7},
+}
+
+
+@pytest.mark.parametrize("name", CHECKS)
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_check_accepts_an_independent_correct_answer(name, variant, capsys):
+    CHECKS[name](getattr(loops, name), **(HIDDEN[name] if variant == "hidden" else {}))
+    assert "✓" in capsys.readouterr().out
+
+
+def test_chapter_catalogue_covers_the_issue_list():
+    keys = {name: {m.key for m in catalogue} for name, catalogue in checks.MISTAKES.items()}
+    assert {"no_shift", "shift_wrong_way", "padded_average", "softmax_twice"} <= keys["lm_loss"]
+    assert {"all_mask_token", "labels_everywhere"} <= keys["mlm_mask"]
+    assert {"copy"} <= keys["tie_weights"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Other correct answers
+# ------------------------------------------------------------------------------------------------
+
+
+def lm_loss_with_masked_select(logits, ids, ignore_index=-100):
+    targets = ids[:, 1:]
+    keep = targets != ignore_index
+    log_p = torch.log_softmax(logits[:, :-1], dim=-1)
+    picked = log_p[keep].gather(-1, targets[keep][:, None])
+    return -picked.mean()
+
+
+def mlm_with_masked_fill(ids, mask_id, vocab_size, generator):
+    u = torch.rand(ids.shape, generator=generator)
+    r = torch.rand(ids.shape, generator=generator)
+    rnd = torch.randint(0, vocab_size, ids.shape, generator=generator)
+    sel = u < 0.15
+    inputs = ids.masked_fill(sel & (r < 0.8), mask_id)
+    inputs = torch.where(sel & (r >= 0.8) & (r < 0.9), rnd, inputs)
+    return inputs, ids.masked_fill(~sel, -100)
+
+
+def tie_the_other_way(model):
+    """The embedding takes the head's Parameter: still one tensor, two uses."""
+    model.tok_emb.weight = model.lm_head.weight
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_other_correct_answers_pass(variant, capsys):
+    kw = (lambda n: HIDDEN[n]) if variant == "hidden" else (lambda n: {})
+    checks.check_lm_loss(lm_loss_with_masked_select, **kw("lm_loss"))
+    checks.check_mlm_mask(mlm_with_masked_fill, **kw("mlm_mask"))
+    checks.check_teacher_forcing_inputs(lambda y, bos: F.pad(y, (1, 0), value=bos)[:, :-1],
+                                        **kw("teacher_forcing_inputs"))
+    checks.check_tie_weights(tie_the_other_way, **kw("tie_weights"))
+    checks.check_padding_labels(lambda ids, mask: torch.where(mask, ids, -100), **kw("padding_labels"))
+    assert capsys.readouterr().out.count("✓") == 5
+
+
+def test_numbers_accept_the_right_values_and_name_the_known_wrong_ones(capsys):
+    checks.check_training_numbers(**loops.NUMBERS)
+    assert "✓" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="log base 2"):
+        checks.check_training_numbers(**{**loops.NUMBERS, "initial_loss": 9.0})
+    with pytest.raises(CheckFailed, match="only 10 % of them"):
+        checks.check_training_numbers(**{**loops.NUMBERS, "random_tokens": 32 * 128 * 0.15})
+    with pytest.raises(CheckFailed, match="not two"):
+        checks.check_training_numbers(**{**loops.NUMBERS, "saved_gpt2": 2 * 50257 * 768})
+
+
+# ------------------------------------------------------------------------------------------------
+# Symptoms, cheats
+# ------------------------------------------------------------------------------------------------
+
+
+def test_mlm_with_other_rates_is_told_the_rate():
+    def twenty_percent(ids, mask_id, vocab_size, generator):
+        sel = torch.rand(ids.shape, generator=generator) < 0.2
+        return ids.masked_fill(sel, mask_id), ids.masked_fill(~sel, -100)
+
+    with pytest.raises(CheckFailed, match="about 15 % should be selected"):
+        checks.check_mlm_mask(twenty_percent)
+
+
+def test_mlm_with_another_draw_order_is_told_the_order():
+    def other_order(ids, mask_id, vocab_size, generator):
+        r = torch.rand(ids.shape, generator=generator)  # r before u
+        u = torch.rand(ids.shape, generator=generator)
+        rnd = torch.randint(0, vocab_size, ids.shape, generator=generator)
+        sel = u < 0.15
+        inputs = torch.where(sel & (r < 0.8), torch.full_like(ids, mask_id), ids)
+        inputs = torch.where(sel & (r >= 0.8) & (r < 0.9), rnd, inputs)
+        return inputs, ids.masked_fill(~sel, -100)
+
+    with pytest.raises(CheckFailed, match="in that order"):
+        checks.check_mlm_mask(other_order)
+
+
+def test_reference_and_torch_losses_are_refused():
+    from helpers.training import lm_loss as reference_lm_loss
+
+    with pytest.raises(CheckFailed, match="not your own function"):
+        checks.check_lm_loss(reference_lm_loss)
+
+    def with_cross_entropy(logits, ids, ignore_index=-100):
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+    with pytest.raises(CheckFailed, match="calls torch.nn.functional.cross_entropy"):
+        checks.check_lm_loss(with_cross_entropy)
+
+
+def test_tying_that_replaces_the_head_with_something_else_is_told_to_assign_the_embedding():
+    def new_random_head(model):
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.tok_emb.weight))
+
+    with pytest.raises(CheckFailed, match="is not model.tok_emb.weight"):
+        checks.check_tie_weights(new_random_head)
