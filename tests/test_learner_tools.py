@@ -35,9 +35,9 @@ CELLS = {
     "post_mortem": "def broken(q, k, v, mask=None):\n    return q\n"
                    "try:\n    check(broken)\nexcept CheckFailed:\n"
                    "    out = io.StringIO()\n"
-                   "    debugger = pdb.Pdb(stdin=io.StringIO('p 1 + 1\\nq\\n'), stdout=out)\n"
+                   "    debugger = pdb.Pdb(stdin=io.StringIO('p 20260 + 1\\nq\\n'), stdout=out)\n"
                    "    debugger.reset(); debugger.interaction(None, sys.exc_info()[2])\n"
-                   "    print('post-mortem prints:', out.getvalue().count('2'))",
+                   "    print('post-mortem evaluates:', '20261' in out.getvalue())",
     "cheat_under_profiler": "def cheat(q, k, v, mask=None):\n"
                             "    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)\n"
                             "    return out, torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -1)\n"
@@ -69,7 +69,7 @@ def outputs():
     ("cprofile", "cProfile sees the learner: True"),
     ("timeit", "timeit runs: 2"),
     ("pdb", "pdb runcall: done"),
-    ("post_mortem", "post-mortem prints: 1"),
+    ("post_mortem", "post-mortem evaluates: True"),
     ("cheat_under_profiler", "cheat: refused: True"),
 ])
 def test_tool_works_in_the_kernel(outputs, name, expected):
