@@ -1,0 +1,53 @@
+"""Chapter 09 written the slow, obvious way: one position, one query, one token at a time (the spec).
+
+The checks must accept these: correct answers written without the reference's vectorized tricks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def future_leaks(f, ids, vocab_size):
+    """For every j and every i < j: did output i move (beyond a tolerance) when token j changed?"""
+    B, T = ids.shape
+    base = f(ids)
+    leaks = torch.zeros(T, T, dtype=torch.bool)
+    for j in range(T):
+        changed = ids.clone()
+        for b in range(B):
+            changed[b, j] = (int(ids[b, j]) + 1) % vocab_size
+        out = f(changed)
+        scale = float(base.abs().max())
+        for i in range(j):
+            leaks[i, j] = not torch.allclose(out[:, i], base[:, i], rtol=1e-5, atol=1e-5 * scale)
+    return leaks
+
+
+def attention_entropy(weights):
+    """-sum_k p ln p for every row, with 0 ln 0 = 0, one number at a time."""
+    flat = weights.reshape(-1, weights.shape[-1])
+    out = torch.zeros(flat.shape[0], dtype=weights.dtype)
+    for r in range(flat.shape[0]):
+        total = 0.0
+        for p in flat[r].tolist():
+            if p > 0:
+                total -= p * math.log(p)
+        out[r] = total
+    return out.reshape(weights.shape[:-1])
+
+
+def update_ratios(stream):
+    """For each block: the mean over tokens of ||x_{l+1} - x_l|| / ||x_l||."""
+    L1, B, T, _ = stream.shape
+    ratios = torch.zeros(L1 - 1, dtype=stream.dtype)
+    for layer in range(L1 - 1):
+        total = 0.0
+        for b in range(B):
+            for t in range(T):
+                before, after = stream[layer, b, t], stream[layer + 1, b, t]
+                total += float(torch.sqrt(((after - before) ** 2).sum()) / torch.sqrt((before ** 2).sum()))
+        ratios[layer] = total / (B * T)
+    return ratios
