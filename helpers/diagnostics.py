@@ -203,15 +203,16 @@ def _probe(model: nn.Module, src_ids: torch.Tensor | None):
         if src_ids is None:
             raise ValueError("leak_test: an encoder-decoder needs src_ids (the source the decoder reads)")
         return (lambda tgt: model(src_ids, tgt)), model.decoder[0], True
-    return (lambda ids: model(ids)), model.blocks[0], bool(model.config.causal) and kind == "decoder"
+    return (lambda ids: model(ids)), model.blocks[0], kind == "decoder"
 
 
 def leak_test(model: nn.Module, ids: torch.Tensor, *, method: str = "perturbation",
               src_ids: torch.Tensor | None = None) -> LeakReport:
     """Which (query, key) pairs see what their mask forbids, for a decoder, encoder or encoder-decoder.
 
-    A decoder (and an encoder-decoder's decoder, perturbed through its target ids) allows key j <= i;
-    an encoder allows every pair, so it can never leak here.
+    A decoder (and an encoder-decoder's decoder, perturbed through its target ids) must allow key
+    j <= i only, whatever its config says (a decoder built with causal=False is the leak this
+    finds); an encoder allows every pair, so it can never leak here.
     """
     if method not in ("perturbation", "gradient"):
         raise ValueError(f"leak_test: method must be 'perturbation' or 'gradient'; got {method!r}")
