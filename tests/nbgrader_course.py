@@ -24,6 +24,9 @@ from helpers.grading.fastimport import nbgrader_command
 from tools.build import ROOT, nbgrader_env
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+# A written answer (a manually graded cell) that waits for the instructor: nbgrader stores score 0
+# and needs_manual_grade until someone grades it in formgrader.
+PENDING = "pending"
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,21 @@ def grade_points(assignment: str) -> dict[str, float]:
             if c.metadata.get("nbgrader", {}).get("grade")}
 
 
+def manual_cells(assignment: str) -> set[str]:
+    """Grade cells graded by a person: written answers (answer cells that are also grade cells)."""
+    nb = nbformat.read(str(ROOT / "solutions" / assignment / f"{assignment}.ipynb"), as_version=4)
+    return {c.id for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("grade") and c.metadata["nbgrader"].get("solution")}
+
+
 def solution_answers(assignment: str) -> dict[str, str]:
-    """Each answer cell's code as a learner who solved it would write it: the markers removed."""
+    """Each answer cell (code, or a written answer) as a learner who solved it would write it: the
+    markers removed."""
     nb = nbformat.read(str(ROOT / "solutions" / assignment / f"{assignment}.ipynb"), as_version=4)
     answers = {}
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
-        if meta.get("solution") and cell.cell_type == "code":
+        if meta.get("solution"):
             lines = [line for line in cell.source.splitlines() if line.strip() not in (BEGIN, END)]
             answers[cell.id] = "\n".join(lines)
     return answers
@@ -125,6 +136,7 @@ class GradedClass:
         self.assignment = assignment
         self.students = dict(students)
         self.points = grade_points(assignment)
+        self.manual = manual_cells(assignment)
         self.course = Course(folder)
         released = self.course.release(assignment)
         answers = solution_answers(assignment)
@@ -152,22 +164,25 @@ class GradedClass:
     def root(self) -> Path:
         return self.course.root
 
-    def scores(self, student: str) -> dict[str, float]:
-        """Each grade cell's score in the gradebook (0 for a submission nbgrader could not grade)."""
+    def scores(self, student: str) -> dict[str, float | str]:
+        """Each grade cell's score in the gradebook (0 for a submission nbgrader could not grade),
+        PENDING for a written answer that waits for manual grading."""
         with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as gb:
             try:
-                return {cell: gb.find_grade(cell, self.assignment, self.assignment, student).score
-                        for cell in self.points}
+                grades = {cell: gb.find_grade(cell, self.assignment, self.assignment, student)
+                          for cell in self.points}
             except MissingEntry:
                 return dict.fromkeys(self.points, 0)
+            return {cell: PENDING if (cell in self.manual and grade.needs_manual_grade and grade.manual_score is None)
+                    else grade.score for cell, grade in grades.items()}
 
     def expected(self, student: str) -> dict[str, float]:
         lost = set(self.students[student].lost) if student in self.students else set()
         unknown = {name for name in lost - {"all"} if not any(cell == name or cell.split("-")[0] == name
                                                      for cell in self.points)}
         assert not unknown, f"{student}: no grade cells named {sorted(unknown)}"
-        return {cell: 0 if ("all" in lost or cell in lost or cell.split("-")[0] in lost) else points
-                for cell, points in self.points.items()}
+        return {cell: 0 if ("all" in lost or cell in lost or cell.split("-")[0] in lost)
+                else (PENDING if cell in self.manual else points) for cell, points in self.points.items()}
 
     def feedback_page(self, student: str) -> str | None:
         path = self.root / "feedback" / student / self.assignment / f"{self.assignment}.html"

@@ -756,7 +756,7 @@ for field, value in [("norm", "batchnorm"), ("positions", "xpos")]:
         print(error)
 
 # %% [markdown] id="roadmap-table"
-# Chapters 00 to 08 are here now; 09 is being written. The table says what each chapter proves.
+# All ten chapters, 00 to 09, are here. The table says what each chapter proves.
 #
 # | chapter | opens | proves |
 # |---|---|---|

@@ -255,7 +255,7 @@ def check_bug_hunt(answers: Any, *, seed: int = 0) -> None:
         raise CheckFailed(f"there are no models {', '.join(map(str, extra))}; the models are {', '.join(truth)}")
     wrong = [label for label in truth if answers[label] != truth[label]]
     if wrong:
-        lines = [f"model {label} is not {answers[label]!r}: the diagnostic that finds its bug is "
+        lines = [f"model {label} is not {answers[label]!r}; the diagnostic that finds its bug: "
                  f"{bugs.BUGS[truth[label]][1]}" for label in wrong]
         raise CheckFailed(f"{len(truth) - len(wrong)} of {len(truth)} right. " + "; ".join(lines))
     verify_environment()

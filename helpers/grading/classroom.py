@@ -42,7 +42,7 @@ from .course import (
     nbgrader_api,
 )
 from .fastimport import nbgrader_command
-from .results import by_exercise, read_cells
+from .results import by_exercise, pending_note, read_cells
 from .sandbox import lock_down, sandbox_problem
 from .scan import Finding, scan_class, submitted_notebooks, write_csv
 from .scan import report as scan_report
@@ -339,8 +339,8 @@ def class_report(assignment: Assignment, students: list[str], results: dict, out
             notes.append("scan: " + ", ".join(rules))
         if student in unreadable:
             notes.append(f"unreadable notebook: {unreadable[student]}")
-        lines.append(f"{student:<24} {format(score, 'g') + ' / ' + format(assignment.total, 'g'):>9}  "
-                     f"{'; '.join(notes) or 'ok'}")
+        lines.append(f"{student:<24} {format(score, 'g') + ' / ' + format(assignment.total, 'g'):>9}"
+                     f"{pending_note(rows)}  {'; '.join(notes) or 'ok'}")
     if changed:
         lines += ["", ("files changed outside autograded/ while grading (see the students the scan flags "
                        "for file_access):")]

@@ -69,6 +69,11 @@ class Assignment:
         return [cid for cid, c in self._cells("solution").items() if c.cell_type == "code"]
 
     @cached_property
+    def manual_cells(self) -> set[str]:
+        """Grade cells a person grades: written answers (an answer cell that is also a grade cell)."""
+        return {cid for cid, c in self._cells("grade").items() if c.metadata["nbgrader"].get("solution")}
+
+    @cached_property
     def hidden_cells(self) -> set[str]:
         return {cid for cid, c in self._cells("grade").items() if "### BEGIN HIDDEN TESTS" in c.source}
 

@@ -14,12 +14,17 @@ from .course import Assignment, exercise_of
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+PENDING = "pending: your instructor grades this answer by hand (formgrader, Manual Grading)"
+UNANSWERED = "not answered: the cell still holds the template"
+
+
 @dataclass
 class CellResult:
     cell: str
     score: float | None  # None: not graded (the kernel died, or manual grading pending)
     points: float
     message: str
+    pending: bool = False  # a written answer waiting for the instructor (score None)
 
 
 @dataclass
@@ -28,11 +33,12 @@ class ExerciseResult:
     score: float | None
     points: float
     message: str
+    pending: bool = False  # it holds a written answer the instructor has not graded yet
 
     @property
     def status(self) -> str:
         if self.score is None:
-            return "not graded"
+            return "pending" if self.pending else "not graded"
         return "passed" if self.score == self.points else ("partial" if self.score else "failed")
 
 
@@ -59,7 +65,12 @@ def cell_message(cell: nbformat.NotebookNode | None) -> str:
 
 def read_cells(assignment: Assignment, gradebook_url: str, student: str,
                autograded: Path | None) -> list[CellResult]:
-    """Scores from the gradebook, messages from the autograded notebook (if it exists)."""
+    """Scores from the gradebook, messages from the autograded notebook (if it exists).
+
+    A written answer (a manually graded cell) that nbgrader marked for manual grading and that has
+    no manual score yet is pending: score None, not 0 (nbgrader itself reports it as 0). One left
+    as the template was scored 0 by nbgrader and says so.
+    """
     from nbgrader.api import Gradebook, MissingEntry
 
     cells = {}
@@ -69,16 +80,24 @@ def read_cells(assignment: Assignment, gradebook_url: str, student: str,
     results = []
     with Gradebook(gradebook_url) as gb:
         for cell_id, points in assignment.points.items():
+            pending = False
             try:
-                score = gb.find_grade(cell_id, assignment.name, assignment.name, student).score
+                grade = gb.find_grade(cell_id, assignment.name, assignment.name, student)
+                score = grade.score
+                if cell_id in assignment.manual_cells:
+                    pending = bool(grade.needs_manual_grade) and grade.manual_score is None
             except MissingEntry:
                 score = None
             if autograded is None or not autograded.is_file():
-                score = None
+                score, pending = None, False
             message = cell_message(cells.get(cell_id))
             if cell_id in assignment.hidden_cells and not message.startswith("✓") and score == points:
                 message = "hidden tests passed"
-            results.append(CellResult(cell_id, score, points, message))
+            if pending:
+                score, message = None, PENDING
+            elif cell_id in assignment.manual_cells and score == 0:
+                message = UNANSWERED
+            results.append(CellResult(cell_id, score, points, message, pending))
     return results
 
 
@@ -90,6 +109,7 @@ def by_exercise(cells: list[CellResult]) -> list[ExerciseResult]:
         row = rows.setdefault(name, ExerciseResult(name, 0.0, 0.0, ""))
         row.points += cell.points
         row.score = None if (row.score is None or cell.score is None) else row.score + cell.score
+        row.pending = row.pending or cell.pending
         failed = cell.score is not None and cell.score < cell.points
         if failed and not row.message.startswith("✗"):
             where = "hidden test" if cell.cell.endswith("hidden") else "test"
@@ -107,5 +127,14 @@ def table(rows: list[ExerciseResult], width: int = 100) -> str:
         lines.append(f"{row.exercise:<9} {score + ' / ' + format(row.points, 'g'):>9}  {row.status:<10} {row.message}")
     total = sum(r.points for r in rows)
     got = sum(r.score or 0 for r in rows)
-    lines += ["-" * width, f"{'total':<9} {format(got, 'g') + ' / ' + format(total, 'g'):>9}"]
+    lines += ["-" * width, f"{'total':<9} {format(got, 'g') + ' / ' + format(total, 'g'):>9}{pending_note(rows)}"]
     return "\n".join(lines)
+
+
+def pending_note(rows: list[ExerciseResult]) -> str:
+    """' + 4 pending (ex5)' when written answers wait for the instructor, else ''."""
+    waiting = [r for r in rows if r.pending]
+    if not waiting:
+        return ""
+    return (f" + {format(sum(r.points for r in waiting), 'g')} pending manual grading "
+            f"({', '.join(r.exercise for r in waiting)})")

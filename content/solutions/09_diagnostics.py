@@ -1,0 +1,307 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown] id="intro"
+# # Chapter 09 exercises: diagnostics
+#
+# You will write three of the chapter's diagnostics, use them to find the bug in each of eight broken
+# models, and write your own debugging checklist:
+#
+# | # | exercise | points |
+# |---|---|---|
+# | 1 | `future_leaks(f, ids, vocab_size)`: a leakage test by perturbation | 4 |
+# | 2 | `attention_entropy(weights)`: entropy per query, in nats | 3 |
+# | 3 | `update_ratios(stream)`: update-to-stream ratios per block | 3 |
+# | 4 | the bug hunt: name the bug of each model A to H | 4 |
+# | 5 | a transformer debugging checklist, graded by your instructor | 4 |
+#
+# **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
+# `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
+# prints a line starting with ✓ when your answer is right; otherwise it stops with one sentence
+# saying what is wrong. After the visible tests of exercises 1 to 3 sits a hidden test: it runs when
+# the notebook is graded, with other shapes, seeds and `float64` inputs, so make your functions
+# general. Exercise 5 is read and graded by a person; the autograder leaves it for your instructor.
+#
+# **Conventions.** `B` batch, `T` sequence, `H` heads, `L` blocks. Masks: `True` = may attend.
+# Entropies are in nats (natural log). Exercises 1 to 3 are yours to write: an answer that calls
+# `helpers.diagnostics` (the reference) or `torch.special.entr` is refused. For the bug hunt, use
+# anything: `helpers.diagnostics`, your own functions, and `helpers.bugs.checkup`. Nothing here
+# trains a model for long. Run the next cell first.
+
+# %% id="setup"
+import math
+
+import torch
+
+import helpers
+import helpers.checks.diagnostics  # load the checks before any answer runs
+from helpers import bugs
+
+helpers.seed_everything(0)
+torch.set_printoptions(precision=4, sci_mode=False)
+
+# %% [markdown] id="ex1"
+# ## Exercise 1: a leakage test by perturbation
+#
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 4
+#
+# `f` is a model: it maps integer ids `(B, T)` to outputs `(B, T, ...)` (logits, or any per-position
+# vectors). In a causal model, output `i` may depend on tokens `0..i` only. Write
+# `future_leaks(f, ids, vocab_size)` returning a bool tensor `(T, T)` that is `True` at `(i, j)` when
+# `i < j` and output `i` changes as token `j` changes:
+#
+# 1. compute `base = f(ids)`;
+# 2. for **every** position `j`: replace token `j` of every sequence by `(id + 1) % vocab_size`, run
+#    `f` again, and find the positions `i` whose outputs moved (in any sequence of the batch);
+# 3. keep only `i < j`: an output at or after `j` may legitimately depend on token `j`.
+#
+# "Moved" means: differs by more than a tolerance. A recomputation may round differently in the last
+# bits, so compare with `torch.isclose` (e.g. `rtol=1e-5` and an `atol` of `1e-5` times the largest
+# `|base|`) or `helpers.numerics.close`, never with `==`. The check runs your test on a healthy
+# decoder, on one without its causal mask, and on a toy with one planted leak.
+#
+# <details><summary>Hint: the test says a leak from a middle position goes unseen</summary>
+#
+# Loop over every `j` in `range(T)`, not only the last position.
+# </details>
+#
+# <details><summary>Hint: the test says rounding noise counts as a leak</summary>
+#
+# `out != base` is exact. Use `~torch.isclose(out, base, rtol=..., atol=...)`.
+# </details>
+
+# %% id="ex1-answer" kind="answer"
+def future_leaks(f, ids, vocab_size):
+    ### BEGIN SOLUTION
+    T = ids.shape[1]
+    base = f(ids)  # (B, T, ...)
+    atol = 1e-5 * float(base.abs().max())
+    leaks = torch.zeros(T, T, dtype=torch.bool)
+    for j in range(T):
+        changed = ids.clone()
+        changed[:, j] = (ids[:, j] + 1) % vocab_size  # (B, T): token j replaced
+        moved = ~torch.isclose(f(changed), base, rtol=1e-5, atol=atol)  # (B, T, ...)
+        moved = moved.reshape(moved.shape[0], T, -1).any(-1).any(0)  # (T,): output i moved in some sequence
+        leaks[:, j] = moved & (torch.arange(T) < j)  # only outputs before j
+    return leaks
+    ### END SOLUTION
+
+
+# %% id="ex1-test" kind="test" points=2
+from helpers.checks.diagnostics import check_future_leaks
+
+check_future_leaks(future_leaks)
+
+# %% id="ex1-hidden" kind="test" points=2
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+check_future_leaks(future_leaks, seed=5, B=3, T=9, V=11, dtype=torch.float64)
+### END HIDDEN TESTS
+
+# %% [markdown] id="ex2"
+# ## Exercise 2: attention entropy
+#
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+#
+# Write `attention_entropy(weights)`: attention weights `(..., T_q, T_k)`, each row a distribution
+# over the keys, to the entropy of each row `(..., T_q)`, in **nats**:
+#
+# $$
+# H_i = -\sum_{k} A_{ik} \ln A_{ik}, \qquad 0 \ln 0 = 0.
+# $$
+#
+# Blocked keys have weight exactly 0, so the `0 ln 0 = 0` rule matters. Keep the input's dtype.
+#
+# <details><summary>Hint: the test says the result contains NaN</summary>
+#
+# `0 * log(0)` is `0 * -inf = NaN`. Take the log only where the weight is positive:
+# `torch.where(w > 0, w.log(), 0)`, or use `torch.xlogy(w, w)`.
+# </details>
+
+# %% id="ex2-answer" kind="answer"
+def attention_entropy(weights):
+    ### BEGIN SOLUTION
+    logs = torch.where(weights > 0, weights.log(), torch.zeros((), dtype=weights.dtype))  # (..., T_q, T_k)
+    return -(weights * logs).sum(dim=-1)  # (..., T_q)
+    ### END SOLUTION
+
+
+# %% id="ex2-test" kind="test" points=2
+from helpers.checks.diagnostics import check_attention_entropy
+
+check_attention_entropy(attention_entropy)
+
+# %% id="ex2-hidden" kind="test" points=1
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+check_attention_entropy(attention_entropy, seed=5, B=3, H=2, T_q=4, T_k=9, dtype=torch.float64)
+### END HIDDEN TESTS
+
+# %% [markdown] id="ex3"
+# ## Exercise 3: update-to-stream ratios
+#
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+#
+# `stream` `(L + 1, B, T, d_model)` holds the residual stream entering the first block (`stream[0]`)
+# and after each of the `L` blocks. Write `update_ratios(stream)` returning `(L,)`: for each block,
+# the mean over the `B x T` tokens of
+#
+# $$
+# r_\ell[b, t] = \frac{\lVert x_{\ell+1}[b,t] - x_\ell[b,t] \rVert_2}{\lVert x_\ell[b,t] \rVert_2},
+# $$
+#
+# each norm over `d_model` (one vector per token). A healthy Pre-LN block edits the stream (a ratio
+# well below 1); a block whose residual connection is missing replaces it.
+#
+# <details><summary>Hint: the test says the norms run over T</summary>
+#
+# A token's vector is the last axis: `.norm(dim=-1)`.
+# </details>
+
+# %% id="ex3-answer" kind="answer"
+def update_ratios(stream):
+    ### BEGIN SOLUTION
+    update = (stream[1:] - stream[:-1]).norm(dim=-1)  # (L, B, T)
+    return (update / stream[:-1].norm(dim=-1)).mean(dim=(1, 2))  # (L,)
+    ### END SOLUTION
+
+
+# %% id="ex3-test" kind="test" points=2
+from helpers.checks.diagnostics import check_update_ratios
+
+check_update_ratios(update_ratios)
+
+# %% id="ex3-hidden" kind="test" points=1
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+check_update_ratios(update_ratios, seed=5, L=4, B=3, T=6, d_model=9, dtype=torch.float64)
+### END HIDDEN TESTS
+
+# %% [markdown] id="ex4"
+# ## Exercise 4: the bug hunt
+#
+# *Difficulty* ●●●●○ · *Importance* ●●●●● · *Time* ~30 min · *Points* 4
+#
+# The next cell gives you eight models, `models["A"]` to `models["H"]`, and a healthy `reference`.
+# All are the course's decoder (2 layers, 2 heads, `d_model` 32, RoPE, vocabulary 48) behind the same
+# interface: `model(ids, lengths=None, return_weights=False, offset=0)` with `ids` `(B, T)`, optional
+# left padding (`lengths` `(B,)`: the last `lengths[b]` tokens of sequence `b` are real) and an
+# `offset` for the positions. Each model hides exactly one of the bugs below, each bug is in exactly
+# one model, and every model runs and trains without an exception. Name each model's bug:
+#
+# | bug | what is wrong |
+# |---|---|
+# | `mask_leak` | the causal mask is missing |
+# | `softmax_axis` | the softmax runs over the query axis instead of the key axis |
+# | `no_residual` | the residual connection around attention is missing |
+# | `norm_axis` | the norms normalise over the sequence axis instead of `d_model` |
+# | `rope_on_v` | RoPE rotates the values as well as the queries and keys |
+# | `no_scale` | the scores are not divided by `sqrt(d_head)` |
+# | `untied` | the LM head has its own copy of the embedding although the config ties them |
+# | `padding_query` | the padding mask blocks queries instead of keys |
+#
+# Use diagnostics, not the source: your `future_leaks`, `attention_entropy` and `update_ratios`,
+# `helpers.diagnostics`, the weights that `model(ids, return_weights=True)` returns, and
+# `bugs.checkup(model)`, which runs all of them and returns numbers to compare with the reference's.
+# Assign `answers = {"A": "...", ..., "H": "..."}`. A wrong choice is answered with the diagnostic
+# that would have found that model's bug.
+#
+# <details><summary>Hint: two models leak the future</summary>
+#
+# Look at their attention weights: in one the weights above the diagonal are not zero; in the other
+# they are, so the leak comes from somewhere other than attention. And do the rows of the weights sum
+# to 1?
+# </details>
+
+# %% id="ex4-models"
+models = bugs.hunt_models(seed=0)
+reference = bugs.healthy_model(seed=0)
+print({label: type(m).__name__ for label, m in models.items()})
+
+# %% id="ex4-answer" kind="answer"
+### BEGIN SOLUTION
+cards = {label: bugs.checkup(m) for label, m in models.items()}
+healthy = bugs.checkup(reference)
+
+
+def diagnose(c):
+    if c["extra_params"] > 0:
+        return "untied"  # more parameters than the config's formula: a second (V, d_model) matrix
+    if c["row_sum_error"] > 1e-3:
+        return "softmax_axis"  # weight rows do not sum to 1
+    if c["above_diagonal"] > 1e-3:
+        return "mask_leak"  # weight above the diagonal
+    if c["leaks"] > 0:
+        return "norm_axis"  # the future leaks though attention is causal
+    if c["padding_change"] > 1e-3:
+        return "padding_query"  # padded tokens move real outputs
+    if c["offset_change"] > 1e-3:
+        return "rope_on_v"  # RoPE on q, k alone is shift-invariant
+    if c["update_ratio"] > 1.0:
+        return "no_residual"  # block 0 replaces the stream
+    if c["entropy"] < 0.5 * healthy["entropy"]:
+        return "no_scale"  # saturated softmax
+    return None
+
+
+answers = {label: diagnose(c) for label, c in cards.items()}
+### END SOLUTION
+print(answers)
+
+# %% id="ex4-test" kind="test" points=4
+from helpers.checks.diagnostics import check_bug_hunt
+
+check_bug_hunt(answers)
+
+# %% [markdown] id="ex5"
+# ## Exercise 5: write a transformer debugging checklist
+#
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~25 min · *Points* 4 (graded by your instructor)
+#
+# Write the checklist you would run on a new transformer implementation before trusting its loss
+# curve, in the cell below (Markdown; a numbered list is fine). For each item say **what** you
+# measure, **what a healthy model shows**, and **which bug** a failure points at. Cover at least
+# shapes, masks (causal and padding), attention weights or entropy, the residual stream, and the loss
+# at the start of training; add anything else you found useful in the bug hunt.
+
+# %% [markdown] id="ex5-answer" kind="manual" points=4
+# ### BEGIN SOLUTION
+# **Rubric (4 points; for the grader).** One point each for:
+#
+# 1. **Shapes and masks**: a shape check of the intermediate tensors against a planned shape map
+#    (naming the first tensor that differs), *and* a causal-leak test that perturbs every position (or
+#    takes gradients) and compares with a tolerance, with what a failure means (a missing or misaligned
+#    causal mask, a norm or statistic over the sequence axis).
+# 2. **Padding and attention weights**: changing padded tokens must not move real tokens' outputs
+#    (padding blocks keys, not queries); weight rows sum to 1 over the keys and are zero above the
+#    diagonal (softmax axis, mask).
+# 3. **Entropy and residual stream**: entropy per layer and head against `ln T` (near 0 everywhere at
+#    initialisation: a missing `1/sqrt(d_head)`); stream norms and update ratios per layer (a ratio
+#    near 1: a missing residual; exploding norms: depth, Post-LN, learning rate).
+# 4. **Loss and parameters**: the initial loss is about `ln V`; the loss ends below a simple baseline
+#    and a loss far below what the data allows is a leak; the parameter count matches the formula
+#    (tied weights are one tensor); with RoPE, shifting all positions leaves outputs unchanged.
+#
+# Half a point off an item that names a measurement without saying what a healthy model shows or
+# which bug a failure indicates. A list copied from the theory notebook without the "which bug" part
+# earns at most 2 points.
+#
+# **A model answer.**
+#
+# 1. Shapes: `shape_report` on one batch; every tensor matches the shape map; the first differing
+#    tensor is the bug's location (wrong `n_heads`, transposed split).
+# 2. Causal leaks: perturb each token `j` and compare outputs `i < j` with a tolerance (and
+#    `∂y_i/∂x_j = 0` for `j > i`); a failure means a missing mask or a statistic across positions.
+# 3. Padding: change padded tokens; real outputs must not move; padded keys get zero weight.
+# 4. Weights: rows sum to 1 over keys; zero above the diagonal.
+# 5. Entropy per head vs `ln T`: all near 0 at init means unscaled scores.
+# 6. Residual stream: update ratios well below 1; a ratio ≥ 1 means a block replaces the stream.
+# 7. Positions: with RoPE, `model(ids, offset=k)` equals `model(ids)`.
+# 8. Parameters: count equals the formula; tied weights are the same tensor.
+# 9. Loss: starts at `ln V`, falls below the bigram baseline, never impossibly low.
+# ### END SOLUTION
