@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.grading.fastimport import nbgrader_command  # noqa: E402
 from tools.build import ROOT, chapters, nbgrader_env  # noqa: E402
 
-BUDGET = {"06_positions": 60, "08_training": 120}  # seconds; every other notebook: 30
+BUDGET = {"06_positions": 60, "08_training": 120, "09_diagnostics": 120}  # seconds; every other notebook: 30
 
 
 def execute_seconds(path: Path) -> float:

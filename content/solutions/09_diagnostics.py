@@ -44,6 +44,8 @@ from helpers import bugs
 
 helpers.seed_everything(0)
 torch.set_printoptions(precision=4, sci_mode=False)
+if helpers.get_device().type == "cpu":
+    torch.set_num_threads(1)  # tiny models: one thread is much faster than several on a busy CPU
 
 # %% [markdown] id="ex1"
 # ## Exercise 1: a leakage test by perturbation
