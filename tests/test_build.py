@@ -48,6 +48,9 @@ def test_every_exercise_has_statement_hint_answer_visible_and_hidden_test(chapte
         exercise = answer.removesuffix("-answer")
         statement = cells[exercise].source
         assert "*Difficulty*" in statement and "*Time*" in statement and "<details>" in statement, exercise
+        if cells[answer].metadata["nbgrader"]["grade"]:  # a written answer, graded by hand: no test cells
+            assert cells[answer].metadata["nbgrader"]["points"] > 0
+            continue
         assert cells[f"{exercise}-test"].metadata["nbgrader"]["points"] > 0
         assert "### BEGIN HIDDEN TESTS" in cells[f"{exercise}-hidden"].source
 

@@ -3,6 +3,8 @@ mistake with its own message, refuse the reference and torch.special.entr, and g
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -94,6 +96,27 @@ def test_a_leak_test_that_misses_every_leak_is_told_where():
 def test_bug_hunt_accepts_the_right_choices(capsys):
     checks.check_bug_hunt(dict(bugs._assignment(0)))
     assert "✓ all 8 bugs found" in capsys.readouterr().out
+
+
+def test_the_visible_bug_hunt_test_checks_the_form_only(capsys):
+    truth = bugs._assignment(0)
+    rotated = dict(zip(truth, list(truth.values())[1:] + list(truth.values())[:1]))  # every choice wrong
+    checks.check_bug_hunt(rotated, grade=False)
+    assert "the hidden test grades the choices" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="more than one"):
+        checks.check_bug_hunt({**truth, "A": truth["B"]}, grade=False)
+    with pytest.raises(CheckFailed, match="0 of 8 right"):
+        checks.check_bug_hunt(rotated)
+
+
+def test_numbers_accept_the_right_values_and_name_the_known_wrong_ones(capsys):
+    right = {"max_entropy_1024": math.log(1024), "causal_max_query_9": math.log(10), "leak_test_passes": 129}
+    checks.check_diagnostics_numbers(**right)
+    assert "✓" in capsys.readouterr().out
+    for key, wrong, message in (("max_entropy_1024", 10, "in bits"), ("causal_max_query_9", math.log(9), "ten keys"),
+                                ("leak_test_passes", 128, "plus the unperturbed run")):
+        with pytest.raises(CheckFailed, match=message):
+            checks.check_diagnostics_numbers(**{**right, key: wrong})
 
 
 def test_bug_hunt_names_the_diagnostic_for_each_wrong_choice():

@@ -130,18 +130,18 @@ def test_a_written_answer_is_left_pending_and_the_rest_is_scored(tmp_path):
     chapter = "09_diagnostics"
     released = nbformat.read(str(ROOT / "exercises" / chapter / f"{chapter}.ipynb"), as_version=4)
     answered = filled_in(released, solution_answers(chapter),
-                         {"ex5-answer": put("1. Shapes: compare every tensor with the shape map.\n"
+                         {"ex6-answer": put("1. Shapes: compare every tensor with the shape map.\n"
                                             "2. Masks: perturb each token; earlier outputs must not move.\n")})
     blank = filled_in(released, {cell: answer for cell, answer in solution_answers(chapter).items()
-                                 if cell != "ex5-answer"})  # the checklist left as the template
+                                 if cell != "ex6-answer"})  # the checklist left as the template
     for name, nb in (("answered", answered), ("blank", blank)):
         path = tmp_path / name / f"{chapter}.ipynb"
         path.parent.mkdir()
         nbformat.write(nb, str(path))
     run = course_grade(tmp_path / "answered" / f"{chapter}.ipynb", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "- / 4  pending    pending: your instructor grades this answer by hand" in row(run.stdout, "ex5")
-    assert "total       14 / 18 + 4 pending manual grading (ex5)" in run.stdout
+    assert "- / 4  pending    pending: your instructor grades this answer by hand" in row(run.stdout, "ex6")
+    assert "total       17 / 21 + 4 pending manual grading (ex6)" in run.stdout
     run = course_grade(tmp_path / "blank" / f"{chapter}.ipynb", cwd=tmp_path)
-    assert "0 / 4  failed     not answered" in row(run.stdout, "ex5")
-    assert "total       14 / 18\n" in run.stdout + "\n"
+    assert "0 / 4  failed     not answered" in row(run.stdout, "ex6")
+    assert "total       17 / 21\n" in run.stdout + "\n"

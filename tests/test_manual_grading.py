@@ -40,5 +40,5 @@ def test_the_chapter_09_checklist_is_the_only_manual_cell_of_the_course():
     course = find_course(None)
     manual = {name: Assignment(course, name).manual_cells
               for name in sorted(p.name for p in (course / "solutions").iterdir() if p.is_dir())}
-    assert manual["09_diagnostics"] == {"ex5-answer"}
+    assert manual["09_diagnostics"] == {"ex6-answer"}
     assert all(not cells for name, cells in manual.items() if name != "09_diagnostics")

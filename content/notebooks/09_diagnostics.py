@@ -132,14 +132,16 @@ for name, m in (("healthy decoder", healthy), ("decoder without its causal mask"
 
 # %% id="masks-plot"
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-for ax, (name, m) in zip(axes, (("healthy", healthy), ("no causal mask", leaky))):
-    grad = dg.leak_test(m, ids, method="gradient").influence
-    ax.imshow(grad.log10().clamp(min=-12).numpy(), cmap="magma")
+grads = {name: dg.leak_test(m, ids, method="gradient").influence.log10().clamp(min=-12)  # (T, T)
+         for name, m in (("healthy", healthy), ("no causal mask", leaky))}
+top = max(float(g.max()) for g in grads.values())
+for ax, (name, grad) in zip(axes, grads.items()):
+    image = ax.imshow(grad.numpy(), cmap="magma", vmin=-12, vmax=top)  # one colour scale for both
     ax.set_title(f"{name}: log10 |d y_i / d x_j|")
     ax.set_xlabel("key position j (input)")
     ax.set_ylabel("query position i (output)")
+fig.colorbar(image, ax=axes, label="log10 gradient norm (-12: exactly 0)")
 fig.suptitle("Gradient of each output with respect to each input position")
-fig.tight_layout()
 
 # %% [markdown] id="masks-plot-caption"
 # *What to see:* the healthy decoder's gradients are black (exactly zero) above the diagonal, so no
@@ -437,9 +439,10 @@ attention_heatmap(repeat_weights[best_ind[0]][0, best_ind[1]].numpy(), ax=axes[1
 fig.tight_layout()
 
 # %% [markdown] id="heads-plot-caption"
-# *What to see:* left, the head with the highest previous-token score on real text: the line just below
-# the diagonal is its strongest, but the weight is shared with the current character and a few before
-# it. Right, the head with the highest induction score on a random sequence repeated after 24 tokens:
+# *What to see:* left, the head with the highest previous-token score on real text: its weight sits
+# on or just below the diagonal, often on the previous character but as often on the current one or an
+# earlier letter of the same word; a clean previous-token head would be one bright line just below
+# the diagonal. Right, the head with the highest induction score on a random sequence repeated after 24 tokens:
 # an induction head would draw a bright stripe from the second half back to offset $P - 1$ in the
 # first half; there is none, only local attention.
 
@@ -455,8 +458,8 @@ print("an induction head formed (score > 0.3, ten times uniform):", bool(inducti
 # character (the best about 0.37, six times a uniform head's 0.06), sharing the rest with the
 # current character and a few before it, so none passes the 0.5 of a dedicated head. **No induction
 # head formed** in this 500-step, 2-layer character model: its best induction score (about 0.04) is
-# at the level of unfocused attention (0.03), and its loss on the repeated half is no lower than on
-# the first copy, so it cannot use the repeat. In published small models induction heads appear
+# at the level of unfocused attention (0.03), and its loss on the repeated half (about 6.8 nats per
+# character) is barely below the first copy's (about 6.9), so it hardly uses the repeat. In published small models induction heads appear
 # abruptly after thousands of steps on token-level text (Olsson et al., 2022); this run is far too
 # short for that, and the notebook reports it rather than tuning the run until a stripe appears.
 

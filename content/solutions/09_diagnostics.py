@@ -18,14 +18,17 @@
 # | 2 | `attention_entropy(weights)`: entropy per query, in nats | 3 |
 # | 3 | `update_ratios(stream)`: update-to-stream ratios per block | 3 |
 # | 4 | the bug hunt: name the bug of each model A to H | 4 |
-# | 5 | a transformer debugging checklist, graded by your instructor | 4 |
+# | 5 | numbers: entropy maxima, the cost of a leakage test | 3 |
+# | 6 | a transformer debugging checklist, graded by your instructor | 4 |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
 # prints a line starting with ✓ when your answer is right; otherwise it stops with one sentence
 # saying what is wrong. After the visible tests of exercises 1 to 3 sits a hidden test: it runs when
 # the notebook is graded, with other shapes, seeds and `float64` inputs, so make your functions
-# general. Exercise 5 is read and graded by a person; the autograder leaves it for your instructor.
+# general. In the bug hunt the visible test checks the form of your answer and the hidden test grades
+# your choices. Exercise 6 is read and graded by a person; the autograder leaves it for your
+# instructor.
 #
 # **Conventions.** `B` batch, `T` sequence, `H` heads, `L` blocks. Masks: `True` = may attend.
 # Entropies are in nats (natural log). Exercises 1 to 3 are yours to write: an answer that calls
@@ -210,8 +213,9 @@ check_update_ratios(update_ratios, seed=5, L=4, B=3, T=6, d_model=9, dtype=torch
 # Use diagnostics, not the source: your `future_leaks`, `attention_entropy` and `update_ratios`,
 # `helpers.diagnostics`, the weights that `model(ids, return_weights=True)` returns, and
 # `bugs.checkup(model)`, which runs all of them and returns numbers to compare with the reference's.
-# Assign `answers = {"A": "...", ..., "H": "..."}`. A wrong choice is answered with the diagnostic
-# that would have found that model's bug.
+# Assign `answers = {"A": "...", ..., "H": "..."}`. The visible test checks that every model has a
+# bug from the list, each bug once; the hidden test grades each choice, and its feedback answers a
+# wrong one with the diagnostic that would have found that model's bug.
 #
 # <details><summary>Hint: two models leak the future</summary>
 #
@@ -255,13 +259,61 @@ answers = {label: diagnose(c) for label, c in cards.items()}
 ### END SOLUTION
 print(answers)
 
-# %% id="ex4-test" kind="test" points=4
+# %% id="ex4-test" kind="test" points=1
 from helpers.checks.diagnostics import check_bug_hunt
 
+check_bug_hunt(answers, grade=False)
+
+# %% id="ex4-hidden" kind="test" points=3
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
 check_bug_hunt(answers)
+### END HIDDEN TESTS
 
 # %% [markdown] id="ex5"
-# ## Exercise 5: write a transformer debugging checklist
+# ## Exercise 5: numbers
+#
+# *Difficulty* ●○○○○ · *Importance* ●●●○○ · *Time* ~5 min · *Points* 3
+#
+# Answer with numbers (Python ints or floats).
+#
+# 1. `max_entropy_1024`: the largest entropy, in nats, that one query's attention over `T = 1024`
+#    keys can have.
+# 2. `causal_max_query_9`: in a causal decoder, the largest entropy (nats) of query 9 (positions
+#    count from 0).
+# 3. `leak_test_passes`: how many forward passes does your `future_leaks` make on a sequence of
+#    `T = 128` tokens?
+#
+# <details><summary>Hint: the test says "in bits"</summary>
+#
+# `math.log` is the natural log (nats); `math.log2` gives bits.
+# </details>
+
+# %% id="ex5-answer" kind="answer"
+max_entropy_1024 = None
+causal_max_query_9 = None
+leak_test_passes = None
+### BEGIN SOLUTION
+max_entropy_1024 = math.log(1024)  # uniform over 1024 keys
+causal_max_query_9 = math.log(10)  # query 9 sees keys 0..9
+leak_test_passes = 1 + 128  # the baseline, then one run per changed position
+### END SOLUTION
+
+# %% id="ex5-test" kind="test" points=2
+from helpers.checks.diagnostics import check_diagnostics_numbers
+
+check_diagnostics_numbers(max_entropy_1024=max_entropy_1024, causal_max_query_9=causal_max_query_9,
+                          leak_test_passes=leak_test_passes)
+
+# %% id="ex5-hidden" kind="test" points=1
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+assert abs(float(max_entropy_1024) - 10 * math.log(2)) < 1e-3 and int(leak_test_passes) == 129
+assert abs(float(causal_max_query_9) - math.log(2) - math.log(5)) < 1e-3
+### END HIDDEN TESTS
+
+# %% [markdown] id="ex6"
+# ## Exercise 6: write a transformer debugging checklist
 #
 # *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~25 min · *Points* 4 (graded by your instructor)
 #
@@ -270,8 +322,13 @@ check_bug_hunt(answers)
 # measure, **what a healthy model shows**, and **which bug** a failure points at. Cover at least
 # shapes, masks (causal and padding), attention weights or entropy, the residual stream, and the loss
 # at the start of training; add anything else you found useful in the bug hunt.
-
-# %% [markdown] id="ex5-answer" kind="manual" points=4
+#
+# <details><summary>Hint: what makes an item useful</summary>
+#
+# "Check the mask" is not yet an item. "Change token j and check that no output before j moves (with a
+# tolerance); if one does, the causal mask is missing or misaligned" is.
+# </details>
+# %% [markdown] id="ex6-answer" kind="manual" points=4
 # ### BEGIN SOLUTION
 # **Rubric (4 points; for the grader).** One point each for:
 #

@@ -11,6 +11,7 @@ and tells which diagnostic finds each model the learner named wrongly.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -21,13 +22,14 @@ from .. import bugs
 from .. import diagnostics as ref
 from ..blocks import ModelConfig, cached_causal_mask
 from ..blocks import TinyDecoder as _TinyDecoder
-from .core import Case, CheckFailed, Mistake, check_function, protect, verify_environment
+from .core import Case, CheckFailed, Mistake, check_function, check_numbers, protect, verify_environment
 from .core import randn as _randn
 
 __all__ = [
     "MISTAKES",
     "check_attention_entropy",
     "check_bug_hunt",
+    "check_diagnostics_numbers",
     "check_future_leaks",
     "check_update_ratios",
 ]
@@ -236,8 +238,13 @@ def check_update_ratios(fn: Any, *, seed: int = 0, L: int = 3, B: int = 2, T: in
 # ---------------------------------------------------------------------------------------------
 
 
-def check_bug_hunt(answers: Any, *, seed: int = 0) -> None:
-    """answers: {label: bug} for every model of bugs.hunt_models(seed), each bug a key of bugs.BUGS."""
+def check_bug_hunt(answers: Any, *, seed: int = 0, grade: bool = True) -> None:
+    """answers: {label: bug} for every model of bugs.hunt_models(seed), each bug a key of bugs.BUGS.
+
+    grade=False (the visible test) checks only the form: every model answered with a bug from the
+    list, each bug once. grade=True (the hidden test) also grades each choice and names, for each
+    wrong one, the diagnostic that finds that model's bug.
+    """
     verify_environment()
     truth = bugs._assignment(seed)
     if not isinstance(answers, Mapping):
@@ -253,6 +260,13 @@ def check_bug_hunt(answers: Any, *, seed: int = 0) -> None:
     extra = sorted(set(answers) - set(truth))
     if extra:
         raise CheckFailed(f"there are no models {', '.join(map(str, extra))}; the models are {', '.join(truth)}")
+    repeated = sorted({answers[label] for label in truth if [answers[x] for x in truth].count(answers[label]) > 1})
+    if repeated:
+        raise CheckFailed(f"each bug is in exactly one model, but {repeated[0]!r} is given to more than one")
+    if not grade:
+        verify_environment()
+        print(f"✓ all {len(truth)} models have a bug from the list, each bug once; the hidden test grades the choices")
+        return
     wrong = [label for label in truth if answers[label] != truth[label]]
     if wrong:
         lines = [f"model {label} is not {answers[label]!r}; the diagnostic that finds its bug: "
@@ -260,6 +274,30 @@ def check_bug_hunt(answers: Any, *, seed: int = 0) -> None:
         raise CheckFailed(f"{len(truth) - len(wrong)} of {len(truth)} right. " + "; ".join(lines))
     verify_environment()
     print(f"✓ all {len(truth)} bugs found")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 5: numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def check_diagnostics_numbers(**answers: Any) -> None:
+    """max_entropy_1024, causal_max_query_9, leak_test_passes: see the exercise."""
+    expected = {"max_entropy_1024": math.log(1024), "causal_max_query_9": math.log(10), "leak_test_passes": 129}
+    mistakes = {
+        "max_entropy_1024": [(10.0, "that is log2 1024, in bits; the exercise asks for nats (natural log)")],
+        "causal_max_query_9": [(math.log(9), "query 9 is the tenth token: it sees keys 0..9, ten keys, not nine"),
+                               (math.log2(10), "that is in bits; use the natural log"),
+                               (math.log(1024), "that is the maximum without a causal mask")],
+        "leak_test_passes": [(128, "one run per perturbed position, plus the unperturbed run to compare with"),
+                             (128 * 128, "one run per perturbed position gives all T outputs at once; no run per "
+                                         "(i, j) pair is needed")],
+    }
+    hints = {"max_entropy_1024": "uniform attention over T keys has entropy ln T",
+             "causal_max_query_9": "count the keys query 9 may see",
+             "leak_test_passes": "a baseline run, then one run with each position changed"}
+    check_numbers(answers, expected, tolerance={"max_entropy_1024": 1e-3, "causal_max_query_9": 1e-3},
+                  mistakes=mistakes, hints=hints, name="check_diagnostics_numbers")
 
 
 MISTAKES = {
