@@ -25,8 +25,9 @@ def test_a_pending_written_answer_is_neither_failed_nor_zero():
 
 
 def test_a_template_left_unanswered_scores_zero_and_says_so():
-    rows = by_exercise(_cells(CellResult("ex5-answer", 0.0, 4.0, UNANSWERED)))
+    rows = by_exercise(_cells(CellResult("ex5-answer", 0.0, 4.0, UNANSWERED, manual=True)))
     assert (rows[-1].score, rows[-1].status) == (0.0, "failed")
+    assert rows[-1].message == f"✗ written answer: {UNANSWERED}"
     assert pending_note(rows) == ""
     assert "not answered" in table(rows)
 

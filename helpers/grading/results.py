@@ -25,6 +25,7 @@ class CellResult:
     points: float
     message: str
     pending: bool = False  # a written answer waiting for the instructor (score None)
+    manual: bool = False  # a written answer (graded by hand), not a test cell
 
 
 @dataclass
@@ -97,7 +98,7 @@ def read_cells(assignment: Assignment, gradebook_url: str, student: str,
                 score, message = None, PENDING
             elif cell_id in assignment.manual_cells and score == 0:
                 message = UNANSWERED
-            results.append(CellResult(cell_id, score, points, message, pending))
+            results.append(CellResult(cell_id, score, points, message, pending, cell_id in assignment.manual_cells))
     return results
 
 
@@ -112,7 +113,7 @@ def by_exercise(cells: list[CellResult]) -> list[ExerciseResult]:
         row.pending = row.pending or cell.pending
         failed = cell.score is not None and cell.score < cell.points
         if failed and not row.message.startswith("✗"):
-            where = "hidden test" if cell.cell.endswith("hidden") else "test"
+            where = "hidden test" if cell.cell.endswith("hidden") else ("written answer" if cell.manual else "test")
             row.message = f"✗ {where}: {cell.message or 'failed'}"
         elif not row.message:
             row.message = cell.message
