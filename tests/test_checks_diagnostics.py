@@ -14,6 +14,15 @@ from helpers.checks import CheckFailed
 
 from . import loops_diagnostics as loops
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread than on several of a busy CPU (chapter 08's measurement)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 CHECKS = {
     "future_leaks": checks.check_future_leaks,
     "attention_entropy": checks.check_attention_entropy,
