@@ -476,8 +476,9 @@ print("an induction head formed (score > 0.3, ten times uniform):", bool(inducti
 # %% id="hunt-checkup"
 # NBVAL_CHECK_OUTPUT
 card = bugs.checkup(bugs.healthy_model())
-for key, value in card.items():  # rounding noise (below 1e-4) differs between CPUs: shown as 0
-    print(f"{key:15} {value:.3g}" if abs(value) >= 1e-4 else f"{key:15} 0 (below 1e-4: rounding)")
+for key, value in card.items():  # rounding noise differs between CPUs: anything below 1e-4 is shown as such
+    shown = str(int(value)) if key in ("leaks", "extra_params") else (f"{value:.3g}" if abs(value) >= 1e-4 else "< 1e-4")
+    print(f"{key:15} {shown}")
 
 # %% [markdown] id="checklist"
 # ### The debugging checklist this chapter built
