@@ -136,6 +136,7 @@ def test_the_build_refuses_an_uncaptioned_figure(tmp_path, monkeypatch):
 
     (tmp_path / "content" / "notebooks").mkdir(parents=True)
     (tmp_path / "content" / "solutions").mkdir()
+    (tmp_path / "notebooks").mkdir()  # the kernel runs there
     source = tmp_path / "content" / "notebooks" / "99_demo.py"
     source.write_text('# %% id="the-plot"\nfrom IPython.display import Image, display\n'
                       'display(Image(data=bytes.fromhex("89504e470d0a1a0a")))\n')
