@@ -939,7 +939,9 @@ for field, value in [("norm", "batchnorm"), ("positions", "xpos")]:
 # | the tour step by step equals the model's forward pass | §3, `tour-steps` |
 # | the block shape map written down equals the shapes measured on a running block | §4, `shape-map` |
 # | the shape contract `(B, T, d_model)` in and out, in every block variant | §4, `contract` |
-# | $T$ sequential RNN steps against one parallel call, measured | §5, `parallel-steps`, `parallel-timing` |
+# | $T$ sequential RNN steps against one parallel call, counted and measured (with the conditions) | §5, `parallel-steps`, `parallel-timing` |
+# | one causal parallel pass equals the tokens processed one at a time | §5, `parallel-equivalence` |
+# | new tokens are generated one at a time: reading them all from one pass goes wrong | §5, `parallel-mistake` |
 # | attention mixes tokens, the MLP never does; the causal mask's triangle | §6, `mixing-influence` |
 # | permutation equivariance without positions, broken by positions or a causal mask | §7, `positions-words`, `positions-test` |
 # | the parameter count three ways; the tied head is one tensor | §8, `stack-count` |

@@ -807,6 +807,7 @@ print("entropy per head ranges", round(per_head_entropy.min().item(), 2), "to", 
 # | without $W_O$ the heads never mix | §3, `heads-mistake-run` |
 # | attention parameters are $4 d_{\text{model}}^2$ whatever $H$ is | §4, `cost-table`, `cost-torch-run` |
 # | two heads in one layer doing different jobs, and an average that hides both | §5, `specialize-build`, `specialize-plot` |
+# | the per-head formula, one head at a time, equals the one call; the head patterns asserted | §5, `specialize-formula` |
 # | the GQA mapping $h // (H/H_{kv})$, equal to torch's `enable_gqa`; `h % H_kv` is not | §6, `gqa-mapping`, `gqa-check`, `gqa-mistake-run` |
 # | parameters and KV-cache bytes of MHA, GQA and MQA at Llama-2-7B size | §7, `savings-table`, `savings-plot` |
 # | the module later chapters use, and masks with a head axis | §8, `module-run` |

@@ -946,6 +946,7 @@ for factor in (1.0, 1.25, 1.5, 2.0):
 # | the FFN computed by hand and by `feed_forward`; its shapes; equal to `nn.Sequential(Linear, GELU, Linear)` | §1, `mlp-example`, `mlp-shapes` |
 # | the activation in the wrong place collapses the MLP into one linear map | §1, `mlp-mistake` |
 # | the FFN output as a sum of value vectors weighted by key activations | §2, `ratio-memory` |
+# | reading $d_{ff} = 4 d_{\text{model}}$ for Llama-2 7B gives 16384, not 11008 | §2, `ratio-mistake-run` |
 # | ReLU, GELU (both forms) and SiLU values, plot, and `gelu` = `F.gelu` in float32 and float64 | §3, `activations-table`, `activations-plot`, `activations-vs-torch` |
 # | SwiGLU by hand; the $8/3$ width; Llama's 11008; gate/up swap changes the output | §4, `swiglu-example`, `swiglu-shapes`, `swiglu-mistake-run` |
 # | the MLP is about 2/3 of a GPT-2 block; counts equal what torch allocates | §5, `params-gpt2`, `params-plot`, `params-mistake-run` |
