@@ -24,7 +24,7 @@ import pytest
 from tools.build import ROOT
 from tools.site import exercise_chapters, theory_chapters
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("site")]
+pytestmark = pytest.mark.slow  # one xdist group: the site is built once (conftest.py)
 
 HAVE_SPHINX = all(importlib.util.find_spec(name) for name in ("sphinx", "myst_nb", "sphinx_book_theme"))
 REQUIRED = os.environ.get("COURSE_REQUIRE_SITE") == "1"
