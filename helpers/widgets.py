@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from .attention import causal_mask, masked_softmax
+from .attention import causal_mask
 from .plots import mask_grid
 from .positions import apply_rope, rope_frequencies
 from .shapes import ShapeError, fmt_shape
@@ -42,6 +42,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
+WIDE = {"description_width": "initial"}  # controls show their whole name
+DPI = 80  # the explorers' pictures: small PNGs, redrawn on every move of a control
+
+
 class Explorer:
     """Controls above a readout line and a PNG picture; moving a control redraws both.
 
@@ -56,7 +60,8 @@ class Explorer:
         self.title, self.controls, self._draw, self._figsize = title, controls, draw, figsize
         self.readout = widgets.Label(layout=widgets.Layout(width="auto"))
         self.readout.add_class("course-readout")
-        self.image = widgets.Image(format="png")
+        width, height = (round(DPI * size) for size in figsize)
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{width}px", height=f"{height}px"))
         self.widget = widgets.VBox([widgets.HTML(f"<b>{title}</b>"), widgets.HBox(list(controls.values())),
                                     self.readout, self.image])
         self.widget.add_class("course-explorer")
@@ -73,7 +78,7 @@ class Explorer:
         text = self._draw(ax, **self.values())
         fig.tight_layout()
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
+        fig.savefig(buffer, format="png", dpi=DPI)
         self.image.value = buffer.getvalue()
         self.readout.value = text
 
@@ -133,8 +138,8 @@ def _draw_softmax(ax, scores: torch.Tensor, d_k: int, scale: str, temperature: f
     ax.bar(keys, weights.detach().cpu().numpy(), color="#4c72b0")
     ax.axhline(1 / weights.shape[0], color="k", linestyle=":", linewidth=1)
     ax.set(ylim=(0, 1.02), xlabel="key", ylabel="weight", xticks=list(keys),
-           title=f"scale {scale}, temperature {temperature:g}")
-    return f"scale {scale}, temperature {temperature:g}: {softmax_readout(weights)}"
+           title=f"scale {scale}, temperature {temperature:.3g}")
+    return f"scale {scale}, temperature {temperature:.3g}: {softmax_readout(weights)}"
 
 
 def softmax_figure(scores: torch.Tensor, d_k: int,
@@ -145,7 +150,7 @@ def softmax_figure(scores: torch.Tensor, d_k: int,
     fig, axes = plt.subplots(1, len(settings), figsize=(3.2 * len(settings), 2.9), sharey=True)
     for ax, (scale, temperature) in zip(axes, settings):
         _draw_softmax(ax, scores, d_k, scale, temperature)
-        ax.set_title(f"{scale}, T = {temperature:g}", fontsize=10)
+        ax.set_title(f"{scale}, T = {temperature:.3g}", fontsize=10)
     fig.suptitle(f"one row of {scores.shape[0]} raw scores (d_k = {d_k}); dotted line = uniform")
     fig.tight_layout()
     return fig
@@ -155,9 +160,9 @@ def softmax_explorer(scores: torch.Tensor, d_k: int) -> Explorer:
     """A scale drop-down and a temperature slider over one row of raw scores q·k."""
     _require_row("softmax_explorer", scores)
     controls = {
-        "scale": widgets.Dropdown(options=SCALES, value="1/sqrt(d_k)", description="scale"),
+        "scale": widgets.Dropdown(options=SCALES, value="1/sqrt(d_k)", description="scale", style=WIDE),
         "temperature": widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, step=0.05,
-                                              description="temperature"),
+                                              description="temperature", style=WIDE),
     }
     return Explorer("Softmax of one row of scores",
                     controls, lambda ax, scale, temperature: _draw_softmax(ax, scores, d_k, scale, temperature))
@@ -221,9 +226,9 @@ def mask_figure(T: int = 6, settings: tuple[tuple[str, int, str], ...] = (
 def mask_explorer(T: int = 6) -> Explorer:
     """Drop-downs for the mask kind and the padding side, a slider for the padding length."""
     controls = {
-        "kind": widgets.Dropdown(options=MASK_KINDS, value="padding & causal", description="mask"),
-        "n_pad": widgets.IntSlider(value=2, min=0, max=T - 1, description="padding"),
-        "side": widgets.Dropdown(options=PAD_SIDES, value="right", description="pad on"),
+        "kind": widgets.Dropdown(options=MASK_KINDS, value="padding & causal", description="mask", style=WIDE),
+        "n_pad": widgets.IntSlider(value=2, min=0, max=T - 1, description="padding", style=WIDE),
+        "side": widgets.Dropdown(options=PAD_SIDES, value="right", description="pad on", style=WIDE),
     }
     return Explorer("The mask picture", controls,
                     lambda ax, kind, n_pad, side: _draw_mask(ax, kind, T, n_pad, side), figsize=(4.2, 3.6))
@@ -282,8 +287,8 @@ def rope_figure(d_head: int = 16, base: float = 10000.0,
 def rope_explorer(d_head: int = 16, base: float = 10000.0) -> Explorer:
     """Sliders for the pair index and the position."""
     controls = {
-        "pair": widgets.IntSlider(value=0, min=0, max=d_head // 2 - 1, description="pair k"),
-        "position": widgets.IntSlider(value=3, min=0, max=100, description="position p"),
+        "pair": widgets.IntSlider(value=0, min=0, max=d_head // 2 - 1, description="pair k", style=WIDE),
+        "position": widgets.IntSlider(value=3, min=0, max=100, description="position p", style=WIDE),
     }
     return Explorer("RoPE: the angle of one dimension pair", controls,
                     lambda ax, pair, position: _draw_rope(ax, pair, position, d_head, base), figsize=(3.8, 3.8))

@@ -139,7 +139,7 @@ def test_every_linked_cell_exists_and_is_markdown():
 
 
 def test_exercise_links_point_at_exercise_headings():
-    for text, kind, chapter, cell_id in cell_links(MAP.read_text()):
+    for text, kind, _chapter, cell_id in cell_links(MAP.read_text()):
         if kind == "exercise":
             assert re.fullmatch(r"ex\d+[a-z]?", cell_id), f"{text}: {cell_id!r} is not an exercise heading id"
 
