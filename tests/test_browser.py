@@ -55,7 +55,8 @@ TIMEOUT_MS = 90_000
 def find_chromium() -> str | None:
     """COURSE_CHROMIUM, else the first Chromium or Chrome on PATH."""
     if os.environ.get("COURSE_CHROMIUM"):
-        return os.environ["COURSE_CHROMIUM"]
+        path = os.environ["COURSE_CHROMIUM"]
+        return path if os.access(path, os.X_OK) else None
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         if shutil.which(name):
             return shutil.which(name)
