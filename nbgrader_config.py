@@ -19,6 +19,9 @@ c.CourseDirectory.source_directory = "solutions"  # nbgrader source: solutions a
 c.CourseDirectory.release_directory = "exercises"  # the student version, committed
 c.CourseDirectory.db_url = f"sqlite:///{COURSE / 'gradebook.db'}"  # git-ignored
 c.Exchange.root = str(COURSE / "exchange")  # git-ignored; only for nbgrader's release/collect workflow
+# Created here so that formgrader and the JupyterLab nbgrader extension, which check it when they
+# start, find it writable instead of logging "Unwritable directory ... exchange".
+(COURSE / "exchange").mkdir(exist_ok=True)
 
 # Only notebooks are course material: never copy caches or checkpoints into a release.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]

@@ -3,6 +3,11 @@
 Each chapter's known submissions live in `tests/grading/ch<chapter>.py` as a dict `STUDENTS` of
 `Submission`s; `tests/test_grading.py` grades each chapter's class with one run of the instructor's
 command, `course-grade-class` (scan, parallel autograde, feedback), then `nbgrader export`.
+
+Grading one notebook costs a kernel start and `import torch` (about 5 of its 7 seconds), whatever
+the notebook holds, so `pack` puts plain mistakes that touch different exercises into one notebook
+(see `pack`); submissions that test the grader itself (crashes, tampering, files, cheats the report
+must name) are graded alone.
 """
 
 from __future__ import annotations
@@ -42,6 +47,51 @@ class Submission:
     feedback: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)
     report: str | None = None
+
+
+def exercise(cell_or_exercise: str) -> str:
+    return cell_or_exercise.split("-")[0]
+
+
+def packable(submission: Submission) -> bool:
+    """A plain mistake: it edits answer cells only and loses points only in the exercises it edits
+    (so, graded alone, no other exercise depended on it), with no files and nothing in the report."""
+    edited = {exercise(cell) for cell in submission.edits}
+    return (bool(submission.lost) and "all" not in submission.lost and not submission.files
+            and submission.report is None and all(cell.endswith("-answer") for cell in submission.edits)
+            and {exercise(name) for name in submission.lost} == edited)
+
+
+def pack(students: Mapping[str, Submission]) -> dict[str, list[str]]:
+    """Graded notebook -> the submissions it holds. Plain mistakes (`packable`) go, first fit in the
+    order given, into the first notebook whose exercises they do not touch; each notebook is named
+    after its submissions joined by "__". Every other submission is a notebook of its own."""
+    packs: list[tuple[list[str], set[str]]] = []
+    alone = []
+    for name, submission in students.items():
+        if not packable(submission):
+            alone.append(name)
+            continue
+        edited = {exercise(cell) for cell in submission.edits}
+        target = next((p for p in packs if not p[1] & edited), None)
+        if target is None:
+            packs.append(([name], set(edited)))
+        else:
+            target[0].append(name)
+            target[1].update(edited)
+    graded = {"__".join(names): names for names, _ in packs}
+    graded.update({name: [name] for name in alone})
+    return graded
+
+
+def merged(submissions: Collection[Submission]) -> Submission:
+    edits: dict[str, Callable[[str], str]] = {}
+    lost: set[str] = set()
+    for submission in submissions:
+        assert not edits.keys() & submission.edits.keys()
+        edits.update(submission.edits)
+        lost.update(submission.lost)
+    return Submission(edits, lost)
 
 
 class Course:
@@ -118,12 +168,23 @@ def put(source: str) -> Callable[[str], str]:
 
 
 class GradedClass:
-    """One chapter's class: released, submitted (blank + `students`), autograded, feedback, export."""
+    """One chapter's class: released, submitted (blank + `students`, packed by `pack`), autograded,
+    feedback, export.
+
+    `students` are the notebooks graded (a pack is one student); `submissions` the known
+    submissions. `scores`, `expected`, `feedback_page`, `report_line` and `autograded` take either
+    name: for a submission graded inside a pack, `scores` and `expected` cover the grade cells of
+    the exercises it edits, and the pack's own name covers them all."""
 
     def __init__(self, folder: Path, assignment: str, students: Mapping[str, Submission],
                  grade_args: Collection[str] = ()) -> None:
         self.assignment = assignment
-        self.students = dict(students)
+        self.submissions = dict(students)
+        self.packs = pack(self.submissions)
+        self.students = {name: (self.submissions[members[0]] if len(members) == 1 and name == members[0]
+                                else merged([self.submissions[m] for m in members]))
+                         for name, members in self.packs.items()}
+        self.graded_as = {member: name for name, members in self.packs.items() for member in members}
         self.points = grade_points(assignment)
         self.course = Course(folder)
         released = self.course.release(assignment)
@@ -146,7 +207,15 @@ class GradedClass:
         return (self.root / f"report-{self.assignment}.txt").read_text()
 
     def report_line(self, student: str) -> str:
+        student = self.graded_as.get(student, student)
         return next(line for line in self.report.splitlines() if line.split(" ")[0] == student)
+
+    def _own_cells(self, student: str) -> Callable[[str], bool]:
+        """For a submission graded inside a pack: its own exercises' grade cells; else every cell."""
+        if self.graded_as.get(student, student) == student:
+            return lambda cell: True
+        edited = {exercise(cell) for cell in self.submissions[student].edits}
+        return lambda cell: exercise(cell) in edited
 
     @property
     def root(self) -> Path:
@@ -154,22 +223,27 @@ class GradedClass:
 
     def scores(self, student: str) -> dict[str, float]:
         """Each grade cell's score in the gradebook (0 for a submission nbgrader could not grade)."""
+        own, graded = self._own_cells(student), self.graded_as.get(student, student)
+        cells = [cell for cell in self.points if own(cell)]
         with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as gb:
             try:
-                return {cell: gb.find_grade(cell, self.assignment, self.assignment, student).score
-                        for cell in self.points}
+                return {cell: gb.find_grade(cell, self.assignment, self.assignment, graded).score
+                        for cell in cells}
             except MissingEntry:
-                return dict.fromkeys(self.points, 0)
+                return dict.fromkeys(cells, 0)
 
     def expected(self, student: str) -> dict[str, float]:
-        lost = set(self.students[student].lost) if student in self.students else set()
-        unknown = {name for name in lost - {"all"} if not any(cell == name or cell.split("-")[0] == name
+        known = self.students.get(student) or self.submissions.get(student)
+        lost = set(known.lost) if known else set()
+        unknown = {name for name in lost - {"all"} if not any(cell == name or exercise(cell) == name
                                                      for cell in self.points)}
         assert not unknown, f"{student}: no grade cells named {sorted(unknown)}"
-        return {cell: 0 if ("all" in lost or cell in lost or cell.split("-")[0] in lost) else points
-                for cell, points in self.points.items()}
+        own = self._own_cells(student)
+        return {cell: 0 if ("all" in lost or cell in lost or exercise(cell) in lost) else points
+                for cell, points in self.points.items() if own(cell)}
 
     def feedback_page(self, student: str) -> str | None:
+        student = self.graded_as.get(student, student)
         path = self.root / "feedback" / student / self.assignment / f"{self.assignment}.html"
         return html.unescape(path.read_text()) if path.exists() else None
 
@@ -179,5 +253,6 @@ class GradedClass:
                     if row["assignment"] == self.assignment}
 
     def autograded(self, student: str) -> nbformat.NotebookNode:
+        student = self.graded_as.get(student, student)
         path = self.root / "autograded" / student / self.assignment / f"{self.assignment}.ipynb"
         return nbformat.read(str(path), as_version=4)

@@ -3,7 +3,8 @@
 For every chapter, one run of `course-grade-class` (pre-grading scan, autograde of every student
 on two workers, feedback, CSV files, report) grades a class: the solution ("perfect"), the
 untouched exercise ("blank"), and the known submissions of `tests/grading/ch<chapter>.py`
-(catalogued mistakes, loops, crashes, floods, tampered and deleted test cells, cheats, noise).
+(catalogued mistakes, loops, crashes, floods, tampered and deleted test cells, cheats, noise);
+plain mistakes in different exercises share a notebook (`pack` in tests/nbgrader_course.py).
 Each grade cell must get exactly the points listed there, the feedback must name the problem
 without showing hidden tests, and the report must say what happened to whom. Chapter 01's class
 is graded with kernels sandboxed (another user, no network) when this machine allows it.
@@ -82,6 +83,17 @@ def test_solution_gets_full_marks_and_blank_gets_zero(graded, chapter):
 def test_each_submission_gets_exactly_its_points(graded, chapter, student):
     run = graded(chapter)
     assert run.scores(student) == run.expected(student)
+
+
+@pytest.mark.parametrize("chapter", CASES)
+def test_each_packed_notebook_gets_exactly_its_points(graded, chapter):
+    """A notebook holding several plain mistakes (tests/nbgrader_course.py, `pack`) loses the
+    points of each and keeps every other grade cell: no mistake spills into another exercise."""
+    run = graded(chapter)
+    packed = [name for name, members in run.packs.items() if len(members) > 1]
+    for name in packed:
+        assert run.scores(name) == run.expected(name), name
+        assert len(run.scores(name)) == len(run.points)
 
 
 @pytest.mark.parametrize("chapter, student",

@@ -36,6 +36,12 @@ def test_every_optional_extra_is_pinned_exactly():
         assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.+\-]*", requirement), requirement
 
 
+def test_the_readme_cpu_wheel_command_installs_the_pinned_torch():
+    torch_pin = next(r for r in PYPROJECT["project"]["dependencies"] if r.startswith("torch=="))
+    commands = re.findall(r"pip install (torch==\S+) --index-url https://download.pytorch.org/whl/cpu", README)
+    assert commands == [torch_pin], "README's CPU-wheel command must install the torch pyproject.toml pins"
+
+
 def test_environment_yml_installs_the_package_and_pins_nothing_itself():
     text = (ROOT / "environment.yml").read_text()
     lines = [line.split("#")[0].strip() for line in text.splitlines()]

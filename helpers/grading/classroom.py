@@ -6,7 +6,8 @@
 It runs, in order: `nbgrader generate_assignment` (only if the gradebook lacks the assignment),
 optionally `nbgrader zip_collect`, the pre-grading scan (`course-scan`), `nbgrader autograde` for
 every student in parallel worker processes (one nbgrader import per worker; each kernel limited in
-memory and time), `nbgrader generate_feedback`, and writes
+memory and time), each followed by `nbgrader generate_feedback` for that student in the same worker,
+and writes
 
     grades-<assignment>.csv           one row per student: every exercise's points, the total, the status
     grades-<assignment>-cells.csv     one row per student and grade cell
@@ -55,6 +56,7 @@ class Outcome:
     student: str
     seconds: float = 0.0
     graded: bool = False
+    feedback: bool = False  # its feedback page was written
     problems: list[str] = field(default_factory=list)
 
 
@@ -84,18 +86,29 @@ def _init_worker(course: str, assignment: str, timeout: int | None, memory_gb: f
     os.dup2(devnull, 2)
 
 
-def _grade_one(student: str, hidden: frozenset[str]) -> Outcome:
-    outcome = Outcome(student)
-    start = time.perf_counter()
+def _retrying(step, *args) -> tuple[dict, str]:
+    """Run an nbgrader API step, again when another worker's write had the gradebook locked."""
     for _attempt in range(3):
-        result = _API.autograde(_ASSIGNMENT, student, force=True, create=True)
+        result = step(*args, force=True)
         log = result.get("log", "") + result.get("error", "")
         if result["success"] or "database is locked" not in log:
             break
         time.sleep(0.5)
-    outcome.seconds = time.perf_counter() - start
+    return result, log
+
+
+def _grade_one(student: str, hidden: frozenset[str]) -> Outcome:
+    """Autograde one student, then write their feedback page in the same worker (feedback is an
+    HTML export per student; done here it runs on every core instead of after all grading)."""
+    outcome = Outcome(student)
+    start = time.perf_counter()
+    result, log = _retrying(_API.autograde, _ASSIGNMENT, student)
     outcome.graded = bool(result["success"])
     outcome.problems = problems_in_log(log, hidden, outcome.graded)
+    if outcome.graded:
+        feedback, _ = _retrying(_API.generate_feedback, _ASSIGNMENT, student)
+        outcome.feedback = bool(feedback["success"])
+    outcome.seconds = time.perf_counter() - start
     return outcome
 
 
@@ -309,10 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                              memory_gb=args.memory_gb or None, sandbox=args.sandbox)
     changed = changed_files(before, snapshot(course))
 
-    feedback = api.generate_feedback(assignment.name, force=True)
     results = write_grades(course, api, assignment, students, outcomes)
+    feedback_ok = all(o.feedback for o in outcomes.values() if o.graded)
     text = class_report(assignment, students, results, outcomes, findings, unreadable, changed,
-                        feedback_ok=feedback["success"], seconds=time.perf_counter() - started,
+                        feedback_ok=feedback_ok, seconds=time.perf_counter() - started,
                         workers=args.workers, sandbox=args.sandbox)
     (course / f"report-{assignment.name}.txt").write_text(text)
     print(text)
