@@ -408,6 +408,35 @@ plt.show()
 # **Common mistake.** Forgetting the scale (weights saturate, gradients die) or dividing by $d_k$
 # (weights go flat). Both are visible in the table above, and both run again in section 10.
 
+# %% [markdown] id="explore-softmax"
+# ### Explore: temperature and the scale on one row of scores
+#
+# One query against eight keys, $d_k = 64$: the raw scores $q \cdot k_j$ spread about
+# $\sqrt{64} = 8$ either side of zero. Choose the scale (none, $1/\sqrt{d_k}$, $1/d_k$) and a
+# **temperature** $\tau$, and watch the row of weights $\operatorname{softmax}(s \cdot \text{scale} / \tau)$.
+# Dividing by a temperature is the same operation as the scale: $1/\sqrt{d_k}$ *is* a temperature
+# of $\sqrt{d_k}$, chosen so that the scores have variance 1. The readout line gives the largest
+# weight and the row's entropy (at most $\log 8 \approx 2.079$, a uniform row). The controls move
+# in JupyterLab with a running kernel; the figure under them shows four fixed settings.
+
+# %% id="explore-softmax-widget"
+from helpers.widgets import softmax_explorer, softmax_figure
+
+q_row = randn(64, seed=21)  # (d_k,) = (64,): one query
+k_rows = randn(8, 64, seed=22)  # (T_k, d_k) = (8, 64)
+row_scores = (k_rows @ q_row).cpu()  # (T_k,) = (8,): raw scores, no scale yet
+softmax_explorer(row_scores, d_k=64)
+
+# %% id="explore-softmax-figure"
+softmax_figure(row_scores, d_k=64)
+plt.show()
+
+# %% [markdown] id="explore-softmax-caption"
+# *What to see:* without the scale one key takes nearly all the weight; $1/\sqrt{d_k}$ keeps a
+# spread of weights that still prefers some keys; $1/d_k$ flattens the row towards the dotted
+# uniform line; and a temperature below 1 sharpens the scaled row again. Moving the temperature
+# slider walks continuously between these pictures.
+
 # %% [markdown] id="masking"
 # ## 4. Masking
 #
@@ -552,6 +581,29 @@ print("helpers output rows 0-1:", show(safe[:2] @ v, 3))
 #
 # **Common mistake.** The NaN row above, and, in section 10, filling blocked scores with 0, masking
 # after the softmax, an inverted mask and a causal mask that blocks the diagonal.
+
+# %% [markdown] id="explore-masks"
+# ### Explore: mask type and padding length
+#
+# One sequence of six positions. Pick the mask (causal, padding, both, or none), how many of the
+# six tokens are padding, and on which side the padding sits. The readout counts the keys each
+# query may read and the rows with nothing to attend to, the rows `masked_softmax` must turn into
+# zeros rather than NaN. The figure under the controls shows four fixed settings.
+
+# %% id="explore-masks-widget"
+from helpers.widgets import mask_explorer, mask_figure
+
+mask_explorer(T=6)
+
+# %% id="explore-masks-figure"
+mask_figure(T=6)
+plt.show()
+
+# %% [markdown] id="explore-masks-caption"
+# *What to see:* padding on the right removes the last columns for every query; combined with the
+# causal mask, it leaves a triangle that stops at the last real token. Put the same two padding
+# tokens on the **left** and the first two rows turn entirely grey: those queries have nothing to
+# attend to, which is the fully blocked row of the previous cell.
 
 # %% [markdown] id="weights"
 # ## 5. Attention weights

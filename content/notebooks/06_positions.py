@@ -516,6 +516,30 @@ for how in ("right", "on_v", "after"):
     print(f"{how:6} same output at positions 0..5 and 9..14: {torch.allclose(out0, out9, atol=1e-12)!s:5} | "
           f"weights equal no-position attention: {torch.allclose(w0, plain_weights, atol=1e-12)}")
 
+# %% [markdown] id="explore-rope"
+# ### Explore: the RoPE angle of one dimension pair
+#
+# Pick a pair $k$ of a 16-channel head and a position $p$: the arrow is where the unit vector
+# $(1, 0)$ of that pair lands after RoPE, at the angle $p\,\theta_k$; the grey dots are positions
+# $0..p$. The readout gives $\theta_k$, the angle in radians and in turns, and the wavelength
+# $2\pi/\theta_k$. The controls move in JupyterLab with a running kernel; the figure under them
+# shows four fixed settings.
+
+# %% id="explore-rope-widget"
+from helpers.widgets import rope_explorer, rope_figure
+
+rope_explorer(d_head=16)
+
+# %% id="explore-rope-figure"
+rope_figure(d_head=16)
+plt.show()
+
+# %% [markdown] id="explore-rope-caption"
+# *What to see:* pair 0 turns one radian per position, so by position 5 it has gone most of a turn
+# and its dots circle the origin; pair 2 turns a tenth as fast, and even at position 40 has not
+# finished its first turn; pair 6, $10000^{-12/16} \approx 0.001$ radian per position, has hardly
+# left the blue start. Fast pairs tell near positions apart, slow pairs far ones.
+
 # %% [markdown] id="offset"
 # ## 6. One new token at position $t$
 #
