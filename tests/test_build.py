@@ -95,3 +95,60 @@ def test_a_changed_helper_or_pin_makes_the_executed_notebook_stale():
     assert "pinned dependencies" in _dependencies_changed(nb)
     del nb.metadata[DEPENDS_KEY]
     assert "records no dependencies" in _dependencies_changed(nb)
+
+
+def _figure_notebook(after: str | None) -> nbformat.NotebookNode:
+    """A code cell with a PNG output, followed by a markdown cell `after` (or by nothing)."""
+    nb = nbformat.v4.new_notebook()
+    plot = nbformat.v4.new_code_cell("plt.plot([1, 2]); plt.show()", id="the-plot")
+    plot.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})]
+    text = nbformat.v4.new_code_cell("print(1)", id="text-only")
+    text.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nb.cells = [text, plot] + ([nbformat.v4.new_markdown_cell(after, id="after")] if after is not None else [])
+    return nb
+
+
+@pytest.mark.parametrize("after", [None, "Reading the figure: the curve rises.", "## Next section",
+                                   "The curve rises. *What to see:* at the end is too late."])
+def test_a_figure_without_a_caption_is_named_with_its_cell_and_the_fix(after):
+    from tools.build import CAPTION, caption_problems
+
+    problems = caption_problems(_figure_notebook(after), "notebooks/99_demo.ipynb")
+    assert len(problems) == 1
+    assert "notebooks/99_demo.ipynb" in problems[0] and "the-plot" in problems[0] and CAPTION in problems[0]
+    assert "text-only" not in problems[0]
+
+
+def test_a_figure_followed_by_its_caption_passes():
+    from tools.build import caption_problems
+
+    assert caption_problems(_figure_notebook("*What to see:* the curve rises."), "nb") == []
+
+
+@pytest.mark.parametrize("chapter", chapters())
+def test_every_figure_in_a_theory_notebook_has_a_caption(chapter):
+    from tools.build import caption_problems
+
+    nb = nbformat.read(str(ROOT / "notebooks" / f"{chapter}.ipynb"), as_version=4)
+    assert caption_problems(nb, chapter) == []
+
+
+def test_the_build_refuses_an_uncaptioned_figure(tmp_path, monkeypatch):
+    """build() executes a theory notebook, then refuses to write it when a figure has no caption."""
+    import tools.build as build_module
+
+    (tmp_path / "content" / "notebooks").mkdir(parents=True)
+    (tmp_path / "content" / "solutions").mkdir()
+    (tmp_path / "notebooks").mkdir()  # the kernel runs there
+    source = tmp_path / "content" / "notebooks" / "99_demo.py"
+    source.write_text('# %% id="the-plot"\nfrom IPython.display import Image, display\n'
+                      'display(Image(data=bytes.fromhex("89504e470d0a1a0a")))\n')
+    monkeypatch.setattr(build_module, "CONTENT", tmp_path / "content")
+    monkeypatch.setattr(build_module, "ROOT", tmp_path)
+    monkeypatch.setattr(build_module, "dependency_record", lambda nb: {})
+    with pytest.raises(build_module.BuildError, match="the-plot"):
+        build_module.build("99_demo", only="theory")
+    assert not (tmp_path / "notebooks" / "99_demo.ipynb").exists()
+    source.write_text(source.read_text() + '\n# %% [markdown] id="caption"\n# *What to see:* one tiny image.\n')
+    build_module.build("99_demo", only="theory")
+    assert (tmp_path / "notebooks" / "99_demo.ipynb").exists()

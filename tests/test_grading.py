@@ -114,6 +114,17 @@ def test_report_says_what_happened(graded, chapter, student):
 
 
 @pytest.mark.parametrize("chapter", CASES)
+def test_the_blank_notebook_is_told_what_is_missing(graded, chapter):
+    """Every test cell of the untouched exercise, hidden ones included, fails with the sentence that
+    names the missing answer, never with the error a hidden test's arithmetic on None raises."""
+    with open(run_root := graded(chapter).root / f"grades-{chapter}-cells.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["student"] == "blank" and row["message"]]
+    assert rows, run_root
+    for row in rows:
+        assert "not implemented yet" in row["message"] or "no answer yet" in row["message"], row
+
+
+@pytest.mark.parametrize("chapter", CASES)
 def test_correct_answers_raise_no_scan_finding(graded, chapter):
     run = graded(chapter)
     assert run.report_line("perfect").endswith("ok")

@@ -29,6 +29,13 @@ def test_every_dependency_is_pinned_exactly():
     assert "torch==2.13.0" in PYPROJECT["project"]["dependencies"]
 
 
+def test_every_optional_extra_is_pinned_exactly():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert set(extras) == {"site", "browser"}
+    for requirement in (r for group in extras.values() for r in group):
+        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.+\-]*", requirement), requirement
+
+
 def test_the_readme_cpu_wheel_command_installs_the_pinned_torch():
     torch_pin = next(r for r in PYPROJECT["project"]["dependencies"] if r.startswith("torch=="))
     commands = re.findall(r"pip install (torch==\S+) --index-url https://download.pytorch.org/whl/cpu", README)

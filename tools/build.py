@@ -18,6 +18,10 @@ Cell headers in the sources carry what the notebooks need:
 Every other cell of a solution notebook becomes a locked read-only cell.
 A theory notebook is executed only when its cells changed (or with --execute).
 
+Every figure is captioned: a code cell whose executed output holds a figure (image/png) must be
+followed directly by a markdown cell that begins with `*What to see:*` and says what to see in it.
+A build, and `--check`, fail on an uncaptioned figure, naming the notebook and the cell id.
+
 An executed theory notebook records what its outputs depended on (notebook metadata
 "transformer_internals"): a hash of every `helpers` module it imports, directly or through other
 helpers modules, and a hash of the pinned dependencies in pyproject.toml. `--check` reports the
@@ -232,6 +236,28 @@ def _dependencies_changed(nb: nbformat.NotebookNode) -> str | None:
     return None
 
 
+CAPTION = "*What to see:*"
+
+
+def caption_problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
+    """Every code cell whose outputs hold a figure (image/png) must be followed directly by a
+    markdown cell beginning with CAPTION. One message per uncaptioned figure cell."""
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if not any("image/png" in output.get("data", {}) for output in cell.get("outputs", [])):
+            continue
+        after = nb.cells[index + 1] if index + 1 < len(nb.cells) else None
+        if after is None or after.cell_type != "markdown" or not after.source.lstrip().startswith(CAPTION):
+            problems.append(
+                f"{name}: cell {cell.id} draws a figure but the next cell is not its caption; add, directly "
+                f"after it in the source, a markdown cell that begins with `{CAPTION}` and says what to see "
+                f"in the figure"
+            )
+    return problems
+
+
 def _write(nb: nbformat.NotebookNode, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
@@ -289,9 +315,16 @@ def build(chapter: str, *, force_execute: bool = False, only: str | None = None)
                 or not _is_executed(current) or _dependencies_changed(current):
             start = time.perf_counter()
             execute(nb, target.parent)
+            seconds = time.perf_counter() - start
+            uncaptioned = caption_problems(nb, f"notebooks/{chapter}.ipynb")
+            if uncaptioned:
+                raise BuildError("\n".join(uncaptioned))
             _write(nb, target)
-            print(f"executed notebooks/{chapter}.ipynb in {time.perf_counter() - start:.1f} s")
+            print(f"executed notebooks/{chapter}.ipynb in {seconds:.1f} s")
         else:
+            uncaptioned = caption_problems(current, f"notebooks/{chapter}.ipynb")
+            if uncaptioned:
+                raise BuildError("\n".join(uncaptioned))
             print(f"notebooks/{chapter}.ipynb is up to date")
 
 
@@ -334,6 +367,7 @@ def check(chapter: str) -> list[str]:
                 problems.append(f"notebooks/{chapter}.ipynb is not executed: run python tools/build.py --execute {chapter}")
             elif (why := _dependencies_changed(current)):
                 problems.append(f"notebooks/{chapter}.ipynb is stale: {why}; run python tools/build.py {chapter}")
+            problems += caption_problems(current, f"notebooks/{chapter}.ipynb")
     return problems
 
 
@@ -355,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         print("derived notebooks are up to date" if not problems else f"{len(problems)} stale")
         return 1 if problems else 0
     for chapter in selected:
-        build(chapter, force_execute=args.execute, only=args.only)
+        try:
+            build(chapter, force_execute=args.execute, only=args.only)
+        except BuildError as error:
+            print(f"build failed: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -53,10 +53,11 @@ from torch import nn
 
 import helpers
 from helpers.attention import causal_mask
-from helpers.blocks import DecoderBlock, ModelConfig, TinyDecoder, model_param_count
+from helpers.blocks import DecoderBlock, ModelConfig, TinyDecoder, generate, model_param_count
 from helpers.corpus import corpus_documents, corpus_fingerprint, load_corpus, markov_chain
 from helpers.ffn import FeedForward, token_influence
 from helpers.heads import attention_param_count
+from helpers.numerics import close
 from helpers.overview import (
     SHAPE_MAP,
     AddPositions,
@@ -277,6 +278,11 @@ tour_cfg = dict(vocab_size=bpe.vocab_size, d_model=32, n_heads=4, n_layers=3, ma
 draw_tour(2, 6, 32, bpe.vocab_size, 3)
 plt.show()
 
+# %% [markdown] id="tour-diagram-caption"
+# *What to see:* the shapes along the way: text becomes ids `(B, T)`, every id becomes a vector `(B,
+# T, d_model)`, the blocks keep that shape in and out, and only the LM head changes the last axis,
+# to the vocabulary size.
+
 # %% id="tour-steps"
 # NBVAL_CHECK_OUTPUT
 lm = model(**tour_cfg)
@@ -422,8 +428,23 @@ with torch.no_grad():
 print("RNN:", tuple(states.shape), "after", rnn_steps, "sequential steps")
 print("block:", tuple(out.shape), "after 1 call; a 12-layer model: 12 sequential steps for any T")
 
+# %% [markdown] id="parallel-equivalence-text"
+# **Implementation check: one parallel pass equals the tokens one at a time.** "Parallel" must not
+# change the numbers. With the causal mask, position $t$ of one call over all $T$ tokens sees
+# exactly tokens $0..t$, so it must equal the last position of a call on the prefix $x_{0..t}$
+# alone: $T$ separate calls, one per token, as an RNN would walk the sequence.
+
+# %% id="parallel-equivalence"
+# NBVAL_CHECK_OUTPUT
+x12 = randn(2, 12, d, seed=6)  # (B, T, d) with T = 12
+with torch.no_grad():
+    at_once = block(x12)  # (B, T, d): one call, every position in parallel
+    one_by_one = torch.stack([block(x12[:, : t + 1])[:, -1] for t in range(12)], dim=1)  # (B, T, d): 12 calls
+print("one causal pass == 12 prefix calls, position by position:", close(at_once, one_by_one, n=4 * d))
+print("calls: 1 parallel vs", 12, "one at a time")
+
 # %% id="parallel-timing"
-def seconds(fn, *args, repeats: int = 3) -> float:
+def seconds(fn, *args, repeats: int = 5) -> float:
     """Best of `repeats` wall-clock runs (GPU work is waited for)."""
     best = float("inf")
     for _ in range(repeats):
@@ -439,16 +460,40 @@ def seconds(fn, *args, repeats: int = 3) -> float:
 
 
 lengths = [32, 64, 128, 256, 512]
+threads = torch.get_num_threads()
+if device.type == "cpu":
+    torch.set_num_threads(1)  # one thread: two threads on a busy 2-core CPU measure contention, not the model
 rnn_s = [seconds(rnn_forward, randn(4, t, d, seed=5)) for t in lengths]
 block_s = [seconds(block, randn(4, t, d, seed=5)) for t in lengths]
+conditions = f"{device.type}, {torch.get_num_threads()} thread(s), width {d}, batch 4"
+torch.set_num_threads(threads)
 for t, r, b in zip(lengths, rnn_s, block_s):
     print(f"T = {t:4d}: RNN {1e3 * r:7.2f} ms ({t} steps) | block {1e3 * b:6.2f} ms (1 call)")
-fig, ax = plt.subplots(figsize=(6, 3.2))
-ax.plot(lengths, [1e3 * s for s in rnn_s], "o-", label="RNN cell, T sequential steps")
-ax.plot(lengths, [1e3 * s for s in block_s], "s-", label="decoder block, one parallel call")
-ax.set_xlabel("sequence length T"), ax.set_ylabel("milliseconds"), ax.set_xscale("log", base=2)
-ax.set_title(f"one layer, width {d}, batch 4, on {device.type}"), ax.legend()
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+axes[0].plot(lengths, lengths, "o-", label="RNN: T steps, each waits for the last")
+axes[0].plot(lengths, [12] * len(lengths), "s-", label="12-layer transformer, training or prefill: 12 steps")
+axes[0].set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="sequential steps",
+            title="what the claim is about: sequential steps (counted)")
+axes[0].set_xscale("log", base=2)
+axes[0].legend(fontsize=8)
+axes[1].plot(lengths, [1e3 * s for s in rnn_s], "o-", label="RNN cell, T sequential steps")
+axes[1].plot(lengths, [1e3 * s for s in block_s], "s-", label="decoder block, one parallel call")
+axes[1].set(xlabel="sequence length T", ylabel="milliseconds (best of 5)", title=f"measured here: {conditions}")
+axes[1].set_xscale("log", base=2)
+axes[1].set_yscale("log")
+axes[1].text(0.02, 0.75, "a CPU with few cores runs few multiply-adds at once,\nso the block's extra arithmetic "
+             "(T x T scores,\n4x wider MLP) is not hidden: it need not be faster here;\non a GPU the one call "
+             "wins by far", transform=axes[1].transAxes, fontsize=8, va="top")
+axes[1].legend(fontsize=8, loc="lower right")
+fig.tight_layout()
 plt.show()
+
+# %% [markdown] id="parallel-timing-caption"
+# *What to see:* on the left, the counted claim: an RNN needs $T$ steps one after another, a
+# 12-layer transformer 12 steps at every length. On the right, the seconds on this machine, with
+# its conditions in the title: on a CPU with two cores the single block call is not reliably faster
+# than the RNN's loop (it does more arithmetic per token), which is why the chapter's claim is
+# about steps and about parallel hardware, not about this CPU.
 
 # %% [markdown] id="parallel-llm"
 # **Reading the timings.** The step counts are the claim; the seconds depend on the hardware. The
@@ -462,8 +507,29 @@ plt.show()
 # text does not: each new token needs the previous one, so decoding is $N$ sequential steps for $N$
 # new tokens, made cheaper by caching keys and values (chapter 07).
 #
+# GPT-3 175B, for instance, has 96 layers and a 2048-token context: a training forward pass over
+# 2048 tokens is 96 sequential layer steps, while generating 100 new tokens takes 100 forward passes.
+#
 # **Common mistake.** "Transformers generate all tokens in parallel." Only the tokens you already
-# have are processed in parallel; new ones come one at a time.
+# have are processed in parallel; new ones come one at a time. Run below on a small random
+# `TinyDecoder` (greedy decoding, `float64`): generating 8 tokens one at a time, against reading all 8
+# "at once" from a single pass over the prompt plus 8 placeholder tokens. The single pass only
+# works when the tokens are already known, as in training (teacher forcing) or prefill.
+
+# %% id="parallel-mistake"
+# NBVAL_CHECK_OUTPUT
+lm8 = model(seed=3, vocab_size=20, d_model=32, n_heads=4, n_layers=2, max_seq_len=32).double()
+prompt = torch.tensor([[1, 5, 7, 2]], device=device)  # (1, 4)
+with torch.no_grad():
+    sequential = generate(lm8, prompt, 8, temperature=0.0)[0, 4:]  # 8 forward passes, one per new token
+    placeholders = torch.cat([prompt, torch.zeros(1, 8, dtype=torch.long, device=device)], dim=1)  # (1, 12)
+    at_once = lm8(placeholders)[0, 3:11].argmax(-1)  # WRONG: one pass, every "next token" read at once
+    known = torch.cat([prompt, sequential[None, :-1]], dim=1)  # (1, 11): the tokens already generated
+    teacher_forced = lm8(known)[0, 3:].argmax(-1)  # one pass is fine once the tokens are known
+print("one at a time (8 passes):     ", sequential.tolist())
+print("all at once from placeholders:", at_once.tolist(),
+      f"-> {(at_once == sequential).sum().item()} of 8 match")
+print("one pass over the known tokens reproduces all 8:", torch.equal(teacher_forced, sequential))
 
 # %% [markdown] id="mixing"
 # ## 6. Context mixing: attention reads other tokens, the MLP does not
@@ -508,8 +574,15 @@ fig.suptitle("how much output token i moves when input token j changes")
 plt.tight_layout()
 plt.show()
 
+# %% [markdown] id="mixing-plot-caption"
+# *What to see:* the MLP's influence lies only on the diagonal (each output depends on its own
+# token); attention without a mask fills the whole grid (every output moves when any input moves);
+# the causal mask leaves only the lower triangle, so no output depends on a later token.
+
 # %% [markdown] id="mixing-llm"
-# **In real LLMs.** Everything a model knows about the context reaches a position through attention;
+# **In real LLMs.** Everything a model knows about the context reaches a position through attention:
+# in GPT-2 small that is $12$ layers $\times$ $12$ heads $= 144$ attention patterns per token, the only
+# places where its 1024 positions exchange information;
 # interpretability work traces "which token read which" through the attention weights. MLP layers
 # hold much of the per-token knowledge (facts about a word), applied one position at a time.
 #
@@ -691,6 +764,11 @@ plt.show()
 chars_per_token = len(val_text) / val_tokens
 print(f"with this corpus's BPE, 6192 tokens hold about {6192 * chars_per_token:,.0f} characters of documentation")
 
+# %% [markdown] id="budget-grow-caption"
+# *What to see:* the margin falls by one token per retrieved token and crosses zero at 6192
+# retrieved tokens (dotted line); the red area is overflow, and the lab's choice of 6000 (dashed)
+# leaves only 192 tokens to spare.
+
 # %% [markdown] id="budget-llm"
 # **In real LLMs.** Windows range from 2048 (GPT-3) and 4096 (Llama-2) to 128k tokens and more; a
 # longer window costs prefill time and key/value-cache memory that grow with every token
@@ -861,7 +939,9 @@ for field, value in [("norm", "batchnorm"), ("positions", "xpos")]:
 # | the tour step by step equals the model's forward pass | §3, `tour-steps` |
 # | the block shape map written down equals the shapes measured on a running block | §4, `shape-map` |
 # | the shape contract `(B, T, d_model)` in and out, in every block variant | §4, `contract` |
-# | $T$ sequential RNN steps against one parallel call, measured | §5, `parallel-steps`, `parallel-timing` |
+# | $T$ sequential RNN steps against one parallel call, counted and measured (with the conditions) | §5, `parallel-steps`, `parallel-timing` |
+# | one causal parallel pass equals the tokens processed one at a time | §5, `parallel-equivalence` |
+# | new tokens are generated one at a time: reading them all from one pass goes wrong | §5, `parallel-mistake` |
 # | attention mixes tokens, the MLP never does; the causal mask's triangle | §6, `mixing-influence` |
 # | permutation equivariance without positions, broken by positions or a causal mask | §7, `positions-words`, `positions-test` |
 # | the parameter count three ways; the tied head is one tensor | §8, `stack-count` |

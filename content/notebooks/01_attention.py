@@ -388,6 +388,12 @@ for ax in axes:
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="scaling-plot-caption"
+# *What to see:* without scaling (blue) the score variance grows like $d_k$ (on the dotted line),
+# the largest weight heads toward 1 and the entropy toward 0: the softmax saturates. Dividing by
+# $\sqrt{d_k}$ (orange) holds all three flat at every width; dividing by $d_k$ (green) squeezes the
+# weights toward uniform.
+
 # %% [markdown] id="scaling-llm"
 # **Implementation check.** The scale depends on the width of one query, `q.shape[-1]` ($d_k$, the
 # *per-head* width in a multi-head layer), never on $d_{\text{model}}$ or on the sequence length.
@@ -401,6 +407,35 @@ plt.show()
 #
 # **Common mistake.** Forgetting the scale (weights saturate, gradients die) or dividing by $d_k$
 # (weights go flat). Both are visible in the table above, and both run again in section 10.
+
+# %% [markdown] id="explore-softmax"
+# ### Explore: temperature and the scale on one row of scores
+#
+# One query against eight keys, $d_k = 64$: the raw scores $q \cdot k_j$ spread about
+# $\sqrt{64} = 8$ either side of zero. Choose the scale (none, $1/\sqrt{d_k}$, $1/d_k$) and a
+# **temperature** $\tau$, and watch the row of weights $\operatorname{softmax}(s \cdot \text{scale} / \tau)$.
+# Dividing by a temperature is the same operation as the scale: $1/\sqrt{d_k}$ *is* a temperature
+# of $\sqrt{d_k}$, chosen so that the scores have variance 1. The readout line gives the largest
+# weight and the row's entropy (at most $\log 8 \approx 2.079$, a uniform row). The controls move
+# in JupyterLab with a running kernel; the figure under them shows four fixed settings.
+
+# %% id="explore-softmax-widget"
+from helpers.widgets import softmax_explorer, softmax_figure
+
+q_row = randn(64, seed=21)  # (d_k,) = (64,): one query
+k_rows = randn(8, 64, seed=22)  # (T_k, d_k) = (8, 64)
+row_scores = (k_rows @ q_row).cpu()  # (T_k,) = (8,): raw scores, no scale yet
+softmax_explorer(row_scores, d_k=64)
+
+# %% id="explore-softmax-figure"
+softmax_figure(row_scores, d_k=64)
+plt.show()
+
+# %% [markdown] id="explore-softmax-caption"
+# *What to see:* without the scale one key takes nearly all the weight; $1/\sqrt{d_k}$ keeps a
+# spread of weights that still prefers some keys; $1/d_k$ flattens the row towards the dotted
+# uniform line; and a temperature below 1 sharpens the scaled row again. Moving the temperature
+# slider walks continuously between these pictures.
 
 # %% [markdown] id="masking"
 # ## 4. Masking
@@ -504,6 +539,11 @@ mask_grid(both[0], ax=axes[2], title="padding & causal")
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="masking-grids-caption"
+# *What to see:* blue cells are allowed, gray cells blocked: the causal mask blocks everything right
+# of the diagonal, the padding mask blocks the same padded key columns for every query, and their
+# combination blocks the union of both.
+
 # %% [markdown] id="fully-blocked-text"
 # **A row with nothing to attend to.** Batched generation usually pads on the *left*, so that every
 # sequence's newest token sits in the last column. Combined with the causal mask, a padded query at
@@ -532,13 +572,38 @@ print("helpers output rows 0-1:", show(safe[:2] @ v, 3))
 
 # %% [markdown] id="masking-llm"
 # **In real LLMs.** Every GPT-style decoder applies the causal mask in every layer; BERT-style
-# encoders use only padding masks. Hugging Face's `attention_mask` (1 = real token, 0 = padding)
+# encoders use only padding masks. GPT-2's Hugging Face implementation stores the causal mask as a
+# lower-triangular boolean buffer of shape `(1, 1, 1024, 1024)` (its context length) in each of its
+# attention layers and slices the top-left `(T, T)` corner for a sequence of $T$ tokens. Hugging Face's `attention_mask` (1 = real token, 0 = padding)
 # points the same way as our `True` = allow, but **`torch.nn.MultiheadAttention` and
 # `torch.nn.Transformer` read a boolean mask the other way round (`True` = blocked)**. Moving a mask
 # between the two conventions means `~mask`; forgetting it is the inverted-mask bug of section 10.
 #
 # **Common mistake.** The NaN row above, and, in section 10, filling blocked scores with 0, masking
 # after the softmax, an inverted mask and a causal mask that blocks the diagonal.
+
+# %% [markdown] id="explore-masks"
+# ### Explore: mask type and padding length
+#
+# One sequence of six positions. Pick the mask (causal, padding, both, or none), how many of the
+# six tokens are padding, and on which side the padding sits. The readout counts the keys each
+# query may read and the rows with nothing to attend to, the rows `masked_softmax` must turn into
+# zeros rather than NaN. The figure under the controls shows four fixed settings.
+
+# %% id="explore-masks-widget"
+from helpers.widgets import mask_explorer, mask_figure
+
+mask_explorer(T=6)
+
+# %% id="explore-masks-figure"
+mask_figure(T=6)
+plt.show()
+
+# %% [markdown] id="explore-masks-caption"
+# *What to see:* padding on the right removes the last columns for every query; combined with the
+# causal mask, it leaves a triangle that stops at the last real token. Put the same two padding
+# tokens on the **left** and the first two rows turn entirely grey: those queries have nothing to
+# attend to, which is the fully blocked row of the previous cell.
 
 # %% [markdown] id="weights"
 # ## 5. Attention weights
@@ -637,6 +702,11 @@ attention_heatmap(w_same, query_labels=tokens, key_labels=tokens, ax=axes[1], an
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="weights-heatmaps-caption"
+# *What to see:* every row sums to 1 and every weight above the diagonal is exactly 0 (the causal
+# mask); with random queries and keys the allowed weight is spread unevenly, and row 0 can only put
+# all of it on key 0.
+
 # %% [markdown] id="weights-causal-text"
 # A causal heatmap from random queries and keys ($T = 6$, $d_k = 8$): everything above the diagonal
 # is exactly 0, the first row is $[1, 0, \dots, 0]$ because the first token can only read itself,
@@ -647,6 +717,11 @@ w_causal = masked_softmax(attention_scores(randn(6, 8, seed=10), randn(6, 8, see
                           causal_mask(6, device=device))  # (T_q, T_k) = (6, 6)
 attention_heatmap(w_causal, annotate=True, title="random queries and keys, causal mask")
 plt.show()
+
+# %% [markdown] id="weights-causal-caption"
+# *What to see:* left, each query puts almost all its weight on the key just before it (a
+# previous-token pattern; the first token has only itself); right, each word attends to itself, and
+# the two "the" tokens split their weight 0.50 / 0.50 between each other.
 
 # %% [markdown] id="weights-llm"
 # **In real LLMs.** Interpretability work on trained models finds previous-token heads like the one
@@ -720,8 +795,9 @@ uniform = torch.full((1, 5), 0.2, device=device)  # (1, T_k)
 print("uniform weights give the mean:", torch.allclose(uniform @ Vb[0], Vb[0].mean(dim=0, keepdim=True), atol=1e-6))
 
 # %% [markdown] id="values-llm"
-# **In real LLMs.** Each head produces a `(T, d_head)` output; the heads are concatenated and
-# mixed by an output projection $W_O$ (chapter 02), and the result is added to the residual stream
+# **In real LLMs.** Each head produces a `(T, d_head)` output, a weighted average of value vectors
+# of width $d_{\text{head}}$: $768 / 12 = 64$ in GPT-2 small, $4096 / 32 = 128$ in Llama-2 7B. The
+# heads are concatenated and mixed by an output projection $W_O$ (chapter 02), and the result is added to the residual stream
 # (chapter 04). Since attention only averages, it moves information between positions but creates
 # no new features on its own; the projections and the MLP do that.
 #

@@ -408,7 +408,43 @@ for i, word in enumerate(words):
     same = [words[j] + f"@{j}" for j in range(T) if weights[0, 1, i, j] > 0.25]
     print(f"{word:>3}@{i}: head 0 reads {prev}, head 1 reads {same}")
 
-# %% [markdown] id="specialize-plot-text"
+# %% [markdown] id="specialize-formula-text"
+# **The per-head formula.** Head $h$ uses its own slice of rows of each projection,
+# $W_Q^{(h)} = W_Q[h\,d_{\text{head}} : (h+1)\,d_{\text{head}},\ :]$ (likewise $W_K^{(h)}$, $W_V^{(h)}$), and
+#
+# $$
+# \mathrm{head}_h = \operatorname{softmax}\!\Big(\frac{(X W_Q^{(h)\top})(X W_K^{(h)\top})^\top}{\sqrt{d_{\text{head}}}} + M\Big)\, X W_V^{(h)\top},
+# \qquad
+# \mathrm{MHA}(X) = [\mathrm{head}_0, \dots, \mathrm{head}_{H-1}]\, W_O^\top .
+# $$
+#
+# The cell computes each head with that formula, one at a time, checks it against the single call
+# above, and asserts the patterns the heads were built for: head 0's weight sits on the diagonal
+# just below the main one (query $i$ reads key $i-1$), head 1's on the keys with the same word.
+
+# %% id="specialize-formula"
+# NBVAL_CHECK_OUTPUT
+allowed = causal_mask(T, device=device)  # (T, T), True = may attend
+per_head = []
+for h in range(H):
+    rows = slice(h * d_head, (h + 1) * d_head)
+    q_h, k_h, v_h = x[0] @ w_q[rows].T, x[0] @ w_k[rows].T, x[0] @ w_v[rows].T  # (T, d_head) each
+    scores_h = (q_h @ k_h.T / math.sqrt(d_head)).masked_fill(~allowed, float("-inf"))  # (T, T)
+    weights_h = torch.softmax(scores_h, dim=-1)  # (T, T)
+    assert torch.allclose(weights_h, weights[0, h]), h
+    per_head.append(weights_h @ v_h)  # (T, d_head)
+assert torch.allclose(torch.cat(per_head, dim=-1) @ w_o.T, out[0])  # concatenate, then W_O
+print("per-head formula, one head at a time == one multi_head_attention call: True")
+
+sub_diagonal = torch.diagonal(weights[0, 0], offset=-1)  # weights[0, 0, i, i - 1] for i = 1..T-1
+assert (sub_diagonal > 0.98).all()  # key i-1 scores 6, the other i keys 0: e^6 / (e^6 + 5) = 0.988 at worst (query 5)
+print("head 0: weight on key i-1 for queries 1..5:", show(sub_diagonal, 3))
+same_word = torch.tensor([[words[i] == words[j] and j <= i for j in range(T)] for i in range(T)], device=device)
+share_same_word = (weights[0, 1] * same_word).sum(-1)  # (T,): weight on keys holding the query's own word
+assert (share_same_word > 0.98).all()  # the same bound: at most 5 other keys, each e^6 times weaker
+print("head 1: share of each query's weight on keys with its own word:", show(share_same_word, 3))
+
+
 # The same weights as pictures: head 0 is a sub-diagonal (one step back), head 1 is the diagonal
 # plus the second "the" reaching back to the first. The third panel is what
 # `nn.MultiheadAttention` returns by default, the head average: it looks like neither head.
@@ -423,6 +459,12 @@ attention_heatmap(weights[0].mean(dim=0), query_labels=words, key_labels=words, 
                   title="average over heads (nn.MultiheadAttention default)")
 fig.tight_layout()
 plt.show()
+
+# %% [markdown] id="specialize-plot-caption"
+# *What to see:* head 0 puts its weight one below the diagonal (the previous token), head 1 on
+# matching words (the two "the" tokens share 0.50 / 0.50); the average over heads, what
+# `nn.MultiheadAttention` returns by default, blurs both patterns into half weights, so inspect
+# heads one at a time.
 
 # %% [markdown] id="specialize-output"
 # With $W_O$ the identity, the output keeps both findings side by side. Output features 0–4 (head
@@ -586,6 +628,11 @@ ax.set(xscale="log", yscale="log", xlabel="tokens in the cache (one sequence)", 
        title="KV cache of a 32-layer, d_model 4096 decoder in fp16")
 ax.legend()
 plt.show()
+
+# %% [markdown] id="savings-plot-caption"
+# *What to see:* on log-log axes the three cache sizes are parallel lines (each grows linearly with
+# the tokens); GQA's sits 4 times and MQA's 32 times below MHA's, and MHA's cache overtakes the size
+# of the model's own fp16 weights (dotted) at the longest context.
 
 # %% [markdown] id="savings-llm"
 # **Does sharing hurt?** A little: the GQA paper reports quality close to MHA with speed close to
@@ -760,6 +807,7 @@ print("entropy per head ranges", round(per_head_entropy.min().item(), 2), "to", 
 # | without $W_O$ the heads never mix | §3, `heads-mistake-run` |
 # | attention parameters are $4 d_{\text{model}}^2$ whatever $H$ is | §4, `cost-table`, `cost-torch-run` |
 # | two heads in one layer doing different jobs, and an average that hides both | §5, `specialize-build`, `specialize-plot` |
+# | the per-head formula, one head at a time, equals the one call; the head patterns asserted | §5, `specialize-formula` |
 # | the GQA mapping $h // (H/H_{kv})$, equal to torch's `enable_gqa`; `h % H_kv` is not | §6, `gqa-mapping`, `gqa-check`, `gqa-mistake-run` |
 # | parameters and KV-cache bytes of MHA, GQA and MQA at Llama-2-7B size | §7, `savings-table`, `savings-plot` |
 # | the module later chapters use, and masks with a head axis | §8, `module-run` |

@@ -50,6 +50,8 @@
 
 # %% id="setup"
 
+import math
+
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
@@ -208,7 +210,15 @@ for j in range(W1.shape[0]):
     if strength > 0:
         print(f"unit {j}: key {show(W1[j], 1)} fires {strength.item():.1f} -> writes {strength.item():.1f} x value {show(W2[:, j], 1)}")
     as_sum = as_sum + strength * W2[:, j]  # (d_model,)
-print("sum of values:", show(as_sum), "| the FFN's output:", show(y_tok))
+print("sum of values:", show(as_sum), "| the FFN's output:", show(y_tok), "| allclose:", torch.allclose(as_sum, y_tok))
+
+# the same reading for the GELU FFN of section 1 on a whole batch: 24 keys, 24 values
+memory = mlp.fc2.bias.expand(2, 5, 6).clone()  # (B, T, d_model): start from b2
+for j in range(mlp.fc1.weight.shape[0]):  # d_ff = 24 key-value pairs
+    strength = F.gelu(x @ mlp.fc1.weight[j] + mlp.fc1.bias[j])  # (B, T): how strongly key j fires per token
+    memory = memory + strength[..., None] * mlp.fc2.weight[:, j]  # (B, T, d_model): add value j, weighted
+print("batch (2, 5, 6): sum over 24 weighted values == FeedForward output (allclose):",
+      torch.allclose(memory, mlp(x), atol=1e-6))
 
 # %% [markdown] id="ratio-table"
 # **In real LLMs.** The ratio $d_{ff} / d_{\text{model}}$ of a few published models (gated models
@@ -232,7 +242,21 @@ for name, d_model, d_ff, kind in models:
 # **Common mistake: reading $d_{ff}$ off the model width.** "$d_{ff} = 4 d_{\text{model}}$" is a
 # convention, not a law: Llama-2 7B's hidden width is 11008, not $4 \times 4096 = 16384$. Read it
 # from the configuration (`intermediate_size` in Hugging Face configs, `n_inner` in GPT-2's, where
-# `None` means $4 d_{\text{model}}$).
+# `None` means $4 d_{\text{model}}$). The cell runs the wrong reading: for a SwiGLU FFN (three
+# $d_{\text{model}} \times d_{ff}$ matrices) it overstates every layer, and Meta's rule (two thirds of
+# $4 d_{\text{model}}$, rounded up to a multiple of 256) gives the real 11008.
+
+# %% id="ratio-mistake-run"
+# NBVAL_CHECK_OUTPUT
+d_model_7b, layers_7b, d_ff_7b = 4096, 32, 11008
+wrong_d_ff = 4 * d_model_7b  # WRONG: the 4x convention applied to Llama-2 7B
+print("d_ff read as 4 * d_model:", wrong_d_ff, "| config's intermediate_size:", d_ff_7b)
+rule = math.ceil(2 / 3 * 4 * d_model_7b / 256) * 256  # 2/3 of 4 d_model = 10922.7, up to a multiple of 256
+print("2/3 * 4 * 4096 =", round(2 / 3 * 4 * d_model_7b, 1), "-> rounded up to a multiple of 256:", rule)
+per_layer = lambda d_ff: 3 * d_model_7b * d_ff  # gate, up, down: no biases
+print(f"SwiGLU FFN parameters per layer: right {per_layer(d_ff_7b):,}, wrong {per_layer(wrong_d_ff):,}")
+print(f"over 32 layers the wrong reading adds {layers_7b * (per_layer(wrong_d_ff) - per_layer(d_ff_7b)) / 1e9:.2f} "
+      f"billion parameters to a 6.74-billion-parameter model")
 
 # %% [markdown] id="activations"
 # ## 3. Activations: ReLU, GELU and SiLU
@@ -283,6 +307,11 @@ axes[1].plot(grid, gelu(grid) - gelu(grid, "tanh"))
 axes[1].set(title="GELU exact minus tanh approximation", xlabel="x")
 fig.tight_layout()
 plt.show()
+
+# %% [markdown] id="activations-plot-caption"
+# *What to see:* ReLU, GELU and SiLU agree for large positive $x$ and differ near 0, where GELU and
+# SiLU dip slightly below zero; on the right, GELU's tanh approximation is within $5 \times 10^{-4}$
+# of the exact GELU over the whole range.
 
 # %% [markdown] id="activations-check"
 # **Implementation check.** `helpers.ffn.gelu` against `torch.nn.functional.gelu`, both forms, in
@@ -439,6 +468,10 @@ ax.legend(loc="lower left", fontsize=8)
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="params-plot-caption"
+# *What to see:* in every model the MLP holds about two thirds of a block's parameters (66.7 % with
+# GPT-2's 4x MLP, 66.8 to 66.9 % with Llama-2's SwiGLU) and attention the remaining third.
+
 # %% [markdown] id="params-mistake"
 # **Implementation check.** `ffn_param_count` must equal what torch allocates:
 # `sum(p.numel() for p in module.parameters())` for `FeedForward` and `SwiGLUFFN`.
@@ -527,6 +560,11 @@ fig.suptitle("which outputs change when one token changes (x = changed)")
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="independence-plot-caption"
+# *What to see:* changing token $j$ moves only output $j$ through the FFN (the diagonal), every
+# output through self-attention (the full grid), and only outputs $j$ and later through causal
+# attention (the lower triangle).
+
 # %% [markdown] id="independence-check"
 # **Implementation check.** Because the FFN is position-wise, batch and sequence axes can be
 # flattened into one axis of $B \cdot T$ tokens and the result reshaped back. Real implementations
@@ -543,7 +581,8 @@ print("FFN(x[:, perm]) == FFN(x)[:, perm] exactly:", torch.equal(mlp(x[:, perm])
 # %% [markdown] id="independence-mistake"
 # **In real LLMs.** Because each token is processed alone, the FFN of a KV-cached decoder (chapter 07)
 # only runs on the new token: the earlier tokens' FFN outputs never change. It is also why MoE can
-# send different tokens of one sentence to different experts.
+# send different tokens of one sentence to different experts: Mixtral 8x7B's router picks 2 of its
+# 8 expert FFNs for every token separately, in each of its 32 layers.
 #
 # **Common mistake: "the MLP mixes tokens".** It does not, and the test above can tell: the FFN's
 # influence matrix is diagonal. What *does* mix tokens is an MLP applied along the **token axis**
@@ -751,6 +790,11 @@ axes[0].legend()
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="balance-plot-caption"
+# *What to see:* without the balance loss the router sends every token to experts 0 and 1 and
+# experts 2 and 3 receive none; with it all four experts receive tokens, closer to the even share
+# (dotted).
+
 # %% [markdown] id="capacity"
 # Without the balance loss experts 2 and 3 never receive a token, so they never receive a gradient:
 # half the layer's parameters are dead weight. With it the router learns to use all four, and the
@@ -902,6 +946,7 @@ for factor in (1.0, 1.25, 1.5, 2.0):
 # | the FFN computed by hand and by `feed_forward`; its shapes; equal to `nn.Sequential(Linear, GELU, Linear)` | §1, `mlp-example`, `mlp-shapes` |
 # | the activation in the wrong place collapses the MLP into one linear map | §1, `mlp-mistake` |
 # | the FFN output as a sum of value vectors weighted by key activations | §2, `ratio-memory` |
+# | reading $d_{ff} = 4 d_{\text{model}}$ for Llama-2 7B gives 16384, not 11008 | §2, `ratio-mistake-run` |
 # | ReLU, GELU (both forms) and SiLU values, plot, and `gelu` = `F.gelu` in float32 and float64 | §3, `activations-table`, `activations-plot`, `activations-vs-torch` |
 # | SwiGLU by hand; the $8/3$ width; Llama's 11008; gate/up swap changes the output | §4, `swiglu-example`, `swiglu-shapes`, `swiglu-mistake-run` |
 # | the MLP is about 2/3 of a GPT-2 block; counts equal what torch allocates | §5, `params-gpt2`, `params-plot`, `params-mistake-run` |

@@ -26,12 +26,16 @@
 #
 # **Map of this notebook.**
 #
-# 1. The residual stream: old state plus a learned edit, and the identity path
+# 1. The residual stream: old state plus a learned edit, the identity path, and the stream as shared
+#    memory (the direct path $W_E \to W_U$ of a trained model behaves like a bigram table)
 # 2. LayerNorm: one vector by hand, then tensors, checked against `torch.nn.LayerNorm`
 # 3. Per token, not per batch: the wrong axis run beside the right one, with a batch of one
-# 4. RMSNorm: the same vector, `torch.nn.RMSNorm`, and its `eps=None` default
-# 5. Pre-LN and Post-LN: the two block equations, checked against `nn.TransformerEncoderLayer`
-# 6. A deep stack at initialization: gradient norm and residual-stream norm per layer, 24 and 48 layers
+# 4. RMSNorm: the same vector, `torch.nn.RMSNorm`, its `eps=None` default, and why dropping the
+#    re-centring costs little
+# 5. Pre-LN and Post-LN: a diagram, a worked example with numbers, the two block equations checked
+#    against `nn.TransformerEncoderLayer`, and two named variants (Sandwich-LN, DeepNorm)
+# 6. A deep stack at initialization, as Xiong et al. (2020) measure it: the last layer's gradient
+#    against depth $L = 6 \dots 48$ for both orders, over 5 seeds, with the fitted exponent
 # 7. Common mistakes, each one run next to the right version
 # 8. Self-check, evidence card, and the exercises
 #
@@ -57,6 +61,11 @@ from helpers.norms import (
     residual_norms,
     rms_norm,
 )
+from helpers.blocks import ModelConfig, TinyDecoder
+from helpers.corpus import load_corpus
+from helpers.depth import direct_path_logits, loglog_slope, stack_gradients, table_loss
+from helpers.tokenizers import course_chars
+from helpers.training import bigram_loss, train, unigram_loss
 
 helpers.seed_everything(0)
 device = helpers.get_device()
@@ -153,6 +162,82 @@ for row in show(jacobian, 3):
 wrong = mlp(norm2(mlp(norm1(x))))  # WRONG: no residual connections
 print("without residuals, a zero sublayer erases the token: all zeros =", torch.equal(wrong, torch.zeros_like(x)))
 
+# %% id="residual-picture"
+fig, ax = plt.subplots(figsize=(8, 3.6))
+parts = {"$x_0$ (input)": x0, "edit 1": edits[0], "edit 2": edits[1], "edit 3 (zero)": edits[2]}
+up, down = [0.0] * 4, [0.0] * 4  # stacked bars: positive parts pile up, negative parts pile down
+for (label, part), color in zip(parts.items(), ["gray", "tab:orange", "tab:green", "tab:purple"]):
+    values = show(part, 2)
+    bottoms = [u if v >= 0 else d for v, u, d in zip(values, up, down)]
+    ax.bar(range(4), values, bottom=bottoms, color=color, edgecolor="k", label=label)
+    up = [u + max(v, 0) for v, u in zip(values, up)]
+    down = [d + min(v, 0) for v, d in zip(values, down)]
+ax.scatter(range(4), show(stream[-1], 2), color="k", marker="D", zorder=3, label="$x_3$ (the stream after 3 edits)")
+ax.axhline(0, color="k", lw=0.8)
+ax.set(xticks=range(4), xlabel="feature", ylabel="value", title="the residual stream is a running sum")
+ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+fig.tight_layout()
+plt.show()
+
+# %% [markdown] id="residual-picture-caption"
+# *What to see:* each feature of $x_3$ (black diamond) is the height of its stacked bar: the input
+# $x_0$ (gray) plus edit 1 (orange) plus edit 2 (green, pointing down on feature 1); the zero edit
+# adds no bar, so the stream passes it unchanged.
+
+# %% [markdown] id="residual-memory"
+# **The residual stream as shared memory.** No sublayer talks to another directly: each one
+# *reads* the stream (through its norm and its input matrices) and *writes* by adding to it. So
+# every later layer can read what every earlier one wrote, and the embedding and the unembedding
+# are connected by a path that skips every block: $x_0 = W_E[	ext{token}]$ goes straight to
+# $	ext{logits} = \mathrm{norm}(x_0)\, W_U$ (plus whatever the blocks add). That **direct path**
+# sees only the current token, so the best it can learn is a **bigram table**: the next token
+# given this one. Below, the course's `TinyDecoder` (1 layer, $d_{	ext{model}} = 32$, untied
+# $W_E$ and $W_U$) trains for 200 steps on the course's character corpus (chapter 08's
+# `helpers.training.train`); then `helpers.depth.direct_path_logits` reads off the $(V, V)$ table
+# $\mathrm{norm}(W_E)\, W_U$ with every block skipped, and we score it as a bigram model on the
+# validation text.
+
+# %% id="residual-direct-path"
+tok = course_chars()
+train_ids, val_ids = torch.tensor(tok.encode(load_corpus("train"))), torch.tensor(tok.encode(load_corpus("val")))
+V = tok.vocab_size
+threads = torch.get_num_threads()
+torch.set_num_threads(1)  # a model this small trains faster on one thread (chapter 08)
+torch.manual_seed(0)
+lm = TinyDecoder(ModelConfig(vocab_size=V, d_model=32, n_heads=4, n_layers=1, max_seq_len=32, tie_weights=False,
+                             attention="fused"))
+history = train(lm, train_ids, val_ids, steps=200, batch_size=16, block_size=32, lr=1e-2, warmup=20,
+                eval_every=200, eval_batches=4, seed=0, progress=False, device="cpu")
+torch.set_num_threads(threads)
+direct = direct_path_logits(lm).log_softmax(-1)  # (V, V): row = current character, column = next
+losses = {"uniform (ln V)": math.log(V), "unigram counts": unigram_loss(train_ids, val_ids, V),
+          "direct path W_E -> norm -> W_U": table_loss(direct, val_ids),
+          "bigram counts": bigram_loss(train_ids, val_ids, V), "whole model (validation batches)": history.val_loss[-1]}
+for name, loss in losses.items():
+    print(f"{name:>34}: {loss:.2f} nats per character")
+pairs = torch.bincount(train_ids[:-1] * V + train_ids[1:], minlength=V * V).view(V, V)  # (V, V) bigram counts
+frequent = pairs.sum(1).argsort(descending=True)[:10]  # the 10 most frequent current characters
+agree = direct.argmax(1)[frequent] == pairs.argmax(1)[frequent]  # (10,)
+for c, ok in zip(frequent.tolist(), agree.tolist()):
+    print(f"after {tok.decode([c])!r}: bigram table's top next {tok.decode([pairs[c].argmax().item()])!r}, "
+          f"direct path's {tok.decode([direct[c].argmax().item()])!r}", "(same)" if ok else "")
+
+# %% id="residual-direct-claims"
+# NBVAL_CHECK_OUTPUT
+print("the direct path alone beats the unigram counts (it uses the current token):",
+      losses["direct path W_E -> norm -> W_U"] < losses["unigram counts"])
+print("the direct path is no better than the bigram counts (it sees nothing else):",
+      losses["direct path W_E -> norm -> W_U"] > losses["bigram counts"])
+print("its top next character agrees with the bigram table's for at least 6 of the 10 most frequent characters:",
+      agree.sum().item() >= 6)
+
+# %% [markdown] id="residual-direct-read"
+# The direct path sits between the unigram and the bigram baselines: it has learned part of a
+# bigram table, written into $W_E$ and $W_U$, while the attention and MLP edits supply the rest
+# (the whole model does better). Interpretability work reads trained GPT-2 the same way (Elhage
+# et al., "A Mathematical Framework for Transformer Circuits", 2021: the zero-layer path
+# $W_U W_E$ approximates bigram statistics).
+
 # %% [markdown] id="layernorm"
 # ## 2. LayerNorm
 #
@@ -238,10 +323,14 @@ print("shift a token by 5 -> same output:", torch.allclose(layer_norm(x + 5, gam
 # (`ln_f`, $\varepsilon = 10^{-5}$). A LayerNorm over $d$ features has $2d$ parameters; GPT-2
 # small's 25 LayerNorms hold $25 \cdot 2 \cdot 768 = 38{,}400$ of its 124 million.
 #
-# **Common mistake 1: the unbiased variance.** `torch.var` and `Tensor.var` divide by $d - 1$ by
-# default. LayerNorm divides by $d$. For $d = 4$ every output is $\sqrt{3/4} \approx 0.866$ times the
-# right one; for $d = 768$ the error is only about $0.07\,\%$, which is exactly why it slips through
-# eyeball tests and then fails a comparison with torch.
+# **A convention that differs from torch's: the unbiased variance.** `torch.var` and `Tensor.var`
+# divide by $d - 1$ by default; `torch.nn.LayerNorm` divides by $d$. Dividing by $d - 1$ is a real
+# convention, not a bug in itself: the Annotated Transformer's `LayerNorm` uses `x.std(-1)`
+# (unbiased) and adds $\varepsilon$ to the standard deviation, and a model trained that way
+# expects it. It becomes a mistake when your code must match `torch.nn.LayerNorm` or a checkpoint
+# trained with it. For $d = 4$ every output is $\sqrt{3/4} \approx 0.866$ times torch's; for
+# $d = 768$ the difference is only about $0.07\,\%$, which is why it slips through eyeball tests
+# and then fails a comparison with torch.
 
 # %% id="ln-mistake-unbiased"
 # NBVAL_CHECK_OUTPUT
@@ -255,8 +344,9 @@ ratio = ((x768 - x768.mean()) / x768.std() / ((x768 - x768.mean()) / x768.std(co
 print("d = 768: wrong / right =", round(ratio, 5))
 
 # %% [markdown] id="ln-mistake-eps-text"
-# **Common mistake 2: $\varepsilon$ outside the square root.** For an ordinary token the two
-# versions agree to several digits, so nothing looks wrong. For a nearly constant token (variance
+# **Another convention that differs from torch's: $\varepsilon$ outside the square root**
+# (the Annotated Transformer's $(x - \mu) / (\sigma + \varepsilon)$). For an ordinary token the
+# two versions agree to several digits, so nothing looks wrong when you load a torch-trained model. For a nearly constant token (variance
 # $10^{-6}$, not rare for padding or a freshly initialized embedding) the difference is large:
 # $\sqrt{10^{-6} + 10^{-5}} \approx 0.0033$ against $\sqrt{10^{-6}} + 10^{-5} \approx 0.00101$.
 
@@ -265,7 +355,7 @@ print("d = 768: wrong / right =", round(ratio, 5))
 flat = vec([0.5, 0.5, 0.5, 0.5]) + 1e-3 * vec([-1.0, 1.0, -1.0, 1.0])  # std 1e-3
 inside = (flat - flat.mean()) / torch.sqrt(flat.var(correction=0) + 1e-5)
 outside = (flat - flat.mean()) / (torch.sqrt(flat.var(correction=0)) + 1e-5)  # WRONG
-print("eps inside (right):", show(inside), "| eps outside (wrong):", show(outside))
+print("eps inside (torch):", show(inside), "| eps outside (another convention):", show(outside))
 
 # %% [markdown] id="per-token"
 # ## 3. Per token, not per batch
@@ -273,9 +363,12 @@ print("eps inside (right):", show(inside), "| eps outside (wrong):", show(outsid
 # **Main idea.** LayerNorm's statistics come from one token's own features, so a token's output
 # does not depend on the other tokens in its sequence or the other sequences in its batch. Taking
 # the statistics over the batch axis instead is BatchNorm, the norm of convolutional networks. In a
-# language model it breaks three things: with a **batch of one** (generation) every feature's
-# batch variance is 0 and the output collapses to $\beta$; the same sentence gives different outputs
-# in different batches; and statistics over the **sequence** axis mix future tokens into past ones.
+# language model it causes three problems. In training, a token's output depends on the other
+# sequences of its batch (and a batch of one has batch variance 0, so the output collapses to
+# $\beta$). At generation BatchNorm does *not* use the batch: in eval mode it uses **running
+# statistics** averaged over the training batches, so a batch of one works, but then a token is
+# normalized by statistics of other text, not by its own. And statistics over the **sequence** axis
+# mix future tokens into past ones.
 #
 # **Formula.** Right: $\mu_{b,t} = \frac{1}{d}\sum_i x_{b,t,i}$ (one per token). Wrong (batch axis):
 # $\mu_{t,i} = \frac{1}{B}\sum_b x_{b,t,i}$, which for $B = 1$ is $x_{0,t,i}$ itself.
@@ -299,6 +392,16 @@ print("same sequence in another batch, per token: unchanged =",
       torch.equal(layer_norm(batch, ones6, zeros6)[0], layer_norm(one, ones6, zeros6)[0]))
 print("same sequence in another batch, over the batch: unchanged =",
       torch.allclose(norm_over_batch(batch)[0], norm_over_batch(one)[0]))
+
+bn = nn.BatchNorm1d(6, dtype=torch.float64).to(device)  # expects (B, C, T): channels = features
+for seed in range(20):  # "training": every batch updates the running mean and variance
+    bn(randn(8, 6, 4, seed=100 + seed, dtype=torch.float64) * 2 + 1)
+bn.eval()  # generation: the running statistics are used, not the batch's
+at_generation = bn(one.transpose(1, 2)).transpose(1, 2)[0, 0]  # the batch of one, token 0
+by_formula = (one[0, 0] - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+print("BatchNorm in eval mode, batch of one, token 0:", show(at_generation, 3))
+print("  = (x - running_mean) / sqrt(running_var + eps):", torch.allclose(at_generation, by_formula),
+      "| collapsed to beta = 0:", torch.allclose(at_generation, torch.zeros_like(at_generation)))
 
 # %% [markdown] id="per-token-leak-text"
 # Statistics over the sequence axis (`dim=-2`) are worse in a decoder: they let the last token
@@ -347,6 +450,27 @@ with torch.no_grad():
     torch_rms.weight.copy_(gamma)
 print("torch.nn.RMSNorm", show(torch_rms(x)))
 
+# %% id="norms-picture"
+x8 = vec([1.0, 3.0, 5.0, 7.0, 2.0, 6.0, 4.0, 8.0])  # one token, d_model = 8
+ones8 = torch.ones(8, dtype=torch.float64, device=device)
+panels = {"the token x": x8, "LayerNorm(x): centred, then scaled": layer_norm(x8, ones8, 0 * ones8),
+          "RMSNorm(x): only scaled": rms_norm(x8, ones8)}
+fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
+for ax, (title, v) in zip(axes, panels.items()):
+    values = show(v, 3)
+    ax.bar(range(8), values, color=["tab:red" if value < 0 else "tab:blue" for value in values])
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(sum(values) / 8, color="tab:green", linestyle="--", label=f"mean {sum(values) / 8:.2f}")
+    rms_value = math.sqrt(sum(value * value for value in values) / 8)
+    ax.set(title=f"{title}\nRMS {rms_value:.2f}", xlabel="feature")
+    ax.legend(fontsize=8, loc="upper left")
+plt.show()
+
+# %% [markdown] id="norms-picture-caption"
+# *What to see:* LayerNorm moves the token's mean to 0 (half the features turn negative, red) and
+# its spread to 1; RMSNorm keeps every sign and the shape of the bars and only shrinks them until
+# the RMS is 1, so its mean stays positive.
+
 # %% [markdown] id="rms-check"
 # **Implementation check.** `x` `(B, T, d_model)` → `(x ** 2).mean(dim=-1, keepdim=True)` `(B, T, 1)` →
 # `x / torch.sqrt(ms + eps) * gamma` `(B, T, d_model)`. Properties: each output token has RMS 1
@@ -383,6 +507,44 @@ print("default eps vs eps=1e-6 on the tiny token:", show(default_eps(tiny)[0, :1
 # is also RMS-style: it scales without subtracting the mean and has no bias. The $\varepsilon$ is
 # a config field (`rms_norm_eps`, $10^{-6}$ or $10^{-5}$), so an implementation that hard-codes
 # another value, or inherits torch's `None`, drifts from the checkpoint it loads.
+#
+# **Why dropping the re-centring costs little** (Zhang and Sennrich, 2019, "Root Mean Square Layer
+# Normalization"). Their argument: what makes LayerNorm useful is **re-scaling invariance**: the
+# output does not change when a token, or the weight matrix that produced it, is scaled, so the next
+# layer sees a fixed size whatever the earlier weights do. RMSNorm keeps that. Re-centring adds
+# invariance to a shift shared by all features, and on the vectors a network actually normalizes
+# the per-token mean is small next to the RMS (for $d$ roughly independent features, of order
+# $1/\sqrt{d}$ of it), so subtracting it changes little. Measured below on the stream of a
+# 6-block Pre-LN stack (section 5's blocks, random weights): the mean as a fraction of the RMS, how
+# far RMSNorm's output is from LayerNorm's, and the scaling invariance of both.
+
+# %% id="rms-recentering"
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(14)
+stack = [nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True, norm_first=True,
+                                    dtype=torch.float64).to(device).eval() for _ in range(6)]
+h = randn(4, 16, 64, seed=15, dtype=torch.float64)  # (B, T, d_model)
+with torch.no_grad():
+    for layer in stack:
+        h = layer(h)  # (B, T, d_model): the Pre-LN residual stream after 6 blocks
+ones64 = torch.ones(64, dtype=torch.float64, device=device)
+mean_over_rms = (h.mean(-1).abs() / h.pow(2).mean(-1).sqrt()).mean().item()
+ln_out, rms_out = layer_norm(h, ones64, 0 * ones64), rms_norm(h, ones64)
+print(f"|mean| / RMS per token, averaged: {mean_over_rms:.3f}   (1 / sqrt(d) = {1 / math.sqrt(64):.3f})")
+print(f"RMSNorm vs LayerNorm output, mean |difference| per feature: {(ln_out - rms_out).abs().mean().item():.3f}"
+      f"  (outputs have RMS 1)")
+W = randn(64, 64, seed=16, dtype=torch.float64) / 8  # a weight matrix that writes the normalized input
+print("scale W by 3: LayerNorm(h W) unchanged:", torch.allclose(layer_norm(h @ (3 * W), ones64, 0 * ones64),
+                                                                  layer_norm(h @ W, ones64, 0 * ones64), atol=1e-6),
+      "| RMSNorm(h W) unchanged:", torch.allclose(rms_norm(h @ (3 * W), ones64, 0.0), rms_norm(h @ W, ones64, 0.0)))
+print("add 5 to every feature: LayerNorm unchanged:", torch.allclose(layer_norm(h + 5, ones64, 0 * ones64), ln_out),
+      "| RMSNorm unchanged:", torch.allclose(rms_norm(h + 5, ones64), rms_out))
+
+# %% [markdown] id="rms-mistake-text"
+# So on real streams the two norms give nearly the same vectors, and both keep the scaling
+# invariance that Zhang and Sennrich single out; RMSNorm saves one reduction per token (they report
+# 7 % to 64 % faster runs across their models). It loses only the shift invariance, which matters
+# when tokens carry a large common offset, as the `+ 5` line shows.
 #
 # **Common mistake: subtracting the mean.** That turns RMSNorm into LayerNorm without $\beta$: every
 # token's output gets mean 0, and the numbers no longer match the model's.
@@ -426,6 +588,77 @@ print("wrong", show(wrong), "mean", round(wrong.mean().item(), 4) + 0.0)
 # x = x + ffn(norm2(x))                                 x = norm2(x + ffn(x))
 # ```
 #
+# The diagram below draws one block of each kind: the stream runs up the middle, the norms
+# (green) sit on the side branch in Pre-LN and on the stream itself in Post-LN.
+
+# %% id="blocks-diagram"
+def draw_block(ax, title, boxes, branches):
+    """boxes: (x, y, label, color), x = 0 on the stream, x = 1 on the side branch.
+    branches: for each sublayer, the y where it leaves the stream, its boxes' y, and the y of its "+"."""
+    ax.set(xlim=(-1.4, 2.2), ylim=(-0.6, 7.6), title=title)
+    ax.axis("off")
+    ax.annotate("", xy=(0, 7.3), xytext=(0, -0.4), arrowprops={"arrowstyle": "->", "lw": 2, "color": "gray"})
+    ax.text(-0.15, -0.5, "x in", ha="right")
+    ax.text(-0.15, 7.2, "x out", ha="right")
+    for leave, ys, plus in branches:
+        stops = [(0, leave)] + [(1, y) for y in ys] + [(0, plus)]
+        for (x0, y0), (x1, y1) in zip(stops, stops[1:]):
+            ax.annotate("", xy=(x1, y1 - 0.3 if x1 == 1 else y1), xytext=(x0, y0 + 0.3 if x0 == 1 else y0),
+                        arrowprops={"arrowstyle": "->", "color": "k"})
+    for x_pos, y_pos, label, color in boxes:
+        ax.text(x_pos, y_pos, label, ha="center", va="center", bbox={"boxstyle": "round", "fc": color, "ec": "k"})
+
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+norm_color, sub_color, add_color = "#b6e3b6", "#cfe2ff", "white"
+draw_block(axes[0], "Pre-LN (GPT-2, Llama): norm on the branch", [
+    (1, 1.0, "norm1", norm_color), (1, 2.0, "attention", sub_color), (0, 2.8, "+", add_color),
+    (1, 4.0, "norm2", norm_color), (1, 5.0, "FFN", sub_color), (0, 5.8, "+", add_color),
+    (0, 6.7, "final norm (once, after the last block)", norm_color)], [(0.2, (1.0, 2.0), 2.8), (3.2, (4.0, 5.0), 5.8)])
+draw_block(axes[1], "Post-LN (2017 Transformer, BERT): norm on the stream", [
+    (1, 1.3, "attention", sub_color), (0, 2.1, "+", add_color), (0, 2.9, "norm1", norm_color),
+    (1, 4.5, "FFN", sub_color), (0, 5.3, "+", add_color), (0, 6.1, "norm2", norm_color)],
+    [(0.2, (1.3,), 2.1), (3.5, (4.5,), 5.3)])
+fig.tight_layout()
+plt.show()
+
+# %% [markdown] id="blocks-diagram-caption"
+# *What to see:* in Pre-LN the gray stream from "x in" to "x out" passes only through additions, so
+# an untouched identity path runs through every block (and one final norm is needed at the end); in
+# Post-LN the stream itself passes through norm1 and norm2, so every path from output to input
+# crosses a norm.
+
+# %% [markdown] id="blocks-check-text"
+# **Worked example with numbers: one Pre-LN and one Post-LN block.** One token,
+# $x = [1, 3, 5, 7]$, $\gamma = 1$, $\beta = 0$, and two stand-in sublayers simple enough to
+# follow by hand: "attention" $a(h) = 0.5\,h$ reversed, $[h_4, h_3, h_2, h_1]/2$ (one token attends
+# only to itself, so attention is a linear map of it), and "FFN" $f(h) = \mathrm{ReLU}(h)$. Every
+# intermediate is printed, and the end results are checked against `pre_ln_block` and
+# `post_ln_block`.
+
+# %% id="blocks-worked"
+# NBVAL_CHECK_OUTPUT
+x1 = vec([[1.0, 3.0, 5.0, 7.0]])  # (T, d_model) = (1, 4)
+ones4 = torch.ones(4, dtype=torch.float64, device=device)
+ln = lambda h: layer_norm(h, ones4, 0 * ones4)  # gamma = 1, beta = 0
+a = lambda h: 0.5 * h.flip(-1)  # stand-in attention: (T, 4) -> (T, 4)
+f = torch.relu  # stand-in FFN
+print("Pre-LN:  norm1(x)            =", show(ln(x1)[0], 3))
+h = x1 + a(ln(x1))
+print("         x + a(norm1(x))     =", show(h[0], 3))
+print("         norm2(that)         =", show(ln(h)[0], 3))
+pre_out = h + f(ln(h))
+print("         + f(norm2(that))    =", show(pre_out[0], 3), " <- raw stream, RMS", round(pre_out.pow(2).mean().sqrt().item(), 3))
+print("Post-LN: x + a(x)            =", show((x1 + a(x1))[0], 3))
+h = ln(x1 + a(x1))
+print("         norm1(that)         =", show(h[0], 3))
+print("         that + f(that)      =", show((h + f(h))[0], 3))
+post_out = ln(h + f(h))
+print("         norm2(that)         =", show(post_out[0], 3), " <- normalized, RMS", round(post_out.pow(2).mean().sqrt().item(), 3))
+print("equal to pre_ln_block / post_ln_block:", torch.allclose(pre_out, pre_ln_block(x1, a, f, ln, ln)),
+      torch.allclose(post_out, post_ln_block(x1, a, f, ln, ln)))
+
+# %% [markdown] id="blocks-torch-text"
 # **Implementation check against torch.** `nn.TransformerEncoderLayer` implements both:
 # `norm_first=True` is Pre-LN, `norm_first=False` (the default) is Post-LN. With dropout 0, in
 # eval mode, its own attention, MLP and norm parameters handed to our block functions as
@@ -489,116 +722,190 @@ print("without the final norm:", torch.allclose(h, encoder(x)),
 # put a norm on the sublayer's *output* as well (Gemma 2 normalizes both the input and the output
 # of each sublayer), which is a third layout, not either of these two.
 #
+# **Two named variants, computed below.** **Sandwich-LN** (CogView, Ding et al. 2021; Gemma 2's
+# layout) adds a second norm on the sublayer's *output*: $x \leftarrow x + \mathrm{norm}_{out}(F(\mathrm{norm}_{in}(x)))$;
+# the identity path stays intact, and no edit can be larger than the norm lets it. **DeepNorm**
+# (DeepNet, Wang et al. 2022) keeps Post-LN but up-weights the stream before the add,
+# $x \leftarrow \mathrm{norm}(\alpha x + F(x))$, and scales down some initial weights by $\beta$;
+# for a decoder-only model of $N$ layers $\alpha = (2N)^{1/4}$ and $\beta = (8N)^{-1/4}$. With it
+# they trained Post-LN-style models of 1000 layers.
+#
 # **Common mistakes.** Post-LN written as `x + norm1(attn(x))` normalizes only the edit, before the
 # add; the stream is then never normalized. Pre-LN written with the second line as
 # `x = ffn(norm2(x))` drops the final residual, and with it the identity path: a zero sublayer now
 # erases the token. Both run without an error; section 7 shows their numbers.
 
+# %% id="blocks-variants"
+# NBVAL_CHECK_OUTPUT
+attn, ffn, norm1, norm2 = sublayers_of(pre_layer)
+
+
+def sandwich_block(x, attn, ffn, norm1, norm2, out1, out2):
+    x = x + out1(attn(norm1(x)))  # (..., T, d_model): a norm on the edit as well
+    return x + out2(ffn(norm2(x)))
+
+
+def deepnorm_block(x, attn, ffn, norm1, norm2, alpha):
+    x = norm1(alpha * x + attn(x))  # (..., T, d_model): Post-LN with the stream up-weighted
+    return norm2(alpha * x + ffn(x))
+
+
+zero = torch.zeros_like
+ones16, zeros16 = torch.ones(16, dtype=torch.float64, device=device), torch.zeros(16, dtype=torch.float64, device=device)
+out_norm = lambda h: layer_norm(h, ones16, zeros16)  # the output norms, at init: gamma = 1, beta = 0
+print("sandwich, zero sublayers -> returns x exactly:", torch.equal(sandwich_block(x, zero, zero, norm1, norm2, out_norm, out_norm), x))
+print("deepnorm with alpha = 1 == post_ln_block:", torch.allclose(deepnorm_block(x, attn, ffn, norm1, norm2, 1.0),
+                                                              post_ln_block(x, attn, ffn, norm1, norm2)))
+edit = ffn(norm2(x))
+print("sandwich: the FFN edit's RMS per token, raw vs after its output norm:",
+      round(edit.pow(2).mean(-1).sqrt().mean().item(), 3), "vs",
+      round(out_norm(edit).pow(2).mean(-1).sqrt().mean().item(), 3))
+for N in (6, 48, 1000):
+    print(f"DeepNorm, decoder-only, N = {N:>4}: alpha = (2N)^(1/4) = {(2 * N) ** 0.25:.3f}, beta = (8N)^(-1/4) = {(8 * N) ** -0.25:.3f}")
+
 # %% [markdown] id="deep"
 # ## 6. A deep stack at initialization
 #
-# **Main idea.** Where the norm sits decides how signals and gradients travel through a deep stack
-# *before any training*. In Pre-LN the raw stream is a running sum of edits, so its size grows with
-# depth, while each sublayer still reads a normalized copy; gradients reach every layer through the
-# identity path. In Post-LN the stream is renormalized after every sublayer, so its size is pinned,
-# and every gradient from the loss back to layer $l$ passes through the norms of all the later
-# sublayers. Xiong et al. (2020, "On Layer Normalization in the Transformer Architecture") show that
-# at initialization Post-LN's gradients are largest for the layers near the output, which is why it
-# needs a learning-rate warmup, and that Pre-LN's are smaller and not concentrated there.
+# **Main idea.** Where the norm sits decides how gradients reach the layers of a deep stack *before
+# any training*. Xiong et al. (2020, "On Layer Normalization in the Transformer Architecture")
+# analyse exactly this moment. Their Theorem 1 bounds the gradient of the last layer's second FFN
+# matrix $W^2$:
 #
-# **The experiment.** Stacks of $L = 24$ and $L = 48$ blocks with $d_{\text{model}} = 64$, 4 heads,
-# an MLP of width 256, $T = 16$ tokens, $B = 4$ sequences, built from plain torch
-# (`nn.MultiheadAttention` and an `nn.Sequential` MLP) and put together with `pre_ln_block` or
-# `post_ln_block`. Both orders get **the same weights** (same seed). A Pre-LN stack ends with its
-# final LayerNorm. The loss is the mean squared error against a fixed random target. For each layer
-# we record the **gradient norm of its parameters** and the **residual-stream norm after it** (mean
-# token L2 norm, `helpers.norms.residual_norms`). Everything is computed in `float64`, so the
-# printed figures are the same on every machine.
+# $$
+# \text{Post-LN:}\ \Big\|\frac{\partial \mathcal{L}}{\partial W^{2,L}}\Big\|_F = O\big(d\sqrt{\ln d}\big),
+# \qquad
+# \text{Pre-LN:}\ \Big\|\frac{\partial \mathcal{L}}{\partial W^{2,L}}\Big\|_F = O\Big(d\sqrt{\tfrac{\ln d}{L}}\Big).
+# $$
+#
+# Post-LN's last-layer gradient does not depend on the depth $L$; Pre-LN's shrinks like
+# $1/\sqrt{L}$. The reason for Pre-LN (their Lemmas 2 and 3): the raw stream is a running sum of
+# edits, so $\lVert x_L\rVert$ grows like $\sqrt{L}$, and the final norm divides every gradient
+# that flows back through it by about $\lVert x_L\rVert / \sqrt{d}$.
+#
+# **The experiment, set up as the paper does.** `helpers.depth.stack_gradients` builds $L$ blocks
+# from `nn.TransformerEncoderLayer`'s sublayers (ReLU MLP, dropout 0) put together with
+# `pre_ln_block` or `post_ln_block`; every weight matrix is **Xavier-normal**, every bias **zero**,
+# every LayerNorm $\gamma = 1$, $\beta = 0$; a Pre-LN stack ends with its final LayerNorm. A Xavier
+# linear readout to 64 classes and a **cross-entropy** loss against random labels give one backward
+# pass. Per layer it records $\lVert\partial\mathcal{L}/\partial W^2\rVert_F$ and, separately, the
+# gradient norm of **all the block's non-norm parameters** (attention and MLP weights and biases).
+# $d_{\text{model}} = 64$, 4 heads, $d_{ff} = 256$, $T = 16$, $B = 4$, $L \in \{6, 12, 24, 48\}$,
+# **5 seeds** per $(L, \text{order})$ (weights and data both drawn from the seed), all in `float64`.
+# `tests/test_depth.py` checks the stack against `nn.TransformerEncoder` and the init against
+# Xavier's variance.
 
 # %% id="deep-build"
-class Block(nn.Module):
-    """One transformer block from plain torch, with the norm placement chosen by `order`."""
-
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, order: str) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
-        self.ffn = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
-        self.norm1, self.norm2 = LayerNorm(d_model), LayerNorm(d_model)
-        self.block = pre_ln_block if order == "pre" else post_ln_block
-
-    def self_attention(self, h: torch.Tensor) -> torch.Tensor:
-        return self.attn(h, h, h, need_weights=False)[0]  # (B, T, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x, self.self_attention, self.ffn, self.norm1, self.norm2)  # (B, T, d_model)
+DEPTHS, SEEDS = (6, 12, 24, 48), range(5)
+runs = {(L, order): [stack_gradients(L, order, seed=s, d_model=64, n_heads=4, d_ff=256, T=16, B=4) for s in SEEDS]
+        for L in DEPTHS for order in ("pre", "post")}
 
 
-def deep_stack_at_init(n_layers: int, order: str, d_model: int = 64, n_heads: int = 4, T: int = 16, B: int = 4):
-    """(gradient norm per layer (L,), residual-stream norm before the first and after each layer (L + 1,))."""
-    torch.manual_seed(0)  # the same weights for both orders
-    blocks = nn.ModuleList(Block(d_model, n_heads, 4 * d_model, order) for _ in range(n_layers))
-    blocks = blocks.to(device=device, dtype=torch.float64)
-    x = randn(B, T, d_model, seed=1, dtype=torch.float64)  # (B, T, d_model)
-    target = randn(B, T, d_model, seed=2, dtype=torch.float64)  # (B, T, d_model)
-    h = x
-    for block in blocks:
-        h = block(h)  # (B, T, d_model)
-    if order == "pre":
-        h = layer_norm(h, torch.ones_like(h[0, 0]), torch.zeros_like(h[0, 0]))  # the final norm, outside the blocks
-    ((h - target) ** 2).mean().backward()
-    grad_norms = torch.stack([torch.cat([p.grad.flatten() for p in block.parameters()]).norm() for block in blocks])
-    with torch.no_grad():
-        stream_norms = residual_norms(x, list(blocks))  # (L + 1,)
-    return grad_norms.cpu(), stream_norms.cpu()
-
-
-results = {(L, order): deep_stack_at_init(L, order) for L in (24, 48) for order in ("pre", "post")}
+def over_seeds(L, order, pick):
+    """(mean, standard deviation) over the seeds of a scalar picked from each run."""
+    values = torch.tensor([pick(run) for run in runs[(L, order)]], dtype=torch.float64)  # (seeds,)
+    return values.mean().item(), values.std().item()
 
 # %% id="deep-figures"
 # NBVAL_CHECK_OUTPUT
-print(f"{'':>12} | {'gradient norm':^33} | {'residual-stream norm':^32}")
-print(f"{'L, order':>12} | {'first':>8} {'last':>8} {'first/last':>14} | {'input':>7} {'middle':>7} {'last':>7} {'last/in':>8}")
-for (L, order), (grads, stream) in results.items():
-    print(f"{L:>3}, {order + '-LN':>7} | {grads[0].item():>8.3f} {grads[-1].item():>8.3f} {(grads[0] / grads[-1]).item():>14.2f} | "
-          f"{stream[0].item():>7.2f} {stream[L // 2].item():>7.2f} {stream[-1].item():>7.2f} {(stream[-1] / stream[0]).item():>8.2f}")
-print("sqrt(d_model) =", math.sqrt(64))
-for L in (24, 48):
-    ratio = results[(L, "post")][0][-1] / results[(L, "pre")][0][-1]
-    print(f"L = {L}: last layer's gradient norm, Post-LN / Pre-LN = {ratio.item():.2f}")
+print("last layer's gradient norm at init, mean ± standard deviation over 5 seeds")
+print(f"{'L':>3} | {'Pre-LN W2':>15} {'Pre-LN non-norm':>16} | {'Post-LN W2':>15} {'Post-LN non-norm':>17}")
+for L in DEPTHS:
+    cols = [over_seeds(L, order, lambda r, key=key: getattr(r, key)[-1].item())
+            for order in ("pre", "post") for key in ("w2", "non_norm")]
+    print(f"{L:>3} | " + " ".join(f"{m:>8.3f} ± {s:.3f}" for m, s in cols[:2]) + " | "
+          + " ".join(f"{m:>8.3f} ± {s:.3f}" for m, s in cols[2:]))
+slopes = {}
+for order in ("pre", "post"):
+    for key in ("w2", "non_norm"):
+        means = [over_seeds(L, order, lambda r: getattr(r, key)[-1].item())[0] for L in DEPTHS]
+        slopes[(order, key)] = loglog_slope(DEPTHS, means)
+        print(f"fitted slope of log(last-layer {key}) against log(L), {order}-LN: {slopes[(order, key)]:+.2f}")
+print("Theorem 1 predicts: Pre-LN -0.50, Post-LN 0.00")
+print()
+print("first layer's W2 gradient / last layer's, mean over seeds:")
+for order in ("pre", "post"):
+    print(f"  {order + '-LN':>7}:", "  ".join(f"L={L}: {over_seeds(L, order, lambda r: (r.w2[0] / r.w2[-1]).item())[0]:.2f}"
+                                       for L in DEPTHS))
+print("residual-stream norm after the last block (seed 0):",
+      {f"{order}, L={L}": round(runs[(L, order)][0].stream[-1].item(), 1) for order in ("pre", "post") for L in (6, 48)})
+print("cross-entropy at init, seed 0 (ln 64 = 4.16):",
+      {f"{order}, L={L}": round(runs[(L, order)][0].loss, 2) for order in ("pre", "post") for L in (6, 48)})
 
 # %% id="deep-plot"
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-for (L, order), (grads, stream) in results.items():
-    style = {"color": "tab:blue" if order == "pre" else "tab:red", "linestyle": "-" if L == 48 else "--",
-             "label": f"{order}-LN, L = {L}"}
-    axes[0].semilogy(range(1, L + 1), grads.numpy(), **style)
-    axes[1].plot(range(L + 1), stream.numpy(), **style)
-axes[0].set(title="gradient norm of each layer's parameters at init", xlabel="layer", ylabel="norm")
-axes[1].axhline(math.sqrt(64), color="k", linestyle=":", label=r"$\sqrt{d_{model}}$")
-axes[1].set(title="residual-stream norm after each layer (mean token L2)", xlabel="layer (0 = input)")
+fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+for order, color in (("pre", "tab:blue"), ("post", "tab:red")):
+    stats = [over_seeds(L, order, lambda r: r.w2[-1].item()) for L in DEPTHS]
+    axes[0].errorbar(DEPTHS, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", color=color, capsize=3,
+                     label=f"{order}-LN (fitted slope {slopes[(order, 'w2')]:+.2f})")
+    profile = torch.stack([run.w2 for run in runs[(48, order)]]).mean(0)  # (48,): mean over seeds
+    axes[1].semilogy(range(1, 49), profile.numpy(), color=color, label=f"{order}-LN, L = 48")
+    stream_mean = torch.stack([run.stream for run in runs[(48, order)]]).mean(0)  # (49,)
+    axes[2].plot(range(49), stream_mean.numpy(), color=color, label=f"{order}-LN")
+axes[2].plot(range(49), [math.sqrt(64 * (1 + l)) for l in range(49)], "k:", label=r"$\sqrt{d\,(1 + l)}$")
+axes[2].set(xlabel="layer l (0 = input)", ylabel="mean token L2 norm", title="residual-stream norm, L = 48")
+reference = [over_seeds(6, "pre", lambda r: r.w2[-1].item())[0] * (6 / L) ** 0.5 for L in DEPTHS]
+axes[0].plot(DEPTHS, reference, "k:", label=r"$\propto 1/\sqrt{L}$")
+axes[0].set(xscale="log", yscale="log", xticks=DEPTHS, xticklabels=[str(L) for L in DEPTHS], xlabel="depth L",
+            ylabel=r"$\|\partial \mathcal{L} / \partial W^2\|_F$ of the last layer",
+            title="last layer's W2 gradient against depth (5 seeds, ±1 sd)")
+axes[1].set(xlabel="layer", ylabel=r"$\|\partial \mathcal{L} / \partial W^2\|_F$ (mean of 5 seeds)",
+            title="W2 gradient of every layer, L = 48")
 for ax in axes:
     ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="deep-plot-caption"
+# *What to see:* on the left, on log-log axes, Post-LN's last-layer gradient (red) stays level
+# from 6 to 48 layers while Pre-LN's (blue) falls parallel to the dotted $1/\sqrt{L}$ line; on the
+# middle, inside one 48-layer stack, Pre-LN's gradients fall from the first layer to the last while
+# Post-LN's stay within a narrow band; on the right, Post-LN's stream stays at $\sqrt{d} = 8$ while
+# Pre-LN's grows like a square root of the depth (the dotted curve is a guide, not a fit).
+
 # %% [markdown] id="deep-read"
-# **Reading the figures.** (The first 24 blocks of the 48-layer stacks are the 24-layer stacks, same
-# seed, so in the right panel the dashed curves lie under the solid ones.) The Post-LN stream stays at $\sqrt{d_{\text{model}}} = 8$ after every
-# layer: each norm (with $\gamma = 1$, $\beta = 0$ at init) sets every token to RMS 1. The Pre-LN
-# stream keeps growing as edits pile up, roughly like the square root of the depth. The gradients
-# go the other way round. Post-LN's are largest at the **last** layers (first/last below 1) and, at
-# the last layer, about three to four times larger than Pre-LN's: the large near-output gradients
-# that make Post-LN unstable without warmup. Pre-LN's gradients do not pile up at the output: each
-# later layer's edit is a smaller part of an ever larger stream, so the first layers get the larger
-# share, and the last layer's gradient shrinks as the stack gets deeper.
+# **Reading the numbers.** The fitted exponents are what Theorem 1 says: about $-0.5$ for Pre-LN
+# and about $0$ for Post-LN, for $W^2$ and for all non-norm parameters alike. The Post-LN stream sits
+# at $\sqrt{d_{\text{model}}} = 8$ after every block (each norm resets every token to RMS 1); the
+# Pre-LN stream grows with depth, and with it the factor $1/\lVert x_L\rVert$ of the final norm
+# (Lemma 3), which multiplies the gradient of *every* layer alike.
 #
-# **In real LLMs.** This is why deep models moved to Pre-LN: they train with larger learning
-# rates and little or no warmup. The price is the growing stream (and the final norm it needs);
-# chapter 09 measures these per-layer ratios on a trained model.
+# **Why Pre-LN's gradients fall toward the output.** The gradient reaching layer $l$'s output is
+# $\partial\mathcal{L}/\partial x_L \cdot \prod_{k > l}(I + \partial F_k / \partial x_k)$: an
+# early layer collects gradient through every later sublayer's branch as well as through the
+# identity path, the last layer only through the identity. Each sublayer reads a normalized copy,
+# so its own inputs are the same size at every depth, and the gradient of its $W^2$ is
+# proportional to the gradient arriving at its output. So at depth the first layer's gradient is
+# several times the last's (the ratio printed above grows with $L$).
 #
-# **Common mistake.** Reading the gradient of a deep Pre-LN stack without its final norm: the
-# loss then sees the raw, growing stream, and the picture changes. The final norm is part of the
-# architecture, not an afterthought.
+# **Where this differs from the paper.** Xiong et al. report Pre-LN's per-layer gradients as roughly
+# constant across layers; their models have 6 layers. Here the first-to-last ratio is about 2 at 6
+# layers, which on a log scale looks flat, and grows to about 6 at 48 layers. The depth trend of the
+# *last* layer, the theorem itself, holds at every depth measured. Note also what this experiment does
+# not show: Post-LN's gradients are about the same at the first and the last layer here (ratio
+# 0.9 to 1.1), not piled up at the output; the
+# difference between the orders is how the last layer's gradient scales with $L$ (and, with the
+# same learning rate, Post-LN's last layers take steps that do not shrink as the stack deepens).
+#
+# **Warm-up, stated without overclaiming.** The paper argues that Post-LN's large, depth-independent
+# gradients near the output are why it needs a learning-rate warm-up, and shows Pre-LN models that
+# train without one. This notebook does not measure training. And Pre-LN language models still use
+# warm-up in practice: GPT-3 warms up over its first 375 million tokens, Llama 2 over its first
+# 2000 steps.
+#
+# **Common mistake: reading a Pre-LN stack without its final norm.** The readout then sees the raw
+# stream, whose size grows with depth: the logits grow with it, the loss at initialization climbs
+# with $L$ instead of staying near $\ln 64 + 0.5$ (the Xavier readout's logits have variance about
+# 1), and the gradients are not the architecture's. Run below.
+
+# %% id="deep-mistake"
+# NBVAL_CHECK_OUTPUT
+print(f"{'L':>3} | {'Pre-LN with its final norm':^30} | {'WRONG: without it':^30}")
+print(f"{'':>3} | {'loss':>8} {'last-layer W2 grad':>20} | {'loss':>8} {'last-layer W2 grad':>20}")
+for L in DEPTHS:
+    right = runs[(L, "pre")][0]
+    wrong = stack_gradients(L, "pre", seed=0, d_model=64, n_heads=4, d_ff=256, T=16, B=4, final_norm=False)
+    print(f"{L:>3} | {right.loss:>8.2f} {right.w2[-1].item():>20.3f} | {wrong.loss:>8.2f} {wrong.w2[-1].item():>20.3f}")
+print("ln(64) =", round(math.log(64), 2))
 
 # %% [markdown] id="common-mistakes"
 # ## 7. Common mistakes
@@ -662,14 +969,14 @@ print("zero sublayers: right Pre-LN returns x:", torch.equal(pre_ln_block(x, zer
 # |---|---|---|
 # | statistics over the batch axis | a batch of one gives $\beta$ everywhere; outputs depend on the batch | `dim=-1` |
 # | statistics over the sequence axis | a later token changes an earlier token's output | `dim=-1` |
-# | unbiased variance (`torch.var` default) | every output $\sqrt{(d-1)/d}$ times too small | `correction=0`, or divide by $d$ |
-# | $\varepsilon$ outside the square root | only nearly constant tokens are wrong, by a lot | `torch.sqrt(var + eps)` |
+# | unbiased variance (`torch.var` default; differs from torch's LayerNorm convention) | every output $\sqrt{(d-1)/d}$ times torch's | `correction=0`, or divide by $d$ |
+# | $\varepsilon$ outside the square root (differs from torch's convention) | only nearly constant tokens differ, by a lot | `torch.sqrt(var + eps)` |
 # | forgetting $\gamma$ / $\beta$ | matches torch only at initialization | `x_hat * gamma + beta` |
 # | RMSNorm subtracting the mean | outputs have mean 0; LayerNorm without $\beta$ | divide `x` itself |
 # | `nn.RMSNorm` with its default `eps=None` | small-norm tokens differ from the model's | pass `eps` explicitly |
 # | Post-LN normalizing before the add | the stream is never normalized: undoing $\gamma$, $\beta$ does not give variance 1 | `norm1(x + attn(x))` |
 # | Pre-LN forgetting the final residual | a zero sublayer erases the token | `x = x + ffn(norm2(x))` |
-# | Pre-LN stack without a final norm | the output's size grows with depth | one norm after the last block |
+# | Pre-LN stack without a final norm | the output's size grows with depth; the loss at init grows with $L$ (`deep-mistake`) | one norm after the last block |
 
 # %% [markdown] id="self-check"
 # ## 8. Self-check
@@ -747,15 +1054,21 @@ print("zero sublayers: right Pre-LN returns x:", torch.equal(pre_ln_block(x, zer
 #
 # | you can show | where |
 # |---|---|
-# | the residual stream is the input plus a running sum of edits; a zero sublayer is the identity | §1, `residual-sum`, `residual-identity` |
+# | the residual stream is the input plus a running sum of edits; a zero sublayer is the identity | §1, `residual-sum`, `residual-identity`, `residual-picture` |
+# | the direct path $W_E \to$ norm $\to W_U$ of a trained model scores between the unigram and bigram baselines | §1, `residual-direct-path`, `residual-direct-claims` |
 # | LayerNorm of one vector by hand equals `helpers` and `nn.LayerNorm` | §2, `ln-by-hand` |
 # | per-token mean 0 and biased variance 1; invariance to scaling and shifting a token | §2, `ln-shapes` |
 # | unbiased variance and $\varepsilon$ outside the root give wrong numbers | §2, `ln-mistake-unbiased`, `ln-mistake-eps` |
-# | batch statistics break with a batch of one and depend on the batch; sequence statistics leak | §3, `per-token-batch-of-one`, `per-token-leak` |
+# | batch statistics depend on the batch; at generation BatchNorm uses running statistics; sequence statistics leak | §3, `per-token-batch-of-one`, `per-token-leak` |
 # | RMSNorm by hand equals `helpers` and `nn.RMSNorm` (with `eps` passed); its default `eps` differs | §4, `rms-by-hand`, `rms-properties` |
+# | what LayerNorm and RMSNorm do to one token's vector | §4, `norms-picture` |
+# | on a real stream the mean is small next to the RMS, so RMSNorm ≈ LayerNorm; both are scale-invariant | §4, `rms-recentering` |
+# | one Pre-LN and one Post-LN block computed by hand; where the norm sits | §5, `blocks-worked`, `blocks-diagram` |
+# | Sandwich-LN keeps the identity path; DeepNorm with $\alpha = 1$ is Post-LN | §5, `blocks-variants` |
 # | `pre_ln_block` / `post_ln_block` equal `nn.TransformerEncoderLayer(norm_first=True/False)` | §5, `blocks-vs-torch` |
 # | a Pre-LN stack's final norm sits outside the layers | §5, `final-norm` |
-# | at init, Post-LN's gradients peak at the last layers and its stream stays at $\sqrt{d}$; Pre-LN's stream grows | §6, `deep-figures`, `deep-plot` |
+# | at init the last layer's $W^2$ gradient is flat in $L$ for Post-LN and falls like $L^{-1/2}$ for Pre-LN (Theorem 1) | §6, `deep-figures`, `deep-plot` |
+# | a Pre-LN stack read without its final norm: the loss at init grows with depth | §6, `deep-mistake` |
 # | the catalogued mistakes by their printed symptoms | §7, `mistakes-norms`, `mistakes-blocks` |
 
 # %% [markdown] id="next"

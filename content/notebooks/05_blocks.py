@@ -201,6 +201,11 @@ fig.suptitle("Same weights, same input: with the causal mask, no output moves wh
 plt.tight_layout()
 plt.show()
 
+# %% [markdown] id="influence-plot-caption"
+# *What to see:* with the same weights, the encoder block's outputs move when any input token moves
+# (colour everywhere), the decoder block's only when the same or an earlier token moves: its upper
+# triangle is exactly black.
+
 # %% [markdown] id="decoder-cache-text"
 # **Implementation check: why the causal mask makes a KV cache possible.** Because earlier outputs
 # never depend on later tokens, appending a token leaves every earlier position's output unchanged,
@@ -365,6 +370,11 @@ fig.suptitle("The mask family, rows = queries, columns = keys: padding blocks th
              "only causal and prefix-LM block anything above the diagonal", fontsize=10)
 plt.tight_layout()
 plt.show()
+
+# %% [markdown] id="mask-family-plot-caption"
+# *What to see:* all four masks block the two padding columns; only causal and prefix-LM block cells
+# above the diagonal, prefix-LM lets its first three positions see each other both ways, and the
+# cross-attention mask is rectangular (4 decoder queries against 7 encoder keys).
 
 # %% [markdown] id="classifier-text"
 # **Implementation check: naming a mask.** `helpers.attention.classify_mask` reads a mask the way

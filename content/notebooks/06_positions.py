@@ -227,6 +227,11 @@ fig.colorbar(image, ax=axes[1], fraction=0.046)
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="sin-heatmaps-caption"
+# *What to see:* left, the columns oscillate fast on the left and slowly on the right (each pair has
+# its own frequency); right, the dot product of two positions depends only on their distance: every
+# diagonal has one colour, brightest on the main diagonal.
+
 # %% [markdown] id="sin-shift"
 # **Implementation check: $\mathrm{PE}(p + k)$ is a fixed linear map of $\mathrm{PE}(p)$.** The
 # 2017 paper chose sinusoids because of the angle-addition formulas:
@@ -315,6 +320,11 @@ fig.colorbar(image, ax=axes[1], fraction=0.046)
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="t5-plot-caption"
+# *What to see:* distances up to 15 get a bucket each, then the bucket boundaries spread out
+# logarithmically up to 128 (dashed) and every longer distance shares the last bucket; on the right
+# the bucket depends only on $j - i$, so each diagonal has one colour.
+
 # %% [markdown] id="alibi"
 # **Worked example: ALiBi's slopes.** For 8 heads $r = 2^{-1}$, so the slopes are
 # $1/2, 1/4, \dots, 1/256$. For a head count that is not a power of two the paper takes the
@@ -344,6 +354,11 @@ for ax, h in zip(axes, (0, 2, 4, 7)):
     ax.set(title=f"ALiBi head {h}: slope 2^-{h + 1}", xlabel="key j", ylabel="query i")
 fig.colorbar(image, ax=axes, fraction=0.015, label="bias added to the score")
 plt.show()
+
+# %% [markdown] id="alibi-plot-caption"
+# *What to see:* each head subtracts a penalty that grows linearly with the distance back; head 0
+# (slope 1/2) fades distant keys fast, head 7 (slope 1/256) hardly at all, so different heads see
+# different ranges.
 
 # %% [markdown] id="alibi-shift"
 # **Implementation check: only the distance matters, and a row shift changes nothing.** Softmax
@@ -420,6 +435,11 @@ fig.suptitle("RoPE rotates each pair by p·θ_k (arrow p = position p): pair 0 s
 fig.tight_layout()
 plt.show()
 
+# %% [markdown] id="rope-picture-caption"
+# *What to see:* pair 0 turns 1 radian per position, so its arrows for positions 0 to 7 go all
+# around the circle; pair 4 turns 0.01 radian, so its arrows nearly coincide: fast pairs resolve
+# short distances, slow pairs long ones.
+
 # %% [markdown] id="rope-offset"
 # **Worked example: the relative-offset property, numerically.** One query and one key, placed at
 # every pair of positions $m, n \in 0..7$. The score table is constant along each diagonal
@@ -495,6 +515,30 @@ for how in ("right", "on_v", "after"):
     out9, _ = rope_attention(qh, kh, vh, 9, how)
     print(f"{how:6} same output at positions 0..5 and 9..14: {torch.allclose(out0, out9, atol=1e-12)!s:5} | "
           f"weights equal no-position attention: {torch.allclose(w0, plain_weights, atol=1e-12)}")
+
+# %% [markdown] id="explore-rope"
+# ### Explore: the RoPE angle of one dimension pair
+#
+# Pick a pair $k$ of a 16-channel head and a position $p$: the arrow is where the unit vector
+# $(1, 0)$ of that pair lands after RoPE, at the angle $p\,\theta_k$; the grey dots are positions
+# $0..p$. The readout gives $\theta_k$, the angle in radians and in turns, and the wavelength
+# $2\pi/\theta_k$. The controls move in JupyterLab with a running kernel; the figure under them
+# shows four fixed settings.
+
+# %% id="explore-rope-widget"
+from helpers.widgets import rope_explorer, rope_figure
+
+rope_explorer(d_head=16)
+
+# %% id="explore-rope-figure"
+rope_figure(d_head=16)
+plt.show()
+
+# %% [markdown] id="explore-rope-caption"
+# *What to see:* pair 0 turns one radian per position, so by position 5 it has gone most of a turn
+# and its dots circle the origin; pair 2 turns a tenth as fast, and even at position 40 has not
+# finished its first turn; pair 6, $10000^{-12/16} \approx 0.001$ radian per position, has hardly
+# left the blue start. Fast pairs tell near positions apart, slow pairs far ones.
 
 # %% [markdown] id="offset"
 # ## 6. One new token at position $t$
@@ -660,6 +704,11 @@ ax.set(xlabel="position in the window", ylabel="loss (nats per character)",
        title="Loss by position, trained at 64 characters, read at 256 (dashed: the training length)")
 ax.legend(ncol=2, fontsize=9)
 plt.show()
+
+# %% [markdown] id="length-plot-caption"
+# *What to see:* past the training length (dashed line at 64) the learned-position curve stops (its
+# table has no more rows), sinusoidal stays at a higher loss over the whole window, and the other
+# methods continue to 256 at about the loss they had before 64.
 
 # %% [markdown] id="length-reading"
 # **Reading the result honestly.**

@@ -190,6 +190,11 @@ plt.suptitle("The T² part is a steeper line on log-log axes: it overtakes the p
 plt.tight_layout()
 plt.show()
 
+# %% [markdown] id="crossover-plot-caption"
+# *What to see:* the per-token terms (projections, MLP) are lines of slope 1 and the $QK^\top$ /
+# $AV$ term a line of slope 2; attention's total overtakes the MLP at the dotted $T^*$, near 1500
+# tokens for GPT-2 small but near 250 for the narrow course model.
+
 # %% [markdown] id="flops-mistake-md"
 # **Where it shows up.** Model cards quote "FLOPs per token"; hardware is quoted in FLOP/s, almost
 # always with the same 2-per-multiply-add convention (a "989 TFLOP/s" GPU does about 495 T multiply-adds a
@@ -265,6 +270,12 @@ for ax in axes:
 plt.suptitle("Naive attention's memory climbs with slope 2 on log-log axes, its time towards 2; tiled memory stays nearly flat")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown] id="measure-plot-caption"
+# *What to see:* left, naive attention's measured time approaches the dashed $T^2$ line at long
+# sequences (at short ones fixed overheads dominate); right, its peak memory runs parallel to the
+# one-score-matrix formula (slope 2) while the tiled version's stays nearly flat. The exact values
+# depend on the machine.
 
 # %% [markdown] id="memory-read"
 # Read the right panel: the naive peak sits at about *twice* the formula's line, because the scores
@@ -490,6 +501,11 @@ ax.set(xlabel="arithmetic intensity (FLOP per byte moved)", ylabel="achieved FLO
        title="Decode (T=1) is starved for bytes; prefill reaches the compute roof")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown] id="prefill-plot-caption"
+# *What to see:* achieved FLOP/s rises with arithmetic intensity: decoding one token (T = 1, bottom
+# left) moves many bytes per FLOP and runs far below what prefill of hundreds of tokens reaches. The
+# exact values depend on the machine.
 
 # %% [markdown] id="prefill-read"
 # With one token the multiply runs at a small fraction of the speed the same weights reach with

@@ -526,6 +526,11 @@ ax.set_title("A model that can see the next token reaches an impossibly low loss
 ax.legend()
 plt.show()
 
+# %% [markdown] id="mask-bug-plot-caption"
+# *What to see:* the model without a causal mask (red) falls far below the bigram line to an
+# impossibly low loss, because it can read the token it has to predict; the correct causal model
+# (blue) descends slowly to about the bigram line and just below it.
+
 # %% id="mask-bug-sample"
 garbage = sample_tokens(leaky, prompt, 120, generator=torch.Generator().manual_seed(0), temperature=0.8)
 print("sample from the leaky model:", repr(tok.decode(garbage[0].tolist())))

@@ -244,6 +244,8 @@ check_count_tokens(n_char_tokens=n_char_tokens, n_bpe_tokens=n_bpe_tokens, val_c
 # %% id="ex3-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"n_char_tokens": n_char_tokens, "n_bpe_tokens": n_bpe_tokens, "val_chars_per_token": val_chars_per_token}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(n_char_tokens) == len(text)
 assert int(n_bpe_tokens) == len(course_bpe().encode(text)) < len(text)
 _v = load_corpus("val")
@@ -490,6 +492,8 @@ check_token_budget(margin_8k=margin_8k, margin_4k=margin_4k, max_retrieved=max_r
 # %% id="ex7-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"margin_8k": margin_8k, "margin_4k": margin_4k, "max_retrieved": max_retrieved, "max_chunks": max_chunks}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(margin_8k) == 8192 - 8000 and int(margin_4k) == -(350 + 3200 + 250 + 512 - 4096)
 assert int(max_retrieved) + 600 + 400 + 1000 == 8192
 assert int(max_chunks) * 520 <= int(max_retrieved) < (int(max_chunks) + 1) * 520

@@ -102,6 +102,8 @@ check_sdpa_by_hand(scores_by_hand, weights_by_hand, output_by_hand)
 # %% id="ex1-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"weights_by_hand": weights_by_hand, "output_by_hand": output_by_hand}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 _e = math.e
 _weights = [[_e / (2 * _e + 1), 1 / (2 * _e + 1), _e / (2 * _e + 1)], [1 / (_e + 2), _e / (_e + 2), 1 / (_e + 2)]]
 _output = [[_weights[0][0] + _weights[0][2], _weights[0][1] + _weights[0][2]],
@@ -475,6 +477,8 @@ check_counts(n_causal_allowed=n_causal_allowed, n_padding_allowed=n_padding_allo
 # %% id="ex8-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"n_causal_allowed": n_causal_allowed, "n_padding_allowed": n_padding_allowed, "var_unscaled": var_unscaled, "var_scaled": var_scaled, "n_score_entries": n_score_entries, "score_bytes": score_bytes}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(n_causal_allowed) == sum(i + 1 for i in range(6))
 assert int(n_padding_allowed) == sum(5 * length for length in (3, 5))
 assert abs(float(var_unscaled) - 64) < 1e-9 and abs(float(var_scaled) - 1) < 1e-9

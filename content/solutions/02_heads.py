@@ -438,6 +438,8 @@ check_real_model_numbers(params_mha=params_mha, params_gqa=params_gqa, params_mq
 # %% id="ex7-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"params_mha": params_mha, "params_gqa": params_gqa, "params_mqa": params_mqa, "params_gpt2": params_gpt2, "kv_bytes_mha": kv_bytes_mha, "kv_bytes_gqa": kv_bytes_gqa, "kv_bytes_mqa": kv_bytes_mqa, "kv_saving_gqa": kv_saving_gqa}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 _d_head = 4096 // 32
 assert int(params_mha) == 4 * 4096**2 and int(params_gqa) == 2 * 4096**2 + 2 * 8 * _d_head * 4096
 assert int(params_mqa) == 2 * 4096**2 + 2 * _d_head * 4096 and int(params_gpt2) == 4 * 768**2 + 4 * 768

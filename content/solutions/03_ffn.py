@@ -276,6 +276,8 @@ check_param_counts(gpt2_mlp=gpt2_mlp, gpt2_attention=gpt2_attention, gpt2_mlp_sh
 # %% id="ex4-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"gpt2_mlp": gpt2_mlp, "gpt2_attention": gpt2_attention, "gpt2_mlp_share": gpt2_mlp_share, "llama_mlp": llama_mlp, "llama_attention": llama_attention, "llama_mlp_over_attention": llama_mlp_over_attention, "swiglu_d_ff": swiglu_d_ff}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 _d, _f, _L, _Lf = 768, 3072, 4096, 11008
 assert int(gpt2_mlp) == _d * _f + _f + _f * _d + _d
 assert int(gpt2_attention) == 4 * (_d * _d + _d)
@@ -538,6 +540,8 @@ check_moe_numbers(mixtral_total_expert_params=mixtral_total_expert_params,
 # %% id="ex8-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"mixtral_total_expert_params": mixtral_total_expert_params, "mixtral_active_expert_params": mixtral_active_expert_params, "balance_loss": balance_loss, "balanced_loss": balanced_loss, "capacity": capacity, "dropped": dropped, "dropped_at_1_5": dropped_at_1_5}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 _expert = 3 * 4096 * 14336
 assert int(mixtral_total_expert_params) == 8 * _expert and int(mixtral_active_expert_params) == 2 * _expert
 assert abs(float(balance_loss) - 4 * sum(c / 8 * p for c, p in zip((4, 2, 1, 1), (0.4, 0.3, 0.2, 0.1)))) < 1e-6

@@ -119,6 +119,8 @@ check_norms_by_hand(mean_x, var_x, ln_by_hand, rms_x, rms_by_hand)
 # %% id="ex1-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"rms_x": rms_x, "var_x": var_x, "ln_by_hand": ln_by_hand, "rms_by_hand": rms_by_hand}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 _x, _g, _b = [0.0, 2.0, 2.0, 8.0], [2.0, 0.5, 1.0, 2.0], [0.5, 0.0, 0.0, -1.0]
 _mu = sum(_x) / 4
 _sd = math.sqrt(sum((v - _mu) ** 2 for v in _x) / 4 + 7)
@@ -447,6 +449,8 @@ check_norm_counts(n_means=n_means, ln_params_gpt2=ln_params_gpt2, rms_params_lla
 # %% id="ex7-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"n_means": n_means, "ln_params_gpt2": ln_params_gpt2, "rms_params_llama": rms_params_llama}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(n_means) == 4096 and float(n_means) == 4096
 assert int(ln_params_gpt2) == 25 * 1536 and int(rms_params_llama) == 65 * 4096
 ### END HIDDEN TESTS

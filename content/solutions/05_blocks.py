@@ -249,6 +249,8 @@ check_mask_names(A=mask_A, B=mask_B, C=mask_C, D=mask_D, E=mask_E, F=mask_F)
 # %% id="ex3a-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"mask_A": mask_A, "mask_B": mask_B, "mask_C": mask_C, "mask_D": mask_D, "mask_E": mask_E, "mask_F": mask_F}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 _given = [mask_A, mask_B, mask_C, mask_D, mask_E, mask_F]
 assert all(isinstance(v, str) for v in _given), "every mask needs a name"
 assert [v.strip().lower() for v in _given] == ["causal", "prefix-lm", "cross", "bidirectional", "none", "prefix-lm"]
@@ -404,6 +406,8 @@ check_encoder_decoder_counts(encoder_layer=encoder_layer, decoder_layer=decoder_
 # %% id="ex5-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"encoder_layer": encoder_layer, "decoder_layer": decoder_layer, "total": total}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(encoder_layer) == 3_147_776 and int(decoder_layer) == 4_197_376
 assert int(total) == 60_981_248 and float(total) == 60_981_248
 ### END HIDDEN TESTS

@@ -415,6 +415,8 @@ check_rope_numbers(wavelength_pair=wavelength_pair, turn_position=turn_position,
 # %% id="ex7-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"wavelength_pair": wavelength_pair, "turn_position": turn_position, "llama3_longest_wavelength": llama3_longest_wavelength}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert abs(float(wavelength_pair) - 20 * math.pi) < 0.01 and int(turn_position) == 63
 assert abs(float(llama3_longest_wavelength) / (2 * math.pi * 500000 ** (126 / 128)) - 1) < 1e-3
 ### END HIDDEN TESTS

@@ -251,6 +251,8 @@ check_kv_cache_numbers(kv_llama2_7b=kv_llama2_7b, kv_llama3_8b=kv_llama3_8b, kv_
 # %% id="ex4-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"kv_llama2_7b": kv_llama2_7b, "kv_llama3_8b": kv_llama3_8b, "kv_falcon_7b": kv_falcon_7b, "kv_batch_llama3": kv_batch_llama3, "max_batch_llama3": max_batch_llama3, "gqa_saving_llama3": gqa_saving_llama3}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(kv_llama2_7b) == 2 * 2**30 and int(kv_llama3_8b) == 2**30 and int(kv_falcon_7b) == 16 * 2**20
 assert int(kv_batch_llama3) == 16 * 2**30 and int(max_batch_llama3) == 64
 assert abs(float(gqa_saving_llama3) - 4) < 1e-9

@@ -275,6 +275,8 @@ check_training_numbers(saved_gpt2=saved_gpt2, initial_loss=initial_loss, random_
 # %% id="ex5-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_unanswered = [_n for _n, _v in {"saved_gpt2": saved_gpt2, "initial_loss": initial_loss, "random_tokens": random_tokens}.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(saved_gpt2) == 38597376 and float(saved_gpt2) == 38597376
 assert abs(float(initial_loss) - 9 * math.log(2)) < 1e-3 and abs(float(random_tokens) - 61.44) < 1e-6
 ### END HIDDEN TESTS
