@@ -29,7 +29,7 @@ def test_a_template_left_unanswered_scores_zero_and_says_so():
     assert (rows[-1].score, rows[-1].status) == (0.0, "failed")
     assert rows[-1].message == f"✗ written answer: {UNANSWERED}"
     assert pending_note(rows) == ""
-    assert "not answered" in table(rows)
+    assert "no answer yet" in table(rows)
 
 
 def test_a_graded_written_answer_counts_like_any_other():

@@ -230,6 +230,7 @@ reference = bugs.healthy_model(seed=0)
 print({label: type(m).__name__ for label, m in models.items()})
 
 # %% id="ex4-answer" kind="answer"
+answers = {"A": None, "B": None, "C": None, "D": None, "E": None, "F": None, "G": None, "H": None}
 ### BEGIN SOLUTION
 cards = {label: bugs.checkup(m) for label, m in models.items()}
 healthy = bugs.checkup(reference)
@@ -308,6 +309,10 @@ check_diagnostics_numbers(max_entropy_1024=max_entropy_1024, causal_max_query_9=
 # %% id="ex5-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
+_answers = {"max_entropy_1024": max_entropy_1024, "causal_max_query_9": causal_max_query_9,
+            "leak_test_passes": leak_test_passes}
+_unanswered = [_n for _n, _v in _answers.items() if _v is None]
+assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert abs(float(max_entropy_1024) - 10 * math.log(2)) < 1e-3 and int(leak_test_passes) == 129
 assert abs(float(causal_max_query_9) - math.log(2) - math.log(5)) < 1e-3
 ### END HIDDEN TESTS

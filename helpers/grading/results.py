@@ -15,7 +15,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 PENDING = "pending: your instructor grades this answer by hand (formgrader, Manual Grading)"
-UNANSWERED = "not answered: the cell still holds the template"
+UNANSWERED = "no answer yet: the cell still holds the template"
 
 
 @dataclass
