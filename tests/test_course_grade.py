@@ -126,7 +126,7 @@ def test_the_console_script_works_by_path_without_an_activated_environment(tmp_p
 
 def test_a_written_answer_is_left_pending_and_the_rest_is_scored(tmp_path):
     """Chapter 09's checklist (a manually graded cell): answered, it is pending for the instructor;
-    left as the template, it scores 0 and says 'not answered'."""
+    left as the template, it scores 0 and says 'no answer yet'."""
     chapter = "09_diagnostics"
     released = nbformat.read(str(ROOT / "exercises" / chapter / f"{chapter}.ipynb"), as_version=4)
     answered = filled_in(released, solution_answers(chapter),
