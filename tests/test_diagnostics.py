@@ -21,7 +21,6 @@ from helpers.shapes import ShapeError
 from helpers.training import train
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models run far faster on one thread than on several of a busy CPU (chapter 08's measurement)."""
