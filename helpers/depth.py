@@ -30,6 +30,7 @@ from torch import nn
 
 from .norms import LayerNorm, post_ln_block, pre_ln_block
 from .shapes import require_positive_int
+from .threads import torch_threads
 
 __all__ = ["StackGradients", "direct_path_logits", "encoder_layer_sublayers", "loglog_slope", "stack_gradients",
            "table_loss", "xavier_encoder_layer"]
@@ -102,12 +103,8 @@ def stack_gradients(n_layers: int, order: str, *, seed: int, d_model: int = 32, 
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"{fn}: seed must be an int; got {type(seed).__name__}")
     final_norm = (order == "pre") if final_norm is None else bool(final_norm)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these matrices are tiny: a second thread only adds overhead (10x on a busy 2-core CPU)
-    try:
+    with torch_threads(1):  # these matrices are tiny: a second thread only adds overhead (10x on a busy 2-core CPU)
         return _stack_gradients(n_layers, order, seed, d_model, n_heads, d_ff, T, B, vocab, final_norm)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _stack_gradients(n_layers: int, order: str, seed: int, d_model: int, n_heads: int, d_ff: int, T: int, B: int,

@@ -14,14 +14,8 @@ from helpers.checks import CheckFailed
 
 from . import loops_diagnostics as loops
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on several of a busy CPU (chapter 08's measurement)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one torch thread is several times faster on a busy 2-core CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHECKS = {
     "future_leaks": checks.check_future_leaks,

@@ -20,14 +20,8 @@ from helpers.numerics import assert_close
 from helpers.shapes import ShapeError
 from helpers.training import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on several of a busy CPU (chapter 08's measurement)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one torch thread is several times faster on a busy 2-core CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _ids(B, T, V, seed=0):
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))

@@ -23,14 +23,8 @@ from helpers.training import TrainHistory, batches, lm_loss, lr_at, token_loss, 
 matplotlib.use("Agg")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train several times faster on one thread than on two that share a busy CPU
-    (measured: 4 s vs 53 s for the Markov run below); results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one torch thread is several times faster on a busy 2-core CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logits(B: int, T: int, V: int, dtype=torch.float64, seed: int = 0, scale: float = 2.0) -> torch.Tensor:
