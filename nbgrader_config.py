@@ -7,9 +7,18 @@
 """
 
 import os
+import sys
 from pathlib import Path
 
 c = get_config()  # noqa: F821 (injected by traitlets)
+
+# nbgrader creates the gradebook by running the `alembic` command by name. Started by path
+# (.venv/bin/nbgrader, .venv/bin/jupyter lab) without an activated environment, that command is not
+# on PATH and formgrader answers 500: put the running interpreter's bin/ first (as helpers.grading
+# does for the course's own console scripts).
+_BIN = str(Path(sys.executable).parent)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 COURSE = Path(__file__).resolve().parent
 

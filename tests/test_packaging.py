@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +83,18 @@ def test_package_imports_from_any_directory(tmp_path):
 def test_nbgrader_runtime_folders_are_ignored(folder):
     run = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x/y.ipynb"], cwd=ROOT)
     assert run.returncode == 0
+
+
+@pytest.mark.slow
+def test_nbgrader_started_by_path_finds_alembic(tmp_path):
+    """`.venv/bin/nbgrader` (and formgrader under `.venv/bin/jupyter lab`) without an activated
+    environment: creating the gradebook runs `alembic` by name, which nbgrader_config.py puts on PATH.
+    The course's config is run from a copy, so the repository's own gradebook.db is never touched."""
+    shutil.copy(ROOT / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
+    bare = {"HOME": str(tmp_path), "PATH": os.pathsep.join(p for p in ("/usr/bin", "/bin") if Path(p).exists())}
+    nbgrader = Path(sys.executable).parent / "nbgrader"
+    run = subprocess.run([str(nbgrader), "db", "assignment", "list"], cwd=tmp_path, env=bare,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "There are 0 assignments in the database" in run.stdout
+    assert (tmp_path / "gradebook.db").exists() and (tmp_path / "exchange").is_dir()
