@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -325,7 +326,17 @@ def check_masked_softmax(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.f
     ]
     check_function(fn, name="masked_softmax", reference=ref.masked_softmax, cases=cases,
                    outputs=("weights",), mistakes=SOFTMAX_MISTAKES, forbidden=_REFERENCE,
-                   diagnose=lambda got, exp, case: _weights_symptom(got, case.args[1]))
+                   diagnose=lambda got, exp, case: _weights_symptom(got, case.args[1]),
+                   prerequisites=MappingProxyType({"apply_mask": (check_apply_mask, "exercise 4")}))
+
+
+# Exercise 7 may call the learner's functions of exercises 2 to 6: a failure caused by one of them
+# names that exercise.
+_SDPA_PREREQUISITES = MappingProxyType({"attention_scores": (check_attention_scores, "exercise 2"),
+                                        "causal_mask": (check_causal_mask, "exercise 3"),
+                                        "apply_mask": (check_apply_mask, "exercise 4"),
+                                        "padding_mask": (check_padding_mask, "exercise 5"),
+                                        "masked_softmax": (check_masked_softmax, "exercise 6")})
 
 
 def check_scaled_dot_product_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -362,7 +373,7 @@ def check_scaled_dot_product_attention(fn: Any, *, seed: int = 0, dtype: torch.d
 
     check_function(fn, name="scaled_dot_product_attention", reference=ref.scaled_dot_product_attention,
                    cases=cases, outputs=("output", "weights"), mistakes=SDPA_MISTAKES,
-                   forbidden=_REFERENCE + _TORCH_ATTENTION, diagnose=diagnose)
+                   forbidden=_REFERENCE + _TORCH_ATTENTION, diagnose=diagnose, prerequisites=_SDPA_PREREQUISITES)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import builtins
 import contextlib
 import functools
 import inspect
+import io
 import math
 import os
 import sys
@@ -485,6 +486,103 @@ def _same_layout(got: Any, expected: Any) -> bool:
     return isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == expected.dtype
 
 
+# ---------------------------------------------------------------------------------------------
+# Prerequisites: a failure caused by an earlier exercise's function
+# ---------------------------------------------------------------------------------------------
+
+# A prerequisite: the earlier exercise's check (called as `check(fn)`, and `check(fn, dtype=...)`
+# when it takes a dtype) and where the learner wrote that function, e.g. "exercise 1".
+Prerequisite = tuple[Callable[..., Any], str]
+
+_LIBRARY_DIRS = tuple({str(Path(p).resolve()) + os.sep for p in (
+    os.path.dirname(os.__file__), os.path.dirname(os.path.dirname(np.__file__)), _TORCH_DIR)})
+_PREREQUISITES_RUNNING: set[int] = set()  # ids of functions whose prerequisite checks are running
+
+
+def _learner_function(obj: Any) -> bool:
+    """A plain Python function written outside the course's and the libraries' code (a notebook's)."""
+    if not isinstance(obj, types.FunctionType):
+        return False
+    filename = obj.__code__.co_filename
+    if filename.startswith("<") or not os.path.isabs(filename):
+        return True  # exec'd or interactive code
+    path = str(Path(filename).resolve())
+    return not path.startswith(_HELPERS_DIR) and not path.startswith(_LIBRARY_DIRS)
+
+
+def _global_names(code: types.CodeType) -> Iterator[str]:
+    """The names `code` (and the functions, lambdas and comprehensions inside it) may load as globals."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+def _used_prerequisites(fn: Any, prerequisites: Mapping[str, Prerequisite]) -> dict[str, Any]:
+    """The learner's functions named in `prerequisites` that `fn` uses: the names its code refers
+    to in its globals, followed through the learner's own helper functions."""
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+    pending = [inspect.unwrap(fn)] if _learner_function(inspect.unwrap(fn)) else []
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for global_name in dict.fromkeys(_global_names(current.__code__)):
+            value = current.__globals__.get(global_name)
+            if not _learner_function(value):
+                continue
+            if global_name in prerequisites and value is not fn:
+                found.setdefault(global_name, value)
+            pending.append(value)
+    return {name: found[name] for name in prerequisites if name in found}  # in exercise order
+
+
+def _prerequisite_problem(check: Callable[..., Any], earlier: Any, dtypes: Sequence[torch.dtype]) -> str | None:
+    """The earlier check's sentence if `earlier` fails it (run silently), else None."""
+    try:
+        has_dtype = "dtype" in inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        has_dtype = False
+    runs = [{}] + ([{"dtype": d} for d in dtypes] if has_dtype else [])
+    for kwargs in runs:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                check(earlier, **kwargs)
+        except CheckFailed as failure:
+            return str(failure)
+    return None
+
+
+@contextlib.contextmanager
+def _blame_prerequisites(fn: Any, name: str, prerequisites: Mapping[str, Prerequisite],
+                         cases: Sequence[Case]) -> Iterator[None]:
+    """On a failure of `fn`'s check, name the earlier exercise whose function `fn` uses and which
+    fails its own check: that is what to fix first. Nothing runs when the check passes."""
+    try:
+        yield
+    except CheckFailed:
+        if id(fn) in _PREREQUISITES_RUNNING:
+            raise
+        verify_environment()  # a patched library is the problem to report, not an earlier exercise
+        dtypes = list(dict.fromkeys(a.dtype for c in cases for a in c.args
+                                    if isinstance(a, torch.Tensor) and a.is_floating_point()))
+        _PREREQUISITES_RUNNING.add(id(fn))
+        try:
+            for dep, earlier in _used_prerequisites(fn, prerequisites).items():
+                check, exercise = prerequisites[dep]
+                problem = _prerequisite_problem(check, earlier, dtypes)
+                if problem is not None:
+                    problem = problem.removeprefix(f"{dep}: ")
+                    raise CheckFailed(
+                        f"{name} uses your `{dep}` from {exercise}, which is not right yet: {problem}; "
+                        f"fix {exercise} first, then run this check again") from None
+        finally:
+            _PREREQUISITES_RUNNING.discard(id(fn))
+        raise
+
+
 def check_function(
     fn: Any,
     *,
@@ -495,8 +593,17 @@ def check_function(
     mistakes: Sequence[Mistake] = (),
     forbidden: Sequence[Any] = (),
     diagnose: Callable[[Any, Any, Case], str | None] | None = None,
+    prerequisites: Mapping[str, Prerequisite] | None = None,
 ) -> None:
-    """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches."""
+    """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches.
+
+    `prerequisites` maps the names of earlier exercises' functions that `fn` may call to
+    (their check, "exercise N"): when `fn` fails and uses one that fails its own check, the
+    message says so (see `_blame_prerequisites`)."""
+    if prerequisites:
+        kwargs = {key: value for key, value in locals().items() if key not in ("fn", "prerequisites")}
+        with _blame_prerequisites(fn, name, prerequisites, cases):
+            return check_function(fn, **kwargs)
     verify_environment()
     for case in cases:
         expected = reference(*case.args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -441,7 +442,8 @@ def check_add_positions(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.fl
     ]
     with torch.no_grad():
         check_function(fn, name="add_positions", reference=_reference_add_positions, cases=cases,
-                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=())
+                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=(),
+                       prerequisites=MappingProxyType({"sinusoidal_table": (check_sinusoidal_table, "exercise 1")}))
 
 
 def _reference_rope(x, offset=0):
@@ -489,7 +491,8 @@ def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.f
     cases = [case(T_k, "T_q = T_k: the whole sequence"), case(3, "T_q = 3: the last 3 tokens"),
              case(1, "T_q = 1: one new token at position T_k - 1")]
     check_function(fn, name="rope_attention", reference=_reference_rope_attention, cases=cases,
-                   outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=())
+                   outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=(),
+                   prerequisites=MappingProxyType({"apply_rope": (check_apply_rope, "exercise 3")}))
 
 
 def _as_verdict(name: str, value: Any, what: str) -> bool:
