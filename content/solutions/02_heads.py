@@ -256,10 +256,12 @@ check_multi_head_attention(multi_head_attention, seed=13, dtype=torch.float32, B
 # `[k0, k0, ..., k1, k1, ...]`: `k.repeat_interleave(group, dim=1)`.
 # </details>
 #
-# <details><summary>Hint: RuntimeError about sizes of tensors that must match</summary>
+# <details><summary>Hint: ShapeError "k must be (..., T_k, d_k) with the same leading axes"</summary>
 #
 # After splitting, `k` and `v` have `H_kv` heads and `q` has `H`. Repeat each K/V head
-# `H // H_kv` times along the head axis so that all three have `H` heads.
+# `H // H_kv` times along the head axis so that all three have `H` heads. (Computing the scores
+# yourself, the same mistake is a RuntimeError: "The size of tensor a (…) must match the size of
+# tensor b (…)".)
 # </details>
 
 # %% id="ex4-answer" kind="answer"
