@@ -35,7 +35,8 @@
 # projection is `x @ W.T`. Boolean masks use `True` = may attend and `False` = blocked, exactly like
 # `torch.nn.functional.scaled_dot_product_attention`, and broadcast against the per-head scores
 # `(B, H, T, T)`: a causal mask `(T, T)` works as it is, a padding mask needs a head axis,
-# `(B, 1, 1, T)` (chapter 01's `padding_mask(lengths, T)` is `(B, 1, T)`: use `padding_mask(...)[:, None]`).
+# `(B, 1, 1, T)` (chapter 01's `padding_mask(lengths, T)` is `(B, 1, T)`, made for scores `(B, T, T)`
+# without a head axis: use `padding_mask(...)[:, None]`).
 # `torch.nn.MultiheadAttention` reads boolean masks the other way round (`True` = blocked).
 #
 # You may use chapter 01's `scaled_dot_product_attention` (imported below from `helpers.attention`,

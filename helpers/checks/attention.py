@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attention as ref
+from .conventions import key_padding_advice
 from .core import Case, CheckFailed, Mistake, check_function, check_numbers, protect
 from .core import randn as _randn
 
@@ -166,12 +167,12 @@ APPLY_MASK_MISTAKES = (
 
 PADDING_MISTAKES = (
     Mistake("masks_queries",
-            "this masks query positions (shape (B, T, 1)); a key-padding mask blocks keys, so its "
-            "shape is (B, 1, T)",
+            "this masks query positions (shape (B, T, 1)), but padding blocks keys: "
+            + key_padding_advice(3, keys="T"),
             lambda lengths, T: ref.padding_mask(lengths, T).transpose(1, 2)),
     Mistake("no_query_axis",
-            "the mask has shape (B, T); to broadcast against scores (B, T_q, T_k) it needs a "
-            "size-1 query axis: (B, 1, T)",
+            "the mask has shape (B, T), with no size-1 query axis to broadcast over the queries; "
+            + key_padding_advice(3, keys="T"),
             lambda lengths, T: ref.padding_mask(lengths, T)[:, 0, :]),
     Mistake("off_by_one",
             "key position `length` is allowed too; the valid keys are 0 .. length-1 (position < length)",

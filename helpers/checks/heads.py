@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .. import heads as ref
 from ..attention import causal_mask, padding_mask, scaled_dot_product_attention
+from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
     CheckFailed,
@@ -399,6 +400,7 @@ def _attention_diagnose(got: Any, expected: Any, case: Case) -> str | None:
     return None
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                                B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
     """multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads, mask=None) -> (out, weights)."""
@@ -421,6 +423,7 @@ def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = t
                    diagnose=_attention_diagnose, prerequisites=_HEAD_PREREQUISITES)
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_grouped_query_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                                   B: int = 3, T: int = 5, H: int = 6, H_kv: int = 2, d_head: int = 4) -> None:
     """grouped_query_attention(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None) -> (out, weights).

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import positions as ref
 from ..attention import scaled_dot_product_attention
+from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
     CheckFailed,
@@ -472,6 +473,7 @@ def _reference_rope_attention(q, k, v):
     return scaled_dot_product_attention(ref.apply_rope(q, start), ref.apply_rope(k, 0), v, mask)
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
                          T_k: int = 7, d_head: int = 4) -> None:
     """rope_attention(q, k, v) -> (out, weights): causal attention, q and k rotated by their positions.
