@@ -523,7 +523,11 @@ def _used_prerequisites(fn: Any, prerequisites: Mapping[str, Prerequisite]) -> d
     to in its globals, followed through the learner's own helper functions."""
     found: dict[str, Any] = {}
     seen: set[int] = set()
-    pending = [inspect.unwrap(fn)] if _learner_function(inspect.unwrap(fn)) else []
+    try:
+        start = inspect.unwrap(fn)
+    except ValueError:  # a wrapper chain without end
+        return {}
+    pending = [start] if _learner_function(start) else []
     while pending:
         current = pending.pop()
         if id(current) in seen:
@@ -533,7 +537,7 @@ def _used_prerequisites(fn: Any, prerequisites: Mapping[str, Prerequisite]) -> d
             value = current.__globals__.get(global_name)
             if not _learner_function(value):
                 continue
-            if global_name in prerequisites and value is not fn:
+            if global_name in prerequisites and value is not start:
                 found.setdefault(global_name, value)
             pending.append(value)
     return {name: found[name] for name in prerequisites if name in found}  # in exercise order
@@ -552,6 +556,8 @@ def _prerequisite_problem(check: Callable[..., Any], earlier: Any, dtypes: Seque
                 check(earlier, **kwargs)
         except CheckFailed as failure:
             return str(failure)
+        except Exception:  # the earlier check could not run: no blame, the original failure stands
+            return None
     return None
 
 
@@ -601,7 +607,8 @@ def check_function(
     (their check, "exercise N"): when `fn` fails and uses one that fails its own check, the
     message says so (see `_blame_prerequisites`)."""
     if prerequisites:
-        kwargs = {key: value for key, value in locals().items() if key not in ("fn", "prerequisites")}
+        parameters = inspect.signature(check_function).parameters  # the same call, minus prerequisites
+        kwargs = {k: v for k, v in locals().items() if k in parameters and k not in ("fn", "prerequisites")}
         with _blame_prerequisites(fn, name, prerequisites, cases):
             return check_function(fn, **kwargs)
     verify_environment()
