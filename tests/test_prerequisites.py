@@ -368,3 +368,12 @@ def test_prerequisite_checks_run_only_when_the_check_fails():
                                           r"returns the wrong thing; fix exercise 1 first"):
         check_function(nb["later_wrong"], **rules)
     assert calls == [torch.float32]  # the first failing run is enough
+
+
+def test_an_earlier_function_fitted_to_the_visible_sizes_is_named():
+    """apply_rope that hard-codes the visible test's d_head = 8 passes exercise 3's visible check;
+    exercise 4 (d_head = 4) fails because of it, and says so."""
+    nb = notebook(ROPE.replace("T, d = x.shape[-2], x.shape[-1]", "T, d = x.shape[-2], 8"), ROPE_ATTENTION)
+    ch06.check_apply_rope(nb["apply_rope"])  # the visible check of exercise 3 passes
+    message = failure(ch06.check_rope_attention, nb["rope_attention"])
+    assert "your `apply_rope` from exercise 3" in message and "fix exercise 3 first" in message

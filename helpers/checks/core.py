@@ -543,13 +543,28 @@ def _used_prerequisites(fn: Any, prerequisites: Mapping[str, Prerequisite]) -> d
     return {name: found[name] for name in prerequisites if name in found}  # in exercise order
 
 
-def _prerequisite_problem(check: Callable[..., Any], earlier: Any, dtypes: Sequence[torch.dtype]) -> str | None:
-    """The earlier check's sentence if `earlier` fails it (run silently), else None."""
+def _prerequisite_problem(check: Callable[..., Any], earlier: Any, cases: Sequence[Case]) -> str | None:
+    """The earlier check's sentence if `earlier` fails it (run silently), else None.
+
+    The earlier check runs with its defaults, then with the dtypes of the failing check's cases,
+    then with their axis sizes where it takes them (an earlier function that only works for the
+    visible test's sizes is found too)."""
     try:
-        has_dtype = "dtype" in inspect.signature(check).parameters
+        parameters = inspect.signature(check).parameters
     except (TypeError, ValueError):
-        has_dtype = False
-    runs = [{}] + ([{"dtype": d} for d in dtypes] if has_dtype else [])
+        parameters = {}
+    runs: list[dict[str, Any]] = [{}]
+    for case in cases:
+        dtypes = [a.dtype for a in case.args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if dtypes and "dtype" in parameters and {"dtype": dtypes[0]} not in runs:
+            runs.append({"dtype": dtypes[0]})
+    for case in cases:
+        sized = {axis: int(size) for axis, size in case.sizes.items() if axis in parameters and axis != "dtype"}
+        dtypes = [a.dtype for a in case.args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if dtypes and "dtype" in parameters:
+            sized["dtype"] = dtypes[0]
+        if sized and sized not in runs:
+            runs.append(sized)
     for kwargs in runs:
         try:
             with contextlib.redirect_stdout(io.StringIO()):
@@ -572,13 +587,11 @@ def _blame_prerequisites(fn: Any, name: str, prerequisites: Mapping[str, Prerequ
         if id(fn) in _PREREQUISITES_RUNNING:
             raise
         verify_environment()  # a patched library is the problem to report, not an earlier exercise
-        dtypes = list(dict.fromkeys(a.dtype for c in cases for a in c.args
-                                    if isinstance(a, torch.Tensor) and a.is_floating_point()))
         _PREREQUISITES_RUNNING.add(id(fn))
         try:
             for dep, earlier in _used_prerequisites(fn, prerequisites).items():
                 check, exercise = prerequisites[dep]
-                problem = _prerequisite_problem(check, earlier, dtypes)
+                problem = _prerequisite_problem(check, earlier, cases)
                 if problem is not None:
                     problem = problem.removeprefix(f"{dep}: ")
                     raise CheckFailed(
