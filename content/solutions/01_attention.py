@@ -214,8 +214,9 @@ check_causal_mask(causal_mask, sizes=(9, 2, 1))
 #
 # Write `apply_mask(scores, mask)`: a new tensor equal to `scores` where `mask` is `True` and
 # `float("-inf")` where it is `False`. `scores` has shape `(..., T_q, T_k)`; `mask` is boolean and
-# broadcasts against it: a causal mask `(T, T)` serves every sequence of a batch, a padding mask
-# `(B, 1, T_k)` serves every query of its sequence. Do not modify `scores` itself.
+# broadcasts against it: a causal mask `(T, T)` serves every sequence of a batch; for scores
+# `(B, T_q, T_k)` a padding mask `(B, 1, T_k)` serves every query of its sequence (the per-head
+# scores `(B, H, T_q, T_k)` used from chapter 02 on take it as `(B, 1, 1, T_k)`). Do not modify `scores` itself.
 #
 # Then run the demonstration cell after the tests: it applies your causal mask to real scores.
 #

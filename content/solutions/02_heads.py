@@ -35,7 +35,8 @@
 # projection is `x @ W.T`. Boolean masks use `True` = may attend and `False` = blocked, exactly like
 # `torch.nn.functional.scaled_dot_product_attention`, and broadcast against the per-head scores
 # `(B, H, T, T)`: a causal mask `(T, T)` works as it is, a padding mask needs a head axis,
-# `(B, 1, 1, T)` (chapter 01's `padding_mask(lengths, T)` is `(B, 1, T)`: use `padding_mask(...)[:, None]`).
+# `(B, 1, 1, T)` (chapter 01's `padding_mask(lengths, T)` is `(B, 1, T)`, made for scores `(B, T, T)`
+# without a head axis: use `padding_mask(...)[:, None]`).
 # `torch.nn.MultiheadAttention` reads boolean masks the other way round (`True` = blocked).
 #
 # You may use chapter 01's `scaled_dot_product_attention` (imported below from `helpers.attention`,
@@ -256,10 +257,12 @@ check_multi_head_attention(multi_head_attention, seed=13, dtype=torch.float32, B
 # `[k0, k0, ..., k1, k1, ...]`: `k.repeat_interleave(group, dim=1)`.
 # </details>
 #
-# <details><summary>Hint: RuntimeError about sizes of tensors that must match</summary>
+# <details><summary>Hint: ShapeError "k must be (..., T_k, d_k) with the same leading axes"</summary>
 #
 # After splitting, `k` and `v` have `H_kv` heads and `q` has `H`. Repeat each K/V head
-# `H // H_kv` times along the head axis so that all three have `H` heads.
+# `H // H_kv` times along the head axis so that all three have `H` heads. (Computing the scores
+# yourself, the same mistake is a RuntimeError: "The size of tensor a (…) must match the size of
+# tensor b (…)".)
 # </details>
 
 # %% id="ex4-answer" kind="answer"

@@ -137,7 +137,7 @@ check_gelu(gelu, seed=13, dtype=torch.float32, B=1, T=8, d=2)
 # output is a linear map of them: no GELU after `w2`.
 # </details>
 #
-# <details><summary>Hint: a shape error mentioning (11, 6)</summary>
+# <details><summary>Hint: RuntimeError "mat1 and mat2 shapes cannot be multiplied (… and 11x6)"</summary>
 #
 # With the `nn.Linear` layout, a projection is `x @ w.T`, not `x @ w`.
 # </details>

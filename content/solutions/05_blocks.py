@@ -95,7 +95,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # <details><summary>Hint: the test says the padding mask blocks queries</summary>
 #
 # `memory_mask` has one flag per **source** token, and source tokens are the keys, the last axis of
-# the scores: `memory_mask[:, None, None, :]` has shape `(B, 1, 1, T_src)`.
+# the scores `(B, H, T_tgt, T_src)`: `memory_mask[:, None, None, :]` has shape `(B, 1, 1, T_src)`.
 # </details>
 
 # %% id="ex1-answer" kind="answer"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .. import attention as ref
+from .conventions import key_padding_advice
 from .core import Case, CheckFailed, Mistake, check_function, check_numbers, protect
 from .core import randn as _randn
 
@@ -165,12 +167,12 @@ APPLY_MASK_MISTAKES = (
 
 PADDING_MISTAKES = (
     Mistake("masks_queries",
-            "this masks query positions (shape (B, T, 1)); a key-padding mask blocks keys, so its "
-            "shape is (B, 1, T)",
+            "this masks query positions (shape (B, T, 1)), but padding blocks keys: "
+            + key_padding_advice(3, keys="T"),
             lambda lengths, T: ref.padding_mask(lengths, T).transpose(1, 2)),
     Mistake("no_query_axis",
-            "the mask has shape (B, T); to broadcast against scores (B, T_q, T_k) it needs a "
-            "size-1 query axis: (B, 1, T)",
+            "the mask has shape (B, T), with no size-1 query axis to broadcast over the queries; "
+            + key_padding_advice(3, keys="T"),
             lambda lengths, T: ref.padding_mask(lengths, T)[:, 0, :]),
     Mistake("off_by_one",
             "key position `length` is allowed too; the valid keys are 0 .. length-1 (position < length)",
@@ -325,7 +327,17 @@ def check_masked_softmax(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.f
     ]
     check_function(fn, name="masked_softmax", reference=ref.masked_softmax, cases=cases,
                    outputs=("weights",), mistakes=SOFTMAX_MISTAKES, forbidden=_REFERENCE,
-                   diagnose=lambda got, exp, case: _weights_symptom(got, case.args[1]))
+                   diagnose=lambda got, exp, case: _weights_symptom(got, case.args[1]),
+                   prerequisites=MappingProxyType({"apply_mask": (check_apply_mask, "exercise 4")}))
+
+
+# Exercise 7 may call the learner's functions of exercises 2 to 6: a failure caused by one of them
+# names that exercise.
+_SDPA_PREREQUISITES = MappingProxyType({"attention_scores": (check_attention_scores, "exercise 2"),
+                                        "causal_mask": (check_causal_mask, "exercise 3"),
+                                        "apply_mask": (check_apply_mask, "exercise 4"),
+                                        "padding_mask": (check_padding_mask, "exercise 5"),
+                                        "masked_softmax": (check_masked_softmax, "exercise 6")})
 
 
 def check_scaled_dot_product_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -362,7 +374,7 @@ def check_scaled_dot_product_attention(fn: Any, *, seed: int = 0, dtype: torch.d
 
     check_function(fn, name="scaled_dot_product_attention", reference=ref.scaled_dot_product_attention,
                    cases=cases, outputs=("output", "weights"), mistakes=SDPA_MISTAKES,
-                   forbidden=_REFERENCE + _TORCH_ATTENTION, diagnose=diagnose)
+                   forbidden=_REFERENCE + _TORCH_ATTENTION, diagnose=diagnose, prerequisites=_SDPA_PREREQUISITES)
 
 
 # ---------------------------------------------------------------------------------------------

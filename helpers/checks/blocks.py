@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import attention as masks_ref
 from .. import blocks as ref
+from .conventions import key_padding_advice, rank_aware_mask_advice
 from .core import (
     Case,
     CheckFailed,
@@ -124,7 +125,7 @@ CROSS_MISTAKES = (
     Mistake("padding_on_query_axis",
             "the padding mask blocks queries (rows) instead of keys (columns): memory_mask marks which "
             "source tokens are real, and source tokens are the keys; broadcast it as "
-            "memory_mask[:, None, None, :] against the scores (B, H, T_tgt, T_src)",
+            f"memory_mask[:, None, None, :]: {key_padding_advice(4, keys='T_src', queries='T_tgt', from_chapter_01=False)}",
             _cross(mask_axis="queries")),
     Mistake("mask_inverted",
             "the padding mask is inverted: True in memory_mask means a real source token that may be "
@@ -168,6 +169,7 @@ def _cross_case(gen: torch.Generator, dtype: torch.dtype, B: int, T_tgt: int, T_
     return Case(args, sizes, names, note)
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_cross_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2,
                           T_tgt: int = 5, T_src: int = 7, d_model: int = 12, n_heads: int = 4,
                           n_kv_heads: int = 2) -> None:

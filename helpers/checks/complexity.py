@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .. import blocks as _blocks
 from .. import complexity as ref
 from ..attention import scaled_dot_product_attention
+from .conventions import rank_aware_mask_advice
 from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, protect, verify_environment
 from .core import randn as _randn
 
@@ -401,6 +402,7 @@ STEP_MISTAKES = (
 )
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_attend_with_cache(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 6,
                             H_kv: int = 2, d_head: int = 4, T_past: int = 5) -> None:
     """attend_with_cache(q, k_new, v_new, k_cache, v_cache) -> (out, k_all, v_all)."""

@@ -30,6 +30,7 @@ import builtins
 import contextlib
 import functools
 import inspect
+import io
 import math
 import os
 import sys
@@ -485,6 +486,122 @@ def _same_layout(got: Any, expected: Any) -> bool:
     return isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == expected.dtype
 
 
+# ---------------------------------------------------------------------------------------------
+# Prerequisites: a failure caused by an earlier exercise's function
+# ---------------------------------------------------------------------------------------------
+
+# A prerequisite: the earlier exercise's check (called as `check(fn)`, and `check(fn, dtype=...)`
+# when it takes a dtype) and where the learner wrote that function, e.g. "exercise 1".
+Prerequisite = tuple[Callable[..., Any], str]
+
+_LIBRARY_DIRS = tuple({str(Path(p).resolve()) + os.sep for p in (
+    os.path.dirname(os.__file__), os.path.dirname(os.path.dirname(np.__file__)), _TORCH_DIR)})
+_PREREQUISITES_RUNNING: set[int] = set()  # ids of functions whose prerequisite checks are running
+
+
+def _learner_function(obj: Any) -> bool:
+    """A plain Python function written outside the course's and the libraries' code (a notebook's)."""
+    if not isinstance(obj, types.FunctionType):
+        return False
+    filename = obj.__code__.co_filename
+    if filename.startswith("<") or not os.path.isabs(filename):
+        return True  # exec'd or interactive code
+    path = str(Path(filename).resolve())
+    return not path.startswith(_HELPERS_DIR) and not path.startswith(_LIBRARY_DIRS)
+
+
+def _global_names(code: types.CodeType) -> Iterator[str]:
+    """The names `code` (and the functions, lambdas and comprehensions inside it) may load as globals."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+def _used_prerequisites(fn: Any, prerequisites: Mapping[str, Prerequisite]) -> dict[str, Any]:
+    """The learner's functions named in `prerequisites` that `fn` uses: the names its code refers
+    to in its globals, followed through the learner's own helper functions."""
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+    try:
+        start = inspect.unwrap(fn)
+    except ValueError:  # a wrapper chain without end
+        return {}
+    pending = [start] if _learner_function(start) else []
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for global_name in dict.fromkeys(_global_names(current.__code__)):
+            value = current.__globals__.get(global_name)
+            if not _learner_function(value):
+                continue
+            if global_name in prerequisites and value is not start:
+                found.setdefault(global_name, value)
+            pending.append(value)
+    return {name: found[name] for name in prerequisites if name in found}  # in exercise order
+
+
+def _prerequisite_problem(check: Callable[..., Any], earlier: Any, cases: Sequence[Case]) -> str | None:
+    """The earlier check's sentence if `earlier` fails it (run silently), else None.
+
+    The earlier check runs with its defaults, then with the dtypes of the failing check's cases,
+    then with their axis sizes where it takes them (an earlier function that only works for the
+    visible test's sizes is found too)."""
+    try:
+        parameters = inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    runs: list[dict[str, Any]] = [{}]
+    for case in cases:
+        dtypes = [a.dtype for a in case.args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if dtypes and "dtype" in parameters and {"dtype": dtypes[0]} not in runs:
+            runs.append({"dtype": dtypes[0]})
+    for case in cases:
+        sized = {axis: int(size) for axis, size in case.sizes.items() if axis in parameters and axis != "dtype"}
+        dtypes = [a.dtype for a in case.args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if dtypes and "dtype" in parameters:
+            sized["dtype"] = dtypes[0]
+        if sized and sized not in runs:
+            runs.append(sized)
+    for kwargs in runs:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                check(earlier, **kwargs)
+        except CheckFailed as failure:
+            return str(failure)
+        except Exception:  # the earlier check could not run: no blame, the original failure stands
+            return None
+    return None
+
+
+@contextlib.contextmanager
+def _blame_prerequisites(fn: Any, name: str, prerequisites: Mapping[str, Prerequisite],
+                         cases: Sequence[Case]) -> Iterator[None]:
+    """On a failure of `fn`'s check, name the earlier exercise whose function `fn` uses and which
+    fails its own check: that is what to fix first. Nothing runs when the check passes."""
+    try:
+        yield
+    except CheckFailed:
+        if id(fn) in _PREREQUISITES_RUNNING:
+            raise
+        verify_environment()  # a patched library is the problem to report, not an earlier exercise
+        _PREREQUISITES_RUNNING.add(id(fn))
+        try:
+            for dep, earlier in _used_prerequisites(fn, prerequisites).items():
+                check, exercise = prerequisites[dep]
+                problem = _prerequisite_problem(check, earlier, cases)
+                if problem is not None:
+                    problem = problem.removeprefix(f"{dep}: ")
+                    raise CheckFailed(
+                        f"{name} uses your `{dep}` from {exercise}, which is not right yet: {problem}; "
+                        f"fix {exercise} first, then run this check again") from None
+        finally:
+            _PREREQUISITES_RUNNING.discard(id(fn))
+        raise
+
+
 def check_function(
     fn: Any,
     *,
@@ -495,8 +612,18 @@ def check_function(
     mistakes: Sequence[Mistake] = (),
     forbidden: Sequence[Any] = (),
     diagnose: Callable[[Any, Any, Case], str | None] | None = None,
+    prerequisites: Mapping[str, Prerequisite] | None = None,
 ) -> None:
-    """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches."""
+    """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches.
+
+    `prerequisites` maps the names of earlier exercises' functions that `fn` may call to
+    (their check, "exercise N"): when `fn` fails and uses one that fails its own check, the
+    message says so (see `_blame_prerequisites`)."""
+    if prerequisites:
+        parameters = inspect.signature(check_function).parameters  # the same call, minus prerequisites
+        kwargs = {k: v for k, v in locals().items() if k in parameters and k not in ("fn", "prerequisites")}
+        with _blame_prerequisites(fn, name, prerequisites, cases):
+            return check_function(fn, **kwargs)
     verify_environment()
     for case in cases:
         expected = reference(*case.args)

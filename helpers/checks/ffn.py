@@ -13,6 +13,7 @@ import math
 import sys
 import types
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -386,7 +387,7 @@ def check_feed_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.flo
         Case((x_strided, *_ffn_weights(gen, d_model, d_ff, dtype)), sizes3, names, "a non-contiguous x"),
     ]
     check_function(fn, name="feed_forward", reference=ref.feed_forward, cases=cases, mistakes=FFN_MISTAKES,
-                   forbidden=_REFERENCE)
+                   forbidden=_REFERENCE, prerequisites=MappingProxyType({"gelu": (check_gelu, "exercise 1")}))
 
 
 def check_swiglu_ffn(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -454,7 +455,8 @@ def check_moe_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.floa
              {"T": T, "d_model": d_model, "n_experts": n_experts}, names, f"2-D input, SwiGLU experts, k={other_k}"),
     ]
     check_function(fn, name="moe_forward", reference=ref.moe_forward, cases=cases, mistakes=MOE_MISTAKES,
-                   forbidden=_MOE_REFERENCE)
+                   forbidden=_MOE_REFERENCE,
+                   prerequisites=MappingProxyType({"top_k_route": (check_top_k_route, "exercise 6")}))
 
 
 # ---------------------------------------------------------------------------------------------

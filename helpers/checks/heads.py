@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .. import heads as ref
 from ..attention import causal_mask, padding_mask, scaled_dot_product_attention
+from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
     CheckFailed,
@@ -380,6 +381,11 @@ def check_merge_heads(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.floa
 # Checks: attention with heads
 # ---------------------------------------------------------------------------------------------
 
+# Exercises 3 and 4 may call the learner's own split_heads and merge_heads: when they fail and one
+# of those fails its own check, the message names exercise 1 or 2 as the place to fix first.
+_HEAD_PREREQUISITES = MappingProxyType({"split_heads": (check_split_heads, "exercise 1"),
+                                        "merge_heads": (check_merge_heads, "exercise 2")})
+
 
 def _attention_diagnose(got: Any, expected: Any, case: Case) -> str | None:
     if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], torch.Tensor):
@@ -394,6 +400,7 @@ def _attention_diagnose(got: Any, expected: Any, case: Case) -> str | None:
     return None
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                                B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
     """multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads, mask=None) -> (out, weights)."""
@@ -413,9 +420,10 @@ def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = t
     ]
     check_function(fn, name="multi_head_attention", reference=ref.multi_head_attention, cases=cases,
                    outputs=("output", "weights"), mistakes=MHA_MISTAKES, forbidden=_REFERENCE + _TORCH_MHA,
-                   diagnose=_attention_diagnose)
+                   diagnose=_attention_diagnose, prerequisites=_HEAD_PREREQUISITES)
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_grouped_query_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                                   B: int = 3, T: int = 5, H: int = 6, H_kv: int = 2, d_head: int = 4) -> None:
     """grouped_query_attention(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None) -> (out, weights).
@@ -440,7 +448,8 @@ def check_grouped_query_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype 
     ]
     check_function(fn, name="grouped_query_attention", reference=ref.grouped_query_attention, cases=cases,
                    outputs=("output", "weights"), mistakes=GQA_MISTAKES,
-                   forbidden=_REFERENCE + _TORCH_MHA + _TORCH_SDPA, diagnose=_attention_diagnose)
+                   forbidden=_REFERENCE + _TORCH_MHA + _TORCH_SDPA, diagnose=_attention_diagnose,
+                   prerequisites=_HEAD_PREREQUISITES)
 
 
 # ---------------------------------------------------------------------------------------------

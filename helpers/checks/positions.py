@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 
 from .. import positions as ref
 from ..attention import scaled_dot_product_attention
+from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
     CheckFailed,
@@ -441,7 +443,8 @@ def check_add_positions(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.fl
     ]
     with torch.no_grad():
         check_function(fn, name="add_positions", reference=_reference_add_positions, cases=cases,
-                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=())
+                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=(),
+                       prerequisites=MappingProxyType({"sinusoidal_table": (check_sinusoidal_table, "exercise 1")}))
 
 
 def _reference_rope(x, offset=0):
@@ -470,6 +473,7 @@ def _reference_rope_attention(q, k, v):
     return scaled_dot_product_attention(ref.apply_rope(q, start), ref.apply_rope(k, 0), v, mask)
 
 
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
                          T_k: int = 7, d_head: int = 4) -> None:
     """rope_attention(q, k, v) -> (out, weights): causal attention, q and k rotated by their positions.
@@ -489,7 +493,8 @@ def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.f
     cases = [case(T_k, "T_q = T_k: the whole sequence"), case(3, "T_q = 3: the last 3 tokens"),
              case(1, "T_q = 1: one new token at position T_k - 1")]
     check_function(fn, name="rope_attention", reference=_reference_rope_attention, cases=cases,
-                   outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=())
+                   outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=(),
+                   prerequisites=MappingProxyType({"apply_rope": (check_apply_rope, "exercise 3")}))
 
 
 def _as_verdict(name: str, value: Any, what: str) -> bool:

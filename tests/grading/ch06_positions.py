@@ -15,7 +15,8 @@ STUDENTS = {
     "sin_cos_swapped": Submission(
         {"ex1-answer": lambda source: source.replace("pe[:, 0::2] = torch.sin(angles)", "pe[:, 0::2] = torch.cos(angles)")
                                             .replace("pe[:, 1::2] = torch.cos(angles)", "pe[:, 1::2] = torch.sin(angles)")},
-        {"ex1", "ex2"}, _msg(checks.SINUSOIDAL_MISTAKES, "sin_cos_swapped")),
+        # ex2's feedback names exercise 1 (core.check_function's prerequisites) and quotes its message
+        {"ex1", "ex2"}, "add_positions uses your `sinusoidal_table` from exercise 1, which is not right yet"),
     "positions_after_attention": Submission(
         {"ex2-answer": replace("return attn(x + pe)", "return attn(x) + pe")},
         {"ex2"}, _msg(checks.ADD_POSITIONS_MISTAKES, "positions_after_attention")),
