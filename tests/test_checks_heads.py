@@ -138,6 +138,52 @@ def test_right_weights_wrong_output_is_explained():
         checks.check_multi_head_attention(no_merge_projection_bias)
 
 
+def _mha_with(*, v_weight=None, heads_order=None, v_factor=1.0, q_factor=1.0):
+    """loops.multi_head_attention's steps written out, with one step changed."""
+    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        B, T, d_model = x.shape
+        d = d_model // n_heads
+        q = (x @ w_q.T * q_factor).reshape(B, T, n_heads, d).transpose(1, 2)
+        k = (x @ w_k.T).reshape(B, T, n_heads, d).transpose(1, 2)
+        v = (x @ (w_v if v_weight is None else v_weight(w_q, w_k, w_v)).T * v_factor).reshape(B, T, n_heads, d).transpose(1, 2)
+        out, weights = chapter01_attention(q, k, v, mask)
+        if heads_order is not None:
+            out = out[:, heads_order(n_heads)]
+        return out.transpose(1, 2).reshape(B, T, d_model) @ w_o.T, weights
+    return mha
+
+
+def test_v_projected_with_the_wrong_weight_is_never_blamed_on_the_merge():
+    """The known bug of issue 12: V projected with w_k gave 'check the merge and W_O'."""
+    for pick, named in ((lambda w_q, w_k, w_v: w_k, "V is projected with w_k"),
+                        (lambda w_q, w_k, w_v: w_q, "V is projected with w_q")):
+        with pytest.raises(CheckFailed) as info:
+            checks.check_multi_head_attention(_mha_with(v_weight=pick))
+        assert named in str(info.value) and "merge" not in str(info.value)
+
+
+def test_an_unprobed_step_after_the_weights_names_every_candidate_including_v():
+    with pytest.raises(CheckFailed) as info:
+        checks.check_multi_head_attention(_mha_with(v_weight=lambda w_q, w_k, w_v: w_v + 0.5 * w_k))
+    assert "a step after the weights is wrong: V's projection" in str(info.value)
+
+
+def test_heads_merged_into_the_wrong_places_are_pinned_from_the_output():
+    with pytest.raises(CheckFailed, match="each head's output .* right, but the merge puts them in the wrong places"):
+        checks.check_multi_head_attention(_mha_with(heads_order=lambda H: list(range(H))[::-1]))
+
+
+def test_wrong_weights_point_at_the_steps_before_the_softmax():
+    with pytest.raises(CheckFailed, match="scores times 1.7: the scale is off"):  # q scaled: a temperature
+        checks.check_multi_head_attention(_mha_with(q_factor=1.7))
+    with pytest.raises(CheckFailed, match="already wrong, so the mistake is at or before the softmax"):
+        checks.check_multi_head_attention(_wrong_keys)
+
+
+def _wrong_keys(x, w_q, w_k, w_v, w_o, n_heads, mask=None):  # K projected with a blend of two weights
+    return _mha_with()(x, w_q, w_k + 0.3 * w_v, w_v, w_o, n_heads, mask)
+
+
 def test_merge_with_view_after_transpose_reports_the_error():
     def with_view(x):
         B, H, T, d = x.shape

@@ -62,5 +62,5 @@ WRONG = [
     Wrong("split_heads", "heads_reversed", _split_heads_reversed, r"wrong places"),
     Wrong("merge_heads", "heads_reversed", lambda x: x.flip(1).transpose(1, 2).reshape(x.shape[0], x.shape[2], -1),
           r"wrong places"),
-    Wrong("attention_param_count", "no_w_q", _params_no_q, r"W_Q", named=False),
+    Wrong("attention_param_count", "no_w_q", _params_no_q, r"W_Q"),
 ]
