@@ -340,3 +340,59 @@ def test_real_numbers_need_every_answer():
     del answers["kv_saving_gqa"]
     with pytest.raises(CheckFailed, match="needs an answer for kv_saving_gqa"):
         checks.check_real_model_numbers(**answers)
+
+
+# Which step each probe and catalogued mistake of exercises 3 and 4 changes: after the weights (V's
+# projection or heads, the merge, W_O), only the weights returned, or at or before the softmax.
+_AFTER = {"v_with_w_q", "v_with_w_k", "merge_interleaved", "v_kv_modulo", "merge_no_transpose", "no_output_projection",
+          "output_projection_untransposed"}
+_WEIGHTS_ONLY = {"weights_unmasked"}
+_SAYS = {"after": r"a step after the weights is wrong|the merge puts them in the wrong places",
+         "weights_only": r"the output is right but the weights returned are not",
+         "before": r"at or before the softmax|the scale is off|do not sum to 1"}
+
+
+def _gqa_cases():
+    """The cases check_grouped_query_attention builds (captured from its call of check_function)."""
+    captured = {}
+
+    def capture(fn, **kwargs):
+        captured.update(kwargs)
+
+    original = checks.check_function
+    object.__setattr__(checks, "check_function", capture)
+    try:
+        checks.check_grouped_query_attention(loops.grouped_query_attention)
+    finally:
+        object.__setattr__(checks, "check_function", original)
+    return captured["cases"]
+
+
+@pytest.mark.parametrize("wrong", [*checks.GQA_PROBES, *[m for m in checks.MHA_MISTAKES if m.key in _AFTER]],
+                         ids=lambda m: m.key)
+def test_the_diagnose_names_the_step_that_is_wrong_and_no_other(wrong):
+    """Diagnose on its own (as if no probe and no catalogued mistake had matched): every wrong answer whose
+    change lies after the weights is told so, every one whose weights are wrong is pointed before the softmax."""
+    stage = "after" if wrong.key in _AFTER else "weights_only" if wrong.key in _WEIGHTS_ONLY else "before"
+    impl = wrong.impl
+    if wrong in checks.MHA_MISTAKES:
+        impl = lambda x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None: wrong.impl(  # noqa: E731
+            x, w_q, w_k, w_v, w_o, n_heads, mask) if n_kv_heads == n_heads else reference.grouped_query_attention(
+            x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask)
+    said = []
+    for case in _gqa_cases():
+        try:
+            got = impl(*case.args)
+        except RuntimeError:
+            continue
+        expected = reference.grouped_query_attention(*case.args)
+        if got[1].shape != expected[1].shape or all(torch.allclose(g, e, rtol=1e-4, atol=1e-6)
+                                                    for g, e in zip(got, expected)):
+            continue  # another layout, or this case cannot show the mistake
+        message = checks._attention_diagnose(got, expected, case) or ""
+        said.append(message)
+        assert re.search(_SAYS[stage], message), (case.note, message)
+        for other, pattern in _SAYS.items():
+            if other != stage:
+                assert not re.search(pattern, message), (case.note, message)
+    assert said, "no case shows this mistake"

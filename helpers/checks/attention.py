@@ -283,7 +283,6 @@ SOFTMAX_PROBES = _probes.probes({
 SDPA_PROBES = _probes.probes({
     **{key: (message, _sdpa_scaled(f)) for key, (message, f) in _SCALES.items()},
     "out_scale": (_P["out_scale"], lambda q, k, v, mask=None: _probes.attention(q, k, v, mask, out_scale=True)),
-    "no_max_shift": (_P["no_max_shift"], lambda q, k, v, mask=None: _probes.attention(q, k, v, mask, shift=False)),
     "weights_unmasked": (_P["weights_unmasked"], _sdpa_unmasked_weights),
 })
 PROBES = {"attention_scores": SCORES_PROBES, "causal_mask": CAUSAL_PROBES, "padding_mask": PADDING_PROBES,

@@ -305,8 +305,11 @@ def _mha_of(gqa: Callable[..., Any]) -> Callable[..., Any]:
 
 MHA_PROBES = _probes.probes({key: (message, _mha_of(_gqa_variant(**how)))
                              for key, (message, how) in _HEAD_PROBES.items()})
+# In grouped-query attention w_q is (d_model, d_model) and w_k, w_v are (d_kv, d_model): mixing w_q with
+# the others cannot run there, so only K and V can be swapped.
 GQA_PROBES = _probes.probes({key: (message, _gqa_variant(**how))
-                             for key, (message, how) in {**_HEAD_PROBES, **_KV_PROBES}.items()})
+                             for key, (message, how) in {**_HEAD_PROBES, **_KV_PROBES}.items()
+                             if key not in _PROJ_PROBES or key in ("k_with_w_v", "v_with_w_k")})
 PROBES = {"multi_head_attention": MHA_PROBES, "grouped_query_attention": GQA_PROBES}
 
 
@@ -486,6 +489,11 @@ def _attention_diagnose(got: Any, expected: Any, case: Case) -> str | None:
     if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], torch.Tensor):
         return None
     w_got, w_exp = got[1].detach().cpu(), expected[1].detach().cpu()
+    out_got, out_exp = got[0], expected[0]
+    if (isinstance(out_got, torch.Tensor) and out_got.shape == out_exp.shape
+            and torch.allclose(out_got.detach().cpu().double(), out_exp.double(), rtol=1e-4, atol=1e-6)):
+        return ("the output is right but the weights returned are not: return the weights the output was computed "
+                "with, one (B, H, T, T) pattern per head, after the mask and the softmax")
     if w_got.shape == w_exp.shape and w_got.dtype == w_exp.dtype and torch.allclose(w_got, w_exp, rtol=1e-4, atol=1e-6):
         if _merge_misplaced(got[0].detach().cpu(), w_exp, case):
             return ("the attention weights and each head's output (weights @ V) are right, but the merge puts them "
