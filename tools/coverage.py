@@ -68,17 +68,24 @@ def main() -> int:
         module = importlib.import_module(f"tests.uncatalogued.{chapter}")
         suite = importlib.import_module(f"tests.test_checks_{module.TOPIC}")
         functions, numeric = catalogued(suite.checks)
-        counts = {"named": 0, "not named": 0, "passed": 0}
-        for wrong in module.WRONG:
-            with contextlib.redirect_stdout(io.StringIO()):
-                result, message = outcome(suite, wrong)
-            counts[result] += 1
-            if args.details:
-                print(f"  {chapter} {wrong.check}/{wrong.key}: {result}: {message[:200]}")
-        rows.append((chapter, functions, numeric, len(module.WRONG), counts))
-    print(f"{'chapter':16} {'catalogued':>10} {'+numeric':>8} {'uncatalogued':>12} {'named':>6} {'passed!':>7}")
-    for chapter, functions, numeric, n, counts in rows:
-        print(f"{chapter:16} {functions:>10} {numeric:>8} {n:>12} {counts['named']:>6} {counts['passed']:>7}")
+        counts = {}
+        for group in ("WRONG", "HELD_OUT"):
+            tally = counts[group] = {"named": 0, "not named": 0, "passed": 0, "total": 0}
+            for wrong in getattr(module, group, ()):
+                with contextlib.redirect_stdout(io.StringIO()):
+                    result, message = outcome(suite, wrong)
+                tally[result] += 1
+                tally["total"] += 1
+                if args.details:
+                    print(f"  {chapter} {group.lower()} {wrong.check}/{wrong.key}: {result}: {message[:200]}")
+        rows.append((chapter, functions, numeric, counts))
+    print(f"{'chapter':16} {'catalogued':>10} {'+numeric':>8} {'uncatalogued named':>19} {'held-out named':>15} "
+          f"{'passed!':>7}")
+    for chapter, functions, numeric, counts in rows:
+        wrong, held = counts["WRONG"], counts["HELD_OUT"]
+        held_cell = f"{held['named']}/{held['total']}" if held["total"] else "-"
+        print(f"{chapter:16} {functions:>10} {numeric:>8} {wrong['named']:>10}/{wrong['total']:<8} {held_cell:>15} "
+              f"{wrong['passed'] + held['passed']:>7}")
     return 0
 
 

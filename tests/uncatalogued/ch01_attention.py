@@ -54,3 +54,25 @@ WRONG = [
     Wrong("scaled_dot_product_attention", "scale_sqrt_T_q", _sdpa(scale=lambda q, k: q.shape[-2] ** -0.5),
           r"T_q"),
 ]
+
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+
+def _sdpa_extra(style):
+    def sdpa(q, k, v, mask=None):
+        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        if mask is not None:
+            scores = scores + mask.to(scores.dtype) if style == "additive_bool" else scores.masked_fill(~mask, float("-inf"))
+        weights = torch.nan_to_num(torch.softmax(scores * (2 if style == "squared" else 1), dim=-1), nan=0.0)
+        return weights @ v, weights
+    return sdpa
+
+
+HELD_OUT = [
+    Wrong("scaled_dot_product_attention", "temperature_2", _sdpa_extra("squared"), r"times 2|scale"),
+    Wrong("scaled_dot_product_attention", "additive_bool_mask", _sdpa_extra("additive_bool"), r"blocked"),
+    Wrong("causal_mask", "batched", lambda T: torch.ones(T, T, dtype=torch.bool).tril()[None], r"shape"),
+    Wrong("attention_scores", "plus_small_bias", lambda q, k: q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + 0.01,
+          r"bias|added|constant", named=False),
+]

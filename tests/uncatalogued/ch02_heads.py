@@ -64,3 +64,30 @@ WRONG = [
           r"wrong places"),
     Wrong("attention_param_count", "no_w_q", _params_no_q, r"W_Q"),
 ]
+
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+
+def _mha_extra(style):
+    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        B, T, d_model = x.shape
+        d = d_model // n_heads
+        q, k, v = ((x @ w.T).view(B, T, n_heads, d).transpose(1, 2) for w in (w_q, w_k, w_v))
+        if style == "v_head0":
+            v = v[:, :1].expand_as(v)
+        scale = (d_model / 2) ** -0.5 if style == "half_width" else d ** -0.5
+        scores = q @ k.transpose(-2, -1) * scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+        out = (weights @ v).transpose(1, 2).reshape(B, T, d_model) @ w_o.T
+        return (out + x if style == "residual" else out), weights
+    return mha
+
+
+HELD_OUT = [
+    Wrong("multi_head_attention", "residual_added", _mha_extra("residual"), r"after the weights"),
+    Wrong("multi_head_attention", "scale_half_width", _mha_extra("half_width"), r"scale"),
+    Wrong("multi_head_attention", "v_of_head_0", _mha_extra("v_head0"), r"after the weights|V"),
+]

@@ -58,7 +58,20 @@ WRONG = [
     Wrong("feed_forward", "silu", _ffn(act=lambda h: h * torch.sigmoid(h)), r"SiLU"),
     Wrong("swiglu_ffn", "relu_gate", _swiglu(lambda g, u: g.clamp(min=0) * u), r"ReLU"),
     Wrong("swiglu_ffn", "up_ignored", _swiglu(lambda g, u: g * torch.sigmoid(g) * g), r"up"),
-    Wrong("top_k_route", "indices_sorted", _route_ascending, r"order|align|sort"),
+    Wrong("top_k_route", "indices_sorted", _route_ascending, r"order|align|sort", named=False),
     Wrong("moe_forward", "logit_weights", _moe(lambda v, logits, idx: v), r"softmax"),
     Wrong("moe_forward", "sigmoid_weights", _moe(lambda v, logits, idx: torch.sigmoid(v)), r"softmax"),
+]
+
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+HELD_OUT = [
+    Wrong("gelu", "odd_extension", lambda x, approximate="none": torch.sign(x) * _gelu(x.abs()), r"negative|odd|sign",
+          named=False),
+    Wrong("feed_forward", "residual_added", lambda x, w1, b1, w2, b2: x + _ffn()(x, w1, b1, w2, b2), r"residual|x \+",
+          named=False),
+    Wrong("swiglu_ffn", "halved", _swiglu(lambda g, u: 0.5 * g * torch.sigmoid(g) * u), r"times 0.5"),
+    Wrong("moe_forward", "weights_squared", _moe(lambda v, logits, idx: torch.softmax(v, -1) ** 2), r"softmax|weight",
+          named=False),
 ]

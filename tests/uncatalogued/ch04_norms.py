@@ -45,3 +45,18 @@ WRONG = [
     Wrong("pre_ln_block", "attn_twice",
           lambda x, attn, ffn, norm1, norm2: (h := x + attn(norm1(x))) + attn(norm2(h)), r"ffn|attn"),
 ]
+
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today. Two catalogued mistakes at once must not be
+# named as one of them.
+
+HELD_OUT = [
+    Wrong("layer_norm", "unbiased_and_eps_outside",
+          lambda x, gamma, beta, eps=1e-5: (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + eps) * gamma
+          + beta, r"unbiased.*eps|eps.*unbiased", named=False),
+    Wrong("rms_norm", "gamma_inside", _rms(spread=lambda x, eps: x.pow(2).mean(-1, keepdim=True).add(eps).sqrt(),
+                                           affine=lambda y, g: y * g * g), r"gamma", named=False),
+    Wrong("pre_ln_block", "half_residual",
+          lambda x, attn, ffn, norm1, norm2: (h := x + 0.5 * attn(norm1(x))) + ffn(norm2(h)), r"0\.5|half|residual",
+          named=False),
+]
