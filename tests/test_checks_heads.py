@@ -396,3 +396,13 @@ def test_the_diagnose_names_the_step_that_is_wrong_and_no_other(wrong):
             if other != stage:
                 assert not re.search(pattern, message), (case.note, message)
     assert said, "no case shows this mistake"
+
+
+def test_two_mistakes_at_once_name_no_probe_but_the_first_wrong_step():
+    """No scale and V projected with w_k: neither probe alone is what happened, so neither is named; the
+    weights already show the missing scale (a temperature of sqrt(d_head) = 2)."""
+    with pytest.raises(CheckFailed) as info:
+        checks.check_multi_head_attention(_mha_with(q_factor=2.0, v_weight=lambda w_q, w_k, w_v: w_k))
+    message = str(info.value)
+    assert "scores times 2: the scale is off" in message
+    assert not [p.key for p in checks.MHA_PROBES if p.message in message]

@@ -8,7 +8,11 @@ and on failure raises `CheckFailed` with one specific sentence:
   (B, T_q, T_k) = (2, 5, 7)";
 * the name of a known mistake when the output equals that mistake's output (each chapter keeps a
   catalogue of them: softmax over the wrong axis, a missing 1/sqrt(d_k), ...);
-* otherwise the first symptom found (NaN, wrong dtype, the largest difference and where).
+* else the name of a probe, a systematic variant of the reference (another scale, a swapped
+  projection, a shifted position: helpers/checks/probes.py), when the output clearly is that variant
+  (`closest_probe`), or a constant factor;
+* otherwise the first symptom found (which intermediate went wrong first, NaN, wrong dtype, the
+  largest difference and where).
 
 Checks run in the learner's kernel, where the learner's code could replace anything, so they
 defend themselves:
