@@ -26,13 +26,48 @@ def _mistakes():
                 yield pytest.param(topic, name, mistake, id=f"{topic}-{name}-{mistake.key}")
 
 
+def _named(suite, name):
+    """Every message a check can name a wrong answer with: its catalogue and its probes."""
+    return [*suite.checks.MISTAKES.get(name, ()), *getattr(suite.checks, "PROBES", {}).get(name, ())]
+
+
+def _others_named(suite, name, mistake, message):
+    """The messages of the check's other mistakes and probes that appear in `message` (a message that is
+    part of this mistake's own is not counted: it cannot be told apart by text)."""
+    return [other.key for other in _named(suite, name)
+            if other.message != mistake.message and other.message not in mistake.message
+            and other.message in message]
+
+
 @pytest.mark.parametrize("topic, name, mistake", list(_mistakes()))
 @pytest.mark.parametrize("variant", ["visible", "hidden"])
-def test_every_catalogued_mistake_is_named(topic, name, mistake, variant):
+def test_every_catalogued_mistake_is_named_and_no_other(topic, name, mistake, variant):
+    """The confusion test: mistake A fed to its check gets A's message, and no other mistake's or
+    probe's message of that check."""
     suite = SUITES[topic]
     with pytest.raises(CheckFailed) as info:
         suite.CHECKS[name](mistake.impl, **(suite.HIDDEN[name] if variant == "hidden" else {}))
     assert mistake.message in str(info.value)
+    assert not _others_named(suite, name, mistake, str(info.value))
+
+
+def _probes():
+    for topic, suite in SUITES.items():
+        for name, probes in getattr(suite.checks, "PROBES", {}).items():
+            for probe in probes:
+                yield pytest.param(topic, name, probe, id=f"{topic}-{name}-{probe.key}")
+
+
+@pytest.mark.parametrize("topic, name, probe", list(_probes()))
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_every_probe_is_named_and_no_other(topic, name, probe, variant):
+    """A probe's variant fed to its check gets the probe's message (not a catalogued mistake's: a probe
+    that equals a catalogued mistake is redundant), and no other probe's."""
+    suite = SUITES[topic]
+    with pytest.raises(CheckFailed) as info:
+        suite.CHECKS[name](probe.impl, **(suite.HIDDEN[name] if variant == "hidden" else {}))
+    assert probe.message in str(info.value)
+    assert not _others_named(suite, name, probe, str(info.value))
 
 
 @pytest.mark.parametrize("topic", SUITES)

@@ -103,6 +103,12 @@ def test_exception_inside_answer_names_the_inputs():
 
 def test_uncatalogued_error_reports_the_first_difference():
     with pytest.raises(CheckFailed, match=r"output differs from the reference in 60 of 60 entries"):
+        checks.check_feed_forward(lambda x, w1, b1, w2, b2: loops.feed_forward(x, w1, b1, w2, b2)
+                                  + 0.05 * torch.cos(7 * x[..., :1]))
+
+
+def test_an_output_off_by_a_constant_factor_is_named_as_such():
+    with pytest.raises(CheckFailed, match=r"output is the right answer times 1.01 everywhere"):
         checks.check_feed_forward(lambda x, w1, b1, w2, b2: loops.feed_forward(x, w1, b1, w2, b2) * 1.01)
 
 

@@ -138,6 +138,52 @@ def test_right_weights_wrong_output_is_explained():
         checks.check_multi_head_attention(no_merge_projection_bias)
 
 
+def _mha_with(*, v_weight=None, heads_order=None, v_factor=1.0, q_factor=1.0):
+    """loops.multi_head_attention's steps written out, with one step changed."""
+    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        B, T, d_model = x.shape
+        d = d_model // n_heads
+        q = (x @ w_q.T * q_factor).reshape(B, T, n_heads, d).transpose(1, 2)
+        k = (x @ w_k.T).reshape(B, T, n_heads, d).transpose(1, 2)
+        v = (x @ (w_v if v_weight is None else v_weight(w_q, w_k, w_v)).T * v_factor).reshape(B, T, n_heads, d).transpose(1, 2)
+        out, weights = chapter01_attention(q, k, v, mask)
+        if heads_order is not None:
+            out = out[:, heads_order(n_heads)]
+        return out.transpose(1, 2).reshape(B, T, d_model) @ w_o.T, weights
+    return mha
+
+
+def test_v_projected_with_the_wrong_weight_is_never_blamed_on_the_merge():
+    """The known bug of issue 12: V projected with w_k gave 'check the merge and W_O'."""
+    for pick, named in ((lambda w_q, w_k, w_v: w_k, "V is projected with w_k"),
+                        (lambda w_q, w_k, w_v: w_q, "V is projected with w_q")):
+        with pytest.raises(CheckFailed) as info:
+            checks.check_multi_head_attention(_mha_with(v_weight=pick))
+        assert named in str(info.value) and "merge" not in str(info.value)
+
+
+def test_an_unprobed_step_after_the_weights_names_every_candidate_including_v():
+    with pytest.raises(CheckFailed) as info:
+        checks.check_multi_head_attention(_mha_with(v_weight=lambda w_q, w_k, w_v: w_v + 0.5 * w_k))
+    assert "a step after the weights is wrong: V's projection" in str(info.value)
+
+
+def test_heads_merged_into_the_wrong_places_are_pinned_from_the_output():
+    with pytest.raises(CheckFailed, match="each head's output .* right, but the merge puts them in the wrong places"):
+        checks.check_multi_head_attention(_mha_with(heads_order=lambda H: list(range(H))[::-1]))
+
+
+def test_wrong_weights_point_at_the_steps_before_the_softmax():
+    with pytest.raises(CheckFailed, match="scores times 1.7: the scale is off"):  # q scaled: a temperature
+        checks.check_multi_head_attention(_mha_with(q_factor=1.7))
+    with pytest.raises(CheckFailed, match="already wrong, so the mistake is at or before the softmax"):
+        checks.check_multi_head_attention(_wrong_keys)
+
+
+def _wrong_keys(x, w_q, w_k, w_v, w_o, n_heads, mask=None):  # K projected with a blend of two weights
+    return _mha_with()(x, w_q, w_k + 0.3 * w_v, w_v, w_o, n_heads, mask)
+
+
 def test_merge_with_view_after_transpose_reports_the_error():
     def with_view(x):
         B, H, T, d = x.shape
@@ -294,3 +340,69 @@ def test_real_numbers_need_every_answer():
     del answers["kv_saving_gqa"]
     with pytest.raises(CheckFailed, match="needs an answer for kv_saving_gqa"):
         checks.check_real_model_numbers(**answers)
+
+
+# Which step each probe and catalogued mistake of exercises 3 and 4 changes: after the weights (V's
+# projection or heads, the merge, W_O), only the weights returned, or at or before the softmax.
+_AFTER = {"v_with_w_q", "v_with_w_k", "merge_interleaved", "v_kv_modulo", "merge_no_transpose", "no_output_projection",
+          "output_projection_untransposed"}
+_WEIGHTS_ONLY = {"weights_unmasked"}
+_SAYS = {"after": r"a step after the weights is wrong|the merge puts them in the wrong places",
+         "weights_only": r"the output is right but the weights returned are not",
+         "before": r"at or before the softmax|the scale is off|do not sum to 1"}
+
+
+def _gqa_cases():
+    """The cases check_grouped_query_attention builds (captured from its call of check_function)."""
+    captured = {}
+
+    def capture(fn, **kwargs):
+        captured.update(kwargs)
+
+    original = checks.check_function
+    object.__setattr__(checks, "check_function", capture)
+    try:
+        checks.check_grouped_query_attention(loops.grouped_query_attention)
+    finally:
+        object.__setattr__(checks, "check_function", original)
+    return captured["cases"]
+
+
+@pytest.mark.parametrize("wrong", [*checks.GQA_PROBES, *[m for m in checks.MHA_MISTAKES if m.key in _AFTER]],
+                         ids=lambda m: m.key)
+def test_the_diagnose_names_the_step_that_is_wrong_and_no_other(wrong):
+    """Diagnose on its own (as if no probe and no catalogued mistake had matched): every wrong answer whose
+    change lies after the weights is told so, every one whose weights are wrong is pointed before the softmax."""
+    stage = "after" if wrong.key in _AFTER else "weights_only" if wrong.key in _WEIGHTS_ONLY else "before"
+    impl = wrong.impl
+    if wrong in checks.MHA_MISTAKES:
+        impl = lambda x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None: wrong.impl(  # noqa: E731
+            x, w_q, w_k, w_v, w_o, n_heads, mask) if n_kv_heads == n_heads else reference.grouped_query_attention(
+            x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask)
+    said = []
+    for case in _gqa_cases():
+        try:
+            got = impl(*case.args)
+        except RuntimeError:
+            continue
+        expected = reference.grouped_query_attention(*case.args)
+        if got[1].shape != expected[1].shape or all(torch.allclose(g, e, rtol=1e-4, atol=1e-6)
+                                                    for g, e in zip(got, expected)):
+            continue  # another layout, or this case cannot show the mistake
+        message = checks._attention_diagnose(got, expected, case) or ""
+        said.append(message)
+        assert re.search(_SAYS[stage], message), (case.note, message)
+        for other, pattern in _SAYS.items():
+            if other != stage:
+                assert not re.search(pattern, message), (case.note, message)
+    assert said, "no case shows this mistake"
+
+
+def test_two_mistakes_at_once_name_no_probe_but_the_first_wrong_step():
+    """No scale and V projected with w_k: neither probe alone is what happened, so neither is named; the
+    weights already show the missing scale (a temperature of sqrt(d_head) = 2)."""
+    with pytest.raises(CheckFailed) as info:
+        checks.check_multi_head_attention(_mha_with(q_factor=2.0, v_weight=lambda w_q, w_k, w_v: w_k))
+    message = str(info.value)
+    assert "scores times 2: the scale is off" in message
+    assert not [p.key for p in checks.MHA_PROBES if p.message in message]

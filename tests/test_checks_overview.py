@@ -368,3 +368,29 @@ def test_budget_answers_agree_with_the_reference_arithmetic():
         "max_chunks": reference.largest_retrieved_context(8192, chunk_tokens=520, system=600, user=400,
                                                           output=1000) // 520,
     }
+
+
+def test_a_list_result_says_what_it_has_in_common_with_the_right_one():
+    with pytest.raises(CheckFailed, match="that is the right result in reverse order"):
+        checks.check_char_tokenizer(lambda text, vocab: [vocab.index(c) for c in reversed(text)], loops.char_decode)
+    with pytest.raises(CheckFailed, match="the last element is missing"):
+        checks.check_char_tokenizer(lambda text, vocab: [vocab.index(c) for c in text[:-1]], loops.char_decode)
+
+
+def test_a_wrong_pair_is_not_called_reversed():
+    """(2, 1) for (1, 2) is what the least frequent pair gives on the first list: no 'reverse order' there."""
+    def least_frequent(ids):
+        counts = {}
+        for pair in zip(ids, ids[1:]):
+            counts[pair] = counts.get(pair, 0) + 1
+        return min(counts, key=lambda p: (counts[p], p))
+
+    with pytest.raises(CheckFailed) as info:
+        checks.check_most_frequent_pair(least_frequent)
+    assert "returned (2, 1)" in str(info.value) and "reverse" not in str(info.value)
+
+
+def test_lm_forward_probes_name_the_tour_step():
+    with pytest.raises(CheckFailed, match=r"position rows are shifted by one"):
+        checks.check_lm_forward(lambda ids, wte, wpe, blocks, final_norm: loops.lm_forward(
+            ids, wte, None if wpe is None else wpe[1:], blocks, final_norm))

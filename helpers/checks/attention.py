@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attention as ref
+from . import probes as _probes
 from .conventions import key_padding_advice
 from .core import Case, CheckFailed, Mistake, check_function, check_numbers, protect
 from .core import randn as _randn
@@ -220,6 +221,77 @@ MISTAKES = {
 
 
 # ---------------------------------------------------------------------------------------------
+# Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
+# ---------------------------------------------------------------------------------------------
+
+_P = {
+    "no_max_shift": (
+        "the softmax overflows: exp of a large score is inf, and inf / inf is NaN; subtract each row's "
+        "maximum before exp (softmax(s) = softmax(s - max s)), or use torch.softmax, which does"),
+    "log_softmax": (
+        "these are log-probabilities (log_softmax); the weights are the softmax itself, each allowed "
+        "row summing to 1"),
+    "out_scale": (
+        "the output is divided by sqrt(d_k) instead of the scores: the scale goes inside the softmax, "
+        "softmax(Q Kᵀ / sqrt(d_k)) V"),
+    "weights_unmasked": (
+        "the weights returned are the softmax before masking, while the output uses masked ones; return "
+        "the masked weights"),
+}
+
+
+def _log_softmax(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    out = torch.log_softmax(s.masked_fill(~m, NEG_INF), dim=-1)
+    return torch.where(m.expand(out.shape), out, torch.zeros((), dtype=out.dtype))
+
+
+def _sdpa_unmasked_weights(q, k, v, mask=None):
+    out, _ = _probes.attention(q, k, v, mask)
+    return out, _probes.attention(q, k, v)[1]
+
+
+_SCALES = _probes.scale_variants("d_k")
+
+def _scores_scaled(scale: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[..., torch.Tensor]:
+    return lambda q, k: q @ k.transpose(-2, -1) * scale(q, k)
+
+
+def _sdpa_scaled(scale: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[..., Any]:
+    return lambda q, k, v, mask=None: _probes.attention(q, k, v, mask, scale=scale)
+
+
+SCORES_PROBES = _probes.probes({key: (message, _scores_scaled(f)) for key, (message, f) in _SCALES.items()})
+CAUSAL_PROBES = _probes.probes({
+    "one_future_token": ("each token may also see the next one (tril(1)); the causal mask allows the "
+                         "diagonal and below: tril(), True where key <= query",
+                         lambda T: torch.ones(T, T, dtype=torch.bool).tril(1)),
+    "diagonal_only": ("only the diagonal is allowed, so each token sees itself alone; a causal mask allows "
+                      "every earlier token too: tril()", lambda T: torch.eye(T, dtype=torch.bool)),
+})
+PADDING_PROBES = _probes.probes({
+    "last_real_key_blocked": ("the last real key is blocked: key position length - 1 is a real token; the "
+                              "valid keys are 0 .. length-1 (position < length)",
+                              lambda lengths, T: (torch.arange(T)[None, :] < torch.as_tensor(lengths)[:, None] - 1)[:, None, :]),
+    "left_padded": ("the mask keeps the last `length` positions (left padding); the sequences here are "
+                    "padded on the right, so the real keys are positions 0 .. length-1",
+                    lambda lengths, T: (torch.arange(T)[None, :] >= T - torch.as_tensor(lengths)[:, None])[:, None, :]),
+})
+SOFTMAX_PROBES = _probes.probes({
+    "no_max_shift": (_P["no_max_shift"], lambda s, m: _probes.masked_softmax(s, m, shift=False)),
+    "no_max_shift_nan_to_num": (_P["no_max_shift"],
+                                lambda s, m: torch.nan_to_num(_probes.masked_softmax(s, m, shift=False), nan=0.0)),
+    "log_softmax": (_P["log_softmax"], _log_softmax),
+})
+SDPA_PROBES = _probes.probes({
+    **{key: (message, _sdpa_scaled(f)) for key, (message, f) in _SCALES.items()},
+    "out_scale": (_P["out_scale"], lambda q, k, v, mask=None: _probes.attention(q, k, v, mask, out_scale=True)),
+    "weights_unmasked": (_P["weights_unmasked"], _sdpa_unmasked_weights),
+})
+PROBES = {"attention_scores": SCORES_PROBES, "causal_mask": CAUSAL_PROBES, "padding_mask": PADDING_PROBES,
+          "masked_softmax": SOFTMAX_PROBES, "scaled_dot_product_attention": SDPA_PROBES}
+
+
+# ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
 
@@ -258,14 +330,14 @@ def check_attention_scores(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch
              ("q", "k"), "4-D input with a head axis"),
     ]
     check_function(fn, name="attention_scores", reference=ref.attention_scores, cases=cases,
-                   outputs=("scores",), mistakes=SCORES_MISTAKES, forbidden=_REFERENCE)
+                   outputs=("scores",), mistakes=SCORES_MISTAKES, forbidden=_REFERENCE, probes=SCORES_PROBES)
 
 
 def check_causal_mask(fn: Any, *, sizes: Sequence[int] = (6, 1)) -> None:
     """causal_mask(T) -> (T, T) bool, True on and below the diagonal."""
     cases = [Case((T,), {"T": T}, ("T",), f"T={T}") for T in sizes]
     check_function(fn, name="causal_mask", reference=ref.causal_mask, cases=cases,
-                   outputs=("mask",), mistakes=CAUSAL_MISTAKES, forbidden=_REFERENCE)
+                   outputs=("mask",), mistakes=CAUSAL_MISTAKES, forbidden=_REFERENCE, probes=CAUSAL_PROBES)
 
 
 def check_apply_mask(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -280,7 +352,18 @@ def check_apply_mask(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
              dict(B=B, T_q=T_q, T_k=T_k), ("scores", "mask"), "padding mask (B, 1, T_k)"),
     ]
     check_function(fn, name="apply_mask", reference=ref.apply_mask, cases=cases,
-                   outputs=("masked scores",), mistakes=APPLY_MASK_MISTAKES, forbidden=_REFERENCE)
+                   outputs=("masked scores",), mistakes=APPLY_MASK_MISTAKES, forbidden=_REFERENCE,
+                   diagnose=_apply_mask_symptom)
+
+
+def _apply_mask_symptom(got: Any, expected: Any, case: Case) -> str | None:
+    """Blocked scores filled with some finite number (not the catalogued -1e9)."""
+    blocked = ~case.args[1].expand(got.shape)
+    values = got.detach().cpu()[blocked.cpu()]
+    if values.numel() and bool(torch.isfinite(values).all()) and bool((values == values[0]).all()):
+        return (f"blocked scores are set to {values[0].item():.6g}, a finite number; set them to float('-inf'), "
+                f"which gives exactly zero weight after the softmax")
+    return None
 
 
 def check_padding_mask(fn: Any, *, lengths: Sequence[int] = (5, 2, 3), T: int = 5) -> None:
@@ -289,7 +372,7 @@ def check_padding_mask(fn: Any, *, lengths: Sequence[int] = (5, 2, 3), T: int = 
     sizes = dict(B=len(lengths), T=T)
     cases = [Case((lengths_t, T), sizes, ("lengths", "T"), f"lengths={list(lengths)}, T={T}")]
     check_function(fn, name="padding_mask", reference=ref.padding_mask, cases=cases,
-                   outputs=("mask",), mistakes=PADDING_MISTAKES, forbidden=_REFERENCE)
+                   outputs=("mask",), mistakes=PADDING_MISTAKES, forbidden=_REFERENCE, probes=PADDING_PROBES)
 
 
 def _weights_symptom(weights: Any, mask: torch.Tensor | None, what: str = "weights") -> str | None:
@@ -324,8 +407,10 @@ def check_masked_softmax(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.f
              ("scores", "mask"), "padding mask (B, 1, T_k)"),
         Case((_randn(gen, B, T_q, T_k, dtype=dtype) * 3, _random_mask(gen, T_q, T_k, blocked_row=1)), sizes,
              ("scores", "mask"), "a (T_q, T_k) mask whose row 1 blocks every key"),
+        Case((_randn(gen, B, T_q, T_k, dtype=dtype) * 300, ref.padding_mask(_lengths(gen, B, T_k), T_k)), sizes,
+             ("scores", "mask"), "large scores, where exp overflows unless the row's maximum is subtracted first"),
     ]
-    check_function(fn, name="masked_softmax", reference=ref.masked_softmax, cases=cases,
+    check_function(fn, name="masked_softmax", reference=ref.masked_softmax, cases=cases, probes=SOFTMAX_PROBES,
                    outputs=("weights",), mistakes=SOFTMAX_MISTAKES, forbidden=_REFERENCE,
                    diagnose=lambda got, exp, case: _weights_symptom(got, case.args[1]),
                    prerequisites=MappingProxyType({"apply_mask": (check_apply_mask, "exercise 4")}))
@@ -370,11 +455,19 @@ def check_scaled_dot_product_attention(fn: Any, *, seed: int = 0, dtype: torch.d
         if symptom is None and isinstance(got[1], torch.Tensor) and got[1].shape == expected[1].shape \
                 and torch.allclose(got[1].detach().cpu().to(expected[1].dtype), expected[1], atol=1e-5):
             return "the weights are right but the output is not; the output is weights @ v"
+        if symptom is None and isinstance(got[1], torch.Tensor) and got[1].shape == expected[1].shape:
+            q, k = case.args[0], case.args[1]
+            c = _probes.softmax_temperature(got[1], q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), mask)
+            if c is not None:
+                return _probes.temperature_message(c, "d_k")
+            return ("the weights are wrong (while each allowed row sums to 1 and blocked keys get 0): the scores "
+                    "that go into the softmax are wrong, so check Q Kᵀ and its scale before the output")
         return symptom
 
     check_function(fn, name="scaled_dot_product_attention", reference=ref.scaled_dot_product_attention,
                    cases=cases, outputs=("output", "weights"), mistakes=SDPA_MISTAKES,
-                   forbidden=_REFERENCE + _TORCH_ATTENTION, diagnose=diagnose, prerequisites=_SDPA_PREREQUISITES)
+                   forbidden=_REFERENCE + _TORCH_ATTENTION, diagnose=diagnose, probes=SDPA_PROBES,
+                   prerequisites=_SDPA_PREREQUISITES)
 
 
 # ---------------------------------------------------------------------------------------------

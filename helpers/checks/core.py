@@ -8,7 +8,11 @@ and on failure raises `CheckFailed` with one specific sentence:
   (B, T_q, T_k) = (2, 5, 7)";
 * the name of a known mistake when the output equals that mistake's output (each chapter keeps a
   catalogue of them: softmax over the wrong axis, a missing 1/sqrt(d_k), ...);
-* otherwise the first symptom found (NaN, wrong dtype, the largest difference and where).
+* else the name of a probe, a systematic variant of the reference (another scale, a swapped
+  projection, a shifted position: helpers/checks/probes.py), when the output clearly is that variant
+  (`closest_probe`), or a constant factor;
+* otherwise the first symptom found (which intermediate went wrong first, NaN, wrong dtype, the
+  largest difference and where).
 
 Checks run in the learner's kernel, where the learner's code could replace anything, so they
 defend themselves:
@@ -52,6 +56,7 @@ __all__ = [
     "Case",
     "CheckFailed",
     "Mistake",
+    "Probe",
     "call_learner",
     "check_function",
     "check_numbers",
@@ -227,6 +232,15 @@ class Mistake:
 
     def __post_init__(self) -> None:
         _MISTAKE_IMPLS.add(self.impl)
+
+
+class Probe(Mistake):
+    """A systematic variant of the reference (another scale, a swapped input, a shifted position, ...).
+
+    Checked after the catalogue, and named only when the learner's output is clearly that variant
+    (`closest_probe`): equal to it within the course's tolerance, or far closer to it than to the
+    reference and to every other probe.
+    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,6 +492,91 @@ def _matching_mistake(got: Any, mistakes: Sequence[Mistake], case: Case, outputs
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Probing: naming a mistake that no catalogue lists
+# ---------------------------------------------------------------------------------------------
+
+# A probe is named when the learner's output equals it within the course's tolerance, or when both
+# (1) it lies within PROBE_NEAR of the probe (relative root-mean-square distance), and
+# (2) it is at least 1 / PROBE_MARGIN times closer to that probe than to the reference and to any
+#     other probe.
+# (2) keeps a probe from being blamed for an answer that is wrong in some other way (it is then about
+# as far from every variant); (1) keeps "the least wrong of many wrong variants" from being named.
+# Together they still name a probe's mistake with a small second slip on top (an eps, a rounding
+# order, a stray factor of 1.01): tests/test_probes.py pins both sides.
+PROBE_NEAR = 0.05
+PROBE_MARGIN = 0.1
+
+
+def _flat_outputs(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def output_distance(got: Any, reference: Any) -> float:
+    """Relative root-mean-square distance of `got` from `reference` over all their outputs (0 = equal,
+    inf = another layout, or NaN / infinities where the other has none)."""
+    if not _same_layout(got, reference):
+        return math.inf
+    num = den = 0.0
+    for g, e in zip(_flat_outputs(got), _flat_outputs(reference)):
+        g, e = g.detach().cpu(), e.detach().cpu()
+        if not e.is_floating_point():
+            num += float((g != e).sum())
+            den += float(e.numel())
+            continue
+        g, e = g.double(), e.double()
+        same_special = (torch.isnan(g) & torch.isnan(e)) | (torch.isinf(g) & (g == e))
+        finite = torch.isfinite(g) & torch.isfinite(e)
+        if bool((~(same_special | finite)).any()):
+            return math.inf
+        num += float(((g - e)[finite] ** 2).sum())
+        den += float((e[finite] ** 2).sum())
+    if num == 0.0:
+        return 0.0
+    return math.sqrt(num / den) if den > 0 else math.inf
+
+
+def closest_probe(got: Any, expected: Any, probes: Sequence[Mistake], case: Case, outputs: Sequence[str],
+                  name: str) -> tuple[Mistake, bool] | None:
+    """(probe, exact) for the probe `got` clearly is (see PROBE_NEAR, PROBE_MARGIN), else None."""
+    runs = []
+    for probe in probes:
+        try:
+            runs.append((probe, probe.impl(*case.args)))
+        except Exception:  # a probe that cannot run on this case says nothing about it
+            continue
+    for probe, value in runs:
+        if compare(got, value, outputs, case.sizes, name) is None:
+            return probe, True
+    distances = [(output_distance(got, value), probe) for probe, value in runs]
+    distances = [(d, p) for d, p in distances if math.isfinite(d)]
+    if not distances:
+        return None
+    best, probe = min(distances, key=lambda pair: pair[0])
+    rivals = [output_distance(got, expected)] + [d for d, p in distances if p is not probe]
+    if best <= PROBE_NEAR and all(best <= PROBE_MARGIN * r for r in rivals):
+        return probe, False
+    return None
+
+
+def constant_factor(got: Any, expected: Any, outputs: Sequence[str]) -> str | None:
+    """The sentence for an output that is the reference times one constant (a scale that is off)."""
+    for what, g, e in zip(outputs, _flat_outputs(got), _flat_outputs(expected)):
+        if not (isinstance(g, torch.Tensor) and g.is_floating_point() and g.shape == e.shape):
+            return None
+        g, e = g.detach().cpu().double(), e.detach().cpu().double()
+        if not (torch.isfinite(g).all() and torch.isfinite(e).all()) or float((e * e).sum()) == 0.0:
+            return None
+        if output_distance(g, e) < 1e-6:
+            continue  # this output is right; look at the next one
+        c = float((g * e).sum() / (e * e).sum())
+        if abs(c) > 1e-6 and output_distance(g, c * e) < 1e-4:
+            return (f"{what} is the right answer times {c:.4g} everywhere: one constant factor is off (a scale, "
+                    f"or a division or multiplication too many or too few)")
+        return None
+    return None
+
+
 def _same_layout(got: Any, expected: Any) -> bool:
     """Same structure, shapes and dtypes: only the values differ."""
     if isinstance(expected, tuple):
@@ -612,9 +711,12 @@ def check_function(
     mistakes: Sequence[Mistake] = (),
     forbidden: Sequence[Any] = (),
     diagnose: Callable[[Any, Any, Case], str | None] | None = None,
+    probes: Sequence[Mistake] = (),
     prerequisites: Mapping[str, Prerequisite] | None = None,
 ) -> None:
-    """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches.
+    """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches, else
+    a probe the output clearly is, else a constant factor, else what `diagnose` finds (which
+    intermediate went wrong first), else the first difference.
 
     `prerequisites` maps the names of earlier exercises' functions that `fn` may call to
     (their check, "exercise N"): when `fn` fails and uses one that fails its own check, the
@@ -635,7 +737,14 @@ def check_function(
         mistake = _matching_mistake(got, mistakes, case, outputs, name)
         if mistake is not None:
             raise CheckFailed(f"{name}{where}: {mistake.message}")
-        symptom = diagnose(got, expected, case) if diagnose and _same_layout(got, expected) else None
+        if not _same_layout(got, expected):
+            raise CheckFailed(f"{name}{where}: {problem} [inputs: {case.describe_inputs()}]")
+        found = closest_probe(got, expected, probes, case, outputs, name) if probes else None
+        if found is not None:
+            probe, exact = found
+            nearly = "" if exact else " (your output is not exactly that, but far closer to it than to the right answer)"
+            raise CheckFailed(f"{name}{where}: {probe.message}{nearly}")
+        symptom = (diagnose(got, expected, case) if diagnose else None) or constant_factor(got, expected, outputs)
         raise CheckFailed(f"{name}{where}: {symptom or problem} [inputs: {case.describe_inputs()}]")
     verify_environment()
     print(f"✓ {name}: matches the reference on " + ("its test case" if len(cases) == 1 else f"all {len(cases)} cases"))

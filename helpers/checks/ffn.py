@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import attention as attention_ref
 from .. import ffn as ref
+from . import probes as _probe_kit
 from .core import (
     Case,
     CheckFailed,
@@ -328,6 +329,93 @@ INDEPENDENCE_MISTAKES = (
 )
 
 
+# ---------------------------------------------------------------------------------------------
+# Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
+# ---------------------------------------------------------------------------------------------
+
+
+def _silu(h: torch.Tensor) -> torch.Tensor:
+    return h * torch.sigmoid(h)
+
+
+def _phi(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _ffn_probe(*, act: Callable[[torch.Tensor], torch.Tensor] = _gelu_erf, b1: bool = True, b2: bool = True):
+    def wrong(x, w1, bias1, w2, bias2):
+        h = x @ w1.T + bias1 if b1 else x @ w1.T  # (..., d_ff)
+        out = act(h) @ w2.T  # (..., d_model)
+        return out + bias2 if b2 else out
+    return wrong
+
+
+def _swiglu_probe(hidden: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    return lambda x, w_gate, w_up, w_down: hidden(x @ w_gate.T, x @ w_up.T) @ w_down.T
+
+
+def _route_probe(order: str):
+    def wrong(router_logits, k):
+        values, idx = router_logits.topk(k, dim=-1)
+        weights = torch.softmax(values, dim=-1)
+        if order == "weights_reversed":
+            return weights.flip(-1), idx
+        by_index = idx.argsort(dim=-1)  # the same pairs, listed by expert index
+        return weights.gather(-1, by_index), idx.gather(-1, by_index)
+    return wrong
+
+
+def _moe_probe(weigh: Callable[[torch.Tensor], torch.Tensor]):
+    def wrong(x, router_weight, experts, k):
+        values, idx = (x @ router_weight.T).topk(k, dim=-1)  # (..., k)
+        flat = x.reshape(-1, x.shape[-1])  # (N, d_model)
+        outs = torch.stack([expert(flat) for expert in experts], dim=1)  # (N, n_experts, d_model)
+        gate = torch.zeros(flat.shape[0], len(experts), dtype=x.dtype).scatter(
+            -1, idx.reshape(-1, k), weigh(values).reshape(-1, k))  # (N, n_experts)
+        return (gate[:, :, None] * outs).sum(1).reshape(x.shape)
+    return wrong
+
+
+_GELU_FORM = "GELU is x Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))"
+GELU_PROBES = _probe_kit.probes({
+    "silu": (f"this is SiLU, x * sigmoid(x); {_GELU_FORM}", lambda x, approximate="none": _silu(x)),
+    "phi_only": (f"this is Phi(x), the normal CDF, alone; multiply it by x: {_GELU_FORM}",
+                 lambda x, approximate="none": _phi(x)),
+    "erf_of_half": (f"the argument of erf is x / 2; it is x / sqrt(2): {_GELU_FORM}",
+                    lambda x, approximate="none": _gelu_erf(x, inner_scale=0.5)),
+})
+FFN_PROBES = _probe_kit.probes({
+    "no_b1": ("b1 is missing: the hidden units are gelu(x W1ᵀ + b1)", _ffn_probe(b1=False)),
+    "no_b2": ("b2 is missing: add it after the second projection, gelu(x W1ᵀ + b1) W2ᵀ + b2", _ffn_probe(b2=False)),
+    "silu": ("the activation is SiLU, x * sigmoid(x); the exercise asks for GELU (the exact form)",
+             _ffn_probe(act=_silu)),
+    "sigmoid": ("the activation is sigmoid; the exercise asks for GELU, x Phi(x) (the exact form)",
+                _ffn_probe(act=torch.sigmoid)),
+})
+SWIGLU_PROBES = _probe_kit.probes({
+    "relu_gate": ("the gate uses ReLU (that is ReGLU); SwiGLU uses SiLU, x * sigmoid(x)",
+                  _swiglu_probe(lambda g, u: g.clamp(min=0) * u)),
+    "up_unused": ("the up projection is not used: the hidden units are silu(x W_gateᵀ) * (x W_upᵀ)",
+                  _swiglu_probe(lambda g, u: _silu(g) * g)),
+    "silu_on_both": ("SiLU is applied to both projections; only the gate gets it: silu(x W_gateᵀ) * (x W_upᵀ)",
+                     _swiglu_probe(lambda g, u: _silu(g) * _silu(u))),
+})
+ROUTE_PROBES = _probe_kit.probes({
+    "by_expert_index": ("the chosen experts are listed by expert index; list them as torch.topk does, largest "
+                        "logit first, with weights[..., j] belonging to indices[..., j]", _route_probe("by_index")),
+    "weights_reversed": ("the weights are in the opposite order to the indices: weights[..., j] must be the "
+                         "weight of expert indices[..., j]", _route_probe("weights_reversed")),
+})
+MOE_PROBES = _probe_kit.probes({
+    "raw_logit_weights": ("the chosen experts are weighted by their raw router logits; weight them by a softmax "
+                          "over the k chosen logits", _moe_probe(lambda v: v)),
+    "sigmoid_weights": ("the chosen experts are weighted by the sigmoid of their logits; this exercise weights "
+                        "them by a softmax over the k chosen logits", _moe_probe(torch.sigmoid)),
+})
+PROBES = {"gelu": GELU_PROBES, "feed_forward": FFN_PROBES, "swiglu_ffn": SWIGLU_PROBES, "top_k_route": ROUTE_PROBES,
+          "moe_forward": MOE_PROBES}
+
+
 MISTAKES = {
     "gelu": GELU_MISTAKES,
     "feed_forward": FFN_MISTAKES,
@@ -369,7 +457,7 @@ def check_gelu(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
         Case((x(), "tanh"), sizes, ("x", "approximate"), "approximate='tanh'"),
         Case((x(),), sizes, ("x",), "approximate left at its default, 'none'"),
     ]
-    check_function(fn, name="gelu", reference=ref.gelu, cases=cases, mistakes=GELU_MISTAKES,
+    check_function(fn, name="gelu", probes=GELU_PROBES, reference=ref.gelu, cases=cases, mistakes=GELU_MISTAKES,
                    forbidden=_REFERENCE + FORBIDDEN_BY_EXERCISE["ex1"])
 
 
@@ -386,8 +474,9 @@ def check_feed_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.flo
              {"T": T, "d_model": d_model, "d_ff": d_ff}, names, "2-D input (T, d_model)"),
         Case((x_strided, *_ffn_weights(gen, d_model, d_ff, dtype)), sizes3, names, "a non-contiguous x"),
     ]
-    check_function(fn, name="feed_forward", reference=ref.feed_forward, cases=cases, mistakes=FFN_MISTAKES,
-                   forbidden=_REFERENCE, prerequisites=MappingProxyType({"gelu": (check_gelu, "exercise 1")}))
+    check_function(fn, name="feed_forward", probes=FFN_PROBES, reference=ref.feed_forward, cases=cases,
+                   mistakes=FFN_MISTAKES, forbidden=_REFERENCE,
+                   prerequisites=MappingProxyType({"gelu": (check_gelu, "exercise 1")}))
 
 
 def check_swiglu_ffn(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -406,7 +495,7 @@ def check_swiglu_ffn(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
         Case((_randn(gen, T, d_model, dtype=dtype), *weights()), {"T": T, "d_model": d_model, "d_ff": d_ff}, names,
              "2-D input (T, d_model)"),
     ]
-    check_function(fn, name="swiglu_ffn", reference=ref.swiglu_ffn, cases=cases, mistakes=SWIGLU_MISTAKES,
+    check_function(fn, name="swiglu_ffn", probes=SWIGLU_PROBES, reference=ref.swiglu_ffn, cases=cases, mistakes=SWIGLU_MISTAKES,
                    forbidden=_REFERENCE)
 
 
@@ -421,7 +510,7 @@ def check_top_k_route(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.floa
              names, "3-D logits (B, T, n_experts)"),
         Case((_randn(gen, T, n_experts, dtype=dtype, scale=2.0), 1), {"T": T, "n_experts": n_experts}, names, "k=1"),
     ]
-    check_function(fn, name="top_k_route", reference=ref.top_k_route, cases=cases,
+    check_function(fn, name="top_k_route", probes=ROUTE_PROBES, reference=ref.top_k_route, cases=cases,
                    outputs=("weights", "expert_indices"), mistakes=ROUTE_MISTAKES, forbidden=_REFERENCE)
 
 
@@ -454,8 +543,8 @@ def check_moe_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.floa
               _experts(gen, n_experts, d_model, d_ff, dtype, gated=True), other_k),
              {"T": T, "d_model": d_model, "n_experts": n_experts}, names, f"2-D input, SwiGLU experts, k={other_k}"),
     ]
-    check_function(fn, name="moe_forward", reference=ref.moe_forward, cases=cases, mistakes=MOE_MISTAKES,
-                   forbidden=_MOE_REFERENCE,
+    check_function(fn, name="moe_forward", probes=MOE_PROBES, reference=ref.moe_forward, cases=cases,
+                   mistakes=MOE_MISTAKES, forbidden=_MOE_REFERENCE,
                    prerequisites=MappingProxyType({"top_k_route": (check_top_k_route, "exercise 6")}))
 
 

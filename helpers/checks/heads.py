@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .. import heads as ref
 from ..attention import causal_mask, padding_mask, scaled_dot_product_attention
+from . import probes as _probes
 from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
@@ -233,6 +234,86 @@ GQA_MISTAKES = (
 )
 
 
+# ---------------------------------------------------------------------------------------------
+# Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
+# ---------------------------------------------------------------------------------------------
+
+
+def _gqa_variant(*, proj: str = "qkv", kv_map: str = "ii", split: str = "right", merge: str = "right",
+                 scale: Callable[[torch.Tensor, torch.Tensor], float] | None = None, swap_qk: bool = False,
+                 weights_out: str = "masked", **softmax: Any) -> Callable[..., Any]:
+    """A grouped-query attention with one mistake built in: `proj` names the weight used for q, k, v
+    ("qkk": V projected with w_k); `kv_map` the layout of K's and V's heads ("i" repeat_interleave,
+    "m" repeat); the rest as in probes.attention."""
+
+    def gqa(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None):
+        w = {"q": w_q, "k": w_k, "v": w_v}
+        q = _split(x @ w[proj[0]].T, n_heads, split)  # (B, H, T, d_head)
+        k = _split(x @ w[proj[1]].T, n_kv_heads, split)  # (B, H_kv, T, d_head)
+        v = _split(x @ w[proj[2]].T, n_kv_heads, split)
+        group = n_heads // n_kv_heads
+        k, v = (t.repeat_interleave(group, dim=1) if how == "i" else t.repeat(1, group, 1, 1)
+                for t, how in zip((k, v), kv_map))
+        heads, weights = _probes.attention(q, k, v, mask, scale=scale, swap_qk=swap_qk, **softmax)
+        if weights_out == "unmasked":
+            weights = _probes.attention(q, k, v, None, scale=scale)[1]
+        return _merge(heads, merge) @ w_o.T, weights
+
+    return gqa
+
+
+_WHICH = {"q": "Q", "k": "K", "v": "V"}
+_PROJ_PROBES = {
+    f"{p}_with_w_{wrong}": (f"{_WHICH[p]} is projected with w_{wrong}; {_WHICH[p]}'s projection is x @ w_{p}.T",
+                            {"proj": "".join(wrong if c == p else c for c in "qkv")})
+    for p in "qkv" for wrong in "qkv" if wrong != p
+}
+_HEAD_PROBES = {
+    "no_scale": ("the scores are not divided by sqrt(d_head); each head's scores are Q Kᵀ / sqrt(d_head), "
+                 "or the softmax saturates as d_head grows", {"scale": lambda q, k: 1.0}),
+    "scale_d_head": ("the scores are divided by d_head; divide them by its square root, sqrt(d_head)",
+                     {"scale": lambda q, k: 1.0 / q.shape[-1]}),
+    **{key: (message, {"scale": f}) for key, (message, f)
+       in _probes.scale_variants("d_head", self_attention=True).items()},
+    "k_q_swapped": ("the scores are K Qᵀ, one row per key; they are Q Kᵀ, one row per query, so that the mask "
+                    "and the softmax act on each query's keys", {"swap_qk": True}),
+    **_PROJ_PROBES,
+    "softmax_query_axis": ("the softmax runs over the query axis (dim=-2); each query's weights over the keys "
+                           "must sum to 1 (dim=-1)", {"dim": -2}),
+    "merge_interleaved": ("the heads are split right but merged interleaved (feature c of head h lands at "
+                          "c*H + h); concatenate them: head h fills features h*d_head .. (h+1)*d_head - 1",
+                          {"merge": "interleaved"}),
+    "fill_zero": ("blocked scores are set to 0 before the softmax, but exp(0) = 1 still gives blocked keys "
+                  "weight; set them to -inf", {"fill": "zero"}),
+    "mask_after_softmax": ("the mask is applied after the softmax, so the remaining weights no longer sum to 1; "
+                           "set blocked scores to -inf before the softmax", {"after": True}),
+    "weights_unmasked": ("the weights returned are the softmax before masking, while the output uses masked "
+                         "ones; return the masked weights", {"weights_out": "unmasked"}),
+}
+_KV_PROBES = {
+    "v_kv_modulo": ("V's heads are laid out with repeat (query head h reads V head h % H_kv) while K's use "
+                    "repeat_interleave; both map query head h to K/V head h // (H / H_kv)", {"kv_map": "im"}),
+    "k_kv_modulo": ("K's heads are laid out with repeat (query head h reads K head h % H_kv) while V's use "
+                    "repeat_interleave; both map query head h to K/V head h // (H / H_kv)", {"kv_map": "mi"}),
+}
+
+
+def _mha_of(gqa: Callable[..., Any]) -> Callable[..., Any]:
+    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        return gqa(x, w_q, w_k, w_v, w_o, n_heads, n_heads, mask)
+    return mha
+
+
+MHA_PROBES = _probes.probes({key: (message, _mha_of(_gqa_variant(**how)))
+                             for key, (message, how) in _HEAD_PROBES.items()})
+# In grouped-query attention w_q is (d_model, d_model) and w_k, w_v are (d_kv, d_model): mixing w_q with
+# the others cannot run there, so only K and V can be swapped.
+GQA_PROBES = _probes.probes({key: (message, _gqa_variant(**how))
+                             for key, (message, how) in {**_HEAD_PROBES, **_KV_PROBES}.items()
+                             if key not in _PROJ_PROBES or key in ("k_with_w_v", "v_with_w_k")})
+PROBES = {"multi_head_attention": MHA_PROBES, "grouped_query_attention": GQA_PROBES}
+
+
 def _count_params(d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = False, *,
                   kv: str = "right", out: bool = True, bias_style: str = "right", per_head: bool = False) -> int:
     """attention_param_count with mistakes built in."""
@@ -258,7 +339,8 @@ PARAM_COUNT_MISTAKES = (
             "(n_kv_heads * d_head) x d_model, where d_head = d_model / n_heads",
             lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, kv="full")),
     Mistake("no_output_projection",
-            "the output projection W_O (d_model x d_model, plus its bias when bias=True) is not counted",
+            "one d_model x d_model projection is not counted: the output projection W_O, or W_Q (both are "
+            "d_model x d_model, plus a bias of d_model when bias=True, so the count cannot tell which)",
             lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, out=False)),
     Mistake("per_head_square",
             "each head's projection was counted as d_head x d_head; it maps all d_model input features to "
@@ -387,16 +469,54 @@ _HEAD_PREREQUISITES = MappingProxyType({"split_heads": (check_split_heads, "exer
                                         "merge_heads": (check_merge_heads, "exercise 2")})
 
 
+def _reference_pieces(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The reference's per-head values V (B, H, T, d_head), the output weight w_o, and the mask."""
+    x, w_q, w_k, w_v, w_o, n_heads = case.args[:6]
+    rest = case.args[6:]
+    n_kv = rest[0] if rest and isinstance(rest[0], int) else n_heads
+    mask = rest[-1] if rest and isinstance(rest[-1], torch.Tensor) else None
+    v = ref.repeat_kv(ref.split_heads(x @ w_v.T, n_kv), n_heads // n_kv)
+    return v, w_o, mask
+
+
+def _merge_misplaced(out: torch.Tensor, weights: torch.Tensor, case: Case) -> bool:
+    """The output is the right heads (weights @ V) merged into the wrong places, then projected by W_O."""
+    v, w_o, _ = _reference_pieces(case)
+    try:
+        merged = torch.linalg.solve(w_o.double(), out.detach().double().transpose(-2, -1)).transpose(-2, -1)
+    except RuntimeError:  # a singular W_O: nothing to conclude
+        return False
+    right = ref.merge_heads(weights.double() @ v.double())
+    return bool(torch.allclose(merged.flatten().sort().values, right.flatten().sort().values, rtol=1e-4, atol=1e-5))
+
+
 def _attention_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """Which step went wrong first, from the learner's own weights: at or before the softmax, or after it."""
     if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], torch.Tensor):
         return None
     w_got, w_exp = got[1].detach().cpu(), expected[1].detach().cpu()
+    out_got, out_exp = got[0], expected[0]
+    if (isinstance(out_got, torch.Tensor) and out_got.shape == out_exp.shape
+            and torch.allclose(out_got.detach().cpu().double(), out_exp.double(), rtol=1e-4, atol=1e-6)):
+        return ("the output is right but the weights returned are not: return the weights the output was computed "
+                "with, one (B, H, T, T) pattern per head, after the mask and the softmax")
     if w_got.shape == w_exp.shape and w_got.dtype == w_exp.dtype and torch.allclose(w_got, w_exp, rtol=1e-4, atol=1e-6):
-        return ("the attention weights are right but the output is not; check the merge (transpose back to "
-                "(B, T, H, d_head), then reshape to (B, T, d_model)) and the output projection @ w_o.T")
+        if _merge_misplaced(got[0].detach().cpu(), w_exp, case):
+            return ("the attention weights and each head's output (weights @ V) are right, but the merge puts them "
+                    "in the wrong places: transpose back to (B, T, H, d_head), then reshape to (B, T, d_model)")
+        return ("the attention weights are right but the output is not, so a step after the weights is wrong: "
+                "V's projection (x @ w_v.T) or its heads, weights @ V, the merge, or the output projection @ w_o.T")
     sums = w_got.sum(dim=-1)
     if ((sums - 1).abs() > 1e-4).any() and (sums != 0).any():
         return "rows of the weights do not sum to 1; each head's softmax runs over the keys (dim=-1)"
+    if w_got.shape == w_exp.shape and w_got.is_floating_point():
+        _, _, mask = _reference_pieces(case)
+        logits = torch.log(w_exp.double().clamp_min(1e-300))  # the right scores, up to a constant per row
+        c = _probes.softmax_temperature(w_got, logits, mask)
+        if c is not None and abs(c - 1) > 1e-3:
+            return _probes.temperature_message(c, "d_head")
+        return ("the attention weights (the second output) are already wrong, so the mistake is at or before the "
+                "softmax: the Q or K projection, the split into heads, Q Kᵀ and its scale, or the mask")
     return None
 
 
@@ -420,7 +540,7 @@ def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = t
     ]
     check_function(fn, name="multi_head_attention", reference=ref.multi_head_attention, cases=cases,
                    outputs=("output", "weights"), mistakes=MHA_MISTAKES, forbidden=_REFERENCE + _TORCH_MHA,
-                   diagnose=_attention_diagnose, prerequisites=_HEAD_PREREQUISITES)
+                   diagnose=_attention_diagnose, probes=MHA_PROBES, prerequisites=_HEAD_PREREQUISITES)
 
 
 @rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
@@ -448,7 +568,7 @@ def check_grouped_query_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype 
     ]
     check_function(fn, name="grouped_query_attention", reference=ref.grouped_query_attention, cases=cases,
                    outputs=("output", "weights"), mistakes=GQA_MISTAKES,
-                   forbidden=_REFERENCE + _TORCH_MHA + _TORCH_SDPA, diagnose=_attention_diagnose,
+                   forbidden=_REFERENCE + _TORCH_MHA + _TORCH_SDPA, diagnose=_attention_diagnose, probes=GQA_PROBES,
                    prerequisites=_HEAD_PREREQUISITES)
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import norms as ref
+from . import probes as _probes
 from .core import (
     Case,
     CheckFailed,
@@ -415,6 +416,79 @@ RESIDUAL_MISTAKES = (
             _residual_wrong("not_chained")),
 )
 
+# ---------------------------------------------------------------------------------------------
+# Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
+# ---------------------------------------------------------------------------------------------
+
+
+def _ln_probe(*, spread: str = "std", affine: Callable[..., torch.Tensor] = lambda xh, g, b: xh * g + b):
+    def wrong(x, gamma, beta, eps=1e-5):
+        mean = x.mean(-1, keepdim=True)
+        if spread == "std":
+            scale = ((x - mean) ** 2).mean(-1, keepdim=True).add(eps).sqrt()
+        elif spread == "mad":
+            scale = (x - mean).abs().mean(-1, keepdim=True) + eps
+        else:  # "uncentered": mean(x^2) for the variance, while the numerator is centred
+            scale = (x * x).mean(-1, keepdim=True).add(eps).sqrt()
+        return affine((x - mean) / scale, gamma, beta)
+    return wrong
+
+
+def _rms_probe(*, spread: str = "rms", how: str = "divide", affine: Callable[..., torch.Tensor] = lambda y, g: y * g):
+    def wrong(x, gamma, eps=1e-6):
+        scale = ((x * x).mean(-1, keepdim=True) + eps).sqrt() if spread == "rms" else x.abs().mean(-1, keepdim=True) + eps
+        return affine(x / scale if how == "divide" else x * scale, gamma)
+    return wrong
+
+
+_SPREAD = "LayerNorm divides by the standard deviation, sqrt(mean((x - mean)^2) + eps)"
+LAYER_NORM_PROBES = _probes.probes({
+    "gamma_beta_swapped": ("gamma and beta are swapped: the output is x_hat * gamma + beta",
+                           _ln_probe(affine=lambda xh, g, b: xh * b + g)),
+    "beta_multiplied": ("beta multiplies instead of being added: the output is x_hat * gamma + beta",
+                        _ln_probe(affine=lambda xh, g, b: xh * g * b)),
+    "mean_abs_deviation": (f"the spread is the mean absolute deviation, mean(|x - mean|); {_SPREAD}",
+                           _ln_probe(spread="mad")),
+    "uncentered_variance": (f"the variance is mean(x^2), without subtracting the mean first; {_SPREAD}",
+                            _ln_probe(spread="uncentered")),
+})
+RMS_NORM_PROBES = _probes.probes({
+    "mean_abs": ("the scale is mean(|x|); RMSNorm divides by the root mean square, sqrt(mean(x^2) + eps)",
+                 _rms_probe(spread="mean_abs")),
+    "gamma_added": ("gamma is added; it multiplies: x / sqrt(mean(x^2) + eps) * gamma",
+                    _rms_probe(affine=lambda y, g: y + g)),
+    "multiplied_by_rms": ("x is multiplied by its RMS; divide by it: x / sqrt(mean(x^2) + eps) * gamma",
+                          _rms_probe(how="multiply")),
+})
+PRE_LN_PROBES = _probes.probes({
+    "norm1_twice": ("norm1 also normalizes the FFN's input; each sublayer has its own norm: "
+                    "h = x + attn(norm1(x)), then h + ffn(norm2(h))",
+                    lambda x, attn, ffn, norm1, norm2: (h := x + attn(norm1(x))) + ffn(norm1(h))),
+    "norm2_twice": ("norm2 also normalizes the attention's input; each sublayer has its own norm: "
+                    "h = x + attn(norm1(x)), then h + ffn(norm2(h))",
+                    lambda x, attn, ffn, norm1, norm2: (h := x + attn(norm2(x))) + ffn(norm2(h))),
+    "attn_twice": ("the attention sublayer runs twice; the second sublayer is the FFN: h + ffn(norm2(h))",
+                   lambda x, attn, ffn, norm1, norm2: (h := x + attn(norm1(x))) + attn(norm2(h))),
+    "ffn_twice": ("the FFN runs twice; the first sublayer is attention: h = x + attn(norm1(x))",
+                  lambda x, attn, ffn, norm1, norm2: (h := x + ffn(norm1(x))) + ffn(norm2(h))),
+    "no_norm1": ("the attention reads x without norm1; Pre-LN normalizes each sublayer's input: x + attn(norm1(x))",
+                 lambda x, attn, ffn, norm1, norm2: (h := x + attn(x)) + ffn(norm2(h))),
+    "no_norm2": ("the FFN reads h without norm2; Pre-LN normalizes each sublayer's input: h + ffn(norm2(h))",
+                 lambda x, attn, ffn, norm1, norm2: (h := x + attn(norm1(x))) + ffn(h)),
+})
+POST_LN_PROBES = _probes.probes({
+    "norm1_twice": ("norm1 is used after the FFN too; the second norm is norm2: norm2(h + ffn(h))",
+                    lambda x, attn, ffn, norm1, norm2: norm1((h := norm1(x + attn(x))) + ffn(h))),
+    "ffn_reads_unnormalized": ("the FFN reads x + attn(x) before norm1; it reads h = norm1(x + attn(x)), the "
+                               "stream the second residual continues from",
+                               lambda x, attn, ffn, norm1, norm2: norm2(norm1(s := x + attn(x)) + ffn(s))),
+    "attn_twice": ("the attention sublayer runs twice; the second sublayer is the FFN: norm2(h + ffn(h))",
+                   lambda x, attn, ffn, norm1, norm2: norm2((h := norm1(x + attn(x))) + attn(h))),
+})
+PROBES = {"layer_norm": LAYER_NORM_PROBES, "rms_norm": RMS_NORM_PROBES, "pre_ln_block": PRE_LN_PROBES,
+          "post_ln_block": POST_LN_PROBES}
+
+
 MISTAKES = {
     "layer_norm": LAYER_NORM_MISTAKES,
     "rms_norm": RMS_NORM_MISTAKES,
@@ -503,8 +577,9 @@ def _centered_symptom(got: Any, case: Case) -> str | None:
     _x, gamma, beta = case.args[:3]
     z = (got.detach().double() - beta.double()) / gamma.double()  # (..., d_model)
     if (z.mean(-1).abs() > 1e-3).any():
-        return ("after undoing gamma and beta the tokens do not have mean 0; subtract each token's own mean "
-                "over its d_model features (dim=-1)")
+        return ("after undoing gamma and beta (out = x_hat * gamma + beta) the tokens do not have mean 0: either "
+                "each token's own mean over its d_model features (dim=-1) is not subtracted, or gamma and beta "
+                "are not applied as x_hat * gamma + beta")
     return None
 
 
@@ -525,7 +600,7 @@ def check_layer_norm(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
         Case((_tokens(gen, T, d_model, dtype=dtype), *gamma_beta(), 1e-5), sizes2, names, "(T, d_model) input"),
         Case((wide, *gamma_beta(), eps), sizes3, names, f"a non-contiguous input and eps={eps}"),
     ]
-    check_function(fn, name="layer_norm", reference=ref.layer_norm, cases=cases, outputs=("output",),
+    check_function(fn, name="layer_norm", probes=LAYER_NORM_PROBES, reference=ref.layer_norm, cases=cases, outputs=("output",),
                    mistakes=LAYER_NORM_MISTAKES, forbidden=_NORM_FORBIDDEN,
                    diagnose=lambda got, expected, case: _centered_symptom(got, case))
 
@@ -545,7 +620,7 @@ def check_rms_norm(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32
         Case((wide, 1 + 0.5 * _randn(gen, d_model, dtype=dtype), eps), sizes3, names,
              f"a non-contiguous input and eps={eps}"),
     ]
-    check_function(fn, name="rms_norm", reference=ref.rms_norm, cases=cases, outputs=("output",),
+    check_function(fn, name="rms_norm", probes=RMS_NORM_PROBES, reference=ref.rms_norm, cases=cases, outputs=("output",),
                    mistakes=RMS_NORM_MISTAKES, forbidden=_NORM_FORBIDDEN)
 
 
@@ -564,7 +639,7 @@ def _block_cases(seed: int, dtype: torch.dtype, B: int, T: int, d_model: int, d_
 def check_pre_ln_block(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                        B: int = 2, T: int = 5, d_model: int = 7, d_ff: int = 11) -> None:
     """pre_ln_block(x, attn, ffn, norm1, norm2): x = x + attn(norm1(x)); x = x + ffn(norm2(x))."""
-    check_function(fn, name="pre_ln_block", reference=ref.pre_ln_block,
+    check_function(fn, name="pre_ln_block", probes=PRE_LN_PROBES, reference=ref.pre_ln_block,
                    cases=_block_cases(seed, dtype, B, T, d_model, d_ff), outputs=("output",),
                    mistakes=PRE_LN_MISTAKES, forbidden=_BLOCK_FORBIDDEN)
 
@@ -572,7 +647,7 @@ def check_pre_ln_block(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.flo
 def check_post_ln_block(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                         B: int = 2, T: int = 5, d_model: int = 7, d_ff: int = 11) -> None:
     """post_ln_block(x, attn, ffn, norm1, norm2): x = norm1(x + attn(x)); x = norm2(x + ffn(x))."""
-    check_function(fn, name="post_ln_block", reference=ref.post_ln_block,
+    check_function(fn, name="post_ln_block", probes=POST_LN_PROBES, reference=ref.post_ln_block,
                    cases=_block_cases(seed, dtype, B, T, d_model, d_ff), outputs=("output",),
                    mistakes=POST_LN_MISTAKES, forbidden=_BLOCK_FORBIDDEN)
 

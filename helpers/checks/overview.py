@@ -29,6 +29,7 @@ from .. import tokenizers as ref_tok
 from ..corpus import load_corpus
 from ..ffn import FeedForward
 from ..norms import LayerNorm
+from . import probes as _probes
 from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, named_shape, protect
 
 __all__ = [
@@ -253,7 +254,25 @@ def _judge(name: str, got: list[Any], calls: Sequence[tuple], reference: Callabl
             raise CheckFailed(f"{name}: {mistake.message}")
     index = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
     shown = ", ".join(repr(a) for a in calls[index])
-    raise CheckFailed(f"{name}({shown}) returned {got[index]!r}; expected {expected[index]!r}")
+    symptom = _sequence_symptom(got[index], expected[index], calls[index][0])
+    raise CheckFailed(f"{name}({shown}) returned {got[index]!r}; expected {expected[index]!r}"
+                      + (f": {symptom}" if symptom else ""))
+
+
+def _sequence_symptom(got: Any, expected: Any, given: Any) -> str | None:
+    """What a wrong list or string has in common with the right one: reversed, one short, unchanged."""
+    # Not for pairs: a wrong pair is the reverse of the right one by chance too often to say so.
+    if not isinstance(got, (list, tuple, str)) or not isinstance(expected, type(got)) or len(expected) < 3:
+        return None
+    if got == expected[::-1]:
+        return "that is the right result in reverse order"
+    if got == expected[:-1]:
+        return "the last element is missing (does a loop stop one step early?)"
+    if got == expected[1:]:
+        return "the first element is missing"
+    if isinstance(given, (list, str)) and got == given:
+        return "that is the input unchanged: nothing was replaced"
+    return None
 
 
 def _as_pair(value: Any) -> Any:
@@ -514,6 +533,45 @@ TOUR_MISTAKES = (
 )
 
 
+def _tour_variant(*, rows: Callable[[int], slice] = lambda T: slice(0, T), embed_scale: bool = False,
+                  final_norms: int = 1, order: Callable[[list], list] = lambda b: b, pos_each_block: bool = False):
+    """A complete lm_forward with one probe's mistake built in."""
+    def wrong(ids, wte, wpe, blocks, final_norm):
+        T = ids.shape[1]
+        h = wte[ids] * (math.sqrt(wte.shape[1]) if embed_scale else 1.0)  # (B, T, d_model)
+        if wpe is not None and not pos_each_block:
+            h = h + wpe[rows(T)]
+        for block in order(list(blocks)):
+            if wpe is not None and pos_each_block:
+                h = h + wpe[:T]
+            h = block(h)
+        for _ in range(final_norms):
+            h = final_norm(h)
+        return h @ wte.T  # (B, T, V)
+    return wrong
+
+
+TOUR_PROBES = _probes.probes({
+    "positions_shifted": ("the position rows are shifted by one (wpe[1:T+1]); position t uses row t, so add "
+                          "wpe[:T], starting at row 0", _tour_variant(rows=lambda T: slice(1, T + 1))),
+    "positions_from_the_end": ("the position rows are taken from the end of the table (wpe[-T:]); position t "
+                               "uses row t: wpe[:T]", _tour_variant(rows=lambda T: slice(-T, None))),
+    "embeddings_scaled": ("the token embeddings are multiplied by sqrt(d_model) (the original Transformer's "
+                          "convention); this model adds wte[ids] and wpe[:T] as they are",
+                          _tour_variant(embed_scale=True)),
+    "final_norm_twice": ("the final norm is applied twice; apply it once, after the last block",
+                         _tour_variant(final_norms=2)),
+    "blocks_reversed": ("the blocks run in reverse order; blocks[0] comes first, then blocks[1], and so on",
+                        _tour_variant(order=lambda b: b[::-1])),
+    "first_block_only": ("only the first block is applied; h goes through every block in order",
+                         _tour_variant(order=lambda b: b[:1])),
+    "last_block_only": ("only the last block is applied; h goes through every block in order",
+                        _tour_variant(order=lambda b: b[-1:])),
+    "positions_each_block": ("the positions are added before every block; add them once, to the token "
+                             "embeddings, before the first block", _tour_variant(pos_each_block=True)),
+})
+
+
 class _Blocks(tuple):
     """The blocks handed to lm_forward: a tuple of DecoderBlocks with a short description."""
 
@@ -550,7 +608,8 @@ def check_lm_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
     cases = [_tour_case(gen, dtype, positions=True, **kwargs), _tour_case(gen, dtype, positions=False, **kwargs)]
     with torch.no_grad():
         check_function(fn, name="lm_forward", reference=ref_blocks.decoder_forward, cases=cases,
-                       outputs=("logits",), mistakes=TOUR_MISTAKES, forbidden=_TOUR_FORBIDDEN)
+                       outputs=("logits",), mistakes=TOUR_MISTAKES, forbidden=_TOUR_FORBIDDEN,
+                       probes=TOUR_PROBES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -721,6 +780,8 @@ def check_token_budget(**answers: Any) -> None:
         raise CheckFailed(f"check_token_budget needs an answer for {', '.join(missing)}")
     check_numbers(answers, BUDGET_QUESTIONS, mistakes=_BUDGET_MISTAKES, hints=_BUDGET_HINTS)
 
+
+PROBES = {"lm_forward": TOUR_PROBES}
 
 MISTAKES = {
     "char_encode": CHAR_ENCODE_MISTAKES,
