@@ -477,7 +477,8 @@ print("softmax([1, 2, 3] * 8)  =", show(torch.softmax(row * 8, dim=-1)))
 dims = [4, 16, 64, 256, 1024]
 n_pairs = 10_000
 var_raw, var_sqrt, var_dk = [], [], []
-print(f"{'d_k':>5} | {'Var(q.k)':>9} {'/ d_k':>6} | {'Var(q.k / sqrt d_k)':>19} | {'Var(q.k / d_k)':>14}")
+print(f"{'d_k':>5} | {'Var(q.k)':>9} {'/ d_k':>6} {'std(q.k)':>9} {'sqrt d_k':>9} | {'Var(q.k / sqrt d_k)':>19} | "
+      f"{'Var(q.k / d_k)':>14}")
 for n, d in enumerate(dims):
     q = randn(n_pairs, d, seed=100 + n, dtype=torch.float64)  # (N, d_k)
     k = randn(n_pairs, d, seed=200 + n, dtype=torch.float64)  # (N, d_k)
@@ -485,11 +486,13 @@ for n, d in enumerate(dims):
     var_raw.append(dots.var().item())
     var_sqrt.append((dots / math.sqrt(d)).var().item())
     var_dk.append((dots / d).var().item())
-    print(f"{d:>5} | {var_raw[-1]:>9.1f} {var_raw[-1] / d:>6.2f} | {var_sqrt[-1]:>19.2f} | {var_dk[-1]:>14.5f}")
+    print(f"{d:>5} | {var_raw[-1]:>9.1f} {var_raw[-1] / d:>6.2f} {dots.std().item():>9.1f} {math.sqrt(d):>9.1f} | "
+          f"{var_sqrt[-1]:>19.2f} | {var_dk[-1]:>14.5f}")
 
 # %% [markdown] id="scaling-init"
-# The raw variance tracks $d_k$ (the ratio column stays near 1), the scaled variance stays near 1,
-# and dividing by $d_k$ overshoots to $1/d_k$.
+# The raw variance tracks $d_k$ (the ratio column stays near 1) and its standard deviation tracks
+# $\sqrt{d_k}$: at $d_k = 1024$ a variance of about 1024 is a spread of about 32. The scaled
+# variance stays near 1, and dividing by $d_k$ overshoots to $1/d_k$.
 #
 # **What a freshly initialised projection really gives.** The table drew $q$ and $k$ with variance
 # 1. A real layer computes $q = x W_Q^\top$ from hidden states $x$ that a normalisation layer has
@@ -1587,6 +1590,28 @@ print("a loss over all outputs, naive:", naive_out.pow(2).sum().item(),
 #
 # $8 \times 12 \times 1024 \times 1024 = 100{,}663{,}296$ entries, times 4 bytes = 384 MiB per
 # layer; 4.5 GiB for all 12 layers if they are kept for the backward pass.
+#
+# </details>
+#
+# **Q9.** Why may a softmax subtract the row's maximum without changing the result, and from which
+# score on does a naive `exp` overflow in float16?
+#
+# <details><summary>Answer</summary>
+#
+# $\operatorname{softmax}(z - c) = \operatorname{softmax}(z)$ for any constant $c$: the factor
+# $e^{-c}$ multiplies the numerator and every term of the denominator, and cancels. In float16,
+# $\exp$ overflows past $\ln(65504) \approx 11.09$ (float32: $\approx 88.72$).
+#
+# </details>
+#
+# **Q10.** When does dot-product attention give the same weights as a Gaussian kernel
+# $e^{-\frac12\|q - k_j\|^2}$, and what does the softmax cancel?
+#
+# <details><summary>Answer</summary>
+#
+# $-\frac12\|q - k_j\|^2 = q^\top k_j - \frac12\|q\|^2 - \frac12\|k_j\|^2$. The query term is the
+# same for every key of the row and cancels; the key term does not. So the weights agree exactly
+# when all keys have the same norm; otherwise the dot product favours longer keys.
 #
 # </details>
 
