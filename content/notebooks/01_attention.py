@@ -39,14 +39,16 @@
 # **Map of this notebook.**
 #
 # 1. Queries, keys and values: three projections of the same hidden states
-# 2. The score matrix: every query against every key
-# 3. Why divide by $\sqrt{d_k}$: measured, not asserted
-# 4. Masking: causal and padding masks, and the row with nothing to attend to
-# 5. Attention weights: the softmax over keys, and heatmaps that mean something
+# 2. The score matrix: every query against every key; why a dot product (the Gaussian-kernel
+#    view) and the score functions it replaced (additive, bilinear)
+# 3. Why divide by $\sqrt{d_k}$: measured, not asserted, also at a real layer's initialisation
+# 4. Masking: causal, right- and left-padding masks, and the row with nothing to attend to
+# 5. Attention weights: the softmax over keys, where `exp` overflows and why shifting by the
+#    maximum is exact, and heatmaps that mean something
 # 6. Weighted values: the output is an average of value rows
 # 7. The whole thing, checked against `torch.nn.functional.scaled_dot_product_attention`
 # 8. The causal property: the future cannot leak into the past
-# 9. Sizes in a real LLM: what the score matrix costs
+# 9. Sizes in a real LLM: what the score matrix costs in memory and in FLOPs
 # 10. Common mistakes, each one run next to the right version
 # 11. Self-check, evidence card, and the exercises
 #
@@ -276,16 +278,174 @@ print("square: same shape", wrong_sq.shape == right_sq.shape,
       "| same numbers", torch.allclose(wrong_sq, right_sq),
       "| it is the transpose", torch.allclose(wrong_sq, right_sq.transpose(-2, -1), atol=1e-6))
 
+# %% [markdown] id="scores-kernel"
+# ### Why a dot product: the Gaussian-kernel view
+#
+# **Main idea.** A natural way to say "key $j$ is relevant to query $i$" is "key $j$ is *close* to
+# query $i$": weight each key by a Gaussian of its distance, $w_j \propto e^{-\frac12\|q - k_j\|^2}$,
+# a kernel smoother. Expanding the square shows how close that is to the dot product:
+#
+# $$
+# -\tfrac12 \|q - k\|^2 = q^\top k - \tfrac12 \|q\|^2 - \tfrac12 \|k\|^2 .
+# $$
+#
+# Put that into a softmax over the keys. The term $-\frac12\|q\|^2$ is the same for every key of
+# the row, a constant shift, so it **cancels** (section 5 shows the algebra of shifts). The term
+# $-\frac12\|k_j\|^2$ changes from key to key and **does not cancel**:
+#
+# $$
+# \operatorname{softmax}_j\!\big(-\tfrac12 \|q - k_j\|^2\big) = \operatorname{softmax}_j\!\big(q^\top k_j - \tfrac12 \|k_j\|^2\big),
+# $$
+#
+# so dot-product attention equals Gaussian-kernel weighting **exactly when all keys have the same
+# norm**. Otherwise the dot product favours long keys: a key twice as long scores twice as high,
+# however far it points from the query. (With the $1/\sqrt{d_k}$ scale, the same identity holds
+# with the kernel $e^{-\|q-k\|^2 / (2\sqrt{d_k})}$.) This reading of attention as a kernel
+# smoother is worked out in Tsai et al. (2019), *Transformer Dissection*.
+#
+# **Worked example.** $q = [1, 0]$ and two keys: $k_0 = [1, 0]$ (the query itself) and
+# $k_1 = [3, 0]$ (same direction, three times longer). Dot products $[1, 3]$ prefer $k_1$;
+# distances $[0, 2]$ prefer $k_0$. Subtracting $\frac12\|k_j\|^2 = [0.5, 4.5]$ from the dot
+# products gives $[0.5, -1.5]$, which ranks the keys like the distances do.
+
+# %% id="scores-kernel-example"
+# NBVAL_CHECK_OUTPUT
+q_kern = torch.tensor([1., 0.], device=device)  # (d_k,)
+k_kern = torch.tensor([[1., 0.], [3., 0.]], device=device)  # (T_k, d_k)
+dots = k_kern @ q_kern  # (T_k,): q . k_j
+neg_half_sq_dist = -0.5 * ((q_kern - k_kern) ** 2).sum(dim=-1)  # (T_k,): -1/2 |q - k_j|^2
+key_term = 0.5 * (k_kern ** 2).sum(dim=-1)  # (T_k,): 1/2 |k_j|^2
+print("q.k_j:", show(dots, 3), "-> softmax", show(torch.softmax(dots, dim=-1), 3))
+print("-1/2 |q - k_j|^2:", show(neg_half_sq_dist, 3), "-> softmax", show(torch.softmax(neg_half_sq_dist, dim=-1), 3))
+print("q.k_j - 1/2 |q|^2 - 1/2 |k_j|^2:", show(dots - 0.5 * q_kern @ q_kern - key_term, 3))
+print("q.k_j - 1/2 |k_j|^2:", show(dots - key_term, 3), "-> softmax", show(torch.softmax(dots - key_term, dim=-1), 3))
+
+# %% [markdown] id="scores-kernel-check"
+# **Checked on random vectors** ($T_q = 4$ queries, $T_k = 6$ keys, $d_k = 8$, `float64`): the
+# expansion holds for every pair; the Gaussian weights equal the softmax of $q^\top k - \frac12\|k\|^2$
+# (the query's norm cancelled); they differ from plain dot-product weights while the key norms
+# differ; and once every key is rescaled to the same norm, the two agree, with and without the
+# $1/\sqrt{d_k}$ scale.
+
+# %% id="scores-kernel-run"
+# NBVAL_CHECK_OUTPUT
+q_r = randn(4, 8, seed=60, dtype=torch.float64)  # (T_q, d_k)
+k_r = randn(6, 8, seed=61, dtype=torch.float64)  # (T_k, d_k)
+sq_dist = torch.cdist(q_r, k_r) ** 2  # (T_q, T_k): |q_i - k_j|^2
+q_sq, k_sq = (q_r ** 2).sum(-1), (k_r ** 2).sum(-1)  # (T_q,), (T_k,)
+print("-1/2|q-k|^2 = q.k - 1/2|q|^2 - 1/2|k|^2 for all pairs:",
+      torch.allclose(-0.5 * sq_dist, q_r @ k_r.T - 0.5 * q_sq[:, None] - 0.5 * k_sq[None, :]))
+gauss = torch.softmax(-0.5 * sq_dist, dim=-1)  # (T_q, T_k): Gaussian-kernel weights
+print("Gaussian weights = softmax(q.k - 1/2|k|^2), |q|^2 cancelled:",
+      torch.allclose(gauss, torch.softmax(q_r @ k_r.T - 0.5 * k_sq[None, :], dim=-1)))
+print("key norms:", show(k_sq.sqrt(), 2))
+print("Gaussian weights = softmax(q.k) with these keys:", torch.allclose(gauss, torch.softmax(q_r @ k_r.T, dim=-1)),
+      "| largest difference in a weight:", round((gauss - torch.softmax(q_r @ k_r.T, dim=-1)).abs().max().item(), 2))
+k_eq = k_r / k_r.norm(dim=-1, keepdim=True) * 2.5  # (T_k, d_k): every key rescaled to norm 2.5
+print("keys rescaled to one norm, Gaussian = softmax(q.k):",
+      torch.allclose(torch.softmax(-0.5 * torch.cdist(q_r, k_eq) ** 2, dim=-1), torch.softmax(q_r @ k_eq.T, dim=-1)))
+tau = math.sqrt(8)  # the 1/sqrt(d_k) scale is a kernel width
+print("and with the scale, exp(-|q-k|^2 / (2 sqrt d_k)) = softmax(q.k / sqrt d_k):",
+      torch.allclose(torch.softmax(-torch.cdist(q_r, k_eq) ** 2 / (2 * tau), dim=-1), torch.softmax(q_r @ k_eq.T / tau, dim=-1)))
+
+# %% [markdown] id="scores-kernel-llm"
+# **In real LLMs.** Scores are plain scaled dot products, so a key's norm acts as a per-key bias:
+# nothing forces keys to the same length. Some models normalise queries and keys before the
+# product, which brings the dot product back to a comparison of directions: Swin Transformer V2
+# uses cosine similarity (unit-norm $q$ and $k$, a learned temperature), and OLMo 2 applies
+# RMSNorm to queries and keys ("QK-norm") to keep the scores from growing during training.
+#
+# **Common mistake: reading the score as a distance.** A high score means "aligned and long", not
+# "close": in the worked example the query's own copy $k_0$ loses to a longer key $k_1$.
+
+# %% [markdown] id="scores-alternatives"
+# ### Other score functions: additive and bilinear
+#
+# **Main idea.** The dot product is one choice of score function among several that came before it.
+#
+# | score $s(q, k)$ | name | source |
+# |---|---|---|
+# | $v^\top \tanh(W_q q + W_k k)$ | additive | Bahdanau et al. (2015) |
+# | $q^\top M k$ | bilinear ("general", multiplicative) | Luong et al. (2015) |
+# | $q^\top k$, then $/\sqrt{d_k}$ | (scaled) dot product | Luong et al. (2015); Vaswani et al. (2017) |
+#
+# Additive attention scores each pair with a small one-hidden-layer network: for $T_q \times T_k$
+# pairs it builds a $(T_q, T_k, d_a)$ tensor of hidden units before reducing it, where the dot
+# product is one matrix multiply. Vaswani et al. (2017) note that without scaling, additive
+# attention did better than dot-product attention at large $d_k$, which is what the
+# $1/\sqrt{d_k}$ of section 3 repairs.
+#
+# The bilinear form is closer to the transformer than it looks. On hidden states, the score of
+# tokens $i$ and $j$ is
+#
+# $$
+# q_i^\top k_j = (W_Q x_i)^\top (W_K x_j) = x_i^\top \big(W_Q^\top W_K\big)\, x_j ,
+# $$
+#
+# a bilinear form with $M = W_Q^\top W_K$, a $d_{\text{model}} \times d_{\text{model}}$ matrix of rank at
+# most $d_k$, stored as two thin factors. The projections learn $M$; the dot product just evaluates it.
+#
+# **Worked example.** Section 1's three tokens: the bilinear form with $M = W_Q^\top W_K$ gives
+# the same (unscaled) scores as $QK^\top$, and $M$ has rank 2 = $d_k$. Then additive scores for the
+# same tokens with small random $W_q$, $W_k$ (hidden width $d_a = 3$) and $v$, once with a loop
+# and once through the $(T_q, T_k, d_a)$ tensor; and what a full $M$ would cost for one GPT-2 head.
+
+# %% id="scores-alternatives-run"
+# NBVAL_CHECK_OUTPUT
+M = W_Q.T @ W_K  # (d_model, d_model) = (4, 4): the bilinear form the projections learn
+print_rows("M = W_Q^T W_K", M, 1)
+print("rank of M:", torch.linalg.matrix_rank(M).item(), "| d_k:", W_Q.shape[0])
+print("X M X^T equals Q K^T:", torch.allclose(X @ M @ X.T, Q @ K.T))
+
+d_a = 3
+W_a_q = randn(d_a, 2, seed=62, dtype=torch.float64)  # (d_a, d_k)
+W_a_k = randn(d_a, 2, seed=63, dtype=torch.float64)  # (d_a, d_k)
+v_a = randn(d_a, seed=64, dtype=torch.float64)  # (d_a,)
+Q64, K64 = Q.double(), K.double()  # (T, d_k) each
+hidden = torch.tanh((Q64 @ W_a_q.T)[:, None, :] + (K64 @ W_a_k.T)[None, :, :])  # (T_q, T_k, d_a)
+additive = hidden @ v_a  # (T_q, T_k)
+additive_loop = torch.tensor([[v_a @ torch.tanh(W_a_q @ Q64[i] + W_a_k @ K64[j]) for j in range(3)]
+                              for i in range(3)], device=device)  # (T_q, T_k)
+print("additive: hidden units", tuple(hidden.shape), "-> scores", tuple(additive.shape),
+      "| loop agrees:", torch.allclose(additive, additive_loop))
+print_rows("additive scores", additive, 3)
+
+print("M symmetric:", torch.equal(M, M.T), "| scores Q K^T symmetric:", torch.equal(Q @ K.T, (Q @ K.T).T),
+      "| X X^T (no projections) symmetric:", torch.equal(X @ X.T, (X @ X.T).T))
+
+d_model_gpt2, d_head_gpt2 = 768, 64
+print(f"one GPT-2 head: a full M has {d_model_gpt2 ** 2:,} entries; W_Q and W_K for the head have "
+      f"{2 * d_head_gpt2 * d_model_gpt2:,}")
+
+# %% [markdown] id="scores-alternatives-llm"
+# **In real LLMs.** Every GPT-style and Llama-style model uses the scaled dot product; additive
+# attention belongs to the recurrent translation models of 2015. The bilinear reading survives in
+# interpretability work, which studies each head's $W_Q^\top W_K$ as one matrix (the "QK circuit"
+# of Elhage et al., 2021, *A Mathematical Framework for Transformer Circuits*).
+#
+# **Common mistake: assuming scores are symmetric.** $M = W_Q^\top W_K$ is not a symmetric matrix
+# (queries and keys have their own projections), so how much token $i$ wants to read token $j$ is
+# not how much $j$ wants to read $i$: $S \ne S^\top$. Only without projections ($M = I$, the score
+# $x_i^\top x_j$) would it be symmetric, and "sat" could never look for its subject without the
+# subject looking back just as hard. The cell above checks it.
+
 # %% [markdown] id="scaling"
 # ## 3. Why divide by $\sqrt{d_k}$
 #
 # **Main idea.** Suppose the entries of a query and a key are independent, with mean 0 and
-# variance 1 (roughly what normalised hidden states and freshly initialised projections give).
-# Their dot product adds up $d_k$ such products, so its variance grows like $d_k$: a spread of
-# about 32 when $d_k = 1024$. A softmax over numbers that far apart puts almost all the weight on
-# the largest one. Attention turns into a hard "pick one key", and the gradient through the
-# softmax nearly vanishes, so the model cannot learn to spread its attention. Dividing by
-# $\sqrt{d_k}$ brings the variance back to 1 whatever the width.
+# variance 1. Their dot product adds up $d_k$ such products, so its **variance** is $d_k$ and its
+# **standard deviation**, the typical distance of a score from 0, is $\sqrt{d_k}$: when
+# $d_k = 1024$ the variance is 1024 and the scores spread about 32 either side of zero. A softmax
+# over numbers that far apart puts almost all the weight on the largest one. Attention turns into
+# a hard "pick one key", and the gradient through the softmax nearly vanishes, so the model cannot
+# learn to spread its attention. Dividing by $\sqrt{d_k}$ removes the growth with the width: the
+# variance of the scaled score no longer depends on $d_k$.
+#
+# Unit variance is a modelling assumption, not what a fresh layer gives: the cell after the
+# measurement below shows that `nn.Linear`'s default initialisation and GPT-2's
+# $\mathcal N(0, 0.02^2)$ both give queries and keys a variance of about $1/3$. What the argument
+# needs is only that the variance of $q \cdot k$ grows in proportion to $d_k$, and that holds for
+# any per-entry variance.
 #
 # **Formula.** For independent zero-mean, unit-variance entries,
 #
@@ -317,7 +477,8 @@ print("softmax([1, 2, 3] * 8)  =", show(torch.softmax(row * 8, dim=-1)))
 dims = [4, 16, 64, 256, 1024]
 n_pairs = 10_000
 var_raw, var_sqrt, var_dk = [], [], []
-print(f"{'d_k':>5} | {'Var(q.k)':>9} {'/ d_k':>6} | {'Var(q.k / sqrt d_k)':>19} | {'Var(q.k / d_k)':>14}")
+print(f"{'d_k':>5} | {'Var(q.k)':>9} {'/ d_k':>6} {'std(q.k)':>9} {'sqrt d_k':>9} | {'Var(q.k / sqrt d_k)':>19} | "
+      f"{'Var(q.k / d_k)':>14}")
 for n, d in enumerate(dims):
     q = randn(n_pairs, d, seed=100 + n, dtype=torch.float64)  # (N, d_k)
     k = randn(n_pairs, d, seed=200 + n, dtype=torch.float64)  # (N, d_k)
@@ -325,11 +486,59 @@ for n, d in enumerate(dims):
     var_raw.append(dots.var().item())
     var_sqrt.append((dots / math.sqrt(d)).var().item())
     var_dk.append((dots / d).var().item())
-    print(f"{d:>5} | {var_raw[-1]:>9.1f} {var_raw[-1] / d:>6.2f} | {var_sqrt[-1]:>19.2f} | {var_dk[-1]:>14.5f}")
+    print(f"{d:>5} | {var_raw[-1]:>9.1f} {var_raw[-1] / d:>6.2f} {dots.std().item():>9.1f} {math.sqrt(d):>9.1f} | "
+          f"{var_sqrt[-1]:>19.2f} | {var_dk[-1]:>14.5f}")
+
+# %% [markdown] id="scaling-init"
+# The raw variance tracks $d_k$ (the ratio column stays near 1) and its standard deviation tracks
+# $\sqrt{d_k}$: at $d_k = 1024$ a variance of about 1024 is a spread of about 32. The scaled
+# variance stays near 1, and dividing by $d_k$ overshoots to $1/d_k$.
+#
+# **What a freshly initialised projection really gives.** The table drew $q$ and $k$ with variance
+# 1. A real layer computes $q = x W_Q^\top$ from hidden states $x$ that a normalisation layer has
+# brought to about unit variance (chapter 04). Entry $c$ of $q$ is $\sum_{i=1}^{d_{\text{model}}} W_{ci}\, x_i$,
+# so with independent zero-mean weights of variance $\sigma_W^2$,
+#
+# $$
+# \operatorname{Var}(q_c) = d_{\text{model}}\, \sigma_W^2\, \operatorname{Var}(x_i),
+# \qquad
+# \operatorname{Var}(q \cdot k) = d_k\, \operatorname{Var}(q_c)\, \operatorname{Var}(k_c).
+# $$
+#
+# - `nn.Linear` draws its weights uniformly from $[-1/\sqrt{d_{\text{model}}},\ 1/\sqrt{d_{\text{model}}}]$
+#   (Kaiming-uniform with $a = \sqrt 5$), a variance of $\sigma_W^2 = 1/(3\, d_{\text{model}})$, so
+#   $\operatorname{Var}(q_c) = 1/3$;
+# - GPT-2 draws them from $\mathcal N(0, 0.02^2)$, so $\operatorname{Var}(q_c) = 768 \times 0.0004 \approx 0.31$
+#   at $d_{\text{model}} = 768$.
+#
+# Both are about 3 times below the unit variance of the table, and the dot product, a sum of
+# products of two such entries, about 9 to 11 times below $d_k$. The cell measures it at GPT-2 small's size
+# ($d_{\text{model}} = 768$, one head of $d_k = 64$) on 4,096 unit-variance inputs.
+
+# %% id="scaling-init-run"
+# NBVAL_CHECK_OUTPUT
+d_model, d_k, n_tokens = 768, 64, 4096
+x_in = randn(n_tokens, d_model, seed=150, dtype=torch.float64)  # (N, d_model): unit-variance inputs
+torch.manual_seed(151)  # nn.Linear draws its initial weights from the global generator
+inits = {
+    "nn.Linear default": [torch.nn.Linear(d_model, d_k, bias=False, dtype=torch.float64).weight for _ in range(2)],
+    "GPT-2, N(0, 0.02)": [0.02 * randn(d_k, d_model, seed=152 + i, dtype=torch.float64) for i in range(2)],
+}
+print(f"{'init':<18} | {'Var(x)':>6} | {'Var(q_c)':>8} {'Var(k_c)':>8} {'predicted':>9} | "
+      f"{'Var(q.k)':>8} {'unit-variance case':>18} | {'Var(q.k / sqrt d_k)':>19}")
+for name, (w_q_init, w_k_init) in inits.items():
+    w_q_init, w_k_init = w_q_init.detach().to(device), w_k_init.detach().to(device)  # (d_k, d_model) each
+    q_init, k_init = x_in @ w_q_init.T, x_in.flip(0) @ w_k_init.T  # (N, d_k) each; k from other tokens
+    predicted = d_model * (1 / (3 * d_model) if name.startswith("nn") else 0.02**2)
+    dots = (q_init * k_init).sum(dim=-1)  # (N,): one query-key pair per row
+    print(f"{name:<18} | {x_in.var().item():>6.2f} | {q_init.var().item():>8.2f} {k_init.var().item():>8.2f} "
+          f"{predicted:>9.2f} | {dots.var().item():>8.2f} {d_k:>18} | {(dots / math.sqrt(d_k)).var().item():>19.2f}")
 
 # %% [markdown] id="scaling-softmax-text"
-# The raw variance tracks $d_k$ (the ratio column stays near 1), the scaled variance stays near 1,
-# and dividing by $d_k$ overshoots to $1/d_k$.
+# So at initialisation the scaled scores of a real layer have a variance of about 0.1, not 1: the
+# attention of a fresh model is close to uniform, and training grows the weights from there. The
+# $1/\sqrt{d_k}$ scale still does its job, which is to make that starting point the same for
+# every head width; the idealised "variance 1" of the formula is the cleanest case of it.
 #
 # Now the consequence for the softmax. Take 16 random keys and 2,000 random queries per $d_k$, and
 # measure for each query row of weights: the largest weight (1 means one key takes everything), the
@@ -544,20 +753,47 @@ plt.show()
 # of the diagonal, the padding mask blocks the same padded key columns for every query, and their
 # combination blocks the union of both.
 
+# %% [markdown] id="padding-left-text"
+# **Left padding.** The masks above pad on the *right*: real tokens first, filler after. Batched
+# generation pads on the *left* instead, so that the last column holds every sequence's newest
+# token: one step of generation reads the logits at position $T-1$ for the whole batch and appends
+# the next tokens in one new column (Hugging Face tokenizers have `padding_side="left"` for this).
+# The left-padding mask is the right-padding one read backwards: sequence $b$'s real tokens are the
+# last $L_b$ positions, so key $j$ is allowed when $j \ge T - L_b$, which is
+# `padding_mask(lengths, T).flip(-1)`.
+#
+# Combined with the causal mask this creates something right padding never does. With right
+# padding, every query may read key 0, a real token. With left padding, query $i$ may read only
+# keys $j \le i$, and for the padded positions at the front those keys are all padding: **rows with
+# no allowed key at all**.
+#
+# - left-padding mask: `(B, 1, T_k)` = `(2, 1, 5)`, `True` from position $T - L_b$ on
+# - `left & causal`: `(B, T_q, T_k)` = `(2, 5, 5)`
+
+# %% id="padding-left"
+# NBVAL_CHECK_OUTPUT
+lengths = [3, 5]
+left_pad = padding_mask(lengths, 5, device=device).flip(-1)  # (B, 1, T_k) = (2, 1, 5): real tokens last
+both_left = left_pad & causal5  # (B, T_q, T_k) = (2, 5, 5)
+print("left padding", tuple(left_pad.shape), left_pad.tolist())
+print("left padding & causal", tuple(both_left.shape), "; sequence 0 (2 padding tokens, then 3 real):")
+for i, row in enumerate(both_left[0].tolist()):
+    print(f"    query {i}: {row}  allowed keys: {sum(row)}")
+print("rows with no allowed key, (sequence, query): right padding",
+      [(b, i) for b in range(2) for i in range(5) if not both[b, i].any()],
+      "| left padding", [(b, i) for b in range(2) for i in range(5) if not both_left[b, i].any()])
+
 # %% [markdown] id="fully-blocked-text"
-# **A row with nothing to attend to.** Batched generation usually pads on the *left*, so that every
-# sequence's newest token sits in the last column. Combined with the causal mask, a padded query at
-# the front may only read keys that are themselves padding: **every key in its row is blocked**.
-# The naive softmax of a row of $-\infty$ computes $-\infty - (-\infty)$ and returns NaN, and one
+# **A row with nothing to attend to.** Rows 0 and 1 of sequence 0 above: **every key in the row is
+# blocked**. The naive softmax of a row of $-\infty$ computes $-\infty - (-\infty)$ and returns NaN, and one
 # NaN spreads through every later layer and into the loss. `helpers.attention.masked_softmax`
 # defines this case instead: **a fully blocked row gets all-zero weights, so its output is zeros,
 # not NaN** (the padded position is ignored downstream anyway).
 
 # %% id="fully-blocked"
 # NBVAL_CHECK_OUTPUT
-T, n_pad = 5, 2  # two padding tokens on the left, then three real ones
-real_keys = (torch.arange(T, device=device) >= n_pad)[None, :]  # (1, T_k): keys 0 and 1 are padding
-left_mask = real_keys & causal_mask(T, device=device)  # (T_q, T_k) = (5, 5)
+T = 5
+left_mask = both_left[0]  # (T_q, T_k) = (5, 5): sequence 0, two padding tokens on the left
 print("allowed keys per query:", left_mask.sum(dim=-1).tolist())
 
 s = randn(T, T, seed=7)  # (T_q, T_k)
@@ -569,6 +805,41 @@ print("helpers weights, rows 0-1:", show(safe[:2], 3))
 print("naive output has NaN:", torch.isnan(naive @ v).any().item(),
       "| helpers output has NaN:", torch.isnan(safe @ v).any().item())
 print("helpers output rows 0-1:", show(safe[:2] @ v, 3))
+
+# %% [markdown] id="fully-blocked-torch-text"
+# **What torch does with such a row.** The same left-padded batch through
+# `F.scaled_dot_product_attention`. With the torch version this course pins (2.13.0) it returns
+# **zeros** for the fully blocked rows, exactly like `helpers`: its reference path uses a "safe"
+# softmax that sets rows whose scores are all $-\infty$ to zero (the change came with pytorch/pytorch
+# pull request 133882; earlier releases returned NaN, see issue 103749). That is a property of the
+# version, not a documented promise, so this course writes the rule into `masked_softmax` rather
+# than relying on it. And it is not true of every torch function: `nn.MultiheadAttention` returns
+# NaN for those rows on its default path (which computes the weights it returns), and zeros when it
+# takes the fast path (inference mode, `need_weights=False`), which calls the same kernels.
+
+# %% id="fully-blocked-torch"
+# NBVAL_CHECK_OUTPUT
+print("torch", torch.__version__.split("+")[0])
+q_l, k_l, v_l = randn(2, 5, 8, seed=26), randn(2, 5, 8, seed=27), randn(2, 5, 3, seed=28)  # (B, T, d)
+ours, _ = scaled_dot_product_attention(q_l, k_l, v_l, both_left)  # (B, T, d_v)
+theirs = F.scaled_dot_product_attention(q_l, k_l, v_l, attn_mask=both_left)  # (B, T, d_v)
+print("F.scaled_dot_product_attention, sequence 0, rows 0-1:", show(theirs[0, :2], 3))
+print("NaN anywhere:", torch.isnan(theirs).any().item(), "| equals helpers everywhere:", torch.allclose(ours, theirs, atol=1e-5))
+
+torch.manual_seed(29)
+torch_mha = torch.nn.MultiheadAttention(8, 1, batch_first=True).to(device)  # one head; reads True = blocked
+
+
+def nan_rows(out):
+    return [[i for i in range(5) if torch.isnan(out[b, i]).any()] for b in range(2)]  # per sequence
+
+
+default_out, _ = torch_mha(q_l, q_l, q_l, attn_mask=~both_left)  # (B, T, d_model)
+torch_mha.eval()
+with torch.inference_mode():
+    fast_out, _ = torch_mha(q_l, q_l, q_l, attn_mask=~both_left, need_weights=False)  # (B, T, d_model)
+print("nn.MultiheadAttention rows with NaN per sequence, default path:", nan_rows(default_out),
+      "| fast path:", nan_rows(fast_out))
 
 # %% [markdown] id="masking-llm"
 # **In real LLMs.** Every GPT-style decoder applies the causal mask in every layer; BERT-style
@@ -603,7 +874,7 @@ plt.show()
 # *What to see:* padding on the right removes the last columns for every query; combined with the
 # causal mask, it leaves a triangle that stops at the last real token. Put the same two padding
 # tokens on the **left** and the first two rows turn entirely grey: those queries have nothing to
-# attend to, which is the fully blocked row of the previous cell.
+# attend to, the fully blocked rows of the left-padding example above.
 
 # %% [markdown] id="weights"
 # ## 5. Attention weights
@@ -620,8 +891,20 @@ plt.show()
 # \qquad A_{ij} \ge 0, \qquad \sum_{j=1}^{T_k} A_{ij} = 1 .
 # $$
 #
-# Adding the same constant to a whole row does not change it, so implementations subtract the
-# row's maximum before exponentiating; otherwise $\exp$ overflows for scores of a few hundred.
+# **Shifting a row does not change its softmax.** For any constant $c$ subtracted from every
+# score of a row $z$, the factor $e^{-c}$ appears once in the numerator and once in every term of
+# the denominator, and cancels:
+#
+# $$
+# \operatorname{softmax}(z - c)_j = \frac{e^{z_j - c}}{\sum_{j'} e^{z_{j'} - c}}
+#   = \frac{e^{-c}\, e^{z_j}}{e^{-c} \sum_{j'} e^{z_{j'}}} = \operatorname{softmax}(z)_j .
+# $$
+#
+# Implementations take $c = \max_j z_j$: every exponent is then $\le 0$, so no $e^{\cdot}$ exceeds 1,
+# and the largest term is $e^0 = 1$, so the denominator is at least 1. Without the shift, $\exp$
+# overflows as soon as one score passes $\ln(\text{largest float})$: about **88.72 in float32**
+# (and bfloat16, which has float32's exponent range) and only about **11.09 in float16**. Both
+# thresholds are computed in the cell after the worked example.
 #
 # **Worked example.** $[1, 2, 3]$ by hand: $e^1 \approx 2.7183$, $e^2 \approx 7.3891$,
 # $e^3 \approx 20.0855$, total $\approx 30.1929$, so the weights are $\approx [0.0900, 0.2447, 0.6652]$.
@@ -635,9 +918,51 @@ print("exp:", [round(e, 4) for e in exps], " total:", round(total, 4))
 print("by hand:      ", [round(e / total, 4) for e in exps])
 print("torch.softmax:", show(torch.softmax(torch.tensor(row, device=device), dim=-1)))
 
-big = torch.tensor([1000., 1001., 1002.], device=device)  # same gaps, shifted by 999
+
+# %% [markdown] id="weights-overflow-text"
+# **Where `exp` overflows.** The largest finite number of a dtype is `torch.finfo(dtype).max`; its
+# natural log is the largest score whose exponential still fits. Just below it `exp` is finite,
+# just above it `exp` returns `inf`, and then $\infty / \infty$ is NaN.
+
+# %% id="weights-overflow"
+# NBVAL_CHECK_OUTPUT
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    largest = torch.finfo(dtype).max
+    limit = math.log(largest)  # the largest x with exp(x) <= largest
+    x_below = torch.tensor(limit - 0.05, dtype=dtype, device=device)  # rounded to the dtype's grid
+    x_above = torch.tensor(limit + 0.05, dtype=dtype, device=device)
+    print(f"{str(dtype):<14} max {largest:.4g}  ln(max) = {limit:.2f} | "
+          f"exp({x_below.item():.3f}) finite: {torch.isfinite(torch.exp(x_below)).item()!s:<5} | "
+          f"exp({x_above.item():.3f}) = {torch.exp(x_above).item()}")
+
+big = torch.tensor([1000., 1001., 1002.], device=device)  # same gaps as [1, 2, 3], shifted by 999
 naive = torch.exp(big) / torch.exp(big).sum()  # WRONG: exp(1000) overflows to inf, inf / inf = nan
-print("shifted by 999, naive exp:", show(naive), "| torch.softmax:", show(torch.softmax(big, dim=-1)))
+print("scores [1000, 1001, 1002], naive exp:", show(naive), "| torch.softmax:", show(torch.softmax(big, dim=-1)))
+hot = torch.tensor([80., 90.], device=device)  # float32 is fine at 80, not at 90
+print("scores [80, 90] in float32, naive exp:", show(torch.exp(hot) / torch.exp(hot).sum()))
+
+# %% [markdown] id="weights-shift-text"
+# **The shift, checked.** Subtracting any constant leaves the weights unchanged (up to rounding),
+# and subtracting the row's maximum gives a softmax written with `exp` alone that agrees with
+# `torch.softmax` even where the naive version overflowed.
+
+# %% id="weights-shift"
+# NBVAL_CHECK_OUTPUT
+z = randn(4, 6, seed=25, dtype=torch.float64) * 3  # (T_q, T_k): four rows of scores
+for c in (-50.0, 7.0, 300.0):
+    print(f"c = {c:g}: softmax(z - c) equals softmax(z):",
+          torch.allclose(torch.softmax(z - c, dim=-1), torch.softmax(z, dim=-1)))
+
+
+def stable_softmax(scores):
+    shifted = scores - scores.amax(dim=-1, keepdim=True)  # (..., T_k): every entry <= 0
+    e = torch.exp(shifted)  # (..., T_k): entries in (0, 1], the largest is exactly 1
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+print("max-shifted exp on [1000, 1001, 1002]:", show(stable_softmax(big)),
+      "| equals torch.softmax:", torch.allclose(stable_softmax(big), torch.softmax(big, dim=-1)))
+print("max-shifted exp on random rows equals torch.softmax:", torch.allclose(stable_softmax(z), torch.softmax(z, dim=-1)))
 
 # %% [markdown] id="weights-rows-text"
 # **Implementation check.**
@@ -703,9 +1028,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown] id="weights-heatmaps-caption"
-# *What to see:* every row sums to 1 and every weight above the diagonal is exactly 0 (the causal
-# mask); with random queries and keys the allowed weight is spread unevenly, and row 0 can only put
-# all of it on key 0.
+# *What to see:* left, each query puts almost all its weight on the key just before it (a
+# previous-token pattern; the first token has only itself); right, each word attends to itself, and
+# the two "the" tokens split their weight 0.50 / 0.50 between each other.
 
 # %% [markdown] id="weights-causal-text"
 # A causal heatmap from random queries and keys ($T = 6$, $d_k = 8$): everything above the diagonal
@@ -719,9 +1044,9 @@ attention_heatmap(w_causal, annotate=True, title="random queries and keys, causa
 plt.show()
 
 # %% [markdown] id="weights-causal-caption"
-# *What to see:* left, each query puts almost all its weight on the key just before it (a
-# previous-token pattern; the first token has only itself); right, each word attends to itself, and
-# the two "the" tokens split their weight 0.50 / 0.50 between each other.
+# *What to see:* every row sums to 1 and every weight above the diagonal is exactly 0 (the causal
+# mask); with random queries and keys the allowed weight is spread unevenly, and row 0 can only put
+# all of it on key 0.
 
 # %% [markdown] id="weights-llm"
 # **In real LLMs.** Interpretability work on trained models finds previous-token heads like the one
@@ -976,6 +1301,53 @@ print(f"all {n_layers} layers: {all_layers:,} entries = {all_layers * 4 / GiB:g}
 for T in [1024, 2048, 4096, 8192, 32768]:
     print(f"T = {T:>6}: one head, one sequence, float32 score matrix = {T * T * 4 / MiB:>6g} MiB")
 
+# %% [markdown] id="llm-scale-flops"
+# ### FLOPs next to memory
+#
+# **Main idea.** The score matrix costs memory, and computing it costs arithmetic; both grow with
+# $T^2$. Counting a multiply-add as 2 floating-point operations (FLOPs), per head and per sequence:
+#
+# $$
+# \underbrace{QK^\top}_{(T_q, d_k)\,@\,(d_k, T_k)}: \; 2\, T_q T_k\, d_k \text{ FLOPs},
+# \qquad
+# \underbrace{A V}_{(T_q, T_k)\,@\,(T_k, d_v)}: \; 2\, T_q T_k\, d_v \text{ FLOPs},
+# \qquad
+# \text{scores: } T_q T_k \text{ numbers}.
+# $$
+#
+# With $T_q = T_k = T$ and $d_k = d_v = d_{\text{head}}$ that is $4 T^2 d_{\text{head}}$ FLOPs
+# against $T^2$ stored numbers: the arithmetic carries an extra factor $d_{\text{head}}$, the memory
+# does not. (The scaling, the mask and the softmax add a few operations per score, $O(T^2)$, small
+# next to these.) The cell checks the two matrix products against torch's own FLOP counter
+# (`torch.utils.flop_counter.FlopCounterMode`, which counts what the kernels are asked to do), then
+# puts numbers on GPT-2 small at its full context, beside the projections, whose cost grows only
+# linearly in $T$: $2 \cdot T \cdot d_{\text{model}}^2$ FLOPs for each of $W_Q, W_K, W_V, W_O$.
+
+# %% id="llm-scale-flops-run"
+# NBVAL_CHECK_OUTPUT
+from torch.utils.flop_counter import FlopCounterMode
+
+T_small, d_k_small, d_v_small = 96, 64, 48
+q_f, k_f = randn(1, T_small, d_k_small, seed=70), randn(1, T_small, d_k_small, seed=71)  # (1, T, d_k)
+v_f = randn(1, T_small, d_v_small, seed=72)  # (1, T, d_v)
+with FlopCounterMode(display=False) as counter:
+    scores_f = q_f @ k_f.transpose(-2, -1)  # (1, T_q, T_k)
+counted_scores = counter.get_total_flops()
+with FlopCounterMode(display=False) as counter:
+    torch.softmax(scores_f, dim=-1) @ v_f  # (1, T_q, d_v)
+counted_values = counter.get_total_flops()
+print(f"T = {T_small}, d_k = {d_k_small}, d_v = {d_v_small}: QK^T counted {counted_scores:,}, formula "
+      f"{2 * T_small**2 * d_k_small:,} | AV counted {counted_values:,}, formula {2 * T_small**2 * d_v_small:,}")
+
+per_head_flops = 2 * context**2 * d_head + 2 * context**2 * d_head  # QK^T and AV, one head, one sequence
+per_layer_flops = n_heads * per_head_flops  # = 4 T^2 d_model
+projection_flops = 4 * 2 * context * d_model**2  # W_Q, W_K, W_V, W_O on T tokens
+print(f"GPT-2 small, T = {context}: one head {per_head_flops / 1e9:.3f} GFLOP for a score matrix of "
+      f"{context**2:,} numbers ({context**2 * 4 / MiB:g} MiB in float32), {per_head_flops // context**2} FLOPs per score")
+print(f"one layer, one sequence: attention core {per_layer_flops / 1e9:.2f} GFLOP, "
+      f"projections {projection_flops / 1e9:.2f} GFLOP")
+print(f"the core (4 T^2 d_model) overtakes the projections (8 T d_model^2) at T = 2 d_model = {2 * d_model}")
+
 # %% [markdown] id="llm-scale-next"
 # This quadratic cost is why the fast kernels never store the score matrix: FlashAttention
 # computes the same output tile by tile with an online softmax, and during generation a KV cache
@@ -1220,6 +1592,28 @@ print("a loss over all outputs, naive:", naive_out.pow(2).sum().item(),
 # layer; 4.5 GiB for all 12 layers if they are kept for the backward pass.
 #
 # </details>
+#
+# **Q9.** Why may a softmax subtract the row's maximum without changing the result, and from which
+# score on does a naive `exp` overflow in float16?
+#
+# <details><summary>Answer</summary>
+#
+# $\operatorname{softmax}(z - c) = \operatorname{softmax}(z)$ for any constant $c$: the factor
+# $e^{-c}$ multiplies the numerator and every term of the denominator, and cancels. In float16,
+# $\exp$ overflows past $\ln(65504) \approx 11.09$ (float32: $\approx 88.72$).
+#
+# </details>
+#
+# **Q10.** When does dot-product attention give the same weights as a Gaussian kernel
+# $e^{-\frac12\|q - k_j\|^2}$, and what does the softmax cancel?
+#
+# <details><summary>Answer</summary>
+#
+# $-\frac12\|q - k_j\|^2 = q^\top k_j - \frac12\|q\|^2 - \frac12\|k_j\|^2$. The query term is the
+# same for every key of the row and cancels; the key term does not. So the weights agree exactly
+# when all keys have the same norm; otherwise the dot product favours longer keys.
+#
+# </details>
 
 # %% [markdown] id="evidence-card"
 # ## Evidence card
@@ -1231,15 +1625,21 @@ print("a loss over all outputs, naive:", naive_out.pow(2).sum().item(),
 # |---|---|
 # | Q, K, V are `x @ W.T` with `nn.Linear`-layout weights; their shapes for any $B$, $T$, $d_k$, $d_v$ | §1, `qkv-example`, `qkv-shapes` |
 # | the score matrix has one row per query, shape `(..., T_q, T_k)` | §2, `scores-example`, `scores-shapes` |
-# | the raw score variance grows like $d_k$ and the $1/\sqrt{d_k}$ scale brings it to 1; unscaled softmax saturates | §3, `scaling-variance`, `scaling-softmax`, `scaling-plot` |
+# | $-\frac12\|q-k\|^2 = q^\top k - \frac12\|q\|^2 - \frac12\|k\|^2$; the softmax cancels the query term, not the key term, so dot product = Gaussian kernel only for equal key norms | §2, `scores-kernel-example`, `scores-kernel-run` |
+# | additive and bilinear scores; $QK^\top = X (W_Q^\top W_K) X^\top$ with a rank-$d_k$ form | §2, `scores-alternatives-run` |
+# | the raw score variance grows like $d_k$ and the $1/\sqrt{d_k}$ scale removes the growth; unscaled softmax saturates | §3, `scaling-variance`, `scaling-softmax`, `scaling-plot` |
+# | fresh `nn.Linear` and GPT-2 projections give q and k a variance of about 1/3, not 1 | §3, `scaling-init-run` |
 # | the causal allow/block pattern, written with loops and with `causal_mask` | §4, `causal-loops`, `causal-helpers` |
 # | padding masks broadcast as `(B, 1, T_k)` and combine with `&` | §4, `padding-mask`, `masking-grids` |
-# | a fully blocked query row gives zeros, not NaN | §4, `fully-blocked`; §10, `mistake-nan-run` |
+# | left padding with a causal mask leaves the first rows with no allowed key | §4, `padding-left` |
+# | a fully blocked query row gives zeros, not NaN, in `helpers` and in torch 2.13.0's `F.scaled_dot_product_attention` | §4, `fully-blocked`, `fully-blocked-torch`; §10, `mistake-nan-run` |
+# | `exp` overflows past $\ln(\max)$: 88.72 in float32, 11.09 in float16; subtracting the row maximum changes nothing | §5, `weights-overflow`, `weights-shift` |
 # | softmax rows are distributions; a constructed heatmap reads as a pattern | §5, `weights-rows-sum`, `weights-patterns`, `weights-heatmaps` |
 # | each output row is a convex combination of value rows | §6, `values-example`, `values-convex` |
 # | the step-by-step version equals `F.scaled_dot_product_attention` with and without masks | §7, `full-vs-torch`, `full-weights` |
 # | the causal mask stops any leak from the future; no mask leaks | §8, `causal-property-check` |
 # | the cost of the score matrix for GPT-2 small and how it grows with $T$ | §9, `llm-scale-gpt2`, `llm-scale-table` |
+# | attention's FLOPs, $2T^2d_k + 2T^2d_v$ per head, checked against torch's FLOP counter, next to its memory | §9, `llm-scale-flops-run` |
 # | eight common mistakes recognised by their printed symptom | §10, `mistake-*-run` |
 
 # %% [markdown] id="next"

@@ -35,14 +35,19 @@
 # | after `merge_heads` (concat) | `(B, T, d_model)` | the heads side by side again |
 # | output `merged @ W_O.T` | `(B, T, d_model)` | mixed across heads |
 #
+# **Head numbering.** Heads are numbered from 0, as Python indexes them: head $h$, for
+# $h = 0, \dots, H-1$, owns features $h\,d_{\text{head}} \dots (h+1)\,d_{\text{head}} - 1$. The exercises
+# number them the same way, so "head 1" is always the second head.
+#
 # **Map of this notebook.**
 #
 # 1. A first loop with `torch.nn.MultiheadAttention`: shapes in, shapes out, and averaged weights
-# 2. Splitting `d_model` into heads: `d_head = d_model / H`, and the reshape-without-transpose bug
+# 2. Splitting `d_model` into heads: `d_head = d_model / H`, why `.view` fails after a transpose, and
+#    the reshape-without-transpose bug
 # 3. Attention per head, concatenation and the output projection, checked against torch
 # 4. What heads cost: the same parameters as one wide head
-# 5. Specialization: two heads that visibly do different things
-# 6. Grouped-query and multi-query attention: fewer key/value heads
+# 5. Specialization: two heads that visibly do different things, built from named `(out, in)` weight blocks
+# 6. Grouped-query and multi-query attention: fewer key/value heads, and why checkpoints fix the grouping
 # 7. What GQA and MQA save at a real model size: parameters and KV-cache bytes
 # 8. The `MultiHeadAttention` module later chapters build on
 # 9. Common mistakes, each one run next to the right version
@@ -203,7 +208,15 @@ print("merge_heads gives x back:", torch.equal(merge_heads(heads_tiny), x_tiny))
 # - `x.view(B, T, H, d_head)`: `(2, 5, 3, 4)`, splitting only the last axis
 # - `.transpose(1, 2)`: `(B, H, T, d_head)` = `(2, 3, 5, 4)`
 # - back: `.transpose(1, 2)` to `(2, 5, 3, 4)`, then `.reshape(B, T, d_model)` to `(2, 5, 12)`.
-#   After a transpose the memory is out of order, so `.view` refuses; `.reshape` copies when needed.
+#
+# **Why `.view` refuses after a transpose.** A tensor is a block of memory plus *strides*: how many
+# elements to step in memory to move one place along each axis. `.transpose` only swaps two strides,
+# it moves no data, so the result is no longer laid out row after row (`is_contiguous()` is `False`).
+# `.view` never copies: it can only reinterpret memory whose order already matches the new shape,
+# so merging the token and head axes of a transposed tensor raises a `RuntimeError`.
+# `.contiguous()` copies the data into the transposed order, after which `.view` works, and
+# `.reshape` does exactly that (a view when it can, a copy when it must). The attention output is
+# a fresh `(B, H, T, d_head)` tensor, so merging it back always hits this case.
 
 # %% id="split-shapes"
 # NBVAL_CHECK_OUTPUT
@@ -213,12 +226,17 @@ heads = step.transpose(1, 2)  # (B, H, T, d_head)
 print("view:", tuple(step.shape), "-> transpose:", tuple(heads.shape), "| contiguous:", heads.is_contiguous())
 print("same as split_heads:", torch.equal(heads, split_heads(x, 3)))
 attended = heads.contiguous()  # (B, H, T, d_head), laid out in memory like attention's output
+back = attended.transpose(1, 2)  # (B, T, H, d_head): strides swapped, no data moved
+print("attended strides", attended.stride(), "-> after transpose", back.stride(),
+      "| contiguous:", back.is_contiguous())
 try:
-    attended.transpose(1, 2).view(2, 5, 12)
+    back.view(2, 5, 12)  # WRONG: view cannot merge axes whose memory is out of order
 except RuntimeError as error:
     print("view after transpose: RuntimeError:", str(error).split(".")[0])
-merged = attended.transpose(1, 2).reshape(2, 5, 12)  # (B, T, d_model)
-print("reshape after transpose:", tuple(merged.shape), "| gives x back:", torch.equal(merged, x))
+merged_view = back.contiguous().view(2, 5, 12)  # (B, T, d_model): copy into order, then view
+merged = back.reshape(2, 5, 12)  # (B, T, d_model): reshape copies when it must
+print("contiguous().view:", tuple(merged_view.shape), "| reshape:", tuple(merged.shape),
+      "| both give x back:", torch.equal(merged_view, x) and torch.equal(merged, x))
 
 # %% [markdown] id="split-mistake"
 # **Common mistake: reshaping straight to `(B, H, T, d_head)`.** It has the right number of
@@ -377,6 +395,27 @@ for bias in (False, True):
 #   position codes (so it carries *where* the same word occurred).
 #
 # Both heads run in *one* call of `multi_head_attention` with a causal mask; $W_O$ is the identity.
+#
+# **Reading an `(out, in)` weight.** Every weight here has `nn.Linear`'s layout,
+# `(out_features, in_features)`, and $y = x W^\top$ means $y_r = \sum_c W[r, c]\, x_c$: **row $r$ of
+# $W$ makes output feature $r$, column $c$ says how much of input feature $c$ goes into it.** So a
+# block `W[rows, cols]` reads "these output features are computed from those input features". The
+# rows of $W_Q$, $W_K$, $W_V$ are their output features, and `split_heads` hands rows
+# $h\,d_{\text{head}} \dots (h+1)\,d_{\text{head}} - 1$ to head $h$ (heads are numbered from 0 here
+# and in the exercises). The cell names each block before filling it:
+#
+# | block | rows (out): whose features | columns (in): which part of $x$ | filled with |
+# |---|---|---|---|
+# | `w_q[HEAD0, POS]` | head 0's queries | position code | `gap * previous`: row $r$ reads column $r+1$ |
+# | `w_k[HEAD0, POS]` | head 0's keys | position code | identity |
+# | `w_v[HEAD0_WORD, WORD]` | head 0's values | word code | identity |
+# | `w_q[HEAD1_WORD, WORD]` | head 1's queries | word code | `gap *` identity |
+# | `w_k[HEAD1_WORD, WORD]` | head 1's keys | word code | identity |
+# | `w_v[HEAD1, POS]` | head 1's values | position code | identity |
+#
+# Why `previous` has its ones at `[r, r + 1]`: query feature $r$ of token $i$ is
+# $\sum_c \text{previous}[r, c]\, x_{i,c} = x_{i, r+1}$, which is 1 exactly when $i = r + 1$. So token
+# $i$'s query is the one-hot code of position $i - 1$, and it matches the key of token $i - 1$.
 
 # %% id="specialize-build"
 # NBVAL_CHECK_OUTPUT
@@ -386,21 +425,39 @@ T, H, d_head = len(words), 2, 6
 d_model = H * d_head
 gap = 6.0 * math.sqrt(d_head)  # a matching query/key pair scores 6 after the 1/sqrt(d_head) scale
 
-x = torch.zeros(1, T, d_model, dtype=torch.float64)  # (B, T, d_model)
-x[0, :, :T] = torch.eye(T, dtype=torch.float64)  # position codes in features 0..5
-x[0, torch.arange(T), T + torch.tensor([vocab.index(w) for w in words])] = 1.0  # word codes in 6..10
+n_vocab = len(vocab)
 
-w_q = torch.zeros(d_model, d_model, dtype=torch.float64)
-w_k = torch.zeros(d_model, d_model, dtype=torch.float64)
-w_q[torch.arange(T - 1), torch.arange(1, T)] = gap  # head 0: query of position i = code of position i-1
-w_k[:T, :T] = torch.eye(T, dtype=torch.float64)  # head 0: key = position code
-w_q[T:, T:] = gap * torch.eye(d_head, dtype=torch.float64)  # head 1: query = word code
-w_k[T:, T:] = torch.eye(d_head, dtype=torch.float64)  # head 1: key = word code
-w_v = torch.zeros(d_model, d_model, dtype=torch.float64)
-w_v[:len(vocab), T:T + len(vocab)] = torch.eye(len(vocab), dtype=torch.float64)  # head 0's values: word codes
-w_v[T:, :T] = torch.eye(T, dtype=torch.float64)  # head 1's values: position codes
-w_o = torch.eye(d_model, dtype=torch.float64)
+# Input features of x, the `in` (column) index of every weight:
+POS = slice(0, T)  # features 0..5: one-hot code of the position
+WORD = slice(T, T + n_vocab)  # features 6..10: one-hot code of the word (feature 11 stays 0)
+# Output features of W_Q, W_K, W_V, the `out` (row) index: head h owns rows h*d_head .. (h+1)*d_head - 1
+HEAD0 = slice(0, d_head)  # rows 0..5
+HEAD1 = slice(d_head, 2 * d_head)  # rows 6..11
+HEAD0_WORD = slice(0, n_vocab)  # the first 5 rows of head 0, wide enough for a word code
+HEAD1_WORD = slice(d_head, d_head + n_vocab)  # the first 5 rows of head 1
+
+x = torch.zeros(1, T, d_model, dtype=torch.float64)  # (B, T, d_model)
+x[0, :, POS] = torch.eye(T, dtype=torch.float64)  # token i has a 1 at feature i
+x[0, :, WORD] = torch.eye(n_vocab, dtype=torch.float64)[[vocab.index(w) for w in words]]  # (T, n_vocab)
+
+identity_pos = torch.eye(T, dtype=torch.float64)  # (T, T)
+identity_word = torch.eye(n_vocab, dtype=torch.float64)  # (n_vocab, n_vocab)
+previous = torch.diag(torch.ones(T - 1, dtype=torch.float64), diagonal=1)  # (T, T): previous[r, r + 1] = 1
+
+w_q, w_k, w_v = (torch.zeros(d_model, d_model, dtype=torch.float64) for _ in range(3))  # (out, in) each
+w_q[HEAD0, POS] = gap * previous  # head 0 asks "who is at position i - 1?"
+w_k[HEAD0, POS] = identity_pos  # head 0's key for token j: "I am at position j"
+w_v[HEAD0_WORD, WORD] = identity_word  # head 0 hands over the word
+w_q[HEAD1_WORD, WORD] = gap * identity_word  # head 1 asks "who is my word?"
+w_k[HEAD1_WORD, WORD] = identity_word  # head 1's key for token j: "I am word w_j"
+w_v[HEAD1, POS] = identity_pos  # head 1 hands over the position
+w_o = torch.eye(d_model, dtype=torch.float64)  # (out, in): keep both heads' findings side by side
 x, w_q, w_k, w_v, w_o = (t.to(device) for t in (x, w_q, w_k, w_v, w_o))
+
+print("w_q[HEAD0, POS] / gap (row r reads column r + 1):")
+for row in (w_q[HEAD0, POS] / gap).int().tolist():
+    print("   ", row)
+print("token 3's head-0 query / gap:", (x[0, 3] @ w_q[HEAD0].T / gap).int().tolist(), "= the code of position 2")
 
 out, weights = multi_head_attention(x, w_q, w_k, w_v, w_o, H, causal_mask(T, device=device))  # (1, T, 12), (1, 2, T, T)
 for i, word in enumerate(words):
@@ -556,12 +613,61 @@ print("GQA = MHA with each K/V head's weights repeated for its group:", max_diff
 print("GQA with H_kv = H is MHA:",
       torch.equal(grouped_query_attention(x, w_q, w_k_full, w_v_full, w_o, H, H, mask)[0], mha_out))
 
+# %% [markdown] id="gqa-layout"
+# **Why $h // (H/H_{kv})$ is the layout.** Nothing in the mathematics prefers one grouping: any
+# rule that gives every K/V head $H/H_{kv}$ query heads is as expressive as any other. What fixes the
+# rule is **how trained weights are stored**. A checkpoint holds $W_K$ as one
+# `(H_kv * d_head, d_model)` matrix whose rows $g\,d_{\text{head}} \dots (g+1)\,d_{\text{head}} - 1$ are
+# K/V head $g$, and $W_Q$ as `(H * d_head, d_model)` with query head $h$ in rows
+# $h\,d_{\text{head}} \dots$. During training the model's code decided which query heads met which K/V
+# head, and the weights learned to fit that pairing. Llama's code (Hugging Face's `repeat_kv`) expands
+# `(B, H_kv, T, d)` to `(B, H_kv, n_rep, T, d)` and flattens the two head axes, so the copies of K/V
+# head $g$ land next to each other, at positions $g \cdot n_{\text{rep}} \dots (g+1) \cdot n_{\text{rep}} - 1$:
+# query heads $g \cdot \text{group} \dots (g+1) \cdot \text{group} - 1$ read K/V head $g$. That is
+# `repeat_interleave` along the head axis, torch's `enable_gqa=True`, and the grouping of the GQA paper
+# (Ainslie et al., 2023), where each group of consecutive query heads shares one K/V head.
+#
+# The cell shows three things on the weights of `gqa-check`, treated as a checkpoint stored the
+# Llama way: the expand-and-flatten form equals `repeat_interleave` (and not `repeat`); code that
+# pairs heads by `h % H_kv` gives **other outputs** from those same weights; and the `h % H_kv` rule
+# loses nothing in expressiveness, because moving query head blocks (rows of $W_Q$ and the matching
+# columns of $W_O$) to where that rule expects them gives back the right outputs exactly.
+
+# %% id="gqa-layout-run"
+# NBVAL_CHECK_OUTPUT
+group = H // H_kv
+expanded = k[:, :, None].expand(B, H_kv, group, T, d_head).reshape(B, H, T, d_head)  # (B, H, T, d_head)
+print("expand-and-flatten (Llama's repeat_kv) equals repeat_interleave:", torch.equal(expanded, repeat_kv(k, group)),
+      "| equals repeat:", torch.equal(expanded, k.repeat(1, group, 1, 1)))
+
+
+def gqa_modulo(x, w_q, w_k, w_v, w_o):
+    """GQA written with the other pairing: query head h reads K/V head h % H_kv."""
+    q_m = split_heads(x @ w_q.T, H)  # (B, H, T, d_head)
+    k_m, v_m = split_heads(x @ w_k.T, H_kv), split_heads(x @ w_v.T, H_kv)  # (B, H_kv, T, d_head)
+    heads_m, _ = scaled_dot_product_attention(q_m, k_m.repeat(1, group, 1, 1), v_m.repeat(1, group, 1, 1), mask)
+    return merge_heads(heads_m) @ w_o.T  # (B, T, d_model)
+
+
+print("h % H_kv code on the checkpoint's weights vs the right output:", max_diff(gqa_modulo(x, w_q, w_k, w_v, w_o), out))
+# The query head at position g * group + r (K/V head g, r-th in its group) moves to r * H_kv + g,
+# where h % H_kv reads K/V head g: permute W_Q's row blocks and W_O's column blocks the same way.
+new_pos = [r * H_kv + g for g in range(H_kv) for r in range(group)]  # new_pos[h]: where head h goes
+old_head = [new_pos.index(p) for p in range(H)]  # old_head[p]: which head now sits at position p
+rows_q = torch.cat([torch.arange(h * d_head, (h + 1) * d_head) for h in old_head]).to(device)  # (d_model,)
+w_q_perm, w_o_perm = w_q[rows_q], w_o[:, rows_q]  # (d_model, d_model) each
+print("query heads moved to", new_pos, "-> h % H_kv reads K/V heads", [p % H_kv for p in range(H)])
+print("h % H_kv code on the permuted weights vs the right output:",
+      max_diff(gqa_modulo(x, w_q_perm, w_k, w_v, w_o_perm), out))
+
 # %% [markdown] id="gqa-mistake"
-# **Common mistake: `h % H_kv` instead of `h // (H / H_kv)`.** `k.repeat(1, 3, 1, 1)` lays the heads
-# out as `[k0, k1, k0, k1, k0, k1]`: query heads 0, 2, 4 share a K/V head instead of 0, 1, 2. It runs,
-# the shapes are right, and with MQA ($H_{kv} = 1$) or MHA ($H_{kv} = H$) the two mappings even agree,
-# so only a real group exposes it. A model trained one way and loaded the other way computes garbage
-# (for example, checkpoint conversion between frameworks with different `repeat_kv`).
+# **Common mistake: pairing heads by `h % H_kv` when the weights were stored for `h // (H / H_kv)`.**
+# `k.repeat(1, 3, 1, 1)` lays the heads out as `[k0, k1, k0, k1, k0, k1]`: query heads 0, 2, 4 share
+# a K/V head instead of 0, 1, 2. As a design it would be fine (the cell above trained nothing and
+# still matched the right outputs after permuting heads); as code that loads a Llama-layout checkpoint,
+# or that must agree with `enable_gqa`, it is wrong: every query head meets keys it was never trained
+# with. It runs, the shapes are right, and with MQA ($H_{kv} = 1$) or MHA ($H_{kv} = H$) the two
+# mappings even agree, so only a real group exposes it.
 
 # %% id="gqa-mistake-run"
 # NBVAL_CHECK_OUTPUT
@@ -721,7 +827,7 @@ print("entropy per head ranges", round(per_head_entropy.min().item(), 2), "to", 
 # | heads split along the wrong axis | head $h$ holds features $h, h+H, \dots$ | view the features as `(H, d_head)` | checks |
 # | `.view` after `transpose` | RuntimeError: view size is not compatible | `.reshape` or `.contiguous().view` | 2 |
 # | no output projection | output block $h$ depends on head $h$ only | `merged @ W_O.T` | 3 |
-# | `h % H_kv` K/V mapping | differs from `enable_gqa`; hidden when $H_{kv} \in \{1, H\}$ | `repeat_interleave` | 6 |
+# | `h % H_kv` K/V pairing on Llama-layout weights | other outputs than `enable_gqa`; hidden when $H_{kv} \in \{1, H\}$ | `repeat_interleave` (the stored layout) | 6 |
 # | $\sqrt{d_{\text{model}}}$ scale | flatter rows, higher entropy | $\sqrt{d_{\text{head}}}$ | 9 |
 # | head-averaged weights | `(B, T, T)` instead of `(B, H, T, T)` | `average_attn_weights=False` | 1, 9 |
 # | `nn.MultiheadAttention` mask passed unconverted | tokens read the future, not the past | `~mask` | 1 |
@@ -755,13 +861,15 @@ print("entropy per head ranges", round(per_head_entropy.min().item(), 2), "to", 
 # </details>
 #
 # **Q4.** With $H = 8$ and $H_{kv} = 2$, which K/V heads do query heads 1 and 5 read? And with the
-# wrong `h % H_kv` mapping?
+# `h % H_kv` pairing? Why is that pairing wrong for a Llama checkpoint, when it is not a worse design?
 #
 # <details><summary>Answer</summary>
 #
 # Right: $1 // (8/2) = 0$ and $5 // 4 = 1$. Wrong: $1 \bmod 2 = 1$ and $5 \bmod 2 = 1$. Head 5 agrees
 # by coincidence, head 1 does not: compare the whole mapping, `[0, 0, 0, 0, 1, 1, 1, 1]` against
-# `[0, 1, 0, 1, 0, 1, 0, 1]`.
+# `[0, 1, 0, 1, 0, 1, 0, 1]`. A model trained with the modulo pairing would work as well, but a
+# checkpoint's weights were trained with the consecutive grouping (Llama's `repeat_kv`), so reading
+# them with the other pairing matches query heads with K/V heads they never met in training.
 # </details>
 #
 # **Q5.** What does `nn.MultiheadAttention` return as attention weights by default, and how do you get
@@ -809,6 +917,9 @@ print("entropy per head ranges", round(per_head_entropy.min().item(), 2), "to", 
 # | two heads in one layer doing different jobs, and an average that hides both | §5, `specialize-build`, `specialize-plot` |
 # | the per-head formula, one head at a time, equals the one call; the head patterns asserted | §5, `specialize-formula` |
 # | the GQA mapping $h // (H/H_{kv})$, equal to torch's `enable_gqa`; `h % H_kv` is not | §6, `gqa-mapping`, `gqa-check`, `gqa-mistake-run` |
+# | Llama's `repeat_kv` is `repeat_interleave`; `h % H_kv` is as expressive but misreads stored weights | §6, `gqa-layout-run` |
+# | `.view` fails after a transpose; `.contiguous().view` and `.reshape` work | §2, `split-shapes` |
+# | reading `(out, in)` weight blocks: a previous-token head built from named pieces | §5, `specialize-build` |
 # | parameters and KV-cache bytes of MHA, GQA and MQA at Llama-2-7B size | §7, `savings-table`, `savings-plot` |
 # | the module later chapters use, and masks with a head axis | §8, `module-run` |
 
