@@ -226,7 +226,9 @@ GQA_MISTAKES = (
     Mistake("kv_head_modulo",
             "query head h reads key/value head h % H_kv (as kv.repeat does); it should read head "
             "h // (H / H_kv), so each run of H / H_kv consecutive query heads shares one K/V head "
-            "(repeat_interleave along the head axis)",
+            "(repeat_interleave along the head axis). The modulo pairing could be trained just as well, "
+            "but it is not how trained checkpoints store their heads, so with real weights it attends "
+            "with the wrong keys",
             _heads_attention(kv_map="modulo")),
     *(Mistake(key, message, _heads_attention(**how)) for key, (message, how) in _HEAD_MISTAKES.items()
       if key in ("no_output_projection", "head_averaged_weights", "scale_d_model", "mask_ignored",
