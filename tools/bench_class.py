@@ -78,10 +78,11 @@ def plain_execution(folder: Path, chapter: str, students: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def grade(folder: Path, chapter: str, workers: int) -> float:
+def grade(folder: Path, chapter: str, workers: int, *options: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "helpers.grading.classroom", chapter, "--course", str(folder),
-                    "--workers", str(workers)], cwd=folder, env=nbgrader_env(), check=True, capture_output=True)
+                    "--workers", str(workers), *options], cwd=folder, env=nbgrader_env(), check=True,
+                   capture_output=True)
     return time.perf_counter() - start
 
 
@@ -89,6 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=30, help="submissions in the class, spread over the chapters")
     parser.add_argument("--chapter", action="append", help="only these chapters (repeatable)")
+    parser.add_argument("--no-zygote", action="store_true", help="pass --no-zygote to course-grade-class")
     parser.add_argument("--parallel-only", action="store_true", help="time only the parallel grading")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel graders (default: CPU count)")
     args = parser.parse_args()
@@ -105,8 +107,9 @@ def main() -> int:
             make_class(parallel, chapter, size)
             nan = float("nan")
             t_plain = nan if args.parallel_only else plain_execution(serial, chapter, students)
-            t_serial = nan if args.parallel_only else grade(serial, chapter, 1)
-            t_parallel = grade(parallel, chapter, workers)
+            options = ("--no-zygote",) if args.no_zygote else ()
+            t_serial = nan if args.parallel_only else grade(serial, chapter, 1, *options)
+            t_parallel = grade(parallel, chapter, workers, *options)
             rows.append((chapter, size, t_plain, t_serial, t_parallel))
             shutil.rmtree(Path(tmp, chapter))
     print(f"| chapter | notebooks | plain execution (s/nb) | serial grading (s/nb) | parallel grading, {workers} workers "
