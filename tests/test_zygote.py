@@ -24,10 +24,11 @@ PROBE = ("import os, sys\n"
 def started():
     process = zygote.start_zygote()
     assert process is not None
+    folder = os.path.dirname(zygote._SOCKET)
     yield process
-    process.kill()
-    process.wait()
+    zygote._stop(process, folder)
     zygote._SOCKET = None
+    assert not os.path.exists(folder)
 
 
 def run(code: str, folder, timeout: int = 30, *more: str) -> NotebookClient:

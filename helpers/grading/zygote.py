@@ -18,8 +18,10 @@ default generator starts from its fixed import-time seed, as in a fresh process.
 from __future__ import annotations
 
 import json
+import multiprocessing.util
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,14 +110,24 @@ def start_zygote() -> subprocess.Popen | None:
     global _SOCKET
     if not hasattr(os, "fork") or not hasattr(os, "pidfd_open"):
         return None
-    path = os.path.join(tempfile.mkdtemp(prefix="grading-zygote-"), "socket")
+    folder = tempfile.mkdtemp(prefix="grading-zygote-")  # mode 0700: only this user may connect
+    path = os.path.join(folder, "socket")
     process = subprocess.Popen([sys.executable, "-m", "helpers.grading.zygote", path], stdout=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, text=True)
+    # At the worker's exit (multiprocessing runs these finalizers, atexit does not in its workers).
+    multiprocessing.util.Finalize(None, _stop, args=(process, folder), exitpriority=10)
     if process.stdout.readline().strip() != "ready":
-        process.kill()
+        _stop(process, folder)
         return None
     _SOCKET = path
     return process
+
+
+def _stop(process: subprocess.Popen, folder: str) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class ForkedKernel:
