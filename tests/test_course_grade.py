@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers.grading.course import alembic_head, copy_assignment, nbgrader_api, prepare_gradebook
 from tools.build import ROOT, chapters, nbgrader_env
 
 from .nbgrader_course import filled_in, put, replace, solution_answers
@@ -22,9 +23,49 @@ CHAPTER = "01_attention"
 RELEASED = ROOT / "exercises" / CHAPTER / f"{CHAPTER}.ipynb"
 
 
+@pytest.fixture(autouse=True)
+def _gradebook_cache(tmp_path_factory, monkeypatch):
+    """Prepared gradebooks go to a folder of this test session, never to the user's cache."""
+    monkeypatch.setenv("COURSE_GRADE_CACHE", str(tmp_path_factory.getbasetemp() / "gradebooks"))
+
+
 def course_grade(*args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "helpers.grading.learner", *map(str, args)], cwd=cwd,
                           env=nbgrader_env(), capture_output=True, text=True, check=False)
+
+
+def test_the_gradebook_is_stamped_with_the_revision_alembic_prints():
+    """nbgrader's own `alembic heads` subprocess, replaced in-process, must give the same revision."""
+    from nbgrader.dbutil import _temp_alembic_ini
+
+    with _temp_alembic_ini("sqlite:////tmp/unused.db") as ini:
+        heads = subprocess.run([str(Path(sys.executable).parent / "alembic"), "-c", ini, "heads"],
+                               capture_output=True, text=True, check=True).stdout
+    assert alembic_head() == heads.split()[0]
+
+
+def test_a_prepared_gradebook_is_reused_only_for_the_same_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_GRADE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no `alembic` command: the stamp is read in-process
+    from nbgrader.api import Gradebook
+
+    def prepare(name):
+        work = copy_assignment(ROOT, CHAPTER, tmp_path / name)
+        if name == "edited":
+            source = work / "solutions" / CHAPTER / f"{CHAPTER}.ipynb"
+            source.write_text(source.read_text().replace("math.sqrt(d_k)", "math.sqrt(d_k) "))
+        api = nbgrader_api(work)
+        cached = prepare_gradebook(api, work, CHAPTER, work)
+        with Gradebook(api.coursedir.db_url, api.coursedir.course_id) as gb:
+            grade_cells = {c.name for c in gb.find_notebook(CHAPTER, CHAPTER).grade_cells}
+        return cached, grade_cells, sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+    first, cells, files = prepare("first")
+    assert not first and len(files) == 1 and {"ex1-test", "ex3-hidden"} <= cells
+    again, cells_again, files_again = prepare("again")
+    assert again and cells_again == cells and files_again == files
+    edited, _, files_edited = prepare("edited")
+    assert not edited and len(files_edited) == 2  # another source, another gradebook
 
 
 def notebook(tmp_path, edits=None, name=f"{CHAPTER}.ipynb"):

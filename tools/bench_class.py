@@ -3,6 +3,7 @@
     python tools/bench_class.py            # 30 submissions spread over the chapters
     python tools/bench_class.py --size 60
     python tools/bench_class.py --chapter 01_attention   # the whole class on one chapter
+    python tools/bench_class.py --size 60 --chapter 01_attention --chapter 02_heads --parallel-only
 
 It builds a synthetic class in a temporary copy of the course: for each chapter, submissions
 cycle through the solution, the known wrong submissions of tests/grading/ch<chapter>.py (partial
@@ -13,7 +14,9 @@ out the ones that only burn a timeout or the network. Then, per chapter, it time
     serial grading    course-grade-class --workers 1   (scan, autograde, feedback, CSVs)
     parallel grading  course-grade-class --workers N   (N = CPU count)
 
-and prints seconds per notebook and the ratio of grading to plain execution.
+and prints seconds per notebook and the ratio of grading to plain execution (`--parallel-only`: only
+the last, the instructor's real case; the other columns then read nan), with the load averages
+before and after (the machine may be shared: compare runs made back to back).
 """
 
 from __future__ import annotations
@@ -75,10 +78,11 @@ def plain_execution(folder: Path, chapter: str, students: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def grade(folder: Path, chapter: str, workers: int) -> float:
+def grade(folder: Path, chapter: str, workers: int, *options: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "helpers.grading.classroom", chapter, "--course", str(folder),
-                    "--workers", str(workers)], cwd=folder, env=nbgrader_env(), check=True, capture_output=True)
+                    "--workers", str(workers), *options], cwd=folder, env=nbgrader_env(), check=True,
+                   capture_output=True)
     return time.perf_counter() - start
 
 
@@ -86,20 +90,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=30, help="submissions in the class, spread over the chapters")
     parser.add_argument("--chapter", action="append", help="only these chapters (repeatable)")
+    parser.add_argument("--no-zygote", action="store_true", help="pass --no-zygote to course-grade-class")
+    parser.add_argument("--parallel-only", action="store_true", help="time only the parallel grading")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel graders (default: CPU count)")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     graded = [c for c in chapters() if (CONTENT / "solutions" / f"{c}.py").exists()]
     graded = [c for c in graded if c in args.chapter] if args.chapter else graded
     sizes = {c: args.size // len(graded) + (i < args.size % len(graded)) for i, c in enumerate(graded)}
-    workers = os.cpu_count() or 1
+    workers = args.workers
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for chapter, size in sizes.items():
             serial, parallel = Path(tmp, chapter, "serial"), Path(tmp, chapter, "parallel")
             students = make_class(serial, chapter, size)
             make_class(parallel, chapter, size)
-            t_plain = plain_execution(serial, chapter, students)
-            t_serial = grade(serial, chapter, 1)
-            t_parallel = grade(parallel, chapter, workers)
+            nan = float("nan")
+            t_plain = nan if args.parallel_only else plain_execution(serial, chapter, students)
+            options = ("--no-zygote",) if args.no_zygote else ()
+            t_serial = nan if args.parallel_only else grade(serial, chapter, 1, *options)
+            t_parallel = grade(parallel, chapter, workers, *options)
             rows.append((chapter, size, t_plain, t_serial, t_parallel))
             shutil.rmtree(Path(tmp, chapter))
     print(f"| chapter | notebooks | plain execution (s/nb) | serial grading (s/nb) | parallel grading, {workers} workers "
@@ -113,7 +123,9 @@ def main() -> int:
     print(f"| all | {n} | {plain / n:.2f} | {serial / n:.2f} | {parallel / n:.2f} | {serial / plain:.2f} | "
           f"{serial / parallel:.2f} |")
     print(f"\ntotal: plain {plain:.1f} s, serial grading {serial:.1f} s, parallel grading {parallel:.1f} s")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+          "load averages (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
+              *load_before, *os.getloadavg()))
     return 0
 
 

@@ -6,8 +6,8 @@
                                                              # feedback, export, report
 
 `course.py` finds the course and drives nbgrader in-process, `results.py` reads grades and feedback
-sentences back, `scan.py` reads answer cells for forbidden code, `learner.py` and `classroom.py`
-are the two commands.
+sentences back, `scan.py` reads answer cells for forbidden code, `zygote.py` forks grading kernels
+from a pre-imported process, `learner.py` and `classroom.py` are the two commands.
 """
 
 import os as _os

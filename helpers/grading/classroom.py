@@ -47,6 +47,7 @@ from .results import by_exercise, pending_note, read_cells
 from .sandbox import lock_down, sandbox_problem
 from .scan import Finding, scan_class, submitted_notebooks, write_csv
 from .scan import report as scan_report
+from .zygote import start_zygote
 
 SKIP_DIRS = {"autograded", "feedback", "exchange", "__pycache__", ".ipynb_checkpoints", "node_modules"}
 
@@ -66,14 +67,16 @@ class Outcome:
 
 _API = None
 _ASSIGNMENT = ""
+_ZYGOTE = None
 
 
 def _init_worker(course: str, assignment: str, timeout: int | None, memory_gb: float | None,
-                 sandbox: str | None) -> None:
+                 sandbox: str | None, zygote: bool = True) -> None:
     """Each worker imports nbgrader once. Its kernels inherit its address-space limit, so a
     submission that allocates too much gets a MemoryError in its own cell instead of taking the
-    machine down."""
-    global _API, _ASSIGNMENT
+    machine down. With `zygote`, each kernel is forked from a process of this worker that has
+    imported torch and ipykernel once (see zygote.py); still one new kernel per notebook."""
+    global _API, _ASSIGNMENT, _ZYGOTE
     if memory_gb:
         limit = int(memory_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -81,7 +84,11 @@ def _init_worker(course: str, assignment: str, timeout: int | None, memory_gb: f
     if sandbox:
         overrides.update(Execute__kernel_manager_class="helpers.grading.sandbox.SandboxKernelManager",
                          SandboxKernelManager__sandbox_user=sandbox)
+    elif zygote:
+        overrides.update(Execute__kernel_manager_class="helpers.grading.zygote.ZygoteKernelManager")
     _API, _ASSIGNMENT = nbgrader_api(Path(course), **overrides), assignment
+    if zygote and not sandbox:
+        _ZYGOTE = start_zygote()  # after nbgrader_config.py set the kernels' environment
     devnull = os.open(os.devnull, os.O_WRONLY)  # kernels' start-up chatter
     os.dup2(devnull, 2)
 
@@ -159,10 +166,10 @@ def _pool(workers: int, args: tuple) -> ProcessPoolExecutor:
 
 def autograde_all(course: Path, assignment: Assignment, students: list[str], *, workers: int,
                   timeout: int | None, memory_gb: float | None, sandbox: str | None = None,
-                  log=print) -> dict[str, Outcome]:
+                  zygote: bool = True, log=print) -> dict[str, Outcome]:
     """Autograde every student, `workers` at a time. A worker that dies (a flood of output that
     exhausts it) is replaced and its students are retried once."""
-    args = (str(course), assignment.name, timeout, memory_gb, sandbox)
+    args = (str(course), assignment.name, timeout, memory_gb, sandbox, zygote)
     hidden = frozenset(assignment.hidden_cells)
     outcomes: dict[str, Outcome] = {}
     pending, attempts = list(students), {s: 0 for s in students}
@@ -284,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", action="append", help="grade only these students (repeatable)")
     parser.add_argument("--sandbox", metavar="USER", help="run kernels as USER with no network and no access to "
                         "the gradebook or other students' files (needs root on Linux; see helpers/grading/sandbox.py)")
+    parser.add_argument("--no-zygote", action="store_true", help="start every kernel as a new Python process "
+                        "(slower) instead of forking it from a worker's pre-imported one (see helpers/grading/zygote.py)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         lock_down(course)
     before = snapshot(course)
     outcomes = autograde_all(course, assignment, students, workers=args.workers, timeout=args.timeout,
-                             memory_gb=args.memory_gb or None, sandbox=args.sandbox)
+                             memory_gb=args.memory_gb or None, sandbox=args.sandbox, zygote=not args.no_zygote)
     changed = changed_files(before, snapshot(course))
 
     results = write_grades(course, api, assignment, students, outcomes)

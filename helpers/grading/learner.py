@@ -30,6 +30,7 @@ from .course import (
     copy_assignment,
     find_course,
     nbgrader_api,
+    prepare_gradebook,
 )
 from .results import by_exercise, read_cells, table
 
@@ -117,9 +118,7 @@ def grade_notebook(path: Path, *, course: Path, assignment: str | None = None, t
         overrides = {"Execute__timeout": timeout} if timeout else {}
         api = nbgrader_api(work, **overrides)
         with _quiet_stderr(not verbose):
-            made = api.generate_assignment(found.name, force=True)
-            if not made["success"]:
-                raise GradingError(f"nbgrader could not prepare {found.name}:\n{made.get('log', '')}")
+            prepare_gradebook(api, course, found.name, work)
             target = work / "submitted" / STUDENT / found.name / f"{found.name}.ipynb"
             target.parent.mkdir(parents=True)
             shutil.copyfile(path, target)

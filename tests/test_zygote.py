@@ -1,0 +1,67 @@
+"""Grading kernels forked from a pre-imported zygote (helpers/grading/zygote.py): each notebook gets
+its own new kernel process, in its own folder and environment, and nbgrader's timeout still stops a
+cell that loops."""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from helpers.grading import zygote
+
+pytestmark = pytest.mark.slow
+
+PROBE = ("import os, sys\n"
+         "print(os.getpid(), os.getppid(), os.getcwd(), 'torch' in sys.modules, os.environ.get('ZYGOTE_PROBE'),"
+         " 'left_behind' in globals())\n"
+         "left_behind = 1")
+
+
+@pytest.fixture(scope="module")
+def started():
+    process = zygote.start_zygote()
+    assert process is not None
+    folder = os.path.dirname(zygote._SOCKET)
+    yield process
+    zygote._stop(process, folder)
+    zygote._SOCKET = None
+    assert not os.path.exists(folder)
+
+
+def run(code: str, folder, timeout: int = 30, *more: str) -> NotebookClient:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in (code, *more)])
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
+                            kernel_manager_class=zygote.ZygoteKernelManager,
+                            resources={"metadata": {"path": str(folder)}})
+    client.execute()
+    return client
+
+
+def test_each_notebook_gets_a_new_kernel_forked_in_its_own_folder(started, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZYGOTE_PROBE", "seen")
+    seen = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        output = run(PROBE, tmp_path / name).nb.cells[0].outputs[0]["text"].split()
+        seen.append(output)
+        pid, parent, cwd, preloaded, probe, shared = output
+        assert int(parent) == started.pid and preloaded == "True"  # forked from the zygote
+        assert cwd == str(tmp_path / name) and probe == "seen" and shared == "False"
+    assert seen[0][0] != seen[1][0]  # two kernel processes
+    assert started.poll() is None  # the zygote serves the next notebook
+
+
+def test_a_looping_cell_is_interrupted_by_the_timeout_and_the_next_cell_runs(started, tmp_path):
+    cells = run("import os\nprint(os.getppid())\nwhile True:\n    pass", tmp_path, 3, "print('after')").nb.cells
+    assert int(cells[0].outputs[0]["text"]) == started.pid
+    assert cells[0].outputs[-1]["ename"] == "KeyboardInterrupt"
+    assert cells[1].outputs[0]["text"] == "after\n"
+
+
+def test_without_a_zygote_kernels_start_as_usual(tmp_path, monkeypatch):
+    monkeypatch.setattr(zygote, "_SOCKET", None)
+    pid, parent, *_ = run(PROBE, tmp_path).nb.cells[0].outputs[0]["text"].split()
+    assert int(parent) == os.getpid()
