@@ -72,15 +72,15 @@ def attend_with_sdpa_core(q, k_new, v_new, k_cache, v_cache):
     k = k_all[:, :, None].expand(B, H_kv, g, T_k, d).reshape(B, H_kv * g, T_k, d)
     v = v_all[:, :, None].expand(B, H_kv, g, T_k, d).reshape(B, H_kv * g, T_k, d)
     T_q = q.shape[2]
-    mask = torch.arange(T_k)[None, :] <= torch.arange(T_k - T_q, T_k)[:, None]
+    mask = torch.arange(T_k, device=q.device)[None, :] <= torch.arange(T_k - T_q, T_k, device=q.device)[:, None]
     out, _ = chapter01_attention(q, k, v, mask)
     return out, k_all, v_all
 
 
 def online_with_logsumexp_by_hand(q, k, v, block_size):
     """Keeps the running log-sum-exp instead of (m, l): also an online softmax."""
-    lse = torch.full((*q.shape[:-1], 1), -math.inf, dtype=q.dtype)
-    acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    lse = torch.full((*q.shape[:-1], 1), -math.inf, dtype=q.dtype, device=q.device)
+    acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
     for s0 in range(0, k.shape[-2], block_size):
         s = q @ k[..., s0:s0 + block_size, :].transpose(-2, -1) / math.sqrt(q.shape[-1])
         top = torch.maximum(lse, s.amax(-1, keepdim=True))

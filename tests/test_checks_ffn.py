@@ -195,7 +195,8 @@ def test_hard_coded_visible_output_fails_hidden_inputs():
     memory = {}
 
     def record(x, w1, b1, w2, b2):
-        return memory.setdefault((x.shape, x.is_contiguous()), loops.feed_forward(x, w1, b1, w2, b2))
+        memory[(x.shape, x.is_contiguous())] = loops.feed_forward(x, w1, b1, w2, b2)  # the latest call's output
+        return memory[(x.shape, x.is_contiguous())]
 
     checks.check_feed_forward(record)
     frozen = dict(memory)
