@@ -100,12 +100,22 @@ def test_other_correct_answers_pass(capsys):
     assert capsys.readouterr().out.count("✓") == 6
 
 
-@pytest.mark.parametrize("wrap", [float, np.int64, torch.tensor], ids=["float", "numpy-int", "tensor"])
-def test_counts_accept_whole_numbers_of_any_numeric_type(wrap, capsys):
-    checks.check_mlp_flops(lambda *a: wrap(loops.mlp_flops(*a)))
-    checks.check_kv_cache_bytes(lambda *a: wrap(loops.kv_cache_bytes(*a)))
-    checks.check_attention_flops(lambda *a: {k: wrap(v) for k, v in loops.attention_flops(*a).items()})
+def test_counts_accept_python_and_numpy_integers(capsys):
+    checks.check_mlp_flops(lambda *a: np.int64(loops.mlp_flops(*a)))
+    checks.check_kv_cache_bytes(lambda *a: int(loops.kv_cache_bytes(*a)))
+    checks.check_attention_flops(lambda *a: {k: np.int64(v) for k, v in loops.attention_flops(*a).items()})
     assert capsys.readouterr().out.count("✓") == 3
+
+
+@pytest.mark.parametrize("wrap, message", [
+    (float, r"is a float \(\d+\.0\); a count is an int: use //"),
+    (torch.tensor, r"is a 0-d tensor \(\d+\); a count is a Python int: return int\(...\) or .item\(\)"),
+], ids=["float", "tensor"])
+def test_counts_name_a_whole_float_or_a_tensor(wrap, message):
+    with pytest.raises(CheckFailed, match=r"^mlp_flops " + message):
+        checks.check_mlp_flops(lambda *a: wrap(loops.mlp_flops(*a)))
+    with pytest.raises(CheckFailed, match=r"^attention_flops\['projections'\] " + message):
+        checks.check_attention_flops(lambda *a: {k: wrap(v) for k, v in loops.attention_flops(*a).items()})
 
 
 def test_counts_refuse_fractions_wrong_keys_and_unknown_errors():

@@ -235,3 +235,48 @@ def test_answers_that_work_on_a_gpu_are_not_blamed_for_meta(check, answer, varia
     check(answer, **kwargs)
     out = capsys.readouterr().out
     assert out.startswith("✓ ") and out.count("\n") == 1  # the ✓ line, unchanged and alone
+
+
+# ------------------------------------------------------------------------------------------------
+# Counts the exercise says are ints
+# ------------------------------------------------------------------------------------------------
+
+
+def _numbers(**answers):
+    from helpers.checks.core import check_numbers
+
+    check_numbers(answers, {"n": 3, "ratio": 1.5}, tolerance={"ratio": 1e-9}, integers=("n",),
+                  mistakes={"n": [(3.5, "that counts half a pair; pairs come whole")]})
+
+
+@pytest.mark.parametrize("n", [3, np.int64(3), np.int32(3)], ids=["int", "numpy-int64", "numpy-int32"])
+def test_check_numbers_accepts_python_and_numpy_integers_for_counts(n, capsys):
+    _numbers(n=n, ratio=1.5)
+    assert capsys.readouterr().out.startswith("✓ all 2 answers are right")
+
+
+@pytest.mark.parametrize("n, message", [
+    (3.0, r"^n is a float \(3.0\); a count is an int: use // for exact division"),
+    (np.float64(3.0), r"^n is a float \(3.0\); a count is an int"),
+    (torch.tensor(3), r"^n is a 0-d tensor \(3\); a count is a Python int: return int\(...\) or .item\(\)"),
+    (torch.tensor([3]), r"^n is a tensor of shape \(1,\) \(3\); a count is a Python int"),
+    (2.5, r"^n is 2.5, which is not a whole number"),
+    (3.5, r"^n = 3.5: that counts half a pair"),  # a catalogued wrong value says more than its type
+    ("3", r"^n should be a number \(an int\); got a str"),
+    (True, r"^n should be a number \(an int\); got a bool"),
+], ids=["float", "numpy-float", "0d-tensor", "1d-tensor", "fraction", "catalogued", "str", "bool"])
+def test_check_numbers_names_a_count_that_is_not_an_int(n, message):
+    with pytest.raises(CheckFailed, match=message):
+        _numbers(n=n, ratio=1.5)
+
+
+def test_check_numbers_still_accepts_floats_and_tensors_where_no_int_is_asked(capsys):
+    _numbers(n=3, ratio=torch.tensor(1.5, dtype=torch.float64))
+    assert "✓" in capsys.readouterr().out
+
+
+def test_integers_must_name_expected_keys():
+    from helpers.checks.core import check_numbers
+
+    with pytest.raises(ValueError, match="integers names keys with no expected value"):
+        check_numbers({"n": 3}, {"n": 3}, integers=("m",))

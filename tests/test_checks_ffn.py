@@ -221,8 +221,11 @@ RIGHT_MOE = {"mixtral_total_expert_params": 1_409_286_144, "mixtral_active_exper
 ])
 def test_numbers_right_and_each_known_wrong_value(check, right, table, capsys):
     check(**right)
-    check(**{key: np.float64(value) if isinstance(value, float) else torch.tensor(value) for key, value in right.items()})
+    check(**{key: np.float64(value) if isinstance(value, float) else np.int64(value) for key, value in right.items()})
     assert capsys.readouterr().out.count("✓") == 2
+    count = next(key for key, value in right.items() if isinstance(value, int))
+    with pytest.raises(CheckFailed, match=rf"^{count} is a 0-d tensor \(\d+\); a count is a Python int"):
+        check(**{**right, count: torch.tensor(right[count])})
     for key, wrongs in table.items():
         for value, message in wrongs:
             with pytest.raises(CheckFailed, match=re.escape(message)):

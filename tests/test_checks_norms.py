@@ -355,8 +355,10 @@ RIGHT_COUNTS = {"n_means": 4096, "ln_params_gpt2": 38_400, "rms_params_llama": 2
 
 def test_counts_right_and_each_known_wrong_value(capsys):
     checks.check_norm_counts(**RIGHT_COUNTS)
-    checks.check_norm_counts(**{k: float(v) for k, v in RIGHT_COUNTS.items()})
+    checks.check_norm_counts(**{k: np.int64(v) for k, v in RIGHT_COUNTS.items()})
     assert capsys.readouterr().out.count("✓") == 2
+    with pytest.raises(CheckFailed, match=r"^n_means is a float \(4096.0\); a count is an int"):
+        checks.check_norm_counts(**{**RIGHT_COUNTS, "n_means": 4096.0})
     for key, wrongs in checks._COUNT_MISTAKES.items():
         for value, message in wrongs:
             with pytest.raises(CheckFailed, match=re.escape(message)):

@@ -51,6 +51,7 @@ __all__ = [
     "Case",
     "CheckFailed",
     "Mistake",
+    "as_count",
     "call_learner",
     "check_function",
     "check_numbers",
@@ -717,6 +718,38 @@ def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype, scale: float = 
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
 
+def as_count(name: str, value: Any, verb: str = "returned") -> int:
+    """A count the exercise says is an int: a Python int or a NumPy integer. A float (even 3.0) or a
+    tensor is named, with the fix, rather than converted: the exercise asks for an int."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, torch.Tensor):
+        shown = f" ({value.item()})" if value.numel() == 1 else ""
+        kind = "a 0-d tensor" if value.dim() == 0 else f"a tensor of shape {fmt_shape(value.shape)}"
+        raise CheckFailed(f"{name} {verb} {kind}{shown}; a count is a Python int: return int(...) or .item()")
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isfinite(value) and value.is_integer():
+            raise CheckFailed(f"{name} {verb} a float ({value}); a count is an int: use // for exact division, "
+                              f"or int(...) on a whole number")
+        raise CheckFailed(f"{name} {verb} {value}, which is not a whole number; a count is an integer "
+                          f"(use // for exact division)")
+    if isinstance(value, bool) or not isinstance(value, int):
+        should = "should return a number (an int); it returned" if verb == "returned" else "should be a number (an int); got"
+        raise CheckFailed(f"{name} {should} a {type(value).__name__}")
+    return value
+
+
+def _integer_problem(key: str, value: Any, target: float, tol: float, known: Sequence[tuple[float, str]]) -> None:
+    """A count that is not an int: a catalogued wrong value is named first (it says more), else the type."""
+    number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+    if isinstance(number, (float, np.floating)) and abs(float(number) - target) > tol:
+        for wrong, message in known:
+            if abs(float(number) - wrong) <= max(tol, 1e-9 * abs(wrong)):
+                raise CheckFailed(f"{key} = {number}: {message}")
+    as_count(key, value, verb="is")
+
+
 def check_numbers(
     answers: Mapping[str, Any],
     expected: Mapping[str, float],
@@ -725,9 +758,15 @@ def check_numbers(
     mistakes: Mapping[str, Sequence[tuple[float, str]]] | None = None,
     hints: Mapping[str, str] | None = None,
     name: str = "this check",
+    integers: Iterable[str] = (),
 ) -> None:
     """Numeric answers: each must be a number within its tolerance; known wrong values are named.
-    `name` (the check's name) is used when an answer is not passed at all."""
+    `name` (the check's name) is used when an answer is not passed at all; the keys in `integers`
+    are counts the exercise says are ints (a float or a tensor there is named, see `as_count`)."""
+    integers = set(integers)
+    unknown = integers - set(expected)
+    if unknown:
+        raise ValueError(f"check_numbers: integers names keys with no expected value: {sorted(unknown)}")
     verify_environment()
     missing = [key for key in expected if key not in answers]
     if missing:
@@ -737,6 +776,8 @@ def check_numbers(
         value = answers.get(key)
         if value is None:
             raise CheckFailed(f"{key} has no answer yet: assign a number to it and run its cell")
+        if key in integers and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            _integer_problem(key, value, target, tolerance.get(key, 0.0), (mistakes or {}).get(key, ()))
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
