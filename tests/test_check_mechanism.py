@@ -280,3 +280,12 @@ def test_integers_must_name_expected_keys():
 
     with pytest.raises(ValueError, match="integers names keys with no expected value"):
         check_numbers({"n": 3}, {"n": 3}, integers=("m",))
+
+
+def test_numpy_on_an_input_that_requires_grad_is_named_as_cut_off():
+    """x.numpy() raises when x requires grad; the learner is told why, not shown torch's error."""
+    def scores_in_numpy(q, k):
+        return torch.from_numpy(q.numpy() @ k.numpy().swapaxes(-1, -2) / math.sqrt(q.shape[-1]))
+
+    with pytest.raises(CheckFailed, match=r"^your output is cut off from autograd: .*requires grad"):
+        ch01.check_attention_scores(scores_in_numpy)
