@@ -11,7 +11,7 @@ import torch
 
 
 def attention_scores(q, k):
-    out = torch.empty(*q.shape[:-1], k.shape[-2], dtype=q.dtype)
+    out = torch.empty(*q.shape[:-1], k.shape[-2], dtype=q.dtype, device=q.device)
     lead = q.shape[:-2]
     for idx in torch.cartesian_prod(*[torch.arange(n) for n in lead]).reshape(-1, len(lead)).tolist() if lead else [[]]:
         idx = tuple(idx)
@@ -26,7 +26,8 @@ def causal_mask(T):
 
 
 def padding_mask(lengths, T):
-    return torch.tensor([[[j < int(n) for j in range(T)]] for n in lengths], dtype=torch.bool)
+    return torch.tensor([[[j < int(n) for j in range(T)]] for n in lengths], dtype=torch.bool,
+                        device=lengths.device)
 
 
 def apply_mask(scores, mask):
@@ -37,24 +38,26 @@ def apply_mask(scores, mask):
 
 
 def masked_softmax(scores, mask):
+    """Row by row, entry by entry; each output entry is a tensor computed from the scores (autograd sees it)."""
     mask = mask.expand(scores.shape)
-    out = torch.zeros_like(scores)
-    flat_s, flat_m, flat_o = scores.reshape(-1, scores.shape[-1]), mask.reshape(-1, scores.shape[-1]), out.view(-1, scores.shape[-1])
+    flat_s, flat_m = scores.reshape(-1, scores.shape[-1]), mask.reshape(-1, scores.shape[-1])
+    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+    rows = []
     for r in range(flat_s.shape[0]):
         allowed = [j for j in range(flat_s.shape[1]) if flat_m[r, j]]
         if not allowed:
+            rows.append(torch.stack([zero] * flat_s.shape[1]))
             continue
-        top = max(float(flat_s[r, j]) for j in allowed)
-        exps = {j: math.exp(float(flat_s[r, j]) - top) for j in allowed}
+        top = max(float(flat_s[r, j]) for j in allowed)  # a constant shift: softmax does not depend on it
+        exps = {j: torch.exp(flat_s[r, j] - top) for j in allowed}
         total = sum(exps.values())
-        for j in allowed:
-            flat_o[r, j] = exps[j] / total
-    return out
+        rows.append(torch.stack([exps[j] / total if j in exps else zero for j in range(flat_s.shape[1])]))
+    return torch.stack(rows).reshape(scores.shape)
 
 
 def scaled_dot_product_attention(q, k, v, mask=None):
     scores = attention_scores(q, k)
     if mask is None:
-        mask = torch.ones(scores.shape[-2:], dtype=torch.bool)
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device)
     weights = masked_softmax(scores, mask)
     return weights @ v, weights

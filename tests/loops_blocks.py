@@ -17,8 +17,8 @@ def cross_attention(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads=None, mem
     T_k = memory.shape[1]
     d_head = d_model // n_heads
     q, k, v = x @ w_q.T, memory @ w_k.T, memory @ w_v.T
-    heads = torch.zeros(B, T_q, d_model, dtype=x.dtype)
-    weights = torch.zeros(B, n_heads, T_q, T_k, dtype=x.dtype)
+    heads = torch.zeros(B, T_q, d_model, dtype=x.dtype, device=x.device)
+    weights = torch.zeros(B, n_heads, T_q, T_k, dtype=x.dtype, device=x.device)
     for b in range(B):
         for h in range(n_heads):
             g = h // (n_heads // n_kv)  # the key/value head this query head reads
@@ -27,10 +27,10 @@ def cross_attention(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads=None, mem
                 allowed = [j for j in range(T_k) if memory_mask is None or bool(memory_mask[b, j])]
                 if not allowed:
                     continue
-                scores = [float(qi @ k[b, j, g * d_head:(g + 1) * d_head]) / math.sqrt(d_head) for j in allowed]
-                top = max(scores)
-                exps = [math.exp(s - top) for s in scores]
-                total = math.fsum(exps)
+                scores = [qi @ k[b, j, g * d_head:(g + 1) * d_head] / math.sqrt(d_head) for j in allowed]
+                top = max(float(s) for s in scores)  # a constant shift: the softmax does not depend on it
+                exps = [torch.exp(s - top) for s in scores]
+                total = sum(exps)
                 for j, e in zip(allowed, exps):
                     weights[b, h, i, j] = e / total
                     heads[b, i, h * d_head:(h + 1) * d_head] += e / total * v[b, j, g * d_head:(g + 1) * d_head]
@@ -39,7 +39,7 @@ def cross_attention(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads=None, mem
 
 def decoder_block(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
     T = x.shape[1]
-    causal = torch.tensor([[j <= i for j in range(T)] for i in range(T)])
+    causal = torch.tensor([[j <= i for j in range(T)] for i in range(T)], device=x.device)
     after_self = x + self_attn(norm1(x), causal)
     after_cross = after_self + cross_attn(norm2(after_self), memory, memory_mask)
     return after_cross + ffn(norm3(after_cross))

@@ -44,7 +44,7 @@ def kv_cache_bytes(n_layers, n_kv_heads, d_head, tokens, batch, dtype):
 
 def embed_new_tokens(ids, wte, wpe, cache_length):
     B, T = ids.shape
-    out = torch.empty(B, T, wte.shape[1], dtype=wte.dtype)
+    out = torch.empty(B, T, wte.shape[1], dtype=wte.dtype, device=wte.device)
     for b in range(B):
         for t in range(T):
             out[b, t] = wte[ids[b, t]] + wpe[cache_length + t]
@@ -56,36 +56,36 @@ def attend_with_cache(q, k_new, v_new, k_cache, v_cache):
     B, H, T_new, d = q.shape
     H_kv, T_past = k_new.shape[1], k_cache.shape[2]
     k_all, v_all = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
-    out = torch.zeros(B, H, T_new, v_new.shape[-1], dtype=q.dtype)
+    out = torch.zeros(B, H, T_new, v_new.shape[-1], dtype=q.dtype, device=q.device)
     for b in range(B):
         for h in range(H):
             g = h // (H // H_kv)
             for i in range(T_new):
                 visible = T_past + i + 1
-                scores = [float(q[b, h, i] @ k_all[b, g, j]) / math.sqrt(d) for j in range(visible)]
-                top = max(scores)
-                w = [math.exp(s - top) for s in scores]
+                scores = [q[b, h, i] @ k_all[b, g, j] / math.sqrt(d) for j in range(visible)]
+                top = max(float(s) for s in scores)  # a constant shift: the softmax does not depend on it
+                w = [torch.exp(s - top) for s in scores]
                 for j in range(visible):
                     out[b, h, i] += w[j] / sum(w) * v_all[b, g, j]
     return out, k_all, v_all
 
 
 def online_softmax_attention(q, k, v, block_size):
-    """One query row at a time, plain Python floats for the statistics."""
+    """One query row at a time; the running maximum is a plain float (a constant shift), the rest tensors."""
     scale = 1 / math.sqrt(q.shape[-1])
     flat_q = q.reshape(-1, q.shape[-2], q.shape[-1])
     flat_k = k.reshape(-1, k.shape[-2], k.shape[-1])
     flat_v = v.reshape(-1, v.shape[-2], v.shape[-1])
-    out = torch.zeros(flat_q.shape[0], flat_q.shape[1], v.shape[-1], dtype=q.dtype)
+    rows = []
     for b in range(flat_q.shape[0]):
         for i in range(flat_q.shape[1]):
-            m, l, acc = -math.inf, 0.0, torch.zeros(v.shape[-1], dtype=q.dtype)
+            m, l, acc = -math.inf, 0.0, torch.zeros(v.shape[-1], dtype=q.dtype, device=q.device)
             for start in range(0, k.shape[-2], block_size):
-                s = [float(flat_q[b, i] @ flat_k[b, j]) * scale for j in range(start, min(start + block_size, k.shape[-2]))]
-                m_new = max(m, max(s))
+                s = [flat_q[b, i] @ flat_k[b, j] * scale for j in range(start, min(start + block_size, k.shape[-2]))]
+                m_new = max(m, max(float(x) for x in s))
                 c = math.exp(m - m_new)
-                l = l * c + sum(math.exp(x - m_new) for x in s)
-                acc = acc * c + sum(math.exp(x - m_new) * flat_v[b, start + n] for n, x in enumerate(s))
+                l = l * c + sum(torch.exp(x - m_new) for x in s)
+                acc = acc * c + sum(torch.exp(x - m_new) * flat_v[b, start + n] for n, x in enumerate(s))
                 m = m_new
-            out[b, i] = acc / l
-    return out.reshape(*q.shape[:-1], v.shape[-1])
+            rows.append(acc / l)
+    return torch.stack(rows).reshape(*q.shape[:-1], v.shape[-1])

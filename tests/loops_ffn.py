@@ -11,19 +11,20 @@ import torch
 
 
 def _elementwise(x, f):
-    flat = [f(v) for v in x.detach().reshape(-1).double().tolist()]
-    return torch.tensor(flat, dtype=torch.float64).reshape(x.shape).to(x.dtype)
+    """f on every entry (a 0-d tensor), stacked back: autograd follows each one."""
+    flat = [f(v) for v in x.reshape(-1)]
+    return (torch.stack(flat) if flat else x.reshape(-1)).reshape(x.shape)
 
 
 def gelu(x, approximate="none"):
     if approximate == "tanh":
         c = math.sqrt(2 / math.pi)
-        return _elementwise(x, lambda v: 0.5 * v * (1 + math.tanh(c * (v + 0.044715 * v**3))))
-    return _elementwise(x, lambda v: v * 0.5 * math.erfc(-v / math.sqrt(2)))
+        return _elementwise(x, lambda v: 0.5 * v * (1 + torch.tanh(c * (v + 0.044715 * v**3))))
+    return _elementwise(x, lambda v: v * 0.5 * torch.erfc(-v / math.sqrt(2)))
 
 
 def feed_forward(x, w1, b1, w2, b2):
-    out = torch.empty(*x.shape[:-1], w2.shape[0], dtype=x.dtype)
+    out = torch.empty(*x.shape[:-1], w2.shape[0], dtype=x.dtype, device=x.device)
     flat_x, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, w2.shape[0])
     for t in range(flat_x.shape[0]):
         hidden = torch.einsum("fd,d->f", w1, flat_x[t]) + b1  # (d_ff,)
@@ -53,13 +54,13 @@ def is_token_independent(fn, x):
 def top_k_route(router_logits, k):
     n = router_logits.shape[-1]
     flat = router_logits.reshape(-1, n)
-    weights = torch.empty(flat.shape[0], k, dtype=router_logits.dtype)
-    indices = torch.empty(flat.shape[0], k, dtype=torch.long)
+    weights = torch.empty(flat.shape[0], k, dtype=router_logits.dtype, device=router_logits.device)
+    indices = torch.empty(flat.shape[0], k, dtype=torch.long, device=router_logits.device)
     for t, row in enumerate(flat.tolist()):
         chosen = sorted(range(n), key=lambda e: row[e], reverse=True)[:k]
-        exps = [math.exp(row[e] - row[chosen[0]]) for e in chosen]
-        weights[t] = torch.tensor([v / sum(exps) for v in exps], dtype=torch.float64)
-        indices[t] = torch.tensor(chosen)
+        exps = [torch.exp(flat[t, e] - flat[t, chosen[0]]) for e in chosen]  # tensors: autograd follows them
+        weights[t] = torch.stack([v / sum(exps) for v in exps])
+        indices[t] = torch.tensor(chosen, device=router_logits.device)
     return weights.reshape(*router_logits.shape[:-1], k), indices.reshape(*router_logits.shape[:-1], k)
 
 

@@ -14,7 +14,7 @@ from .loops import scaled_dot_product_attention as loop_attention
 def split_heads(x, n_heads):
     B, T, d_model = x.shape
     d_head = d_model // n_heads
-    out = torch.empty(B, n_heads, T, d_head, dtype=x.dtype)
+    out = torch.empty(B, n_heads, T, d_head, dtype=x.dtype, device=x.device)
     for h in range(n_heads):
         for c in range(d_head):
             out[:, h, :, c] = x[:, :, h * d_head + c]
@@ -23,7 +23,7 @@ def split_heads(x, n_heads):
 
 def merge_heads(x):
     B, H, T, d_head = x.shape
-    out = torch.empty(B, T, H * d_head, dtype=x.dtype)
+    out = torch.empty(B, T, H * d_head, dtype=x.dtype, device=x.device)
     for h in range(H):
         for c in range(d_head):
             out[:, :, h * d_head + c] = x[:, h, :, c]
@@ -35,8 +35,8 @@ def grouped_query_attention(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=Non
     B, T, d_model = x.shape
     d_head = d_model // n_heads
     group = n_heads // n_kv_heads
-    out = torch.zeros(B, T, d_model, dtype=x.dtype)
-    weights = torch.empty(B, n_heads, T, T, dtype=x.dtype)
+    out = torch.zeros(B, T, d_model, dtype=x.dtype, device=x.device)
+    weights = torch.empty(B, n_heads, T, T, dtype=x.dtype, device=x.device)
     for h in range(n_heads):
         g = h // group
         rows_q = slice(h * d_head, (h + 1) * d_head)

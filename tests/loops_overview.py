@@ -70,7 +70,7 @@ def shape_map(B, T, d_model, n_heads, d_ff, vocab):
 def lm_forward(ids, wte, wpe, blocks, final_norm):
     B, T = ids.shape
     d_model = wte.shape[1]
-    h = torch.zeros(B, T, d_model, dtype=wte.dtype)
+    h = torch.zeros(B, T, d_model, dtype=wte.dtype, device=wte.device)
     for b in range(B):
         for t in range(T):
             h[b, t] = wte[int(ids[b, t])]

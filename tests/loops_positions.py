@@ -47,11 +47,11 @@ def apply_rope(x, offset=0):
 def rope_attention(q, k, v):
     T_q, T_k = q.shape[-2], k.shape[-2]
     start = T_k - T_q
-    mask = torch.tensor([[j <= start + i for j in range(T_k)] for i in range(T_q)])
+    mask = torch.tensor([[j <= start + i for j in range(T_k)] for i in range(T_q)], device=q.device)
     rq, rk = apply_rope(q, start), apply_rope(k, 0)
     B, H = q.shape[:2]
     out = torch.empty_like(q)
-    weights = torch.empty(B, H, T_q, T_k, dtype=q.dtype)
+    weights = torch.empty(B, H, T_q, T_k, dtype=q.dtype, device=q.device)
     for b in range(B):
         for h in range(H):
             out[b, h], weights[b, h] = loop_attention(rq[b, h], rk[b, h], v[b, h], mask)

@@ -13,7 +13,7 @@ import torch
 def lm_loss(logits, ids, ignore_index=-100):
     """-log softmax(logits[b, t])[ids[b, t + 1]], averaged over the targets that are not ignored."""
     B, T, V = logits.shape
-    total = torch.zeros((), dtype=logits.dtype)
+    total = torch.zeros((), dtype=logits.dtype, device=logits.device)
     count = 0
     for b in range(B):
         for t in range(T - 1):

@@ -87,7 +87,8 @@ def _other_correct_styles():
                 "cross": keys(lengths, T_tgt, T)}
 
     def prefix_both_axes(prefix_lengths, lengths, T):
-        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        i = torch.arange(T, device=lengths.device)[:, None]
+        j = torch.arange(T, device=lengths.device)[None, :]
         p, n = prefix_lengths[:, None, None], lengths[:, None, None]
         inside = (i < p) & (j < p)  # the prefix block, then causal: the same mask written another way
         return (inside | (j <= i)) & (j < n)

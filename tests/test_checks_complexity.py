@@ -72,15 +72,15 @@ def attend_with_sdpa_core(q, k_new, v_new, k_cache, v_cache):
     k = k_all[:, :, None].expand(B, H_kv, g, T_k, d).reshape(B, H_kv * g, T_k, d)
     v = v_all[:, :, None].expand(B, H_kv, g, T_k, d).reshape(B, H_kv * g, T_k, d)
     T_q = q.shape[2]
-    mask = torch.arange(T_k)[None, :] <= torch.arange(T_k - T_q, T_k)[:, None]
+    mask = torch.arange(T_k, device=q.device)[None, :] <= torch.arange(T_k - T_q, T_k, device=q.device)[:, None]
     out, _ = chapter01_attention(q, k, v, mask)
     return out, k_all, v_all
 
 
 def online_with_logsumexp_by_hand(q, k, v, block_size):
     """Keeps the running log-sum-exp instead of (m, l): also an online softmax."""
-    lse = torch.full((*q.shape[:-1], 1), -math.inf, dtype=q.dtype)
-    acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    lse = torch.full((*q.shape[:-1], 1), -math.inf, dtype=q.dtype, device=q.device)
+    acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
     for s0 in range(0, k.shape[-2], block_size):
         s = q @ k[..., s0:s0 + block_size, :].transpose(-2, -1) / math.sqrt(q.shape[-1])
         top = torch.maximum(lse, s.amax(-1, keepdim=True))
@@ -100,12 +100,22 @@ def test_other_correct_answers_pass(capsys):
     assert capsys.readouterr().out.count("✓") == 6
 
 
-@pytest.mark.parametrize("wrap", [float, np.int64, torch.tensor], ids=["float", "numpy-int", "tensor"])
-def test_counts_accept_whole_numbers_of_any_numeric_type(wrap, capsys):
-    checks.check_mlp_flops(lambda *a: wrap(loops.mlp_flops(*a)))
-    checks.check_kv_cache_bytes(lambda *a: wrap(loops.kv_cache_bytes(*a)))
-    checks.check_attention_flops(lambda *a: {k: wrap(v) for k, v in loops.attention_flops(*a).items()})
+def test_counts_accept_python_and_numpy_integers(capsys):
+    checks.check_mlp_flops(lambda *a: np.int64(loops.mlp_flops(*a)))
+    checks.check_kv_cache_bytes(lambda *a: int(loops.kv_cache_bytes(*a)))
+    checks.check_attention_flops(lambda *a: {k: np.int64(v) for k, v in loops.attention_flops(*a).items()})
     assert capsys.readouterr().out.count("✓") == 3
+
+
+@pytest.mark.parametrize("wrap, message", [
+    (float, r"is a float \(\d+\.0\); a count is an int: use //"),
+    (torch.tensor, r"is a 0-d tensor \(\d+\); a count is a Python int: return int\(...\) or .item\(\)"),
+], ids=["float", "tensor"])
+def test_counts_name_a_whole_float_or_a_tensor(wrap, message):
+    with pytest.raises(CheckFailed, match=r"^mlp_flops " + message):
+        checks.check_mlp_flops(lambda *a: wrap(loops.mlp_flops(*a)))
+    with pytest.raises(CheckFailed, match=r"^attention_flops\['projections'\] " + message):
+        checks.check_attention_flops(lambda *a: {k: wrap(v) for k, v in loops.attention_flops(*a).items()})
 
 
 def test_counts_refuse_fractions_wrong_keys_and_unknown_errors():

@@ -201,7 +201,8 @@ def test_hard_coded_visible_output_fails_hidden_inputs():
     memory = {}
 
     def record(x, w1, b1, w2, b2):
-        return memory.setdefault((x.shape, x.is_contiguous()), loops.feed_forward(x, w1, b1, w2, b2))
+        memory[(x.shape, x.is_contiguous())] = loops.feed_forward(x, w1, b1, w2, b2)  # the latest call's output
+        return memory[(x.shape, x.is_contiguous())]
 
     checks.check_feed_forward(record)
     frozen = dict(memory)
@@ -226,8 +227,11 @@ RIGHT_MOE = {"mixtral_total_expert_params": 1_409_286_144, "mixtral_active_exper
 ])
 def test_numbers_right_and_each_known_wrong_value(check, right, table, capsys):
     check(**right)
-    check(**{key: np.float64(value) if isinstance(value, float) else torch.tensor(value) for key, value in right.items()})
+    check(**{key: np.float64(value) if isinstance(value, float) else np.int64(value) for key, value in right.items()})
     assert capsys.readouterr().out.count("✓") == 2
+    count = next(key for key, value in right.items() if isinstance(value, int))
+    with pytest.raises(CheckFailed, match=rf"^{count} is a 0-d tensor \(\d+\); a count is a Python int"):
+        check(**{**right, count: torch.tensor(right[count])})
     for key, wrongs in table.items():
         for value, message in wrongs:
             with pytest.raises(CheckFailed, match=re.escape(message)):

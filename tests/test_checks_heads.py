@@ -94,11 +94,23 @@ def test_other_correct_answers_pass(variant, capsys):
     assert capsys.readouterr().out.count("✓") == 4
 
 
-@pytest.mark.parametrize("wrap", [float, np.int64, torch.tensor], ids=["float", "numpy-int", "tensor"])
-def test_counts_accept_whole_numbers_of_any_numeric_type(wrap, capsys):
-    checks.check_attention_param_count(lambda *a: wrap(loops.attention_param_count(*a)))
-    checks.check_kv_cache_elements_per_token(lambda *a: wrap(loops.kv_cache_elements_per_token(*a)))
+def test_counts_accept_python_and_numpy_integers(capsys):
+    checks.check_attention_param_count(lambda *a: np.int64(loops.attention_param_count(*a)))
+    checks.check_kv_cache_elements_per_token(lambda *a: int(loops.kv_cache_elements_per_token(*a)))
     assert capsys.readouterr().out.count("✓") == 2
+
+
+@pytest.mark.parametrize("wrap, message", [
+    (float, r"returned a float \(\d+\.0\); a count is an int: use //"),
+    (np.float64, r"returned a float \(\d+\.0\); a count is an int"),
+    (torch.tensor, r"returned a 0-d tensor \(\d+\); a count is a Python int: return int\(...\) or .item\(\)"),
+], ids=["float", "numpy-float", "tensor"])
+def test_counts_name_a_whole_float_or_a_tensor(wrap, message):
+    """The exercise says int: 3.0 or tensor(3) is named, not silently accepted."""
+    with pytest.raises(CheckFailed, match=r"^attention_param_count " + message):
+        checks.check_attention_param_count(lambda *a: wrap(loops.attention_param_count(*a)))
+    with pytest.raises(CheckFailed, match=r"^kv_cache_elements_per_token " + message):
+        checks.check_kv_cache_elements_per_token(lambda *a: wrap(loops.kv_cache_elements_per_token(*a)))
 
 
 def test_counts_refuse_fractions_and_non_numbers():
@@ -308,8 +320,10 @@ def test_real_numbers_are_the_published_sizes(capsys):
     assert answers["params_mha"] == 67_108_864 and answers["params_gpt2"] == 2_362_368
     assert answers["kv_bytes_mha"] == 2 * 2**30 and answers["kv_bytes_gqa"] == 512 * 2**20
     checks.check_real_model_numbers(**answers)
-    checks.check_real_model_numbers(**{**answers, "kv_saving_gqa": 4, "params_mha": 67108864.0})
+    checks.check_real_model_numbers(**{**answers, "kv_saving_gqa": 4, "params_mha": np.int64(67108864)})
     assert capsys.readouterr().out.count("✓") == 2
+    with pytest.raises(CheckFailed, match=r"^params_mha is a float \(67108864.0\); a count is an int"):
+        checks.check_real_model_numbers(**{**answers, "params_mha": 67108864.0})
 
 
 def test_real_numbers_name_each_known_wrong_value():

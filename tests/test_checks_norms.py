@@ -87,9 +87,10 @@ def _other_correct_styles():
 
     def pre_ln_in_place_style(x, attn, ffn, norm1, norm2):
         h = x.clone()
-        h += attn(norm1(h))
-        h += ffn(norm2(h))
-        return h
+        h += attn(norm1(x))  # in place on a copy nothing else saved for backward
+        out = h.clone()
+        out += ffn(norm2(h))
+        return out
 
     def post_ln_one_line(x, attn, ffn, norm1, norm2):
         return norm2(norm1(x + attn(x)) + ffn(norm1(x + attn(x))))
@@ -108,6 +109,19 @@ def _other_correct_styles():
     yield "pre_ln_block", pre_ln_in_place_style
     yield "post_ln_block", post_ln_one_line
     yield "residual_norms", residual_norms_vectorized
+
+
+def pre_ln_in_place_breaking_backward(x, attn, ffn, norm1, norm2):
+    h = x.clone()
+    h += attn(norm1(h))  # norm1 saved h for its backward pass; += then changes it
+    h += ffn(norm2(h))
+    return h
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_an_in_place_edit_that_breaks_backward_is_named(variant):
+    with pytest.raises(CheckFailed, match="backward pass through your output fails .*in-place operation"):
+        CHECKS["pre_ln_block"](pre_ln_in_place_breaking_backward, **(HIDDEN["pre_ln_block"] if variant == "hidden" else {}))
 
 
 @pytest.mark.parametrize("name, answer", list(_other_correct_styles()), ids=lambda v: getattr(v, "__name__", v))
@@ -273,7 +287,8 @@ def test_hard_coded_visible_output_fails_hidden_inputs():
     memory = {}
 
     def record(x, gamma, eps=1e-6):
-        return memory.setdefault((tuple(x.shape), eps), loops.rms_norm(x, gamma, eps))
+        memory[(tuple(x.shape), eps)] = loops.rms_norm(x, gamma, eps)  # the latest call's output
+        return memory[(tuple(x.shape), eps)]
 
     checks.check_rms_norm(record)
     frozen = dict(memory)
@@ -340,8 +355,10 @@ RIGHT_COUNTS = {"n_means": 4096, "ln_params_gpt2": 38_400, "rms_params_llama": 2
 
 def test_counts_right_and_each_known_wrong_value(capsys):
     checks.check_norm_counts(**RIGHT_COUNTS)
-    checks.check_norm_counts(**{k: float(v) for k, v in RIGHT_COUNTS.items()})
+    checks.check_norm_counts(**{k: np.int64(v) for k, v in RIGHT_COUNTS.items()})
     assert capsys.readouterr().out.count("✓") == 2
+    with pytest.raises(CheckFailed, match=r"^n_means is a float \(4096.0\); a count is an int"):
+        checks.check_norm_counts(**{**RIGHT_COUNTS, "n_means": 4096.0})
     for key, wrongs in checks._COUNT_MISTAKES.items():
         for value, message in wrongs:
             with pytest.raises(CheckFailed, match=re.escape(message)):

@@ -317,12 +317,15 @@ def _right_counts(text=checks.COUNT_TEXT):
             "val_chars_per_token": round(len(val) / len(bpe.encode(val)), 2)}
 
 
-def test_count_tokens_right_in_any_number_type(capsys):
+def test_count_tokens_right_as_python_or_numpy_integers(capsys):
     right = _right_counts()
     checks.check_count_tokens(**right)
-    checks.check_count_tokens(**{k: np.float64(v) for k, v in right.items()})
-    checks.check_count_tokens(**{**right, "n_bpe_tokens": torch.tensor(right["n_bpe_tokens"])})
-    assert capsys.readouterr().out.count("✓") == 3
+    checks.check_count_tokens(**{k: np.int64(v) if k.startswith("n_") else np.float64(v) for k, v in right.items()})
+    assert capsys.readouterr().out.count("✓") == 2
+    with pytest.raises(CheckFailed, match=r"^n_bpe_tokens is a 0-d tensor \(\d+\); a count is a Python int"):
+        checks.check_count_tokens(**{**right, "n_bpe_tokens": torch.tensor(right["n_bpe_tokens"])})
+    with pytest.raises(CheckFailed, match=r"^n_char_tokens is a float \(\d+\.0\); a count is an int"):
+        checks.check_count_tokens(**{**right, "n_char_tokens": float(right["n_char_tokens"])})
 
 
 def test_count_tokens_names_each_wrong_count():
@@ -350,8 +353,10 @@ RIGHT_BUDGET = {"margin_8k": 192, "margin_4k": -216, "max_retrieved": 6192, "max
 
 def test_token_budget_right_and_each_known_wrong_value(capsys):
     checks.check_token_budget(**RIGHT_BUDGET)
-    checks.check_token_budget(**{k: float(v) for k, v in RIGHT_BUDGET.items()})
+    checks.check_token_budget(**{k: np.int64(v) for k, v in RIGHT_BUDGET.items()})
     assert capsys.readouterr().out.count("✓") == 2
+    with pytest.raises(CheckFailed, match=r"^max_chunks is a float \(11.0\); a count is an int: use //"):
+        checks.check_token_budget(**{**RIGHT_BUDGET, "max_chunks": 11.0})
     for key, wrongs in checks._BUDGET_MISTAKES.items():
         for value, message in wrongs:
             with pytest.raises(CheckFailed, match=re.escape(message)):

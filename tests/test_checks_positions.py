@@ -71,15 +71,15 @@ def table_float32(T, d_model, offset=0):
 def rope_complex(x, offset=0):
     """Complex multiplication on the (k, k + d/2) pairs."""
     d = x.shape[-1]
-    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angles = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64)[:, None] * theta
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    angles = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)[:, None] * theta
     z = torch.complex(x[..., : d // 2].double(), x[..., d // 2:].double()) * torch.polar(torch.ones_like(angles), angles)
     return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
 
 
 def rope_attention_with_helpers(q, k, v):
     start = k.shape[-2] - q.shape[-2]
-    mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(start)
+    mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril(start)
     return scaled_dot_product_attention(reference.apply_rope(q, start), reference.apply_rope(k), v, mask)
 
 

@@ -309,8 +309,8 @@ def add_positions(x, attn, offset=0):
 ROPE = """
 def apply_rope(x, offset=0):
     T, d = x.shape[-2], x.shape[-1]
-    p = torch.arange(offset, offset + T, dtype=torch.float64)[:, None]
-    angles = p * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    p = torch.arange(offset, offset + T, dtype=torch.float64, device=x.device)[:, None]
+    angles = p * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     a, b = x[..., : d // 2], x[..., d // 2:]
     return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
@@ -321,7 +321,7 @@ from helpers.attention import scaled_dot_product_attention
 
 def rope_attention(q, k, v):
     T_q, T_k = q.shape[-2], k.shape[-2]
-    mask = torch.ones(T_q, T_k, dtype=torch.bool).tril(diagonal=T_k - T_q)
+    mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(diagonal=T_k - T_q)
     return scaled_dot_product_attention(apply_rope(q, T_k - T_q), apply_rope(k, 0), v, mask)
 """
 ROPE_ATTENTION_NO_MASK = ROPE_ATTENTION.replace("apply_rope(k, 0), v, mask)", "apply_rope(k, 0), v)")

@@ -282,14 +282,15 @@ except (NotImplementedError, NameError):
 #
 # <details><summary>Hint: a comparison does it all</summary>
 #
-# `torch.arange(T)` gives the positions `(T,)`; compare it with `lengths` after giving each a new
-# axis so they broadcast to `(B, T)`, then insert the query axis.
+# `torch.arange(T, device=lengths.device)` gives the positions `(T,)` (on the GPU when `lengths` is
+# there); compare it with `lengths` after giving each a new axis so they broadcast to `(B, T)`, then
+# insert the query axis.
 # </details>
 
 # %% id="ex5-answer" kind="answer"
 def padding_mask(lengths, T):
     ### BEGIN SOLUTION
-    positions = torch.arange(T)  # (T,)
+    positions = torch.arange(T, device=lengths.device)  # (T,), on the device of lengths
     return (positions[None, :] < lengths[:, None])[:, None, :]  # (B, 1, T)
     ### END SOLUTION
 

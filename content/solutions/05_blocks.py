@@ -341,8 +341,8 @@ check_model_masks(model_masks, T=3, T_tgt=2, lengths=(1,), target_lengths=(2,))
 # %% id="ex4-answer" kind="answer"
 def prefix_lm_mask(prefix_lengths, lengths, T):
     ### BEGIN SOLUTION
-    i = torch.arange(T)[None, :, None]  # (1, T_q, 1)
-    j = torch.arange(T)[None, None, :]  # (1, 1, T_k)
+    i = torch.arange(T, device=lengths.device)[None, :, None]  # (1, T_q, 1)
+    j = torch.arange(T, device=lengths.device)[None, None, :]  # (1, 1, T_k)
     visible = (j <= i) | (j < prefix_lengths[:, None, None])  # (B, T, T)
     return visible & (j < lengths[:, None, None])  # (B, T, T)
     ### END SOLUTION

@@ -189,8 +189,8 @@ check_add_positions(add_positions, seed=5, dtype=torch.float64, B=3, T=6, d_mode
 def apply_rope(x, offset=0):
     ### BEGIN SOLUTION
     T, d_head = x.shape[-2], x.shape[-1]
-    p = torch.arange(offset, offset + T, dtype=torch.float64)[:, None]  # (T, 1)
-    theta = 10000.0 ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)  # (d_head/2,)
+    p = torch.arange(offset, offset + T, dtype=torch.float64, device=x.device)[:, None]  # (T, 1)
+    theta = 10000.0 ** (-torch.arange(0, d_head, 2, dtype=torch.float64, device=x.device) / d_head)  # (d_head/2,)
     angles = p * theta  # (T, d_head/2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     a, b = x[..., : d_head // 2], x[..., d_head // 2:]  # (..., T, d_head/2) each
@@ -245,7 +245,7 @@ def rope_attention(q, k, v):
     ### BEGIN SOLUTION
     T_q, T_k = q.shape[-2], k.shape[-2]
     start = T_k - T_q  # position of the first query
-    mask = torch.ones(T_q, T_k, dtype=torch.bool).tril(diagonal=start)  # (T_q, T_k)
+    mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(diagonal=start)  # (T_q, T_k)
     return scaled_dot_product_attention(apply_rope(q, start), apply_rope(k, 0), v, mask)
     ### END SOLUTION
 

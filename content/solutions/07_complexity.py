@@ -325,7 +325,7 @@ check_embed_new_tokens(embed_new_tokens, seed=5, dtype=torch.float64, B=3, V=13,
 # <details><summary>Hint: the test says the mask is aligned top-left</summary>
 #
 # `torch.ones(T_new, T_k).tril()` lets query 0 see key 0 only. Shift the diagonal by the number of
-# cached tokens: `torch.ones(T_new, T_k, dtype=torch.bool).tril(diagonal=T_k - T_new)`.
+# cached tokens: `torch.ones(T_new, T_k, dtype=torch.bool, device=q.device).tril(diagonal=T_k - T_new)`.
 # </details>
 #
 # <details><summary>Hint: the test says the returned cache has H heads</summary>
@@ -342,7 +342,7 @@ def attend_with_cache(q, k_new, v_new, k_cache, v_cache):
     k = k_all.repeat_interleave(group, dim=1)  # (B, H, T_k, d_head)
     v = v_all.repeat_interleave(group, dim=1)  # (B, H, T_k, d_head)
     T_new, T_k = q.shape[2], k_all.shape[2]
-    mask = torch.ones(T_new, T_k, dtype=torch.bool).tril(diagonal=T_k - T_new)  # (T_new, T_k)
+    mask = torch.ones(T_new, T_k, dtype=torch.bool, device=q.device).tril(diagonal=T_k - T_new)  # (T_new, T_k)
     out, _ = scaled_dot_product_attention(q, k, v, mask)  # (B, H, T_new, d_head)
     return out, k_all, v_all
     ### END SOLUTION
@@ -396,9 +396,9 @@ check_attend_with_cache(attend_with_cache, seed=17, dtype=torch.float32, B=3, H=
 def online_softmax_attention(q, k, v, block_size):
     ### BEGIN SOLUTION
     scale = 1 / math.sqrt(q.shape[-1])
-    m = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=q.dtype)  # (..., T_q, 1)
-    l = torch.zeros((*q.shape[:-1], 1), dtype=q.dtype)  # (..., T_q, 1)
-    acc = torch.zeros((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)  # (..., T_q, d_v)
+    m = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=q.dtype, device=q.device)  # (..., T_q, 1)
+    l = q.new_zeros((*q.shape[:-1], 1))  # (..., T_q, 1)
+    acc = q.new_zeros((*q.shape[:-1], v.shape[-1]))  # (..., T_q, d_v)
     for start in range(0, k.shape[-2], block_size):
         s = q @ k[..., start:start + block_size, :].transpose(-2, -1) * scale  # (..., T_q, block)
         m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (..., T_q, 1)

@@ -572,7 +572,8 @@ _COUNT_HINTS = {
 def check_counts(**answers: Any) -> None:
     """Exercise 8: counts of allowed pairs, score variances and score-matrix memory."""
     check_numbers(answers, COUNT_QUESTIONS, tolerance={"var_unscaled": 1e-9, "var_scaled": 1e-9},
-                  mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS, name="check_counts")
+                  mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS, name="check_counts",
+                  integers=("n_causal_allowed", "n_padding_allowed", "n_score_entries", "score_bytes"))
 
 
 protect(ref, sys.modules[__name__])

@@ -675,7 +675,7 @@ _COUNT_HINTS = {
 def check_encoder_decoder_counts(**answers: Any) -> None:
     """Exercise 5: parameters of one encoder layer, one decoder layer, and the whole model."""
     check_numbers(answers, COUNT_QUESTIONS, mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS,
-                  name="check_encoder_decoder_counts")
+                  name="check_encoder_decoder_counts", integers=COUNT_QUESTIONS)
 
 
 protect(ref, masks_ref, sys.modules[__name__])

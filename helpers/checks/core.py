@@ -57,6 +57,7 @@ __all__ = [
     "CheckFailed",
     "Mistake",
     "Probe",
+    "as_count",
     "call_learner",
     "check_function",
     "check_numbers",
@@ -394,7 +395,7 @@ def call_learner(fn: Any, name: str, case: Case, forbidden: Sequence[Any] = ()) 
             f"an answer that calls the reference or torch's built-in scores no points"
         )
     for arg_name, before, after in zip(case.arg_names, originals, case.args):
-        if isinstance(before, torch.Tensor) and not torch.equal(before, after.detach()):
+        if isinstance(before, torch.Tensor) and before.device.type != "meta" and not torch.equal(before, after.detach()):
             raise CheckFailed(
                 f"{name} modified its input {arg_name} in place; return a new tensor instead "
                 f"(for example masked_fill rather than masked_fill_)"
@@ -701,6 +702,189 @@ def _blame_prerequisites(fn: Any, name: str, prerequisites: Mapping[str, Prerequ
         raise
 
 
+# ---------------------------------------------------------------------------------------------
+# After the values: gradients, dtype and device
+# ---------------------------------------------------------------------------------------------
+
+_CUT_OFF = ("your output is cut off from autograd: {what} does not require grad although the inputs "
+            "do (the reference's does). That happens with .detach(), a round trip through NumPy, "
+            ".tolist()/float()/.item(), torch.no_grad() inside the function, or an output built with "
+            "torch.tensor(...) from values; compute it with torch operations on the input tensors "
+            "(torch.stack/torch.cat, or index assignment into torch.empty(..., dtype=x.dtype, "
+            "device=x.device))")
+
+
+def _floating(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _differentiable(case: Case) -> bool:
+    """A case whose floating inputs can carry gradients (random-number cases are left alone)."""
+    return (not any(isinstance(a, torch.Generator) for a in case.args)
+            and any(_floating(a) for a in case.args))
+
+
+def _converted(case: Case, convert: Callable[[torch.Tensor], torch.Tensor]) -> Case:
+    args = tuple(convert(a) if isinstance(a, torch.Tensor) else a for a in case.args)
+    return Case(args, case.sizes, case.arg_names, case.note)
+
+
+def _requiring_grad(case: Case) -> Case:
+    return _converted(case, lambda a: a.detach().clone().requires_grad_(True) if _floating(a) else a.detach().clone())
+
+
+def _named(value: Any, outputs: Sequence[str]) -> list[tuple[str, Any]]:
+    if len(outputs) > 1 and isinstance(value, (tuple, list)):
+        return list(zip(outputs, value))
+    return [(outputs[0], value)]
+
+
+def _gradient_loss(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum(output * w) with fixed random weights w, over the entries where the reference is finite."""
+    gen = torch.Generator().manual_seed(20240)
+    total = 0
+    for out, ref in zip(outs, refs):
+        w = torch.randn(tuple(ref.shape), generator=gen, dtype=torch.float64).to(ref.dtype).to(ref.device)
+        finite = torch.isfinite(ref.detach())
+        total = total + (torch.where(finite, out, torch.zeros((), dtype=out.dtype, device=out.device)) * w).sum()
+    return total
+
+
+def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Case, outputs: Sequence[str],
+                    forbidden: Sequence[Any], gradients: bool) -> None:
+    """The learner's output must stay on the autograd graph and its backward pass must run; with
+    `gradients`, its gradients must equal the reference's."""
+    where = f" ({case.note})" if case.note else ""
+    ref_case = _requiring_grad(case)
+    with torch.enable_grad():
+        expected = reference(*ref_case.args)
+    tracked = [(what, e) for what, e in _named(expected, outputs) if _floating(e) and e.requires_grad]
+    if not tracked:
+        return
+    learner_case = _requiring_grad(case)
+    try:
+        with torch.enable_grad():
+            got = call_learner(fn, name, learner_case, forbidden)
+    except CheckFailed as failure:
+        if "requires grad" in str(failure):  # x.numpy() on a tensor that requires grad
+            raise CheckFailed(f"{_CUT_OFF.format(what=name + ' output')} [{failure}]") from None
+        raise
+    got_by_name = dict(_named(got, outputs))
+    for what, _ in tracked:
+        value = got_by_name.get(what)
+        if not isinstance(value, torch.Tensor) or not value.requires_grad:
+            raise CheckFailed(_CUT_OFF.format(what=f"{name}'s {what}{where}"))
+    ref_inputs = [a for a in ref_case.args if _floating(a)]
+    got_inputs = [a for a in learner_case.args if _floating(a)]
+    input_names = [n for n, a in zip(case.arg_names, case.args) if _floating(a)]
+    with torch.enable_grad():  # a check may run under torch.no_grad (an nn.Module's fast path)
+        ref_grads = torch.autograd.grad(_gradient_loss([e for _, e in tracked], [e for _, e in tracked]),
+                                        ref_inputs, allow_unused=True)
+    try:
+        with torch.enable_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
+            warnings.simplefilter("ignore")
+            got_grads = torch.autograd.grad(
+                _gradient_loss([got_by_name[w] for w, _ in tracked], [e for _, e in tracked]),
+                got_inputs, allow_unused=True)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckFailed(
+            f"{name}{where}: the values are right but the backward pass through your output fails "
+            f"({type(error).__name__}: {first}); an in-place operation (x[...] = ..., x += ..., a method "
+            f"ending in _) changed a tensor autograd had saved: compute a new tensor instead"
+        ) from None
+    verify_environment()
+    if not gradients:  # float32: the backward pass must run; its values are compared on float64 cases
+        return
+    for arg_name, g_ref, g_got, inp in zip(input_names, ref_grads, got_grads, ref_inputs):
+        if g_got is None and g_ref is not None and bool((g_ref != 0).any()):
+            raise CheckFailed(_CUT_OFF.format(what=f"no gradient reaches {arg_name} from {name}'s output{where}")
+                              .replace("does not require grad although the inputs do", "(the output does not "
+                                       f"depend on {arg_name} as far as autograd can see)"))
+        g_ref = torch.zeros_like(inp) if g_ref is None else g_ref
+        g_got = torch.zeros_like(inp) if g_got is None else g_got
+        undefined = ~torch.isfinite(g_ref)  # where the reference's gradient is not a number, any is accepted
+        g_ref, g_got = g_ref.masked_fill(undefined, 0), g_got.masked_fill(undefined, 0)
+        problem = _values_problem(f"the gradient with respect to {arg_name}", g_got, g_ref)
+        if problem:
+            raise CheckFailed(
+                f"{name}{where}: the values are right but the gradient with respect to {arg_name} is "
+                f"not: {problem}. Autograd must see the computation that produces the output (no "
+                f".detach() tricks, no custom backward) [inputs: {case.describe_inputs()}]"
+            )
+
+
+def _float64_probe(fn: Any, name: str, reference: Callable[..., Any], cases: Sequence[Case],
+                   outputs: Sequence[str], forbidden: Sequence[Any], gradients: bool) -> None:
+    """All cases were float32: run one in float64, so an answer fixed to float32 is named now."""
+    tensors = [a for case in cases for a in case.args if _floating(a)]
+    if not tensors or any(t.dtype != torch.float32 for t in tensors):
+        return
+    case = next((c for c in cases if _differentiable(c)), None)
+    if case is None:
+        return
+    case = _converted(case, lambda a: a.to(torch.float64) if _floating(a) else a)
+    lead = f"{name} works in float32 but not in float64"
+    advice = ("keep the input's dtype: create new tensors with dtype=x.dtype (or torch.zeros_like/"
+              "new_zeros), not a hard-coded torch.float32")
+    try:
+        expected = reference(*case.args)
+    except Exception:  # this exercise's inputs come together in one dtype (a module's weights): no probe
+        return
+    try:
+        got = call_learner(fn, name, case, forbidden)
+    except CheckFailed as failure:
+        raise CheckFailed(f"{lead}: {failure}; {advice}") from None
+    problem = compare(got, expected, outputs, case.sizes, name)
+    if problem:
+        raise CheckFailed(f"{lead}: {problem}; {advice} [inputs: {case.describe_inputs()}]")
+    _check_autograd(fn, name, reference, case, outputs, forbidden, gradients)
+
+
+# Errors a CUDA device raises too: these name a CPU-only answer. Anything else that fails on `meta`
+# (.item(), data-dependent indexing, copying values out) works on a real GPU and is not blamed.
+_DEVICE_ERRORS = ("same device", "two devices", "not on the expected device", "to numpy", "numpy()",
+                  "expected device", "device type tensor")
+_CPU_ONLY = ("creates a tensor on the CPU (pass device=x.device, or use torch.zeros_like/x.new_zeros) "
+             "or goes through NumPy or .cpu(); keep the input's device")
+
+
+def _device_probe(fn: Any, name: str, reference: Callable[..., Any], cases: Sequence[Case],
+                  outputs: Sequence[str], forbidden: Sequence[Any]) -> None:
+    """Run one case on a second device (the GPU when there is one, else PyTorch's `meta` device)."""
+    # Only cases made of tensors and plain values: a module or a function among the arguments keeps
+    # its own weights on the CPU, and moving those is not the learner's job.
+    plain = (torch.Tensor, int, float, bool, str, type(None), torch.dtype)
+    case = next((c for c in cases if all(isinstance(a, plain) for a in c.args)
+                 and any(isinstance(a, torch.Tensor) for a in c.args)), None)
+    if case is None:
+        return
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("meta")
+    real = device.type != "meta"
+    moved = _converted(case, lambda a: a.to(device))
+    try:
+        expected = reference(*moved.args)
+    except Exception:  # the reference reads values (meta has none): the learner's output is not compared
+        if real:
+            return
+        expected = None
+    lead = f"{name} works only on CPU tensors"
+    try:
+        got = call_learner(fn, name, moved, forbidden)
+    except CheckFailed as failure:
+        if real or any(s in str(failure) for s in _DEVICE_ERRORS):
+            raise CheckFailed(f"{lead}: on {device.type} inputs it fails ({failure}); it {_CPU_ONLY}") from None
+        return  # meta-only failure (.item(), data-dependent ops): it would work on a GPU
+    for what, g in _named(got, outputs):
+        if isinstance(g, torch.Tensor) and g.device.type != device.type:
+            raise CheckFailed(f"{lead}: for inputs on {device.type}, its {what} is on {g.device.type}; it "
+                              f"{_CPU_ONLY}")
+    if real:
+        problem = compare(got, expected, outputs, case.sizes, name)
+        if problem:
+            raise CheckFailed(f"{lead}: on {device.type} inputs, {problem}")
+
+
 def check_function(
     fn: Any,
     *,
@@ -713,10 +897,17 @@ def check_function(
     diagnose: Callable[[Any, Any, Case], str | None] | None = None,
     probes: Sequence[Mistake] = (),
     prerequisites: Mapping[str, Prerequisite] | None = None,
+    gradients: bool = True,
 ) -> None:
     """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches, else
     a probe the output clearly is, else a constant factor, else what `diagnose` finds (which
     intermediate went wrong first), else the first difference.
+
+    Once the values are right: where the reference's floating output carries gradients, the
+    learner's must too, and on float64 cases its gradients must equal the reference's
+    (`gradients=False` skips both, for outputs that are legitimately not differentiable); an answer
+    checked only in float32 is re-run on one case in float64, and one case runs on a second device
+    (the GPU, else `meta`), so an answer fixed to float32 or to the CPU is named.
 
     `prerequisites` maps the names of earlier exercises' functions that `fn` may call to
     (their check, "exercise N"): when `fn` fails and uses one that fails its own check, the
@@ -746,6 +937,13 @@ def check_function(
             raise CheckFailed(f"{name}{where}: {probe.message}{nearly}")
         symptom = (diagnose(got, expected, case) if diagnose else None) or constant_factor(got, expected, outputs)
         raise CheckFailed(f"{name}{where}: {symptom or problem} [inputs: {case.describe_inputs()}]")
+    if gradients:
+        for case in cases:
+            if _differentiable(case):
+                float64 = any(_floating(a) and a.dtype == torch.float64 for a in case.args)
+                _check_autograd(fn, name, reference, case, outputs, forbidden, gradients=float64)
+    _float64_probe(fn, name, reference, cases, outputs, forbidden, gradients)
+    _device_probe(fn, name, reference, cases, outputs, forbidden)
     verify_environment()
     print(f"✓ {name}: matches the reference on " + ("its test case" if len(cases) == 1 else f"all {len(cases)} cases"))
 
@@ -753,6 +951,38 @@ def check_function(
 def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
     """Standard normal numbers drawn in float64 from `gen`, then cast: the same values in every dtype."""
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def as_count(name: str, value: Any, verb: str = "returned") -> int:
+    """A count the exercise says is an int: a Python int or a NumPy integer. A float (even 3.0) or a
+    tensor is named, with the fix, rather than converted: the exercise asks for an int."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, torch.Tensor):
+        shown = f" ({value.item()})" if value.numel() == 1 else ""
+        kind = "a 0-d tensor" if value.dim() == 0 else f"a tensor of shape {fmt_shape(value.shape)}"
+        raise CheckFailed(f"{name} {verb} {kind}{shown}; a count is a Python int: return int(...) or .item()")
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isfinite(value) and value.is_integer():
+            raise CheckFailed(f"{name} {verb} a float ({value}); a count is an int: use // for exact division, "
+                              f"or int(...) on a whole number")
+        raise CheckFailed(f"{name} {verb} {value}, which is not a whole number; a count is an integer "
+                          f"(use // for exact division)")
+    if isinstance(value, bool) or not isinstance(value, int):
+        should = "should return a number (an int); it returned" if verb == "returned" else "should be a number (an int); got"
+        raise CheckFailed(f"{name} {should} a {type(value).__name__}")
+    return value
+
+
+def _integer_problem(key: str, value: Any, target: float, tol: float, known: Sequence[tuple[float, str]]) -> None:
+    """A count that is not an int: a catalogued wrong value is named first (it says more), else the type."""
+    number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+    if isinstance(number, (float, np.floating)) and abs(float(number) - target) > tol:
+        for wrong, message in known:
+            if abs(float(number) - wrong) <= max(tol, 1e-9 * abs(wrong)):
+                raise CheckFailed(f"{key} = {number}: {message}")
+    as_count(key, value, verb="is")
 
 
 def check_numbers(
@@ -763,9 +993,15 @@ def check_numbers(
     mistakes: Mapping[str, Sequence[tuple[float, str]]] | None = None,
     hints: Mapping[str, str] | None = None,
     name: str = "this check",
+    integers: Iterable[str] = (),
 ) -> None:
     """Numeric answers: each must be a number within its tolerance; known wrong values are named.
-    `name` (the check's name) is used when an answer is not passed at all."""
+    `name` (the check's name) is used when an answer is not passed at all; the keys in `integers`
+    are counts the exercise says are ints (a float or a tensor there is named, see `as_count`)."""
+    integers = set(integers)
+    unknown = integers - set(expected)
+    if unknown:
+        raise ValueError(f"check_numbers: integers names keys with no expected value: {sorted(unknown)}")
     verify_environment()
     missing = [key for key in expected if key not in answers]
     if missing:
@@ -775,6 +1011,8 @@ def check_numbers(
         value = answers.get(key)
         if value is None:
             raise CheckFailed(f"{key} has no answer yet: assign a number to it and run its cell")
+        if key in integers and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            _integer_problem(key, value, target, tolerance.get(key, 0.0), (mistakes or {}).get(key, ()))
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

@@ -724,7 +724,8 @@ def check_param_counts(**answers: Any) -> None:
     """Exercise 4: MLP parameters against attention for GPT-2 small and Llama-2 7B, and the SwiGLU width."""
     check_numbers(answers, COUNT_QUESTIONS,
                   tolerance={"gpt2_mlp_share": 1e-3, "llama_mlp_over_attention": 1e-3},
-                  mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS, name="check_param_counts")
+                  mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS, name="check_param_counts",
+                  integers=("gpt2_mlp", "gpt2_attention", "llama_mlp", "llama_attention", "swiglu_d_ff"))
 
 
 MIXTRAL = {"d_model": 4096, "d_ff": 14336, "n_experts": 8, "k": 2}  # Mixtral 8x7B, per layer
@@ -794,7 +795,9 @@ _MOE_HINTS = {
 def check_moe_numbers(**answers: Any) -> None:
     """Exercise 8: total vs active parameters, the balance loss, capacity and dropped tokens."""
     check_numbers(answers, MOE_QUESTIONS, tolerance={"balance_loss": 1e-6, "balanced_loss": 1e-6},
-                  mistakes=_MOE_MISTAKES, hints=_MOE_HINTS, name="check_moe_numbers")
+                  mistakes=_MOE_MISTAKES, hints=_MOE_HINTS, name="check_moe_numbers",
+                  integers=("mixtral_total_expert_params", "mixtral_active_expert_params", "capacity", "dropped",
+                            "dropped_at_1_5"))
 
 
 protect(ref, sys.modules[__name__])

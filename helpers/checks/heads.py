@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +28,7 @@ from .core import (
     Case,
     CheckFailed,
     Mistake,
+    as_count,
     call_learner,
     check_function,
     check_numbers,
@@ -580,17 +580,8 @@ def check_grouped_query_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype 
 
 
 def _as_count(name: str, value: Any) -> int:
-    """An integer count from an int, a NumPy integer, an integral float or a one-element tensor."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, (np.integer, np.floating)):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CheckFailed(f"{name} should return a number (an int); it returned a {type(value).__name__}")
-    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise CheckFailed(f"{name} returned {value}, which is not a whole number; a count is an integer "
-                          f"(use // for exact division)")
-    return int(value)
+    """An integer count: an int or a NumPy integer; a float (even 3.0) or a tensor is named (core.as_count)."""
+    return as_count(name, value, verb="returned")
 
 
 def _check_counts(fn: Any, *, name: str, reference: Callable[..., int], configs: Sequence[tuple],
@@ -711,7 +702,7 @@ def check_real_model_numbers(**answers: Any) -> None:
     """Exercise 7: attention parameters and KV-cache bytes for MHA, GQA and MQA at real sizes."""
     expected, wrong = _real_numbers()
     check_numbers(answers, expected, tolerance={"kv_saving_gqa": 1e-9}, mistakes=wrong, hints=_REAL_HINTS,
-                  name="check_real_model_numbers")
+                  name="check_real_model_numbers", integers=[k for k in expected if k != "kv_saving_gqa"])
 
 
 protect(ref, sys.modules[__name__])

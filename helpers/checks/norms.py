@@ -855,7 +855,7 @@ _COUNT_HINTS = {
 def check_norm_counts(**answers: Any) -> None:
     """Exercise 7: statistics per batch, and norm parameters in GPT-2 small and Llama-2 7B."""
     check_numbers(answers, COUNT_QUESTIONS, mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS,
-                  name="check_norm_counts")
+                  name="check_norm_counts", integers=COUNT_QUESTIONS)
 
 
 protect(ref, sys.modules[__name__])

@@ -353,7 +353,8 @@ def check_count_tokens(*, text: str = COUNT_TEXT, **answers: Any) -> None:
     }
     hints = {"n_char_tokens": "len(course_chars().encode(text))", "n_bpe_tokens": "len(course_bpe().encode(text))",
              "val_chars_per_token": "len(val) / len(course_bpe().encode(val)), two decimals are enough"}
-    check_numbers(answers, expected, tolerance={"val_chars_per_token": 0.006}, mistakes=mistakes, hints=hints)
+    check_numbers(answers, expected, tolerance={"val_chars_per_token": 0.006}, mistakes=mistakes, hints=hints,
+                  integers=("n_char_tokens", "n_bpe_tokens"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -778,7 +779,7 @@ def check_token_budget(**answers: Any) -> None:
     missing = [name for name in BUDGET_QUESTIONS if name not in answers]
     if missing:
         raise CheckFailed(f"check_token_budget needs an answer for {', '.join(missing)}")
-    check_numbers(answers, BUDGET_QUESTIONS, mistakes=_BUDGET_MISTAKES, hints=_BUDGET_HINTS)
+    check_numbers(answers, BUDGET_QUESTIONS, mistakes=_BUDGET_MISTAKES, hints=_BUDGET_HINTS, integers=BUDGET_QUESTIONS)
 
 
 PROBES = {"lm_forward": TOUR_PROBES}

@@ -582,6 +582,7 @@ def check_rope_numbers(**answers: Any) -> None:
     expected, wrong = _numbers()
     tolerance = {"wavelength_pair": 0.01, "llama3_longest_wavelength": 0.5e-3 * expected["llama3_longest_wavelength"]}
     check_numbers(answers, expected, tolerance=tolerance, mistakes=wrong, name="check_rope_numbers",
+                  integers=("turn_position",),
                   hints={"wavelength_pair": "theta_i = base^(-2i / d_head); one turn takes 2 pi / theta_i positions",
                          "turn_position": "the first whole position p with p * theta_i >= 2 pi",
                          "llama3_longest_wavelength": "the slowest pair is the last one, i = d_head / 2 - 1"})
