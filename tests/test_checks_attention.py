@@ -4,6 +4,7 @@ mistake with its own message, translate shapes, and refuse the known cheats."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -286,6 +287,10 @@ def test_torch_wrapping_its_own_functions_is_not_a_patch():
         "except c.CheckFailed as error:\n"
         "    print('refused:', error)\n"
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False)
+    # `from tests import loops` needs the repository root on sys.path; nbgrader_config.py, once loaded
+    # in this process by a grading test, sets PYTHONSAFEPATH=1, which would keep it off.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                         check=False)
     assert run.returncode == 0, run.stderr
     assert "✓ attention_scores" in run.stdout and "refused: this check will not run because torch.manual_seed" in run.stdout

@@ -275,6 +275,19 @@ def test_ch03_wrong_feed_forward_with_right_gelu_is_not_blamed_on_it():
     assert "exercise 1" not in failure(ch03.check_feed_forward, nb["feed_forward"])
 
 
+def test_an_attribute_of_the_same_name_is_not_a_use_of_the_earlier_function():
+    """`F.gelu` is torch's GELU, not the learner's `gelu`: a wrong exercise 1 is not blamed for an
+    exercise 2 that never calls it (seen in a graded notebook with both mistakes)."""
+    ffn_activation_last = """
+def feed_forward(x, w1, b1, w2, b2):
+    return F.gelu((x @ w1.T + b1) @ w2.T + b2)
+"""
+    nb = notebook(GELU_ALWAYS_TANH, ffn_activation_last)
+    message = failure(ch03.check_feed_forward, nb["feed_forward"])
+    assert "exercise 1" not in message
+    assert "the activation is applied after the second projection" in message
+
+
 def test_ch03_wrong_top_k_route_is_named_in_moe_forward():
     nb = notebook(ROUTE_SOFTMAX_FIRST, MOE)
     message = failure(ch03.check_moe_forward, nb["moe_forward"])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dis
 import functools
 import inspect
 import io
@@ -611,8 +612,11 @@ def _learner_function(obj: Any) -> bool:
 
 
 def _global_names(code: types.CodeType) -> Iterator[str]:
-    """The names `code` (and the functions, lambdas and comprehensions inside it) may load as globals."""
-    yield from code.co_names
+    """The names `code` (and the functions, lambdas and comprehensions inside it) load as globals.
+    Attribute names are not among them: `F.gelu` does not use the learner's own `gelu`."""
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            yield instruction.argval
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             yield from _global_names(const)
