@@ -392,6 +392,8 @@ print("and with the scale, exp(-|q-k|^2 / (2 sqrt d_k)) = softmax(q.k / sqrt d_k
 
 # %% id="scores-alternatives-run"
 # NBVAL_CHECK_OUTPUT
+from helpers.numerics import tolerances
+
 M = W_Q.T @ W_K  # (d_model, d_model) = (4, 4): the bilinear form the projections learn
 print_rows("M = W_Q^T W_K", M, 1)
 print("rank of M:", torch.linalg.matrix_rank(M).item(), "| d_k:", W_Q.shape[0])
@@ -410,8 +412,15 @@ print("additive: hidden units", tuple(hidden.shape), "-> scores", tuple(additive
       "| loop agrees:", torch.allclose(additive, additive_loop))
 print_rows("additive scores", additive, 3)
 
-print("M symmetric:", torch.equal(M, M.T), "| scores Q K^T symmetric:", torch.equal(Q @ K.T, (Q @ K.T).T),
-      "| X X^T (no projections) symmetric:", torch.equal(X @ X.T, (X @ X.T).T))
+
+
+def symmetric(A: torch.Tensor) -> bool:
+    """A equals its transpose up to rounding (entry (i, j) and (j, i) may be summed in another order)."""
+    return torch.allclose(A, A.T, **tolerances(A.dtype, n=X.shape[-1], scale=A.abs().max().item()))
+
+
+print("M symmetric:", symmetric(M), "| scores Q K^T symmetric:", symmetric(Q @ K.T),
+      "| X X^T (no projections) symmetric:", symmetric(X @ X.T))
 
 d_model_gpt2, d_head_gpt2 = 768, 64
 print(f"one GPT-2 head: a full M has {d_model_gpt2 ** 2:,} entries; W_Q and W_K for the head have "
