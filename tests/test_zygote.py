@@ -65,3 +65,14 @@ def test_without_a_zygote_kernels_start_as_usual(tmp_path, monkeypatch):
     monkeypatch.setattr(zygote, "_SOCKET", None)
     pid, parent, *_ = run(PROBE, tmp_path).nb.cells[0].outputs[0]["text"].split()
     assert int(parent) == os.getpid()
+
+
+def test_the_first_meta_operation_imports_nothing_in_a_forked_kernel(started, tmp_path):
+    """The checks' device probe runs on `meta` without a GPU; torch imports torch._dynamo, its meta
+    registrations and sympy on the first meta operation, which the zygote has already paid for."""
+    code = ("import sys, torch\n"
+            "before = set(sys.modules)\n"
+            "x = torch.ones(2, 3, device='meta')\n"
+            "y = (x @ x.T / 3.0).softmax(-1)\n"
+            "print(y.device, sorted(set(sys.modules) - before))")
+    assert run(code, tmp_path).nb.cells[0].outputs[0]["text"] == "meta []\n"
