@@ -289,3 +289,44 @@ def test_numpy_on_an_input_that_requires_grad_is_named_as_cut_off():
 
     with pytest.raises(CheckFailed, match=r"^your output is cut off from autograd: .*requires grad"):
         ch01.check_attention_scores(scores_in_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# Threads: a check runs on one torch thread and gives the learner's setting back
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", [2, 3])
+def test_a_check_runs_on_one_thread_and_restores_the_learners_count(setting):
+    seen = []
+
+    def recorded(q, k):
+        seen.append(torch.get_num_threads())
+        return scores(q, k)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(setting)
+    try:
+        ch01.check_attention_scores(recorded)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == setting
+        with pytest.raises(CheckFailed):  # and after a failing check too
+            ch01.check_attention_scores(lambda q, k: recorded(q, k) * 2)
+        assert torch.get_num_threads() == setting
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_public_check_of_every_chapter_runs_on_one_thread():
+    import importlib
+    import pkgutil
+
+    import helpers.checks
+
+    checks = []
+    for info in pkgutil.iter_modules(helpers.checks.__path__):
+        module = importlib.import_module(f"helpers.checks.{info.name}")
+        checks += [(info.name, name) for name, value in vars(module).items()
+                   if name.startswith("check_") and callable(value) and value.__module__ == module.__name__
+                   and not getattr(value, "on_one_thread", False)]
+    assert checks == []
