@@ -76,3 +76,19 @@ def test_the_first_meta_operation_imports_nothing_in_a_forked_kernel(started, tm
             "y = (x @ x.T / 3.0).softmax(-1)\n"
             "print(y.device, sorted(set(sys.modules) - before))")
     assert run(code, tmp_path).nb.cells[0].outputs[0]["text"] == "meta []\n"
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_a_forked_kernel_takes_torch_threads_from_its_own_environment(started, tmp_path, monkeypatch, threads):
+    """torch read the zygote's OMP_NUM_THREADS at import; the kernel's own setting must still count
+    (course-grade-class gives each of its workers' kernels a share of the cores)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    code = "import torch\nprint(torch.get_num_threads())"
+    assert run(code, tmp_path).nb.cells[0].outputs[0]["text"] == f"{threads}\n"
+
+
+def test_grading_kernels_share_the_cores_among_the_workers(monkeypatch):
+    from helpers.grading.classroom import kernel_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [kernel_threads(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]

@@ -70,13 +70,21 @@ _ASSIGNMENT = ""
 _ZYGOTE = None
 
 
+def kernel_threads(workers: int) -> int:
+    """torch threads per grading kernel: the cores shared out among the workers' kernels. Two
+    workers' kernels with two threads each on 2 cores made the checks several times slower."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def _init_worker(course: str, assignment: str, timeout: int | None, memory_gb: float | None,
-                 sandbox: str | None, zygote: bool = True) -> None:
+                 sandbox: str | None, zygote: bool = True, threads: int | None = None) -> None:
     """Each worker imports nbgrader once. Its kernels inherit its address-space limit, so a
     submission that allocates too much gets a MemoryError in its own cell instead of taking the
     machine down. With `zygote`, each kernel is forked from a process of this worker that has
     imported torch and ipykernel once (see zygote.py); still one new kernel per notebook."""
     global _API, _ASSIGNMENT, _ZYGOTE
+    if threads and "OMP_NUM_THREADS" not in os.environ:  # the instructor's own setting wins
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernels inherit it
     if memory_gb:
         limit = int(memory_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -169,7 +177,7 @@ def autograde_all(course: Path, assignment: Assignment, students: list[str], *, 
                   zygote: bool = True, log=print) -> dict[str, Outcome]:
     """Autograde every student, `workers` at a time. A worker that dies (a flood of output that
     exhausts it) is replaced and its students are retried once."""
-    args = (str(course), assignment.name, timeout, memory_gb, sandbox, zygote)
+    args = (str(course), assignment.name, timeout, memory_gb, sandbox, zygote, kernel_threads(workers))
     hidden = frozenset(assignment.hidden_cells)
     outcomes: dict[str, Outcome] = {}
     pending, attempts = list(students), {s: 0 for s in students}

@@ -10,7 +10,8 @@ state passes from one student to the next), nbgrader's per-cell timeout and inte
 usual, and the kernel inherits the worker's memory limit.
 
 What differs from a kernel started by `python -m ipykernel_launcher`: the modules listed in PRELOAD
-are already imported when the first cell runs, and Python's hash seed is the zygote's. Random
+are already imported when the first cell runs (torch's thread count still follows the kernel's
+OMP_NUM_THREADS), and Python's hash seed is the zygote's. Random
 generators are reseeded in each child (Python's `random` by itself, numpy's here); torch's
 default generator starts from its fixed import-time seed, as in a fresh process.
 """
@@ -69,6 +70,11 @@ def _become_kernel(request: dict) -> None:
     import numpy
 
     numpy.random.seed()  # a fresh process draws fresh entropy; Python's random reseeds at fork
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # torch read the zygote's environment at import
+        import torch
+
+        torch.set_num_threads(int(threads))
     sys.argv = ["ipykernel_launcher", *request["args"]]
     from ipykernel.kernelapp import launch_new_instance
 
