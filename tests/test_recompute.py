@@ -101,7 +101,7 @@ def test_typed_in_numbers_fail_naming_each_answer():
             "and your code gives 67108864 (the answer for the notebook's sizes).") in message
     # Only the sizes an answer depends on are named.
     gqa = re.search(r"`params_gqa` does not follow from the sizes: with (.*?) it should be", message).group(1)
-    assert gqa == "d_model = 1536 (not 4096) and n_heads = 24 (not 32) and n_kv_heads_gqa = 4 (not 8)"
+    assert gqa == "d_model = 1536 (not 4096), n_heads = 24 (not 32) and n_kv_heads_gqa = 4 (not 8)"
     assert "`kv_saving_gqa` does not follow from the sizes: with n_heads = 24 (not 32) and n_kv_heads_gqa = 4 " \
            "(not 8) it should be 6.0, and your code gives 4.0" in message
     assert message.endswith("Compute each answer from the variables rather than typing the number: the hidden "
@@ -255,9 +255,9 @@ def test_ch07_typed_in_numbers_fail_naming_each_answer():
     message = str(error.value)
     for name in complexity._REAL_HINTS:
         assert f"`{name}` does not follow from the sizes" in message, name
-    assert ("`max_batch_llama3` does not follow from the sizes: with llama3_8b['n_layers'] = 24 (not 32) and "
-            "llama3_8b['n_kv_heads'] = 4 (not 8) and llama3_8b['d_head'] = 64 (not 128) and "
-            "llama3_8b['context'] = 4096 (not 8192) and gpu_bytes = 42949672960 (not 85899345920) and "
+    assert ("`max_batch_llama3` does not follow from the sizes: with llama3_8b['n_layers'] = 24 (not 32), "
+            "llama3_8b['n_kv_heads'] = 4 (not 8), llama3_8b['d_head'] = 64 (not 128), "
+            "llama3_8b['context'] = 4096 (not 8192), gpu_bytes = 42949672960 (not 85899345920) and "
             "weight_bytes_llama3 = 11274289152 (not 17179869184) it should be 314, and your code gives 64 "
             "(the answer for the notebook's sizes).") in message
 

@@ -146,6 +146,10 @@ def _quiet_and_restored() -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
+def _and(items: Sequence[str]) -> str:
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
 def _first_line(source: str) -> str:
     lines = [line.strip() for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
     return lines[0] if lines else source.strip()[:60]
@@ -207,8 +211,8 @@ def recheck_with_other_sizes(
                 if _matches(got, expected[name], tol):
                     continue
                 uses = [p for p in _paths(original) if _depends(name, p, original, variant, expected_for, tol)]
-                which = " and ".join(f"{_label(p)} = {_show(_get(variant, p))} (not {_show(_get(original, p))})"
-                                     for p in uses) or "other sizes"
+                which = _and([f"{_label(p)} = {_show(_get(variant, p))} (not {_show(_get(original, p))})"
+                              for p in uses]) or "other sizes"
                 typed = " (the answer for the notebook's sizes)" if _matches(got, expected_here[name], tol) else ""
                 problems.append(f"`{name}` does not follow from the sizes: with {which} it should be "
                                 f"{_show(expected[name])}, and your code gives {_show(got)}{typed}.")
