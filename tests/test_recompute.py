@@ -216,11 +216,11 @@ def test_a_variant_must_set_every_size():
 _IPYTHON_SCRIPT = """
 import json, sys
 from IPython.core.interactiveshell import InteractiveShell
-cells = json.loads(sys.stdin.read())
+store_history, cells = json.loads(sys.stdin.read())
 shell = InteractiveShell.instance()
 results = []
 for source in cells:
-    result = shell.run_cell(source, store_history=True)
+    result = shell.run_cell(source, store_history=store_history)
     error = result.error_in_exec or result.error_before_exec
     results.append(None if error is None else f"{type(error).__name__}: {error}")
 results.append(shell.user_ns["d_model"])
@@ -228,20 +228,43 @@ print(json.dumps(results))
 """
 
 
-def test_in_an_ipython_kernel_the_history_is_used():
-    # In a fresh process: an InteractiveShell changes process-wide state (displayhook, builtins).
-    hidden_as_run = EX7["hidden"].replace("### BEGIN HIDDEN TESTS", "").replace("### END HIDDEN TESTS", "")
-    cells = ["x = 1  # a cell before the sizes cell", EX7["sizes"],
-             LITERAL_EX7.replace("params_mha = 67108864", "params_mha = 4 * d_model * d_model"), EX7["test"],
-             hidden_as_run, EX7["answer"], hidden_as_run]
+def _in_ipython(cells: list[str], store_history: bool) -> list:
+    """Run `cells` in a fresh process's IPython shell (a shell changes process-wide state: displayhook,
+    builtins); each cell's error, or None, then d_model as the shell's namespace has it."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}  # the course folder on sys.path
-    run = subprocess.run([sys.executable, "-c", _IPYTHON_SCRIPT], input=json.dumps(cells), capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=300)
+    run = subprocess.run([sys.executable, "-c", _IPYTHON_SCRIPT], input=json.dumps([store_history, cells]),
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
-    results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert results[:4] == [None] * 4
-    assert results[4].startswith("CheckFailed: `params_gqa` does not follow from the sizes") and "`params_mha`" not in results[4]
-    assert results[5:] == [None, None, 4096]  # the solution passes, from the last run of the sizes cell on
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+_HIDDEN_AS_RUN = EX7["hidden"].replace("### BEGIN HIDDEN TESTS", "").replace("### END HIDDEN TESTS", "")
+_PARTLY_TYPED = LITERAL_EX7.replace("params_mha = 67108864", "params_mha = 4 * d_model * d_model")
+
+
+@pytest.mark.parametrize("store_history", [True, False], ids=["jupyter", "nbval"])
+def test_in_an_ipython_kernel_the_cells_run_are_used(store_history):
+    # nbval runs cells with store_history=False: IPython's history is empty, the module's record is not
+    # (the chapter's checks module is imported in an early test cell, as in the notebooks).
+    cells = ["import helpers.checks.heads  # an early test cell", "x = 1", EX7["sizes"], _PARTLY_TYPED, EX7["test"],
+             _HIDDEN_AS_RUN, EX7["answer"], _HIDDEN_AS_RUN]
+    results = _in_ipython(cells, store_history)
+    assert results[:5] == [None] * 5
+    assert results[5].startswith("CheckFailed: `params_gqa` does not follow from the sizes")
+    assert "`params_mha`" not in results[5]
+    assert results[6:] == [None, None, 4096]  # the solution passes, from the last run of the sizes cell on
+
+
+def test_in_ipython_the_history_serves_when_the_checks_were_imported_late():
+    # Imported first in the visible test cell, after the sizes cell: the module's record misses the sizes cell.
+    results = _in_ipython([EX7["sizes"], _PARTLY_TYPED, EX7["test"], _HIDDEN_AS_RUN], store_history=True)
+    assert results[:3] == [None] * 3 and results[3].startswith("CheckFailed: `params_gqa` does not follow")
+
+
+def test_in_ipython_without_the_sizes_cell_in_any_record_the_message_says_so():
+    results = _in_ipython([EX7["sizes"], EX7["answer"], EX7["test"], _HIDDEN_AS_RUN], store_history=False)
+    assert results[3] == ("CheckFailed: the read-only sizes cell (it starts with '# Read-only: the sizes the "
+                          "questions use.') has not been run in this kernel: run the notebook from the top")
 
 
 # ---------------------------------------------------------------------------------------------

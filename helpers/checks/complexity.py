@@ -39,6 +39,7 @@ from .core import (
     verify_environment,
 )
 from .core import randn as _randn
+from .recompute import recheck_with_other_sizes  # imported here: it starts recording the cells run
 
 __all__ = [
     "MISTAKES",
@@ -323,8 +324,6 @@ def recheck_kv_cache_numbers(*, cells: Sequence[str] | None = None, namespace: A
     """Exercise 4's hidden test: the learner's cells after the sizes cell, re-run with OTHER_CONFIGS,
     give the answers that follow from those sizes (a typed-in number does not). `cells` and
     `namespace` replace IPython's history and namespace (for tests)."""
-    from .recompute import recheck_with_other_sizes
-
     recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_CONFIGS,
                              variants=OTHER_CONFIGS, expected_for=lambda sizes: _real_numbers(sizes)[0],
                              skip=("check_kv_cache_numbers",), tolerance={"gqa_saving_llama3": 1e-9}, cells=cells,

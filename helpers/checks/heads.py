@@ -36,6 +36,7 @@ from .core import (
     verify_environment,
 )
 from .core import randn as _randn
+from .recompute import recheck_with_other_sizes  # imported here: it starts recording the cells run
 
 __all__ = [
     "MISTAKES",
@@ -719,8 +720,6 @@ def recheck_real_model_numbers(*, cells: Sequence[str] | None = None, namespace:
     """Exercise 7's hidden test: the learner's cells after the sizes cell, re-run with OTHER_SIZES,
     give the answers that follow from those sizes (a typed-in number does not). `cells` and
     `namespace` replace IPython's history and namespace (for tests)."""
-    from .recompute import recheck_with_other_sizes
-
     recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_SIZES, variants=OTHER_SIZES,
                              expected_for=lambda sizes: _real_numbers(sizes)[0], skip=("check_real_model_numbers",),
                              tolerance={"kv_saving_gqa": 1e-9}, cells=cells, namespace=namespace)

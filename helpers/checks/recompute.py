@@ -9,7 +9,9 @@ sizes variables hold other, consistent values. Cells that call the visible check
 are left out, and so are cells named in `skip`. Functions defined before the sizes cell (the
 learner's helpers from earlier exercises) stay available; those defined in the re-run cells read
 the new sizes. The learner's namespace, the printed output and the random generators are left as
-they were. Outside IPython (plain pytest) pass the cell sources as `cells=`.
+they were. The cells come from a record this module keeps from its import on (IPython's history is
+empty when cells run with store_history=False, as nbval runs them), else from the history. Outside
+IPython (plain pytest) pass the cell sources as `cells=`.
 """
 
 from __future__ import annotations
@@ -103,22 +105,44 @@ def _depends(name: str, path: tuple, original: Mapping, variant: Mapping,
     return not decided
 
 
+# Every cell the IPython kernel runs from the import of this module on (each chapter's checks module
+# imports it, in the first test cell): the history `In` is empty when cells run with
+# store_history=False, as nbval runs them.
+_CELLS: list[str] = []
+
+
+def _record(info: Any) -> None:
+    _CELLS.append(getattr(info, "transformed_cell", None) or info.raw_cell)
+
+
+def _start_recording() -> None:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the course
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.events.register("pre_run_cell", _record)
+
+
 def _history_cells(marker: str) -> list[str]:
-    """The cells run after the last run of the sizes cell, from IPython's history (the current cell last)."""
+    """The cells run after the last run of the sizes cell (the current cell last): from this module's
+    record of the cells, else from IPython's history."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython is a dependency of the course
         get_ipython = None
     shell = get_ipython() if get_ipython else None
-    history = shell.user_ns.get("In") if shell is not None else None
-    if not history:
+    histories = [_CELLS, list(shell.user_ns.get("In") or ())] if shell is not None else []
+    if not any(histories):
         raise CheckFailed("this test re-runs your cells and needs the notebook's cell history: run the notebook "
                           "in Jupyter (an IPython kernel), from the top")
-    starts = [i for i, source in enumerate(history) if source.lstrip().startswith(marker)]
-    if not starts:
-        raise CheckFailed(f"the read-only sizes cell (it starts with {marker!r}) has not been run in this kernel: "
-                          "run the notebook from the top")
-    return list(history[starts[-1] + 1:])
+    for history in histories:
+        starts = [i for i, source in enumerate(history) if source.lstrip().startswith(marker)]
+        if starts:
+            return list(history[starts[-1] + 1:])
+    raise CheckFailed(f"the read-only sizes cell (it starts with {marker!r}) has not been run in this kernel: "
+                      "run the notebook from the top")
 
 
 def _user_namespace() -> dict:
@@ -229,4 +253,5 @@ def recheck_with_other_sizes(
                           "number: the hidden test re-runs your cells after the sizes cell with other sizes.")
 
 
+_start_recording()
 protect(sys.modules[__name__])
