@@ -172,6 +172,25 @@ def test_cells_that_raise_under_other_sizes_get_a_clear_message():
     assert "compute each answer from the variables" in message
 
 
+def test_an_answer_cell_that_calls_the_visible_check_itself_passes():
+    # The call is left out of the re-run (under other sizes the visible check would refuse the answers).
+    _grade_ex7([EX7["answer"] + "\n" + EX7["test"]])
+    with pytest.raises(CheckFailed, match="`params_mha` does not follow"):
+        _grade_ex7([LITERAL_EX7 + "\n" + EX7["test"]])
+
+
+def test_a_cell_that_raised_in_the_notebook_too_does_not_count():
+    scratch = "params_mha = 4 * d_model * d_model\nprint(kv_bytes_total)  # a typo: raises NameError anyway\n"
+    ns = _run([EX7["sizes"], EX7["answer"]])
+    with pytest.raises(NameError):
+        _run([scratch], ns)
+    heads.recheck_real_model_numbers(cells=[EX7["answer"], scratch, EX7["test"], EX7["hidden"]], namespace=ns)
+    # A cell whose error comes from the other sizes still counts.
+    sized = "assert n_layers == 32\n"
+    with pytest.raises(CheckFailed, match="your cell that starts `assert n_layers == 32` raises AssertionError"):
+        heads.recheck_real_model_numbers(cells=[EX7["answer"], sized, EX7["test"]], namespace=ns)
+
+
 def test_the_learner_namespace_and_the_generators_are_unchanged():
     ns = _run([EX7["sizes"], LITERAL_EX7, EX7["test"]])
     before = dict(ns)

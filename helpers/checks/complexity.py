@@ -326,8 +326,8 @@ def recheck_kv_cache_numbers(*, cells: Sequence[str] | None = None, namespace: A
     `namespace` replace IPython's history and namespace (for tests)."""
     recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_CONFIGS,
                              variants=OTHER_CONFIGS, expected_for=lambda sizes: _real_numbers(sizes)[0],
-                             skip=("check_kv_cache_numbers",), tolerance={"gqa_saving_llama3": 1e-9}, cells=cells,
-                             namespace=namespace)
+                             checks=("check_kv_cache_numbers",), tests=("recheck_kv_cache_numbers",),
+                             tolerance={"gqa_saving_llama3": 1e-9}, cells=cells, namespace=namespace)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -721,8 +721,9 @@ def recheck_real_model_numbers(*, cells: Sequence[str] | None = None, namespace:
     give the answers that follow from those sizes (a typed-in number does not). `cells` and
     `namespace` replace IPython's history and namespace (for tests)."""
     recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_SIZES, variants=OTHER_SIZES,
-                             expected_for=lambda sizes: _real_numbers(sizes)[0], skip=("check_real_model_numbers",),
-                             tolerance={"kv_saving_gqa": 1e-9}, cells=cells, namespace=namespace)
+                             expected_for=lambda sizes: _real_numbers(sizes)[0], checks=("check_real_model_numbers",),
+                             tests=("recheck_real_model_numbers",), tolerance={"kv_saving_gqa": 1e-9}, cells=cells,
+                             namespace=namespace)
 
 
 protect(ref, sys.modules[__name__])

@@ -5,8 +5,8 @@ A hidden test calls `recheck_with_other_sizes` after the visible check has accep
 In a notebook (nbgrader runs it top to bottom in one IPython kernel) the executed cell sources are
 in IPython's history; the cells after the last run of the read-only sizes cell (found by its first
 line), up to the current cell, are run again in a *copy* of the learner's namespace in which the
-sizes variables hold other, consistent values. Cells that call the visible check or this function
-are left out, and so are cells named in `skip`. Functions defined before the sizes cell (the
+sizes variables hold other, consistent values, without the statements that call the visible check
+and without the cells that call the hidden test (that is, the current cell). Functions defined before the sizes cell (the
 learner's helpers from earlier exercises) stay available; those defined in the re-run cells read
 the new sizes. The learner's namespace, the printed output and the random generators are left as
 they were. The cells come from a record this module keeps from its import on (IPython's history is
@@ -16,6 +16,7 @@ IPython (plain pytest) pass the cell sources as `cells=`.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import random
@@ -170,6 +171,25 @@ def _quiet_and_restored() -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
+def _calls(node: ast.AST, names: Sequence[str]) -> bool:
+    """Whether `node` calls a function named in `names` (as a name or an attribute) anywhere."""
+    return any(isinstance(n, ast.Call) and (getattr(n.func, "id", None) in names or getattr(n.func, "attr", None)
+                                            in names) for n in ast.walk(node))
+
+
+def _without_calls(source: str, checks: Sequence[str], tests: Sequence[str]) -> Any:
+    """The cell compiled without its top-level statements that call one of `checks`; None for a cell
+    that calls one of `tests`. A cell that does not parse is compiled as it is (and raises)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source  # exec raises the SyntaxError, reported as the cell's error
+    if _calls(tree, tests):
+        return None
+    tree.body = [statement for statement in tree.body if not _calls(statement, checks)]
+    return compile(tree, "<your cell>", "exec")
+
+
 def _and(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
@@ -179,6 +199,21 @@ def _first_line(source: str) -> str:
     return lines[0] if lines else source.strip()[:60]
 
 
+def _run(rerun: Sequence[tuple[str, Any]], namespace: Mapping[str, Any], sizes: Mapping[str, Any],
+         scope: dict | None = None) -> list[tuple[int, Exception]]:
+    """Run the cells in `scope` (a copy of `namespace` with the `sizes`), quietly; the errors, by cell."""
+    scope = dict(namespace) if scope is None else scope
+    scope.update({key: _plain(value) for key, value in sizes.items()})
+    errors = []
+    with _quiet_and_restored():
+        for i, (_, code) in enumerate(rerun):
+            try:
+                exec(code, scope)  # noqa: S102 - the learner's own cell
+            except Exception as error:  # noqa: BLE001 - any error of the learner's code is reported
+                errors.append((i, error))
+    return errors
+
+
 def recheck_with_other_sizes(
     names: Sequence[str],
     *,
@@ -186,7 +221,8 @@ def recheck_with_other_sizes(
     original: Mapping[str, Any],
     variants: Sequence[Mapping[str, Any]],
     expected_for: Callable[[Mapping[str, Any]], Mapping[str, float]],
-    skip: Sequence[str] = (),
+    checks: Sequence[str] = (),
+    tests: Sequence[str] = (),
     tolerance: Mapping[str, float] | None = None,
     cells: Sequence[str] | None = None,
     namespace: Mapping[str, Any] | None = None,
@@ -195,9 +231,10 @@ def recheck_with_other_sizes(
     `expected_for(variant)`; raise CheckFailed naming every answer that does not follow.
 
     `original` holds the sizes the notebook's read-only cell sets (variable name -> value; a value
-    may be a dict of sizes); each variant has the same variables with other values. `skip`: text that
-    marks a cell not to re-run (the visible check's name); cells that mention this function are left
-    out too. `cells` and `namespace` replace IPython's history and user namespace (for tests).
+    may be a dict of sizes); each variant has the same variables with other values. Statements that
+    call one of `checks` (the visible check) are left out of the re-run cells, and cells that call one
+    of `tests` (the hidden test's function: this cell, and earlier runs of it) are left out whole.
+    `cells` and `namespace` replace IPython's history and user namespace (for tests).
     """
     tolerance = tolerance or {}
     verify_environment()
@@ -205,29 +242,30 @@ def recheck_with_other_sizes(
         namespace = _user_namespace()
     if cells is None:
         cells = _history_cells(sizes_marker)
-    marks = (*skip, recheck_with_other_sizes.__name__)
-    rerun = [source for source in cells if source.strip() and not any(mark in source for mark in marks)]
+    rerun = [(source, code) for source in cells if source.strip()
+             for code in [_without_calls(source, checks, tests)] if code is not None]
+    for variant in variants:
+        if set(variant) != set(original):
+            raise ValueError(f"a variant must set the same variables as the sizes cell: {sorted(original)}")
     before = dict(namespace)
     expected_here = expected_for(original)
     problems = []
     try:
+        # First with the notebook's own sizes: a cell that raises there raised in the notebook too (a
+        # scratch cell with a typo): its error is not the other sizes' doing and does not count.
+        failed_at_home = {i for i, _ in _run(rerun, namespace, original)}
         for variant in variants:
-            if set(variant) != set(original):
-                raise ValueError(f"a variant must set the same variables as the sizes cell: {sorted(original)}")
             scope = dict(namespace)
-            scope.update({key: _plain(value) for key, value in variant.items()})
+            errors = [(i, e) for i, e in _run(rerun, namespace, variant, scope) if i not in failed_at_home]
             sizes_text = ", ".join(f"{_label(p)} = {_show(_get(variant, p))}" for p in _paths(variant)
                                    if _get(variant, p) != _get(original, p))
-            with _quiet_and_restored():
-                for source in rerun:
-                    try:
-                        exec(compile(source, "<your cell>", "exec"), scope)  # noqa: S102 - the learner's own cell
-                    except Exception as error:  # noqa: BLE001 - any error of the learner's code is reported
-                        raise CheckFailed(
-                            f"with other sizes ({sizes_text}) your cell that starts `{_first_line(source)}` raises "
-                            f"{type(error).__name__}: {error}. The hidden test re-runs your cells after the sizes "
-                            "cell with other sizes: compute each answer from the variables, without assuming the "
-                            "notebook's numbers") from None
+            if errors:
+                i, error = errors[0]
+                raise CheckFailed(
+                    f"with other sizes ({sizes_text}) your cell that starts `{_first_line(rerun[i][0])}` raises "
+                    f"{type(error).__name__}: {error}. The hidden test re-runs your cells after the sizes cell "
+                    "with other sizes: compute each answer from the variables, without assuming the notebook's "
+                    "numbers")
             expected = expected_for(variant)
             for name in names:
                 tol = tolerance.get(name, 0.0)
