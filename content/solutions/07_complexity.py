@@ -193,7 +193,8 @@ check_kv_cache_bytes(kv_cache_bytes, configs=((80, 8, 128, 2048, 2, torch.float1
 # The next (read-only) cell holds three real decoders, all caching in fp16 (2 bytes per number):
 # Llama-2-7B (multi-head: 32 K/V heads), Llama-3-8B (grouped-query: 32 query heads share 8 K/V
 # heads) and Falcon-7B (multi-query: 71 query heads share **one** K/V head of 64). Compute each
-# answer **in code from these variables** (your `kv_cache_bytes` is welcome):
+# answer **in code from these variables** (your `kv_cache_bytes` is welcome), not as a typed-in
+# number: the hidden test runs your cells again with other sizes and expects the answers that follow.
 #
 # | variable | question |
 # |---|---|
@@ -256,6 +257,9 @@ assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign eac
 assert int(kv_llama2_7b) == 2 * 2**30 and int(kv_llama3_8b) == 2**30 and int(kv_falcon_7b) == 16 * 2**20
 assert int(kv_batch_llama3) == 16 * 2**30 and int(max_batch_llama3) == 64
 assert abs(float(gqa_saving_llama3) - 4) < 1e-9
+from helpers.checks.complexity import recheck_kv_cache_numbers
+
+recheck_kv_cache_numbers()
 ### END HIDDEN TESTS
 
 # %% [markdown] id="ex5"

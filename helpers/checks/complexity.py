@@ -39,6 +39,7 @@ from .core import (
     verify_environment,
 )
 from .core import randn as _randn
+from .recompute import recheck_with_other_sizes  # imported here: it starts recording the cells run
 
 __all__ = [
     "MISTAKES",
@@ -242,8 +243,9 @@ REAL_CONFIGS = MappingProxyType({
 })
 
 
-def _real_numbers() -> tuple[dict[str, float], dict[str, list[tuple[float, str]]]]:
-    s = REAL_CONFIGS
+def _real_numbers(s: Any = REAL_CONFIGS) -> tuple[dict[str, float], dict[str, list[tuple[float, str]]]]:
+    """The answers of exercise 4 for the sizes `s` (REAL_CONFIGS, or other sizes for the hidden test),
+    and the wrong values the common mistakes give."""
     size = s["bytes_per_element"]
     expected: dict[str, float] = {}
     wrong: dict[str, list[tuple[float, str]]] = {}
@@ -303,6 +305,29 @@ def check_kv_cache_numbers(**answers: Any) -> None:
     expected, wrong = _real_numbers()
     check_numbers(answers, expected, tolerance={"gqa_saving_llama3": 1e-9}, mistakes=wrong, hints=_REAL_HINTS,
                   name="check_kv_cache_numbers", integers=[k for k in expected if k != "gqa_saving_llama3"])
+
+
+# The hidden test re-runs the learner's cells with these sizes instead (see helpers.checks.recompute):
+# every size differs from REAL_CONFIGS but the MHA/GQA/MQA shapes (Llama-2 one K/V head per query head,
+# Falcon a single one), and (GPU - weights) is not a whole number of sequences. The cache stays fp16:
+# the exercise welcomes `kv_cache_bytes`, which takes a dtype (torch.float16), not bytes_per_element.
+OTHER_CONFIGS = (MappingProxyType({
+    "llama2_7b": MappingProxyType({"n_layers": 40, "n_heads": 40, "n_kv_heads": 40, "d_head": 64, "context": 2048}),
+    "llama3_8b": MappingProxyType({"n_layers": 24, "n_heads": 24, "n_kv_heads": 4, "d_head": 64, "context": 4096}),
+    "falcon_7b": MappingProxyType({"n_layers": 16, "n_heads": 20, "n_kv_heads": 1, "d_head": 96, "context": 1024}),
+    "bytes_per_element": 2, "batch": 8, "gpu_bytes": 40 * 2**30, "weight_bytes_llama3": 21 * 2**29,
+}),)
+SIZES_MARKER = "# Read-only: the sizes the questions use."
+
+
+def recheck_kv_cache_numbers(*, cells: Sequence[str] | None = None, namespace: Any = None) -> None:
+    """Exercise 4's hidden test: the learner's cells after the sizes cell, re-run with OTHER_CONFIGS,
+    give the answers that follow from those sizes (a typed-in number does not). `cells` and
+    `namespace` replace IPython's history and namespace (for tests)."""
+    recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_CONFIGS,
+                             variants=OTHER_CONFIGS, expected_for=lambda sizes: _real_numbers(sizes)[0],
+                             checks=("check_kv_cache_numbers",), tests=("recheck_kv_cache_numbers",),
+                             tolerance={"gqa_saving_llama3": 1e-9}, cells=cells, namespace=namespace)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .core import (
     verify_environment,
 )
 from .core import randn as _randn
+from .recompute import recheck_with_other_sizes  # imported here: it starts recording the cells run
 
 __all__ = [
     "MISTAKES",
@@ -47,6 +48,7 @@ __all__ = [
     "check_multi_head_attention",
     "check_real_model_numbers",
     "check_split_heads",
+    "recheck_real_model_numbers",
 ]
 
 # The learner writes these themselves: an answer that is or calls one of them is refused.
@@ -636,8 +638,9 @@ REAL_SIZES = MappingProxyType({"n_layers": 32, "d_model": 4096, "n_heads": 32, "
                                    "context": 4096, "bytes_per_element": 2, "gpt2_d_model": 768, "gpt2_n_heads": 12})
 
 
-def _real_numbers() -> tuple[dict[str, float], dict[str, list[tuple[float, str]]]]:
-    s = REAL_SIZES
+def _real_numbers(s: Any = REAL_SIZES) -> tuple[dict[str, float], dict[str, list[tuple[float, str]]]]:
+    """The answers of exercise 7 for the sizes `s` (REAL_SIZES, or other sizes for the hidden test),
+    and the wrong values the common mistakes give."""
     d_head = s["d_model"] // s["n_heads"]
     kv_heads = {"mha": s["n_heads"], "gqa": s["n_kv_heads_gqa"], "mqa": s["n_kv_heads_mqa"]}
     expected: dict[str, float] = {}
@@ -703,6 +706,24 @@ def check_real_model_numbers(**answers: Any) -> None:
     expected, wrong = _real_numbers()
     check_numbers(answers, expected, tolerance={"kv_saving_gqa": 1e-9}, mistakes=wrong, hints=_REAL_HINTS,
                   name="check_real_model_numbers", integers=[k for k in expected if k != "kv_saving_gqa"])
+
+
+# The hidden test re-runs the learner's cells with these sizes instead (see helpers.checks.recompute):
+# every size differs from REAL_SIZES but MQA's single K/V head, d_head (64) too, and they are
+# consistent (d_model divisible by n_heads, n_heads by n_kv_heads_gqa). fp32 cache: 4 bytes.
+OTHER_SIZES = (MappingProxyType({"n_layers": 24, "d_model": 1536, "n_heads": 24, "n_kv_heads_gqa": 4, "n_kv_heads_mqa": 1,
+                                 "context": 1024, "bytes_per_element": 4, "gpt2_d_model": 1024, "gpt2_n_heads": 16}),)
+SIZES_MARKER = "# Read-only: the sizes the questions use."
+
+
+def recheck_real_model_numbers(*, cells: Sequence[str] | None = None, namespace: Any = None) -> None:
+    """Exercise 7's hidden test: the learner's cells after the sizes cell, re-run with OTHER_SIZES,
+    give the answers that follow from those sizes (a typed-in number does not). `cells` and
+    `namespace` replace IPython's history and namespace (for tests)."""
+    recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_SIZES, variants=OTHER_SIZES,
+                             expected_for=lambda sizes: _real_numbers(sizes)[0], checks=("check_real_model_numbers",),
+                             tests=("recheck_real_model_numbers",), tolerance={"kv_saving_gqa": 1e-9}, cells=cells,
+                             namespace=namespace)
 
 
 protect(ref, sys.modules[__name__])

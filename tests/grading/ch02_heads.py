@@ -63,4 +63,11 @@ STUDENTS = {
     "kv_bytes_no_factor_two": Submission(
         {"ex7-answer": replace("kv_bytes_gqa = 2 * n_layers", "kv_bytes_gqa = n_layers")},
         {"ex7"}, "only one of K and V is counted"),
+    # The right numbers typed in: the visible test passes, the hidden test re-runs the cell with other sizes.
+    "real_numbers_typed_in": Submission(
+        {"ex7-answer": put("params_mha = 67108864\nparams_gqa = 41943040\nparams_mqa = 34603008\n"
+                           "params_gpt2 = 2362368\nkv_bytes_mha = 2147483648\nkv_bytes_gqa = 536870912\n"
+                           "kv_bytes_mqa = 67108864\nkv_saving_gqa = 4.0\n")},
+        {"ex7-hidden"}, "`params_mha` does not follow from the sizes: with d_model = 1536 (not 4096) it should be "
+                        "9437184, and your code gives 67108864"),
 }
