@@ -66,10 +66,37 @@ def require_bool_mask(fn: str, mask: object, scores_shape: Sequence[int]) -> tor
     if broadcast != torch.Size(scores_shape):
         raise ShapeError(
             f"{fn}: mask of shape {fmt_shape(mask.shape)} does not broadcast to the scores' shape "
-            f"{fmt_shape(scores_shape)} = (..., T_q, T_k); a key-padding mask for (B, T_q, T_k) "
-            f"scores has shape (B, 1, T_k), a causal mask (T_q, T_k)"
+            f"{fmt_shape(scores_shape)} = {scores_layout(len(scores_shape))}; {mask_advice(len(scores_shape))}"
         )
     return mask
+
+
+def scores_layout(rank: int, keys: str = "T_k", queries: str = "T_q") -> str:
+    """The scores' axes for this rank: (B, T_q, T_k), or per head (B, H, T_q, T_k)."""
+    if rank == 4:
+        return f"(B, H, {queries}, {keys})"
+    if rank == 3:
+        return f"(B, {queries}, {keys})"
+    return f"(..., {queries}, {keys})"
+
+
+def key_padding_shape(rank: int, keys: str = "T_k") -> str:
+    """The shape of a key-padding mask that broadcasts against scores of this rank."""
+    if rank == 4:
+        return f"(B, 1, 1, {keys})"
+    if rank == 3:
+        return f"(B, 1, {keys})"
+    raise ValueError(f"no key-padding mask layout for scores of rank {rank}")
+
+
+def mask_advice(rank: int) -> str:
+    """Which masks fit scores of this rank: chapter 01's scores are (B, T_q, T_k), and from chapter 02
+    on they are per head, (B, H, T_q, T_k), where a key-padding mask needs a head axis too."""
+    if rank in (3, 4):
+        return (f"a key-padding mask for scores {scores_layout(rank)} has shape {key_padding_shape(rank)}, "
+                f"a causal mask (T_q, T_k)")
+    return (f"a key-padding mask has shape {key_padding_shape(3)} for scores {scores_layout(3)} and "
+            f"{key_padding_shape(4)} for scores {scores_layout(4)}, a causal mask (T_q, T_k)")
 
 
 def require_positive_int(fn: str, name: str, value: object) -> int:

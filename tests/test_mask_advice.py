@@ -60,16 +60,25 @@ def _shapes_error(q: torch.Tensor, mask: torch.Tensor) -> str:
     return str(info.value)
 
 
-def test_the_advice_rewritten_is_the_one_helpers_shapes_gives():
-    """If helpers.shapes rewords its error, rank_aware_mask_advice must follow."""
-    message = _shapes_error(torch.zeros(2, 3, 5, 4), padding_mask(torch.tensor([3, 5]), 5))
-    assert _SHAPES_ADVICE in message
+def test_helpers_shapes_gives_the_advice_for_the_rank_of_the_scores():
+    """The reference functions' own error (a learner calling helpers directly, a theory notebook)."""
+    mask3 = padding_mask(torch.tensor([3, 5]), 5)  # (B, 1, T_k): right for 3-D scores, not per head
+    four = _shapes_error(torch.zeros(2, 3, 5, 4), mask3)
+    assert "(B, H, T_q, T_k); a key-padding mask for scores (B, H, T_q, T_k) has shape (B, 1, 1, T_k)" in four
+    assert disagreement(four) is None and not PAD3.search(four)
+    three = _shapes_error(torch.zeros(2, 5, 4), torch.ones(3, 5, 5, dtype=torch.bool))
+    assert "(B, T_q, T_k); a key-padding mask for scores (B, T_q, T_k) has shape (B, 1, T_k)" in three
+    assert disagreement(three) is None and not PAD4.search(three)
+    five = _shapes_error(torch.zeros(2, 2, 3, 5, 4), mask3)  # no layout of the course: both are named
+    assert PAD3.search(five) and PAD4.search(five) and disagreement(five) is None
+    assert _SHAPES_ADVICE in four  # what rank_aware_mask_advice completes
 
 
-def test_per_head_scores_get_per_head_advice_and_3d_scores_keep_theirs():
+def test_per_head_advice_in_a_check_also_says_how_to_get_it_from_chapter_01():
     four = _shapes_error(torch.zeros(2, 3, 5, 4), padding_mask(torch.tensor([3, 5]), 5))
-    assert "has shape (B, 1, 1, T_k)" in rewrite_mask_advice(four)
-    assert "for (B, T_q, T_k) scores has shape (B, 1, T_k)" not in rewrite_mask_advice(four)
+    rewritten = rewrite_mask_advice(four)
+    assert "has shape (B, 1, 1, T_k) (chapter 01's padding_mask gives (B, 1, T_k)" in rewritten
+    assert rewrite_mask_advice(rewritten) == rewritten  # once only
     three = _shapes_error(torch.zeros(2, 5, 4), torch.ones(3, 5, 5, dtype=torch.bool))
     assert rewrite_mask_advice(three) == three
 

@@ -5,39 +5,21 @@ chapter 02 on the scores are per head, `(B, H, T_q, T_k)`, and the same mask nee
 `(B, 1, 1, T_k)`. Every message that tells a learner a mask's shape takes it from here, with the
 rank of the scores in the case that failed, so the chapters never contradict each other.
 
-`helpers.shapes` words its mask error for 3-D scores (it is imported by the theory notebooks and
-not changed here); `rank_aware_mask_advice` rewrites that advice, in a check's failure message,
-for the rank of the scores named in the error.
+The layouts themselves are `helpers.shapes`' (its mask error already gives the advice for the
+scores' rank); `rank_aware_mask_advice` adds, in a check's failure message about per-head scores,
+how to get that mask from chapter 01's `padding_mask`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 from collections.abc import Iterator
 
+from ..shapes import key_padding_shape, mask_advice, scores_layout
 from .core import CheckFailed, protect
 
 __all__ = ["key_padding_advice", "key_padding_shape", "rank_aware_mask_advice", "scores_layout"]
-
-
-def scores_layout(rank: int, keys: str = "T_k", queries: str = "T_q") -> str:
-    """The scores' axes for this rank: (B, T_q, T_k), or per head (B, H, T_q, T_k)."""
-    if rank == 4:
-        return f"(B, H, {queries}, {keys})"
-    if rank == 3:
-        return f"(B, {queries}, {keys})"
-    return f"(..., {queries}, {keys})"
-
-
-def key_padding_shape(rank: int, keys: str = "T_k") -> str:
-    """The shape of a key-padding mask that broadcasts against scores of this rank."""
-    if rank == 4:
-        return f"(B, 1, 1, {keys})"
-    if rank == 3:
-        return f"(B, 1, {keys})"
-    raise ValueError(f"no key-padding mask layout for scores of rank {rank}")
 
 
 def key_padding_advice(rank: int, keys: str = "T_k", queries: str = "T_q", *, from_chapter_01: bool = True) -> str:
@@ -51,20 +33,14 @@ def key_padding_advice(rank: int, keys: str = "T_k", queries: str = "T_q", *, fr
     return advice
 
 
-# The advice in helpers.shapes.require_bool_mask's error, which is written for 3-D scores.
-_SHAPES_ADVICE = "a key-padding mask for (B, T_q, T_k) scores has shape (B, 1, T_k), a causal mask (T_q, T_k)"
-_SCORES_SHAPE = re.compile(r"to the scores' shape \(([\d, ]+)\)")
+# helpers.shapes.require_bool_mask's advice for per-head scores.
+_SHAPES_ADVICE = mask_advice(4)
 
 
 def rewrite_mask_advice(message: str) -> str:
-    """`message` with helpers.shapes' 3-D mask advice replaced by the advice for the scores' rank."""
-    if _SHAPES_ADVICE not in message:
-        return message
-    found = _SCORES_SHAPE.search(message)
-    if found is None:
-        return message
-    rank = len([d for d in found.group(1).split(",") if d.strip()])
-    if rank != 4:
+    """`message` with helpers.shapes' advice for per-head scores completed by how to get that mask
+    from chapter 01's padding_mask."""
+    if _SHAPES_ADVICE not in message or key_padding_advice(4) in message:
         return message
     return message.replace(_SHAPES_ADVICE, f"{key_padding_advice(4)}, a causal mask (T_q, T_k)")
 
