@@ -1,0 +1,99 @@
+"""Chapter 05: uncatalogued wrong answers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import Wrong
+
+TOPIC = "blocks"
+
+
+def _cross(*, streams="right", proj="qkv", dim=-1, fill="-inf", merge="right", scale="d_head", out="proj",
+           weights_out="masked", mask_after=False):
+    def cross_attention(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads=None, memory_mask=None):
+        n_kv = n_heads if n_kv_heads is None else n_kv_heads
+        B, T_q, d_model = x.shape
+        d = d_model // n_heads
+        q_src, kv_src = (memory, x) if streams == "swapped" else (x, memory)
+        ws = {"q": w_q, "k": w_k, "v": w_v}
+        q = (q_src @ ws[proj[0]].T).view(B, q_src.shape[1], n_heads, d).transpose(1, 2)
+        k = (kv_src @ ws[proj[1]].T).view(B, kv_src.shape[1], n_kv, d).transpose(1, 2)
+        v = (kv_src @ ws[proj[2]].T).view(B, kv_src.shape[1], n_kv, d).transpose(1, 2)
+        k, v = k.repeat_interleave(n_heads // n_kv, 1), v.repeat_interleave(n_heads // n_kv, 1)
+        scores = q @ k.transpose(-2, -1) / (math.sqrt(k.shape[-2]) if scale == "T_src" else math.sqrt(d))
+        free = torch.softmax(scores, dim=-1)
+        if memory_mask is not None and not mask_after:
+            scores = scores.masked_fill(~memory_mask[:, None, None, :], 0.0 if fill == "zero" else float("-inf"))
+        weights = torch.softmax(scores, dim=dim)
+        if memory_mask is not None and mask_after:
+            weights = weights * memory_mask[:, None, None, :]
+        heads = weights @ v
+        merged = (heads.transpose(1, 2).reshape(B, -1, d_model) if merge == "right"
+                  else heads.permute(0, 2, 3, 1).reshape(B, -1, d_model))
+        result = merged @ (w_o if out == "untransposed" else w_o.T)
+        return (result + x if out == "residual" else result), (free if weights_out == "unmasked" else weights)
+    return cross_attention
+
+
+def _block(*, self_mask="causal", norms="123", residual="raw", final_norm=False, memory_mask_inverted=False):
+    def decoder_block(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+        T = x.shape[1]
+        mask = {"causal": torch.ones(T, T, dtype=torch.bool).tril(),
+                "triu": torch.ones(T, T, dtype=torch.bool).triu(),
+                "next": torch.ones(T, T, dtype=torch.bool).tril(1)}[self_mask]
+        n = {"1": norm1, "2": norm2, "3": norm3, "-": lambda t: t}
+        n1, n2, n3 = (n[c] for c in norms)
+        mm = None if memory_mask is None else (~memory_mask if memory_mask_inverted else memory_mask)
+        h = n1(x)
+        x = (h if residual == "normed" else x) + self_attn(h, mask)
+        x = x + cross_attn(n2(x), memory, mm)
+        out = x + ffn(n3(x))
+        return norm3(out) if final_norm else out
+    return decoder_block
+
+
+def _prefix(rule):
+    def prefix_lm_mask(prefix_lengths, lengths, T):
+        i = torch.arange(T)[None, :, None]
+        j = torch.arange(T)[None, None, :]
+        p = torch.as_tensor(prefix_lengths)[:, None, None]
+        n = torch.as_tensor(lengths)[:, None, None]
+        if rule == "transposed":
+            return ((i <= j) | (i < p)) & (i < n)
+        if rule == "diagonal_blocked":
+            return ((j < i) | (j < p)) & (j < n)
+        if rule == "and":
+            return ((j <= i) & (j < p)) & (j < n)
+        if rule == "pad_inclusive":
+            return ((j <= i) | (j < p)) & (j <= n)
+        if rule == "prefix_short":
+            return ((j <= i) | (j < p - 1)) & (j < n)
+        return None
+    return prefix_lm_mask
+
+
+WRONG = [
+    Wrong("cross_attention", "streams_swapped", _cross(streams="swapped"), r"queries .*x|stream"),
+    Wrong("cross_attention", "v_with_w_k", _cross(proj="qkk"), r"V's projection|w_v"),
+    Wrong("cross_attention", "k_with_w_v", _cross(proj="qvv"), r"K's projection|w_k"),
+    Wrong("cross_attention", "softmax_query_axis", _cross(dim=-2), r"dim=-1|query axis"),
+    Wrong("cross_attention", "fill_zero", _cross(fill="zero"), r"-inf"),
+    Wrong("cross_attention", "scale_sqrt_T_src", _cross(scale="T_src"), r"sqrt\(d_head\)"),
+    Wrong("cross_attention", "merge_interleaved", _cross(merge="interleaved"), r"merge"),
+    Wrong("cross_attention", "w_o_untransposed", _cross(out="untransposed"), r"w_o"),
+    Wrong("cross_attention", "weights_unmasked", _cross(weights_out="unmasked"), r"weights.*mask|mask.*weights"),
+    Wrong("decoder_block", "self_mask_triu", _block(self_mask="triu"), r"causal|triu|above"),
+    Wrong("decoder_block", "self_mask_next_token", _block(self_mask="next"), r"causal|tril|next"),
+    Wrong("decoder_block", "norm3_missing", _block(norms="12-"), r"norm3"),
+    Wrong("decoder_block", "norm2_before_ffn", _block(norms="122"), r"norm3|norm2"),
+    Wrong("decoder_block", "residual_from_normed", _block(residual="normed"), r"residual|raw|norm1\(x\)"),
+    Wrong("decoder_block", "memory_mask_inverted", _block(memory_mask_inverted=True), r"memory_mask"),
+    Wrong("prefix_lm_mask", "transposed", _prefix("transposed"), r"transpos|rows|key"),
+    Wrong("prefix_lm_mask", "diagonal_blocked", _prefix("diagonal_blocked"), r"diagonal|itself"),
+    Wrong("prefix_lm_mask", "and_not_or", _prefix("and"), r"\bor\b|\|"),
+    Wrong("prefix_lm_mask", "padding_inclusive", _prefix("pad_inclusive"), r"length|padd"),
+    Wrong("prefix_lm_mask", "prefix_one_short", _prefix("prefix_short"), r"prefix.*(one|short)"),
+]
