@@ -94,6 +94,6 @@ WRONG = [
     Wrong("prefix_lm_mask", "transposed", _prefix("transposed"), r"transpos|rows|key"),
     Wrong("prefix_lm_mask", "diagonal_blocked", _prefix("diagonal_blocked"), r"diagonal|itself"),
     Wrong("prefix_lm_mask", "and_not_or", _prefix("and"), r"\bor\b|\|"),
-    Wrong("prefix_lm_mask", "padding_inclusive", _prefix("pad_inclusive"), r"length|padd"),
+    Wrong("prefix_lm_mask", "padding_inclusive", _prefix("pad_inclusive"), r"padded keys"),
     Wrong("prefix_lm_mask", "prefix_one_short", _prefix("prefix_short"), r"prefix.*(one|short)"),
 ]
