@@ -92,7 +92,9 @@ WRONG = [
     Wrong("add_positions", "subtracted", _add(sign=-1.0), r"subtract|sign"),
     Wrong("add_positions", "x_dropped", _add(keep_x=False), r"\bx\b|input"),
     Wrong("apply_rope", "base_1000", _rope(base=1000.0), r"base|frequenc"),
-    Wrong("apply_rope", "partial_rotary", _rope(rotary=0.5), r"half of the|every pair|channels"),
+    # rotate-half inside the first half of the channels, with frequencies of the full width: neither
+    # GPT-NeoX's partial rotary nor a rotation of this chapter's pairs
+    Wrong("apply_rope", "partial_rotary", _rope(rotary=0.5), r"half of the|every pair|channels", named=False),
     Wrong("apply_rope", "positions_reversed", _rope(positions=lambda T, o: torch.arange(o + T - 1, o - 1, -1)),
           r"position"),
     Wrong("rope_attention", "no_scale", _rope_attention(scale=False), r"sqrt\(d_head\)|scale"),
