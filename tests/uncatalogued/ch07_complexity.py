@@ -57,7 +57,7 @@ def _step(*, order="append", scale=True, mask_shift=0, v_from_k=False, return_ol
     return attend_with_cache
 
 
-def _online(*, scale=True, inverted=False, drop_last=False, per_block=False):
+def _online(*, scale=True, keep_m=False, drop_last=False, per_block=False):
     def online_softmax_attention(q, k, v, block_size):
         sc = 1 / math.sqrt(q.shape[-1]) if scale else 1.0
         m = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=q.dtype)
@@ -74,11 +74,11 @@ def _online(*, scale=True, inverted=False, drop_last=False, per_block=False):
                 l = l + 1
                 m = m_new
                 continue
-            c = torch.exp(m_new - m) if inverted else torch.exp(m - m_new)
-            c = torch.nan_to_num(c, nan=0.0, posinf=0.0)
+            c = torch.exp(m - m_new)
             l = c * l + p.sum(dim=-1, keepdim=True)
             acc = c * acc + p @ v[..., start:start + block_size, :]
-            m = m_new
+            if not keep_m:
+                m = m_new
         return acc / l
     return online_softmax_attention
 
@@ -98,7 +98,7 @@ WRONG = [
     Wrong("attend_with_cache", "mask_sees_next", _step(mask_shift=1), r"mask|next|future"),
     Wrong("attend_with_cache", "v_all_is_k", _step(v_from_k=True), r"v_all"),
     Wrong("online_softmax_attention", "no_scale", _online(scale=False), r"sqrt\(d_head\)|scale"),
-    Wrong("online_softmax_attention", "rescale_inverted", _online(inverted=True), r"exp\(m_old - m_new\)|rescal"),
+    Wrong("online_softmax_attention", "max_not_updated", _online(keep_m=True), r"last block|keys \d+ \.\. \d+ only|running max"),
     Wrong("online_softmax_attention", "last_block_dropped", _online(drop_last=True), r"last.*block|block_size"),
     Wrong("online_softmax_attention", "normalised_per_block", _online(per_block=True), r"per block|each block|block"),
 ]
