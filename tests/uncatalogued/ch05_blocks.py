@@ -97,3 +97,40 @@ WRONG = [
     Wrong("prefix_lm_mask", "padding_inclusive", _prefix("pad_inclusive"), r"padded keys"),
     Wrong("prefix_lm_mask", "prefix_one_short", _prefix("prefix_short"), r"prefix.*(one|short)"),
 ]
+
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+
+def _cross_v_unprojected(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads=None, memory_mask=None):
+    n_kv = n_heads if n_kv_heads is None else n_kv_heads
+    B, T_q, d_model = x.shape
+    d = d_model // n_heads
+    q = (x @ w_q.T).view(B, T_q, n_heads, d).transpose(1, 2)
+    k = (memory @ w_k.T).view(B, -1, n_kv, d).transpose(1, 2).repeat_interleave(n_heads // n_kv, 1)
+    v = memory[..., :n_kv * d].reshape(B, -1, n_kv, d).transpose(1, 2).repeat_interleave(n_heads // n_kv, 1)
+    s = q @ k.transpose(-2, -1) / math.sqrt(d)
+    if memory_mask is not None:
+        s = s.masked_fill(~memory_mask[:, None, None, :], float("-inf"))
+    w = torch.softmax(s, dim=-1)
+    return (w @ v).transpose(1, 2).reshape(B, T_q, d_model) @ w_o.T, w
+
+
+def _block_stale_stream(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+    causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+    h1 = x + self_attn(norm1(x), causal)
+    h2 = x + cross_attn(norm2(h1), memory, memory_mask)  # adds to x, not h1: the self-attention output is lost
+    return h2 + ffn(norm3(h2))
+
+
+def _prefix_counts_generated(prefix_lengths, lengths, T):
+    i, j = torch.arange(T)[None, :, None], torch.arange(T)[None, None, :]
+    p, n = torch.as_tensor(prefix_lengths)[:, None, None], torch.as_tensor(lengths)[:, None, None]
+    return ((j <= i) | (j < n - p)) & (j < n)
+
+
+HELD_OUT = [
+    Wrong("cross_attention", "v_unprojected", _cross_v_unprojected, r"after the weights|V's projection|w_v"),
+    Wrong("decoder_block", "cross_residual_on_stale_stream", _block_stale_stream, r"residual|self-attention", named=False),
+    Wrong("prefix_lm_mask", "prefix_as_generated_length", _prefix_counts_generated, r"prefix"),
+]

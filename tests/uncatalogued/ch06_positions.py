@@ -104,3 +104,34 @@ WRONG = [
     Wrong("alibi_bias", "slopes_from_one", _alibi(slopes="from_one"), r"slope"),
     Wrong("alibi_bias", "causal_only_distance", _alibi(distance="causal_only"), r"\|i - j\||after|above"),
 ]
+
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+
+def _table_linspace(T, d_model, offset=0):
+    p = torch.arange(offset, offset + T, dtype=torch.float64)[:, None]
+    freq = 10000.0 ** (-torch.linspace(0, 1, d_model // 2, dtype=torch.float64))
+    return torch.stack([(p * freq).sin(), (p * freq).cos()], dim=-1).flatten(-2).float()
+
+
+def _rope_channel_index(x, offset=0):
+    T, d = x.shape[-2], x.shape[-1]
+    p = torch.arange(offset, offset + T, dtype=torch.float64)[:, None]
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) * 2 / d)  # the channel index 2k used as k
+    ang = torch.cat([p * theta, p * theta], dim=-1)
+    rot = torch.cat([-x[..., d // 2:], x[..., :d // 2]], dim=-1)
+    return x * ang.cos().to(x.dtype) + rot * ang.sin().to(x.dtype)
+
+
+def _alibi_j_minus_i(n_heads, T):
+    m = torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    return -m[:, None, None] * (j - i).float()
+
+
+HELD_OUT = [
+    Wrong("sinusoidal_table", "linspace_exponents", _table_linspace, r"base|exponent|frequenc"),
+    Wrong("apply_rope", "channel_index_as_pair", _rope_channel_index, r"base|exponent|frequenc"),
+    Wrong("alibi_bias", "j_minus_i", _alibi_j_minus_i, r"\|i - j\||sign|abs", named=False),
+]

@@ -102,3 +102,52 @@ WRONG = [
     Wrong("online_softmax_attention", "last_block_dropped", _online(drop_last=True), r"last.*block|block_size"),
     Wrong("online_softmax_attention", "normalised_per_block", _online(per_block=True), r"per block|each block|block"),
 ]
+
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+
+def _flops_output_once(d_model, n_heads, T, n_kv_heads=None):
+    n_kv = n_heads if n_kv_heads is None else n_kv_heads
+    d_head = d_model // n_heads
+    return {"projections": 2 * T * d_model * (d_model + 2 * n_kv * d_head), "scores": 2 * n_heads * T * T * d_head,
+            "values": 2 * n_heads * T * T * d_head, "output": T * d_model * d_model}
+
+
+def _embed_from_end(ids, wte, wpe, cache_length):
+    T = ids.shape[1]
+    return wte[ids] + wpe[-T:]
+
+
+def _step_new_keys_only(q, k_new, v_new, k_cache, v_cache):
+    k_all, v_all = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    g = q.shape[1] // k_new.shape[1]
+    k, v = k_new.repeat_interleave(g, 1), v_new.repeat_interleave(g, 1)
+    T = q.shape[2]
+    s = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
+        ~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(s, -1) @ v, k_all, v_all
+
+
+def _online_normalise_each_step(q, k, v, block_size):
+    sc = 1 / math.sqrt(q.shape[-1])
+    m = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=q.dtype)
+    l = q.new_zeros((*q.shape[:-1], 1))
+    acc = q.new_zeros((*q.shape[:-1], v.shape[-1]))
+    for start in range(0, k.shape[-2], block_size):
+        s = q @ k[..., start:start + block_size, :].transpose(-2, -1) * sc
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+        p = torch.exp(s - m_new)
+        c = torch.exp(m - m_new)
+        l = c * l + p.sum(-1, keepdim=True)
+        acc = (c * acc + p @ v[..., start:start + block_size, :]) / l  # divided at every block
+        m = m_new
+    return acc
+
+
+HELD_OUT = [
+    Wrong("attention_flops", "output_without_factor_two", _flops_output_once, r"output"),
+    Wrong("embed_new_tokens", "positions_from_the_end", _embed_from_end, r"position"),
+    Wrong("attend_with_cache", "attends_to_new_keys_only", _step_new_keys_only, r"cache|attention over"),
+    Wrong("online_softmax_attention", "divided_every_block", _online_normalise_each_step, r"l\b|divide|normalis", named=False),
+]
