@@ -75,6 +75,27 @@ def _prefix(rule):
     return prefix_lm_mask
 
 
+def _masks(*, causal="tril", pad="j < n", cross_rows=False, decoder_lengths="target"):
+    def model_masks(kind, lengths, T, target_lengths=None, T_tgt=None):
+        def build(lens, T_q, T_k, is_causal, rows=False):
+            i, j = torch.arange(T_q)[None, :, None], torch.arange(T_k)[None, None, :]
+            n = torch.as_tensor(lens)[:, None, None]
+            m = (j <= n) if pad == "j <= n" else (j < n)
+            if rows:
+                m = m & (i < torch.as_tensor(target_lengths)[:, None, None])
+            if is_causal:
+                m = m & {"tril": j <= i, "triu": j >= i, "strict": j < i}[causal]
+            return m.expand(len(lens), T_q, T_k)
+        if kind == "encoder":
+            return {"self": build(lengths, T, T, False)}
+        if kind == "decoder":
+            return {"self": build(lengths, T, T, True)}
+        dec = target_lengths if decoder_lengths == "target" else torch.clamp(torch.as_tensor(lengths), max=T_tgt)
+        return {"encoder": build(lengths, T, T, False), "decoder": build(dec, T_tgt, T_tgt, True),
+                "cross": build(lengths, T_tgt, T, False, rows=cross_rows)}
+    return model_masks
+
+
 WRONG = [
     Wrong("cross_attention", "streams_swapped", _cross(streams="swapped"), r"queries .*x|stream"),
     Wrong("cross_attention", "v_with_w_k", _cross(proj="qkk"), r"V's projection|w_v"),
@@ -91,6 +112,11 @@ WRONG = [
     Wrong("decoder_block", "norm2_before_ffn", _block(norms="122"), r"norm3|norm2"),
     Wrong("decoder_block", "residual_from_normed", _block(residual="normed"), r"residual|raw|norm1\(x\)"),
     Wrong("decoder_block", "memory_mask_inverted", _block(memory_mask_inverted=True), r"memory_mask"),
+    Wrong("model_masks", "decoder_triu", _masks(causal="triu"), r"above the diagonal|after the query|causal"),
+    Wrong("model_masks", "decoder_diagonal_blocked", _masks(causal="strict"), r"diagonal|itself"),
+    Wrong("model_masks", "padding_one_too_many", _masks(pad="j <= n"), r"padded keys"),
+    Wrong("model_masks", "cross_blocks_target_rows", _masks(cross_rows=True), r"rows|quer"),
+    Wrong("model_masks", "decoder_source_lengths", _masks(decoder_lengths="source"), r"target_lengths|padded (target )?keys"),
     Wrong("prefix_lm_mask", "transposed", _prefix("transposed"), r"transpos|rows|key"),
     Wrong("prefix_lm_mask", "diagonal_blocked", _prefix("diagonal_blocked"), r"diagonal|itself"),
     Wrong("prefix_lm_mask", "and_not_or", _prefix("and"), r"\bor\b|\|"),
