@@ -702,9 +702,60 @@ def check_model_masks(fn: Any, *, T: int = 6, T_tgt: int = 4, lengths: Sequence[
                 continue
             if _dict_problem(got, wrong, case) is None:
                 raise CheckFailed(f"model_masks ({case.note}): {mistake.message}")
-        raise CheckFailed(f"model_masks ({case.note}): {problem} [inputs: {case.describe_inputs()}]")
+        symptom = _masks_symptom(got, expected, case) if isinstance(got, dict) and set(got) == set(expected) else None
+        raise CheckFailed(f"model_masks ({case.note}): {symptom or problem} [inputs: {case.describe_inputs()}]")
     verify_environment()
     print(f"✓ model_masks: matches the reference on all {len(cases)} cases")
+
+
+def _region_symptom(got: torch.Tensor, expected: torch.Tensor, key_lengths: torch.Tensor,
+                    query_lengths: torch.Tensor | None, causal: bool, lengths_name: str) -> str | None:
+    """The one region of a (B, T_q, T_k) mask that holds every wrong entry: the padded keys, the rows of
+    padded queries, the diagonal, or the keys after the query; None when the wrong entries are spread."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == torch.bool):
+        return None
+    T_q, T_k = expected.shape[-2:]
+    i, j = torch.arange(T_q)[None, :, None], torch.arange(T_k)[None, None, :]
+    n = torch.as_tensor(key_lengths).cpu()[:, None, None]  # (B, 1, 1)
+    wrong = got.detach().cpu() != expected.cpu()
+    regions = [(j >= n, f"only the padded keys are wrong (columns j >= {lengths_name}[b]): a key is visible only "
+                        f"when it is a real token, j < {lengths_name}[b]")]
+    if query_lengths is not None:
+        nq = torch.as_tensor(query_lengths).cpu()[:, None, None]
+        regions.append(((i >= nq) & (j < n), "only the rows of padded queries are wrong: padding blocks keys "
+                                              "(columns), not queries; a padded query's row keeps its pattern "
+                                              "(its output is never used)"))
+    if causal:
+        regions += [((i == j) & (j < n), "only the diagonal is wrong: in a causal mask each token sees itself, "
+                                         "key j visible to query i when j <= i"),
+                    ((j > i) & (j < n), "only the keys after the query (above the diagonal) are wrong: a causal "
+                                        "mask allows key j for query i exactly when j <= i (tril)"),
+                    ((j < i) & (j < n), "only the keys before the query (below the diagonal) are wrong: a causal "
+                                        "mask allows every earlier real key, j <= i (tril)")]
+    for region, message in regions:
+        if bool(wrong.any()) and not bool((wrong & ~region.expand_as(wrong)).any()):
+            return message
+    if causal and torch.equal(got.detach().cpu(), ((j >= i) & (j < n)).expand_as(wrong)):
+        return ("it is upper triangular (triu: query i sees the keys j >= i, the future); a causal mask is lower "
+                "triangular, key j visible to query i when j <= i (tril)")
+    return None
+
+
+def _masks_symptom(got: Any, expected: dict[str, torch.Tensor], case: Case) -> str | None:
+    """The first wrong mask of the dict, and the region of it that is wrong."""
+    kind, lengths = case.args[0], case.args[1]
+    target = case.args[3] if kind == "encoder-decoder" else None
+    specs = {"encoder": {"self": (lengths, None, False, "lengths")},
+             "decoder": {"self": (lengths, None, True, "lengths")},
+             "encoder-decoder": {"encoder": (lengths, None, False, "lengths"),
+                                 "decoder": (target, None, True, "target_lengths"),
+                                 "cross": (lengths, target, False, "lengths")}}[kind]
+    for key in _MASK_KEYS[kind]:
+        if not isinstance(got.get(key), torch.Tensor) or torch.equal(got[key].cpu(), expected[key].cpu()):
+            continue
+        symptom = _region_symptom(got[key], expected[key], *specs[key])
+        return f"the {key!r} mask: {symptom}" if symptom else None
+    return None
 
 
 def _dict_problem(got: Any, expected: dict[str, torch.Tensor], case: Case) -> str | None:
