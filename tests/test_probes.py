@@ -117,7 +117,7 @@ def _angle_message(phi):
 def test_angle_symptom_names_shifted_rows_frozen_pairs_and_another_base():
     right = _POSITIONS[:, None] * _THETA[None, :]
     assert _angle_message(right) is None
-    assert "position +1 from its own" in _angle_message((_POSITIONS + 1)[:, None] * _THETA[None, :])
+    assert "off by +1" in _angle_message((_POSITIONS + 1)[:, None] * _THETA[None, :])
     frozen = right.clone()
     frozen[:, 2:] = 0.0
     assert "k in [2, 3] are not rotated" in _angle_message(frozen)

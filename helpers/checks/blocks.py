@@ -879,6 +879,8 @@ def _prefix_diagnose(got: Any, expected: Any, case: Case) -> str | None:
     j = torch.arange(T)[None, None, :]  # (1, 1, T_k)
     p, n = torch.as_tensor(prefix).cpu()[:, None, None], torch.as_tensor(lengths).cpu()[:, None, None]  # (B, 1, 1)
     wrong = g != e
+    if not bool(wrong.any()):
+        return None
     b, qi, kj = (int(t) for t in wrong.nonzero()[0])
     said = "True" if bool(g[b, qi, kj]) else "False"
     where = f"mask[{b}, {qi}, {kj}] is {said} (prefix_lengths[{b}] = {int(p[b])}, lengths[{b}] = {int(n[b])})"

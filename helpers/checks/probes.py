@@ -160,8 +160,10 @@ def angle_symptom(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tenso
         shifts = {g - w for g, w in zip(got, want)}
         if len(shifts) == 1:
             (shift,) = shifts
-            return (f"every {what} is rotated as the position {shift:+d} from its own: {what} t is at position "
-                    f"{want[0]} + t here, but your first {what} got the angle of position {got[0]}")
+            later = f"{abs(shift)} position{'s' if abs(shift) > 1 else ''} {'later' if shift > 0 else 'earlier'}"
+            return (f"every {what} got the angle of a position {later} than its own (the positions are off by "
+                    f"{shift:+d}): {what} t is at position {want[0]} + t here, but your first {what} got the angle of "
+                    f"position {got[0]}")
         return (f"the {what}s are rotated as the positions {got}; they are at {want} (offset + t for {what} t)")
     # 2. the right positions, but some pairs keep their angle at 0
     frozen = [k for k in range(P) if bool((_wrap(phi[:, k]).abs() <= tol).all())
@@ -185,7 +187,10 @@ def angle_symptom(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tenso
                 return (f"the frequencies are those of base {other:.4g} (pair k turns by {other:.4g}^(-2k / {width}) per "
                         f"position; pair 1 by {float(rate[1]):.4g} instead of {float(theta[1]):.4g}); theta_k = "
                         f"{base:g}^(-2k / {width}): check the base {base:g} and the exponent 2k / {width}")
-            bad = int(((rate - theta).abs() > tol).nonzero()[0])
+            off = ((rate - theta).abs() > tol).nonzero()
+            if len(off) == 0:
+                return None
+            bad = int(off[0])
             return (f"the positions are right but pair {bad} turns by {float(rate[bad]):.4g} per position instead of "
                     f"theta_{bad} = {base:g}^(-2*{bad} / {width}) = {float(theta[bad]):.4g}: the frequencies are wrong")
     return None
