@@ -439,7 +439,7 @@ def _embed_diagnose(got: Any, expected: Any, case: Case) -> str | None:
         shift = {g - w for g, w in zip(grid[0], want)}
         how = (f"every new token got the position row {grid[0][0]}" if len(set(grid[0])) == 1 else
                f"all positions are off by {shift.pop():+d}" if len(shift) == 1 else f"the tokens got the rows {grid[0]}")
-        return (f"{how} of wpe; after {n} cached tokens the {T} new ones sit at positions {want}: "
+        return (f"{how} of wpe; after {n} cached tokens the new tokens sit at the positions {want}: "
                 f"wpe[cache_length : cache_length + T]")
     if [r for g in grid for r in g] == ids.reshape(-1).tolist():
         return ("wpe is indexed with the token ids (wpe[ids]); it is indexed with positions: "
