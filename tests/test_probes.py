@@ -98,3 +98,66 @@ def test_distance():
     assert output_distance(a, a.clone()) == 0.0
     assert output_distance(a, torch.tensor([1.0, 0.0, float("inf")])) == float("inf")
     assert output_distance(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.0])) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapters 05-07: the readers behind their diagnoses name a mistake only when the answer is that
+# mistake, and say nothing about an answer wrong in another way.
+# ---------------------------------------------------------------------------------------------
+
+_THETA = 10000.0 ** (-2 * torch.arange(4, dtype=torch.float64) / 8)  # 4 pairs, width 8
+_POSITIONS = torch.arange(3, 8, dtype=torch.float64)  # rows at positions 3 .. 7
+
+
+def _angle_message(phi):
+    from helpers.checks.probes import angle_symptom
+    return angle_symptom(phi, _POSITIONS, _THETA, what="row", pair="pairs", base=10000.0, width="d")
+
+
+def test_angle_symptom_names_shifted_rows_frozen_pairs_and_another_base():
+    right = _POSITIONS[:, None] * _THETA[None, :]
+    assert _angle_message(right) is None
+    assert "off by +1" in _angle_message((_POSITIONS + 1)[:, None] * _THETA[None, :])
+    frozen = right.clone()
+    frozen[:, 2:] = 0.0
+    assert "k in [2, 3] are not rotated" in _angle_message(frozen)
+    other = 1000.0 ** (-2 * torch.arange(4, dtype=torch.float64) / 8)
+    assert "base 1000" in _angle_message(_POSITIONS[:, None] * other[None, :])
+
+
+def test_angle_symptom_says_nothing_about_unrelated_angles():
+    gen = torch.Generator().manual_seed(0)
+    noise = (torch.rand(5, 4, generator=gen, dtype=torch.float64) - 0.5) * 6
+    assert _angle_message(noise) is None
+
+
+def test_a_mask_wrong_in_two_regions_gets_no_region():
+    from helpers.checks.blocks import _region_symptom
+    T, lengths = 5, torch.tensor([5, 3])
+    i, j = torch.arange(T)[None, :, None], torch.arange(T)[None, None, :]
+    right = ((j <= i) & (j < lengths[:, None, None])).expand(2, T, T)
+    one_region = right | ((j >= lengths[:, None, None]) & (i == 0))  # a padded key visible to query 0
+    assert "padded keys" in _region_symptom(one_region, right, lengths, None, True, "lengths")
+    two_regions = one_region.clone()
+    two_regions[0, 0, 0] = False  # and the diagonal
+    assert _region_symptom(two_regions, right, lengths, None, True, "lengths") is None
+
+
+def test_counts_off_by_no_argument_are_not_blamed_on_one():
+    from helpers.checks.complexity import _factor_symptom
+    configs, names = ((2, 3), (4, 5)), ("a", "b")
+    expected = [a * b for a, b in configs]
+    assert "lacks a factor of b" in _factor_symptom([a for a, _ in configs], expected, configs, names, None)
+    assert _factor_symptom([e + 1 for e in expected], expected, configs, names, None) is None
+
+
+def test_the_online_softmax_reader_names_a_run_of_keys_only_when_it_is_one():
+    from helpers.checks.complexity import _online_diagnose
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 3, 4, generator=gen, dtype=torch.float64), torch.randn(1, 7, 4, generator=gen,
+               dtype=torch.float64), torch.randn(1, 7, 2, generator=gen, dtype=torch.float64))
+    case = Case((q, k, v, 3), {}, ("q", "k", "v", "block_size"))
+    full = torch.softmax(q @ k.transpose(-2, -1) / 2.0, dim=-1) @ v
+    head = torch.softmax(q @ k[:, :6].transpose(-2, -1) / 2.0, dim=-1) @ v[:, :6]
+    assert "keys 0 .. 5 only" in _online_diagnose(head, full, case)
+    assert _online_diagnose(full * 1.1, full, case) is None

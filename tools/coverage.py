@@ -2,7 +2,8 @@
 the uncatalogued wrong answers in tests/uncatalogued get a message that names the mistake or the first
 wrong intermediate (a generic "differs at index" message counts as not named).
 
-    .venv/bin/python tools/coverage.py            # one table, chapters 00-04
+    .venv/bin/python tools/coverage.py            # one table, every chapter in tests/uncatalogued
+    .venv/bin/python tools/coverage.py ch05 ch06  # only these chapters
     .venv/bin/python tools/coverage.py --details  # plus every wrong answer's message
 """
 
@@ -57,6 +58,7 @@ def is_named(expect: str, message: str) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--details", action="store_true")
+    parser.add_argument("chapters", nargs="*", help="chapter prefixes (ch05, ch06_positions, ...); default all")
     args = parser.parse_args()
     import contextlib
     import io
@@ -64,7 +66,7 @@ def main() -> int:
     from tests.uncatalogued import CHAPTERS
 
     rows = []
-    for chapter in CHAPTERS:
+    for chapter in [c for c in CHAPTERS if not args.chapters or c.startswith(tuple(args.chapters))]:
         module = importlib.import_module(f"tests.uncatalogued.{chapter}")
         suite = importlib.import_module(f"tests.test_checks_{module.TOPIC}")
         functions, numeric = catalogued(suite.checks)

@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import attention as masks_ref
 from .. import blocks as ref
+from . import probes as _probes
 from .conventions import key_padding_advice, rank_aware_mask_advice
 from .core import (
     Case,
@@ -154,6 +155,102 @@ CROSS_MISTAKES = (
 )
 
 
+# Probes: one-step variants of cross-attention that no catalogue lists, named only when a wrong
+# answer clearly is one of them (core.closest_probe)
+
+
+def _cross_variant(*, q_from: str = "x", k_from: str = "memory", v_from: str = "memory", proj: str = "qkv",
+                   merge: str = "right", out: str = "right", weights_out: str = "masked",
+                   **attention: Any) -> Callable[..., Any]:
+    """cross_attention with one mistake built in: which stream each of q, k, v reads, which weight
+    projects it (`proj`, "qkk": V projected with w_k), the merge, the output step, the weights
+    returned; the rest (scale, swap_qk, dim, fill, after) as in probes.attention."""
+    def wrong(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads=None, memory_mask=None):
+        n_kv = n_heads if n_kv_heads is None else n_kv_heads
+        streams, w = {"x": x, "memory": memory}, {"q": w_q, "k": w_k, "v": w_v}
+        q = _split(streams[q_from] @ w[proj[0]].T, n_heads)  # (B, H, T_q, d_head)
+        k = _split(streams[k_from] @ w[proj[1]].T, n_kv).repeat_interleave(n_heads // n_kv, dim=1)
+        v = _split(streams[v_from] @ w[proj[2]].T, n_kv).repeat_interleave(n_heads // n_kv, dim=1)
+        mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (B, 1, 1, T_k)
+        heads, weights = _probes.attention(q, k, v, mask, **attention)  # (B, H, T_q, d_head)
+        if weights_out == "unmasked":
+            weights = _probes.attention(q, k, v, None, **attention)[1]
+        B, H, T_q, d_head = heads.shape
+        merged = (heads.transpose(1, 2) if merge == "right" else heads.permute(0, 2, 3, 1)).reshape(B, T_q, H * d_head)
+        result = merged @ (w_o if out == "w_o_untransposed" else w_o.T)  # (B, T_q, d_model)
+        return (result + x if out == "residual" else result), weights
+    return wrong
+
+
+def _split(t: torch.Tensor, n: int) -> torch.Tensor:
+    B, T, width = t.shape
+    return t.reshape(B, T, n, width // n).transpose(1, 2)  # (B, n, T, width / n)
+
+
+_CROSS_PROBES = {
+    "streams_swapped": ("the queries come from memory and the keys and values from x: the two streams are "
+                        "swapped. In cross-attention the decoder asks (q = x @ w_q.T) and the encoder's output "
+                        "answers (k = memory @ w_k.T, v = memory @ w_v.T)",
+                        {"q_from": "memory", "k_from": "x", "v_from": "x"}),
+    "k_from_x": ("the keys are computed from the decoder stream x; like the values, they come from memory: "
+                 "k = memory @ w_k.T", {"k_from": "x"}),
+    "v_from_x": ("the values are computed from the decoder stream x; like the keys, they come from memory: "
+                 "v = memory @ w_v.T", {"v_from": "x"}),
+    "k_with_w_v": ("K is projected with w_v; K's projection is memory @ w_k.T", {"proj": "qvv"}),
+    "v_with_w_k": ("V is projected with w_k; V's projection is memory @ w_v.T", {"proj": "qkk"}),
+    # Other scales are left to the diagnosis (the weights' temperature): at the hidden test's sizes
+    # T_q = T_k = d_head = sqrt(d_model) in the first case, so 1 / T_k, 1 / T_q, 1 / d_head and the
+    # catalogued 1 / sqrt(d_model) cannot be told apart there.
+    **{key: (message, {"scale": f}) for key, (message, f) in _probes.scale_variants("d_head").items()
+       if key == "scale_sqrt_T_k"},
+    "k_q_swapped": ("the scores are K Qᵀ, one row per key; they are Q Kᵀ, one row per query (decoder "
+                    "position), so that the mask and the softmax act on each query's source keys",
+                    {"swap_qk": True}),
+    "softmax_query_axis": ("the softmax runs over the query axis (dim=-2); each query's weights over the "
+                           "source keys must sum to 1 (dim=-1)", {"dim": -2}),
+    "fill_zero": ("padded source keys get the score 0 before the softmax, but exp(0) = 1 still gives them "
+                  "weight; set them to -inf", {"fill": "zero"}),
+    "mask_after_softmax": ("memory_mask is applied after the softmax, so the remaining weights no longer sum "
+                           "to 1; set the scores of padded keys to -inf before the softmax", {"after": True}),
+    "weights_unmasked": ("the weights returned are the softmax before masking, while the output uses masked "
+                         "ones; return the masked weights", {"weights_out": "unmasked"}),
+    "merge_interleaved": ("the heads are merged interleaved (feature c of head h lands at c*H + h); "
+                          "concatenate them: transpose back to (B, T_tgt, H, d_head), then reshape to "
+                          "(B, T_tgt, d_model)", {"merge": "interleaved"}),
+    "w_o_untransposed": ("the output projection multiplies by w_o instead of w_o.T; like the other "
+                         "weights, w_o is stored (out, in): merged @ w_o.T", {"out": "w_o_untransposed"}),
+    "residual_added": ("the output includes the residual x + ...; cross_attention returns the attention's "
+                       "output only, and the block (exercise 2) adds it to the stream", {"out": "residual"}),
+}
+CROSS_PROBES = _probes.probes({key: (message, _cross_variant(**how)) for key, (message, how) in _CROSS_PROBES.items()})
+
+
+def _cross_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """Which step went wrong first, from the learner's own weights: before the softmax or after it."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[1], torch.Tensor):
+        return None
+    w_got, w_exp = got[1].detach().cpu().double(), expected[1].detach().cpu().double()
+    if w_got.shape != w_exp.shape:
+        return None
+    if torch.allclose(w_got, w_exp, rtol=1e-4, atol=1e-6):
+        return ("the attention weights are right but the output is not, so a step after the weights is wrong: "
+                "V's projection (memory @ w_v.T) or its heads, weights @ V, the merge, or the output "
+                "projection @ w_o.T")
+    rows = torch.nan_to_num(w_got, nan=0.0).sum(dim=-1)
+    if ((rows - 1).abs() > 1e-4).any() and (rows != 0).any():
+        columns = torch.nan_to_num(w_got, nan=0.0).sum(dim=-2)
+        along = "; they sum to 1 down the query axis: the softmax ran over dim=-2" if (
+            ((columns - 1).abs() < 1e-4) | (columns == 0)).all() else ""
+        return f"rows of the weights do not sum to 1{along}; each query's softmax runs over the source keys (dim=-1)"
+    memory_mask = case.args[8]
+    mask = None if memory_mask is None else memory_mask[:, None, None, :]
+    c = _probes.softmax_temperature(w_got, torch.log(w_exp.clamp_min(1e-300)), mask)
+    if c is not None and abs(c - 1) > 1e-3:
+        return _probes.temperature_message(c, "d_head")
+    return ("the attention weights (the second output) are already wrong, so the mistake is at or before the "
+            "softmax: Q from x, K from memory, their projections and heads, Q Kᵀ and its scale, or memory_mask")
+
+
 def _cross_case(gen: torch.Generator, dtype: torch.dtype, B: int, T_tgt: int, T_src: int, d_model: int,
                 n_heads: int, n_kv_heads: int, lengths: Sequence[int] | None, note: str) -> Case:
     d_kv = n_kv_heads * (d_model // n_heads)
@@ -185,7 +282,8 @@ def check_cross_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.
         _cross_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, 1, None, "one key/value head, no mask"),
     ]
     check_function(fn, name="cross_attention", reference=ref.cross_attention, cases=cases,
-                   outputs=("out", "weights"), mistakes=CROSS_MISTAKES, forbidden=_CROSS_FORBIDDEN)
+                   outputs=("out", "weights"), mistakes=CROSS_MISTAKES, forbidden=_CROSS_FORBIDDEN,
+                   probes=CROSS_PROBES, diagnose=_cross_diagnose)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +403,83 @@ BLOCK_MISTAKES = (
 )
 
 
+# Probes: the decoder block with one step changed (which norm a sublayer reads, where its residual
+# starts, the self-attention mask, the mask handed to cross-attention, an extra final norm)
+
+_SUBLAYERS = ("self", "cross", "ffn")
+_OWN_NORM = {"self": "norm1", "cross": "norm2", "ffn": "norm3"}
+_LABEL = {"self": "self-attention", "cross": "cross-attention", "ffn": "FFN"}
+_CALL = {"self": "x + self_attn(norm1(x), causal)", "cross": "x + cross_attn(norm2(x), memory, memory_mask)",
+         "ffn": "x + ffn(norm3(x))"}
+
+
+def _block_variant(*, norms: dict[str, str] | None = None, residual: dict[str, str] | None = None,
+                   self_mask: str = "causal", memory_mask: str = "right", final: str | None = None) -> Callable[..., Any]:
+    """decoder_block with one step changed: `norms` sublayer -> "norm1".."norm3" or "none" (what its
+    input goes through), `residual` sublayer -> "normed" (the residual starts from the normalised copy),
+    "none" (no residual) or "twice" (x added twice); the self-attention mask ("causal", "triu",
+    "next" = tril(1), "diagonal" = eye); memory_mask "inverted"; `final` a norm applied to the output."""
+    norms, residual = {**_OWN_NORM, **(norms or {})}, residual or {}
+
+    def wrong(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask_=None):
+        pick = {"norm1": norm1, "norm2": norm2, "norm3": norm3, "none": lambda t: t}
+        T = x.shape[1]
+        ones = torch.ones(T, T, dtype=torch.bool, device=x.device)
+        mask = {"causal": ones.tril(), "triu": ones.triu(), "next": ones.tril(1),
+                "diagonal": torch.eye(T, dtype=torch.bool, device=x.device)}[self_mask]
+        m = memory_mask_ if memory_mask_ is None or memory_mask == "right" else ~memory_mask_
+        sublayers = {"self": lambda h: self_attn(h, mask), "cross": lambda h: cross_attn(h, memory, m), "ffn": ffn}
+        for name in _SUBLAYERS:
+            h = pick[norms[name]](x)
+            how = residual.get(name, "raw")
+            base = {"raw": x, "normed": h, "none": 0, "twice": 2 * x}[how]
+            x = base + sublayers[name](h)
+        return pick[final](x) if final else x
+    return wrong
+
+
+def _block_probe_table() -> dict[str, tuple[str, Callable[..., Any]]]:
+    table: dict[str, tuple[str, Callable[..., Any]]] = {}
+    for name in _SUBLAYERS:
+        own = _OWN_NORM[name]
+        for other in ("norm1", "norm2", "norm3", "none"):
+            if other == own:
+                continue
+            reads = "without a norm" if other == "none" else f"through {other}"
+            table[f"{name}_{other}"] = (
+                f"the {_LABEL[name]} "
+                f"sublayer reads x {reads}; each sublayer has its own norm: {_CALL[name]}",
+                _block_variant(norms={name: other}))
+        table[f"{name}_residual_normed"] = (
+            f"the residual of the {_LABEL[name]} "
+            f"sublayer starts from the normalised copy ({own}(x) + ...); Pre-LN adds each sublayer's output to the raw "
+            f"stream: {_CALL[name]}", _block_variant(residual={name: "normed"}))
+        table[f"{name}_residual_twice"] = (
+            f"x is added twice around the {_LABEL[name]} "
+            f"sublayer (2x + ...); the residual adds the sublayer's output to the stream once: {_CALL[name]}",
+            _block_variant(residual={name: "twice"}))
+    table["self_no_residual"] = (
+        "the self-attention sublayer has no residual connection: x = self_attn(...) throws away the stream; "
+        "x = x + self_attn(norm1(x), causal)", _block_variant(residual={"self": "none"}))
+    for key, (what, how) in {"triu": ("triu(): each position sees itself and the positions after it",
+                                      {"self_mask": "triu"}),
+                             "next": ("tril(1): each position also sees the next target token", {"self_mask": "next"}),
+                             "diagonal": ("the diagonal only: each position sees itself alone", {"self_mask": "diagonal"})
+                             }.items():
+        table[f"self_mask_{key}"] = (f"the self-attention mask is {what}; the causal mask is tril() of ones "
+                                     "(T_tgt, T_tgt), True where key <= query", _block_variant(**how))
+    table["memory_mask_inverted"] = ("memory_mask is inverted before cross_attn (~memory_mask): True marks a real "
+                                     "source token; pass memory_mask as it is", _block_variant(memory_mask="inverted"))
+    for norm in ("norm1", "norm2", "norm3"):
+        table[f"final_{norm}"] = (f"{norm} is applied again to the block's output; a Pre-LN block returns the "
+                                  "raw stream x + ffn(norm3(x)) (the model's final norm comes after the last block)",
+                                  _block_variant(final=norm))
+    return table
+
+
+BLOCK_PROBES = _probes.probes(_block_probe_table())
+
+
 class _Given(functools.partial):
     """A sublayer or norm handed to the learner: a plain call of a callable, with a short repr."""
 
@@ -359,7 +534,7 @@ def check_decoder_block(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.fl
     cases = [_block_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, d_ff, True),
              _block_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, d_ff, False)]
     check_function(fn, name="decoder_block", reference=ref.decoder_block, cases=cases, outputs=("output",),
-                   mistakes=BLOCK_MISTAKES, forbidden=_BLOCK_FORBIDDEN)
+                   mistakes=BLOCK_MISTAKES, forbidden=_BLOCK_FORBIDDEN, probes=BLOCK_PROBES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,9 +702,60 @@ def check_model_masks(fn: Any, *, T: int = 6, T_tgt: int = 4, lengths: Sequence[
                 continue
             if _dict_problem(got, wrong, case) is None:
                 raise CheckFailed(f"model_masks ({case.note}): {mistake.message}")
-        raise CheckFailed(f"model_masks ({case.note}): {problem} [inputs: {case.describe_inputs()}]")
+        symptom = _masks_symptom(got, expected, case) if isinstance(got, dict) and set(got) == set(expected) else None
+        raise CheckFailed(f"model_masks ({case.note}): {symptom or problem} [inputs: {case.describe_inputs()}]")
     verify_environment()
     print(f"✓ model_masks: matches the reference on all {len(cases)} cases")
+
+
+def _region_symptom(got: torch.Tensor, expected: torch.Tensor, key_lengths: torch.Tensor,
+                    query_lengths: torch.Tensor | None, causal: bool, lengths_name: str) -> str | None:
+    """The one region of a (B, T_q, T_k) mask that holds every wrong entry: the padded keys, the rows of
+    padded queries, the diagonal, or the keys after the query; None when the wrong entries are spread."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == torch.bool):
+        return None
+    T_q, T_k = expected.shape[-2:]
+    i, j = torch.arange(T_q)[None, :, None], torch.arange(T_k)[None, None, :]
+    n = torch.as_tensor(key_lengths).cpu()[:, None, None]  # (B, 1, 1)
+    wrong = got.detach().cpu() != expected.cpu()
+    regions = [(j >= n, f"only the padded keys are wrong (columns j >= {lengths_name}[b]): a key is visible only "
+                        f"when it is a real token, j < {lengths_name}[b]")]
+    if query_lengths is not None:
+        nq = torch.as_tensor(query_lengths).cpu()[:, None, None]
+        regions.append(((i >= nq) & (j < n), "only the rows of padded queries are wrong: padding blocks keys "
+                                              "(columns), not queries; a padded query's row keeps its pattern "
+                                              "(its output is never used)"))
+    if causal:
+        regions += [((i == j) & (j < n), "only the diagonal is wrong: in a causal mask each token sees itself, "
+                                         "key j visible to query i when j <= i"),
+                    ((j > i) & (j < n), "only the keys after the query (above the diagonal) are wrong: a causal "
+                                        "mask allows key j for query i exactly when j <= i (tril)"),
+                    ((j < i) & (j < n), "only the keys before the query (below the diagonal) are wrong: a causal "
+                                        "mask allows every earlier real key, j <= i (tril)")]
+    for region, message in regions:
+        if bool(wrong.any()) and not bool((wrong & ~region.expand_as(wrong)).any()):
+            return message
+    if causal and torch.equal(got.detach().cpu(), ((j >= i) & (j < n)).expand_as(wrong)):
+        return ("it is upper triangular (triu: query i sees the keys j >= i, the future); a causal mask is lower "
+                "triangular, key j visible to query i when j <= i (tril)")
+    return None
+
+
+def _masks_symptom(got: Any, expected: dict[str, torch.Tensor], case: Case) -> str | None:
+    """The first wrong mask of the dict, and the region of it that is wrong."""
+    kind, lengths = case.args[0], case.args[1]
+    target = case.args[3] if kind == "encoder-decoder" else None
+    specs = {"encoder": {"self": (lengths, None, False, "lengths")},
+             "decoder": {"self": (lengths, None, True, "lengths")},
+             "encoder-decoder": {"encoder": (lengths, None, False, "lengths"),
+                                 "decoder": (target, None, True, "target_lengths"),
+                                 "cross": (lengths, target, False, "lengths")}}[kind]
+    for key in _MASK_KEYS[kind]:
+        if not isinstance(got.get(key), torch.Tensor) or torch.equal(got[key].cpu(), expected[key].cpu()):
+            continue
+        symptom = _region_symptom(got[key], expected[key], *specs[key])
+        return f"the {key!r} mask: {symptom}" if symptom else None
+    return None
 
 
 def _dict_problem(got: Any, expected: dict[str, torch.Tensor], case: Case) -> str | None:
@@ -605,6 +831,73 @@ PREFIX_MISTAKES = (
 )
 
 
+def _prefix_variant(*, causal: str = "j <= i", prefix: str = "j < p", combine: str = "or", padding: str = "j < n",
+                    transposed: bool = False) -> Callable[..., torch.Tensor]:
+    """prefix_lm_mask with one of its parts changed: the causal part, the prefix part, how they combine,
+    the padding part (each a comparison of the query index i, the key index j, the prefix p and the
+    length n), or the whole mask transposed."""
+    def wrong(prefix_lengths, lengths, T):
+        i = torch.arange(T)[None, :, None]  # (1, T_q, 1)
+        j = torch.arange(T)[None, None, :]  # (1, 1, T_k)
+        p = torch.as_tensor(prefix_lengths).cpu()[:, None, None]  # (B, 1, 1)
+        n = torch.as_tensor(lengths).cpu()[:, None, None]  # (B, 1, 1)
+        parts = {"j <= i": j <= i, "j < i": j < i, "j <= i + 1": j <= i + 1,
+                 "j < p": j < p, "j < p - 1": j < p - 1,
+                 "j < n": j < n, "j <= n": j <= n, "j < n - 1": j < n - 1}
+        a, b = parts[causal], parts[prefix]
+        mask = ((a | b) if combine == "or" else (a & b)) & parts[padding]
+        mask = mask.expand(p.shape[0], T, T)
+        return (mask.transpose(-2, -1) if transposed else mask).clone().to(torch.as_tensor(lengths).device)
+    return wrong
+
+
+_PREFIX_RULE = "key j is visible to query i when j < lengths[b] and (j <= i or j < prefix_lengths[b])"
+PREFIX_PROBES = _probes.probes({
+    "diagonal_blocked": (f"no token may see itself (j < i); the causal part includes the diagonal: {_PREFIX_RULE}",
+                         _prefix_variant(causal="j < i")),
+    "sees_next": (f"each token after the prefix also sees the next one (j <= i + 1); {_PREFIX_RULE}",
+                  _prefix_variant(causal="j <= i + 1")),
+    "prefix_one_short": ("the prefix covers one token too few (j < prefix - 1); a prefix of length p covers the "
+                         f"keys 0 .. p - 1: {_PREFIX_RULE}", _prefix_variant(prefix="j < p - 1")),
+    "and_not_or": ("the causal part and the prefix part are combined with & (and); a key is visible when it is "
+                   f"not in the future OR inside the prefix: {_PREFIX_RULE}", _prefix_variant(combine="and")),
+    "last_real_key_blocked": ("padding blocks the last real key too (j < lengths[b] - 1); the real keys are "
+                              f"0 .. lengths[b] - 1: {_PREFIX_RULE}", _prefix_variant(padding="j < n - 1")),
+    "transposed": ("the mask is transposed: mask[b, i, j] has the query i on the rows and the key j on the "
+                   f"columns (build it from i = arange(T)[:, None] and j = arange(T)[None, :]); {_PREFIX_RULE}",
+                   _prefix_variant(transposed=True)),
+})
+
+
+def _prefix_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """The part of the mask that is wrong, when all the wrong entries lie in one part: the padded keys,
+    the prefix keys, or the keys after the prefix (causal there)."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == torch.bool):
+        return None
+    prefix, lengths, T = case.args
+    g, e = got.detach().cpu(), expected.cpu()
+    j = torch.arange(T)[None, None, :]  # (1, 1, T_k)
+    p, n = torch.as_tensor(prefix).cpu()[:, None, None], torch.as_tensor(lengths).cpu()[:, None, None]  # (B, 1, 1)
+    wrong = g != e
+    if not bool(wrong.any()):
+        return None
+    b, qi, kj = (int(t) for t in wrong.nonzero()[0])
+    said = "True" if bool(g[b, qi, kj]) else "False"
+    where = f"mask[{b}, {qi}, {kj}] is {said} (prefix_lengths[{b}] = {int(p[b])}, lengths[{b}] = {int(n[b])})"
+    parts = {
+        "padding": (j >= n, "only the padded keys (columns j >= lengths[b]) are wrong: every query must be "
+                            "blocked from them, whatever the prefix; the real keys are j < lengths[b]"),
+        "prefix": ((j < p) & (j < n), "only the prefix keys (columns j < prefix_lengths[b]) are wrong: every "
+                                      "query sees the whole prefix, the prefix tokens after it included"),
+        "after": ((j >= p) & (j < n), "only the keys after the prefix are wrong: there the mask is causal, "
+                                      "key j visible to query i exactly when j <= i"),
+    }
+    for region, message in parts.values():
+        if not bool((wrong & ~region.expand_as(wrong)).any()):
+            return f"{where}; {message}"
+    return None
+
+
 def check_prefix_lm_mask(fn: Any, *, T: int = 7, prefix_lengths: Sequence[int] = (3, 2, 0),
                          lengths: Sequence[int] = (7, 5, 4)) -> None:
     """prefix_lm_mask(prefix_lengths, lengths, T) -> (B, T, T) bool."""
@@ -616,8 +909,11 @@ def check_prefix_lm_mask(fn: Any, *, T: int = 7, prefix_lengths: Sequence[int] =
         Case((torch.tensor(lengths), torch.tensor(lengths), T), sizes, names, "prefix = the whole sequence"),
     ]
     check_function(fn, name="prefix_lm_mask", reference=masks_ref.prefix_lm_mask, cases=cases, outputs=("mask",),
-                   mistakes=PREFIX_MISTAKES, forbidden=_MASK_FORBIDDEN)
+                   mistakes=PREFIX_MISTAKES, forbidden=_MASK_FORBIDDEN, probes=PREFIX_PROBES,
+                   diagnose=_prefix_diagnose)
 
+
+PROBES = {"cross_attention": CROSS_PROBES, "decoder_block": BLOCK_PROBES, "prefix_lm_mask": PREFIX_PROBES}
 
 MISTAKES = {
     "cross_attention": CROSS_MISTAKES,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .. import blocks as _blocks
 from .. import complexity as ref
 from ..attention import scaled_dot_product_attention
+from . import probes as _probes
 from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
@@ -138,11 +139,44 @@ def _normalise(name: str, got: Any, keys: Sequence[str] | None) -> Any:
     return {key: _as_count(f"{name}[{key!r}]", got[key]) for key in keys}
 
 
+def _factor_symptom(got: Sequence[Any], expected: Sequence[Any], configs: Sequence[tuple],
+                    arg_names: tuple[str, ...], keys: Sequence[str] | None) -> str | None:
+    """The sentence for counts that are off, on every configuration, by one argument's value (a
+    factor too many or missing), or None. For dict counts, each wrong part is looked at alone."""
+    parts = [None] if keys is None else list(keys)
+    found = []
+    for part in parts:
+        g = [x if part is None else x[part] for x in got]
+        e = [x if part is None else x[part] for x in expected]
+        if g == e:
+            continue
+        if any(x == 0 for x in e):
+            return None
+        ratios = [a / b for a, b in zip(g, e)]
+        label = "the count" if part is None else f"{part}"
+        named = None
+        for index, arg in enumerate(arg_names):
+            values = [c[index] if index < len(c) else None for c in configs]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 1 for v in values):
+                continue
+            if all(math.isclose(r, 1 / v, rel_tol=1e-9) for r, v in zip(ratios, values)):
+                named = f"{label} lacks a factor of {arg} (it is {arg} times too small on every configuration)"
+            elif all(math.isclose(r, v, rel_tol=1e-9) for r, v in zip(ratios, values)):
+                named = f"{label} has a factor of {arg} too many ({arg} times too large on every configuration)"
+            if named:
+                break
+        if named is None:
+            return None
+        found.append(named)
+    return "; ".join(found) if found else None
+
+
 def _check_counts(fn: Any, *, name: str, reference: Callable[..., Any], configs: Sequence[tuple],
                   arg_names: tuple[str, ...], mistakes: Sequence[Mistake], hint: str,
-                  keys: Sequence[str] | None = None) -> None:
-    """Every configuration must give the reference's count. A catalogued mistake is named when it
-    gives the learner's counts on every configuration (one configuration alone can fit several)."""
+                  keys: Sequence[str] | None = None, probes: Sequence[Mistake] = ()) -> None:
+    """Every configuration must give the reference's count. A catalogued mistake, then a probe, is
+    named when it gives the learner's counts on every configuration (one configuration alone can fit
+    several); else a factor of one argument too many or missing; else the wrong part."""
     verify_environment()
     cases = [Case(tuple(config), {}, arg_names) for config in configs]
     got = [_normalise(name, call_learner(fn, name, case, _REFERENCE), keys) for case in cases]
@@ -153,14 +187,47 @@ def _check_counts(fn: Any, *, name: str, reference: Callable[..., Any], configs:
         return
     first = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
     where = f"{name}({cases[first].describe_inputs()})"
-    for mistake in mistakes:
+    for mistake in (*mistakes, *probes):
         if all(mistake.impl(*config) == g for config, g in zip(configs, got)):
             raise CheckFailed(f"{where}: {mistake.message}")
+    symptom = _factor_symptom(got, expected, configs, arg_names, keys)
+    if symptom:
+        raise CheckFailed(f"{where}: {symptom}; {hint}")
     if keys is not None:
         wrong = [k for k in keys if got[first][k] != expected[first][k]]
         raise CheckFailed(f"{where}: {', '.join(wrong)} not right (got {got[first][wrong[0]]} for {wrong[0]}); {hint}")
     raise CheckFailed(f"{where} = {got[first]} is not right; {hint}")
 
+
+def _attention_variant(*, drop: str | None = None, projected: str = "qkv", causal: bool = False):
+    """attention_flops with one change: a part left at 0, only some of Q, K, V projected, or the
+    scores and values counted for the causal half of the (query, key) pairs."""
+    def wrong(d_model, n_heads, T, n_kv_heads=None):
+        counts = _attention_right(d_model, n_heads, T, n_kv_heads)
+        d_kv = (n_heads if n_kv_heads is None else n_kv_heads) * (d_model // n_heads)
+        counts["projections"] = 2 * T * d_model * sum({"q": d_model, "k": d_kv, "v": d_kv}[c] for c in projected)
+        if causal:
+            for part in ("scores", "values"):
+                counts[part] = counts[part] // (T * T) * (T * (T + 1) // 2)
+        if drop:
+            counts[drop] = 0
+        return counts
+    return wrong
+
+
+ATTENTION_FLOP_PROBES = _probes.probes({
+    "values_forgotten": ("values is 0: the weighted sum A V is a matrix product too, (T x T) @ (T x d_head) per "
+                         "head: 2 H T T d_head FLOPs", _attention_variant(drop="values")),
+    "scores_forgotten": ("scores is 0: Q Kᵀ is a matrix product too, (T x d_head) @ (d_head x T) per head: "
+                         "2 H T T d_head FLOPs", _attention_variant(drop="scores")),
+    "only_q_projected": ("projections counts only x W_Qᵀ; K and V are projected too, each to n_kv_heads * d_head "
+                         "features: 2 T d_model (d_model + 2 n_kv_heads d_head)", _attention_variant(projected="q")),
+    "q_not_projected": ("projections leaves out x W_Qᵀ (2 T d_model²); Q, K and V are all projected",
+                        _attention_variant(projected="kv")),
+    "causal_half": ("scores and values count only the causal half of the (query, key) pairs, T (T + 1) / 2; "
+                    "the matrix products compute all T x T scores (the mask only hides some afterwards)",
+                    _attention_variant(causal=True)),
+})
 
 # (d_model, n_heads, T, n_kv_heads)
 ATTENTION_CONFIGS = ((64, 4, 16, None), (96, 6, 10, 2), (768, 12, 1024, None), (4096, 32, 4096, 8), (48, 4, 1, 1))
@@ -170,9 +237,19 @@ def check_attention_flops(fn: Any, *, configs: Sequence[tuple] = ATTENTION_CONFI
     """attention_flops(d_model, n_heads, T, n_kv_heads=None) -> {"projections", "scores", "values", "output"}."""
     _check_counts(fn, name="attention_flops", reference=_attention_right, configs=configs,
                   arg_names=("d_model", "n_heads", "T", "n_kv_heads"), mistakes=ATTENTION_FLOP_MISTAKES,
+                  probes=ATTENTION_FLOP_PROBES,
                   keys=_PARTS, hint="count 2 m k n for every (m x k) @ (k x n) product: x W_Qᵀ, x W_Kᵀ, x W_Vᵀ, "
                                     "Q Kᵀ and A V per head, and the output projection")
 
+
+MLP_FLOP_PROBES = _probes.probes({
+    "gelu_three_matrices": ("the GELU MLP is counted with three matrices, like SwiGLU; a GELU MLP has two (up and "
+                            "down), SwiGLU three (gate, up, down)",
+                            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=3)),
+    "kinds_swapped": ("the matrix counts of the two kinds are swapped: GELU has two matrices (up, down), SwiGLU "
+                      "three (gate, up, down)",
+                      lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=3 if kind == "gelu" else 2)),
+})
 
 # (d_model, d_ff, T, kind)
 MLP_CONFIGS = ((64, 172, 16, "swiglu"), (64, 256, 16, "gelu"), (768, 3072, 1024, "gelu"), (4096, 14336, 1, "swiglu"))
@@ -182,6 +259,7 @@ def check_mlp_flops(fn: Any, *, configs: Sequence[tuple] = MLP_CONFIGS) -> None:
     """mlp_flops(d_model, d_ff, T, kind="gelu") -> int."""
     _check_counts(fn, name="mlp_flops", reference=lambda d, f, T, kind="gelu": ref.mlp_flops(d, f, T, kind=kind),
                   configs=configs, arg_names=("d_model", "d_ff", "T", "kind"), mistakes=MLP_FLOP_MISTAKES,
+                  probes=MLP_FLOP_PROBES,
                   hint="a GELU MLP has 2 matrices of d_model x d_ff, SwiGLU 3; each costs 2 T d_model d_ff FLOPs")
 
 
@@ -357,6 +435,44 @@ EMBED_MISTAKES = (
 )
 
 
+def _rows_of(table: torch.Tensor, vectors: torch.Tensor) -> list[int] | None:
+    """For each vector (N, d), the index of the row of `table` (R, d) it equals, or None if one has none."""
+    t, v = table.detach().cpu().double(), vectors.detach().cpu().double()
+    gap = (v[:, None, :] - t[None, :, :]).abs().amax(dim=-1)  # (N, R)
+    best = gap.argmin(dim=-1)
+    scale = max(float(t.abs().max()), 1.0)
+    if bool((gap.gather(1, best[:, None]) > 1e-5 * scale).any()):
+        return None
+    return [int(r) for r in best]
+
+
+def _embed_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """Which row of wpe each new token got (got - wte[ids]), or that the token embedding is missing."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point()):
+        return None
+    ids, wte, wpe, n = case.args
+    B, T = ids.shape
+    want = list(range(n, n + T))
+    rows = _rows_of(wpe, (got - wte[ids]).reshape(B * T, -1))
+    if rows is None:
+        if _rows_of(wpe, got.reshape(B * T, -1)) is not None:
+            return ("the output holds position rows only: the token embeddings wte[ids] are missing; the result is "
+                    "wte[ids] + wpe[cache_length : cache_length + T]")
+        return None
+    grid = [rows[b * T:(b + 1) * T] for b in range(B)]
+    if grid[0] != want and all(g == grid[0] for g in grid):
+        shift = {g - w for g, w in zip(grid[0], want)}
+        how = (f"every new token got the position row {grid[0][0]}" if len(set(grid[0])) == 1 else
+               f"all positions are off by {shift.pop():+d}" if len(shift) == 1 else f"the tokens got the rows {grid[0]}")
+        return (f"{how} of wpe; after {n} cached tokens the new tokens sit at the positions {want}: "
+                f"wpe[cache_length : cache_length + T]")
+    if [r for g in grid for r in g] == ids.reshape(-1).tolist():
+        return ("wpe is indexed with the token ids (wpe[ids]); it is indexed with positions: "
+                "wpe[cache_length : cache_length + T]")
+    return (f"the position rows differ between sequences ({grid}); every sequence's new tokens sit at the same "
+            f"positions {want}")
+
+
 def check_embed_new_tokens(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, V: int = 11,
                            d_model: int = 6, T_max: int = 20) -> None:
     """embed_new_tokens(ids, wte, wpe, cache_length) -> (B, T, d_model)."""
@@ -370,7 +486,7 @@ def check_embed_new_tokens(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch
         ids = torch.randint(0, V, (B, T), generator=gen)
         cases.append(Case((ids, wte, wpe, n), sizes, names, note))
     check_function(fn, name="embed_new_tokens", reference=ref.embed_new_tokens, cases=cases,
-                   outputs=("embeddings",), mistakes=EMBED_MISTAKES, forbidden=_REFERENCE)
+                   outputs=("embeddings",), mistakes=EMBED_MISTAKES, forbidden=_REFERENCE, diagnose=_embed_diagnose)
 
 
 def _step(q, k_new, v_new, k_cache, v_cache, *, mask="bottom_right", append=True, kv_map="interleave",
@@ -428,6 +544,63 @@ STEP_MISTAKES = (
 )
 
 
+def _step_variant(*, order: str = "append", scale: str = "sqrt_d", mask: int = 0, returned: str = "kv"):
+    """attend_with_cache with one change: the new keys and values put before the cache, the scale of
+    the scores, the mask shifted by `mask` diagonals, or the cache returned as (v_all, k_all)."""
+    def wrong(q, k_new, v_new, k_cache, v_cache):
+        join = (lambda old, new: torch.cat([new, old], dim=2)) if order == "prepend" else (
+            lambda old, new: torch.cat([old, new], dim=2))
+        k_all, v_all = join(k_cache, k_new), join(v_cache, v_new)  # (B, H_kv, T_k, d_head)
+        g = q.shape[1] // k_all.shape[1]
+        T_q, T_k = q.shape[2], k_all.shape[2]
+        m = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(T_k - T_q + mask)
+        factor = {"sqrt_d": None, "none": lambda q_, k_: 1.0, "d": lambda q_, k_: 1.0 / q_.shape[-1]}[scale]
+        out, _ = _probes.attention(q, k_all.repeat_interleave(g, dim=1), v_all.repeat_interleave(g, dim=1), m,
+                                   scale=factor)
+        return (out, v_all, k_all) if returned == "vk" else (out, k_all, v_all)
+    return wrong
+
+
+STEP_PROBES = _probes.probes({
+    "new_before_cache": ("the new keys and values are put before the cached ones; they come after them (the cache "
+                         "holds the earlier tokens): torch.cat([k_cache, k_new], dim=2)", _step_variant(order="prepend")),
+    "no_scale": ("the scores are not divided by sqrt(d_head); a cached step computes the same attention as "
+                 "without a cache: softmax(Q Kᵀ / sqrt(d_head)) V", _step_variant(scale="none")),
+    "scale_d_head": ("the scores are divided by d_head; divide them by its square root, sqrt(d_head)",
+                     _step_variant(scale="d")),
+    "mask_sees_next": ("the mask lets each new query see one key too many, the next token (tril(T_k - T_new + 1)); "
+                       "query i is token T_past + i and sees keys 0 .. T_past + i: tril(diagonal=T_k - T_new)",
+                       _step_variant(mask=1)),
+    "k_v_swapped": ("the returned cache is (v_all, k_all): return the keys first, (out, k_all, v_all)",
+                    _step_variant(returned="vk")),
+})
+
+
+def _step_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """Which of the three outputs is wrong, and what the wrong cache holds."""
+    if not (isinstance(got, (tuple, list)) and len(got) == 3):
+        return None
+    q, k_new, v_new, k_cache, v_cache = case.args
+    right = [bool(torch.allclose(g.detach().cpu().double(), e.cpu().double(), rtol=1e-4, atol=1e-6))
+             for g, e in zip(got, expected)]
+    names = ("out", "k_all", "v_all")
+    if right[0] and not all(right):
+        wrong = [n for n, ok in zip(names, right) if not ok]
+        for n in wrong:
+            g = got[names.index(n)].detach().cpu().double()
+            for other, e in zip(names[1:], expected[1:]):
+                if other != n and torch.allclose(g, e.cpu().double(), rtol=1e-4, atol=1e-6):
+                    return (f"out is right, but {n} holds what {other} should: {n} = torch.cat([{n[0]}_cache, "
+                            f"{n[0]}_new], dim=2)")
+        return (f"out is right, but {', '.join(wrong)} not: return the cache you attended over, "
+                "torch.cat([k_cache, k_new], dim=2) and torch.cat([v_cache, v_new], dim=2), with its H_kv heads")
+    if right[1] and right[2] and not right[0]:
+        return ("k_all and v_all are right, so the attention over them is wrong: each query head h reads K/V head "
+                "h // (H / H_kv), the scores are Q Kᵀ / sqrt(d_head), and the mask is "
+                "torch.ones(T_new, T_k).tril(diagonal=T_k - T_new)")
+    return None
+
+
 @rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_attend_with_cache(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 6,
                             H_kv: int = 2, d_head: int = 4, T_past: int = 5) -> None:
@@ -449,7 +622,8 @@ def check_attend_with_cache(fn: Any, *, seed: int = 0, dtype: torch.dtype = torc
         case(2, T_past + 1, H, "2 new tokens, plain multi-head (H_kv = H)"),
     ]
     check_function(fn, name="attend_with_cache", reference=ref.attend_with_cache, cases=cases,
-                   outputs=("out", "k_all", "v_all"), mistakes=STEP_MISTAKES,
+                   outputs=("out", "k_all", "v_all"), mistakes=STEP_MISTAKES, probes=STEP_PROBES,
+                   diagnose=_step_diagnose,
                    forbidden=_REFERENCE + (F.scaled_dot_product_attention,))
 
 
@@ -458,8 +632,9 @@ def check_attend_with_cache(fn: Any, *, seed: int = 0, dtype: torch.dtype = torc
 # ---------------------------------------------------------------------------------------------
 
 
-def _online(q, k, v, block_size, *, rescale_sum=True, rescale_acc=True, running_max=True, normalise=True):
-    scale = 1.0 / math.sqrt(q.shape[-1])
+def _online(q, k, v, block_size, *, rescale_sum=True, rescale_acc=True, running_max=True, normalise=True,
+            scale="sqrt_d", rescale="old", per_block=False):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale == "sqrt_d" else 1.0
     m = torch.full((*q.shape[:-1], 1), float("-inf"), dtype=q.dtype)
     l = torch.zeros((*q.shape[:-1], 1), dtype=q.dtype)
     acc = torch.zeros((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)
@@ -468,8 +643,14 @@ def _online(q, k, v, block_size, *, rescale_sum=True, rescale_acc=True, running_
         m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True)) if running_max else torch.zeros_like(m)
         p = torch.exp(s - m_new)
         c = torch.exp(m - m_new) if running_max else torch.ones_like(m)
-        l = (c if rescale_sum else 1) * l + p.sum(dim=-1, keepdim=True)
-        acc = (c if rescale_acc else 1) * acc + p @ v[..., start:start + block_size, :]
+        if per_block:  # each block's own softmax, the blocks' outputs averaged
+            acc, l = acc + (p / p.sum(dim=-1, keepdim=True)) @ v[..., start:start + block_size, :], l + 1
+        elif rescale == "both":
+            l = c * (l + p.sum(dim=-1, keepdim=True))
+            acc = c * (acc + p @ v[..., start:start + block_size, :])
+        else:
+            l = (c if rescale_sum else 1) * l + p.sum(dim=-1, keepdim=True)
+            acc = (c if rescale_acc else 1) * acc + p @ v[..., start:start + block_size, :]
         m = m_new
     return acc / l if normalise else acc
 
@@ -495,6 +676,43 @@ ONLINE_MISTAKES = (
             "the output is not divided by the running sum at the end: softmax weights sum to 1, so return acc / l",
             lambda q, k, v, b: _online(q, k, v, b, normalise=False)),
 )
+
+
+ONLINE_PROBES = _probes.probes({
+    "no_scale": ("the scores are not divided by sqrt(d_head); the online softmax computes softmax(Q Kᵀ / "
+                 "sqrt(d_head)) V, one block at a time", lambda q, k, v, b: _online(q, k, v, b, scale="none")),
+    "rescale_new_block": ("the new block is rescaled too: acc = c * (acc + P V) multiplies the block just computed "
+                          "under m_new by exp(m_old - m_new); only the old sums are rescaled: "
+                          "acc = c * acc + P V, l = c * l + P.sum(-1)",
+                          lambda q, k, v, b: _online(q, k, v, b, rescale="both")),
+    "blocks_averaged": ("each block is normalised on its own and the blocks' outputs averaged; the blocks share "
+                        "one softmax: keep the unnormalised sums (with the running max) and divide by l once, "
+                        "at the end", lambda q, k, v, b: _online(q, k, v, b, per_block=True)),
+})
+
+
+def _online_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """An output that is exact attention over a contiguous run of the keys only: which keys were used."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and bool(torch.isfinite(got).all())):
+        return None
+    q, k, v, block = case.args
+    T_k = k.shape[-2]
+    g = got.detach().cpu().double()
+    q, k, v = (t.detach().cpu().double() for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
+    for start in range(T_k):
+        for stop in range(start + 1, T_k + 1):
+            if (start, stop) == (0, T_k):
+                continue
+            part = torch.softmax(scores[..., start:stop], dim=-1) @ v[..., start:stop, :]  # (..., T_q, d_v)
+            if torch.allclose(g, part, rtol=1e-4, atol=1e-6):
+                last = "the last block alone: the earlier blocks' sums were multiplied by 0 or " \
+                       "dropped (update m to m_new after each block, and carry l and acc over to the next)" if start > 0 and stop == T_k and start % block == 0 else (
+                    f"keys {stop} .. {T_k - 1} are skipped: the last block is shorter when block_size does not "
+                    "divide T_k, and must be included" if start == 0 else "")
+                return (f"your output is attention over keys {start} .. {stop - 1} only" + (f": {last}" if last else "")
+                        + f"; every block of the {T_k} keys must contribute")
+    return None
 
 
 def _online_reference(q, k, v, block_size):
@@ -524,8 +742,12 @@ def check_online_softmax_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype
              Case(args(first, math.sqrt(big)), sizes, names, f"large scores (exp overflows in {str(dtype)[6:]})")]
     cases += [Case(args(b, 1.0), sizes, names, f"block_size = {b}") for b in block_sizes[1:]]
     check_function(fn, name="online_softmax_attention", reference=_online_reference, cases=cases,
-                   outputs=("output",), mistakes=ONLINE_MISTAKES, forbidden=_REFERENCE + _TORCH_ATTENTION)
+                   outputs=("output",), mistakes=ONLINE_MISTAKES, forbidden=_REFERENCE + _TORCH_ATTENTION,
+                   probes=ONLINE_PROBES, diagnose=_online_diagnose)
 
+
+PROBES = {"attention_flops": ATTENTION_FLOP_PROBES, "mlp_flops": MLP_FLOP_PROBES, "attend_with_cache": STEP_PROBES,
+          "online_softmax_attention": ONLINE_PROBES}
 
 MISTAKES = {
     "attention_flops": ATTENTION_FLOP_MISTAKES,

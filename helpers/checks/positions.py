@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import positions as ref
 from ..attention import scaled_dot_product_attention
+from . import probes as _probes
 from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
@@ -68,7 +69,7 @@ def _table(T, d_model, offset=0, *, order="sin_cos", exponent="pair", layout="in
     start = (offset if use_offset else 0) + shift
     p = torch.arange(start, start + T, dtype=torch.float64)[:, None]  # (T, 1)
     i = torch.arange(d_model // 2, dtype=torch.float64)[None, :]  # (1, d/2)
-    power = i / d_model if exponent == "i_over_d" else 2 * i / d_model
+    power = {"i_over_d": i / d_model, "inverted": -2 * i / d_model}.get(exponent, 2 * i / d_model)
     sin_arg = p / 10000.0 ** power  # (T, d/2)
     cos_arg = p / 10000.0 ** ((2 * i + 1) / d_model) if exponent == "column" else sin_arg  # (T, d/2)
     first, second = (sin_arg.sin(), cos_arg.cos()) if order == "sin_cos" else (sin_arg.cos(), cos_arg.sin())
@@ -168,6 +169,13 @@ def _rope(x, offset=0, *, pairs="half", exponent="pair", sign=1.0, shift=0, use_
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
 
 
+def _rope_partial(x, offset=0, *, fraction=0.5):
+    """GPT-NeoX's partial rotary: only the first fraction of the channels is rotated (rotate-half
+    pairs inside them); the rest pass through."""
+    r = int(x.shape[-1] * fraction) // 2 * 2
+    return torch.cat([_rope(x[..., :r], offset), x[..., r:]], dim=-1)
+
+
 def _rope_with(**how):
     return lambda x, offset=0: _rope(x, offset, **how)
 
@@ -230,8 +238,10 @@ ROPE_ATTENTION_MISTAKES = (
     Mistake("rope_k_only", "only k is rotated; q must be rotated by its own positions too",
             _rope_attention_wrong("k_only")),
     Mistake("q_offset_ignored",
-            "the queries are rotated as positions 0 .. T_q - 1; they are the last T_q tokens, at positions "
-            "T_k - T_q .. T_k - 1 (a cached decoder's new token sits at position T_k - 1)",
+            "the queries are rotated as positions 0 .. T_q - 1 (or the keys from the queries' start: the scores "
+            "only see the offset between the two, which is then off by T_k - T_q); the queries are the last T_q "
+            "tokens, at positions T_k - T_q .. T_k - 1, and the keys sit at 0 .. T_k - 1 (a cached decoder's new "
+            "token sits at position T_k - 1)",
             _rope_attention_wrong("q_offset_ignored")),
     Mistake("q_offset_plus_one",
             "the queries' positions are off by one: the first query is at T_k - T_q, not T_k - T_q + 1",
@@ -244,6 +254,34 @@ ROPE_ATTENTION_MISTAKES = (
             "position T_k - T_q + i and sees keys 0 .. T_k - T_q + i (torch.ones(T_q, T_k).tril(T_k - T_q))",
             _rope_attention_wrong("mask_not_shifted")),
 )
+
+
+def _rope_attention_variant(*, scale: str = "sqrt_d", mask: str = "right", layout: str = "half"):
+    """rope_attention with one change: the scale of the scores, the causal mask (none, or one key too
+    many), or the interleaved RoPE layout for q and k."""
+    def wrong(q, k, v):
+        T_q, T_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+        start = T_k - T_q
+        rope = (lambda x, o: _rope(x, o, pairs="interleaved")) if layout == "interleaved" else ref.apply_rope
+        m = None if mask == "none" else torch.ones(T_q, T_k, dtype=torch.bool).tril(start + (mask == "next"))
+        factor = {"sqrt_d": None, "none": lambda q_, k_: 1.0, "d": lambda q_, k_: 1.0 / d}[scale]
+        return _probes.attention(rope(q, start), rope(k, 0), v, m, scale=factor)
+    return wrong
+
+
+ROPE_ATTENTION_PROBES = _probes.probes({
+    "no_scale": ("the scores are not divided by sqrt(d_head): RoPE rotates q and k, and the scores are still "
+                 "(rotated q)(rotated k)ᵀ / sqrt(d_head)", _rope_attention_variant(scale="none")),
+    "scale_d_head": ("the scores are divided by d_head; divide them by its square root, sqrt(d_head)",
+                     _rope_attention_variant(scale="d")),
+    "no_mask": ("there is no causal mask: query i (at position T_k - T_q + i) must not see the keys after it; "
+                "mask with torch.ones(T_q, T_k).tril(T_k - T_q)", _rope_attention_variant(mask="none")),
+    "mask_sees_next": ("the causal mask lets each query see one key too many, the next token (tril(T_k - T_q + 1)); "
+                       "query i sees keys 0 .. T_k - T_q + i: tril(T_k - T_q)", _rope_attention_variant(mask="next")),
+    "interleaved_layout": ("q and k are rotated in interleaved pairs (2k, 2k + 1); this chapter's RoPE pairs "
+                           "channel k with k + d_head/2 (rotate-half, apply_rope of exercise 3)",
+                           _rope_attention_variant(layout="interleaved")),
+})
 
 
 def _slopes_wrong(H: int, kind: str) -> torch.Tensor:
@@ -289,6 +327,26 @@ ALIBI_MISTAKES = (
             "every head has slope 1; each head h has its own slope m_h (alibi's multi-scale memory)",
             _alibi_wrong("no_slope")),
 )
+
+def _alibi_variant(*, first: int = 1, distance: str = "abs"):
+    """alibi_bias with one change: the slopes' exponents start at h + first, or the distance is i - j
+    clamped at 0 (no bias for keys after the query)."""
+    def wrong(n_heads, T):
+        slopes = ref.alibi_slopes(n_heads).double() * (2.0 ** (8.0 / n_heads)) ** (1 - first)  # (H,)
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        dist = ((i - j).abs() if distance == "abs" else (i - j).clamp(min=0)).double()  # (T, T)
+        return (-slopes[:, None, None] * dist).float()
+    return wrong
+
+
+ALIBI_PROBES = _probes.probes({
+    "slopes_from_h0": ("head 0 has slope 1: the slopes' exponents start at 0; head h has the slope "
+                       "(2^(-8/H))^(h+1), so head 0's is 2^(-8/H)", _alibi_variant(first=0)),
+    "causal_only": ("the bias is 0 for keys after the query (j > i); ALiBi's bias is -m_h |i - j| on both "
+                    "sides of the diagonal (a causal model masks those keys anyway, but the table is the full "
+                    "(H, T, T) bias)", _alibi_variant(distance="clamped")),
+})
+
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 5: RoPE candidates for the learner's property test. They are compiled from this text
@@ -404,6 +462,28 @@ def _reference_table(T, d_model, offset=0):
     return ref.sinusoidal_table(T, d_model, offset=offset)  # (T, d_model) float32
 
 
+def _table_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """What the angles of a table of (sin, cos) pairs say: positions, pairs that do not turn, frequencies."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point()):
+        return None
+    T, d_model, offset = case.args
+    t = got.detach().cpu().double()
+    s, c = t[:, 0::2], t[:, 1::2]  # (T, d_model/2)
+    if float(((s * s + c * c) - 1).abs().max()) > 1e-3:
+        return None  # not (sin, cos) pairs of one angle
+    positions = torch.arange(offset, offset + T, dtype=torch.float64)
+    theta = 10000.0 ** (-2 * torch.arange(d_model // 2, dtype=torch.float64) / d_model)
+    return _probes.angle_symptom(torch.atan2(s, c), positions, theta, what="row", pair="pairs (2i, 2i + 1)",
+                                 base=10000.0, width="d_model")
+
+
+SINUSOIDAL_PROBES = _probes.probes({
+    "frequencies_inverted": ("the angles are p * 10000^(2i / d_model), which grow with i; the frequency of pair i is "
+                             "w_i = 10000^(-2i / d_model) = 1 / 10000^(2i / d_model): divide p by 10000^(2i / d_model)",
+                             lambda T, d_model, offset=0: _table(T, d_model, offset, exponent="inverted")),
+})
+
+
 def check_sinusoidal_table(fn: Any, *, T: int = 6, d_model: int = 8, offsets: Sequence[int] = (0, 9)) -> None:
     """sinusoidal_table(T, d_model, offset=0) -> (T, d_model) float32."""
     names = ("T", "d_model", "offset")
@@ -412,7 +492,8 @@ def check_sinusoidal_table(fn: Any, *, T: int = 6, d_model: int = 8, offsets: Se
     cases.append(Case((1, d_model, offsets[-1] + T), {"1": 1, "d_model": d_model}, names,
                       f"one row at offset = {offsets[-1] + T}, as a KV cache asks"))
     check_function(fn, name="sinusoidal_table", reference=_reference_table, cases=cases, outputs=("table",),
-                   mistakes=SINUSOIDAL_MISTAKES, forbidden=_REFERENCE)
+                   mistakes=SINUSOIDAL_MISTAKES, forbidden=_REFERENCE, probes=SINUSOIDAL_PROBES,
+                   diagnose=_table_diagnose)
 
 
 def _attention_layer(seed: int, d_model: int, n_heads: int, dtype: torch.dtype) -> nn.Module:
@@ -443,12 +524,73 @@ def check_add_positions(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.fl
     ]
     with torch.no_grad():
         check_function(fn, name="add_positions", reference=_reference_add_positions, cases=cases,
-                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=(),
+                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=(), probes=ADD_POSITIONS_PROBES,
                        prerequisites=MappingProxyType({"sinusoidal_table": (check_sinusoidal_table, "exercise 1")}))
+
+
+def _add_variant(*, x_scale: str = "1", pe_scale: str = "1", keep_x: bool = True):
+    """add_positions with one change: x or PE scaled (by sqrt(d_model), or -1), or x left out."""
+    def wrong(x, attn, offset=0):
+        d_model = x.shape[2]
+        factor = {"1": 1.0, "sqrt_d": math.sqrt(d_model), "-1": -1.0}
+        table = ref.sinusoidal_table(x.shape[1], d_model, offset=offset, dtype=x.dtype)  # (T, d_model)
+        return attn((x * factor[x_scale] if keep_x else torch.zeros_like(x)) + table * factor[pe_scale])
+    return wrong
+
+
+_ADD_RULE = "add_positions returns attn(x + PE), with PE the rows of positions offset .. offset + T - 1"
+ADD_POSITIONS_PROBES = _probes.probes({
+    "x_scaled": ("x is multiplied by sqrt(d_model) before the positions are added (as the 2017 Transformer "
+                 f"scales its token embeddings); here x is used as it is: {_ADD_RULE}", _add_variant(x_scale="sqrt_d")),
+    "pe_scaled": (f"the positions are multiplied by sqrt(d_model); add the table as it is: {_ADD_RULE}",
+                  _add_variant(pe_scale="sqrt_d")),
+    "pe_subtracted": (f"the positions are subtracted (x - PE); they are added: {_ADD_RULE}", _add_variant(pe_scale="-1")),
+    "x_dropped": (f"attention reads the positions alone, attn(PE): the input x is lost; {_ADD_RULE}",
+                  _add_variant(keep_x=False)),
+})
 
 
 def _reference_rope(x, offset=0):
     return ref.apply_rope(x, offset)  # half pairs, base 10000
+
+
+ROPE_PROBES = _probes.probes({
+    f"partial_rotary_{int(100 * f)}": (
+        f"only the first {int(100 * f)}% of the channels are rotated (a partial rotary, as GPT-NeoX's rotary_pct "
+        f"does); this exercise rotates all of them: pair k is channels (k, k + d_head/2), k = 0 .. d_head/2 - 1",
+        lambda x, offset=0, f=f: _rope_partial(x, offset, fraction=f))
+    for f in (0.5, 0.25)
+})
+
+
+def _rope_angles(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """(T, d_head/2): the angle each rotate-half pair (k, k + d_head/2) of `y` is turned from `x` by,
+    one angle per token and pair for every batch row and head; None when `y` is not such a rotation."""
+    if not (isinstance(y, torch.Tensor) and y.shape == x.shape and y.is_floating_point()):
+        return None
+    x, y = x.detach().cpu().double(), y.detach().cpu().double()
+    d = x.shape[-1]
+    a, b, ya, yb = x[..., : d // 2], x[..., d // 2:], y[..., : d // 2], y[..., d // 2:]
+    lead = tuple(range(x.dim() - 2))
+    phi = torch.atan2((a * yb - b * ya).sum(lead), (a * ya + b * yb).sum(lead)) if lead else torch.atan2(
+        a * yb - b * ya, a * ya + b * yb)  # (T, d/2)
+    cos, sin = phi.cos(), phi.sin()
+    rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    scale = float(x.abs().max()) or 1.0
+    return phi if float((rotated - y).abs().max()) <= 1e-4 * scale else None
+
+
+def _rope_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    x = case.args[0]
+    offset = case.args[1] if len(case.args) > 1 else 0
+    phi = _rope_angles(x, got)
+    if phi is None:
+        return None
+    T, d = x.shape[-2], x.shape[-1]
+    positions = torch.arange(offset, offset + T, dtype=torch.float64)
+    theta = 10000.0 ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
+    return _probes.angle_symptom(phi, positions, theta, what="token", pair="pairs (k, k + d_head/2)", base=10000.0,
+                                 width="d_head")
 
 
 def check_apply_rope(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
@@ -463,7 +605,8 @@ def check_apply_rope(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
              f"x (T, d_head), offset = {offset + 1}"),
     ]
     check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
-                   mistakes=ROPE_MISTAKES, forbidden=_REFERENCE)
+                   mistakes=ROPE_MISTAKES, forbidden=_REFERENCE, diagnose=_rope_diagnose,
+                   probes=ROPE_PROBES)
 
 
 def _reference_rope_attention(q, k, v):
@@ -494,6 +637,7 @@ def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.f
              case(1, "T_q = 1: one new token at position T_k - 1")]
     check_function(fn, name="rope_attention", reference=_reference_rope_attention, cases=cases,
                    outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=(),
+                   probes=ROPE_ATTENTION_PROBES,
                    prerequisites=MappingProxyType({"apply_rope": (check_apply_rope, "exercise 3")}))
 
 
@@ -539,7 +683,7 @@ def check_alibi_bias(fn: Any, *, heads: Sequence[int] = (4, 6), T: int = 5) -> N
     """alibi_bias(n_heads, T) -> (H, T, T) float32: bias[h, i, j] = -m_h |i - j|."""
     cases = [Case((H, T), {"H": H, "T": T}, ("n_heads", "T"), f"{H} heads") for H in heads]
     check_function(fn, name="alibi_bias", reference=_reference_alibi, cases=cases, outputs=("bias",),
-                   mistakes=ALIBI_MISTAKES, forbidden=_REFERENCE)
+                   mistakes=ALIBI_MISTAKES, forbidden=_REFERENCE, probes=ALIBI_PROBES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,5 +731,8 @@ def check_rope_numbers(**answers: Any) -> None:
                          "turn_position": "the first whole position p with p * theta_i >= 2 pi",
                          "llama3_longest_wavelength": "the slowest pair is the last one, i = d_head / 2 - 1"})
 
+
+PROBES = {"sinusoidal_table": SINUSOIDAL_PROBES, "add_positions": ADD_POSITIONS_PROBES, "apply_rope": ROPE_PROBES,
+          "rope_attention": ROPE_ATTENTION_PROBES, "alibi_bias": ALIBI_PROBES}
 
 protect(ref, sys.modules[__name__])
