@@ -2,7 +2,7 @@
 the uncatalogued wrong answers in tests/uncatalogued get a message that names the mistake or the first
 wrong intermediate (a generic "differs at index" message counts as not named).
 
-    .venv/bin/python tools/coverage.py            # one table, chapters 00-04
+    .venv/bin/python tools/coverage.py            # one table, every chapter in tests/uncatalogued
     .venv/bin/python tools/coverage.py --details  # plus every wrong answer's message
 """
 

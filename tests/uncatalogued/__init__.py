@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -21,4 +22,4 @@ class Wrong:
     named: bool = True  # False: a known gap, the message is generic today
 
 
-CHAPTERS = ("ch00_overview", "ch01_attention", "ch02_heads", "ch03_ffn", "ch04_norms")
+CHAPTERS = tuple(sorted(p.stem for p in Path(__file__).parent.glob("ch[0-9][0-9]_*.py")))
