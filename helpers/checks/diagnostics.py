@@ -11,6 +11,8 @@ and tells which diagnostic finds each model the learner named wrongly.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 from collections.abc import Mapping
@@ -23,7 +25,7 @@ from .. import diagnostics as ref
 from ..blocks import ModelConfig, cached_causal_mask
 from ..blocks import TinyDecoder as _TinyDecoder
 from . import probes as _probes
-from .core import Case, CheckFailed, Mistake, check_function, check_numbers, protect, verify_environment
+from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, protect, verify_environment
 from .core import randn as _randn
 
 __all__ = [
@@ -235,7 +237,7 @@ def check_attention_entropy(fn: Any, *, seed: int = 0, B: int = 2, H: int = 3, T
              Case((sharp,), sizes, ("weights",), "unmasked, peaked weights")]
     check_function(fn, name="attention_entropy", reference=ref.attention_entropy, cases=cases,
                    outputs=("entropy",), mistakes=ENTROPY_MISTAKES, forbidden=_REFERENCE + _TORCH_ENTROPY,
-                   probes=ENTROPY_PROBES, diagnose=_entropy_symptom)
+                   probes=ENTROPY_PROBES, diagnose=lambda got, expected, case: _entropy_symptom(fn, case))
 
 
 _entropy = _probes.row_entropy
@@ -253,15 +255,30 @@ ENTROPY_PROBES = _probes.probes({
 })
 
 
-def _entropy_symptom(got: Any, expected: Any, case: Case) -> str | None:
-    """Two rows whose entropy is known without computing: all weight on one key (0) and uniform rows."""
+def _entropy_symptom(fn: Any, case: Case) -> str | None:
+    """Two rows whose entropy is known without computing, fed to the learner's function: all the weight on
+    one key (entropy 0) and uniform weights over the T_k keys (ln T_k)."""
     weights = case.args[0]
-    one_hot = (weights.detach().cpu() == 1).any(-1)  # (..., T_q): a row with all its weight on one key
-    got = got.detach().cpu().double()
-    if bool(one_hot.any()) and bool((got[one_hot].abs() > 1e-6).any()):
-        value = float(got[one_hot][(got[one_hot].abs() > 1e-6)][0])
-        return (f"a row with all its weight on one key (the first query of a causal mask) has entropy 0; yours gives "
-                f"{value:.4g}: each term is p ln p, which is 0 for p = 1 and, by convention, for p = 0")
+    T_k = weights.shape[-1]
+    rows = torch.zeros(2, T_k, dtype=weights.dtype, device=weights.device)
+    rows[0, 0] = 1.0
+    rows[1] = 1.0 / T_k
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            got = call_learner(fn, "attention_entropy", Case((rows,), {"T_q": 2, "T_k": T_k}, ("weights",)),
+                               _REFERENCE + _TORCH_ENTROPY)
+    except CheckFailed:
+        return None
+    if not (isinstance(got, torch.Tensor) and got.shape == (2,)):
+        return None
+    one_hot, uniform = (float(v) for v in got.detach().cpu().double())
+    if not abs(one_hot) <= 1e-6:
+        return (f"a row with all its weight on one key has entropy 0 (p ln p is 0 for p = 1, and 0 ln 0 = 0); yours "
+                f"gives {one_hot:.4g}: check each term, -p ln p, summed over the keys")
+    if not abs(uniform - math.log(T_k)) <= 1e-4 * math.log(T_k):
+        return (f"a uniform row over T_k = {T_k} keys has entropy ln T_k = {math.log(T_k):.4g}; yours gives "
+                f"{uniform:.4g} (a row with all its weight on one key gives 0, as it should): check the sum over "
+                f"the keys and the log's base")
     return None
 
 

@@ -161,22 +161,23 @@ def next_token_loss(*, offset: int = 1, drop_first: bool = False, ignore: str = 
     return lm_loss
 
 
-def bert_masking(*, select: str = "u < p", bands: tuple[str, str] = ("mask", "random"), high: int = 0,
+def bert_masking(*, select: str = "u < p", swap_random_keep: bool = False, mirror: bool = False, high: int = 0,
                  swap_draws: bool = False, unselected: int = IGNORE_INDEX) -> Callable[..., Any]:
     """mlm_mask(ids, mask_id, vocab_size, generator) with one knob turned: select "u < p" or "u > 1 - p"
-    (the top of u's range); bands: what r < 0.8 and 0.8 <= r < 0.9 become ("mask", "random", "keep" in
-    some order, r >= 0.9 the third); high: randint's upper bound minus vocab_size; swap_draws: u is the
-    second draw and r the first; unselected: the label of a position that was not selected."""
+    (the top of u's range); swap_random_keep: random where r >= 0.9, kept where 0.8 <= r < 0.9; mirror: the
+    bands counted from the top of r (mask where r > 0.2, random where 0.1 < r <= 0.2); high: randint's upper
+    bound minus vocab_size; swap_draws: u is the second draw and r the first; unselected: the label of a
+    position that was not selected."""
     def mlm_mask(ids, mask_id, vocab_size, generator):
         first = torch.rand(ids.shape, generator=generator)
         second = torch.rand(ids.shape, generator=generator)
         u, r = (second, first) if swap_draws else (first, second)
+        r = 1 - r if mirror else r
         random_ids = torch.randint(0, vocab_size + high, ids.shape, generator=generator)
         selected = u < 0.15 if select == "u < p" else u > 0.85
-        third = ({"mask", "random", "keep"} - set(bands)).pop()
-        band_of = {bands[0]: r < 0.8, bands[1]: (r >= 0.8) & (r < 0.9), third: r >= 0.9}
-        inputs = torch.where(selected & band_of["mask"], torch.full_like(ids, mask_id), ids)
-        inputs = torch.where(selected & band_of["random"], random_ids, inputs)
+        to_random = (r >= 0.9) if swap_random_keep else (r >= 0.8) & (r < 0.9)
+        inputs = torch.where(selected & (r < 0.8), torch.full_like(ids, mask_id), ids)
+        inputs = torch.where(selected & to_random, random_ids, inputs)
         return inputs, torch.where(selected, ids, torch.full_like(ids, unselected))
     return mlm_mask
 

@@ -23,7 +23,17 @@ from torch import nn
 from .. import training as ref
 from ..blocks import ModelConfig, TinyDecoder
 from . import probes as _probes
-from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, protect, verify_environment
+from .core import (
+    Case,
+    CheckFailed,
+    Mistake,
+    call_learner,
+    check_function,
+    check_numbers,
+    compare,
+    protect,
+    verify_environment,
+)
 from .core import randn as _randn
 
 __all__ = [
@@ -288,9 +298,10 @@ MLM_PROBES = _probes.probes({
                             "u < 0.15", _mlm_probe(select="u > 1 - p")),
     "random_band_top": ("random tokens go where r >= 0.9 and the kept tokens where 0.8 <= r < 0.9; it is the "
                         "other way round: random where 0.8 <= r < 0.9, unchanged where r >= 0.9",
-                        _mlm_probe(bands=("mask", "keep"))),
-    "mask_band_top": ("the mask token goes where r >= 0.2 (the top 80 %); it goes where r < 0.8, random tokens "
-                      "where 0.8 <= r < 0.9", _mlm_probe(bands=("random", "keep"))),
+                        _mlm_probe(swap_random_keep=True)),
+    "bands_from_the_top": ("the bands of r are counted from the top (the mask token where r > 0.2, a random token "
+                           "where 0.1 < r <= 0.2); count from 0: mask where r < 0.8, random where 0.8 <= r < 0.9",
+                           _mlm_probe(mirror=True)),
     "draws_swapped": (f"u and r are swapped: the first draw selects, the second chooses what a selected position "
                       f"becomes; draw {_DRAWS}", _mlm_probe(swap_draws=True)),
     "randint_short": ("random tokens are drawn from randint(0, vocab_size - 1), so the last id is never drawn; "
@@ -356,20 +367,30 @@ def _loss_gradient(call: Callable[[torch.Tensor], Any], logits: torch.Tensor) ->
     return None if grad is None else grad.detach().cpu().double()
 
 
-def _lm_loss_symptom(fn: Any, case: Case) -> str | None:
-    """Read the learner's loss through its gradient with respect to the logits: each position's row says
-    whether that prediction counts, against which token, normalized over which axis, and with what weight."""
+def _same_gradient(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * max(float(b.abs().max()), 1e-30)))
+
+
+def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
+    """A probe the learner's loss is (its value and its gradient both equal the probe's: one number alone is
+    too little to name a probe by nearness), else the loss read through its gradient with respect to the
+    logits: each position's row says whether that prediction counts, against which token, normalized over
+    which axis, and with what weight."""
     logits, ids = case.args[:2]
-    learner = Case((logits, ids), case.sizes, case.arg_names, case.note)
-    got = _loss_gradient(lambda x: call_learner(fn, "lm_loss", Case((x, ids), learner.sizes, learner.arg_names),
+    got = _loss_gradient(lambda x: call_learner(fn, "lm_loss", Case((x, ids), case.sizes, case.arg_names),
                                                 _REFERENCE + _TORCH_LOSSES), logits)
     expected = _loss_gradient(lambda x: ref.lm_loss(x, ids), logits)
     if got is None or expected is None or not bool(torch.isfinite(got).all()):
         return None
+    for probe in LM_LOSS_PROBES:
+        value = probe.impl(*case.args)
+        if compare(got_loss, value, ("loss",), case.sizes, "lm_loss") is None:
+            wrong = _loss_gradient(lambda x, impl=probe.impl: impl(x, ids), logits)
+            if wrong is not None and _same_gradient(got, wrong):
+                return probe.message
     ids = ids.cpu()
     B, T, V = got.shape
-    big = float(expected.abs().max())
-    scored = got.abs().amax(-1) > 1e-3 * big  # (B, T): which predictions the loss depends on
+    scored = got.abs().amax(-1) > 0  # (B, T): which predictions the loss depends on (masked ones get exactly 0)
     should = torch.zeros(B, T, dtype=torch.bool)
     should[:, :-1] = ids[:, 1:] != IGNORE
     row_sums = got.sum(-1).abs()  # (B, T): 0 for -log_softmax over V
@@ -424,7 +445,9 @@ def _lm_loss_symptom(fn: Any, case: Case) -> str | None:
     if bool(((per_sequence - spread).abs()[should] <= 1e-3 * spread.abs().expand_as(should)[should]).all()):
         return ("the targets of different sequences weigh differently (a mean per sequence, then over sequences?); "
                 "every scored target counts once: divide the sum over all of them by their number")
-    return "the scored targets do not all weigh the same; every scored target counts once in the mean"
+    return ("each prediction is pulled towards the right token, but with weights that differ from position to "
+            "position: every scored target adds -log p(target) (the log of the probability, not the probability) "
+            "and counts once, with weight 1 / N")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,8 +474,8 @@ def check_lm_loss(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
              "right-padded: ids holds -100 after each sequence's end"),
     ]
     check_function(fn, name="lm_loss", reference=ref.lm_loss, cases=cases, outputs=("loss",),
-                   mistakes=LM_LOSS_MISTAKES, forbidden=_REFERENCE + _TORCH_LOSSES, probes=LM_LOSS_PROBES,
-                   diagnose=lambda got, expected, case: _lm_loss_symptom(fn, case))
+                   mistakes=LM_LOSS_MISTAKES, forbidden=_REFERENCE + _TORCH_LOSSES,
+                   diagnose=lambda got, expected, case: _lm_loss_symptom(fn, got, case))
 
 
 # ---------------------------------------------------------------------------------------------
