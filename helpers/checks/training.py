@@ -404,16 +404,20 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
     nxt[:, :-1] = ids[:, 1:]
     wrong_target = both & (pulled != nxt)
     if bool(wrong_target.any()):
+        # Another offset is named only when it explains every prediction it can; a few rows pulled elsewhere
+        # (a term that is not -log p, label smoothing) are left to the checks below.
         for k, what in ((0, "ids[:, t], the token it just read"), (2, "ids[:, t + 2], two tokens ahead"),
                         (-1, "ids[:, t - 1], the previous token")):
             other = torch.full((B, T), IGNORE, dtype=ids.dtype)
             lo, hi = max(0, -k), min(T, T - k)
             other[:, lo:hi] = ids[:, lo + k:hi + k]
-            if bool((pulled[wrong_target] == other[wrong_target]).all()):
+            rows = both & (other != IGNORE)
+            if bool(rows.any()) and bool((pulled[rows] == other[rows]).all()):
                 return (f"the prediction at position t is scored against {what}; it is scored against the next "
                         f"token, ids[:, t + 1]: pair logits[:, :-1] with ids[:, 1:]")
-        return (f"the predictions at (b, t) = {_positions(wrong_target)} are scored against another token than "
-                f"ids[b, t + 1], the next one")
+        if 2 * int(wrong_target.sum()) > int(both.sum()):
+            return (f"the predictions at (b, t) = {_positions(wrong_target)} are scored against another token than "
+                    f"ids[b, t + 1], the next one")
     if bool(scored[:, -1].any()):
         return ("your loss depends on the logits at the last position (t = T - 1), which has no next token; the "
                 "predictions are logits[:, :-1], the targets ids[:, 1:]")

@@ -112,4 +112,53 @@ WRONG = [
           r"sequence|row", named=False),
 ]
 
-HELD_OUT: list[Wrong] = []
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+
+def _lm_logsumexp_over_T(logits, ids, ignore_index=-100):
+    z, y = logits[:, :-1], ids[:, 1:]
+    keep = y != ignore_index
+    safe = torch.where(keep, y, torch.zeros_like(y))
+    log_z = torch.logsumexp(z, dim=1).gather(-1, safe)  # (B, T - 1): logsumexp over the positions
+    nll = log_z - z.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return (nll * keep).sum() / keep.sum()
+
+
+def _lm_mean_over_everything(logits, ids, ignore_index=-100):
+    z, y = logits[:, :-1], ids[:, 1:]
+    keep = y != ignore_index
+    onehot = F.one_hot(torch.where(keep, y, torch.zeros_like(y)), z.shape[-1]) * keep[..., None]
+    return -(torch.log_softmax(z, -1) * onehot).mean()  # a mean over B, T - 1 and V
+
+
+def _mlm_labels_on_mask_tokens_only(ids, mask_id, vocab_size, generator):
+    inputs, _ = _mlm()(ids, mask_id, vocab_size, torch.Generator().manual_seed(generator.initial_seed()))
+    _mlm()(ids, mask_id, vocab_size, generator)  # the same draws from the learner's generator
+    return inputs, torch.where(inputs == mask_id, ids, torch.full_like(ids, -100))
+
+
+def _mlm_randint_from_1(ids, mask_id, vocab_size, generator):
+    u = torch.rand(ids.shape, generator=generator)
+    r = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(1, vocab_size, ids.shape, generator=generator)  # "id 0 is padding": skipped
+    selected = u < 0.15
+    inputs = torch.where(selected & (r < 0.8), torch.full_like(ids, mask_id), ids)
+    inputs = torch.where(selected & (r >= 0.8) & (r < 0.9), random_ids, inputs)
+    return inputs, torch.where(selected, ids, torch.full_like(ids, -100))
+
+
+HELD_OUT = [
+    Wrong("lm_loss", "logsumexp_over_T", _lm_logsumexp_over_T, r"vocabulary|last axis"),
+    Wrong("lm_loss", "mean_over_B_T_V", _lm_mean_over_everything, r"divide|N ="),
+    Wrong("lm_loss", "label_smoothing_0.2", _lm(smoothing=0.2), r"smooth|all its weight"),
+    Wrong("mlm_mask", "randint_from_1", _mlm_randint_from_1, r"random tokens?"),
+    Wrong("mlm_mask", "labels_on_mask_tokens_only", _mlm_labels_on_mask_tokens_only,
+          r"random token|kept|every selected position", named=False),
+    Wrong("teacher_forcing_inputs", "bos_second",
+          lambda y, bos: torch.cat([y[:, :1], torch.full_like(y[:, :1], bos), y[:, 1:-1]], dim=1)[:, :y.shape[1]],
+          r"column 0|first input", named=False),
+    Wrong("padding_labels", "shifted_right",
+          lambda ids, m: torch.cat([torch.full_like(ids[:, :1], -100), ids.masked_fill(~m, -100)[:, :-1]], dim=1),
+          r"shift", named=False),
+]

@@ -93,4 +93,43 @@ WRONG = [
     Wrong("update_ratios", "std_ratio", _ratios(norm=lambda x: x.std(-1)), r"std|standard deviation"),
 ]
 
-HELD_OUT: list[Wrong] = []
+# Written after the probes, without looking at them again: how the probing does on mistakes it was
+# not built from. `named` records what happens today.
+
+
+def _leaks_loose(f, ids, vocab_size):
+    T = ids.shape[1]
+    base = f(ids)
+    leaks = torch.zeros(T, T, dtype=torch.bool)
+    for j in range(T):
+        out = f(_next_token(ids, j, vocab_size))
+        moved = ~torch.isclose(out, base, rtol=0.5, atol=0.0)  # "generous, to be safe from rounding"
+        leaks[:, j] = moved.reshape(moved.shape[0], T, -1).any(-1).any(0) & (torch.arange(T) < j)
+    return leaks
+
+
+def _leaks_absolute(f, ids, vocab_size):
+    T = ids.shape[1]
+    base = f(ids)
+    leaks = torch.zeros(T, T, dtype=torch.bool)
+    for j in range(T):
+        out = f(_next_token(ids, j, vocab_size))
+        moved = (out - base).abs().sum(-1) > 1e-6  # an absolute threshold, whatever the outputs' size
+        leaks[:, j] = moved.any(0) & (torch.arange(T) < j)
+    return leaks
+
+
+HELD_OUT = [
+    Wrong("future_leaks", "tolerance_too_loose", _leaks_loose, r"miss"),
+    Wrong("future_leaks", "absolute_threshold", _leaks_absolute, r"reported|tolerance"),
+    Wrong("attention_entropy", "eps_too_large", lambda w: -(w * torch.log(w + 1e-3)).sum(-1), r"each term|ln p"),
+    Wrong("attention_entropy", "collision_entropy", lambda w: -torch.log((w * w).sum(-1)), r"p ln p|each term", named=False),
+    Wrong("update_ratios", "per_sequence_norm",
+          lambda s: (torch.linalg.norm(s[1:] - s[:-1], dim=(-2, -1)) / torch.linalg.norm(s[:-1], dim=(-2, -1)))
+          .mean(dim=1), r"per token|each sequence|\(T, d_model\)", named=False),
+    Wrong("update_ratios", "median", lambda s: ((s[1:] - s[:-1]).norm(dim=-1) / s[:-1].norm(dim=-1))
+          .flatten(1).median(dim=1).values, r"median|mean", named=False),
+    Wrong("update_ratios", "plus_one_in_denominator",
+          lambda s: ((s[1:] - s[:-1]).norm(dim=-1) / (s[:-1].norm(dim=-1) + 1)).mean(dim=(1, 2)),
+          r"denominator|\+ 1", named=False),
+]
