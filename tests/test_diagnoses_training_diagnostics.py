@@ -102,6 +102,19 @@ def test_mlm_names_the_random_tokens_when_everything_else_is_right():
     assert "the random tokens differ" in message and "in that order" not in message
 
 
+def test_mlm_names_missing_random_tokens():
+    def no_random_tokens(ids, mask_id, vocab_size, generator):
+        u = torch.rand(ids.shape, generator=generator)
+        r = torch.rand(ids.shape, generator=generator)
+        torch.randint(0, vocab_size, ids.shape, generator=generator)
+        sel = u < 0.15
+        inputs = torch.where(sel & (r < 0.8), torch.full_like(ids, mask_id), ids)  # the 10 % random never done
+        return inputs, torch.where(sel, ids, torch.full_like(ids, -100))
+
+    message = _message(train_checks.check_mlm_mask, no_random_tokens)
+    assert "some random tokens are missing" in message
+
+
 def test_future_leaks_names_false_leaks_above_the_diagonal():
     def every_future_pair(f, ids, vocab_size):
         T = ids.shape[1]

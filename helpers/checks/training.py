@@ -515,9 +515,12 @@ def _unselected_label(got: Any, ids: torch.Tensor, expected_labels: torch.Tensor
     return None
 
 
+_VALUES = "the rates are right but the values differ for this seed: "
+
+
 def _mlm_symptom(got: Any, case: Case) -> str:
     """Which part of (inputs, labels) first differs: the selection, the mask-token positions, the random
-    tokens, or the positions that keep their token."""
+    tokens, or the positions that keep their token (the rates were checked before, on a large batch)."""
     ids = case.args[0]
     inputs, labels = got
     want_inputs, want_labels = _Reseeded(ref.mlm_mask)(*case.args)
@@ -525,22 +528,23 @@ def _mlm_symptom(got: Any, case: Case) -> str:
     if unselected:
         return unselected
     if not torch.equal(labels != IGNORE, want_labels != IGNORE):
-        return ("the selected positions (those with a label) differ from the seed's: select where u < 0.15, u "
-                "the first draw, torch.rand(ids.shape, generator=generator)")
+        return (_VALUES + "the selected positions (those with a label) differ from the seed's: select where "
+                "u < 0.15, u the first draw, torch.rand(ids.shape, generator=generator)")
     if not torch.equal(labels, want_labels):
-        return "the selected positions are right, but their labels are not the original tokens ids"
+        return _VALUES + "the selected positions are right, but their labels are not the original tokens ids"
     selected = want_labels != IGNORE
     mask_id = case.args[1]
     masked = selected & (want_inputs == mask_id)
     if not bool((inputs[masked] == mask_id).all()):
-        return ("the selection and labels are right, but the mask token goes to other selected positions: "
-                "mask_id where r < 0.8, r the second draw, torch.rand(ids.shape, generator=generator)")
-    differ = selected & (inputs != want_inputs)
-    if bool((differ & (inputs == ids)).any()):
-        return ("the selection, labels and mask tokens are right, but some random tokens are missing (the "
-                "position kept its token): random where 0.8 <= r < 0.9, unchanged where r >= 0.9")
-    return ("the selection, labels and mask tokens are right, but the random tokens differ: random_ids = "
-            "torch.randint(0, vocab_size, ids.shape, generator=generator), drawn third, for every position")
+        return (_VALUES + "the selection and labels are right, but the mask token goes to other selected "
+                "positions: mask_id where r < 0.8, r the second draw, torch.rand(ids.shape, generator=generator)")
+    random_band = selected & ~masked & (want_inputs != ids)  # surely a random token (it differs from its id)
+    if bool(random_band.any()) and bool((inputs[random_band] == ids[random_band]).all()):
+        return (_VALUES + "the selection, labels and mask tokens are right, but some random tokens are missing "
+                "(the position kept its token): random where 0.8 <= r < 0.9, unchanged where r >= 0.9")
+    return (_VALUES + "the selection, labels and mask tokens are right, but the random tokens differ: "
+            "random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator), drawn third, for every "
+            "position")
 
 
 def _mlm_statistics(got: Any, ids: torch.Tensor, mask_id: int) -> str | None:
