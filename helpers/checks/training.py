@@ -10,6 +10,8 @@ Answers write the losses themselves from log_softmax / logsumexp and indexing: t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 from collections.abc import Callable
@@ -377,8 +379,9 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
     logits: each position's row says whether that prediction counts, against which token, normalized over
     which axis, and with what weight."""
     logits, ids = case.args[:2]
-    got = _loss_gradient(lambda x: call_learner(fn, "lm_loss", Case((x, ids), case.sizes, case.arg_names),
-                                                _REFERENCE + _TORCH_LOSSES), logits)
+    with contextlib.redirect_stdout(io.StringIO()):  # the learner's prints were shown on the first call
+        got = _loss_gradient(lambda x: call_learner(fn, "lm_loss", Case((x, ids), case.sizes, case.arg_names),
+                                                    _REFERENCE + _TORCH_LOSSES), logits)
     expected = _loss_gradient(lambda x: ref.lm_loss(x, ids), logits)
     if got is None or expected is None or not bool(torch.isfinite(got).all()):
         return None
