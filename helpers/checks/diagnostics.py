@@ -401,18 +401,21 @@ def check_bug_hunt(answers: Any, *, seed: int = 0, grade: bool = True) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+_NUMBER_MISTAKES = {
+    "max_entropy_1024": [(10.0, "that is log2 1024, in bits; the exercise asks for nats (natural log)")],
+    "causal_max_query_9": [(math.log(9), "query 9 is the tenth token: it sees keys 0..9, ten keys, not nine"),
+                           (math.log2(10), "that is in bits; use the natural log"),
+                           (math.log(1024), "that is the maximum without a causal mask")],
+    "leak_test_passes": [(128, "one run per perturbed position, plus the unperturbed run to compare with"),
+                         (128 * 128, "one run per perturbed position gives all T outputs at once; no run per "
+                                     "(i, j) pair is needed")],
+}
+
+
 def check_diagnostics_numbers(**answers: Any) -> None:
     """max_entropy_1024, causal_max_query_9, leak_test_passes: see the exercise."""
     expected = {"max_entropy_1024": math.log(1024), "causal_max_query_9": math.log(10), "leak_test_passes": 129}
-    mistakes = {
-        "max_entropy_1024": [(10.0, "that is log2 1024, in bits; the exercise asks for nats (natural log)")],
-        "causal_max_query_9": [(math.log(9), "query 9 is the tenth token: it sees keys 0..9, ten keys, not nine"),
-                               (math.log2(10), "that is in bits; use the natural log"),
-                               (math.log(1024), "that is the maximum without a causal mask")],
-        "leak_test_passes": [(128, "one run per perturbed position, plus the unperturbed run to compare with"),
-                             (128 * 128, "one run per perturbed position gives all T outputs at once; no run per "
-                                         "(i, j) pair is needed")],
-    }
+    mistakes = _NUMBER_MISTAKES
     hints = {"max_entropy_1024": "uniform attention over T keys has entropy ln T",
              "causal_max_query_9": "count the keys query 9 may see",
              "leak_test_passes": "a baseline run, then one run with each position changed"}

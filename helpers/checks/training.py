@@ -756,21 +756,25 @@ def _padding_symptom(got: Any, expected: Any, case: Case) -> str | None:
 NUMBERS = MappingProxyType({"V_gpt2": 50257, "d_gpt2": 768, "V_small": 512, "B_mlm": 32, "T_mlm": 128})
 
 
+_TOKENS = NUMBERS["B_mlm"] * NUMBERS["T_mlm"]
+_NUMBER_MISTAKES = {
+    "saved_gpt2": [(2 * NUMBERS["V_gpt2"] * NUMBERS["d_gpt2"], "tying removes one (V, d_model) matrix, not two"),
+                   (NUMBERS["V_gpt2"] * NUMBERS["d_gpt2"] * 4, "that is bytes in float32; the question asks for "
+                                                               "parameters")],
+    "initial_loss": [(math.log2(NUMBERS["V_small"]), "that is log base 2 (bits); the loss uses the natural log (nats)"),
+                     (1 / NUMBERS["V_small"], "that is the probability of each token; the loss is -log of it")],
+    "random_tokens": [(_TOKENS * 0.15, "that counts every selected position; only 10 % of them get a random token"),
+                      (_TOKENS * 0.15 * 0.8, "that counts the mask tokens (80 %); random tokens are 10 %"),
+                      (_TOKENS * 0.1, "10 % of the selected positions, not of all positions: multiply by 0.15 too")],
+}
+
+
 def check_training_numbers(**answers: Any) -> None:
     """saved_gpt2, initial_loss, random_tokens: see the exercise."""
     n = NUMBERS
-    tokens = n["B_mlm"] * n["T_mlm"]
     expected = {"saved_gpt2": n["V_gpt2"] * n["d_gpt2"], "initial_loss": math.log(n["V_small"]),
-                "random_tokens": tokens * 0.15 * 0.1}
-    mistakes = {
-        "saved_gpt2": [(2 * n["V_gpt2"] * n["d_gpt2"], "tying removes one (V, d_model) matrix, not two"),
-                       (n["V_gpt2"] * n["d_gpt2"] * 4, "that is bytes in float32; the question asks for parameters")],
-        "initial_loss": [(math.log2(n["V_small"]), "that is log base 2 (bits); the loss uses the natural log (nats)"),
-                         (1 / n["V_small"], "that is the probability of each token; the loss is -log of it")],
-        "random_tokens": [(tokens * 0.15, "that counts every selected position; only 10 % of them get a random token"),
-                          (tokens * 0.15 * 0.8, "that counts the mask tokens (80 %); random tokens are 10 %"),
-                          (tokens * 0.1, "10 % of the selected positions, not of all positions: multiply by 0.15 too")],
-    }
+                "random_tokens": _TOKENS * 0.15 * 0.1}
+    mistakes = _NUMBER_MISTAKES
     hints = {"saved_gpt2": "one matrix of V x d_model numbers is shared",
              "initial_loss": "a fresh model spreads probability evenly over the vocabulary",
              "random_tokens": "B x T positions, 15 % selected, 10 % of those random"}
