@@ -68,7 +68,8 @@ if helpers.get_device().type == "cpu":
 # "Moved" means: differs by more than a tolerance. A recomputation may round differently in the last
 # bits, so compare with `torch.isclose` (e.g. `rtol=1e-5` and an `atol` of `1e-5` times the largest
 # `|base|`) or `helpers.numerics.close`, never with `==`. The check runs your test on a healthy
-# decoder, on one without its causal mask, and on a toy with one planted leak.
+# decoder, on one without its causal mask, on a toy with one planted leak, and on a toy whose two
+# leaks each show in one sequence of the batch only (a leak in any sequence is a leak).
 #
 # <details><summary>Hint: the test says a leak from a middle position goes unseen</summary>
 #

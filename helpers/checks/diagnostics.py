@@ -11,6 +11,8 @@ and tells which diagnostic finds each model the learner named wrongly.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 from collections.abc import Mapping
@@ -22,11 +24,13 @@ from .. import bugs
 from .. import diagnostics as ref
 from ..blocks import ModelConfig, cached_causal_mask
 from ..blocks import TinyDecoder as _TinyDecoder
-from .core import Case, CheckFailed, Mistake, check_function, check_numbers, protect, verify_environment
+from . import probes as _probes
+from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, protect, verify_environment
 from .core import randn as _randn
 
 __all__ = [
     "MISTAKES",
+    "PROBES",
     "check_attention_entropy",
     "check_bug_hunt",
     "check_diagnostics_numbers",
@@ -116,6 +120,22 @@ def _tiny_decoder(seed: int, V: int, causal: bool, dtype: torch.dtype) -> _TinyD
     return model
 
 
+def _one_sequence_leaks(seed: int, V: int, ids: torch.Tensor, T: int) -> bugs.PrefixSums:
+    """A causal toy f with two leaks that show in one sequence each: output 2 reads token T - 1, which
+    moves it in the last sequence only, and output 0 reads token 3, which moves it in the first only.
+    A test must catch a leak in any sequence, not only in the first or in all of them. Sets ids[:, 3]
+    and ids[:, T - 1] (token 0, whose perturbation to 1 changes no vector, except where the leak shows)."""
+    f = bugs.PrefixSums(seed, V, ((2, T - 1), (0, 3)), wobble=False)
+    table = f.table.clone()
+    table[1] = table[0]  # token 0 -> 1 (the perturbation) changes no vector; 2 -> 3 does
+    f.table = table
+    ids[:, 3] = 0
+    ids[0, 3] = 2
+    ids[:, T - 1] = 0
+    ids[-1, T - 1] = 2
+    return f
+
+
 def _reference_leaks(f, ids, vocab_size):
     T = ids.shape[1]
     return ref.influence_by_perturbation(f, ids, vocab_size) & ~torch.ones(T, T, dtype=torch.bool).tril()
@@ -137,8 +157,47 @@ def check_future_leaks(fn: Any, *, seed: int = 0, B: int = 2, T: int = 7, V: int
         Case((bugs.PrefixSums(seed, V, ((1, 4),), wobble=True), ids(), V), sizes, names,
              "f where output 1 sees token 4, and outputs wobble in their last bits whenever any token changes"),
     ]
+    if T >= 5 and V >= 4:
+        cases.append(Case((_one_sequence_leaks(seed, V, some := ids(), T), some, V), sizes, names,
+                          f"f where output 0 sees token 3 in the first sequence only, and output 2 sees token "
+                          f"{T - 1} in the last sequence only"))
     check_function(fn, name="future_leaks", reference=_reference_leaks, cases=cases, outputs=("leaks",),
-                   mistakes=LEAK_MISTAKES, forbidden=_REFERENCE)
+                   mistakes=LEAK_MISTAKES, forbidden=_REFERENCE, probes=LEAK_PROBES, diagnose=_leak_symptom)
+
+
+_leak_probe = _probes.perturbation_leaks
+LEAK_PROBES = _probes.probes({
+    "token_before_j": ("column j records what changing token j - 1 does (a past token, off by one); change token j "
+                       "itself: changed[:, j] = (ids[:, j] + 1) % vocab_size", _leak_probe(perturb="token_j_minus_1")),
+    "from_j_on": ("every token from j on is changed at once, so a leak from a later token shows up in column j "
+                  "too; change only token j per run", _leak_probe(perturb="from_j")),
+    "every_sequence": ("an output counts as moved only if it moves in every sequence of the batch; a leak in any "
+                       "one sequence is a leak: .any() over the batch", _leak_probe(sequences="all")),
+    "first_sequence": ("only the first sequence of the batch is compared; a leak in any sequence is a leak: "
+                       "compare all of them and take .any() over the batch", _leak_probe(sequences="first")),
+})
+
+
+def _leak_symptom(got: Any, expected: Any, case: Case) -> str | None:
+    """Sort the wrong entries: pairs at or below the diagonal, leaks reported that are not there, leaks missed."""
+    T = expected.shape[-1]
+    upper = torch.ones(T, T, dtype=torch.bool).triu(1)
+    got = got.cpu()
+    if bool((got & ~upper).any()):
+        where = ", ".join(str(tuple(int(i) for i in p)) for p in (got & ~upper).nonzero()[:3])
+        return (f"pairs with i >= j are reported, e.g. (i, j) = {where}; output i may depend on tokens 0..i, so only "
+                f"i < j can be a leak")
+    false = got & ~expected
+    missed = expected & ~got
+    if bool(missed.any()):
+        where = ", ".join(str(tuple(int(i) for i in p)) for p in missed.nonzero()[:3])
+        return (f"leaks are missed at (i, j) = {where}: output i does move when token j alone changes; compare every "
+                f"output value with a tolerance (torch.isclose), in every sequence, for every j")
+    if bool(false.any()):
+        where = ", ".join(str(tuple(int(i) for i in p)) for p in false.nonzero()[:3])
+        return (f"leaks are reported at (i, j) = {where}, but output i does not move when token j alone changes "
+                f"(beyond rounding); change one token per run and compare with a tolerance")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +236,50 @@ def check_attention_entropy(fn: Any, *, seed: int = 0, B: int = 2, H: int = 3, T
     cases = [Case((masked,), sizes, ("weights",), "causal weights: blocked keys have weight 0"),
              Case((sharp,), sizes, ("weights",), "unmasked, peaked weights")]
     check_function(fn, name="attention_entropy", reference=ref.attention_entropy, cases=cases,
-                   outputs=("entropy",), mistakes=ENTROPY_MISTAKES, forbidden=_REFERENCE + _TORCH_ENTROPY)
+                   outputs=("entropy",), mistakes=ENTROPY_MISTAKES, forbidden=_REFERENCE + _TORCH_ENTROPY,
+                   probes=ENTROPY_PROBES, diagnose=lambda got, expected, case: _entropy_symptom(fn, case))
+
+
+_entropy = _probes.row_entropy
+_H = "H = -sum over the keys of p ln p"
+ENTROPY_PROBES = _probes.probes({
+    "mean_over_keys": (f"the terms are averaged over the keys (mean) instead of summed; {_H}", _entropy(reduce="mean")),
+    "log10": (f"the entropy uses log10; the exercise asks for nats, the natural log: {_H}", _entropy(log=torch.log10)),
+    "normalised": (f"the entropy is divided by ln T_k (normalized to 0..1); the exercise asks for nats: {_H}",
+                   _entropy(normalise=True)),
+    "no_p_factor": (f"the weight p is missing in front of ln p: -sum ln p is not an average; {_H}",
+                    _entropy(weight="one")),
+    "log1p": (f"the log is log1p, ln(1 + p); it is ln p (taken where p > 0): {_H}", _entropy(log=torch.log1p)),
+    "softmax_again": ("softmax is applied to the weights again; they already are probabilities (rows sum to 1): "
+                      "use them as they are", _entropy(resoftmax=True)),
+})
+
+
+def _entropy_symptom(fn: Any, case: Case) -> str | None:
+    """Two rows whose entropy is known without computing, fed to the learner's function: all the weight on
+    one key (entropy 0) and uniform weights over the T_k keys (ln T_k)."""
+    weights = case.args[0]
+    T_k = weights.shape[-1]
+    rows = torch.zeros(2, T_k, dtype=weights.dtype, device=weights.device)
+    rows[0, 0] = 1.0
+    rows[1] = 1.0 / T_k
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            got = call_learner(fn, "attention_entropy", Case((rows,), {"T_q": 2, "T_k": T_k}, ("weights",)),
+                               _REFERENCE + _TORCH_ENTROPY)
+    except CheckFailed:
+        return None
+    if not (isinstance(got, torch.Tensor) and got.shape == (2,)):
+        return None
+    one_hot, uniform = (float(v) for v in got.detach().cpu().double())
+    if not abs(one_hot) <= 1e-6:
+        return (f"a row with all its weight on one key has entropy 0 (p ln p is 0 for p = 1, and 0 ln 0 = 0); yours "
+                f"gives {one_hot:.4g}: check each term, -p ln p, summed over the keys")
+    if not abs(uniform - math.log(T_k)) <= 1e-4 * math.log(T_k):
+        return (f"a uniform row over T_k = {T_k} keys has entropy ln T_k = {math.log(T_k):.4g}; yours gives "
+                f"{uniform:.4g} (a row with all its weight on one key gives 0, as it should): check the sum over "
+                f"the keys and the log's base")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +332,25 @@ def check_update_ratios(fn: Any, *, seed: int = 0, L: int = 3, B: int = 2, T: in
     cases = [Case((walk,), sizes, ("stream",), "a stream that each block edits"),
              Case((uneven,), sizes, ("stream",), "tokens of different sizes")]
     check_function(fn, name="update_ratios", reference=ref.update_ratios, cases=cases, outputs=("ratios",),
-                   mistakes=RATIO_MISTAKES, forbidden=_REFERENCE)
+                   mistakes=RATIO_MISTAKES, forbidden=_REFERENCE, probes=RATIO_PROBES)
+
+
+_ratio = _probes.stream_update_ratio
+_R = "r = ||x_{l+1} - x_l|| / ||x_l||, L2 norms over d_model, per token"
+RATIO_PROBES = _probes.probes({
+    "divided_by_after": (f"the update is divided by the norm of the stream after the block, ||x_{{l+1}}||; divide "
+                         f"by the stream it edits, x_l: {_R}", _ratio(size="after")),
+    "squared": (f"the ratio is squared (squared norms, or no square root); {_R}", _ratio(power=2)),
+    "change_from_input": (f"the change is measured from the input x_0 (cumulative), not from the previous layer: "
+                          f"{_R}", _ratio(update="input")),
+    "per_element": (f"the ratio is taken per element (|dx| / |x| entry by entry); take it per token, each norm "
+                    f"over d_model: {_R}", _ratio(norm="element")),
+    "l1_norm": (f"the norms are L1 (sum of |.|); use the L2 norm, .norm(dim=-1): {_R}", _ratio(norm="l1")),
+    "std": (f"the norms are standard deviations (centred, divided by d_model - 1); use the L2 norm, "
+            f".norm(dim=-1): {_R}", _ratio(norm="std")),
+    "summed": (f"the ratios are summed over the tokens; average them over the B x T tokens: {_R}",
+               _ratio(reduce="sum")),
+})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,18 +401,21 @@ def check_bug_hunt(answers: Any, *, seed: int = 0, grade: bool = True) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+_NUMBER_MISTAKES = {
+    "max_entropy_1024": [(10.0, "that is log2 1024, in bits; the exercise asks for nats (natural log)")],
+    "causal_max_query_9": [(math.log(9), "query 9 is the tenth token: it sees keys 0..9, ten keys, not nine"),
+                           (math.log2(10), "that is in bits; use the natural log"),
+                           (math.log(1024), "that is the maximum without a causal mask")],
+    "leak_test_passes": [(128, "one run per perturbed position, plus the unperturbed run to compare with"),
+                         (128 * 128, "one run per perturbed position gives all T outputs at once; no run per "
+                                     "(i, j) pair is needed")],
+}
+
+
 def check_diagnostics_numbers(**answers: Any) -> None:
     """max_entropy_1024, causal_max_query_9, leak_test_passes: see the exercise."""
     expected = {"max_entropy_1024": math.log(1024), "causal_max_query_9": math.log(10), "leak_test_passes": 129}
-    mistakes = {
-        "max_entropy_1024": [(10.0, "that is log2 1024, in bits; the exercise asks for nats (natural log)")],
-        "causal_max_query_9": [(math.log(9), "query 9 is the tenth token: it sees keys 0..9, ten keys, not nine"),
-                               (math.log2(10), "that is in bits; use the natural log"),
-                               (math.log(1024), "that is the maximum without a causal mask")],
-        "leak_test_passes": [(128, "one run per perturbed position, plus the unperturbed run to compare with"),
-                             (128 * 128, "one run per perturbed position gives all T outputs at once; no run per "
-                                         "(i, j) pair is needed")],
-    }
+    mistakes = _NUMBER_MISTAKES
     hints = {"max_entropy_1024": "uniform attention over T keys has entropy ln T",
              "causal_max_query_9": "count the keys query 9 may see",
              "leak_test_passes": "a baseline run, then one run with each position changed"}
@@ -300,6 +423,8 @@ def check_diagnostics_numbers(**answers: Any) -> None:
                   mistakes=mistakes, hints=hints, name="check_diagnostics_numbers",
                   integers=("leak_test_passes",))
 
+
+PROBES = {"future_leaks": LEAK_PROBES, "attention_entropy": ENTROPY_PROBES, "update_ratios": RATIO_PROBES}
 
 MISTAKES = {
     "future_leaks": LEAK_MISTAKES,

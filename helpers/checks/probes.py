@@ -195,3 +195,124 @@ def angle_symptom(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tenso
                     f"theta_{bad} = {base:g}^(-2*{bad} / {width}) = {float(theta[bad]):.4g}: the frequencies are wrong")
     return None
 
+
+# =============================================================================================
+# Chapters 08 (training signals) and 09 (diagnostics): the exercises' computations, each with
+# its knobs, so that a chapter's probe table lists the variants by name. The defaults are right.
+# =============================================================================================
+
+IGNORE_INDEX = -100
+
+
+def next_token_loss(*, offset: int = 1, drop_first: bool = False, ignore: str = "skip", log_dim: int | None = -1,
+                    reduce: str = "targets", smoothing: float = 0.0, base: float = math.e) -> Callable[..., Any]:
+    """lm_loss(logits, ids, ignore_index) with one knob turned.
+
+    offset: logits at t are scored against ids[:, t + offset] (0: no shift); drop_first: with offset 0,
+    the first position is left out instead of the last. ignore: "skip" (the ignored targets count
+    nowhere), "as_token_0" (scored against token 0 and counted), "mask_from_inputs" (the mask is read
+    from the ids the model read, the targets clamped to 0). log_dim: the axis of the log_softmax
+    (None: the raw logits). reduce: "targets" (sum / number of scored targets), "per_sequence",
+    "batch" (sum / B), "positions" (sum / (B * (T - 1))). smoothing: label smoothing; base: the log's base."""
+    def lm_loss(logits, ids, ignore_index=IGNORE_INDEX):
+        T = ids.shape[1]
+        if drop_first:
+            z, y = logits[:, 1:], ids[:, 1:]
+        else:
+            z, y = logits[:, :T - offset] if offset >= 0 else logits[:, -offset:], \
+                ids[:, offset:] if offset >= 0 else ids[:, :T + offset]
+        real = y != ignore_index  # (B, T'): the targets that count
+        if ignore == "mask_from_inputs":
+            scored = counted = ids[:, :y.shape[1]] != ignore_index
+        else:
+            scored, counted = (torch.ones_like(real) if ignore == "as_token_0" else real), real
+        safe = torch.where(real, y, torch.zeros_like(y))
+        log_p = z if log_dim is None else torch.log_softmax(z, dim=log_dim)
+        nll = -log_p.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T')
+        if smoothing:
+            nll = (1 - smoothing) * nll - smoothing * log_p.mean(-1)
+        nll = nll * scored / math.log(base)
+        if reduce == "per_sequence":
+            return (nll.sum(1) / counted.sum(1)).mean()
+        divisor = {"targets": counted.sum(), "batch": z.shape[0], "positions": counted.numel()}[reduce]
+        return nll.sum() / divisor
+    return lm_loss
+
+
+def bert_masking(*, select: str = "u < p", swap_random_keep: bool = False, mirror: bool = False, high: int = 0,
+                 swap_draws: bool = False, unselected: int = IGNORE_INDEX) -> Callable[..., Any]:
+    """mlm_mask(ids, mask_id, vocab_size, generator) with one knob turned: select "u < p" or "u > 1 - p"
+    (the top of u's range); swap_random_keep: random where r >= 0.9, kept where 0.8 <= r < 0.9; mirror: the
+    bands counted from the top of r (mask where r > 0.2, random where 0.1 < r <= 0.2); high: randint's upper
+    bound minus vocab_size; swap_draws: u is the second draw and r the first; unselected: the label of a
+    position that was not selected."""
+    def mlm_mask(ids, mask_id, vocab_size, generator):
+        first = torch.rand(ids.shape, generator=generator)
+        second = torch.rand(ids.shape, generator=generator)
+        u, r = (second, first) if swap_draws else (first, second)
+        r = 1 - r if mirror else r
+        random_ids = torch.randint(0, vocab_size + high, ids.shape, generator=generator)
+        selected = u < 0.15 if select == "u < p" else u > 0.85
+        to_random = (r >= 0.9) if swap_random_keep else (r >= 0.8) & (r < 0.9)
+        inputs = torch.where(selected & (r < 0.8), torch.full_like(ids, mask_id), ids)
+        inputs = torch.where(selected & to_random, random_ids, inputs)
+        return inputs, torch.where(selected, ids, torch.full_like(ids, unselected))
+    return mlm_mask
+
+
+def _moved_tokens(out: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) twice -> (B, T) bool: which outputs moved beyond a tolerance, per sequence."""
+    diff = ~torch.isclose(out, base, rtol=1e-5, atol=1e-5 * float(base.abs().max()))
+    return diff.reshape(diff.shape[0], diff.shape[1], -1).any(-1)
+
+
+def perturbation_leaks(*, perturb: str = "token_j", sequences: str = "any", transpose: bool = False
+                       ) -> Callable[..., Any]:
+    """future_leaks(f, ids, vocab_size) with one knob turned: perturb "token_j", "token_j_minus_1" (the
+    token before j) or "from_j" (every token from j on); sequences: an output moved in "any" sequence,
+    in "all" of them, or in the "first" only; transpose: (j, i) instead of (i, j)."""
+    def future_leaks(f, ids, vocab_size):
+        T = ids.shape[1]
+        base = f(ids)
+        leaks = torch.zeros(T, T, dtype=torch.bool)
+        for j in range(T):
+            changed = ids.clone()
+            where = {"token_j": slice(j, j + 1), "token_j_minus_1": slice(max(j - 1, 0), max(j - 1, 0) + 1),
+                     "from_j": slice(j, T)}[perturb]
+            changed[:, where] = (ids[:, where] + 1) % vocab_size
+            moved = _moved_tokens(f(changed), base)  # (B, T)
+            moved = {"any": moved.any(0), "all": moved.all(0), "first": moved[0]}[sequences]
+            leaks[:, j] = moved & (torch.arange(T) < j)
+        return leaks.T.contiguous() if transpose else leaks
+    return future_leaks
+
+
+def row_entropy(*, log: Callable[[torch.Tensor], torch.Tensor] = torch.log, weight: str = "p",
+                reduce: str = "sum", normalise: bool = False, resoftmax: bool = False) -> Callable[..., Any]:
+    """attention_entropy(weights) with one knob turned: log (torch.log10, torch.log1p, ...); weight "p" or
+    "one" (-sum ln p, the p left out); reduce "sum" or "mean" over the keys; normalise: divided by
+    ln T_k; resoftmax: the weights softmaxed again first."""
+    def attention_entropy(weights):
+        w = torch.softmax(weights, dim=-1) if resoftmax else weights
+        logs = torch.where(w > 0, log(w), torch.zeros((), dtype=w.dtype))
+        terms = -(w * logs if weight == "p" else logs)
+        h = terms.sum(-1) if reduce == "sum" else terms.mean(-1)
+        return h / math.log(w.shape[-1]) if normalise else h
+    return attention_entropy
+
+
+def stream_update_ratio(*, update: str = "previous", size: str = "before", norm: str = "l2", power: int = 1,
+                        reduce: str = "mean") -> Callable[..., Any]:
+    """update_ratios(stream) with one knob turned: update "previous" (x_{l+1} - x_l) or "input"
+    (x_{l+1} - x_0); size "before" (||x_l||) or "after" (||x_{l+1}||); norm "l2", "l1", "std" (over
+    d_model) or "element" (|.| per entry, the ratio averaged over entries); power: the ratio raised to it;
+    reduce: "mean" or "sum" over the tokens."""
+    def update_ratios(stream):
+        delta = stream[1:] - (stream[:-1] if update == "previous" else stream[:1])
+        x = stream[:-1] if size == "before" else stream[1:]
+        if norm == "element":
+            return (delta.abs() / x.abs()).mean(dim=(1, 2, 3))
+        measure = {"l2": lambda t: t.norm(dim=-1), "l1": lambda t: t.abs().sum(-1), "std": lambda t: t.std(-1)}[norm]
+        ratio = (measure(delta) / measure(x)) ** power  # (L, B, T)
+        return ratio.mean(dim=(1, 2)) if reduce == "mean" else ratio.sum(dim=(1, 2))
+    return update_ratios

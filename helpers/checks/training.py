@@ -10,6 +10,8 @@ Answers write the losses themselves from log_softmax / logsumexp and indexing: t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 from collections.abc import Callable
@@ -22,11 +24,23 @@ from torch import nn
 
 from .. import training as ref
 from ..blocks import ModelConfig, TinyDecoder
-from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, protect, verify_environment
+from . import probes as _probes
+from .core import (
+    Case,
+    CheckFailed,
+    Mistake,
+    call_learner,
+    check_function,
+    check_numbers,
+    compare,
+    protect,
+    verify_environment,
+)
 from .core import randn as _randn
 
 __all__ = [
     "MISTAKES",
+    "PROBES",
     "check_lm_loss",
     "check_mlm_mask",
     "check_padding_labels",
@@ -242,6 +256,208 @@ MISTAKES = {
 
 
 # ---------------------------------------------------------------------------------------------
+# Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
+# ---------------------------------------------------------------------------------------------
+
+_loss = _probes.next_token_loss
+_ONE_TERM = "each scored target adds -log softmax(z[b, t])[ids[b, t + 1]], over the last axis (V)"
+LM_LOSS_PROBES = _probes.probes({
+    "shift_by_two": ("logits at position t are scored against ids[:, t + 2], two tokens ahead; the next token is "
+                     "ids[:, t + 1]: pair logits[:, :-1] with ids[:, 1:]", _loss(offset=2)),
+    "no_shift_first_dropped": ("there is no shift: logits[:, 1:] are scored against ids[:, 1:], each position "
+                               "against the token it just read (ids[:, t]); pair logits[:, :-1] with ids[:, 1:]",
+                               _loss(offset=0, drop_first=True)),
+    "ignored_scored_as_token_0": ("targets equal to ignore_index (-100) are scored as token 0 and counted; leave "
+                                  "them out of both the sum and the count (keep = targets != ignore_index)",
+                                  _loss(ignore="as_token_0", reduce="positions")),
+    "ignored_scored_as_token_0_not_counted": (
+        "targets equal to ignore_index (-100) are scored as token 0 (they are left out of the count but not of the "
+        "sum); multiply each position's loss by keep = targets != ignore_index before summing",
+        _loss(ignore="as_token_0")),
+    "mask_from_inputs": ("the ignore mask is read from the ids the model read (ids[:, :-1]), not from the targets "
+                         "ids[:, 1:]: the last real token's prediction of padding is scored; build keep from the "
+                         "shifted targets", _loss(ignore="mask_from_inputs")),
+    "mean_per_sequence": ("the loss is averaged per sequence, then over sequences, so a sequence with fewer real "
+                          "targets weighs more; divide the sum over all scored targets by their number",
+                          _loss(reduce="per_sequence")),
+    "divided_by_B": ("the sum is divided by B, the number of sequences; divide by the number of scored targets "
+                     "(those not equal to ignore_index)", _loss(reduce="batch")),
+    "log_softmax_over_T": (f"the log_softmax runs over the positions (dim=1); {_ONE_TERM}", _loss(log_dim=1)),
+    "log_softmax_over_B": (f"the log_softmax runs over the batch (dim=0); {_ONE_TERM}", _loss(log_dim=0)),
+    "raw_logits": (f"the loss uses the raw logit of the target, -z[target], without logsumexp (no log_softmax); "
+                   f"{_ONE_TERM}", _loss(log_dim=None)),
+    "label_smoothing": ("the loss uses label smoothing (0.1 of the target's weight spread over the vocabulary); "
+                        "this exercise's loss puts all of it on the next token", _loss(smoothing=0.1)),
+    "bits": ("the loss is in bits (log base 2); the training loss uses the natural log (nats): no division by "
+             "ln 2", _loss(base=2.0)),
+})
+
+_mlm_probe = _probes.bert_masking
+_DRAWS = ("u = torch.rand(ids.shape, generator=generator), then r = torch.rand(...), then random_ids = "
+          "torch.randint(0, vocab_size, ids.shape, generator=generator), in that order")
+MLM_PROBES = _probes.probes({
+    "selected_at_the_top": ("the selected positions are those with u > 0.85 (the largest u); select where "
+                            "u < 0.15", _mlm_probe(select="u > 1 - p")),
+    "random_band_top": ("random tokens go where r >= 0.9 and the kept tokens where 0.8 <= r < 0.9; it is the "
+                        "other way round: random where 0.8 <= r < 0.9, unchanged where r >= 0.9",
+                        _mlm_probe(swap_random_keep=True)),
+    "bands_from_the_top": ("the bands of r are counted from the top (the mask token where r > 0.2, a random token "
+                           "where 0.1 < r <= 0.2); count from 0: mask where r < 0.8, random where 0.8 <= r < 0.9",
+                           _mlm_probe(mirror=True)),
+    "draws_swapped": (f"u and r are swapped: the first draw selects, the second chooses what a selected position "
+                      f"becomes; draw {_DRAWS}", _mlm_probe(swap_draws=True)),
+    "randint_short": ("random tokens are drawn from randint(0, vocab_size - 1), so the last id is never drawn; "
+                      "draw from all vocab_size ids: torch.randint(0, vocab_size, ...)", _mlm_probe(high=-1)),
+})
+
+TEACHER_FORCING_PROBES = _probes.probes({
+    "along_batch": ("the targets are shifted along the batch axis (dim=0): sequence b reads sequence b - 1; "
+                    "shift along the positions, dim=1",
+                    lambda y, bos: torch.cat([torch.full_like(y[:1], bos), y[:-1]], dim=0)),
+    "bos_appended": ("BOS is appended after the targets' first T - 1 tokens; it comes first: "
+                     "cat([BOS, targets[:, :-1]], dim=1)",
+                     lambda y, bos: torch.cat([y[:, :-1], torch.full_like(y[:, :1], bos)], dim=1)),
+})
+
+
+def _labels_by_lengths(side: str) -> Callable[..., torch.Tensor]:
+    def padding_labels(ids, attention_mask):
+        lengths = attention_mask.sum(1, keepdim=True)  # (B, 1)
+        t = torch.arange(ids.shape[1], device=ids.device)
+        real = t < lengths if side == "right" else t >= ids.shape[1] - lengths
+        return ids.masked_fill(~real, IGNORE)
+    return padding_labels
+
+
+PADDING_LABEL_PROBES = _probes.probes({
+    "lengths_right": ("the labels assume right padding (the first lengths[b] tokens real); the check also pads "
+                      "on the left: put -100 wherever attention_mask itself is False",
+                      _labels_by_lengths("right")),
+    "lengths_left": ("the labels assume left padding (the last lengths[b] tokens real); the check also pads "
+                     "on the right: put -100 wherever attention_mask itself is False",
+                     _labels_by_lengths("left")),
+})
+
+PROBES = {"lm_loss": LM_LOSS_PROBES, "mlm_mask": MLM_PROBES, "teacher_forcing_inputs": TEACHER_FORCING_PROBES,
+          "padding_labels": PADDING_LABEL_PROBES}
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnoses: the first wrong intermediate, when neither a mistake nor a probe matches
+# ---------------------------------------------------------------------------------------------
+
+
+def _positions(mask: torch.Tensor, limit: int = 3) -> str:
+    found = [tuple(int(i) for i in index) for index in mask.nonzero()[:limit]]
+    more = int(mask.sum()) - len(found)
+    return ", ".join(map(str, found)) + (f" and {more} more" if more > 0 else "")
+
+
+def _loss_gradient(call: Callable[[torch.Tensor], Any], logits: torch.Tensor) -> torch.Tensor | None:
+    """d loss / d logits (B, T, V) in float64, or None when the loss is not a differentiable scalar."""
+    x = logits.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            out = call(x)
+            if not (isinstance(out, torch.Tensor) and out.requires_grad and out.numel() == 1):
+                return None
+            (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
+    except CheckFailed:
+        raise
+    except Exception:
+        return None
+    return None if grad is None else grad.detach().cpu().double()
+
+
+def _same_gradient(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * max(float(b.abs().max()), 1e-30)))
+
+
+def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
+    """A probe the learner's loss is (its value and its gradient both equal the probe's: one number alone is
+    too little to name a probe by nearness), else the loss read through its gradient with respect to the
+    logits: each position's row says whether that prediction counts, against which token, normalized over
+    which axis, and with what weight."""
+    logits, ids = case.args[:2]
+    with contextlib.redirect_stdout(io.StringIO()):  # the learner's prints were shown on the first call
+        got = _loss_gradient(lambda x: call_learner(fn, "lm_loss", Case((x, ids), case.sizes, case.arg_names),
+                                                    _REFERENCE + _TORCH_LOSSES), logits)
+    expected = _loss_gradient(lambda x: ref.lm_loss(x, ids), logits)
+    if got is None or expected is None or not bool(torch.isfinite(got).all()):
+        return None
+    for probe in LM_LOSS_PROBES:
+        value = probe.impl(*case.args)
+        if compare(got_loss, value, ("loss",), case.sizes, "lm_loss") is None:
+            wrong = _loss_gradient(lambda x, impl=probe.impl: impl(x, ids), logits)
+            if wrong is not None and _same_gradient(got, wrong):
+                return probe.message
+    ids = ids.cpu()
+    B, T, V = got.shape
+    scored = got.abs().amax(-1) > 0  # (B, T): which predictions the loss depends on (masked ones get exactly 0)
+    should = torch.zeros(B, T, dtype=torch.bool)
+    should[:, :-1] = ids[:, 1:] != IGNORE
+    row_sums = got.sum(-1).abs()  # (B, T): 0 for -log_softmax over V
+    if bool((row_sums[scored] > 1e-3 * got.abs().amax(-1)[scored]).any()):
+        return ("a position's loss is not -log softmax over the vocabulary: its gradient over that position's V "
+                "logits does not sum to zero, as -log_softmax(z, dim=-1)[target]'s does; normalize each position "
+                "over the last axis, V (logsumexp(z, dim=-1) - z[target])")
+    both = scored & should
+    pulled = got.argmin(-1)  # (B, T): the token each prediction is pushed towards
+    nxt = torch.full((B, T), IGNORE, dtype=ids.dtype)
+    nxt[:, :-1] = ids[:, 1:]
+    wrong_target = both & (pulled != nxt)
+    if bool(wrong_target.any()):
+        # Another offset is named only when it explains every prediction it can; a few rows pulled elsewhere
+        # (a term that is not -log p, label smoothing) are left to the checks below.
+        for k, what in ((0, "ids[:, t], the token it just read"), (2, "ids[:, t + 2], two tokens ahead"),
+                        (-1, "ids[:, t - 1], the previous token")):
+            other = torch.full((B, T), IGNORE, dtype=ids.dtype)
+            lo, hi = max(0, -k), min(T, T - k)
+            other[:, lo:hi] = ids[:, lo + k:hi + k]
+            rows = both & (other != IGNORE)
+            if bool(rows.any()) and bool((pulled[rows] == other[rows]).all()):
+                return (f"the prediction at position t is scored against {what}; it is scored against the next "
+                        f"token, ids[:, t + 1]: pair logits[:, :-1] with ids[:, 1:]")
+        if 2 * int(wrong_target.sum()) > int(both.sum()):
+            return (f"the predictions at (b, t) = {_positions(wrong_target)} are scored against another token than "
+                    f"ids[b, t + 1], the next one")
+    if bool(scored[:, -1].any()):
+        return ("your loss depends on the logits at the last position (t = T - 1), which has no next token; the "
+                "predictions are logits[:, :-1], the targets ids[:, 1:]")
+    extra, missing = scored & ~should, should & ~scored
+    if bool(extra.any()):
+        return (f"the predictions at (b, t) = {_positions(extra)}, whose next token ids[b, t + 1] is ignore_index "
+                f"(-100), still count; leave ignored targets out of both the sum and the count")
+    if bool(missing.any()):
+        return (f"the predictions at (b, t) = {_positions(missing)} do not count, though their next token "
+                f"ids[b, t + 1] is a real target; only targets equal to ignore_index are left out")
+    ratio = (got * expected).sum(-1) / (expected * expected).sum(-1).clamp_min(1e-300)  # (B, T)
+    resid = (got - ratio[..., None] * expected).norm(dim=-1) / got.norm(dim=-1).clamp_min(1e-300)
+    if bool((resid[should] > 1e-3).any()):
+        return ("each position's loss is not -log softmax(z[b, t])[ids[b, t + 1]]: its gradient over the "
+                "vocabulary has another shape (is the target a single token, with all its weight?)")
+    c = ratio[should]
+    N = int(should.sum())
+    if bool(((c - c.mean()).abs() <= 1e-3 * c.abs().mean()).all()):
+        factor = float(c.mean())
+        if abs(factor - 1) <= 1e-3:
+            return ("the gradient is right but the value is off by a constant: part of your loss does not depend on "
+                    "the logits")
+        divisor = N / factor
+        said = f" (you divide by about {divisor:.4g})" if abs(divisor - round(divisor)) < 1e-3 else ""
+        return (f"every scored target counts, with the right term, but the result is {factor:.4g} times the mean: "
+                f"divide the sum by N = {N}, the number of targets not equal to ignore_index{said}")
+    per_sequence = torch.where(should, ratio, torch.nan)
+    spread = torch.nanmean(per_sequence, dim=1, keepdim=True)
+    if bool(((per_sequence - spread).abs()[should] <= 1e-3 * spread.abs().expand_as(should)[should]).all()):
+        return ("the targets of different sequences weigh differently (a mean per sequence, then over sequences?); "
+                "every scored target counts once: divide the sum over all of them by their number")
+    return ("each prediction is pulled towards the right token, but with weights that differ from position to "
+            "position: every scored target adds -log p(target) (the log of the probability, not the probability) "
+            "and counts once, with weight 1 / N")
+
+
+# ---------------------------------------------------------------------------------------------
 # Exercise 1: the next-token loss
 # ---------------------------------------------------------------------------------------------
 
@@ -265,7 +481,8 @@ def check_lm_loss(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
              "right-padded: ids holds -100 after each sequence's end"),
     ]
     check_function(fn, name="lm_loss", reference=ref.lm_loss, cases=cases, outputs=("loss",),
-                   mistakes=LM_LOSS_MISTAKES, forbidden=_REFERENCE + _TORCH_LOSSES)
+                   mistakes=LM_LOSS_MISTAKES, forbidden=_REFERENCE + _TORCH_LOSSES,
+                   diagnose=lambda got, expected, case: _lm_loss_symptom(fn, got, case))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +503,51 @@ class _Reseeded:
 
 
 _SEEDED_MLM_MISTAKES = tuple(Mistake(m.key, m.message, _Reseeded(m.impl)) for m in MLM_MISTAKES)
+_SEEDED_MLM_PROBES = _probes.probes({p.key: (p.message, _Reseeded(p.impl)) for p in MLM_PROBES})
+
+
+def _unselected_label(got: Any, ids: torch.Tensor, expected_labels: torch.Tensor) -> str | None:
+    """The sentence for labels whose unselected positions all hold one value other than -100."""
+    _, labels = got
+    unselected = expected_labels == IGNORE
+    values = labels[unselected].unique()
+    if bool(unselected.any()) and values.numel() == 1 and int(values) != IGNORE \
+            and torch.equal(labels[~unselected], expected_labels[~unselected]):
+        return (f"positions that were not selected are labelled {int(values)}; label them -100 (ignore_index), "
+                f"so that the loss skips them")
+    return None
+
+
+_VALUES = "the rates are right but the values differ for this seed: "
+
+
+def _mlm_symptom(got: Any, case: Case) -> str:
+    """Which part of (inputs, labels) first differs: the selection, the mask-token positions, the random
+    tokens, or the positions that keep their token (the rates were checked before, on a large batch)."""
+    ids = case.args[0]
+    inputs, labels = got
+    want_inputs, want_labels = _Reseeded(ref.mlm_mask)(*case.args)
+    unselected = _unselected_label(got, ids, want_labels)
+    if unselected:
+        return unselected
+    if not torch.equal(labels != IGNORE, want_labels != IGNORE):
+        return (_VALUES + "the selected positions (those with a label) differ from the seed's: select where "
+                "u < 0.15, u the first draw, torch.rand(ids.shape, generator=generator)")
+    if not torch.equal(labels, want_labels):
+        return _VALUES + "the selected positions are right, but their labels are not the original tokens ids"
+    selected = want_labels != IGNORE
+    mask_id = case.args[1]
+    masked = selected & (want_inputs == mask_id)
+    if not bool((inputs[masked] == mask_id).all()):
+        return (_VALUES + "the selection and labels are right, but the mask token goes to other selected "
+                "positions: mask_id where r < 0.8, r the second draw, torch.rand(ids.shape, generator=generator)")
+    random_band = selected & ~masked & (want_inputs != ids)  # surely a random token (it differs from its id)
+    if bool(random_band.any()) and bool((inputs[random_band] == ids[random_band]).all()):
+        return (_VALUES + "the selection, labels and mask tokens are right, but some random tokens are missing "
+                "(the position kept its token): random where 0.8 <= r < 0.9, unchanged where r >= 0.9")
+    return (_VALUES + "the selection, labels and mask tokens are right, but the random tokens differ: "
+            "random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator), drawn third, for every "
+            "position")
 
 
 def _mlm_statistics(got: Any, ids: torch.Tensor, mask_id: int) -> str | None:
@@ -325,25 +587,25 @@ def check_mlm_mask(fn: Any, *, seed: int = 0, B: int = 4, T: int = 50, V: int = 
         raise CheckFailed(f"mlm_mask: inputs and labels must have the shape of ids (B, T) = {tuple(big.shape)}; got "
                           f"{tuple(got[0].shape)} and {tuple(got[1].shape)}")
     problem = _mlm_statistics(got, big, mask_id)
-    mistake_outputs = [(m, m.impl(big, mask_id, V, torch.Generator().manual_seed(seed + 1))) for m in MLM_MISTAKES]
-    for mistake, wrong in mistake_outputs:
+    wrong_answers = [*MLM_MISTAKES, *MLM_PROBES]  # the catalogue first: a probe never hides a catalogued mistake
+    for mistake in wrong_answers:
+        wrong = mistake.impl(big, mask_id, V, torch.Generator().manual_seed(seed + 1))
         if torch.equal(got[0], wrong[0]) and torch.equal(got[1], wrong[1]):
             raise CheckFailed(f"mlm_mask: {mistake.message}")
     if problem:
+        expected_labels = ref.mlm_mask(big, mask_id, V, torch.Generator().manual_seed(seed + 1))[1]
+        problem = _unselected_label(got, big, expected_labels) or problem
         raise CheckFailed(f"mlm_mask ({stats_case.note}): {problem}")
 
     def diagnose(got_: Any, expected: Any, case: Case) -> str | None:
-        return ("the statistics are right but the values differ for this seed: draw u = torch.rand(ids.shape, "
-                "generator=generator), then r = torch.rand(...), then torch.randint(0, vocab_size, ids.shape, "
-                "generator=generator), in that order, and select where u < 0.15, mask where r < 0.8, random "
-                "where 0.8 <= r < 0.9")
+        return _mlm_symptom(got_, case)
 
     cases = [Case((ids, mask_id, V, torch.Generator().manual_seed(s)), sizes,
                   ("ids", "mask_id", "vocab_size", "generator"), f"generator seeded with {s}")
              for s in (seed + 2, seed + 3)]
     check_function(fn, name="mlm_mask", reference=_Reseeded(ref.mlm_mask), cases=cases,
                    outputs=("inputs", "labels"), mistakes=_SEEDED_MLM_MISTAKES, forbidden=_REFERENCE,
-                   diagnose=diagnose)
+                   diagnose=diagnose, probes=_SEEDED_MLM_PROBES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +621,24 @@ def check_teacher_forcing_inputs(fn: Any, *, seed: int = 0, B: int = 3, T: int =
              Case((_ids(gen, B + 1, 1, V - 1), V - 1), {"B": B + 1, "T": 1}, ("targets", "bos_id"),
                   "T = 1: the only input is BOS")]
     check_function(fn, name="teacher_forcing_inputs", reference=ref.teacher_forcing_inputs, cases=cases,
-                   outputs=("inputs",), mistakes=TEACHER_FORCING_MISTAKES, forbidden=_REFERENCE)
+                   outputs=("inputs",), mistakes=TEACHER_FORCING_MISTAKES, forbidden=_REFERENCE,
+                   probes=TEACHER_FORCING_PROBES, diagnose=_teacher_forcing_symptom)
+
+
+def _teacher_forcing_symptom(got: Any, expected: Any, case: Case) -> str | None:
+    """Column 0 (BOS) and columns 1.. (the targets shifted right) are two intermediates: name the wrong one."""
+    if got.dim() != 2:
+        return None
+    first_right = torch.equal(got[:, 0], expected[:, 0])
+    rest_right = torch.equal(got[:, 1:], expected[:, 1:])
+    if rest_right and not first_right:
+        shown = got[:, 0].unique()[:3].tolist()
+        return (f"columns 1 .. T-1 are right (the targets shifted right), but column 0 holds {shown} instead of "
+                f"bos_id = {case.args[1]}: every sequence's first input is BOS, torch.full_like(targets[:, :1], bos_id)")
+    if first_right and not rest_right:
+        return ("column 0 is BOS, but columns 1 .. T-1 are not targets[:, :-1]: input t reads the previous target, "
+                "y_{t-1}")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +657,14 @@ def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16)
     """tie_weights(model): make model.lm_head use model.tok_emb's weight, in place."""
     model = _untied_model(seed, V, d_model)
     before, original_head = ref.param_count(model), model.lm_head.weight
-    call_learner(fn, "tie_weights", Case((model,), {}, ("model",)), _REFERENCE)
+    modules = (model.tok_emb, model.lm_head)
+    untouched = model.lm_head.weight.detach().clone()
+    returned = call_learner(fn, "tie_weights", Case((model,), {}, ("model",)), _REFERENCE)
+    if (model.tok_emb, model.lm_head) != modules:
+        replaced = "model.lm_head" if model.lm_head is not modules[1] else "model.tok_emb"
+        raise CheckFailed(f"tie_weights: {replaced} was replaced by another module; keep both modules (the head stays "
+                          f"an nn.Linear, the embedding an nn.Embedding) and share only the weight: "
+                          f"model.lm_head.weight = model.tok_emb.weight")
     head, emb = model.lm_head.weight, model.tok_emb.weight
     if head is emb:
         saved = before - ref.param_count(model)
@@ -403,6 +689,16 @@ def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16)
         if kind(twin, twin_original) == kind(model, original_head) and head.shape == emb.shape \
                 and torch.equal(head.detach(), twin.lm_head.weight.detach()):
             raise CheckFailed(f"tie_weights: {mistake.message}")
+    if head is original_head and head.data_ptr() == emb.data_ptr():
+        raise CheckFailed("tie_weights: the head's weight now points at the embedding's storage (.data = ...), but "
+                          "it is still a Parameter of its own: the optimizer sees two Parameters (two gradients, two "
+                          "AdamW states) and the parameter count does not drop; assign the Parameter itself, "
+                          "model.lm_head.weight = model.tok_emb.weight")
+    if head is original_head and torch.equal(head.detach(), untouched):
+        also = (" (it returned a model: the tying happened in a copy)" if isinstance(returned, nn.Module)
+                and returned is not model else "")
+        raise CheckFailed(f"tie_weights: the model passed in is unchanged{also}; tie its weights in place: "
+                          f"model.lm_head.weight = model.tok_emb.weight, and return nothing")
     if head.shape != emb.shape:
         raise CheckFailed(f"tie_weights: the head's weight has shape {tuple(head.shape)}; it must be the embedding's "
                           f"(V, d_model) = {tuple(emb.shape)} itself")
@@ -427,7 +723,29 @@ def check_padding_labels(fn: Any, *, seed: int = 0, B: int = 3, T: int = 8, V: i
     cases = [Case((_ids(gen, B, T, V), right), sizes, names, "right padding"),
              Case((_ids(gen, B, T, V), left), sizes, names, "left padding")]
     check_function(fn, name="padding_labels", reference=ref.lm_labels, cases=cases, outputs=("labels",),
-                   mistakes=PADDING_LABEL_MISTAKES, forbidden=_REFERENCE)
+                   mistakes=PADDING_LABEL_MISTAKES, forbidden=_REFERENCE, probes=PADDING_LABEL_PROBES,
+                   diagnose=_padding_symptom)
+
+
+def _padding_symptom(got: Any, expected: Any, case: Case) -> str | None:
+    """Real tokens and padding are two groups of positions: say which group is labelled wrongly, and how."""
+    ids, mask = case.args
+    real_wrong = mask & (got != ids)
+    pad = ~mask
+    pad_values = got[pad].unique()
+    if not bool(real_wrong.any()) and pad_values.numel() == 1 and int(pad_values) != IGNORE:
+        return f"padding is labelled {int(pad_values)}; the ignore index is -100 (what lm_loss leaves out)"
+    if bool(real_wrong.any()):
+        last_real = mask.clone()
+        last_real[:, :-1] &= ~mask[:, 1:]  # a real token followed by padding (or at the end)
+        last_real[:, -1] = False
+        where = _positions(real_wrong)
+        if bool((real_wrong <= last_real).all()) and bool((got[real_wrong] == IGNORE).all()):
+            return (f"the last real token before padding got -100 at (b, t) = {where}; it is a real token and keeps "
+                    f"its id: lm_loss's shift already stops the prediction of padding, only padding is -100")
+        return (f"real tokens (attention_mask True) are not labelled with their id at (b, t) = {where}; the labels "
+                f"are ids wherever attention_mask is True, -100 elsewhere")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,21 +756,25 @@ def check_padding_labels(fn: Any, *, seed: int = 0, B: int = 3, T: int = 8, V: i
 NUMBERS = MappingProxyType({"V_gpt2": 50257, "d_gpt2": 768, "V_small": 512, "B_mlm": 32, "T_mlm": 128})
 
 
+_TOKENS = NUMBERS["B_mlm"] * NUMBERS["T_mlm"]
+_NUMBER_MISTAKES = {
+    "saved_gpt2": [(2 * NUMBERS["V_gpt2"] * NUMBERS["d_gpt2"], "tying removes one (V, d_model) matrix, not two"),
+                   (NUMBERS["V_gpt2"] * NUMBERS["d_gpt2"] * 4, "that is bytes in float32; the question asks for "
+                                                               "parameters")],
+    "initial_loss": [(math.log2(NUMBERS["V_small"]), "that is log base 2 (bits); the loss uses the natural log (nats)"),
+                     (1 / NUMBERS["V_small"], "that is the probability of each token; the loss is -log of it")],
+    "random_tokens": [(_TOKENS * 0.15, "that counts every selected position; only 10 % of them get a random token"),
+                      (_TOKENS * 0.15 * 0.8, "that counts the mask tokens (80 %); random tokens are 10 %"),
+                      (_TOKENS * 0.1, "10 % of the selected positions, not of all positions: multiply by 0.15 too")],
+}
+
+
 def check_training_numbers(**answers: Any) -> None:
     """saved_gpt2, initial_loss, random_tokens: see the exercise."""
     n = NUMBERS
-    tokens = n["B_mlm"] * n["T_mlm"]
     expected = {"saved_gpt2": n["V_gpt2"] * n["d_gpt2"], "initial_loss": math.log(n["V_small"]),
-                "random_tokens": tokens * 0.15 * 0.1}
-    mistakes = {
-        "saved_gpt2": [(2 * n["V_gpt2"] * n["d_gpt2"], "tying removes one (V, d_model) matrix, not two"),
-                       (n["V_gpt2"] * n["d_gpt2"] * 4, "that is bytes in float32; the question asks for parameters")],
-        "initial_loss": [(math.log2(n["V_small"]), "that is log base 2 (bits); the loss uses the natural log (nats)"),
-                         (1 / n["V_small"], "that is the probability of each token; the loss is -log of it")],
-        "random_tokens": [(tokens * 0.15, "that counts every selected position; only 10 % of them get a random token"),
-                          (tokens * 0.15 * 0.8, "that counts the mask tokens (80 %); random tokens are 10 %"),
-                          (tokens * 0.1, "10 % of the selected positions, not of all positions: multiply by 0.15 too")],
-    }
+                "random_tokens": _TOKENS * 0.15 * 0.1}
+    mistakes = _NUMBER_MISTAKES
     hints = {"saved_gpt2": "one matrix of V x d_model numbers is shared",
              "initial_loss": "a fresh model spreads probability evenly over the vocabulary",
              "random_tokens": "B x T positions, 15 % selected, 10 % of those random"}
