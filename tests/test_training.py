@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from helpers.blocks import ModelConfig, TinyDecoder
 from helpers.corpus import markov_chain
-from helpers.numerics import assert_close
+from helpers.numerics import assert_close, tolerances
 from helpers.shapes import ShapeError
 from helpers.training import TrainHistory, batches, lm_loss, lr_at, token_loss, train
 
@@ -233,37 +233,78 @@ def _data(vocab: int = 16, n: int = 2000, seed: int = 5) -> torch.Tensor:
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def test_train_equals_an_independently_written_adamw_loop():
-    """Same batches, schedule, decay groups, clipping and AdamW as a loop written here with torch's
-    own optimizer, scheduler and clip_grad_norm_: the parameters agree after every run."""
-    model, data = _tiny(), _data()
-    reference = copy.deepcopy(model)
-    steps, B, T, lr, min_lr, warmup, clip = 6, 4, 8, 1e-2, 1e-3, 2, 0.5
-    history = train(model, data, data, steps=steps, batch_size=B, block_size=T, lr=lr, warmup=warmup,
-                    min_lr=min_lr, grad_clip=clip, weight_decay=0.1, seed=3, progress=False, eval_every=100)
+# Compared in float64, for a reason that is not the code's: Adam divides every update by the square
+# root of its own second moment, so a last-bit difference in a gradient entry whose second moment is
+# tiny (another summation order on another CPU kernel) is amplified at every step. After six float32
+# AdamW steps such a difference reached 1.19e-5 on an Intel Xeon under ATEN_CPU_CAPABILITY=default,
+# past any tolerance for a reduction of 64 terms, while the code on both sides was right. In float64
+# the same amplification ends near 1e-13: the reduction rule (helpers.numerics) holds again, and every
+# planted mistake below still misses by many orders of magnitude (CONTRIBUTING.md, section 5).
+_LOOP = dict(steps=6, B=4, T=8, lr=1e-2, min_lr=1e-3, warmup=2, clip=0.5, weight_decay=0.1, seed=3)
 
-    matrices = [p for p in reference.parameters() if p.dim() >= 2]
-    vectors = [p for p in reference.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
+
+def _adamw_loop(model, data, *, steps, B, T, lr, min_lr, warmup, clip, weight_decay, seed,
+                decay_vectors=False, schedule_shift=0, betas=(0.9, 0.95)):
+    """The training loop written here with torch's AdamW, schedulers and clip_grad_norm_, in place on
+    `model`; its losses. decay_vectors, schedule_shift, clip=None and betas plant one mistake each."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": weight_decay},
+                             {"params": vectors, "weight_decay": weight_decay if decay_vectors else 0.0}],
+                            lr=lr, betas=betas)
     rates = _torch_schedule(lr, min_lr, steps, warmup)
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(seed)
     losses = []
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = rates[step]
+            group["lr"] = rates[min(step + schedule_shift, steps - 1)]
         starts = torch.randint(0, len(data) - T, (B,), generator=gen)
-        x = torch.stack([data[s:s + T] for s in starts])
-        y = torch.stack([data[s + 1:s + T + 1] for s in starts])
-        loss = F.cross_entropy(reference(x).reshape(-1, 16), y.reshape(-1))
+        x = torch.stack([data[s:s + T] for s in starts])  # (B, T)
+        y = torch.stack([data[s + 1:s + T + 1] for s in starts])  # (B, T)
+        loss = F.cross_entropy(model(x).reshape(-1, model.config.vocab_size), y.reshape(-1))
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         losses.append(loss.item())
-    assert_close(torch.tensor(history.train_loss), torch.tensor(losses), n=16 * B * T)
+    return losses
+
+
+def _train_and_loop(**mistake):
+    """train() and the loop from one float64 model and the same data; (history, trained, looped)."""
+    model, data = _tiny().double(), _data()
+    reference = copy.deepcopy(model)
+    L = _LOOP
+    history = train(model, data, data, steps=L["steps"], batch_size=L["B"], block_size=L["T"], lr=L["lr"],
+                    warmup=L["warmup"], min_lr=L["min_lr"], grad_clip=L["clip"], weight_decay=L["weight_decay"],
+                    seed=L["seed"], progress=False, eval_every=100)
+    losses = _adamw_loop(reference, data, **{**L, **mistake})
+    return history, model, reference, losses
+
+
+def test_train_equals_an_independently_written_adamw_loop():
+    """Same batches, schedule, decay groups, clipping and AdamW as a loop written here with torch's
+    own optimizer, scheduler and clip_grad_norm_: the losses and the parameters agree after six steps."""
+    history, model, reference, losses = _train_and_loop()
+    assert all(p.dtype == torch.float64 for p in model.parameters())  # trained in float64 as built
+    assert_close(torch.tensor(history.train_loss, dtype=torch.float64), torch.tensor(losses, dtype=torch.float64),
+                 n=16 * _LOOP["B"] * _LOOP["T"])
     for (name, got), expected in zip(model.named_parameters(), reference.parameters()):
         assert_close(got, expected, n=64, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("mistake", [dict(decay_vectors=True), dict(schedule_shift=1), dict(clip=None),
+                                     dict(betas=(0.9, 0.999))],
+                         ids=["decay-on-gains-and-biases", "schedule-one-step-late", "no-clipping", "other-betas"])
+def test_the_adamw_comparison_fails_on_a_planted_mistake(mistake):
+    """The comparison above can fail: a loop with one real difference misses the tolerance it passes,
+    by orders of magnitude, in at least one parameter."""
+    _, model, reference, _ = _train_and_loop(**mistake)
+    worst = max(((got - expected).abs() / (tolerances(torch.float64, n=64)["atol"]
+                                           + tolerances(torch.float64, n=64)["rtol"] * expected.abs())).max().item()
+                for got, expected in zip(model.parameters(), reference.parameters()))
+    assert worst > 1e3, f"{mistake}: the worst parameter is only {worst:.3g} tolerances away"
 
 
 def test_train_is_deterministic_for_a_seed_on_cpu():
