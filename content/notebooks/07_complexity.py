@@ -256,7 +256,7 @@ Ts = [128, 256, 512, 1024, 2048]
 naive_time, naive_mem, tiled_mem, formula_mem = [], [], [], []
 for T in Ts:
     q, k, v = (torch.randn(1, 4, T, 32, device=device) for _ in range(3))
-    naive_time.append(best_time(scaled_dot_product_attention, q, k, v, repeat=3))
+    naive_time.append(best_time(scaled_dot_product_attention, q, k, v, repeat=7 if T <= 1024 else 3))  # more tries where they are cheap: the least disturbed counts
     naive_mem.append(peak_tensor_bytes(scaled_dot_product_attention, q, k, v)[1])
     tiled_mem.append(peak_tensor_bytes(tiled_attention, q, k, v, block_size=128)[1])
     formula_mem.append(score_bytes(1, 4, T))
@@ -307,11 +307,12 @@ plt.show()
 # and the softmax weights are alive at the same moment. The time (left) is not the FLOPs alone. For
 # short sequences fixed costs (Python, launching the operations, the $O(T d)$ work) weigh in, which is
 # why the fit starts at `T = 512`. And the time *per score element* (printed above) is not constant,
-# although every element costs the same FLOPs: it is smallest while a `(4, T, T)` float32 matrix
-# (1 MiB at `T = 256`, 4 MiB at 512, 64 MiB at 2048) fits in a core's level-2 cache (printed above
-# where Linux reports it), and larger once every pass over the scores (the product, the softmax, the
-# product with $V$) has to fetch them from the slower shared cache or main memory. Wherever that
-# step falls, the doubling across it has a slope above 2, and so can the fit. FLOP counts predict
+# although every element costs the same FLOPs: it stays small while the `(4, T, T)` float32 matrices
+# (1 MiB at `T = 256`, 4 MiB at 512, 16 MiB at 1024, 64 MiB at 2048) are about the size of a core's
+# level-2 cache (printed above where Linux reports it), and grows once they are many times larger:
+# then every pass over the scores (the product, the softmax, the product with $V$) has to fetch them
+# from the slower shared cache or main memory. The doublings across that step have slopes above 2,
+# and so can the fit. FLOP counts predict
 # the arithmetic; the memory hierarchy decides the waiting. (On a busy machine the timings also
 # jitter from run to run.)
 # The tiled version (section 7) never holds more than a `block x block` piece of the scores: its peak
@@ -554,7 +555,7 @@ plt.show()
 # *What to see:* achieved FLOP/s rises with arithmetic intensity towards the dashed compute roof
 # (the best speed the same machine's matmul reached): decoding one token (T = 1, bottom left)
 # moves many bytes per FLOP and runs at a small fraction of the roof, prefill of hundreds of tokens
-# comes close to it (the fractions are printed above). The exact values depend on the machine, and
+# at a large fraction of it (both fractions are printed above). The exact values depend on the machine, and
 # on a busy one the points jitter.
 
 # %% [markdown] id="prefill-read"
@@ -745,8 +746,8 @@ for window in (8192, 32768, 131072):
 # | you can show | where |
 # |---|---|
 # | attention's parts and the MLP in FLOPs, equal to torch's flop counter (2 FLOPs per multiply-add) | §1, `flops-gpt2`, `flops-check`, `flops-mistake` |
-# | attention overtakes the MLP at $T^\*$ = 1536 for GPT-2 small | §1, `crossover`, `crossover-plot` |
-# | score memory is $O(T^2)$; measured time and memory have slope ≈ 2 on log-log axes | §2, `memory-example`, `measure`, `measure-plot` |
+# | attention overtakes the MLP at $T^\*$ = 1536 for GPT-2 small; its $T^2$ term alone at $m\,d_{ff}/2$ = 3072 | §1, `crossover`, `crossover-plot` |
+# | score memory is $O(T^2)$; measured memory has slope 2 on log-log axes, measured time about 2 or more once the scores outgrow the cache | §2, `memory-example`, `measure`, `measure-plot` |
 # | forward and training FLOPs of a whole model, equal to the flop counter | §3, `per-token-check`, `per-token-table` |
 # | 2 GiB of KV cache per 4096-token sequence for Llama-2-7B's shape; GQA ÷4, MQA ÷32; `.nbytes` of a real cache | §4, `kv-example`, `kv-real`, `kv-mistake` |
 # | cached generation gives identical tokens, faster; the cache mask is bottom-right, not `is_causal` | §5, `generate-run`, `generate-same`, `mask-compare`, `offset-mistake` |
