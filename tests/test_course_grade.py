@@ -126,7 +126,9 @@ def _foreign_notebook(path):
 
 @pytest.mark.parametrize("make, message", [
     (_written("print('hello')\n"), "is not a Jupyter notebook: it is not valid JSON"),
-    (_written('{"cells": 3}'), "is not a Jupyter notebook"),
+    # Valid JSON in the wrong layout: named in the course's words, never as nbformat's internal errors.
+    (_written('{"cells": 3}'), 'is not a Jupyter notebook: a notebook is a JSON object whose "cells" is a list of '
+                               'cells; here "cells" is a number (3)'),
     (_foreign_notebook, "is not an exercise notebook of this course"),
     (lambda p: p.parent, "is a folder"),
     (lambda p: p.parent / "missing.ipynb", "no such file"),
@@ -135,6 +137,26 @@ def test_unreadable_input_is_named(tmp_path, make, message):
     path = make(tmp_path / "mine.ipynb")
     run = course_grade(path, cwd=tmp_path)
     assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert "Error" not in run.stderr and "Traceback" not in run.stderr, run.stderr  # no library internals
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"cells": {"source": "x"}}', 'here "cells" is an object'),
+    ('{"metadata": {}}', 'here no "cells" entry'),
+    ("[1, 2]", "here the file holds a list"),
+    ('{"cells": ["print(1)"]}', "cell 0 of its \"cells\" list is a string ('print(1)'), not a cell"),
+    ('{"cells": [{"source": "1"}]}', 'cell 0 of its "cells" list is an object, not a cell'),
+])
+def test_other_wrong_layouts_are_named_in_the_courses_words(tmp_path, text, message):
+    # In-process (the console script's handling is covered above): the same reader course-grade calls.
+    from helpers.grading.learner import GradingError, read_notebook
+
+    path = tmp_path / "mine.ipynb"
+    path.write_text(text)
+    with pytest.raises(GradingError) as error:
+        read_notebook(path)
+    assert str(error.value).startswith(f"{path} is not a Jupyter notebook: ") and message in str(error.value)
+    assert "Error" not in str(error.value)
 
 
 def test_deleted_cells_are_named(tmp_path):

@@ -49,11 +49,22 @@ def test_environment_yml_installs_the_package_and_pins_nothing_itself():
     lines = [line.split("#")[0].strip() for line in text.splitlines()]
     deps = [line[2:].strip() for line in lines if line.startswith("- ")]
     assert "--editable ." in deps
-    conda_packages = {re.split(r"[=<>]", d)[0] for d in deps if d not in ("--editable .", "pip:", "conda-forge")}
+    conda_packages = {re.split(r"[=<>]", d)[0] for d in deps
+                      if d not in ("--editable .", "pip:", "conda-forge") and not d.startswith("--extra-index-url ")}
     assert conda_packages == {"python", "pip"}
     python = next(d for d in deps if d.startswith("python="))
     minimum = PYPROJECT["project"]["requires-python"].removeprefix(">=")
     assert tuple(map(int, python.split("=")[1].split("."))) >= tuple(map(int, minimum.split(".")))
+
+
+def test_environment_yml_gets_the_cpu_torch_the_readme_describes():
+    # conda's pip would otherwise fetch PyPI's torch, the multi-GB CUDA build on Linux. The CPU index is
+    # an extra index, not the only one: the other dependencies still come from PyPI at pyproject's pins.
+    text = (ROOT / "environment.yml").read_text()
+    pip_options = re.findall(r"^\s*- (--\S+.*)$", text, re.M)
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in pip_options
+    assert not any(o.startswith("--index-url") for o in pip_options)
+    assert "--extra-index-url" in README.split("## For learners")[0]  # the install section says so
 
 
 def test_installed_versions_match_the_pins():

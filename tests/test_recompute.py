@@ -50,7 +50,7 @@ LITERAL_EX4 = """kv_llama2_7b = 2147483648
 kv_llama3_8b = 1073741824
 kv_falcon_7b = 16777216
 kv_batch_llama3 = 17179869184
-max_batch_llama3 = 64
+max_batch_llama3 = 65
 gqa_saving_llama3 = 4.0
 """
 
@@ -300,7 +300,7 @@ def test_ch07_typed_in_numbers_fail_naming_each_answer():
     assert ("`max_batch_llama3` does not follow from the sizes: with llama3_8b['n_layers'] = 24 (not 32), "
             "llama3_8b['n_kv_heads'] = 4 (not 8), llama3_8b['d_head'] = 64 (not 128), "
             "llama3_8b['context'] = 4096 (not 8192), gpu_bytes = 42949672960 (not 85899345920) and "
-            "weight_bytes_llama3 = 11274289152 (not 17179869184) it should be 314, and your code gives 64 "
+            "weight_bytes_llama3 = 11274289152 (not 16000000000) it should be 314, and your code gives 65 "
             "(the answer for the notebook's sizes).") in message
 
 

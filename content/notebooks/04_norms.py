@@ -50,6 +50,7 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 from torch import nn
 
 import helpers
@@ -850,6 +851,11 @@ axes[0].set(xscale="log", yscale="log", xticks=DEPTHS, xticklabels=[str(L) for L
             title="last layer's W2 gradient against depth (5 seeds, ±1 sd)")
 axes[1].set(xlabel="layer", ylabel=r"$\|\partial \mathcal{L} / \partial W^2\|_F$ (mean of 5 seeds)",
             title="W2 gradient of every layer, L = 48")
+axes[0].xaxis.set_minor_formatter(NullFormatter())  # the depths are labelled; no 2x10^1, 3x10^1 between them
+for ax in axes[:2]:  # log-scaled gradient axes: plain decimals, major ticks only
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
 for ax in axes:
     ax.legend(fontsize=8)
 fig.tight_layout()

@@ -26,7 +26,8 @@
 # 3. Cross-attention: queries from one sequence, keys and values from another
 # 4. The mask family side by side, prefix-LM, and a classifier that names a mask
 # 5. The blocks: encoder block, decoder block with cross-attention, checked against `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer`
-# 6. The three model kinds (BERT-, GPT-, T5-style) with the shape at every arrow, and their parameters
+# 6. The three model kinds (BERT-style, GPT-style, and an encoder-decoder with the 2017 Transformer's layout) with the
+#    shape at every arrow, and their parameters
 # 7. Two block variants of the shared model: the parallel block and the MoE FFN
 # 8. Why decoder-only won for LLMs, and the honest caveats
 # 9. Common mistakes, self-check, evidence card, and the exercises
@@ -42,6 +43,8 @@ import warnings
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
+from matplotlib.colors import LogNorm
 from torch import nn
 
 import helpers
@@ -68,7 +71,7 @@ from helpers.blocks import (
     model_param_count,
     moe_balance_loss,
 )
-from helpers.ffn import token_influence
+from helpers.ffn import load_balancing_loss, token_influence, top_k_route
 from helpers.plots import mask_grid
 
 helpers.seed_everything(0)
@@ -188,23 +191,30 @@ print("encoder: entries above the diagonal larger than 1e-9:", int((influence_en
 print("decoder: entries above the diagonal larger than 1e-9:", int((influence_dec.triu(1) > 1e-9).sum()), "of 15")
 
 # %% id="influence-plot"
+# The entries span orders of magnitude (the diagonal dominates), so the colours follow a log scale; a log
+# scale has no place for an exact 0, which is drawn grey ("bad" values of the colour map).
+both = torch.cat([influence_enc.flatten(), influence_dec.flatten()]).cpu()
+smallest, largest = both[both > 0].min().item(), both.max().item()
+cmap = plt.get_cmap("magma").copy()
+cmap.set_bad("lightgray")
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
 for ax, matrix, title in [(axes[0], influence_enc, "EncoderBlock (bidirectional)"),
                           (axes[1], influence_dec, "DecoderBlock (causal)")]:
-    image = ax.imshow(matrix.numpy(), cmap="magma")
+    image = ax.imshow(matrix.cpu().numpy(), cmap=cmap, norm=LogNorm(vmin=smallest / 2, vmax=largest))
     ax.set_xlabel("input token j that moved")
     ax.set_ylabel("output position i")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046)
-fig.suptitle("Same weights, same input: with the causal mask, no output moves when a later token changes "
-             "(upper triangle black)", fontsize=9)
+fig.suptitle(f"Same weights, same input, log colour scale ({smallest:.2g} to {largest:.2g}): with the causal mask "
+             "no output moves when a later token changes (upper triangle exactly 0, grey)", fontsize=9)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown] id="influence-plot-caption"
 # *What to see:* with the same weights, the encoder block's outputs move when any input token moves
-# (colour everywhere), the decoder block's only when the same or an earlier token moves: its upper
-# triangle is exactly black.
+# (colour everywhere, small entries included: the log scale shows those far below the diagonal's),
+# the decoder block's only when the same or an earlier token moves: its upper triangle is exactly 0,
+# drawn grey.
 
 # %% [markdown] id="decoder-cache-text"
 # **Implementation check: why the causal mask makes a KV cache possible.** Because earlier outputs
@@ -511,6 +521,26 @@ twice = decoder_block(tgt, dec.norm2(src), self_sub, cross_sub, dec.ffn, dec.nor
 print("decoder_block equals CrossDecoderBlock:", torch.allclose(right, dec(tgt, src), atol=1e-12))
 print("memory normalised twice, max difference from the right output:", round((twice - right).abs().max().item(), 3))
 
+# %% [markdown] id="residual-mistake-text"
+# **Common mistake: cross-attention without its residual.** Writing `x = cross_attn(norm2(x), memory)`
+# instead of `x = x + cross_attn(...)` runs without an error, but it throws away the decoder stream:
+# everything the target tokens carried (their embeddings and the self-attention's edit) is replaced
+# by a weighted mix of the source's values. The target position survives only in *which* source
+# tokens a query weights. With a one-token source there is nothing to choose from: every query puts
+# weight 1 on that token, and every target position leaves the block with the same vector.
+
+# %% id="residual-mistake"
+# NBVAL_CHECK_OUTPUT
+one_src = src[:, :1]  # (B, 1, d_model): a source of a single token
+right = decoder_block(tgt, one_src, self_sub, cross_sub, dec.ffn, dec.norm1, dec.norm2, dec.norm3)  # (B, T_tgt, d)
+h = tgt + self_sub(dec.norm1(tgt), causal_mask(5, device=device))  # (B, T_tgt, d_model): the first sublayer
+h = cross_sub(dec.norm2(h), one_src, None)  # WRONG: no residual, the stream is replaced
+no_residual = h + dec.ffn(dec.norm3(h))  # (B, T_tgt, d_model)
+print("decoder_block with its residuals equals CrossDecoderBlock:", torch.allclose(right, dec(tgt, one_src), atol=1e-12))
+for name, out in [("with the residual", right), ("without it", no_residual)]:
+    distinct = len({tuple(show(row, 6)) for row in out[0]})
+    print(f"{name}: distinct output vectors among the 5 target positions: {distinct}")
+
 # %% [markdown] id="kinds"
 # ## 6. Three kinds of model, with the shape at every arrow
 #
@@ -520,15 +550,18 @@ print("memory normalised twice, max difference from the right output:", round((t
 # * **BERT-style** `TinyEncoder`: ids `(B, T)` → embeddings `(B, T, d)` → encoder blocks → final norm →
 #   masked-LM logits `(B, T, V)`: one prediction per position, each made with both sides visible.
 # * **GPT-style** `TinyDecoder`: the same path with causal blocks; logits at position $t$ predict token $t+1$.
-# * **T5-style** `TinyEncoderDecoder`: source ids `(B, T_src)` → encoder → memory `(B, T_src, d)`; target ids
-#   `(B, T_tgt)` → decoder blocks, each reading memory → logits `(B, T_tgt, V)`.
+# * **encoder-decoder** `TinyEncoderDecoder`: source ids `(B, T_src)` → encoder → memory `(B, T_src, d)`;
+#   target ids `(B, T_tgt)` → decoder blocks, each reading memory → logits `(B, T_tgt, V)`. It is the 2017
+#   Transformer's layout (learned absolute positions here instead of its sinusoids, LayerNorm, a GELU MLP),
+#   not T5: T5 has relative position buckets and RMSNorm without biases. The formula below is the
+#   objective every encoder-decoder (the 2017 Transformer, T5, BART) trains.
 #
 # **Formulas: what each kind models.** With $\mathcal{M}$ the masked positions of a BERT input,
 #
 # $$
 # \text{BERT: } \sum_{i \in \mathcal{M}} \log p(x_i \mid x_{\setminus \mathcal{M}}),\qquad
 # \text{GPT: } \log p(x) = \sum_t \log p(x_t \mid x_{<t}),\qquad
-# \text{T5: } \log p(y \mid x) = \sum_t \log p(y_t \mid y_{<t}, x).
+# \text{encoder-decoder: } \log p(y \mid x) = \sum_t \log p(y_t \mid y_{<t}, x).
 # $$
 
 # %% id="kinds-shapes"
@@ -563,10 +596,10 @@ base = dict(vocab_size=V, d_model=16, n_heads=4, n_layers=2, max_seq_len=16)
 torch.manual_seed(0)
 bert = TinyEncoder(ModelConfig(**base, kind="encoder")).to(device)
 gpt = TinyDecoder(ModelConfig(**base)).to(device)
-t5 = TinyEncoderDecoder(ModelConfig(**base, kind="encoder-decoder")).to(device)
+enc_dec = TinyEncoderDecoder(ModelConfig(**base, kind="encoder-decoder")).to(device)
 print("BERT-style: ids", (B, T), "->", " -> ".join(trace(bert, ids, [6, 4])))
 print("GPT-style:  ids", (B, T), "->", " -> ".join(trace(gpt, ids)))
-print("T5-style:   src", (B, T_src), "tgt", (B, T_tgt), "->", " -> ".join(trace(t5, src, tgt, [7, 3])))
+print("enc-dec:    src", (B, T_src), "tgt", (B, T_tgt), "->", " -> ".join(trace(enc_dec, src, tgt, [7, 3])))
 
 # %% [markdown] id="kinds-mistake-text"
 # **Common mistake: reading a bidirectional model's logits as next-token predictions.** A BERT-style
@@ -596,16 +629,16 @@ with torch.no_grad():
 
 # %% id="kinds-oracle"
 # NBVAL_CHECK_OUTPUT
-t5 = randomize(TinyEncoderDecoder(ModelConfig(**base, kind="encoder-decoder", d_ff=32)).double().to(device).eval(), 20)
+enc_dec = randomize(TinyEncoderDecoder(ModelConfig(**base, kind="encoder-decoder", d_ff=32)).double().to(device).eval(), 20)
 with torch.no_grad():
-    for name, p in t5.named_parameters():
+    for name, p in enc_dec.named_parameters():
         if name.endswith("bias"):
             p.zero_()
 with warnings.catch_warnings():  # torch notes that its nested-tensor fast path is off for norm_first
     warnings.simplefilter("ignore")
     transformer = nn.Transformer(16, 4, 2, 2, 32, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
                                  bias=False, dtype=torch.float64, device=device).eval()
-for ours, theirs in zip(list(t5.encoder) + list(t5.decoder),
+for ours, theirs in zip(list(enc_dec.encoder) + list(enc_dec.decoder),
                         list(transformer.encoder.layers) + list(transformer.decoder.layers)):
     with torch.no_grad():
         for a, b in ([(ours.attn, theirs.self_attn)] if isinstance(ours, EncoderBlock) else
@@ -618,19 +651,27 @@ for ours, theirs in zip(list(t5.encoder) + list(t5.decoder),
             if hasattr(ours, n):
                 getattr(theirs, n).weight.copy_(getattr(ours, n).weight)
 with torch.no_grad():
-    transformer.encoder.norm.weight.copy_(t5.encoder_norm.weight)
-    transformer.decoder.norm.weight.copy_(t5.decoder_norm.weight)
+    transformer.encoder.norm.weight.copy_(enc_dec.encoder_norm.weight)
+    transformer.decoder.norm.weight.copy_(enc_dec.decoder_norm.weight)
     real = lengths_to_real([7, 3], T_src)
-    h = transformer(t5.tok_emb(src) + t5.src_pos_emb.weight[:T_src], t5.tok_emb(tgt) + t5.tgt_pos_emb.weight[:T_tgt],
+    h = transformer(enc_dec.tok_emb(src) + enc_dec.src_pos_emb.weight[:T_src], enc_dec.tok_emb(tgt) + enc_dec.tgt_pos_emb.weight[:T_tgt],
                     tgt_mask=~causal_mask(T_tgt, device=device), src_key_padding_mask=~real, memory_key_padding_mask=~real)
     print("TinyEncoderDecoder equals nn.Transformer, max error < 1e-12:",
-          (t5(src, tgt, [7, 3]) - h @ t5.tok_emb.weight.T).abs().max().item() < 1e-12)
+          (enc_dec(src, tgt, [7, 3]) - h @ enc_dec.tok_emb.weight.T).abs().max().item() < 1e-12)
 
 # %% [markdown] id="kinds-params-text"
 # **What each kind costs.** `model_param_count` covers every variant. With the same width and depth
 # per stack, an encoder-only model costs about what a decoder-only one does (the blocks are the
 # same, only the mask differs); an encoder-decoder has two stacks and a cross-attention per decoder
 # layer: about $2\times$ the blocks, plus $4d^2$ per decoder layer.
+#
+# The sizes below are the 2017 Transformer's *base* model ($d = 512$, 8 heads, $d_{ff} = 2048$, 6 + 6
+# layers). The paper reports 65M parameters for it (Vaswani et al., 2017, Table 3). The same counter
+# with the paper's choices (a shared vocabulary of about 37 000 tokens, sinusoidal positions, biases
+# in every linear layer, the embeddings tied to the output layer) gives about 63M; the course's
+# variant (32 000 tokens, learned positions, no biases) about 61M. The paper does not break its 65M
+# down, and gives its vocabulary only as "about 37 000" tokens; each 1000 tokens more are $512\,000$
+# parameters more.
 
 # %% id="kinds-params"
 # NBVAL_CHECK_OUTPUT
@@ -640,6 +681,9 @@ for kind in ("encoder", "decoder", "encoder-decoder"):
     print(f"{kind:16s} {n:>12,d} parameters")
 per_decoder_layer = 2 * 4 * 512 * 512 + 2 * 512 * 2048 + 3 * 2 * 512
 print("one decoder layer of the encoder-decoder:", f"{per_decoder_layer:,d}", "(self + cross attention, FFN, 3 LayerNorms)")
+paper = ModelConfig(**{**size, "vocab_size": 37000}, kind="encoder-decoder", positions="sinusoidal", bias=True)
+print(f"Transformer-base as in the paper: {model_param_count(paper) / 1e6:.1f}M (the paper reports 65M) | "
+      f"as above: {model_param_count(ModelConfig(**size, kind='encoder-decoder')) / 1e6:.1f}M")
 
 # %% [markdown] id="variants"
 # ## 7. Two block variants: the parallel block and the MoE FFN
@@ -679,10 +723,19 @@ print("block output = x + attn(norm(x)) + ffn(norm(x)):",
 
 # %% [markdown] id="moe"
 # **The MoE FFN** of chapter 03 plugs in as `ffn="moe"`: each layer's FFN becomes `n_experts` SwiGLU
-# experts of which the router picks `top_k` per token. Its auxiliary load-balancing loss
-# (Switch Transformer's $n_{\text{experts}} \sum_i f_i P_i$: 1 when balanced, $n_{\text{experts}}$
-# when one expert takes everything) is kept by every MoE layer after a forward pass and summed by
-# `moe_balance_loss(model)`, ready to be added to the training loss with a small coefficient.
+# experts of which the router picks `top_k` per token. Its auxiliary load-balancing loss,
+# Switch Transformer's $n_{\text{experts}} \sum_i f_i P_i$ ($f_i$ the share of the token choices that
+# went to expert $i$, $P_i$ the router's mean probability for it), is kept by every MoE layer after a
+# forward pass and summed by `moe_balance_loss(model)`, ready to be added to the training loss with a
+# small coefficient.
+#
+# **Its range.** It is 1 when the load is balanced. Its maximum depends on `top_k`: each token makes
+# `top_k` different choices, so no expert can receive more than $1/k$ of them ($f_i \le 1/k$), and
+# since the $P_i$ sum to 1, $\sum_i f_i P_i \le \max_i f_i \le 1/k$. The loss is therefore at most
+# $n_{\text{experts}}/k$: $n_{\text{experts}}$ only for Switch's top-1 routing, and 2 per layer for
+# the 4 experts and top-2 routing here, reached when a collapsed router sends every token to the same
+# two experts with all its probability on them. The cell computes both collapses with
+# `load_balancing_loss` (the function each MoE layer calls).
 
 # %% id="moe-model"
 # NBVAL_CHECK_OUTPUT
@@ -691,7 +744,13 @@ torch.manual_seed(0)
 moe_model = TinyDecoder(moe_cfg).to(device)
 logits = moe_model(ids)
 print("logits:", tuple(logits.shape), "| balance loss over 2 layers:", round(moe_balance_loss(moe_model).item(), 3),
-      "(2.0 = perfectly balanced)")
+      "(2.0 = perfectly balanced, 4.0 the most a top-2 router over 4 experts can reach)")
+router_logits = randn(12, 4, seed=23)  # (N, n_experts): a router's logits for 12 tokens
+for k, favoured in [(2, [30.0, 30.0, 0.0, 0.0]), (1, [30.0, 0.0, 0.0, 0.0])]:
+    collapsed = router_logits + torch.tensor(favoured, dtype=torch.float64, device=device)  # (N, n_experts)
+    _, chosen = top_k_route(collapsed, k)  # (N, k): the same expert(s) for every token
+    print(f"collapsed router, top_k = {k}: every token goes to experts {sorted(set(chosen.flatten().tolist()))}, "
+          f"loss {load_balancing_loss(collapsed, chosen).item():.3f} (n_experts / top_k = {4 / k:.0f})")
 dense_cfg = ModelConfig(vocab_size=50, d_model=16, n_heads=4, d_ff=32, n_layers=2, ffn="swiglu")
 print("parameters, SwiGLU:", model_param_count(dense_cfg), "| MoE with 4 experts:", model_param_count(moe_cfg))
 
@@ -714,7 +773,10 @@ print("parameters, SwiGLU:", model_param_count(dense_cfg), "| MoE with 4 experts
 # **The honest caveats.**
 #
 # * For **understanding** tasks at a fixed, small size (classification, retrieval embeddings),
-#   bidirectional encoders remain strong and cheap; they are still the default for embedding models.
+#   bidirectional encoders remain strong and cheap, and BERT-sized encoders are still widely used
+#   where cost matters. Even here decoders have moved in: the top of the embedding benchmarks (MTEB)
+#   is now held by models built from decoder-only LLMs (NV-Embed from Mistral-7B, Qwen3-Embedding
+#   from Qwen3), some of which switch the causal mask off while they are fine-tuned into encoders.
 # * **Encoder-decoders** do well when input and output are different in kind or length (translation,
 #   speech recognition: Whisper), and the encoder's bidirectional pass over a long input is cheaper
 #   than putting the input through every decoder step. T5-style models were competitive with
@@ -735,8 +797,36 @@ print("parameters, SwiGLU:", model_param_count(dense_cfg), "| MoE with 4 experts
 # | a causal mask on cross-attention | target token 0 reads only source token 0 (§3) | only source padding is masked |
 # | prefix-LM causal inside the prefix | the mask equals the causal one (§4) | `(j <= i) \| (j < prefix)` |
 # | memory normalised twice | differs from torch's layer (§5) | `cross_attn(norm2(x), memory)` |
-# | cross-attention sublayer without its residual | the self-attention's edit is lost | `x = x + cross_attn(...)` |
-# | torch's masks passed as they are | everything allowed is blocked | torch's bool masks mean True = blocked: pass `~mask` |
+# | cross-attention sublayer without its residual | the decoder stream is replaced by a mix of source values: with a one-token source every target position comes out the same (§5) | `x = x + cross_attn(...)` |
+# | a course mask passed to `nn.MultiheadAttention` or an `nn.Transformer*` layer as it is | everything allowed is blocked and the rest allowed (below) | those layers read a bool mask as True = blocked: pass `~mask` |
+# | `~mask` passed to `F.scaled_dot_product_attention` | the same inversion (below) | it reads True = may attend, like the course: pass `mask` |
+#
+# **The two conventions of torch's boolean masks, side by side.** `F.scaled_dot_product_attention`
+# reads `True` as *may attend*, as every mask of this course does (chapter 07's `mask-compare` passes
+# such a mask). `nn.MultiheadAttention` (`attn_mask`, `key_padding_mask`) and the `nn.Transformer*`
+# layers built on it (`src_mask`, `tgt_mask`, `*_key_padding_mask`) read `True` as *blocked*. The cell
+# runs one causal mask through both, each checked against the course's attention.
+
+# %% id="mask-conventions"
+# NBVAL_CHECK_OUTPUT
+T_c, d_c = 5, 8
+q_c, k_c, v_c = randn(1, 1, T_c, d_c, seed=24), randn(1, 1, T_c, d_c, seed=25), randn(1, 1, T_c, d_c, seed=26)
+allowed = causal_mask(T_c, device=device)  # (T, T) bool, True = may attend (the course's convention)
+ours, _ = scaled_dot_product_attention(q_c, k_c, v_c, allowed)  # (1, 1, T, d)
+print("F.scaled_dot_product_attention(attn_mask=mask) equals the course's attention:",
+      torch.allclose(F.scaled_dot_product_attention(q_c, k_c, v_c, attn_mask=allowed), ours, atol=1e-12))
+print("F.scaled_dot_product_attention(attn_mask=~mask) equals it:",
+      torch.allclose(F.scaled_dot_product_attention(q_c, k_c, v_c, attn_mask=~allowed).nan_to_num(), ours, atol=1e-12))
+x_c = randn(1, T_c, d_c, seed=27)  # (B, T, d_model)
+mha_c = nn.MultiheadAttention(d_c, 1, bias=False, batch_first=True, dtype=torch.float64).to(device)
+w_in = torch.cat([mha_c.in_proj_weight[i * d_c:(i + 1) * d_c] for i in range(3)])  # (3 d, d): W_Q, W_K, W_V
+with torch.no_grad():
+    q_m, k_m, v_m = (x_c @ w.T for w in w_in.split(d_c))  # (B, T, d) each
+    ours_m = scaled_dot_product_attention(q_m, k_m, v_m, allowed)[0] @ mha_c.out_proj.weight.T  # (B, T, d)
+    for name, mask in [("~mask", ~allowed), ("mask", allowed)]:
+        theirs_m = mha_c(x_c, x_c, x_c, attn_mask=mask, need_weights=False)[0].nan_to_num()
+        print(f"nn.MultiheadAttention(attn_mask={name}) equals the course's attention:",
+              torch.allclose(theirs_m, ours_m, atol=1e-12))
 
 # %% [markdown] id="self-check"
 # ## Self-check
@@ -805,8 +895,10 @@ print("parameters, SwiGLU:", model_param_count(dense_cfg), "| MoE with 4 experts
 # | the catalogued cross-attention mistakes by their symptoms | §3, `cross-mistake` |
 # | the four masks drawn with padding, named by `classify_mask`, broken masks refused | §4, `mask-family`, `classifier` |
 # | encoder and decoder blocks equal torch's layers, both norm placements, float32 and float64 | §5, `blocks-vs-torch` |
-# | BERT-, GPT- and T5-style data flow with shapes; the encoder-decoder equals `nn.Transformer` | §6, `kinds-shapes`, `kinds-oracle` |
-# | the parallel block saves a norm and fuses the input projections; MoE's balance loss reaches the model | §7, `parallel`, `moe-model` |
+# | cross-attention without its residual erases the decoder stream | §5, `residual-mistake` |
+# | BERT-style, GPT-style and encoder-decoder data flow with shapes; the encoder-decoder equals `nn.Transformer`; Transformer-base's size against the paper's 65M | §6, `kinds-shapes`, `kinds-oracle`, `kinds-params` |
+# | the parallel block saves a norm and fuses the input projections; MoE's balance loss reaches the model, at most $n_{\text{experts}}/k$ | §7, `parallel`, `moe-model` |
+# | torch's two boolean-mask conventions, each checked | §9, `mask-conventions` |
 
 # %% [markdown] id="next"
 # ## Next: the exercises

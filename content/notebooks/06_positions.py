@@ -259,7 +259,7 @@ print("PE(p)·PE(p') = sum_i cos((p - p') w_i):",
 # **Common mistakes: sin and cos swapped, and the exponent $i/d$.** With sin and cos swapped,
 # $\mathrm{PE}(0) = [1, 0, 1, 0, \dots]$ instead of $[0, 1, 0, 1, \dots]$ (a different, equally
 # fixed table, but no longer the paper's or a checkpoint's). With the exponent $i/d$ instead of
-# $2i/d$, the slowest pair turns a hundred times too fast: its wavelength in positions drops from
+# $2i/d$, the slowest pair turns 87 times too fast: its wavelength in positions drops from
 # about 47 000 to about 540 (for $d_{\text{model}} = 64$), so distant positions start to look alike.
 
 # %% id="sin-mistakes-run"
@@ -272,6 +272,7 @@ print("PE(0) swapped:", show(swapped[:6], 2), "...")
 slowest = d // 2 - 1
 print("slowest pair's wavelength, exponent 2i/d (right):", round(2 * math.pi * 10000 ** (2 * slowest / d)), "positions")
 print("slowest pair's wavelength, exponent  i/d (WRONG):", round(2 * math.pi * 10000 ** (slowest / d)), "positions")
+print("so the slowest pair turns", round(10000 ** (2 * slowest / d) / 10000 ** (slowest / d)), "times too fast")
 
 # %% [markdown] id="relative"
 # ## 4. Relative biases: T5's buckets and ALiBi's slopes
@@ -342,23 +343,26 @@ for row in show(alibi_bias(alibi_slopes(4), torch.arange(5), torch.arange(5), dt
 # %% [markdown] id="alibi-picture"
 # **Picture: the bias per head.** Four of eight heads of a 24-token decoder, with the causal mask
 # applied (blocked keys white). Head 0 forgets quickly (steep), head 7 barely discounts distance:
-# together they look at several ranges at once.
+# together they look at several ranges at once. The slopes differ 128-fold, so each head gets its
+# own colour range (its own colour bar): on a shared one, heads 4 and 7 would be one flat colour.
 
 # %% id="alibi-plot"
 T = 24
 bias = alibi_bias(alibi_slopes(8), torch.arange(T), torch.arange(T), dtype=torch.float64)  # (H, T, T)
-fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), layout="constrained")
 for ax, h in zip(axes, (0, 2, 4, 7)):
-    shown = bias[h].masked_fill(~causal_mask(T), float("nan")).numpy()
-    image = ax.imshow(shown, cmap="magma", vmin=-12, vmax=0)
+    shown = bias[h].masked_fill(~causal_mask(T), float("nan"))  # (T, T), blocked keys NaN (drawn white)
+    lowest = shown.nan_to_num(0.0).min().item()  # the most distant key's bias, -(T - 1) m_h
+    image = ax.imshow(shown.numpy(), cmap="magma", vmin=lowest, vmax=0)
     ax.set(title=f"ALiBi head {h}: slope 2^-{h + 1}", xlabel="key j", ylabel="query i")
-fig.colorbar(image, ax=axes, fraction=0.015, label="bias added to the score")
+    fig.colorbar(image, ax=ax, fraction=0.046, label=f"bias added to the score (0 to {lowest:.3g})")
 plt.show()
 
 # %% [markdown] id="alibi-plot-caption"
-# *What to see:* each head subtracts a penalty that grows linearly with the distance back; head 0
-# (slope 1/2) fades distant keys fast, head 7 (slope 1/256) hardly at all, so different heads see
-# different ranges.
+# *What to see:* each head subtracts a penalty that grows linearly with the distance back, so every
+# panel shows the same triangle; the colour bars differ: head 0 (slope 1/2) reaches $-11.5$ at 23
+# tokens back and fades distant keys fast, head 7 (slope 1/256) only $-0.09$, hardly at all, so
+# different heads see different ranges.
 
 # %% [markdown] id="alibi-shift"
 # **Implementation check: only the distance matters, and a row shift changes nothing.** Softmax

@@ -54,6 +54,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.ticker import NullFormatter
 from torch.utils.flop_counter import FlopCounterMode
 
 import helpers
@@ -163,9 +164,12 @@ print("SwiGLU MLP: counter", counted(lambda: ffn(x)), "formula", mlp_flops(48, 1
 # %% [markdown] id="crossover-md"
 # **Where attention starts to dominate.** Setting the two costs equal,
 # $2Td(2d + 2d_{kv}) + 4T^2 d = 2mTd\,d_{ff}$ gives $T^\* = (m\,d_{ff} - 2d - 2d_{kv}) / 2$. For GPT-2
-# that is $(2 \cdot 3072 - 1536 - 1536)/2 = 1536$ tokens: beyond it, one layer's attention costs more
-# FLOPs than its MLP. The course's small model reaches that point much sooner, because its MLP is
-# small in absolute terms.
+# that is $(2 \cdot 3072 - 1536 - 1536)/2 = 1536$ tokens: beyond it, one layer's attention (projections
+# and the $T^2$ term together) costs more FLOPs than its MLP. The $T^2$ term *alone* catches up with
+# the MLP later, at $4T^2d = 2mTd\,d_{ff}$, i.e. $T = m\,d_{ff}/2 = 3072$ for GPT-2; and it equals the
+# projections at $T = d + d_{kv}$ (also 1536 for GPT-2, whose $d_{ff} = 4d$ makes the two points
+# coincide). The course's small model reaches these points much sooner, because its MLP is small in
+# absolute terms.
 
 # %% id="crossover"
 # NBVAL_CHECK_OUTPUT
@@ -173,7 +177,9 @@ course = ModelConfig(vocab_size=512, d_model=128, n_heads=4, n_layers=4, max_seq
 llama_like = ModelConfig(vocab_size=32000, d_model=4096, n_heads=32, n_kv_heads=8, n_layers=32,
                          ffn="swiglu", d_ff=14336, max_seq_len=8192)
 for name, c in (("GPT-2 small", gpt2), ("course model", course), ("Llama-3-8B-like", llama_like)):
-    print(f"{name:<16} attention >= MLP from T = {attention_mlp_crossover(c)}")
+    m = 3 if c.ffn == "swiglu" else 2  # MLP matrices
+    print(f"{name:<16} attention >= MLP from T = {attention_mlp_crossover(c)}; the T² term alone >= MLP from "
+          f"T = m d_ff / 2 = {m * c.ffn_width // 2}, >= the projections from T = d + d_kv = {c.d_model + c.kv_heads * c.d_model // c.n_heads}")
 
 # %% id="crossover-plot"
 T_range = np.unique(np.logspace(4, 15, 60, base=2).astype(int))
@@ -182,18 +188,24 @@ for ax, (name, c) in zip(axes, (("GPT-2 small", gpt2), ("course model", course))
     parts = [attention_flops(c.d_model, c.n_heads, int(t), n_kv_heads=c.kv_heads) for t in T_range]
     ax.loglog(T_range, [p["projections"] + p["output"] for p in parts], label="attention projections (∝ T)")
     ax.loglog(T_range, [p["scores"] + p["values"] for p in parts], label="QKᵀ and AV (∝ T²)")
+    ax.loglog(T_range, [p["projections"] + p["output"] + p["scores"] + p["values"] for p in parts], "k",
+              lw=2.5, alpha=0.35, label="attention total (projections + T² term)")
     ax.loglog(T_range, [mlp_flops(c.d_model, c.ffn_width, int(t)) for t in T_range], label="MLP (∝ T)")
-    ax.axvline(attention_mlp_crossover(c), color="gray", ls=":", label="attention = MLP")
+    ax.axvline(attention_mlp_crossover(c), color="gray", ls=":", label=f"T* = {attention_mlp_crossover(c)}: attention total = MLP")
+    t2_meets_mlp = 2 * c.ffn_width // 2  # m d_ff / 2 with m = 2 (both are GELU MLPs)
+    ax.axvline(t2_meets_mlp, color="gray", ls="-.", label=f"T = m d_ff / 2 = {t2_meets_mlp}: T² term = MLP")
     ax.set(title=f"{name}: FLOPs of one layer vs T", xlabel="sequence length T", ylabel="FLOPs")
-    ax.legend(fontsize=8)
-plt.suptitle("The T² part is a steeper line on log-log axes: it overtakes the per-token work at T*")
+    ax.legend(fontsize=7)
+plt.suptitle("Attention's total (grey) overtakes the MLP at T* (dotted); the steeper T² term alone does at m·d_ff/2 (dash-dot)")
 plt.tight_layout()
 plt.show()
 
 # %% [markdown] id="crossover-plot-caption"
 # *What to see:* the per-token terms (projections, MLP) are lines of slope 1 and the $QK^\top$ /
-# $AV$ term a line of slope 2; attention's total overtakes the MLP at the dotted $T^*$, near 1500
-# tokens for GPT-2 small but near 250 for the narrow course model.
+# $AV$ term a line of slope 2; attention's total (the thick grey line) crosses the MLP at the dotted
+# $T^*$, 1536 tokens for GPT-2 small but 256 for the narrow course model, which is also where the
+# $T^2$ term meets the projections; the $T^2$ term alone crosses the MLP at the dash-dotted
+# $m\,d_{ff}/2$, twice as far out.
 
 # %% [markdown] id="flops-mistake-md"
 # **Where it shows up.** Model cards quote "FLOPs per token"; hardware is quoted in FLOP/s, almost
@@ -244,7 +256,7 @@ Ts = [128, 256, 512, 1024, 2048]
 naive_time, naive_mem, tiled_mem, formula_mem = [], [], [], []
 for T in Ts:
     q, k, v = (torch.randn(1, 4, T, 32, device=device) for _ in range(3))
-    naive_time.append(best_time(scaled_dot_product_attention, q, k, v, repeat=3))
+    naive_time.append(best_time(scaled_dot_product_attention, q, k, v, repeat=7 if T <= 1024 else 3))  # more tries where they are cheap: the least disturbed counts
     naive_mem.append(peak_tensor_bytes(scaled_dot_product_attention, q, k, v)[1])
     tiled_mem.append(peak_tensor_bytes(tiled_attention, q, k, v, block_size=128)[1])
     formula_mem.append(score_bytes(1, 4, T))
@@ -254,6 +266,16 @@ for T, t, m, tm, f in zip(Ts, naive_time, naive_mem, tiled_mem, formula_mem):
 slope_time = np.polyfit(np.log(Ts[2:]), np.log(naive_time[2:]), 1)[0]
 slope_mem = np.polyfit(np.log(Ts[2:]), np.log(naive_mem[2:]), 1)[0]
 print(f"log-log slopes from T = 512 on: time {slope_time:.2f}, memory {slope_mem:.2f} (the T² terms alone would give 2)")
+segments = [math.log(naive_time[i + 1] / naive_time[i], 2) for i in range(len(Ts) - 1)]  # each step doubles T
+print("time slope of each doubling of T:", ", ".join(f"{a}->{b}: {g:.2f}" for a, b, g in zip(Ts, Ts[1:], segments)))
+print("time per score element (ns), the same FLOPs each:",
+      ", ".join(f"T = {T}: {t / (4 * T * T) * 1e9:.1f}" for T, t in zip(Ts, naive_time)),
+      "| one (4, T, T) float32 matrix:", ", ".join(f"{score_bytes(1, 4, T) / MiB:g}" for T in Ts), "MiB")
+try:  # the CPU's per-core level-2 cache, where Linux reports it
+    with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as file:
+        print("this CPU's level-2 cache per core:", file.read().strip())
+except OSError:
+    pass
 
 # %% id="measure-plot"
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -266,23 +288,35 @@ axes[1].loglog(Ts, tiled_mem, "s-", label="measured peak, tiled (block 128)")
 axes[1].loglog(Ts, formula_mem, "k--", label="formula: one score matrix, 4 H T² bytes")
 axes[1].set(title="memory vs T", xlabel="T", ylabel="bytes")
 for ax in axes:
+    ax.set_xticks(Ts, [str(T) for T in Ts])
+    ax.xaxis.set_minor_formatter(NullFormatter())  # only the measured T are labelled
     ax.legend(fontsize=8)
-plt.suptitle("Naive attention's memory climbs with slope 2 on log-log axes, its time towards 2; tiled memory stays nearly flat")
+plt.suptitle(f"Naive attention's memory climbs with slope 2 on log-log axes, its time with slope {slope_time:.2f} "
+             "from T = 512\n(the FLOPs alone: 2); tiled memory stays nearly flat")
 plt.tight_layout()
 plt.show()
 
 # %% [markdown] id="measure-plot-caption"
-# *What to see:* left, naive attention's measured time approaches the dashed $T^2$ line at long
-# sequences (at short ones fixed overheads dominate); right, its peak memory runs parallel to the
-# one-score-matrix formula (slope 2) while the tiled version's stays nearly flat. The exact values
-# depend on the machine.
+# *What to see:* left, naive attention's measured time rises about as steeply as the dashed $T^2$
+# line from `T = 512` on, some doublings more steeply (the fitted slope is in the title, each
+# doubling's slope printed above; why it can exceed 2 is explained below); right, its peak memory runs parallel to the one-score-matrix formula
+# (slope 2) while the tiled version's stays nearly flat. The exact values depend on the machine.
 
 # %% [markdown] id="memory-read"
 # Read the right panel: the naive peak sits at about *twice* the formula's line, because the scores
-# and the softmax weights are alive at the same moment. The time (left) bends towards slope 2 only
-# at longer `T`: for short sequences fixed costs (Python, launching the operations, the $O(T d)$
-# work) still dominate, which is why the fit starts at `T = 512`. The tiled version (section 7) never holds
-# more than a `block x block` piece of the scores: its peak grows only with the output, like $T$.
+# and the softmax weights are alive at the same moment. The time (left) is not the FLOPs alone. For
+# short sequences fixed costs (Python, launching the operations, the $O(T d)$ work) weigh in, which is
+# why the fit starts at `T = 512`. And the time *per score element* (printed above) is not constant,
+# although every element costs the same FLOPs: it stays small while the `(4, T, T)` float32 matrices
+# (1 MiB at `T = 256`, 4 MiB at 512, 16 MiB at 1024, 64 MiB at 2048) are about the size of a core's
+# level-2 cache (printed above where Linux reports it), and grows once they are many times larger:
+# then every pass over the scores (the product, the softmax, the product with $V$) has to fetch them
+# from the slower shared cache or main memory. The doublings across that step have slopes above 2,
+# and so can the fit. FLOP counts predict
+# the arithmetic; the memory hierarchy decides the waiting. (On a busy machine the timings also
+# jitter from run to run.)
+# The tiled version (section 7) never holds more than a `block x block` piece of the scores: its peak
+# grows only with the output, like $T$, and its blocks stay in the cache.
 #
 # **Common mistake: "memory is $O(T d)$, like the activations".** The activations `(B, T, d_model)`
 # do grow linearly, but the score matrix per head is `(T, T)`, whatever `d_head` is. Run side by side:
@@ -439,8 +473,10 @@ print("bottom-right equals full recomputation:", torch.allclose(right_step, full
 # %% [markdown] id="offset-md"
 # **Common mistake: the position offset.** With learned positions, the new token after $n$ cached
 # tokens sits at position $n$. Off by one, the model reads the wrong row of the position table and
-# its logits change. Past the end of the table there is no row at all: the shared model says so
-# instead of failing with an index error.
+# its logits change. The cell runs the off-by-one version (the cache's token counter one short, so the
+# new token is embedded at position 8 instead of 9) and compares its logits with a full recomputation.
+# Past the end of the table there is no row at all: the shared model says so instead of failing with
+# an index error.
 
 # %% id="offset-mistake"
 # NBVAL_CHECK_OUTPUT
@@ -450,10 +486,14 @@ with torch.no_grad():
     reference_logits = small(ids)[:, -1]
     cache = KVCache(4)
     cached_forward(small, ids[:, :9], cache)
-    right = cached_forward(small, ids[:, 9:], cache)[:, -1]
-    h = small.tok_emb.weight[ids[:, 9:]] + small.pos_emb.weight[8]  # WRONG: position 8, not 9
-print("offset 9 (right) equals recomputation:", torch.allclose(right, reference_logits, atol=1e-5))
-print("offset 8 embeds differently:", not torch.allclose(h, small.tok_emb.weight[ids[:, 9:]] + small.pos_emb.weight[9]))
+    right = cached_forward(small, ids[:, 9:], cache)[:, -1]  # (1, V)
+    off_by_one = KVCache(4)
+    cached_forward(small, ids[:, :9], off_by_one)
+    off_by_one.tokens -= 1  # WRONG: the counter says 8 cached tokens, so the new one is embedded at position 8
+    wrong = cached_forward(small, ids[:, 9:], off_by_one)[:, -1]  # (1, V)
+print("offset 9 (right): logits equal the full recomputation:", torch.allclose(right, reference_logits, atol=1e-5))
+print("offset 8 (WRONG): logits equal the full recomputation:", torch.allclose(wrong, reference_logits, atol=1e-5),
+      "| they differ by more than 0.01 somewhere:", (wrong - reference_logits).abs().max().item() > 0.01)
 try:
     generate(small, ids, 7)
 except ValueError as error:
@@ -491,21 +531,32 @@ for T in rows:
     achieved.append(flops / seconds)
     print(f"T = {T:5d}: {flops / moved:7.1f} FLOP/byte, {seconds * 1e3:7.3f} ms, "
           f"{seconds / T * 1e6:8.2f} µs per token, {flops / seconds / 1e9:6.1f} GFLOP/s")
+# The compute roof: what this machine's matmul reaches when arithmetic, not memory, limits it: the best of
+# a square product with T = d_big (about 1000 FLOP per byte) and the rows above.
+roof = max([2 * d_big**3 / best_time(torch.matmul, W_big, W_big.T, repeat=3)] + achieved)
+print(f"compute roof (the best of a {d_big} x {d_big} x {d_big} product and the rows above): {roof / 1e9:.1f} GFLOP/s; "
+      f"decode (T = 1) reaches "
+      f"{achieved[0] / roof:.0%} of it, T = {rows[-1]} reaches {achieved[-1] / roof:.0%}")
 
 # %% id="prefill-plot"
 fig, ax = plt.subplots(figsize=(6, 3.8))
-ax.loglog(intensity, achieved, "o-")
+ax.loglog(intensity, achieved, "o-", label="(T, 2048) @ (2048, 2048)")
+ax.axhline(roof, color="k", ls="--", lw=1, label=f"compute roof, measured: {roof / 1e9:.0f} GFLOP/s")
+ax.set_ylim(top=roof * 2)
 for T, x_, y_ in zip(rows, intensity, achieved):
     ax.annotate(f"T={T}", (x_, y_), fontsize=8)
 ax.set(xlabel="arithmetic intensity (FLOP per byte moved)", ylabel="achieved FLOP/s",
-       title="Decode (T=1) is starved for bytes; prefill reaches the compute roof")
+       title=f"Decode (T=1) runs at {achieved[0] / roof:.0%} of the roof; prefill climbs towards it")
+ax.legend(fontsize=8, loc="lower right")
 plt.tight_layout()
 plt.show()
 
 # %% [markdown] id="prefill-plot-caption"
-# *What to see:* achieved FLOP/s rises with arithmetic intensity: decoding one token (T = 1, bottom
-# left) moves many bytes per FLOP and runs far below what prefill of hundreds of tokens reaches. The
-# exact values depend on the machine.
+# *What to see:* achieved FLOP/s rises with arithmetic intensity towards the dashed compute roof
+# (the best speed the same machine's matmul reached): decoding one token (T = 1, bottom left)
+# moves many bytes per FLOP and runs at a small fraction of the roof, prefill of hundreds of tokens
+# at a large fraction of it (both fractions are printed above). The exact values depend on the machine, and
+# on a busy one the points jitter.
 
 # %% [markdown] id="prefill-read"
 # With one token the multiply runs at a small fraction of the speed the same weights reach with
@@ -516,7 +567,7 @@ plt.show()
 
 # %% id="decode-bytes"
 # NBVAL_CHECK_OUTPUT
-weights_bytes = 8 * 2**30 * 2  # an 8-billion-parameter model in bf16
+weights_bytes = 8 * 10**9 * 2  # an 8-billion-parameter model in bf16 (8e9, not 8 * 2**30 = 8.59e9)
 cache_8k = kv_cache_bytes(32, 8, 128, 8192)
 step_flops = 2 * 8 * 10**9  # about 2N FLOPs per decoded token
 print(f"decode step of one sequence: reads {(weights_bytes + cache_8k) / GiB:.0f} GiB for {step_flops / 1e9:.0f} GFLOP "
@@ -695,8 +746,8 @@ for window in (8192, 32768, 131072):
 # | you can show | where |
 # |---|---|
 # | attention's parts and the MLP in FLOPs, equal to torch's flop counter (2 FLOPs per multiply-add) | §1, `flops-gpt2`, `flops-check`, `flops-mistake` |
-# | attention overtakes the MLP at $T^\*$ = 1536 for GPT-2 small | §1, `crossover`, `crossover-plot` |
-# | score memory is $O(T^2)$; measured time and memory have slope ≈ 2 on log-log axes | §2, `memory-example`, `measure`, `measure-plot` |
+# | attention overtakes the MLP at $T^\*$ = 1536 for GPT-2 small; its $T^2$ term alone at $m\,d_{ff}/2$ = 3072 | §1, `crossover`, `crossover-plot` |
+# | score memory is $O(T^2)$; measured memory has slope 2 on log-log axes, measured time about 2 or more once the scores outgrow the cache | §2, `memory-example`, `measure`, `measure-plot` |
 # | forward and training FLOPs of a whole model, equal to the flop counter | §3, `per-token-check`, `per-token-table` |
 # | 2 GiB of KV cache per 4096-token sequence for Llama-2-7B's shape; GQA ÷4, MQA ÷32; `.nbytes` of a real cache | §4, `kv-example`, `kv-real`, `kv-mistake` |
 # | cached generation gives identical tokens, faster; the cache mask is bottom-right, not `is_causal` | §5, `generate-run`, `generate-same`, `mask-compare`, `offset-mistake` |

@@ -317,7 +317,7 @@ REAL_CONFIGS = MappingProxyType({
     "llama2_7b": MappingProxyType({"n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "d_head": 128, "context": 4096}),
     "llama3_8b": MappingProxyType({"n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "d_head": 128, "context": 8192}),
     "falcon_7b": MappingProxyType({"n_layers": 32, "n_heads": 71, "n_kv_heads": 1, "d_head": 64, "context": 2048}),
-    "bytes_per_element": 2, "batch": 16, "gpu_bytes": 80 * 2**30, "weight_bytes_llama3": 16 * 2**30,
+    "bytes_per_element": 2, "batch": 16, "gpu_bytes": 80 * 2**30, "weight_bytes_llama3": 16 * 10**9,
 })
 
 
@@ -359,7 +359,7 @@ def _real_numbers(s: Any = REAL_CONFIGS) -> tuple[dict[str, float], dict[str, li
     expected["max_batch_llama3"] = free // expected["kv_llama3_8b"]
     add("max_batch_llama3", s["gpu_bytes"] // expected["kv_llama3_8b"],
         "the weights take memory too: subtract them before dividing by one sequence's cache")
-    add("max_batch_llama3", free / expected["kv_llama3_8b"] + 1, "a batch is a whole number of sequences: round down")
+    add("max_batch_llama3", -(-free // expected["kv_llama3_8b"]), "a batch is a whole number of sequences: round down")
     add("max_batch_llama3", free // per_sequence(c, heads=c["n_heads"]),
         "n_heads was used where n_kv_heads belongs: GQA's cache is 4 times smaller")
     expected["gqa_saving_llama3"] = c["n_heads"] / c["n_kv_heads"]

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import nbformat
-import nbformat.reader
 
 from .course import (
     Assignment,
@@ -43,14 +42,41 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     if path.is_dir():
         raise GradingError(f"{path} is a folder; give the path of the .ipynb file inside it")
     try:
-        nb = nbformat.read(str(path), as_version=4)
-    except (json.JSONDecodeError, UnicodeDecodeError, nbformat.reader.NotJSONError):
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise GradingError(f"{path} is not a Jupyter notebook: it is not valid JSON") from None
+    # The layout nbformat needs, checked first so that its internal errors never reach the learner.
+    cells = raw.get("cells") if isinstance(raw, dict) else None
+    if not isinstance(cells, list):
+        got = ("no \"cells\" entry" if isinstance(raw, dict) and "cells" not in raw
+               else f"\"cells\" is {_json_kind(cells)}" if isinstance(raw, dict) else f"the file holds {_json_kind(raw)}")
+        raise GradingError(f"{path} is not a Jupyter notebook: a notebook is a JSON object whose \"cells\" is a "
+                           f"list of cells; here {got}. Give the .ipynb file Jupyter saved")
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict) or not isinstance(cell.get("cell_type"), str):
+            raise GradingError(f"{path} is not a Jupyter notebook: cell {i} of its \"cells\" list is "
+                               f"{_json_kind(cell)}, not a cell (a JSON object with a \"cell_type\")")
+    try:
+        nb = nbformat.reads(text, as_version=4)
     except Exception as error:  # noqa: BLE001 (nbformat's own reading errors)
         raise GradingError(f"{path} is not a Jupyter notebook ({type(error).__name__}: {error})") from None
     if not isinstance(nb.get("cells"), list):
         raise GradingError(f"{path} is not a Jupyter notebook: it has no list of cells")
     return nb
+
+
+def _json_kind(value) -> str:
+    """How a JSON value reads in a message: 'a number (3)', 'an object', 'a string', ..."""
+    if isinstance(value, dict):
+        return "an object" + (" with a \"cell_type\" that is not a string" if "cell_type" in value else "")
+    if isinstance(value, str):
+        return f"a string ({value[:20]!r})"
+    if isinstance(value, bool) or value is None:
+        return f"{json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return "a list"
 
 
 def _ids(nb: nbformat.NotebookNode) -> set[str]:

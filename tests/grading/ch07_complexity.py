@@ -53,7 +53,7 @@ STUDENTS = {
     # The right numbers typed in: the visible test passes, the hidden test re-runs the cell with other sizes.
     "kv_numbers_typed_in": Submission(
         {"ex4-answer": put("kv_llama2_7b = 2147483648\nkv_llama3_8b = 1073741824\nkv_falcon_7b = 16777216\n"
-                           "kv_batch_llama3 = 17179869184\nmax_batch_llama3 = 64\ngqa_saving_llama3 = 4.0\n")},
+                           "kv_batch_llama3 = 17179869184\nmax_batch_llama3 = 65\ngqa_saving_llama3 = 4.0\n")},
         {"ex4-hidden"}, "`gqa_saving_llama3` does not follow from the sizes: with llama3_8b['n_heads'] = 24 (not 32) "
                         "and llama3_8b['n_kv_heads'] = 4 (not 8) it should be 6.0, and your code gives 4.0"),
     # Cheats: the reference, and a wrapper of torch's fused attention.
