@@ -40,6 +40,7 @@ from .core import (
     check_numbers,
     compare,
     protect,
+    refuse_answers_computed_by,
     verify_environment,
 )
 from .core import randn as _randn
@@ -583,6 +584,7 @@ _NAME_MISTAKES = {
 def check_mask_names(**answers: Any) -> None:
     """Exercise 3a: the kind of each printed mask, or 'none'."""
     verify_environment()
+    refuse_answers_computed_by([f"mask_{key}" for key in MASK_ANSWERS], _MASK_FORBIDDEN + (MASK_ANSWERS,))
     kinds = (*masks_ref.MASK_KINDS, "none")
     for key, right in MASK_ANSWERS.items():
         if key not in answers or answers[key] is None:
@@ -970,6 +972,7 @@ _COUNT_HINTS = {
 
 def check_encoder_decoder_counts(**answers: Any) -> None:
     """Exercise 5: parameters of one encoder layer, one decoder layer, and the whole model."""
+    refuse_answers_computed_by(COUNT_QUESTIONS, (ref,))
     check_numbers(answers, COUNT_QUESTIONS, mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS,
                   name="check_encoder_decoder_counts", integers=COUNT_QUESTIONS)
 
