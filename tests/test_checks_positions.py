@@ -271,3 +271,21 @@ def test_numbers_need_every_answer():
     del answers["turn_position"]
     with pytest.raises(CheckFailed, match="needs an answer for turn_position"):
         checks.check_rope_numbers(**answers)
+
+
+def _rope_for_4d_only(x, offset=0):
+    B, H, T, d = x.shape  # WRONG: the exercise's x is (..., T, d_head)
+    angles = torch.arange(offset, offset + T, dtype=torch.float64, device=x.device)[:, None] * 10000.0 ** (
+        -torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    a, b = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_rope_for_4d_input_only_is_told_to_index_from_the_end(variant):
+    """Issue 31: a raw unpacking (or IndexError) error; the message names the cause and the fix."""
+    kwargs = HIDDEN["apply_rope"] if variant == "hidden" else {}
+    with pytest.raises(CheckFailed, match=r"^apply_rope handles x \(B, H, T, d_head\) only: on x \(T, d_head\) it "
+                                          r"raised ValueError: .*read the sizes from the end"):
+        checks.check_apply_rope(_rope_for_4d_only, **kwargs)

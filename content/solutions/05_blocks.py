@@ -357,7 +357,7 @@ check_prefix_lm_mask(prefix_lm_mask)
 # %% id="ex4-hidden" kind="test" points=2
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
-check_prefix_lm_mask(prefix_lm_mask, T=6, prefix_lengths=(1, 4), lengths=(6, 5))
+check_prefix_lm_mask(prefix_lm_mask, T=6, prefix_lengths=(2, 4), lengths=(6, 5))
 check_prefix_lm_mask(prefix_lm_mask, T=9, prefix_lengths=(5, 0, 2, 9), lengths=(8, 3, 2, 9))
 ### END HIDDEN TESTS
 

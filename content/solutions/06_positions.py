@@ -128,7 +128,9 @@ check_sinusoidal_table(sinusoidal_table, T=7, d_model=12, offsets=(0, 23), far=5
 # | returns | `attn(x + PE)` with `PE` the sinusoidal table of those positions, `(B, T, d_model)`, dtype of `x` |
 #
 # You may use your `sinusoidal_table` from exercise 1 or `helpers.positions.sinusoidal_table`
-# (`sinusoidal_table(T, d_model, offset=offset, dtype=x.dtype)`).
+# (`sinusoidal_table(T, d_model, offset=offset, dtype=x.dtype)`). Exercise 1's table is always
+# `float32`; the result must have the dtype of `x` (the hidden test passes `float64` inputs), so
+# convert the table, `.to(x.dtype)`, before adding it.
 #
 # <details><summary>Hint: the test says the positions are added after attention</summary>
 #
@@ -162,8 +164,10 @@ check_add_positions(add_positions, seed=5, dtype=torch.float64, B=3, T=6, d_mode
 # *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 4
 #
 # RoPE rotates pairs of channels of a query or key by an angle proportional to the token's
-# position. Write `apply_rope(x, offset=0)` for `x` of shape `(..., T, d_head)` (`d_head` even),
-# returning the same shape and dtype. **Convention of this exercise: rotate-half pairs** (HF Llama,
+# position. Write `apply_rope(x, offset=0)` for `x` of shape `(..., T, d_head)` (`d_head` even, any
+# number of leading axes: the check passes `(B, H, T, d_head)` and `(T, d_head)`), returning the same
+# shape and dtype, on the same device as `x`: the check also runs it on a second device (the GPU,
+# else PyTorch's `meta` device), so create new tensors with `device=x.device`. **Convention of this exercise: rotate-half pairs** (HF Llama,
 # GPT-NeoX): pair `k` is channels `(k, k + d_head/2)`, for `k = 0 .. d_head/2 - 1`. Token `t` is
 # at position `p = offset + t` and its pair `k`, with values $(a, b)$, becomes
 #

@@ -239,8 +239,19 @@ class Case:
             if isinstance(arg, torch.Tensor):
                 parts.append(f"{name} {named_shape(arg.shape, self.sizes)} {str(arg.dtype).replace('torch.', '')}")
             else:
-                parts.append(f"{name}={arg!r}")
+                parts.append(f"{name}={_one_line(arg)}")
         return ", ".join(parts)
+
+
+def _one_line(value: Any) -> str:
+    """A short one-line description: a model's class and size rather than its repr of 25 lines."""
+    if isinstance(value, torch.nn.Module):
+        n = sum(p.numel() for p in value.parameters())
+        blocks = next((len(m) for name, m in value.named_children() if isinstance(m, torch.nn.ModuleList)), None)
+        return f"{type(value).__name__}({f'{blocks} blocks, ' if blocks else ''}{n:,} parameters)"
+    text = repr(value)
+    first = text.splitlines()[0] if text else text
+    return first if first == text and len(text) <= 100 else first[:97].rstrip() + " ..."
 
 
 def named_shape(shape: Sequence[int], sizes: Mapping[str, int]) -> str:
@@ -444,10 +455,12 @@ def call_learner(fn: Any, name: str, case: Case, forbidden: Sequence[Any] = ()) 
         )
     for arg_name, before, after in zip(case.arg_names, originals, case.args):
         if isinstance(before, torch.Tensor) and before.device.type != "meta" and not torch.equal(before, after.detach()):
-            raise CheckFailed(
-                f"{name} modified its input {arg_name} in place; return a new tensor instead "
-                f"(for example masked_fill rather than masked_fill_)"
-            )
+            if before.is_floating_point() or before.dtype == torch.bool:
+                fix = "return a new tensor instead (for example masked_fill rather than masked_fill_)"
+            else:  # ids, indices: changed to try something out
+                fix = (f"change a copy instead ({arg_name}.clone()) and leave {arg_name} as it was: the caller "
+                       f"still needs it")
+            raise CheckFailed(f"{name} modified its input {arg_name} in place; {fix}")
     return result
 
 

@@ -13,8 +13,11 @@ their own.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -658,9 +661,29 @@ def check_apply_rope(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
         Case((_randn(gen, T, d_head, dtype=dtype), offset + 1), {"T": T, "d_head": d_head}, ("x", "offset"),
              f"x (T, d_head), offset = {offset + 1}"),
     ]
-    check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
-                   mistakes=ROPE_MISTAKES, forbidden=_REFERENCE, diagnose=_rope_diagnose,
-                   probes=ROPE_PROBES)
+    try:
+        check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
+                       mistakes=ROPE_MISTAKES, forbidden=_REFERENCE, diagnose=_rope_diagnose,
+                       probes=ROPE_PROBES)
+    except CheckFailed as failure:
+        if " raised " not in str(failure) or not _runs(fn, cases[1]) or _runs(fn, cases[2]):
+            raise
+        error = str(failure).split(" raised ", 1)[1].split(" (called with", 1)[0]
+        raise CheckFailed(f"apply_rope handles x (B, H, T, d_head) only: on x (T, d_head) it raised {error}. "
+                          f"The exercise's x is (..., T, d_head), any number of leading axes: read the sizes from the "
+                          f"end (T, d = x.shape[-2], x.shape[-1]) and slice with ... (x[..., :d // 2]), so the same "
+                          f"code rotates (T, d_head), (B, T, d_head) and (B, H, T, d_head)") from None
+
+
+def _runs(fn: Any, case: Case) -> bool:
+    """Whether fn(*case.args) returns without an exception (its value is not judged)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in case.args])
+    except Exception:  # noqa: BLE001 - any error means it does not run
+        return False
+    return True
 
 
 def _reference_rope_attention(q, k, v):
