@@ -130,7 +130,19 @@ def find_bug(model, reference):
     return None
 
 
+_ANSWERS: dict[bytes, str | None] = {}
+
+
+def _find_bug_once(model, reference):
+    """find_bug, each hunt model diagnosed once per test session (its embedding's bytes identify it)."""
+    key = model.net.tok_emb.weight.detach().numpy().tobytes()
+    if key not in _ANSWERS:
+        _ANSWERS[key] = find_bug(model, reference)
+    return _ANSWERS[key]
+
+
 def _renamed(find, rename):
+    find = _find_bug_once if find is find_bug else find
     return lambda model, reference: rename(find(model, reference))
 
 
@@ -138,8 +150,8 @@ _NEXT = dict(zip(sorted(bugs.BUGS), sorted(bugs.BUGS)[1:] + sorted(bugs.BUGS)[:1
 
 
 def test_bug_hunt_accepts_a_find_bug_that_diagnoses(capsys):
-    checks.check_bug_hunt(find_bug)
-    checks.check_bug_hunt(find_bug, secret=2026)  # the hidden test's hunt
+    checks.check_bug_hunt(_find_bug_once)
+    checks.check_bug_hunt(_find_bug_once, secret=2026)  # the hidden test's hunt
     assert capsys.readouterr().out.count("✓ all 8 bugs found") == 2
 
 

@@ -185,12 +185,12 @@ def _one_token_test(token: int, perm: str):
 
 @pytest.mark.parametrize("token", [0, -1], ids=["first", "last"])
 @pytest.mark.parametrize("perm", ["roll", "random"])
-@pytest.mark.parametrize("variant", ["visible", "hidden", "hidden-edge"])
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
 def test_a_test_that_compares_one_token_fails(token, perm, variant):
-    """Three functions that each mix one token with its neighbour: a one-token comparison of output i sees
-    position i and where token i came from, never all three."""
-    kwargs = {"visible": {}, "hidden": HIDDEN, "hidden-edge": HIDDEN_EDGE}[variant].get("is_permutation_equivariant", {})
-    for seed in range(3):
+    """Functions that each mix one token with its neighbour, two at every position: a one-token comparison
+    of output i sees position i and where token i came from only, even with a new permutation per call."""
+    kwargs = {"visible": {}, "hidden": HIDDEN}[variant].get("is_permutation_equivariant", {})
+    for seed in range(2 if perm == "random" else 1):
         torch.manual_seed(seed)
         with pytest.raises(CheckFailed, match=r"returned True for a function that mixes token \d \(only\)|"
                                               r"compares only some of the output tokens"):
