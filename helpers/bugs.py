@@ -7,12 +7,18 @@ of the model: the class names, the reprs and the attribute names are the same fo
 only a diagnostic tells them apart. Each one runs, generates and trains without an exception.
 
     models = hunt_models(seed=0)        # {"A": Model, ..., "H": Model}, a seeded assignment of BUGS
-    reference = healthy_model(seed=0)   # the same model without a bug, to compare against
+    reference = healthy_model(seed=0)   # a model without a bug, to compare against
     broken = broken_model("mask_leak")  # one bug by name (the theory notebook shows each one)
+
+Each hunt model has weights of its own, drawn from the hunt's seed and its label: no broken_model
+(or healthy_model) has them, so matching a hunt model's outputs against the named bugs finds
+nothing. Chapter 09's graded hunt (`helpers.checks.diagnostics.check_bug_hunt`) runs the learner's
+`find_bug` on a hunt whose seed only its hidden test knows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import string
 from types import MappingProxyType, MethodType
@@ -238,9 +244,20 @@ def _assignment(seed: int) -> dict[str, str]:
     return {string.ascii_uppercase[i]: keys[k] for i, k in enumerate(order)}
 
 
+def _hunt_weights_seed(seed: int, label: str) -> int:
+    """The weights' seed of hunt model `label`: 48 bits from a hash, far from any seed a learner would try."""
+    return int.from_bytes(hashlib.sha256(f"bug hunt {seed} model {label}".encode()).digest()[:6], "big")
+
+
 def hunt_models(seed: int = 0) -> dict[str, Model]:
-    """{"A": Model, ...}: one model per bug, labelled by a seeded permutation, all from healthy_model(seed)."""
-    return {label: broken_model(bug, seed) for label, bug in _assignment(seed).items()}
+    """{"A": Model, ...}: one model per bug, labelled by a seeded permutation; each model's weights are
+    its own (healthy_model's initialisation from a seed hashed from `seed` and the label)."""
+    models = {}
+    for label, bug in _assignment(seed).items():
+        model = healthy_model(_hunt_weights_seed(seed, label))
+        _plant_bug(model, bug)
+        models[label] = model
+    return models
 
 
 class PrefixSums:

@@ -33,6 +33,7 @@ from .shapes import ShapeError, fmt_shape, require_float, require_positive_int
 
 __all__ = [
     "AddPositions",
+    "MixOneToken",
     "OrderSensitiveRounding",
     "SHAPE_MAP",
     "budget_table",
@@ -198,6 +199,31 @@ class OrderSensitiveRounding(nn.Module):
         if x.shape != self.original.shape or not torch.equal(x, self.original.to(x.device, x.dtype)):
             out = torch.nextafter(out, torch.full_like(out, math.inf))  # one ulp up: another summation order
         return out
+
+
+class MixOneToken(nn.Module):
+    """x with token `t` (only) mixed with its left neighbour: out[:, t] = x[:, t] + x[:, t - 1] / 2.
+
+    x (B, T, d) -> (B, T, d). Not permutation equivariant, but a test that compares only output token
+    i (the first, say) sees it only when t is i or perm[i], so the checks use it at every position.
+    """
+
+    def __init__(self, t: int) -> None:
+        super().__init__()
+        if t < 1:
+            raise ValueError(f"MixOneToken: t must be at least 1 (token t mixes with token t - 1); got {t}")
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_float("MixOneToken", "x", x, "(B, T, d)")
+        if x.shape[1] <= self.t:
+            raise ShapeError(f"MixOneToken: x {fmt_shape(x.shape)} = (B, T, d) has no token {self.t}")
+        out = x.clone()  # (B, T, d)
+        out[:, self.t] = x[:, self.t] + x[:, self.t - 1] / 2
+        return out
+
+    def extra_repr(self) -> str:
+        return f"t={self.t}"
 
 
 class AddPositions(nn.Module):

@@ -65,10 +65,15 @@ def packable(submission: Submission) -> bool:
             and {exercise(name) for name in submission.lost} == edited)
 
 
-def pack(students: Mapping[str, Submission]) -> dict[str, list[str]]:
+def pack(students: Mapping[str, Submission], uses: Mapping[str, Collection[str]] | None = None
+         ) -> dict[str, list[str]]:
     """Graded notebook -> the submissions it holds. Plain mistakes (`packable`) go, first fit in the
     order given, into the first notebook whose exercises they do not touch; each notebook is named
-    after its submissions joined by "__". Every other submission is a notebook of its own."""
+    after its submissions joined by "__". Every other submission is a notebook of its own.
+
+    `uses` maps an exercise to the earlier exercises whose answers it runs (chapter 09's bug hunt runs
+    the learner's exercises 1 to 3): a mistake in one of those touches the exercise that uses it too,
+    so a mistake of the bug hunt is never graded beside a broken exercise 1."""
     packs: list[tuple[list[str], set[str]]] = []
     alone = []
     for name, submission in students.items():
@@ -76,6 +81,7 @@ def pack(students: Mapping[str, Submission]) -> dict[str, list[str]]:
             alone.append(name)
             continue
         edited = {exercise(cell) for cell in submission.edits}
+        edited |= {user for user, used in (uses or {}).items() if set(used) & edited}
         target = next((p for p in packs if not p[1] & edited), None)
         if target is None:
             packs.append(([name], set(edited)))
@@ -188,10 +194,10 @@ class GradedClass:
     the exercises it edits, and the pack's own name covers them all."""
 
     def __init__(self, folder: Path, assignment: str, students: Mapping[str, Submission],
-                 grade_args: Collection[str] = ()) -> None:
+                 grade_args: Collection[str] = (), uses: Mapping[str, Collection[str]] | None = None) -> None:
         self.assignment = assignment
         self.submissions = dict(students)
-        self.packs = pack(self.submissions)
+        self.packs = pack(self.submissions, uses)
         self.students = {name: (self.submissions[members[0]] if len(members) == 1 and name == members[0]
                                 else merged([self.submissions[m] for m in members]))
                          for name, members in self.packs.items()}

@@ -330,3 +330,39 @@ def test_every_public_check_of_every_chapter_runs_on_one_thread():
                    if name.startswith("check_") and callable(value) and value.__module__ == module.__name__
                    and not getattr(value, "on_one_thread", False)]
     assert checks == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Answers assigned in a cell, computed there by what the exercise forbids
+# ------------------------------------------------------------------------------------------------
+
+
+def test_answers_computed_in_the_cell_by_a_forbidden_object_are_found():
+    """No check calls a function in a names-or-numbers answer cell, so the cell's code is read, each
+    name looked up in the learner's namespace (an alias made in another cell included)."""
+    import helpers
+    import helpers.attention
+    import helpers.blocks
+    import helpers.checks.blocks as ch05
+    from helpers.checks.core import answers_computed_by
+
+    names = [f"mask_{k}" for k in "ABCDEF"]
+    forbidden = ch05._MASK_FORBIDDEN + (ch05.MASK_ANSWERS,)
+    ns = {"helpers": helpers, "name_it": helpers.attention.classify_mask, "MASK_ANSWERS": ch05.MASK_ANSWERS}
+
+    def found(*cells, names=names, forbidden=forbidden):
+        return answers_computed_by(names, forbidden, cells=list(cells), namespace=ns)
+
+    assert found("mask_A = helpers.attention.classify_mask(M['A'])") == ("mask_A", "helpers.attention.classify_mask")
+    assert found("from helpers.attention import classify_mask as c\nmask_B = c(M['B'])") == \
+        ("mask_B", "helpers.attention.classify_mask")
+    assert found("mask_A, mask_C = (name_it(m) for m in masks)") == ("mask_A, mask_C", "helpers.attention.classify_mask")
+    assert found("mask_D = MASK_ANSWERS['D']") == ("mask_D", "MASK_ANSWERS")
+    assert found("model = helpers.blocks.TinyEncoderDecoder(cfg)\ntotal = sum(p.numel() for p in model.parameters())",
+                 names=["total"], forbidden=(helpers.blocks,)) == ("total", "helpers.blocks.TinyEncoderDecoder")
+    # Worked out by hand, or the forbidden call in a cell that sets no answer: nothing to refuse.
+    assert found("mask_A = 'causal'  # nothing above the diagonal", "x = helpers.attention.classify_mask(m)") is None
+    assert found("mask_A = 'causal' if not helpers.attention.causal_mask(3)[0, 1] else 'none'") is None
+    # A config to read the sizes from is not the model.
+    assert found("cfg = helpers.blocks.ModelConfig(vocab_size=3, d_model=8)\ntotal = 4 * cfg.d_model ** 2",
+                 names=["total"], forbidden=(helpers.blocks,)) is None

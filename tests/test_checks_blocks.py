@@ -33,7 +33,7 @@ HIDDEN = {
     "decoder_block": {"seed": 5, "dtype": torch.float64, "B": 3, "T_tgt": 4, "T_src": 6, "d_model": 8,
                       "n_heads": 2, "d_ff": 5},
     "model_masks": {"T": 5, "T_tgt": 7, "lengths": (5, 2, 4), "target_lengths": (7, 3, 1)},
-    "prefix_lm_mask": {"T": 6, "prefix_lengths": (1, 4), "lengths": (6, 5)},
+    "prefix_lm_mask": {"T": 6, "prefix_lengths": (2, 4), "lengths": (6, 5)},
 }
 
 
@@ -303,3 +303,32 @@ def test_counts_right_and_each_known_wrong_value(capsys):
                 checks.check_encoder_decoder_counts(**{**checks.COUNT_QUESTIONS, key: value})
     with pytest.raises(CheckFailed, match="is not right; self-attention, cross-attention"):
         checks.check_encoder_decoder_counts(**{**checks.COUNT_QUESTIONS, "decoder_layer": 1})
+
+
+def _block_with_masks(self_mask, cross_mask):
+    """A Pre-LN decoder block whose masks are chosen by self_mask(x, memory) and cross_mask(x, memory, memory_mask)."""
+    def decoder_block(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask=None):
+        x = x + self_attn(norm1(x), self_mask(x, memory))
+        x = x + cross_attn(norm2(x), memory, cross_mask(x, memory, memory_mask))
+        return x + ffn(norm3(x))
+    return decoder_block
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_decoder_block_messages_say_which_mask_went_where(variant):
+    """Issue 31: these raised a raw broadcast error from inside attention; the message names the mask."""
+    kwargs = HIDDEN["decoder_block"] if variant == "hidden" else {}
+    sized_by_source = _block_with_masks(lambda x, memory: masks.causal_mask(memory.shape[1]),
+                                        lambda x, memory, memory_mask: memory_mask)
+    with pytest.raises(CheckFailed, match=r"^decoder_block \(padded memory\): the causal mask is sized by the source: "
+                                          r"self-attention got a \(T_src, T_src\) = \(\d+, \d+\) mask.*"
+                                          r"causal_mask\(x\.shape\[1\]\)"):
+        checks.check_decoder_block(sized_by_source, **kwargs)
+    causal_to_cross = _block_with_masks(lambda x, memory: None,
+                                        lambda x, memory, memory_mask: torch.ones(x.shape[1], memory.shape[1],
+                                                                                  dtype=torch.bool).tril())
+    with pytest.raises(CheckFailed, match=r"the causal mask went to cross-attention and self-attention got none"):
+        checks.check_decoder_block(causal_to_cross, **kwargs)
+    # The right masks pass (an oracle for the helper above).
+    checks.check_decoder_block(_block_with_masks(lambda x, memory: masks.causal_mask(x.shape[1]),
+                                                 lambda x, memory, memory_mask: memory_mask), **kwargs)

@@ -148,6 +148,39 @@ def test_dtype_kept_by_the_online_softmax():
         checks.check_online_softmax_attention(float32_inside)
 
 
+def _whole_matrix_online(q, k, v, block_size):
+    """Right numbers, but every key's score at once: exp(S - max) with no blocks and no running statistics."""
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
+    p = torch.exp(s - s.amax(-1, keepdim=True))
+    return (p @ v) / p.sum(-1, keepdim=True)
+
+
+def _whole_matrix_broadcast(q, k, v, block_size):
+    s = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
+    p = torch.exp(s - s.amax(-1, keepdim=True))
+    return (p @ v) / p.sum(-1, keepdim=True)
+
+
+def _two_blocks_at_once(q, k, v, block_size):
+    """A real online softmax, but over blocks twice as wide as block_size."""
+    return online_with_logsumexp_by_hand(q, k, v, 2 * block_size)
+
+
+@pytest.mark.parametrize("answer, width", [(_whole_matrix_online, "the whole score matrix"),
+                                           (_whole_matrix_broadcast, "the whole score matrix"),
+                                           (_two_blocks_at_once, "scores for 8 keys at once")],
+                         ids=["matmul", "broadcast", "double-blocks"])
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+def test_scores_wider_than_a_block_are_refused(answer, width, hidden):
+    """The values are right, so only the shapes of the scores the answer forms can tell."""
+    kwargs = HIDDEN["online_softmax_attention"] if hidden else {}
+    if hidden:
+        width = width.replace("8 keys", "10 keys")
+    with pytest.raises(CheckFailed, match=rf"forms {width} \(a tensor of shape .*\) with block_size = \d+ "
+                                          r".*loop over blocks of at most block_size keys"):
+        checks.check_online_softmax_attention(answer, **kwargs)
+
+
 def test_a_mistake_only_visible_with_a_real_group_is_caught_by_the_gqa_case():
     wrong = next(m for m in checks.STEP_MISTAKES if m.key == "kv_head_modulo")
     with pytest.raises(CheckFailed, match="6 query heads sharing 2 K/V heads"):

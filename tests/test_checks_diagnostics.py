@@ -4,11 +4,13 @@ mistake with its own message, refuse the reference and torch.special.entr, and g
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 import helpers.checks.diagnostics as checks
+import helpers.diagnostics
 from helpers import bugs
 from helpers.checks import CheckFailed
 
@@ -96,20 +98,119 @@ def test_a_leak_test_that_misses_every_leak_is_told_where():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_bug_hunt_accepts_the_right_choices(capsys):
-    checks.check_bug_hunt(dict(bugs._assignment(0)))
-    assert "✓ all 8 bugs found" in capsys.readouterr().out
+def find_bug(model, reference):
+    """The bug hunt solved with diagnostics written here (loops_diagnostics), not the course's."""
+    V = model.config.vocab_size
+    ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(0))  # (B, T)
+    with torch.no_grad():
+        logits, weights = model(ids, return_weights=True)
+        _, healthy_weights = reference(ids, return_weights=True)
+        if sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in reference.parameters()):
+            return "untied"
+        if max(float((w.sum(-1) - 1).abs().max()) for w in weights) > 1e-3:
+            return "softmax_axis"
+        if max(float(w.triu(1).abs().max()) for w in weights) > 1e-3:
+            return "mask_leak"
+        if loops.future_leaks(model, ids, V).any():
+            return "norm_axis"
+        padded = ids.clone()
+        padded[:, :6] = (padded[:, :6] + 1) % V
+        lengths = torch.tensor([6, 6])
+        if (model(padded, lengths)[:, 6:] - model(ids, lengths)[:, 6:]).abs().max() > 1e-3:
+            return "padding_query"
+        if (model(ids, offset=5) - logits).abs().max() > 1e-3:
+            return "rope_on_v"
+        entropy = torch.stack([loops.attention_entropy(w).mean() for w in weights]).mean()
+        healthy = torch.stack([loops.attention_entropy(w).mean() for w in healthy_weights]).mean()
+        if entropy < 0.6 * healthy:
+            return "no_scale"
+        stream = helpers.diagnostics.residual_stream(model, ids)
+        if loops.update_ratios(stream)[0] > 0.9:
+            return "no_residual"
+    return None
+
+
+_ANSWERS: dict[bytes, str | None] = {}
+
+
+def _find_bug_once(model, reference):
+    """find_bug, each hunt model diagnosed once per test session (its embedding's bytes identify it)."""
+    key = model.net.tok_emb.weight.detach().numpy().tobytes()
+    if key not in _ANSWERS:
+        _ANSWERS[key] = find_bug(model, reference)
+    return _ANSWERS[key]
+
+
+def _renamed(find, rename):
+    find = _find_bug_once if find is find_bug else find
+    return lambda model, reference: rename(find(model, reference))
+
+
+_NEXT = dict(zip(sorted(bugs.BUGS), sorted(bugs.BUGS)[1:] + sorted(bugs.BUGS)[:1]))  # every name moved on
+
+
+def test_bug_hunt_accepts_a_find_bug_that_diagnoses(capsys):
+    checks.check_bug_hunt(_find_bug_once)
+    checks.check_bug_hunt(_find_bug_once, secret=2026)  # the hidden test's hunt
+    assert capsys.readouterr().out.count("✓ all 8 bugs found") == 2
 
 
 def test_the_visible_bug_hunt_test_checks_the_form_only(capsys):
-    truth = bugs._assignment(0)
-    rotated = dict(zip(truth, list(truth.values())[1:] + list(truth.values())[:1]))  # every choice wrong
-    checks.check_bug_hunt(rotated, grade=False)
-    assert "the hidden test grades the choices" in capsys.readouterr().out
-    with pytest.raises(CheckFailed, match="more than one"):
-        checks.check_bug_hunt({**truth, "A": truth["B"]}, grade=False)
+    checks.check_bug_hunt(_renamed(find_bug, _NEXT.get), grade=False)  # every answer wrong, each bug once
+    assert "the hidden test grades it on other models" in capsys.readouterr().out
     with pytest.raises(CheckFailed, match="0 of 8 right"):
-        checks.check_bug_hunt(rotated)
+        checks.check_bug_hunt(_renamed(find_bug, _NEXT.get), secret=2026)
+    with pytest.raises(CheckFailed, match="returned 'no_scale' for more than one"):
+        checks.check_bug_hunt(_renamed(find_bug, lambda bug: "no_scale" if bug == "no_residual" else bug),
+                              grade=False)
+
+
+def test_the_graded_hunt_is_not_the_visible_one_nor_the_named_models():
+    """The hidden test's key is not bugs._assignment of the visible seed, and no hunt model has the weights
+    (so the outputs) of a named broken_model: matching outputs against the named bugs finds nothing."""
+    secret = checks.hunt_seed(2026)
+    assert bugs._assignment(secret) != bugs._assignment(0)
+    ids = torch.randint(0, 48, (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        named = [bugs.broken_model(bug, seed)(ids) for bug in bugs.BUGS for seed in range(3)]
+        for model in bugs.hunt_models(0).values():
+            out = model(ids)
+            assert not any(torch.allclose(out, other) for other in named)
+
+
+def _by_checkup(model, reference):
+    card = bugs.checkup(model)
+    return "untied" if card["extra_params"] > 0 else "mask_leak"
+
+
+def _by_output_matching(model, reference):
+    ids = torch.randint(0, 48, (1, 6), generator=torch.Generator().manual_seed(1))
+    for bug in bugs.BUGS:
+        named = bugs.broken_model(bug)
+        named.load_state_dict(model.state_dict(), strict=False)
+        if torch.allclose(named(ids), model(ids)):
+            return bug
+    return None
+
+
+def _with_reference_diagnostics(model, reference):
+    ids = torch.randint(0, 48, (2, 8), generator=torch.Generator().manual_seed(1))
+    return "mask_leak" if helpers.diagnostics.leak_test(model, ids).pairs else "no_scale"
+
+
+@pytest.mark.parametrize("answer, refused", [
+    (_by_checkup, "helpers.bugs.checkup"),
+    (_by_output_matching, "helpers.bugs.broken_model"),
+    (_with_reference_diagnostics, "helpers.diagnostics.leak_test"),
+], ids=["checkup", "output-matching", "reference-leak-test"])
+def test_find_bug_must_use_the_learners_own_diagnostics(answer, refused):
+    with pytest.raises(CheckFailed, match=rf"find_bug calls {re.escape(refused)}, which is what this exercise asks"):
+        checks.check_bug_hunt(answer, grade=False)
+
+
+def test_bug_hunt_refuses_a_dict_of_names():
+    with pytest.raises(CheckFailed, match=r"asks for a function find_bug\(model, reference\)"):
+        checks.check_bug_hunt(dict(bugs._assignment(0)))
 
 
 def test_numbers_accept_the_right_values_and_name_the_known_wrong_ones(capsys):
@@ -123,24 +224,81 @@ def test_numbers_accept_the_right_values_and_name_the_known_wrong_ones(capsys):
 
 
 def test_bug_hunt_names_the_diagnostic_for_each_wrong_choice():
-    truth = bugs._assignment(0)
-    swapped = dict(truth)
-    a, b = list(truth)[:2]
-    swapped[a], swapped[b] = truth[b], truth[a]
+    swap = {"mask_leak": "norm_axis", "norm_axis": "mask_leak"}
     with pytest.raises(CheckFailed) as info:
-        checks.check_bug_hunt(swapped)
+        checks.check_bug_hunt(_renamed(find_bug, lambda bug: swap.get(bug, bug)), secret=2026)
     message = str(info.value)
     assert message.startswith("6 of 8 right")
-    assert f"model {a} is not {truth[b]!r}" in message and f"model {b} is not {truth[a]!r}" in message
-    for label in (a, b):
-        assert bugs.BUGS[truth[label]][1] in message  # the diagnostic that finds the real bug
+    assert "the model with the bug 'mask_leak' was named 'norm_axis'" in message
+    assert "the model with the bug 'norm_axis' was named 'mask_leak'" in message
+    for bug in swap:
+        assert bugs.BUGS[bug][1] in message  # the diagnostic that finds the real bug
 
 
 def test_bug_hunt_refuses_missing_and_unknown_choices():
-    truth = dict(bugs._assignment(0))
-    with pytest.raises(CheckFailed, match="no answer yet for model A"):
-        checks.check_bug_hunt({**truth, "A": None})
-    with pytest.raises(CheckFailed, match="is not one of the bugs"):
-        checks.check_bug_hunt({**truth, "C": "cosmic rays"})
-    with pytest.raises(CheckFailed, match="should be a dict"):
-        checks.check_bug_hunt(list(truth.values()))
+    with pytest.raises(CheckFailed, match="find_bug returned no bug for model"):
+        checks.check_bug_hunt(_renamed(find_bug, lambda bug: None if bug == "untied" else bug))
+    with pytest.raises(CheckFailed, match="returned 'cosmic rays' for model ., which is not one of the bugs"):
+        checks.check_bug_hunt(_renamed(find_bug, lambda bug: "cosmic rays" if bug == "untied" else bug))
+
+
+def test_a_hunt_that_fails_on_a_wrong_exercise_1_says_to_fix_exercise_1_first():
+    """find_bug runs on the learner's own future_leaks: a wrong one is named, not the models."""
+    import inspect
+    namespace = {"torch": torch, "helpers": helpers, "loops": loops,
+                 "future_leaks": lambda f, ids, V: torch.zeros(ids.shape[1], ids.shape[1], dtype=torch.bool),
+                 "attention_entropy": loops.attention_entropy, "update_ratios": loops.update_ratios}
+    source = inspect.getsource(find_bug).replace("loops.future_leaks", "future_leaks")
+    exec(compile(source, "<notebook cell>", "exec"), namespace)
+    with pytest.raises(CheckFailed, match=r"^find_bug uses your `future_leaks` from exercise 1, which is not right "
+                                          r"yet: .*fix exercise 1 first"):
+        checks.check_bug_hunt(namespace["find_bug"], secret=2026)
+
+
+def _leaks_with(perturb):
+    """A complete future_leaks whose perturbation is `perturb(ids, j, V) -> ids to run`."""
+    def future_leaks(f, ids, vocab_size):
+        T = ids.shape[1]
+        base = f(ids)
+        leaks = torch.zeros(T, T, dtype=torch.bool)
+        for j in range(T):
+            out = f(perturb(ids, j, vocab_size))
+            moved = ~torch.isclose(out, base, rtol=1e-5, atol=1e-5 * float(base.abs().max()))
+            leaks[:, j] = moved.reshape(moved.shape[0], T, -1).any(-1).any(0) & (torch.arange(T) < j)
+        return leaks
+    return future_leaks
+
+
+def _plus_one_unwrapped(ids, j, V):
+    changed = ids.clone()
+    changed[:, j] = ids[:, j] + 1  # WRONG: id V - 1 becomes V, past the vocabulary
+    return changed
+
+
+def _in_place(ids, j, V):
+    ids[:, j] = (ids[:, j] + 1) % V  # WRONG: the caller's ids are changed (and never put back)
+    return ids
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_leak_test_messages_name_the_cause(variant):
+    kwargs = HIDDEN["future_leaks"] if variant == "hidden" else {}
+    with pytest.raises(CheckFailed, match=r"^future_leaks gave the model token ids from \d+ to (\d+), but its "
+                                          r"vocabulary has the ids 0 \.\. \d+ .*wrap it around, changed\[:, j\] = "
+                                          r"\(ids\[:, j\] \+ 1\) % vocab_size$"):
+        checks.check_future_leaks(_leaks_with(_plus_one_unwrapped), **kwargs)
+    with pytest.raises(CheckFailed, match=r"^future_leaks modified its input ids in place; change a copy instead "
+                                          r"\(ids\.clone\(\)\)") as info:
+        checks.check_future_leaks(_leaks_with(_in_place), **kwargs)
+    assert "masked_fill" not in str(info.value)
+
+
+def test_a_models_repr_is_one_line_in_messages():
+    """An error raised with a model among the inputs shows the model in one line, not its 25-line repr."""
+    def crashes(f, ids, vocab_size):
+        return f(ids.float())  # the model refuses float ids
+
+    with pytest.raises(CheckFailed) as info:
+        checks.check_future_leaks(crashes)
+    message = str(info.value)
+    assert "\n" not in message and re.search(r"f=TinyDecoder\(2 blocks, [\d,]+ parameters\)", message), message

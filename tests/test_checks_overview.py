@@ -161,14 +161,40 @@ def test_the_traps_hold_what_they_claim():
             assert loops.is_permutation_equivariant(f, x) == expected, what
         # The rounding trap breaks exact equality for every permutation that moves a token, on any CPU,
         # and stays within rounding of the permuted output.
-        f, x, _, what = checks._permutation_cases(**kwargs)[-1]
-        assert what.startswith("a token-wise function whose last bits")
+        f, x, _, what = next(c for c in checks._permutation_cases(**kwargs)
+                             if c[3].startswith("a token-wise function whose last bits"))
         for perm in (torch.roll(torch.arange(x.shape[1]), 1), torch.tensor([1, 0, *range(2, x.shape[1])])):
             moved, want = f(x[:, perm]), f(x)[:, perm]
             assert not torch.equal(moved, want)
             assert (moved != want).all()
             torch.testing.assert_close(moved, want, atol=1e-5, rtol=1e-5)
         assert torch.equal(f(x), f(x))
+
+
+def _one_token_test(token: int, perm: str):
+    """Compares a single output token: blind to a function that breaks equivariance at another token."""
+    def test(f, x):
+        T = x.shape[1]
+        p = torch.roll(torch.arange(T), 1) if perm == "roll" else torch.randperm(T)
+        while perm == "random" and bool((p == torch.arange(T)).any()):
+            p = torch.randperm(T)
+        with torch.no_grad():
+            return torch.allclose(f(x[:, p])[:, token], f(x)[:, p][:, token], atol=1e-5)
+    return test
+
+
+@pytest.mark.parametrize("token", [0, -1], ids=["first", "last"])
+@pytest.mark.parametrize("perm", ["roll", "random"])
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_a_test_that_compares_one_token_fails(token, perm, variant):
+    """Functions that each mix one token with its neighbour, two at every position: a one-token comparison
+    of output i sees position i and where token i came from only, even with a new permutation per call."""
+    kwargs = {"visible": {}, "hidden": HIDDEN}[variant].get("is_permutation_equivariant", {})
+    for seed in range(2 if perm == "random" else 1):
+        torch.manual_seed(seed)
+        with pytest.raises(CheckFailed, match=r"returned True for a function that mixes token \d \(only\)|"
+                                              r"compares only some of the output tokens"):
+            checks.check_permutation_test(_one_token_test(token, perm), **kwargs)
 
 
 def test_non_boolean_result_is_refused():

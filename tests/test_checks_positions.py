@@ -28,7 +28,7 @@ CHECKS = {
 
 # The variants the hidden tests of the exercise notebook use: other sizes, offsets, dtypes and head counts.
 HIDDEN = {
-    "sinusoidal_table": {"T": 7, "d_model": 12, "offsets": (0, 23)},
+    "sinusoidal_table": {"T": 7, "d_model": 12, "offsets": (0, 23), "far": 50000},
     "add_positions": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 6, "d_model": 12, "n_heads": 3, "offset": 11},
     "apply_rope": {"seed": 5, "dtype": torch.float64, "B": 1, "H": 2, "T": 7, "d_head": 6, "offset": 13},
     "rope_attention": {"seed": 5, "dtype": torch.float64, "B": 1, "H": 2, "T_k": 9, "d_head": 6},
@@ -59,13 +59,33 @@ def test_chapter_catalogue_covers_the_issue_list():
 
 
 def table_float32(T, d_model, offset=0):
-    """Everything in float32, the usual vectorised code (exp of a log)."""
+    """Everything in float32, the usual vectorised code (exp of a log): right near the start only."""
     position = torch.arange(offset, offset + T, dtype=torch.float32)[:, None]
     div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
     pe = torch.zeros(T, d_model)
     pe[:, 0::2] = torch.sin(position * div)
     pe[:, 1::2] = torch.cos(position * div)
     return pe
+
+
+def table_float64_angles(T, d_model, offset=0):
+    """The usual vectorised code (exp of a log), in float64, converted at the end."""
+    position = torch.arange(offset, offset + T, dtype=torch.float64)[:, None]
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(T, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div)
+    return pe.float()
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_float32_angles_fail_the_tables_own_check(variant):
+    """float32 angles are right near the start (the old cases reached offset 29) and off far out."""
+    kwargs = HIDDEN["sinusoidal_table"] if variant == "hidden" else {}
+    with pytest.raises(CheckFailed, match=r"offset = \d+, far into a long context\): the angles p \* w_i are "
+                                          r"computed in float32.*compute the positions, the frequencies and the angles "
+                                          r"in float64"):
+        checks.check_sinusoidal_table(table_float32, **kwargs)
 
 
 def rope_complex(x, offset=0):
@@ -85,9 +105,10 @@ def rope_attention_with_helpers(q, k, v):
 
 def relative_offset_holds_vectorised(rope, d_head):
     q, k = torch.randn(1, d_head, dtype=torch.float64), torch.randn(1, d_head, dtype=torch.float64)
-    m = torch.tensor([[(rope(q, a) * rope(k, b)).sum().item() for b in range(12)] for a in range(12)])
+    positions = range(0, 48, 3)  # far enough apart to see what happens past small positions
+    m = torch.tensor([[(rope(q, a) * rope(k, b)).sum().item() for b in positions] for a in positions])
     return all(torch.allclose(m.diagonal(off), m.diagonal(off)[:1].expand(len(m.diagonal(off))))
-               for off in range(-11, 12))
+               for off in range(-len(m) + 1, len(m)))
 
 
 def alibi_with_slopes_helper(n_heads, T):
@@ -101,7 +122,7 @@ def test_other_correct_answers_pass(variant, capsys):
     def kw(name):
         return HIDDEN[name] if variant == "hidden" else {}
 
-    checks.check_sinusoidal_table(table_float32, **kw("sinusoidal_table"))
+    checks.check_sinusoidal_table(table_float64_angles, **kw("sinusoidal_table"))
     checks.check_apply_rope(rope_complex, **kw("apply_rope"))
     checks.check_rope_attention(rope_attention_with_helpers, **kw("rope_attention"))
     checks.check_relative_offset_test(relative_offset_holds_vectorised, **kw("relative_offset_holds"))
@@ -135,6 +156,35 @@ def test_float64_table_is_told_to_keep_float32():
 def test_relative_test_must_return_a_bool():
     with pytest.raises(CheckFailed, match="should return True or False; it returned str"):
         checks.check_relative_offset_test(lambda rope, d: "yes")
+
+
+def _weak_test(*, positions=(0, 1, 2), offsets=(1,), same_vector=False):
+    """A property test that compares scores at equal offsets, but only where it looks."""
+    def test(rope, d_head):
+        q = torch.randn(1, d_head, dtype=torch.float64)
+        k = q if same_vector else torch.randn(1, d_head, dtype=torch.float64)
+        for delta in offsets:
+            scores = [(rope(q, n + delta) * rope(k, n)).sum() for n in positions if n + delta >= 0]
+            if not all(torch.allclose(s, scores[0]) for s in scores):
+                return False
+        return True
+    return test
+
+
+@pytest.mark.parametrize("weak, decoy", [
+    (_weak_test(), "positions stop at 8"),  # positions 0 .. 2, offset 1: the issue's test
+    (_weak_test(positions=range(8), offsets=(1, 2, -1)), "positions stop at 8"),
+    (_weak_test(positions=(3, 11, 40), offsets=(1, -1, 3)), "right at odd offsets"),
+    (_weak_test(positions=(3, 11, 40), offsets=(0, 1, 5, -3), same_vector=True), "turns the other way"),
+], ids=["small-one-offset", "below-8", "odd-offsets", "q-equals-k"])
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_a_test_that_looks_only_where_it_is_easy_fails(weak, decoy, variant):
+    """Decoys right only at small positions, at one kind of offset, or to a test with q = k."""
+    torch.manual_seed(0)
+    kwargs = HIDDEN["relative_offset_holds"] if variant == "hidden" else {}
+    with pytest.raises(CheckFailed, match=rf"returned True for .*{decoy}|looks only at small positions|"
+                                          rf"uses one vector as both q and k"):
+        checks.check_relative_offset_test(weak, **kwargs)
 
 
 def test_an_unknown_wrong_verdict_names_the_candidate():
@@ -221,3 +271,21 @@ def test_numbers_need_every_answer():
     del answers["turn_position"]
     with pytest.raises(CheckFailed, match="needs an answer for turn_position"):
         checks.check_rope_numbers(**answers)
+
+
+def _rope_for_4d_only(x, offset=0):
+    B, H, T, d = x.shape  # WRONG: the exercise's x is (..., T, d_head)
+    angles = torch.arange(offset, offset + T, dtype=torch.float64, device=x.device)[:, None] * 10000.0 ** (
+        -torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    a, b = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_rope_for_4d_input_only_is_told_to_index_from_the_end(variant):
+    """Issue 31: a raw unpacking (or IndexError) error; the message names the cause and the fix."""
+    kwargs = HIDDEN["apply_rope"] if variant == "hidden" else {}
+    with pytest.raises(CheckFailed, match=r"^apply_rope handles x \(B, H, T, d_head\) only: on x \(T, d_head\) it "
+                                          r"raised ValueError: .*read the sizes from the end"):
+        checks.check_apply_rope(_rope_for_4d_only, **kwargs)

@@ -54,7 +54,8 @@ def graded(tmp_path_factory):
             args = (*getattr(cases, "GRADE_ARGS", ()), "--workers", "2")
             if chapter == SANDBOXED:
                 args += ("--sandbox", "nobody")
-            classes[chapter] = GradedClass(tmp_path_factory.mktemp(chapter), chapter, cases.STUDENTS, args)
+            classes[chapter] = GradedClass(tmp_path_factory.mktemp(chapter), chapter, cases.STUDENTS, args,
+                                           getattr(cases, "USES", None))
         return classes[chapter]
     return get
 

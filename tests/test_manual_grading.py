@@ -43,3 +43,22 @@ def test_the_chapter_09_checklist_is_the_only_manual_cell_of_the_course():
               for name in sorted(p.name for p in (course / "solutions").iterdir() if p.is_dir())}
     assert manual["09_diagnostics"] == {"ex6-answer"}
     assert all(not cells for name, cells in manual.items() if name != "09_diagnostics")
+
+
+def test_a_long_message_is_shown_whole_in_the_grade_report():
+    """Issue 31: hidden-test messages were cut at 300 characters, mid-word ("... Autograd must see the co…").
+    The message keeps every word; the table wraps it under the feedback column."""
+    import nbformat
+
+    from helpers.grading.results import cell_message
+
+    sentence = ("update_ratios (a stream that each block edits): your output is cut off from autograd: " * 6
+                + "compute it with torch operations on the input tensors")
+    cell = nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output("error", ename="CheckFailed", evalue=sentence,
+                                                                      traceback=[])])
+    message = cell_message(cell)
+    assert message == f"CheckFailed: {sentence}" and len(message) > 300
+    text = table(by_exercise([CellResult("ex2-hidden", 0.0, 1.0, message)]))
+    lines = text.splitlines()[2:-2]  # the exercise's rows, between the rules
+    assert len(lines) > 1 and all(len(line) <= 100 for line in lines)
+    assert " ".join(line[32:].strip() for line in lines) == f"✗ hidden test: {message}"

@@ -32,3 +32,11 @@ def test_submissions_that_test_the_grader_are_graded_alone():
 def test_a_pack_loses_what_its_members_lose():
     both = merged([_mistake("ex1-answer"), _mistake("ex2-answer", lost={"ex2-hidden"})])
     assert set(both.edits) == {"ex1-answer", "ex2-answer"} and set(both.lost) == {"ex1", "ex2-hidden"}
+
+
+def test_an_exercise_that_runs_earlier_answers_is_not_packed_beside_their_mistakes():
+    """Chapter 09's bug hunt (ex4) runs the learner's ex1 to ex3: a broken ex1 beside a hunt mistake would
+    change what the hunt's feedback says."""
+    students = {"leak": _mistake("ex1-answer"), "hunt": _mistake("ex4-answer"), "numbers": _mistake("ex5-answer")}
+    assert pack(students)["leak__hunt__numbers"] == ["leak", "hunt", "numbers"]
+    assert pack(students, {"ex4": ("ex1", "ex2", "ex3")}) == {"leak__numbers": ["leak", "numbers"], "hunt": ["hunt"]}

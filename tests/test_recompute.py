@@ -341,3 +341,15 @@ def test_the_other_sizes_differ_from_the_notebooks_and_are_consistent():
         assert size["llama2_7b"]["n_kv_heads"] == size["llama2_7b"]["n_heads"] and size["falcon_7b"]["n_kv_heads"] == 1
         free = size["gpu_bytes"] - size["weight_bytes_llama3"]
         assert free % expected["kv_llama3_8b"] != 0  # rounding down matters
+
+
+def test_answers_computed_by_the_reference_lose_the_hidden_point():
+    """Re-run with other sizes, the reference gives the right numbers too: the cell's code is read instead."""
+    by_reference = EX4["answer"].replace(
+        'return (2 * model["n_layers"] * model["n_kv_heads"] * model["d_head"] * model["context"]\n'
+        '            * bytes_per_element)',
+        'return kv_cache_bytes(model["n_layers"], model["n_kv_heads"], model["d_head"], model["context"])')
+    assert by_reference != EX4["answer"]
+    with pytest.raises(CheckFailed, match=r"the cell that sets .*kv_llama2_7b.* uses helpers\.complexity\.kv_cache_bytes, "
+                                          r"which gives the answer away"):
+        _grade_ex4([by_reference], before=["from helpers.complexity import kv_cache_bytes"])

@@ -35,6 +35,8 @@ CASES = {
     "network": ["import socket", "from urllib.request import urlopen"],
     "dynamic_code": ["exec('x = 1')", "eval('1')", "__import__('os')", "import importlib"],
     "unparsable": ["def f(:\n    pass"],
+    "private_name": ["from helpers.bugs import _assignment", "import helpers\nkey = helpers.bugs._assignment(0)",
+                     "from helpers import bugs\nkey = bugs._assignment(0)", "import helpers.bugs._secret"],
 }
 
 
@@ -94,3 +96,17 @@ def test_course_functions_a_chapter_forbids_are_flagged_by_name():
     assert rules_of("from helpers.blocks import decoder_forward") == {"reference_import"}
     assert rules_of("import helpers.blocks\nlogits = helpers.blocks.decoder_forward(model, ids)") == {"reference_import"}
     assert rules_of("from helpers.blocks import DecoderBlock") == set()
+
+
+def test_the_bug_hunt_flags_checkup_and_the_builders_but_not_the_plumbing():
+    """Chapter 09 ex4: find_bug runs on the learner's diagnostics; the scan names what the check refuses."""
+    rules = chapter_rules("09_diagnostics")
+
+    def rules_of(source):
+        return {f[0] for f in scan_source(source, rules.references, set(), {"bugs": "helpers.bugs"},
+                                          rules.allowed_reference.get("ex4", ()), rules.forbidden_helpers)}
+    assert rules_of("card = bugs.checkup(model)") == {"reference_import"}
+    assert rules_of("twin = bugs.broken_model('mask_leak')") == {"reference_import"}
+    assert rules_of("from helpers.diagnostics import leak_test") == {"reference_import"}
+    assert rules_of("stream = helpers.diagnostics.residual_stream(model, ids)") == set()
+    assert rules_of("from helpers.diagnostics import residual_stream") == set()

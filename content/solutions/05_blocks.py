@@ -254,6 +254,7 @@ assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign eac
 _given = [mask_A, mask_B, mask_C, mask_D, mask_E, mask_F]
 assert all(isinstance(v, str) for v in _given), "every mask needs a name"
 assert [v.strip().lower() for v in _given] == ["causal", "prefix-lm", "cross", "bidirectional", "none", "prefix-lm"]
+check_mask_names(A=mask_A, B=mask_B, C=mask_C, D=mask_D, E=mask_E, F=mask_F)  # names worked out, not looked up
 ### END HIDDEN TESTS
 
 # %% [markdown] id="ex3b"
@@ -356,7 +357,7 @@ check_prefix_lm_mask(prefix_lm_mask)
 # %% id="ex4-hidden" kind="test" points=2
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
-check_prefix_lm_mask(prefix_lm_mask, T=6, prefix_lengths=(1, 4), lengths=(6, 5))
+check_prefix_lm_mask(prefix_lm_mask, T=6, prefix_lengths=(2, 4), lengths=(6, 5))
 check_prefix_lm_mask(prefix_lm_mask, T=9, prefix_lengths=(5, 0, 2, 9), lengths=(8, 3, 2, 9))
 ### END HIDDEN TESTS
 
@@ -410,6 +411,7 @@ _unanswered = [_n for _n, _v in {"encoder_layer": encoder_layer, "decoder_layer"
 assert not _unanswered, f"no answer yet for {', '.join(_unanswered)}: assign each a value and run its cell"
 assert int(encoder_layer) == 3_147_776 and int(decoder_layer) == 4_197_376
 assert int(total) == 60_981_248 and float(total) == 60_981_248
+check_encoder_decoder_counts(encoder_layer=encoder_layer, decoder_layer=decoder_layer, total=total)  # counted, not measured
 ### END HIDDEN TESTS
 
 # %% [markdown] id="outro"

@@ -70,7 +70,9 @@ torch.set_printoptions(precision=4, sci_mode=False)
 #
 # Column `2i` is a sine and column `2i + 1` the cosine of the **same** angle; the columns alternate
 # sin, cos, sin, cos. Row `t` of the result is position `offset + t`, so with `offset = 0` the first
-# row is `PE(0) = [0, 1, 0, 1, ...]`.
+# row is `PE(0) = [0, 1, 0, 1, ...]`. The table must be exact to float32 far into a sequence too (the
+# check asks for offsets in the tens of thousands, as a long context does): compute the angles in
+# `float64` and convert the table to `float32` at the end.
 #
 # <details><summary>Hint: where to start</summary>
 #
@@ -107,7 +109,7 @@ check_sinusoidal_table(sinusoidal_table)
 # %% id="ex1-hidden" kind="test" points=1
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
-check_sinusoidal_table(sinusoidal_table, T=7, d_model=12, offsets=(0, 23))
+check_sinusoidal_table(sinusoidal_table, T=7, d_model=12, offsets=(0, 23), far=50000)
 ### END HIDDEN TESTS
 
 # %% [markdown] id="ex2"
@@ -126,7 +128,9 @@ check_sinusoidal_table(sinusoidal_table, T=7, d_model=12, offsets=(0, 23))
 # | returns | `attn(x + PE)` with `PE` the sinusoidal table of those positions, `(B, T, d_model)`, dtype of `x` |
 #
 # You may use your `sinusoidal_table` from exercise 1 or `helpers.positions.sinusoidal_table`
-# (`sinusoidal_table(T, d_model, offset=offset, dtype=x.dtype)`).
+# (`sinusoidal_table(T, d_model, offset=offset, dtype=x.dtype)`). Exercise 1's table is always
+# `float32`; the result must have the dtype of `x` (the hidden test passes `float64` inputs), so
+# convert the table, `.to(x.dtype)`, before adding it.
 #
 # <details><summary>Hint: the test says the positions are added after attention</summary>
 #
@@ -160,8 +164,10 @@ check_add_positions(add_positions, seed=5, dtype=torch.float64, B=3, T=6, d_mode
 # *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 4
 #
 # RoPE rotates pairs of channels of a query or key by an angle proportional to the token's
-# position. Write `apply_rope(x, offset=0)` for `x` of shape `(..., T, d_head)` (`d_head` even),
-# returning the same shape and dtype. **Convention of this exercise: rotate-half pairs** (HF Llama,
+# position. Write `apply_rope(x, offset=0)` for `x` of shape `(..., T, d_head)` (`d_head` even, any
+# number of leading axes: the check passes `(B, H, T, d_head)` and `(T, d_head)`), returning the same
+# shape and dtype, on the same device as `x`: the check also runs it on a second device (the GPU,
+# else PyTorch's `meta` device), so create new tensors with `device=x.device`. **Convention of this exercise: rotate-half pairs** (HF Llama,
 # GPT-NeoX): pair `k` is channels `(k, k + d_head/2)`, for `k = 0 .. d_head/2 - 1`. Token `t` is
 # at position `p = offset + t` and its pair `k`, with values $(a, b)$, becomes
 #
@@ -276,17 +282,19 @@ check_rope_attention(rope_attention, seed=5, dtype=torch.float64, B=1, H=2, T_k=
 # Write the test: `relative_offset_holds(rope, d_head)` returns `True` when
 # `<rope(q, m), rope(k, n)>` is the same for every pair `(m, n)` with the same offset, and `False`
 # otherwise. `rope(x, offset)` takes `x` of shape `(T, d_head)` (use `T = 1`: one vector at position
-# `offset`) and returns the same shape. The check hands your test six functions: three correct
+# `offset`) and returns the same shape. The check hands your test ten functions: three correct
 # RoPEs (both pair layouts, another base), one that ignores positions altogether (its scores never
-# change, so they depend on $m - n$ only, trivially: `True`), and three impostors whose scores
-# depend on absolute positions. Your test must tell them apart.
+# change, so they depend on $m - n$ only, trivially: `True`), and six impostors whose scores
+# depend on absolute positions, three of them only where a quick test does not look: past the first
+# few positions, at some offsets only, or through the offset's sign, which a test that uses one
+# vector as both `q` and `k` cannot see. Your test must tell them apart.
 #
 # <details><summary>Hint: a plan</summary>
 #
-# Draw `q` and `k` with `torch.randn(1, d_head, dtype=torch.float64)`. For a few offsets
-# `delta` (include 0 and a negative one), compute the score at several absolute positions
-# `(n + delta, n)` for `n` in, say, 3, 11 and 40, and compare them with `torch.allclose` or
-# `math.isclose`.
+# Draw `q` and `k` separately with `torch.randn(1, d_head, dtype=torch.float64)`. For a few offsets
+# `delta` (include 0, an even and an odd one, and a negative one), compute the score at several
+# absolute positions `(n + delta, n)` for `n` in, say, 3, 11 and 40, and compare them with
+# `torch.allclose` or `math.isclose`.
 # </details>
 #
 # <details><summary>Hint: my test fails the correct RoPEs</summary>

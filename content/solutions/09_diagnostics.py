@@ -17,7 +17,7 @@
 # | 1 | `future_leaks(f, ids, vocab_size)`: a leakage test by perturbation | 4 |
 # | 2 | `attention_entropy(weights)`: entropy per query, in nats | 3 |
 # | 3 | `update_ratios(stream)`: update-to-stream ratios per block | 3 |
-# | 4 | the bug hunt: name the bug of each model A to H | 4 |
+# | 4 | the bug hunt: a `find_bug` that names each model's bug from diagnostics | 4 |
 # | 5 | numbers: entropy maxima, the cost of a leakage test | 3 |
 # | 6 | a transformer debugging checklist, graded by your instructor | 4 |
 #
@@ -26,15 +26,16 @@
 # prints a line starting with ✓ when your answer is right; otherwise it stops with one sentence
 # saying what is wrong. After the visible tests of exercises 1 to 3 sits a hidden test: it runs when
 # the notebook is graded, with other shapes, seeds and `float64` inputs, so make your functions
-# general. In the bug hunt the visible test checks the form of your answer and the hidden test grades
-# your choices. Exercise 6 is read and graded by a person; the autograder leaves it for your
-# instructor.
+# general. In the bug hunt the visible test checks the form of your answers and the hidden test grades
+# your `find_bug` on other models. Exercise 6 is read and graded by a person; the autograder leaves it
+# for your instructor.
 #
 # **Conventions.** `B` batch, `T` sequence, `H` heads, `L` blocks. Masks: `True` = may attend.
 # Entropies are in nats (natural log). Exercises 1 to 3 are yours to write: an answer that calls
-# `helpers.diagnostics` (the reference) or `torch.special.entr` is refused. For the bug hunt, use
-# anything: `helpers.diagnostics`, your own functions, and `helpers.bugs.checkup`. Nothing here
-# trains a model for long. Run the next cell first.
+# `helpers.diagnostics` (the reference) or `torch.special.entr` is refused. The bug hunt runs on
+# your own diagnostics: exercises 1 to 3 and your own code (`helpers.diagnostics.residual_stream`
+# may give you the stream); the reference's diagnostics and `helpers.bugs.checkup` are refused there.
+# Nothing here trains a model for long. Run the next cell first.
 
 # %% id="setup"
 import math
@@ -121,7 +122,11 @@ check_future_leaks(future_leaks, seed=5, B=3, T=9, V=11, dtype=torch.float64)
 # H_i = -\sum_{k} A_{ik} \ln A_{ik}, \qquad 0 \ln 0 = 0.
 # $$
 #
-# Blocked keys have weight exactly 0, so the `0 ln 0 = 0` rule matters. Keep the input's dtype.
+# Blocked keys have weight exactly 0, so the `0 ln 0 = 0` rule matters. Keep the input's dtype, and
+# keep the result differentiable: an entropy can be part of a loss (an entropy regulariser), so the
+# hidden test also runs a backward pass through your function and compares the gradients with the
+# reference's. Compute it with torch operations on `weights` (no `.item()`, NumPy or `torch.tensor`
+# of values).
 #
 # <details><summary>Hint: the test says the result contains NaN</summary>
 #
@@ -198,7 +203,7 @@ check_update_ratios(update_ratios, seed=5, L=4, B=3, T=6, d_model=9, dtype=torch
 # interface: `model(ids, lengths=None, return_weights=False, offset=0)` with `ids` `(B, T)`, optional
 # left padding (`lengths` `(B,)`: the last `lengths[b]` tokens of sequence `b` are real) and an
 # `offset` for the positions. Each model hides exactly one of the bugs below, each bug is in exactly
-# one model, and every model runs and trains without an exception. Name each model's bug:
+# one model, and every model runs and trains without an exception:
 #
 # | bug | what is wrong |
 # |---|---|
@@ -211,18 +216,29 @@ check_update_ratios(update_ratios, seed=5, L=4, B=3, T=6, d_model=9, dtype=torch
 # | `untied` | the LM head has its own copy of the embedding although the config ties them |
 # | `padding_query` | the padding mask blocks queries instead of keys |
 #
-# Use diagnostics, not the source: your `future_leaks`, `attention_entropy` and `update_ratios`,
-# `helpers.diagnostics`, the weights that `model(ids, return_weights=True)` returns, and
-# `bugs.checkup(model)`, which runs all of them and returns numbers to compare with the reference's.
-# Assign `answers = {"A": "...", ..., "H": "..."}`. The visible test checks that every model has a
-# bug from the list, each bug once; the hidden test grades each choice, and its feedback answers a
-# wrong one with the diagnostic that would have found that model's bug.
+# Write `find_bug(model, reference)` that returns the name of `model`'s bug (a key of the table),
+# found with **diagnostics**: your `future_leaks`, `attention_entropy` and `update_ratios`, the weights
+# that `model(ids, return_weights=True)` returns, parameter counts, and comparisons with `reference`,
+# the healthy model (`helpers.diagnostics.residual_stream(model, ids)` gives the stream that
+# `update_ratios` takes). The reference's diagnostics, `helpers.bugs.checkup` and the bug builders
+# (`broken_model`, `healthy_model`, `hunt_models`) are refused inside `find_bug`. The visible test
+# runs it on the eight models below and checks the form (a bug from the list for each, each bug
+# once); the hidden test runs it on eight **other** models (other weights, another assignment of the
+# bugs) and grades each answer, naming for a wrong one the diagnostic that would have found it. So
+# the names of the models below, however found, earn nothing: only a `find_bug` that diagnoses does.
 #
-# <details><summary>Hint: two models leak the future</summary>
+# <details><summary>Hint: three models leak the future</summary>
 #
-# Look at their attention weights: in one the weights above the diagonal are not zero; in the other
-# they are, so the leak comes from somewhere other than attention. And do the rows of the weights sum
-# to 1?
+# The leakage test finds future tokens moving earlier outputs in three models. Look at their
+# attention weights: in one the weights above the diagonal are not zero; in the other two they are,
+# so the leak comes from somewhere else. Do the rows of the weights sum to 1? And does anything but
+# attention mix the positions?
+# </details>
+#
+# <details><summary>Hint: which threshold?</summary>
+#
+# Compare with `reference`: a healthy model's numbers are the baseline (its leaks: none, its rows sum
+# to 1, its entropy, its update ratio). A bug moves its number far from the baseline, not a little.
 # </details>
 
 # %% id="ex4-models"
@@ -231,45 +247,47 @@ reference = bugs.healthy_model(seed=0)
 print({label: type(m).__name__ for label, m in models.items()})
 
 # %% id="ex4-answer" kind="answer"
-answers = {"A": None, "B": None, "C": None, "D": None, "E": None, "F": None, "G": None, "H": None}
-### BEGIN SOLUTION
-cards = {label: bugs.checkup(m) for label, m in models.items()}
-healthy = bugs.checkup(reference)
-
-
-def diagnose(c):
-    if c["extra_params"] > 0:
-        return "untied"  # more parameters than the config's formula: a second (V, d_model) matrix
-    if c["row_sum_error"] > 1e-3:
-        return "softmax_axis"  # weight rows do not sum to 1
-    if c["above_diagonal"] > 1e-3:
-        return "mask_leak"  # weight above the diagonal
-    if c["leaks"] > 0:
-        return "norm_axis"  # the future leaks though attention is causal
-    if c["padding_change"] > 1e-3:
-        return "padding_query"  # padded tokens move real outputs
-    if c["offset_change"] > 1e-3:
-        return "rope_on_v"  # RoPE on q, k alone is shift-invariant
-    if c["update_ratio"] > 1.0:
-        return "no_residual"  # block 0 replaces the stream
-    if c["entropy"] < 0.5 * healthy["entropy"]:
-        return "no_scale"  # saturated softmax
+def find_bug(model, reference):
+    ### BEGIN SOLUTION
+    V = model.config.vocab_size
+    ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(0))  # (B, T)
+    with torch.no_grad():
+        logits, weights = model(ids, return_weights=True)  # (B, T, V), [(B, H, T, T)] per layer
+        _, healthy_weights = reference(ids, return_weights=True)
+        if sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in reference.parameters()):
+            return "untied"  # a second (V, d_model) matrix: the head is not the embedding
+        if max(float((w.sum(-1) - 1).abs().max()) for w in weights) > 1e-3:
+            return "softmax_axis"  # the rows of the weights do not sum to 1
+        if max(float(w.triu(1).abs().max()) for w in weights) > 1e-3:
+            return "mask_leak"  # weight above the diagonal: queries see later keys
+        if future_leaks(model, ids, V).any():
+            return "norm_axis"  # the future leaks although the attention weights are causal
+        lengths = torch.tensor([6, 6])  # left padding: the first 6 tokens of each sequence
+        padded = ids.clone()
+        padded[:, :6] = (padded[:, :6] + 1) % V
+        if (model(padded, lengths)[:, 6:] - model(ids, lengths)[:, 6:]).abs().max() > 1e-3:
+            return "padding_query"  # changing padded tokens moves the real tokens' outputs
+        if (model(ids, offset=5) - logits).abs().max() > 1e-3:
+            return "rope_on_v"  # RoPE on q and k alone does not care where the sequence starts
+        entropy = torch.stack([attention_entropy(w).mean() for w in weights]).mean()
+        healthy = torch.stack([attention_entropy(w).mean() for w in healthy_weights]).mean()
+        if entropy < 0.6 * healthy:
+            return "no_scale"  # nearly one-hot weights: the scores are too large
+        if update_ratios(helpers.diagnostics.residual_stream(model, ids))[0] > 0.9:
+            return "no_residual"  # block 0 replaces the stream instead of editing it
     return None
+    ### END SOLUTION
 
-
-answers = {label: diagnose(c) for label, c in cards.items()}
-### END SOLUTION
-print(answers)
 
 # %% id="ex4-test" kind="test" points=1
 from helpers.checks.diagnostics import check_bug_hunt
 
-check_bug_hunt(answers, grade=False)
+check_bug_hunt(find_bug, grade=False)
 
 # %% id="ex4-hidden" kind="test" points=3
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
-check_bug_hunt(answers)
+check_bug_hunt(find_bug, secret=2026)
 ### END HIDDEN TESTS
 
 # %% [markdown] id="ex5"

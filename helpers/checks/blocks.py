@@ -17,9 +17,12 @@ the exercise. norm1, norm2 and norm3 have different parameters, so each misplace
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
@@ -40,6 +43,7 @@ from .core import (
     check_numbers,
     compare,
     protect,
+    refuse_answers_computed_by,
     verify_environment,
 )
 from .core import randn as _randn
@@ -533,8 +537,50 @@ def check_decoder_block(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.fl
     gen = torch.Generator().manual_seed(seed)
     cases = [_block_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, d_ff, True),
              _block_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, d_ff, False)]
-    check_function(fn, name="decoder_block", reference=ref.decoder_block, cases=cases, outputs=("output",),
-                   mistakes=BLOCK_MISTAKES, forbidden=_BLOCK_FORBIDDEN, probes=BLOCK_PROBES)
+    try:
+        check_function(fn, name="decoder_block", reference=ref.decoder_block, cases=cases, outputs=("output",),
+                       mistakes=BLOCK_MISTAKES, forbidden=_BLOCK_FORBIDDEN, probes=BLOCK_PROBES)
+    except CheckFailed:
+        for case in cases:  # a raw shape error from inside a sublayer says less than which mask went where
+            problem = _block_mask_problem(fn, case)
+            if problem:
+                raise CheckFailed(f"decoder_block ({case.note}): {problem}") from None
+        raise
+
+
+def _block_mask_problem(fn: Any, case: Case) -> str | None:
+    """Which mask the learner's block handed to which attention, when that is the mistake."""
+    x, memory = case.args[0], case.args[1]
+    T_tgt, T_src = x.shape[1], memory.shape[1]
+    given_self, given_cross = case.args[2], case.args[3]
+    self_masks: list[tuple[int, ...] | None] = []
+    cross_masks: list[tuple[int, ...] | None] = []
+
+    def self_attn(h: Any, *args: Any, **kwargs: Any) -> Any:
+        mask = args[0] if args else kwargs.get("mask")
+        self_masks.append(None if mask is None else tuple(mask.shape))
+        return given_self(h, *args, **kwargs)
+
+    def cross_attn(h: Any, *args: Any, **kwargs: Any) -> Any:
+        mask = args[1] if len(args) > 1 else kwargs.get("memory_mask")
+        cross_masks.append(None if mask is None else tuple(mask.shape))
+        return given_cross(h, *args, **kwargs)
+
+    args = list(case.args)
+    args[2], args[3] = _Given(given_self.description, self_attn), _Given(given_cross.description, cross_attn)
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+    if T_src != T_tgt and any(m is not None and m[-2:] == (T_src, T_src) for m in self_masks):
+        return (f"the causal mask is sized by the source: self-attention got a (T_src, T_src) = ({T_src}, {T_src}) "
+                f"mask, but its scores are (T_tgt, T_tgt) = ({T_tgt}, {T_tgt}); build it from the target's length, "
+                f"causal_mask(x.shape[1]) (memory's length only sizes cross-attention's keys)")
+    if self_masks and all(m is None for m in self_masks) and any(m is not None and m[-2:] == (T_tgt, T_src)
+                                                                 for m in cross_masks):
+        return ("the causal mask went to cross-attention and self-attention got none: the target's self-attention "
+                "is the causal one (causal_mask(T_tgt)); cross-attention may see every real source token, and its "
+                "only mask is memory_mask, the padding of the source")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,6 +629,7 @@ _NAME_MISTAKES = {
 def check_mask_names(**answers: Any) -> None:
     """Exercise 3a: the kind of each printed mask, or 'none'."""
     verify_environment()
+    refuse_answers_computed_by([f"mask_{key}" for key in MASK_ANSWERS], _MASK_FORBIDDEN + (MASK_ANSWERS,))
     kinds = (*masks_ref.MASK_KINDS, "none")
     for key, right in MASK_ANSWERS.items():
         if key not in answers or answers[key] is None:
@@ -782,7 +829,10 @@ def _prefix_wrong(rule: str):
         p = torch.as_tensor(prefix_lengths)[:, None, None]  # (B, 1, 1)
         n = torch.as_tensor(lengths)[:, None, None]  # (B, 1, 1)
         real = j < n
-        if rule == "causal_inside_prefix":
+        if rule == "first_prefix":  # WRONG: prefix_lengths[0] for every sequence of the batch
+            p = p[:1].expand(p.shape[0], 1, 1)
+            visible = (j <= i) | (j < p)
+        elif rule == "causal_inside_prefix":
             visible = j <= i
         elif rule == "prefix_on_queries":
             visible = (j <= i) | (i < p)
@@ -828,6 +878,10 @@ PREFIX_MISTAKES = (
             "the tokens after the prefix cannot see the prefix; they see the whole prefix and the "
             "generated tokens up to themselves: (j <= i) | (j < prefix)",
             _prefix_wrong("prefix_cut_off")),
+    Mistake("first_prefix_for_all",
+            "every sequence got the first sequence's prefix (prefix_lengths[0]); each sequence has its own "
+            "prefix: compare the key index with prefix_lengths[:, None, None], one prefix per sequence",
+            _prefix_wrong("first_prefix")),
 )
 
 
@@ -970,6 +1024,7 @@ _COUNT_HINTS = {
 
 def check_encoder_decoder_counts(**answers: Any) -> None:
     """Exercise 5: parameters of one encoder layer, one decoder layer, and the whole model."""
+    refuse_answers_computed_by(COUNT_QUESTIONS, (ref,))
     check_numbers(answers, COUNT_QUESTIONS, mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS,
                   name="check_encoder_decoder_counts", integers=COUNT_QUESTIONS)
 

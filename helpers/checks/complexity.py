@@ -26,17 +26,20 @@ import torch.nn.functional as F
 from .. import blocks as _blocks
 from .. import complexity as ref
 from ..attention import scaled_dot_product_attention
+from ..shapes import fmt_shape
 from . import probes as _probes
 from .conventions import rank_aware_mask_advice
 from .core import (
     Case,
     CheckFailed,
     Mistake,
+    ShapeRecorder,
     as_count,
     call_learner,
     check_function,
     check_numbers,
     protect,
+    refuse_answers_computed_by,
     verify_environment,
 )
 from .core import randn as _randn
@@ -381,6 +384,7 @@ _REAL_HINTS = {
 def check_kv_cache_numbers(**answers: Any) -> None:
     """Exercise 4: KV-cache bytes of real decoders (MHA, GQA, MQA), a batch, and what fits on a GPU."""
     expected, wrong = _real_numbers()
+    refuse_answers_computed_by(expected, _REFERENCE)
     check_numbers(answers, expected, tolerance={"gqa_saving_llama3": 1e-9}, mistakes=wrong, hints=_REAL_HINTS,
                   name="check_kv_cache_numbers", integers=[k for k in expected if k != "gqa_saving_llama3"])
 
@@ -402,6 +406,7 @@ def recheck_kv_cache_numbers(*, cells: Sequence[str] | None = None, namespace: A
     """Exercise 4's hidden test: the learner's cells after the sizes cell, re-run with OTHER_CONFIGS,
     give the answers that follow from those sizes (a typed-in number does not). `cells` and
     `namespace` replace IPython's history and namespace (for tests)."""
+    refuse_answers_computed_by(_REAL_HINTS, _REFERENCE, cells=cells, namespace=namespace)
     recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_CONFIGS,
                              variants=OTHER_CONFIGS, expected_for=lambda sizes: _real_numbers(sizes)[0],
                              checks=("check_kv_cache_numbers",), tests=("recheck_kv_cache_numbers",),
@@ -715,6 +720,42 @@ def _online_diagnose(got: Any, expected: Any, case: Case) -> str | None:
     return None
 
 
+def _widest_score_block(shapes: Sequence[tuple[int, ...]], T_q: int, T_k: int, block: int,
+                        others: Sequence[int]) -> tuple[int, tuple[int, ...]] | None:
+    """The widest block of scores among `shapes` wider than `block` keys: neighbouring axes (T_q, w),
+    or (w, T_q) as the last two (scores transposed), with block < w <= T_k, where w is no other axis's
+    size (d_head, d_v)."""
+    widest = None
+    for shape in shapes:
+        widths = [b for a, b in zip(shape, shape[1:]) if a == T_q]
+        if len(shape) >= 2 and shape[-1] == T_q:
+            widths.append(shape[-2])
+        for w in widths:
+            if block < w <= T_k and w not in others and (widest is None or w > widest[0]):
+                widest = (w, shape)
+    return widest
+
+
+def _online_structure(fn: Any, case: Case) -> str | None:
+    """The answer must form scores for at most block_size keys at a time: the whole score matrix at
+    once (exp(S - max) over all keys) gives the right numbers but is not the online softmax."""
+    q, k, v, block = case.args
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    if block >= T_k:
+        return None
+    with ShapeRecorder() as recorder:
+        call_learner(fn, "online_softmax_attention", case, _REFERENCE + _TORCH_ATTENTION)
+    found = _widest_score_block(recorder.shapes, T_q, T_k, block, (q.shape[-1], v.shape[-1]))
+    if found is None:
+        return None
+    width, shape = found
+    whole = "the whole score matrix" if width == T_k else f"scores for {width} keys at once"
+    return (f"your function forms {whole} (a tensor of shape {fmt_shape(shape)}) with block_size = {block} "
+            f"and T_k = {T_k}; the exercise asks for the online softmax: loop over blocks of at most "
+            f"block_size keys, score one block at a time, and carry the running max m, the running sum l "
+            f"and the accumulated output from block to block")
+
+
 def _online_reference(q, k, v, block_size):
     return ref.tiled_attention(q, k, v, block_size=block_size)
 
@@ -743,7 +784,7 @@ def check_online_softmax_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype
     cases += [Case(args(b, 1.0), sizes, names, f"block_size = {b}") for b in block_sizes[1:]]
     check_function(fn, name="online_softmax_attention", reference=_online_reference, cases=cases,
                    outputs=("output",), mistakes=ONLINE_MISTAKES, forbidden=_REFERENCE + _TORCH_ATTENTION,
-                   probes=ONLINE_PROBES, diagnose=_online_diagnose)
+                   probes=ONLINE_PROBES, diagnose=_online_diagnose, structure=_online_structure)
 
 
 PROBES = {"attention_flops": ATTENTION_FLOP_PROBES, "mlp_flops": MLP_FLOP_PROBES, "attend_with_cache": STEP_PROBES,

@@ -30,8 +30,10 @@ cells for what a kernel cannot see.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import contextlib
+import dataclasses
 import dis
 import functools
 import inspect
@@ -63,7 +65,9 @@ __all__ = [
     "call_learner",
     "check_function",
     "check_numbers",
+    "answers_computed_by",
     "compare",
+    "refuse_answers_computed_by",
     "named_shape",
     "on_one_thread",
     "protect",
@@ -235,8 +239,19 @@ class Case:
             if isinstance(arg, torch.Tensor):
                 parts.append(f"{name} {named_shape(arg.shape, self.sizes)} {str(arg.dtype).replace('torch.', '')}")
             else:
-                parts.append(f"{name}={arg!r}")
+                parts.append(f"{name}={_one_line(arg)}")
         return ", ".join(parts)
+
+
+def _one_line(value: Any) -> str:
+    """A short one-line description: a model's class and size rather than its repr of 25 lines."""
+    if isinstance(value, torch.nn.Module):
+        n = sum(p.numel() for p in value.parameters())
+        blocks = next((len(m) for name, m in value.named_children() if isinstance(m, torch.nn.ModuleList)), None)
+        return f"{type(value).__name__}({f'{blocks} blocks, ' if blocks else ''}{n:,} parameters)"
+    text = repr(value)
+    first = text.splitlines()[0] if text else text
+    return first if first == text and len(text) <= 100 else first[:97].rstrip() + " ..."
 
 
 def named_shape(shape: Sequence[int], sizes: Mapping[str, int]) -> str:
@@ -373,6 +388,23 @@ class _Forbidden:
                 paused.enable()
 
 
+class ShapeRecorder(torch.overrides.TorchFunctionMode):
+    """Records the shape of every tensor a torch function or method returns while it is active, so a
+    check can see how an answer computes (for example how wide a block of scores it forms). Defined
+    here because the forbidden-call watcher does not count this file's code as the checks' own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for out in (result if isinstance(result, (tuple, list)) else (result,)):
+            if isinstance(out, torch.Tensor):
+                self.shapes.append(tuple(out.shape))
+        return result
+
+
 def _c_profiler_running() -> bool:
     current = sys.getprofile()
     return current is not None and not callable(current)
@@ -423,10 +455,12 @@ def call_learner(fn: Any, name: str, case: Case, forbidden: Sequence[Any] = ()) 
         )
     for arg_name, before, after in zip(case.arg_names, originals, case.args):
         if isinstance(before, torch.Tensor) and before.device.type != "meta" and not torch.equal(before, after.detach()):
-            raise CheckFailed(
-                f"{name} modified its input {arg_name} in place; return a new tensor instead "
-                f"(for example masked_fill rather than masked_fill_)"
-            )
+            if before.is_floating_point() or before.dtype == torch.bool:
+                fix = "return a new tensor instead (for example masked_fill rather than masked_fill_)"
+            else:  # ids, indices: changed to try something out
+                fix = (f"change a copy instead ({arg_name}.clone()) and leave {arg_name} as it was: the caller "
+                       f"still needs it")
+            raise CheckFailed(f"{name} modified its input {arg_name} in place; {fix}")
     return result
 
 
@@ -929,6 +963,7 @@ def check_function(
     probes: Sequence[Mistake] = (),
     prerequisites: Mapping[str, Prerequisite] | None = None,
     gradients: bool = True,
+    structure: Callable[[Any, Case], str | None] | None = None,
 ) -> None:
     """Compare `fn` with `reference` on every case; name a catalogued mistake when one matches, else
     a probe the output clearly is, else a constant factor, else what `diagnose` finds (which
@@ -942,7 +977,11 @@ def check_function(
 
     `prerequisites` maps the names of earlier exercises' functions that `fn` may call to
     (their check, "exercise N"): when `fn` fails and uses one that fails its own check, the
-    message says so (see `_blame_prerequisites`)."""
+    message says so (see `_blame_prerequisites`).
+
+    `structure(fn, case)`, run on every case once the values match, says how the answer computes
+    what the exercise asks it to compute another way (for example the whole score matrix where the
+    exercise asks for blocks of keys), or None."""
     if prerequisites:
         parameters = inspect.signature(check_function).parameters  # the same call, minus prerequisites
         kwargs = {k: v for k, v in locals().items() if k in parameters and k not in ("fn", "prerequisites")}
@@ -968,6 +1007,11 @@ def check_function(
             raise CheckFailed(f"{name}{where}: {probe.message}{nearly}")
         symptom = (diagnose(got, expected, case) if diagnose else None) or constant_factor(got, expected, outputs)
         raise CheckFailed(f"{name}{where}: {symptom or problem} [inputs: {case.describe_inputs()}]")
+    if structure is not None:
+        for case in cases:
+            problem = structure(fn, case)
+            if problem is not None:
+                raise CheckFailed(f"{name}" + (f" ({case.note})" if case.note else "") + f": {problem}")
     if gradients:
         for case in cases:
             if _differentiable(case):
@@ -1060,5 +1104,127 @@ def check_numbers(
     print(f"✓ all {len(expected)} answers are right")
 
 
+# ---------------------------------------------------------------------------------------------
+# Answers assigned in a cell (names, numbers): computed by what the exercise forbids?
+# ---------------------------------------------------------------------------------------------
+
+# Every cell the IPython kernel runs from the import of the checks on (each chapter's notebook imports
+# its checks in the setup cell, before any answer): IPython's history `In` is empty when cells run with
+# store_history=False, as nbval runs them. Also read by `recompute`.
+CELLS: list[str] = []
+
+
+def _record_cell(info: Any) -> None:
+    CELLS.append(getattr(info, "transformed_cell", None) or info.raw_cell)
+
+
+def _start_recording_cells() -> None:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the course
+        return
+    shell = get_ipython()
+    if shell is not None and _record_cell not in shell.events.callbacks["pre_run_cell"]:
+        shell.events.register("pre_run_cell", _record_cell)
+
+
+def _assigned_names(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr, ast.For)) else []
+        for target in targets:
+            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def _resolve(node: ast.AST, namespace: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """(dotted name, object) of a name or an attribute chain of modules, read without running code."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name) or node.id not in namespace:
+        return None
+    obj = namespace[node.id]
+    for part in reversed(parts):
+        if not isinstance(obj, types.ModuleType):  # only modules' attributes: no property runs
+            return None
+        obj = vars(obj).get(part)
+    return ".".join([node.id, *reversed(parts)]), obj
+
+
+def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells: Sequence[str] | None = None,
+                        namespace: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
+    """(answers, what) when a cell that assigns some of the variables `names` (listed in `answers`,
+    comma-separated) uses a forbidden object
+    (a reference function, a module of them, an answer key): the call watcher of `call_learner` only
+    runs while a check calls the learner's function, so a value computed in the answer cell itself
+    is read here from the cell's code, each name looked up in the learner's namespace (an alias made
+    in another cell is still recognised). Outside IPython, and with no cells recorded, nothing is found."""
+    if cells is None or namespace is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:  # pragma: no cover - IPython is a dependency of the course
+            return None
+        shell = get_ipython()
+        if shell is None:  # plain Python (the course's own tests call checks directly)
+            return None
+        cells = CELLS if cells is None else cells
+        namespace = shell.user_ns if namespace is None else namespace
+    names = set(names)
+    rules = _Forbidden([f for f in forbidden if isinstance(f, types.ModuleType) or callable(f)])
+    by_id = {id(f): f for f in forbidden}
+    modules = {f.__name__ for f in forbidden if isinstance(f, types.ModuleType)}
+    for source in cells:
+        try:
+            tree = ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                                       for line in source.splitlines()))
+        except SyntaxError:
+            continue
+        assigned = sorted(_assigned_names(tree) & names)
+        if not assigned:
+            continue
+        local = dict(namespace)
+        for node in ast.walk(tree):  # names imported in the cell itself
+            if isinstance(node, ast.ImportFrom) and node.module in sys.modules:
+                for alias in node.names:
+                    local[alias.asname or alias.name] = vars(sys.modules[node.module]).get(alias.name)
+                if node.module in modules:
+                    return ", ".join(assigned), node.module
+        inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        for node in ast.walk(tree):  # whole names only: `helpers.blocks.ModelConfig`, not `helpers.blocks`
+            if not isinstance(node, (ast.Name, ast.Attribute)) or id(node) in inner:
+                continue
+            found = _resolve(node, local)
+            if found is None:
+                continue
+            dotted, obj = found
+            if isinstance(obj, type):
+                # a class of a forbidden module (a model to measure), but not a config to read sizes from
+                if obj.__module__ in modules and not dataclasses.is_dataclass(obj):
+                    return ", ".join(assigned), f"{obj.__module__}.{obj.__qualname__}"
+            elif callable(obj):
+                label = rules.direct(obj)
+                if label and not label.startswith("the checks' own code"):
+                    return ", ".join(assigned), label
+            if obj is not None and by_id.get(id(obj)) is obj:
+                return ", ".join(assigned), dotted
+    return None
+
+
+def refuse_answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells: Sequence[str] | None = None,
+                               namespace: Mapping[str, Any] | None = None) -> None:
+    """CheckFailed when a cell assigning one of `names` uses a forbidden object (`answers_computed_by`;
+    `cells` and `namespace` replace IPython's, for tests)."""
+    found = answers_computed_by(names, forbidden, cells=cells, namespace=namespace)
+    if found is not None:
+        answer, what = found
+        raise CheckFailed(f"the cell that sets {answer} uses {what}, which gives the answer away; this exercise "
+                          f"asks you to work it out yourself, and an answer computed by the course's reference or "
+                          f"read from its answer key scores no points")
+
+
+_start_recording_cells()
 _snapshot_libraries()
 protect(sys.modules[__name__])

@@ -5,13 +5,17 @@ with one sentence when something is wrong. Keyword arguments choose other seeds,
 sizes: the visible tests use the defaults, the hidden tests use others.
 
 Answers write the diagnostics themselves: they may not call `helpers.diagnostics` (the reference)
-or torch.special.entr. The bug hunt (`check_bug_hunt`) takes the learner's choices, not a function,
-and tells which diagnostic finds each model the learner named wrongly.
+or torch.special.entr. The bug hunt (`check_bug_hunt`) takes the learner's `find_bug(model,
+reference)`, runs it on hunt models (in the hidden test, a hunt whose seed only that test knows,
+with weights no named model has), and tells which diagnostic finds each model it named wrongly;
+`find_bug` runs on the learner's own diagnostics: `bugs.checkup`, the bug builders and the
+reference's diagnostics are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import sys
@@ -25,7 +29,17 @@ from .. import diagnostics as ref
 from ..blocks import ModelConfig, cached_causal_mask
 from ..blocks import TinyDecoder as _TinyDecoder
 from . import probes as _probes
-from .core import Case, CheckFailed, Mistake, call_learner, check_function, check_numbers, protect, verify_environment
+from .core import (
+    Case,
+    CheckFailed,
+    Mistake,
+    _blame_prerequisites,
+    call_learner,
+    check_function,
+    check_numbers,
+    protect,
+    verify_environment,
+)
 from .core import randn as _randn
 
 __all__ = [
@@ -42,8 +56,16 @@ _REFERENCE = (ref,)
 _TORCH_ENTROPY = (torch.special.entr,)
 # What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
 FORBIDDEN_BY_EXERCISE = {"ex2": _TORCH_ENTROPY}
-# The bug hunt is solved by running the chapter's diagnostics on the models.
-ALLOWED_REFERENCE_BY_EXERCISE = {"ex4": tuple(ref.__all__)}
+# The bug hunt is solved with the learner's own diagnostics (exercises 1 to 3, and their own code):
+# the reference's diagnostics, bugs.checkup (all of them in one call) and the bug builders (to match
+# outputs against) are refused inside find_bug. The plumbing (residual_stream, shape_report) is allowed.
+_HUNT_DIAGNOSTICS = (ref.leak_test, ref.influence_by_perturbation, ref.influence_by_gradient, ref.leaking_pairs,
+                     ref.moved_positions, ref.attention_entropy, ref.head_entropy, ref.entropy_table,
+                     ref.update_ratios, ref.stream_norms)
+_HUNT_FORBIDDEN = _HUNT_DIAGNOSTICS + (bugs.checkup, bugs.broken_model, bugs.healthy_model, bugs.hunt_models,
+                                       bugs._assignment, bugs._plant_bug, bugs._plant, bugs.Model.__init__)
+ALLOWED_REFERENCE_BY_EXERCISE = {"ex4": tuple(name for name in ref.__all__
+                                              if getattr(ref, name) not in _HUNT_DIAGNOSTICS)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +183,37 @@ def check_future_leaks(fn: Any, *, seed: int = 0, B: int = 2, T: int = 7, V: int
         cases.append(Case((_one_sequence_leaks(seed, V, some := ids(), T), some, V), sizes, names,
                           f"f where output 0 sees token 3 in the first sequence only, and output 2 sees token "
                           f"{T - 1} in the last sequence only"))
-    check_function(fn, name="future_leaks", reference=_reference_leaks, cases=cases, outputs=("leaks",),
-                   mistakes=LEAK_MISTAKES, forbidden=_REFERENCE, probes=LEAK_PROBES, diagnose=_leak_symptom)
+    try:
+        check_function(fn, name="future_leaks", reference=_reference_leaks, cases=cases, outputs=("leaks",),
+                       mistakes=LEAK_MISTAKES, forbidden=_REFERENCE, probes=LEAK_PROBES, diagnose=_leak_symptom)
+    except CheckFailed as failure:
+        if " raised " in str(failure):  # the model refused its input: were the perturbed ids still ids?
+            problem = next((p for p in map(lambda case: _ids_out_of_range(fn, case), cases) if p), None)
+            if problem:
+                raise CheckFailed(f"future_leaks {problem}") from None
+        raise
+
+
+def _ids_out_of_range(fn: Any, case: Case) -> str | None:
+    """What the learner's test fed the model, when some of it was not a token id 0 .. V - 1."""
+    f, ids, V = case.args
+    seen: list[tuple[int, int]] = []
+
+    def recording(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, torch.Tensor) and not x.is_floating_point() and x.numel():
+            seen.append((int(x.min()), int(x.max())))
+        return f(x, *args, **kwargs)
+
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+        fn(recording, ids.clone(), V)
+    if not seen:
+        return None
+    low, high = min(lo for lo, _ in seen), max(hi for _, hi in seen)
+    if low >= 0 and high < V:
+        return None
+    return (f"gave the model token ids from {low} to {high}, but its vocabulary has the ids 0 .. {V - 1} "
+            f"(vocab_size = {V}): the perturbed token ids[:, j] + 1 runs past the last id; wrap it around, "
+            f"changed[:, j] = (ids[:, j] + 1) % vocab_size")
 
 
 _leak_probe = _probes.perturbation_leaks
@@ -210,8 +261,8 @@ def _plogp(w: torch.Tensor) -> torch.Tensor:
 
 
 ENTROPY_MISTAKES = (
-    Mistake("bits", "the entropy is in bits (log2); the exercise asks for nats, the natural log: divide "
-            "by ln 2 less, use torch.log",
+    Mistake("bits", "the entropy is in bits (log2); the exercise asks for nats, the natural log: use "
+            "torch.log (or .log()) instead of log2; an entropy in bits is the one in nats divided by ln 2",
             lambda w: -(w * torch.where(w > 0, w.log2(), torch.zeros((), dtype=w.dtype))).sum(-1)),
     Mistake("query_axis", "the sum runs over the query axis (-2); each query's distribution is a row, so "
             "sum over the key axis (-1)",
@@ -297,6 +348,11 @@ def _ratio_whole_tensor(stream):
     return update / stream[:-1].flatten(1).norm(dim=-1)
 
 
+def _ratio_per_sequence(stream):
+    update = (stream[1:] - stream[:-1]).flatten(-2).norm(dim=-1)  # WRONG: one norm per sequence over (T, d_model)
+    return (update / stream[:-1].flatten(-2).norm(dim=-1)).mean(dim=1)
+
+
 def _ratio_of_streams(stream):
     return (stream[1:].norm(dim=-1) / stream[:-1].norm(dim=-1)).mean(dim=(1, 2))  # WRONG: no difference
 
@@ -311,6 +367,9 @@ RATIO_MISTAKES = (
             "d_model, so take each norm over the last axis", _ratio_wrong_axis),
     Mistake("whole_tensor", "one norm over the whole (B, T, d_model) tensor per layer; the ratio is per token "
             "(norm over d_model), then averaged over the B x T tokens", _ratio_whole_tensor),
+    Mistake("per_sequence", "one norm per sequence, over its whole (T, d_model) block; the ratio is per token: "
+            "each norm over d_model alone (.norm(dim=-1)), then the ratios averaged over the B x T tokens",
+            _ratio_per_sequence),
     Mistake("stream_ratio", "this is ||x_{l+1}|| / ||x_l||, how the stream's size grows; the update ratio "
             "measures the change, ||x_{l+1} - x_l|| / ||x_l||", _ratio_of_streams),
     Mistake("ratio_of_means", "the mean update norm divided by the mean stream norm; take the ratio per token "
@@ -358,39 +417,68 @@ RATIO_PROBES = _probes.probes({
 # ---------------------------------------------------------------------------------------------
 
 
-def check_bug_hunt(answers: Any, *, seed: int = 0, grade: bool = True) -> None:
-    """answers: {label: bug} for every model of bugs.hunt_models(seed), each bug a key of bugs.BUGS.
+def hunt_seed(secret: int) -> int:
+    """The seed of the hidden test's hunt: 48 bits hashed from a number only the hidden test holds
+    (the package cannot give the assignment away: `bugs._assignment` of the visible seed is not it)."""
+    return int.from_bytes(hashlib.sha256(f"graded bug hunt {secret}".encode()).digest()[:6], "big")
+
+
+def _hunt_answers(find_bug: Any, seed: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """find_bug run on every model of hunt `seed`: (label -> its answer, label -> the truth)."""
+    if isinstance(find_bug, Mapping):
+        raise CheckFailed("the bug hunt asks for a function find_bug(model, reference) that returns the name of "
+                          "the model's bug, found with your diagnostics; the hidden test runs it on other models, so "
+                          "a dict of names cannot be graded")
+    truth = bugs._assignment(seed)
+    models, reference = bugs.hunt_models(seed), bugs.healthy_model(seed)
+    answers = {}
+    for label, model in models.items():
+        case = Case((model, reference), {}, ("model", "reference"), f"model {label} of the hunt")
+        answers[label] = call_learner(find_bug, "find_bug", case, _HUNT_FORBIDDEN)
+    return answers, truth
+
+
+def check_bug_hunt(find_bug: Any, *, seed: int = 0, secret: int | None = None, grade: bool = True) -> None:
+    """find_bug(model, reference) -> the name of the model's bug (a key of bugs.BUGS), for every model of
+    bugs.hunt_models(seed), or, with `secret` (the hidden test), of a hunt whose seed only the test knows.
 
     grade=False (the visible test) checks only the form: every model answered with a bug from the
     list, each bug once. grade=True (the hidden test) also grades each choice and names, for each
-    wrong one, the diagnostic that finds that model's bug.
+    wrong one, the diagnostic that finds that model's bug. When find_bug fails and uses one of the
+    learner's exercises 1 to 3 that fails its own check, the message says to fix that one first.
     """
     verify_environment()
-    truth = bugs._assignment(seed)
-    if not isinstance(answers, Mapping):
-        raise CheckFailed(f"answers should be a dict {{label: bug}}; got {type(answers).__name__}")
+    prerequisites = {"future_leaks": (check_future_leaks, "exercise 1"),
+                     "attention_entropy": (check_attention_entropy, "exercise 2"),
+                     "update_ratios": (check_update_ratios, "exercise 3")}
+    with _blame_prerequisites(find_bug, "find_bug", prerequisites, ()):
+        _grade_hunt(find_bug, seed if secret is None else hunt_seed(secret), grade)
+
+
+def _grade_hunt(find_bug: Any, seed: int, grade: bool) -> None:
+    answers, truth = _hunt_answers(find_bug, seed)
     missing = [label for label in truth if answers.get(label) in (None, "")]
     if missing:
-        raise CheckFailed(f"no answer yet for model{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
-                          f"choose one of {', '.join(sorted(bugs.BUGS))}")
-    unknown = {label: choice for label, choice in answers.items() if label in truth and choice not in bugs.BUGS}
+        raise CheckFailed(f"find_bug returned no bug for model{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
+                          f"return one of {', '.join(sorted(bugs.BUGS))}")
+    unknown = {label: choice for label, choice in answers.items() if choice not in bugs.BUGS}
     if unknown:
         label, choice = next(iter(unknown.items()))
-        raise CheckFailed(f"model {label}: {choice!r} is not one of the bugs; choose one of {', '.join(sorted(bugs.BUGS))}")
-    extra = sorted(set(answers) - set(truth))
-    if extra:
-        raise CheckFailed(f"there are no models {', '.join(map(str, extra))}; the models are {', '.join(truth)}")
+        raise CheckFailed(f"find_bug returned {choice!r} for model {label}, which is not one of the bugs; return one "
+                          f"of {', '.join(sorted(bugs.BUGS))}")
     repeated = sorted({answers[label] for label in truth if [answers[x] for x in truth].count(answers[label]) > 1})
     if repeated:
-        raise CheckFailed(f"each bug is in exactly one model, but {repeated[0]!r} is given to more than one")
+        raise CheckFailed(f"each bug is in exactly one model, but find_bug returned {repeated[0]!r} for more than "
+                          f"one: " + ", ".join(label for label in truth if answers[label] == repeated[0]))
     if not grade:
         verify_environment()
-        print(f"✓ all {len(truth)} models have a bug from the list, each bug once; the hidden test grades the choices")
+        print(f"✓ find_bug gives all {len(truth)} models a bug from the list, each bug once; the hidden test grades "
+              f"it on other models")
         return
     wrong = [label for label in truth if answers[label] != truth[label]]
     if wrong:
-        lines = [f"model {label} is not {answers[label]!r}; the diagnostic that finds its bug: "
-                 f"{bugs.BUGS[truth[label]][1]}" for label in wrong]
+        lines = [f"the model with the bug {truth[label]!r} was named {answers[label]!r}; the diagnostic that finds "
+                 f"{truth[label]!r}: {bugs.BUGS[truth[label]][1]}" for label in wrong]
         raise CheckFailed(f"{len(truth) - len(wrong)} of {len(truth)} right. " + "; ".join(lines))
     verify_environment()
     print(f"✓ all {len(truth)} bugs found")

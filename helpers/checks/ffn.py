@@ -161,7 +161,8 @@ def _swiglu_variant(style: str) -> Callable[..., torch.Tensor]:
         gate, up = x @ w_gate.T, x @ w_up.T  # (..., d_ff) each
         hidden = {"swapped": lambda: silu_(up) * gate, "silu_of_product": lambda: silu_(gate * up),
                   "sigmoid": lambda: torch.sigmoid(gate) * up, "gelu": lambda: _gelu_erf(gate) * up,
-                  "bilinear": lambda: gate * up, "sum": lambda: silu_(gate) + up}[style]()
+                  "bilinear": lambda: gate * up, "sum": lambda: silu_(gate) + up,
+                  "no_up": lambda: silu_(gate)}[style]()
         return hidden @ w_down.T
     return wrong
 
@@ -186,6 +187,11 @@ SWIGLU_MISTAKES = (
     Mistake("sum_not_product",
             "gate and up are added; SwiGLU multiplies them elementwise: silu(W_gate x) * (W_up x)",
             _swiglu_variant("sum")),
+    Mistake("no_up_projection",
+            "the up projection is missing: this is silu(W_gate x) W_down, a plain SiLU MLP; SwiGLU multiplies "
+            "the gate elementwise by a second, linear branch before the down projection: "
+            "(silu(W_gate x) * (W_up x)) W_down, which is why it has three weight matrices",
+            _swiglu_variant("no_up")),
 )
 
 

@@ -475,6 +475,18 @@ PRE_LN_PROBES = _probes.probes({
                  lambda x, attn, ffn, norm1, norm2: (h := x + attn(x)) + ffn(norm2(h))),
     "no_norm2": ("the FFN reads h without norm2; Pre-LN normalizes each sublayer's input: h + ffn(norm2(h))",
                  lambda x, attn, ffn, norm1, norm2: (h := x + attn(norm1(x))) + ffn(h)),
+    "half_updates": ("each sublayer's output is added at half size (x + 0.5 * attn(norm1(x)), h + 0.5 * "
+                     "ffn(norm2(h))); the residual adds the whole update: x + attn(norm1(x)), then h + ffn(norm2(h))",
+                     lambda x, attn, ffn, norm1, norm2: (h := x + 0.5 * attn(norm1(x))) + 0.5 * ffn(norm2(h))),
+    "half_attn_update": ("the attention's output is added at half size (x + 0.5 * attn(norm1(x))); the residual adds "
+                         "the whole update: x + attn(norm1(x))",
+                         lambda x, attn, ffn, norm1, norm2: (h := x + 0.5 * attn(norm1(x))) + ffn(norm2(h))),
+    "half_ffn_update": ("the FFN's output is added at half size (h + 0.5 * ffn(norm2(h))); the residual adds the "
+                        "whole update: h + ffn(norm2(h))",
+                        lambda x, attn, ffn, norm1, norm2: (h := x + attn(norm1(x))) + 0.5 * ffn(norm2(h))),
+    "averaged": ("the stream and each update are averaged, (x + attn(norm1(x))) / 2; the residual adds the update "
+                 "to the stream unscaled: x + attn(norm1(x))",
+                 lambda x, attn, ffn, norm1, norm2: ((h := (x + attn(norm1(x))) / 2) + ffn(norm2(h))) / 2),
 })
 POST_LN_PROBES = _probes.probes({
     "norm1_twice": ("norm1 is used after the FFN too; the second norm is norm2: norm2(h + ffn(h))",

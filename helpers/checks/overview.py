@@ -624,7 +624,7 @@ def _perm(T: int) -> torch.Tensor:
 
 
 def _equivariance_test(*, perm: str = "shift", output: str = "permuted", compare: str = "close",
-                       axis: int = 1) -> Callable[[Any, torch.Tensor], bool]:
+                       axis: int = 1, tokens: str = "all") -> Callable[[Any, torch.Tensor], bool]:
     """A complete is_permutation_equivariant with the given mistakes built in."""
     def wrong(f, x):
         n = x.shape[axis]
@@ -633,6 +633,8 @@ def _equivariance_test(*, perm: str = "shift", output: str = "permuted", compare
         with torch.no_grad():
             out, out_moved = f(x), f(moved)
         target = out.index_select(axis, p) if output == "permuted" else out
+        if tokens == "first":  # WRONG: only the first token of each sequence is compared
+            out_moved, target = out_moved[:, :1], target[:, :1]
         if compare == "equal":
             return torch.equal(out_moved, target)
         atol = 0.1 if compare == "loose" else 1e-5
@@ -665,6 +667,11 @@ PERMUTATION_MISTAKES = (
             "your test permutes the feature axis (the last one); permutation equivariance is about the "
             "token axis: x[:, perm] reorders the T tokens of every sequence",
             _equivariance_test(axis=2)),
+    Mistake("first_token_only",
+            "your test compares only some of the output tokens (the first, say): it says True for a function "
+            "that mixes one other token with its neighbour, which is not permutation equivariant; compare "
+            "every token, f(x[:, perm]) with f(x)[:, perm] over the whole (B, T, d)",
+            _equivariance_test(tokens="first")),
 )
 
 
@@ -694,6 +701,9 @@ def _permutation_cases(seed: int, dtype: torch.dtype, B: int, T: int, d: int, H:
         (nn.ReLU(), x(), True, "an element-wise ReLU (no rounding at all)"),
         (ref.OrderSensitiveRounding(rounding := x()), rounding, True,
          "a token-wise function whose last bits depend on the order of its tokens"),
+    ] + [  # a test that compares one output token i sees only positions i and perm[i]: two of each
+        (ref.MixOneToken(t), x(), False, f"a function that mixes token {t} (only) with token {t - 1}")
+        for t in range(1, T) for _ in range(2)
     ]
 
 
@@ -725,7 +735,11 @@ def check_permutation_test(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch
     for mistake in PERMUTATION_MISTAKES:
         if answers(mistake.impl, learner=False) == got:
             raise CheckFailed(f"is_permutation_equivariant: {mistake.message}")
-    index = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
+    wrong = [i for i, (g, e) in enumerate(zip(got, expected)) if g != e]
+    if all(isinstance(cases[i][0], ref.MixOneToken) for i in wrong):  # another permutation than the catalogue's
+        raise CheckFailed(f"is_permutation_equivariant returned True for {cases[wrong[0]][3]}: "
+                          + next(m.message for m in PERMUTATION_MISTAKES if m.key == "first_token_only"))
+    index = wrong[0]
     what = cases[index][3]
     if expected[index]:
         raise CheckFailed(f"is_permutation_equivariant returned False for {what}, which is permutation "

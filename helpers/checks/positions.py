@@ -13,8 +13,11 @@ their own.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -64,11 +67,11 @@ ALLOWED_REFERENCE_BY_EXERCISE = {"ex2": ("sinusoidal_table",), "ex4": ("apply_ro
 
 
 def _table(T, d_model, offset=0, *, order="sin_cos", exponent="pair", layout="interleaved", shift=0,
-           use_offset=True):
-    """A sinusoidal table with mistakes built in (float64 angles, float32 result)."""
+           use_offset=True, angles=torch.float64):
+    """A sinusoidal table with mistakes built in (float64 angles unless `angles` says otherwise, float32 result)."""
     start = (offset if use_offset else 0) + shift
-    p = torch.arange(start, start + T, dtype=torch.float64)[:, None]  # (T, 1)
-    i = torch.arange(d_model // 2, dtype=torch.float64)[None, :]  # (1, d/2)
+    p = torch.arange(start, start + T, dtype=angles)[:, None]  # (T, 1)
+    i = torch.arange(d_model // 2, dtype=angles)[None, :]  # (1, d/2)
     power = {"i_over_d": i / d_model, "inverted": -2 * i / d_model}.get(exponent, 2 * i / d_model)
     sin_arg = p / 10000.0 ** power  # (T, d/2)
     cos_arg = p / 10000.0 ** ((2 * i + 1) / d_model) if exponent == "column" else sin_arg  # (T, d/2)
@@ -81,6 +84,12 @@ def _table(T, d_model, offset=0, *, order="sin_cos", exponent="pair", layout="in
 def _table_with(**how):
     return lambda T, d_model, offset=0: _table(T, d_model, offset, **how)
 
+
+_FLOAT32_ANGLES = ("the angles p * w_i are computed in float32, which keeps about 7 significant digits: an angle "
+                   "of tens of thousands of radians keeps only 2 or 3 decimals, and its sin and cos are off in "
+                   "the fourth (a long context, or a KV cache far into a sequence, asks for such positions); "
+                   "compute the positions, the frequencies and the angles in float64 and convert the table to "
+                   "float32 at the end")
 
 SINUSOIDAL_MISTAKES = (
     Mistake("sin_cos_swapped",
@@ -110,6 +119,7 @@ SINUSOIDAL_MISTAKES = (
             "offset is ignored: the rows are positions 0 .. T - 1 whatever the offset; row t is position "
             "offset + t (a KV cache asks for one row at position t = offset)",
             _table_with(use_offset=False)),
+    Mistake("float32_angles", _FLOAT32_ANGLES, _table_with(angles=torch.float32)),
 )
 
 
@@ -394,6 +404,26 @@ def rope_growing(x, offset=0):
     T = x.shape[-2]
     scale = 1 + 0.05 * torch.arange(offset, offset + T, dtype=torch.float64)[:, None]
     return _rotate(x, _angles(T, x.shape[-1], offset, 10000.0), "half") * scale.to(x.dtype)
+
+def _positions(x, offset):
+    return torch.arange(offset, offset + x.shape[-2], dtype=torch.float64)[:, None]  # (T, 1)
+
+def _inverse_frequencies(d):
+    return 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)[None, :]  # (1, d/2)
+
+def rope_clipped(x, offset=0):
+    positions = _positions(x, offset).clamp(max=8.0)  # a table of 9 rows: every later position reads row 8
+    return _rotate(x, positions * _inverse_frequencies(x.shape[-1]), "half")
+
+def rope_parity_scaled(x, offset=0):
+    positions = _positions(x, offset)
+    scale = torch.where(positions % 2 == 0, 1.25, 0.8)  # 1.25 * 0.8 = 1: odd offsets see plain RoPE
+    return _rotate(x, positions * _inverse_frequencies(x.shape[-1]), "half") * scale.to(x.dtype)
+
+def rope_turning_back(x, offset=0):
+    positions = _positions(x, offset)
+    direction = torch.where(positions < 24, 1.0, -1.0)  # from position 24 on, the other way round
+    return _rotate(x, direction * positions * _inverse_frequencies(x.shape[-1]), "half")
 '''
 
 _ROPE_NAMESPACE: dict[str, Any] = {}
@@ -408,6 +438,13 @@ ROPE_CANDIDATES = (
     ("rope_squared_positions", "a rotation by p^2 * theta_k instead of p * theta_k (norms kept, not relative)", False),
     ("added_positions", "a function that adds a sinusoidal position vector (absolute, not a rotation)", False),
     ("rope_growing", "RoPE followed by a scale that grows with the position (relative angles, absolute sizes)", False),
+    # Right only where a weak test looks: at small positions, at one offset, or to a test with q = k.
+    ("rope_clipped", "a RoPE whose positions stop at 8 (every later position is rotated as position 8): right "
+                     "only at small positions", False),
+    ("rope_parity_scaled", "RoPE times 1.25 at even positions and 0.8 at odd ones: right at odd offsets (1.25 x "
+                           "0.8 = 1), wrong at even ones, 0 included", False),
+    ("rope_turning_back", "a RoPE that turns the other way from position 24 on: with q = k its scores look "
+                          "relative (the score of offset d equals that of -d), with q != k they are not", False),
 )
 
 
@@ -423,6 +460,12 @@ def _mistaken_test(kind: str):
             return False
         if kind == "same_position_only":
             return all(bool(torch.allclose((rope(q, m) * rope(k, m)).sum(), (q * k).sum())) for m in (1, 5, 20))
+        if kind == "small_positions":  # positions 0 .. 2, offset 1 only
+            return bool(torch.allclose((rope(q, 1) * rope(k, 0)).sum(), (rope(q, 2) * rope(k, 1)).sum()))
+        if kind == "q_equals_k":  # the right offsets and positions, but one vector for both
+            return all(bool(torch.allclose(torch.stack([(rope(q, n + delta) * rope(q, n)).sum() for n in (3, 11, 40)]),
+                                           (rope(q, 3 + delta) * rope(q, 3)).sum().expand(3)))
+                       for delta in (0, 1, 5, -3))
         # "exact": compares scores with == (rounding makes equal offsets differ in the last bits)
         return all(bool((rope(q, m + 3) * rope(k, m)).sum() == (rope(q, 3) * rope(k, 0)).sum()) for m in (57, 1000, 4321, 77777))
     return wrong
@@ -441,6 +484,14 @@ RELATIVE_TEST_MISTAKES = (
     Mistake("exact_equality",
             "your test compares floats with ==, so a correct RoPE fails on rounding in the last bits; "
             "compare with torch.allclose (or math.isclose)", _mistaken_test("exact")),
+    Mistake("small_positions",
+            "your test looks only at small positions and at one offset: it says True for a RoPE whose positions "
+            "stop at 8 and for one that is right at odd offsets only; compare several offsets (0, positive and "
+            "negative) at positions far apart, say n = 3, 11 and 40", _mistaken_test("small_positions")),
+    Mistake("q_equals_k",
+            "your test uses one vector as both q and k: <rope(q, m), rope(q, n)> is the same for the offsets d "
+            "and -d, so a RoPE that turns the other way from some position on passes; draw q and k separately",
+            _mistaken_test("q_equals_k")),
 )
 
 MISTAKES = {
@@ -468,6 +519,10 @@ def _table_diagnose(got: Any, expected: Any, case: Case) -> str | None:
         return None
     T, d_model, offset = case.args
     t = got.detach().cpu().double()
+    error = float((t - expected.double()).abs().max())
+    if offset >= 1000 and error < 1e-2 and bool(torch.isfinite(t).all()):
+        # right at small positions (those cases passed), slightly off far out: the angles lost digits
+        return _FLOAT32_ANGLES + f" (largest difference here {error:.1e})"
     s, c = t[:, 0::2], t[:, 1::2]  # (T, d_model/2)
     if float(((s * s + c * c) - 1).abs().max()) > 1e-3:
         return None  # not (sin, cos) pairs of one angle
@@ -484,13 +539,15 @@ SINUSOIDAL_PROBES = _probes.probes({
 })
 
 
-def check_sinusoidal_table(fn: Any, *, T: int = 6, d_model: int = 8, offsets: Sequence[int] = (0, 9)) -> None:
-    """sinusoidal_table(T, d_model, offset=0) -> (T, d_model) float32."""
+def check_sinusoidal_table(fn: Any, *, T: int = 6, d_model: int = 8, offsets: Sequence[int] = (0, 9),
+                           far: int = 30000) -> None:
+    """sinusoidal_table(T, d_model, offset=0) -> (T, d_model) float32, accurate far into a sequence."""
     names = ("T", "d_model", "offset")
     sizes = {"T": T, "d_model": d_model}
     cases = [Case((T, d_model, offset), sizes, names, f"offset = {offset}") for offset in offsets]
     cases.append(Case((1, d_model, offsets[-1] + T), {"1": 1, "d_model": d_model}, names,
                       f"one row at offset = {offsets[-1] + T}, as a KV cache asks"))
+    cases.append(Case((T, d_model, far), sizes, names, f"offset = {far}, far into a long context"))
     check_function(fn, name="sinusoidal_table", reference=_reference_table, cases=cases, outputs=("table",),
                    mistakes=SINUSOIDAL_MISTAKES, forbidden=_REFERENCE, probes=SINUSOIDAL_PROBES,
                    diagnose=_table_diagnose)
@@ -604,9 +661,29 @@ def check_apply_rope(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
         Case((_randn(gen, T, d_head, dtype=dtype), offset + 1), {"T": T, "d_head": d_head}, ("x", "offset"),
              f"x (T, d_head), offset = {offset + 1}"),
     ]
-    check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
-                   mistakes=ROPE_MISTAKES, forbidden=_REFERENCE, diagnose=_rope_diagnose,
-                   probes=ROPE_PROBES)
+    try:
+        check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
+                       mistakes=ROPE_MISTAKES, forbidden=_REFERENCE, diagnose=_rope_diagnose,
+                       probes=ROPE_PROBES)
+    except CheckFailed as failure:
+        if " raised " not in str(failure) or not _runs(fn, cases[1]) or _runs(fn, cases[2]):
+            raise
+        error = str(failure).split(" raised ", 1)[1].split(" (called with", 1)[0]
+        raise CheckFailed(f"apply_rope handles x (B, H, T, d_head) only: on x (T, d_head) it raised {error}. "
+                          f"The exercise's x is (..., T, d_head), any number of leading axes: read the sizes from the "
+                          f"end (T, d = x.shape[-2], x.shape[-1]) and slice with ... (x[..., :d // 2]), so the same "
+                          f"code rotates (T, d_head), (B, T, d_head) and (B, H, T, d_head)") from None
+
+
+def _runs(fn: Any, case: Case) -> bool:
+    """Whether fn(*case.args) returns without an exception (its value is not judged)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in case.args])
+    except Exception:  # noqa: BLE001 - any error means it does not run
+        return False
+    return True
 
 
 def _reference_rope_attention(q, k, v):

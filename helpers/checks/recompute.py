@@ -9,7 +9,7 @@ sizes variables hold other, consistent values, without the statements that call 
 and without the cells that call the hidden test (that is, the current cell). Functions defined before the sizes cell (the
 learner's helpers from earlier exercises) stay available; those defined in the re-run cells read
 the new sizes. The learner's namespace, the printed output and the random generators are left as
-they were. The cells come from a record this module keeps from its import on (IPython's history is
+they were. The cells come from the record `core` keeps from the checks' import on (IPython's history is
 empty when cells run with store_history=False, as nbval runs them), else from the history. Outside
 IPython (plain pytest) pass the cell sources as `cells=`.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import CheckFailed, protect, verify_environment
+from .core import CELLS, CheckFailed, protect, verify_environment
 
 __all__ = ["recheck_with_other_sizes"]
 
@@ -106,24 +106,7 @@ def _depends(name: str, path: tuple, original: Mapping, variant: Mapping,
     return not decided
 
 
-# Every cell the IPython kernel runs from the import of this module on (each chapter's checks module
-# imports it, in the first test cell): the history `In` is empty when cells run with
-# store_history=False, as nbval runs them.
-_CELLS: list[str] = []
-
-
-def _record(info: Any) -> None:
-    _CELLS.append(getattr(info, "transformed_cell", None) or info.raw_cell)
-
-
-def _start_recording() -> None:
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency of the course
-        return
-    shell = get_ipython()
-    if shell is not None:
-        shell.events.register("pre_run_cell", _record)
+_CELLS = CELLS  # the cells run since the checks were imported (core records them)
 
 
 def _history_cells(marker: str) -> list[str]:
@@ -291,5 +274,4 @@ def recheck_with_other_sizes(
                           "number: the hidden test re-runs your cells after the sizes cell with other sizes.")
 
 
-_start_recording()
 protect(sys.modules[__name__])

@@ -210,6 +210,10 @@ def _tie_new_parameter(model):
     model.lm_head.weight = nn.Parameter(model.tok_emb.weight.data)  # WRONG: same storage, a second Parameter
 
 
+def _tie_backwards(model):
+    model.tok_emb.weight = model.lm_head.weight  # WRONG: tied the other way round, the embedding is thrown away
+
+
 TIE_MISTAKES = (
     Mistake("copy",
             "the head got a copy of the embedding (clone): equal values today, separate storage, so the two "
@@ -224,6 +228,11 @@ TIE_MISTAKES = (
             "the head is a new nn.Parameter over the embedding's storage: the optimizer sees two parameters "
             "(V x d_model counted twice, two gradients, two AdamW states); assign the same Parameter object",
             _tie_new_parameter),
+    Mistake("tied_backwards",
+            "the weights are tied the other way round (model.tok_emb.weight = model.lm_head.weight): the shared "
+            "matrix is the head's, and the embedding's own weight (in a trained model, the trained embedding) is "
+            "thrown away; the head takes the embedding's Parameter: model.lm_head.weight = model.tok_emb.weight",
+            _tie_backwards),
 )
 
 PADDING_LABEL_MISTAKES = (
@@ -656,7 +665,7 @@ def _untied_model(seed: int, V: int, d_model: int) -> TinyDecoder:
 def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16) -> None:
     """tie_weights(model): make model.lm_head use model.tok_emb's weight, in place."""
     model = _untied_model(seed, V, d_model)
-    before, original_head = ref.param_count(model), model.lm_head.weight
+    before, original_head, original_emb = ref.param_count(model), model.lm_head.weight, model.tok_emb.weight
     modules = (model.tok_emb, model.lm_head)
     untouched = model.lm_head.weight.detach().clone()
     returned = call_learner(fn, "tie_weights", Case((model,), {}, ("model",)), _REFERENCE)
@@ -667,6 +676,8 @@ def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16)
                           f"model.lm_head.weight = model.tok_emb.weight")
     head, emb = model.lm_head.weight, model.tok_emb.weight
     if head is emb:
+        if emb is not original_emb:
+            raise CheckFailed(f"tie_weights: {next(m for m in TIE_MISTAKES if m.key == 'tied_backwards').message}")
         saved = before - ref.param_count(model)
         if saved != V * d_model:
             raise CheckFailed(f"tie_weights: the parameter count dropped by {saved}; tying saves exactly "

@@ -4,6 +4,7 @@ learner should read for each (the check's message, the error, or the ✓ line)."
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,9 @@ class ExerciseResult:
         return "passed" if self.score == self.points else ("partial" if self.score else "failed")
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(_ANSI.sub("", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _one_line(text: str) -> str:
+    """The whole message on one line (never cut: a learner must read the sentence to its end)."""
+    return " ".join(_ANSI.sub("", text).split())
 
 
 def cell_message(cell: nbformat.NotebookNode | None) -> str:
@@ -121,11 +122,16 @@ def by_exercise(cells: list[CellResult]) -> list[ExerciseResult]:
 
 
 def table(rows: list[ExerciseResult], width: int = 100) -> str:
-    """A plain-text table: exercise, points, status, message; then the total."""
+    """A plain-text table: exercise, points, status, message; then the total. A long message wraps
+    onto the next lines, under the feedback column, whole words only."""
     lines = [f"{'exercise':<9} {'points':>9}  {'status':<10} feedback", "-" * width]
+    indent = " " * 32  # where the feedback column starts
     for row in rows:
         score = "-" if row.score is None else f"{row.score:g}"
-        lines.append(f"{row.exercise:<9} {score + ' / ' + format(row.points, 'g'):>9}  {row.status:<10} {row.message}")
+        message = textwrap.wrap(row.message, width=max(width - len(indent), 40), break_long_words=False,
+                                break_on_hyphens=False) or [""]
+        lines.append(f"{row.exercise:<9} {score + ' / ' + format(row.points, 'g'):>9}  {row.status:<10} {message[0]}")
+        lines += [indent + part for part in message[1:]]
     total = sum(r.points for r in rows)
     got = sum(r.score or 0 for r in rows)
     lines += ["-" * width, f"{'total':<9} {format(got, 'g') + ' / ' + format(total, 'g'):>9}{pending_note(rows)}"]

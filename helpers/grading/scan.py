@@ -7,6 +7,8 @@ code instead, before grading, and reports per student and exercise:
 
     reference_import  imports the chapter's reference implementation (helpers.<topic>)
     checks_import     imports the course's checks from an answer
+    private_name      uses a private name of the course's package (helpers.bugs._assignment, any
+                      helpers name starting with _): internals a learner has no reason to touch
     torch_builtin     uses the torch built-in the chapter asks students to write
     patching          assigns to an attribute of a module (torch.allclose = ...), setattr on one,
                       or edits sys.modules / builtins / globals()
@@ -178,8 +180,15 @@ class _Reader(ast.NodeVisitor):
     def _flag(self, rule: str, node: ast.AST) -> None:
         self.found.append((rule, getattr(node, "lineno", 0)))
 
+    @staticmethod
+    def _private_helpers_name(name: str) -> bool:
+        parts = name.split(".")
+        return parts[0] == "helpers" and any(p.startswith("_") and not p.endswith("__") for p in parts[1:])
+
     def _module(self, name: str, node: ast.AST) -> None:
         root = name.split(".")[0]
+        if self._private_helpers_name(name):
+            self._flag("private_name", node)
         if self._is_reference(name):
             self._flag("reference_import", node)
         elif name == "helpers.checks" or name.startswith("helpers.checks."):
@@ -217,6 +226,17 @@ class _Reader(ast.NodeVisitor):
                 self._flag("torch_builtin", node)
             if self._is_reference(full):
                 self._flag("reference_import", node)
+            if self._private_helpers_name(full):
+                self._flag("private_name", node)
+            # the chain's prefixes (helpers.diagnostics of helpers.diagnostics.residual_stream) say nothing
+            # more, and would flag a module whose allowed function the whole chain names: visit only a call
+            # at its root (f(x).y), for that call's own arguments
+            inner = node.value
+            while isinstance(inner, ast.Attribute):
+                inner = inner.value
+            if not isinstance(inner, ast.Name):
+                self.visit(inner)
+            return
         self.generic_visit(node)
 
     def _target(self, target: ast.AST) -> None:

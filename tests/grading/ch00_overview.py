@@ -14,6 +14,11 @@ def _budget_msg(key, value):
 
 
 STUDENTS = {
+    # Issue 31: a permutation test that compares only the first token of the outputs.
+    "permutation_first_token_only": Submission(
+        {"ex6-answer": replace("return torch.allclose(f(x[:, perm]), f(x)[:, perm], atol=1e-5)",
+                               "return torch.allclose(f(x[:, perm])[:, 0], f(x)[:, perm][:, 0], atol=1e-5)")},
+        {"ex6"}, "compares only some of the output tokens"),
     # One per main catalogued mistake of the issue: the shape map ...
     "no_head_axis": Submission(
         {"ex4-answer": replace('        "Q": (B, n_heads, T, d_head),\n        "K": (B, n_heads, T, d_head),\n'

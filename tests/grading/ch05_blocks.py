@@ -54,6 +54,25 @@ STUDENTS = {
     "hard_coded_T": Submission(
         {"ex4-answer": lambda source: source.replace("torch.arange(T, ", "torch.arange(7, ")},
         {"ex4-hidden"}),
+    # Issue 31: answers computed in the answer cell by the reference (no check calls a function there).
+    "mask_names_from_classify_mask": Submission(
+        {"ex3a-answer": put("from helpers.attention import classify_mask\n\n\n"
+                            "def _name(mask):\n"
+                            "    try:\n"
+                            "        return classify_mask(mask)\n"
+                            "    except ValueError:\n"
+                            "        return 'none'\n\n\n"
+                            "mask_A, mask_B, mask_C, mask_D, mask_E, mask_F = (_name(MASKS_TO_NAME[k]) for k in 'ABCDEF')\n")},
+        {"ex3a"}, "uses helpers.attention.classify_mask, which gives the answer away", report="scan: reference_import (ex3a)"),
+    "counts_measured_on_the_reference": Submission(
+        {"ex5-answer": put("cfg = helpers.blocks.ModelConfig(vocab_size=32000, d_model=512, n_heads=8, d_ff=2048, "
+                           "n_layers=6, max_seq_len=512, kind='encoder-decoder', norm='layernorm', "
+                           "norm_placement='pre', tie_weights=True)\n"
+                           "model = helpers.blocks.TinyEncoderDecoder(cfg)\n"
+                           "encoder_layer = sum(p.numel() for p in model.encoder[0].parameters())\n"
+                           "decoder_layer = 4_197_376\n"
+                           "total = sum(p.numel() for p in model.parameters())\n")},
+        {"ex5"}, "uses helpers.blocks.TinyEncoderDecoder, which gives the answer away"),
     # The reference itself.
     "reference_import": Submission(
         {"ex1-answer": put("from helpers.blocks import cross_attention")},

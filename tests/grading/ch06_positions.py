@@ -10,6 +10,21 @@ def _msg(catalogue, key):
 
 
 STUDENTS = {
+    # Issue 31: weak property tests (positions 0 .. 2 and one offset; q = k), and float32 angles.
+    "relative_test_small_positions": Submission(
+        {"ex5-answer": put("def relative_offset_holds(rope, d_head):\n"
+                           "    g = torch.Generator().manual_seed(0)\n"
+                           "    q = torch.randn(1, d_head, generator=g, dtype=torch.float64)\n"
+                           "    k = torch.randn(1, d_head, generator=g, dtype=torch.float64)\n"
+                           "    scores = torch.stack([(rope(q, n + 1) * rope(k, n)).sum() for n in (0, 1)])\n"
+                           "    return bool(torch.allclose(scores, scores[0].expand(2)))\n")},
+        {"ex5"}, _msg(checks.RELATIVE_TEST_MISTAKES, "small_positions")),
+    "relative_test_q_equals_k": Submission(
+        {"ex5-answer": replace("k = torch.randn(1, d_head, generator=g, dtype=torch.float64)", "k = q")},
+        {"ex5"}, _msg(checks.RELATIVE_TEST_MISTAKES, "q_equals_k")),
+    "table_float32_angles": Submission(
+        {"ex1-answer": replace("dtype=torch.float64", "dtype=torch.float32")},
+        {"ex1", "ex2-hidden"}, "the angles p * w_i are computed in float32"),
     # One per main catalogued mistake of the issue. Exercise 2 calls the learner's own table and
     # exercise 4 the learner's own RoPE, so a wrong table or rotation costs those points too.
     "sin_cos_swapped": Submission(

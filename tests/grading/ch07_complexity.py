@@ -43,6 +43,19 @@ STUDENTS = {
     "sum_not_rescaled": Submission(
         {"ex7-answer": replace("l = c * l + p.sum(dim=-1, keepdim=True)", "l = l + p.sum(dim=-1, keepdim=True)")},
         {"ex7"}, _msg(checks.ONLINE_MISTAKES, "sum_not_rescaled")),
+    # Issue 31: right numbers from the whole score matrix at once (no blocks, no running statistics).
+    "whole_score_matrix": Submission(
+        {"ex7-answer": put("def online_softmax_attention(q, k, v, block_size):\n"
+                           "    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
+                           "    p = torch.exp(s - s.amax(dim=-1, keepdim=True))\n"
+                           "    return (p @ v) / p.sum(dim=-1, keepdim=True)\n")},
+        {"ex7"}, "forms the whole score matrix"),
+    "kv_numbers_by_the_reference": Submission(
+        {"ex4-answer": replace('return (2 * model["n_layers"] * model["n_kv_heads"] * model["d_head"] * model["context"]\n'
+                               '            * bytes_per_element)',
+                               'return helpers.complexity.kv_cache_bytes(model["n_layers"], model["n_kv_heads"], '
+                               'model["d_head"], model["context"])')},
+        {"ex4"}, "uses helpers.complexity.kv_cache_bytes, which gives the answer away"),
     # Right for the visible configurations only: the hidden test's other configurations catch it.
     "hard_coded": Submission(
         {"ex2-answer": put("def mlp_flops(d_model, d_ff, T, kind='gelu'):\n"

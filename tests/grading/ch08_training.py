@@ -39,6 +39,10 @@ STUDENTS = {
         {"ex4-answer": put("def tie_weights(model):\n"
                            "    model.lm_head.weight = torch.nn.Parameter(model.tok_emb.weight.detach().clone())\n")},
         {"ex4"}, _msg(checks.TIE_MISTAKES, "copy")),
+    # Issue 31: one Parameter, but the head's: the embedding's own weight is thrown away.
+    "tied_backwards": Submission(
+        {"ex4-answer": put("def tie_weights(model):\n    model.tok_emb.weight = model.lm_head.weight\n")},
+        {"ex4"}, _msg(checks.TIE_MISTAKES, "tied_backwards")),
     "no_bos": Submission(
         {"ex3-answer": put("def teacher_forcing_inputs(targets, bos_id):\n    return targets.clone()\n")},
         {"ex3"}, _msg(checks.TEACHER_FORCING_MISTAKES, "no_shift")),

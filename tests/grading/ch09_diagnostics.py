@@ -14,9 +14,22 @@ def _msg(catalogue, key):
     return next(m.message for m in catalogue if m.key == key)
 
 
-SWAPPED = ('answers = {"A": "no_residual", "B": "norm_axis", "C": "rope_on_v", "D": "softmax_axis", '
-           '"E": "untied", "F": "padding_query", "G": "mask_leak", "H": "no_scale"}\n')
+# find_bug with two bugs' names swapped
+SWAPPED = {"ex4-answer": lambda source: source.replace('return "mask_leak"', 'return "@"')
+           .replace('return "norm_axis"', 'return "mask_leak"').replace('return "@"', 'return "norm_axis"')}
+# The visible models' names read from the package's key: right on the visible hunt only.
+KEY_FROM_THE_PACKAGE = ("KEY = bugs._assignment(0)\n\n\n"
+                        "def find_bug(model, reference):\n"
+                        "    for label, m in models.items():  # the visible model with the same weights\n"
+                        "        if torch.equal(m.net.tok_emb.weight, model.net.tok_emb.weight):\n"
+                        "            return KEY[label]\n"
+                        "    return 'mask_leak'\n")
+BY_CHECKUP = ("def find_bug(model, reference):\n"
+              "    card = bugs.checkup(model)\n"
+              "    return 'untied' if card['extra_params'] > 0 else 'mask_leak'\n")
 TEMPLATE = "YOUR ANSWER HERE"
+# The bug hunt's find_bug runs the learner's exercises 1 to 3 (tests/nbgrader_course.pack keeps them apart).
+USES = {"ex4": ("ex1", "ex2", "ex3")}
 
 STUDENTS = {
     # The issue's catalogued mistakes, one per exercise (and a second for the leakage test).
@@ -35,8 +48,15 @@ STUDENTS = {
         {"ex3"}, _msg(checks.RATIO_MISTAKES, "norm_over_T")),
     # Two models swapped: 6 of 8, and the feedback names the diagnostic that finds each real bug.
     "bug_hunt_swapped": Submission(
-        {"ex4-answer": put(SWAPPED)},
-        {"ex4-hidden"}, "model A is not 'no_residual'; the diagnostic that finds its bug: the leakage test"),
+        SWAPPED, {"ex4-hidden"}, "the model with the bug 'mask_leak' was named 'norm_axis'; the diagnostic that "
+                                 "finds 'mask_leak': the leakage test"),
+    # Issue 31: the key of the visible hunt read from helpers.bugs earns nothing (the hidden hunt is
+    # another), and bugs.checkup is refused inside find_bug.
+    "bug_hunt_key_from_the_package": Submission(
+        {"ex4-answer": put(KEY_FROM_THE_PACKAGE)}, {"ex4-hidden"}, "returned 'mask_leak' for more than one",
+        report="scan: private_name (ex4)"),
+    "bug_hunt_by_checkup": Submission(
+        {"ex4-answer": put(BY_CHECKUP)}, {"ex4"}, "find_bug calls helpers.bugs.checkup"),
     # A count in bits instead of nats.
     "entropy_max_in_bits": Submission(
         {"ex5-answer": replace("max_entropy_1024 = math.log(1024)", "max_entropy_1024 = math.log2(1024)")},
@@ -44,7 +64,7 @@ STUDENTS = {
     # A missing answer: exercise 3 handed in untouched; only it scores 0.
     "ratios_missing": Submission(
         {"ex3-answer": put("def update_ratios(stream):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n")},
-        {"ex3"}, "update_ratios is not implemented yet"),
+        {"ex3", "ex4"}, "update_ratios is not implemented yet"),  # the bug hunt runs it: "fix exercise 3 first"
     # The checklist answered by the student: pending for the instructor, the rest scored.
     "checklist_answered": Submission(
         {"ex6-answer": put("1. Shapes against the shape map.\n2. Perturb every token; no earlier output moves.\n"),

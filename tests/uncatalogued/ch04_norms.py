@@ -57,6 +57,5 @@ HELD_OUT = [
     Wrong("rms_norm", "gamma_inside", _rms(spread=lambda x, eps: x.pow(2).mean(-1, keepdim=True).add(eps).sqrt(),
                                            affine=lambda y, g: y * g * g), r"gamma", named=False),
     Wrong("pre_ln_block", "half_residual",
-          lambda x, attn, ffn, norm1, norm2: (h := x + 0.5 * attn(norm1(x))) + ffn(norm2(h)), r"0\.5|half|residual",
-          named=False),
+          lambda x, attn, ffn, norm1, norm2: (h := x + 0.5 * attn(norm1(x))) + ffn(norm2(h)), r"0\.5|half|residual"),
 ]

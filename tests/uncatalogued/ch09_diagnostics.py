@@ -126,7 +126,7 @@ HELD_OUT = [
     Wrong("attention_entropy", "collision_entropy", lambda w: -torch.log((w * w).sum(-1)), r"p ln p|each term", named=False),
     Wrong("update_ratios", "per_sequence_norm",
           lambda s: (torch.linalg.norm(s[1:] - s[:-1], dim=(-2, -1)) / torch.linalg.norm(s[:-1], dim=(-2, -1)))
-          .mean(dim=1), r"per token|each sequence|\(T, d_model\)", named=False),
+          .mean(dim=1), r"per token|each sequence|\(T, d_model\)"),
     Wrong("update_ratios", "median", lambda s: ((s[1:] - s[:-1]).norm(dim=-1) / s[:-1].norm(dim=-1))
           .flatten(1).median(dim=1).values, r"median|mean", named=False),
     Wrong("update_ratios", "plus_one_in_denominator",
