@@ -77,7 +77,13 @@ def notebook(tmp_path, edits=None, name=f"{CHAPTER}.ipynb"):
 
 
 def row(output: str, exercise: str) -> str:
-    return next(line for line in output.splitlines() if line.startswith(exercise + " "))
+    """An exercise's row of the report, its wrapped feedback (lines under the feedback column) joined."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(exercise + " "))
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(" " * 32) and lines[end].strip():
+        end += 1
+    return " ".join(line.strip() if i else line for i, line in enumerate(lines[start:end]))
 
 
 def test_a_solved_notebook_gets_every_point(tmp_path):
