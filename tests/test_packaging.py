@@ -33,9 +33,26 @@ def test_every_dependency_is_pinned_exactly():
 
 def test_every_optional_extra_is_pinned_exactly():
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert set(extras) == {"site", "browser"}
+    assert set(extras) == {"site", "browser", "hub"}
     for requirement in (r for group in extras.values() for r in group):
         assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.+\-]*", requirement), requirement
+
+
+def test_the_npm_pin_is_exact_and_ci_installs_it():
+    """configurable-http-proxy (the hub's proxy) is pinned in pyproject.toml, and .ci/run installs that pin."""
+    assert re.fullmatch(r"\d+\.\d+\.\d+", PYPROJECT["tool"]["course"]["configurable-http-proxy"])
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert '["tool"]["course"]["configurable-http-proxy"]' in ci and 'configurable-http-proxy@$CHP_VERSION' in ci
+
+
+def test_the_learner_lab_defaults_are_installed_with_the_package():
+    """pip install -e . puts deploy/learner/ where every `jupyter lab` of the environment reads it."""
+    shared = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
+    assert all((ROOT / source).is_file() for source in shared)
+    for source, target in shared.items():
+        installed = Path(sys.prefix) / target
+        if installed.exists():  # an environment installed before these files existed lacks them
+            assert installed.read_text() == (ROOT / source).read_text(), f"{installed} differs from {source}"
 
 
 def test_the_readme_cpu_wheel_command_installs_the_pinned_torch():
