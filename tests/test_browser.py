@@ -40,13 +40,13 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 
 from tools.build import COURSE_PYTHON, ROOT
 
