@@ -335,6 +335,7 @@ def term():
         teach, course_rel = tokens[INSTRUCTOR], "transformer-internals"
 
         record["formgrader"] = {u: call("GET", f"{url[u]}/formgrader/api/status", tokens[u])[0] for u in url}
+        record["disabled"] = {u: _page_config(url[u], tokens[u]).get("disabledExtensions", []) for u in url}
         record["other_server"] = call("GET", f"{url[WRONG]}/api/contents", tokens[RIGHT])[0]
 
         # 1. Release.
@@ -407,6 +408,14 @@ def _answers(url: str) -> bool:
     return False
 
 
+def _page_config(url: str, token: str) -> dict:
+    """The page config JupyterLab's /lab page hands the browser (which extensions it disables)."""
+    page = ok(call("GET", f"{url}/lab", token), "open /lab")
+    found = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', page, re.S)
+    assert found, page[:1500]
+    return json.loads(found.group(1))
+
+
 def _listing(url: str, token: str, path: str) -> list[dict]:
     return ok(call("GET", f"{url}/api/contents/{urllib.parse.quote(path)}", token), f"list {path}")["content"]
 
@@ -429,8 +438,13 @@ def expected_score(user: str) -> float:
 def test_roles_students_have_no_formgrader(term):
     print(f"spawner and authenticator: {term['spawner']}")
     assert term["formgrader"][INSTRUCTOR] == 200, term["formgrader"]
+    instructor_tools = {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment"}
+    assert not instructor_tools & set(term["disabled"][INSTRUCTOR]), term["disabled"]
     for user in STUDENTS:
         assert term["formgrader"][user] == 404, term["formgrader"]
+        assert instructor_tools <= set(term["disabled"][user]), term["disabled"]
+        assert not {"@jupyter/nbgrader:assignment-list", "@jupyter/nbgrader:validate-assignment"} \
+            & set(term["disabled"][user]), term["disabled"]
 
 
 def test_a_students_token_does_not_open_another_students_server(term):
