@@ -115,3 +115,20 @@ def test_nbgrader_started_by_path_finds_alembic(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "There are 0 assignments in the database" in run.stdout
     assert (tmp_path / "gradebook.db").exists() and (tmp_path / "exchange").is_dir()
+
+
+def test_the_hub_and_the_course_share_one_course_id_and_exchange(tmp_path, monkeypatch):
+    """deploy/nbgrader_config.py (every server on the hub) and the course's nbgrader_config.py (the
+    instructor's formgrader and course-grade-class) must name the same course and the same exchange."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    monkeypatch.setenv("COURSE_EXCHANGE", str(tmp_path / "exchange"))
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))  # the course's config changes these two:
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # monkeypatch puts them back afterwards
+    hub = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT / "deploy")).load_config()
+    course = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
+    assert hub.CourseDirectory.course_id == course.CourseDirectory.course_id == "transformer-internals"
+    assert hub.Exchange.root == course.Exchange.root == str(tmp_path / "exchange")
+    assert hub.ExchangeFactory.submit == "helpers.grading.exchange.PrivateSubmit"
+    monkeypatch.delenv("COURSE_EXCHANGE")
+    assert PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config().Exchange.root == str(ROOT / "exchange")
