@@ -4,8 +4,8 @@ With `pytest -n auto --dist loadgroup` (pyproject's addopts), tests spread over 
 - the cells of one notebook (nbval) must run in one kernel, so each notebook is one group;
 - each chapter's grading round trip (tests/test_grading.py) grades its class once per worker that
   asks for it, so all of a chapter's grading tests form one group;
-- modules whose fixtures start nbgrader, kernels, a site build or a browser (course-grade, the build
-  check, the site, JupyterLab in Chromium) are one group each.
+- modules whose fixtures start nbgrader, kernels, a site build, a browser or a hub (course-grade, the
+  build check, the site, JupyterLab in Chromium, JupyterHub) are one group each.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from _pytest.nodeid import coerce_node_id
 
 EXPENSIVE_MODULES = {"test_course_grade.py", "test_class_collect.py", "test_learner_tools.py", "test_scan.py",
-                     "test_site.py", "test_browser.py"}
+                     "test_site.py", "test_browser.py", "test_hub.py"}
 
 
 def _group(item: pytest.Item) -> str | None:

@@ -27,10 +27,14 @@ c.CourseDirectory.root = str(COURSE)
 c.CourseDirectory.source_directory = "solutions"  # nbgrader source: solutions and hidden tests
 c.CourseDirectory.release_directory = "exercises"  # the student version, committed
 c.CourseDirectory.db_url = f"sqlite:///{COURSE / 'gradebook.db'}"  # git-ignored
-c.Exchange.root = str(COURSE / "exchange")  # git-ignored; only for nbgrader's release/collect workflow
-# Created here so that formgrader and the JupyterLab nbgrader extension, which check it when they
-# start, find it writable instead of logging "Unwritable directory ... exchange".
-(COURSE / "exchange").mkdir(exist_ok=True)
+if os.environ.get("COURSE_EXCHANGE"):
+    # On the class's JupyterHub (deploy/jupyterhub_config.py sets it): the exchange shared by the class.
+    c.Exchange.root = os.environ["COURSE_EXCHANGE"]
+else:
+    c.Exchange.root = str(COURSE / "exchange")  # git-ignored; only for nbgrader's release/collect workflow
+    # Created here so that formgrader and the JupyterLab nbgrader extension, which check it when they
+    # start, find it writable instead of logging "Unwritable directory ... exchange".
+    (COURSE / "exchange").mkdir(exist_ok=True)
 
 # Only notebooks are course material: never copy caches or checkpoints into a release.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]

@@ -8,9 +8,16 @@ browser):
    and its test cell, and see the one-sentence `CheckFailed` message; type a correct answer into the
    answer cell through the browser, run it and the test again, and see the ✓ line;
 2. the theory notebook of chapter 01: every committed figure renders; run the setup cell and the
-   softmax explorer, drag its temperature slider, and see the readout and the picture change.
+   softmax explorer, drag its temperature slider, and see the readout and the picture change;
+3. the learner's view (the defaults `pip install -e .` installs from deploy/learner/): a freshly
+   opened exercise notebook is not marked unsaved, no news or update pop-up shows, and of nbgrader
+   only the student tools show (the Nbgrader menu holds the Assignment List alone, the notebook has
+   its Validate button, no Create Assignment sidebar, no formgrader behind /formgrader);
+4. the instructor's view (`JUPYTER_CONFIG_PATH=deploy/instructor jupyter lab`): formgrader, Create
+   assignment and its sidebar are there.
 
-A screenshot per step goes to build/browser-test/ (NN-step.png) and one more, FAILED-<test>.png,
+A screenshot per step goes to build/browser-test/ (NN-step.png; 07-learner-view.png and
+08-instructor-view.png show the Nbgrader menu open) and one more, FAILED-<test>.png,
 when a test fails. The server is stopped through its own process group when the tests end, pass or
 fail.
 
@@ -33,13 +40,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 
-from tools.build import ROOT
+from tools.build import COURSE_PYTHON, ROOT
 
 pytestmark = pytest.mark.slow  # one xdist group with its server (conftest.py)
 
@@ -47,6 +56,7 @@ REQUIRED = os.environ.get("COURSE_REQUIRE_BROWSER") == "1"
 SHOTS = ROOT / "build" / "browser-test"
 CHAPTER = "01_attention"
 EXERCISE = f"exercises/{CHAPTER}/{CHAPTER}.ipynb"
+FRESH = f"fresh/{CHAPTER}.ipynb"  # a copy no other test opens (an opened notebook may be autosaved)
 THEORY = f"notebooks/{CHAPTER}.ipynb"
 ANSWER = "def attention_scores(q, k):\n    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
 TIMEOUT_MS = 90_000
@@ -75,13 +85,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def learner_defaults() -> dict[str, Path]:
+    """The learner's JupyterLab defaults pyproject.toml installs (deploy/learner/ -> this environment)."""
+    shared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    return {source: Path(sys.prefix) / target for source, target in shared["shared-data"].items()}
+
+
+def learner_defaults_installed() -> bool:
+    return all(path.is_file() and path.read_bytes() == (ROOT / source).read_bytes()
+               for source, path in learner_defaults().items())
+
+
 def _write_settings(settings: Path) -> None:
-    """Every cell in the page (no windowing), and no news or update pop-ups over the notebook."""
-    files = {
-        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-            {"checkForUpdates": False, "fetchNews": "false"},
-    }
+    """Every cell in the page (no windowing). No news or update pop-ups: the learner defaults hide them;
+    an environment installed before them gets the same settings here, for the other tests' sake."""
+    files = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"}}
+    if not learner_defaults_installed():
+        files["@jupyterlab/apputils-extension/notification.jupyterlab-settings"] = \
+            {"checkForUpdates": False, "fetchNews": "false"}
     for name, value in files.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(value))
@@ -119,17 +140,33 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def lab(chromium, tmp_path_factory):
     """`jupyter lab` on a free port with a token, serving a copy of the two notebooks; always stopped."""
-    tmp = tmp_path_factory.mktemp("lab")
+    yield from _serve(tmp_path_factory.mktemp("lab"), (EXERCISE, THEORY), {})
+
+
+@pytest.fixture(scope="module")
+def instructor_lab(chromium, tmp_path_factory):
+    """The instructor's `jupyter lab`, as the README says: deploy/instructor on JUPYTER_CONFIG_PATH, started
+    in a course folder (a copy of nbgrader_config.py and the exercise)."""
+    yield from _serve(tmp_path_factory.mktemp("instructor"), (EXERCISE, "nbgrader_config.py"),
+                      {"JUPYTER_CONFIG_PATH": str(ROOT / "deploy" / "instructor")})
+
+
+def _serve(tmp: Path, files: tuple[str, ...], extra_env: dict[str, str]):
     root = tmp / "course"
-    for relative in (EXERCISE, THEORY):
+    for relative in files:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / relative, root / relative)
+    (root / FRESH).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / EXERCISE, root / FRESH)
     _write_settings(tmp / "settings")
     port, token = _free_port(), secrets.token_hex(16)
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
                IPYTHONDIR=str(tmp / "ipython"), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    for name in ("JUPYTER_CONFIG_PATH", "COURSE_EXCHANGE", "COURSE_DIR"):  # the caller's own
+        env.pop(name, None)
+    env.update(extra_env)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     log = (tmp / "jupyter.log").open("w")
     process = subprocess.Popen(
@@ -246,6 +283,54 @@ def run(page, cell) -> None:
         else:
             raise AssertionError(f"the cell did not finish in {TIMEOUT_MS / 1000:.0f} s (prompt {text!r})")
     raise AssertionError("JupyterLab dropped the run three times: no kernel?")
+
+
+def _nbgrader_menu(page) -> list[str]:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").click()
+    items = page.locator(".lm-Menu-content .lm-Menu-itemLabel")
+    items.first.wait_for()
+    return [text.strip() for text in items.all_inner_texts() if text.strip()]
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _sidebar_titles(page) -> list[str]:
+    return [tab.get_attribute("title") or "" for tab in page.locator(".jp-SideBar .lm-TabBar-tab").all()]
+
+
+def test_learner_sees_learner_tools_only(lab, page):
+    if not learner_defaults_installed():
+        _unavailable("this environment predates the learner's JupyterLab defaults (deploy/learner/): "
+                     "python -m pip install -e . installs them")
+    open_notebook(page, lab, FRESH)
+    time.sleep(3)  # JupyterLab asks about news a moment after it starts: give it the time to
+    assert page.get_by_text("official Jupyter news").count() == 0
+    assert page.locator(".jp-Notification-Toast, .Toastify__toast").count() == 0, \
+        page.locator(".Toastify__toast").all_inner_texts()
+    if sys.version.split()[0] == COURSE_PYTHON:  # elsewhere the kernel's version string differs (tools/build.py)
+        assert page.locator(".lm-TabBar-tab.jp-mod-dirty").count() == 0, "the notebook opened as unsaved"
+    assert page.locator(".jp-NotebookPanel-toolbar").get_by_text("Validate", exact=True).count() == 1
+    assert not [t for t in _sidebar_titles(page) if "Create Assignment" in t], _sidebar_titles(page)
+    assert _status(f"{lab['url']}/formgrader?token={lab['token']}") == 404
+    assert _nbgrader_menu(page) == ["Assignment List"]
+    shot(page, "07-learner-view")
+    page.keyboard.press("Escape")
+
+
+def test_instructor_keeps_formgrader(instructor_lab, page):
+    open_notebook(page, instructor_lab, FRESH)
+    assert [t for t in _sidebar_titles(page) if "Create Assignment" in t], _sidebar_titles(page)
+    assert _status(f"{instructor_lab['url']}/formgrader?token={instructor_lab['token']}") == 200
+    menu = _nbgrader_menu(page)
+    assert {"Assignment List", "Formgrader", "Create assignment"} <= set(menu), menu
+    shot(page, "08-instructor-view")
+    page.keyboard.press("Escape")
 
 
 def test_exercise_check_failed_then_tick(lab, page):

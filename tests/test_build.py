@@ -152,3 +152,21 @@ def test_the_build_refuses_an_uncaptioned_figure(tmp_path, monkeypatch):
     source.write_text(source.read_text() + '\n# %% [markdown] id="caption"\n# *What to see:* one tiny image.\n')
     build_module.build("99_demo", only="theory")
     assert (tmp_path / "notebooks" / "99_demo.ipynb").exists()
+
+
+def test_notebooks_carry_the_kernels_language_info():
+    """JupyterLab marks a notebook unsaved as soon as its kernel's language_info differs from the file's
+    (it writes the kernel's in): every derived notebook carries what ipykernel reports, for the course's
+    Python version, so a learner's freshly opened notebook is not "unsaved" before any edit."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    from tools.build import COURSE_PYTHON, KERNELSPEC, LANGUAGE_INFO
+
+    assert LANGUAGE_INFO == {**IPythonKernel.language_info, "version": COURSE_PYTHON}
+    paths = [*ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"), *ROOT.glob("solutions/*/*.ipynb"),
+             *ROOT.glob("exercises/*/*.ipynb")]
+    assert len(paths) >= 30
+    for path in paths:
+        metadata = nbformat.read(str(path), as_version=4).metadata
+        assert metadata["language_info"] == LANGUAGE_INFO, path
+        assert metadata["kernelspec"] == KERNELSPEC, path

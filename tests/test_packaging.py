@@ -33,9 +33,26 @@ def test_every_dependency_is_pinned_exactly():
 
 def test_every_optional_extra_is_pinned_exactly():
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert set(extras) == {"site", "browser"}
+    assert set(extras) == {"site", "browser", "hub"}
     for requirement in (r for group in extras.values() for r in group):
         assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.+\-]*", requirement), requirement
+
+
+def test_the_npm_pin_is_exact_and_ci_installs_it():
+    """configurable-http-proxy (the hub's proxy) is pinned in pyproject.toml, and .ci/run installs that pin."""
+    assert re.fullmatch(r"\d+\.\d+\.\d+", PYPROJECT["tool"]["course"]["configurable-http-proxy"])
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert '["tool"]["course"]["configurable-http-proxy"]' in ci and 'configurable-http-proxy@$CHP_VERSION' in ci
+
+
+def test_the_learner_lab_defaults_are_installed_with_the_package():
+    """pip install -e . puts deploy/learner/ where every `jupyter lab` of the environment reads it."""
+    shared = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
+    assert all((ROOT / source).is_file() for source in shared)
+    for source, target in shared.items():
+        installed = Path(sys.prefix) / target
+        if installed.exists():  # an environment installed before these files existed lacks them
+            assert installed.read_text() == (ROOT / source).read_text(), f"{installed} differs from {source}"
 
 
 def test_the_readme_cpu_wheel_command_installs_the_pinned_torch():
@@ -109,3 +126,20 @@ def test_nbgrader_started_by_path_finds_alembic(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "There are 0 assignments in the database" in run.stdout
     assert (tmp_path / "gradebook.db").exists() and (tmp_path / "exchange").is_dir()
+
+
+def test_the_hub_and_the_course_share_one_course_id_and_exchange(tmp_path, monkeypatch):
+    """deploy/nbgrader_config.py (every server on the hub) and the course's nbgrader_config.py (the
+    instructor's formgrader and course-grade-class) must name the same course and the same exchange."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    monkeypatch.setenv("COURSE_EXCHANGE", str(tmp_path / "exchange"))
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))  # the course's config changes these two:
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # monkeypatch puts them back afterwards
+    hub = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT / "deploy")).load_config()
+    course = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
+    assert hub.CourseDirectory.course_id == course.CourseDirectory.course_id == "transformer-internals"
+    assert hub.Exchange.root == course.Exchange.root == str(tmp_path / "exchange")
+    assert hub.ExchangeFactory.submit == "helpers.grading.exchange.PrivateSubmit"
+    monkeypatch.delenv("COURSE_EXCHANGE")
+    assert PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config().Exchange.root == str(ROOT / "exchange")

@@ -4,6 +4,7 @@
     python tools/bench_class.py --size 60
     python tools/bench_class.py --chapter 01_attention   # the whole class on one chapter
     python tools/bench_class.py --size 60 --chapter 01_attention --chapter 02_heads --parallel-only
+    python tools/bench_class.py --exchange --parallel-only   # submitted and collected through nbgrader's exchange
 
 It builds a synthetic class in a temporary copy of the course: for each chapter, submissions
 cycle through the solution, the known wrong submissions of tests/grading/ch<chapter>.py (partial
@@ -14,7 +15,10 @@ out the ones that only burn a timeout or the network. Then, per chapter, it time
     serial grading    course-grade-class --workers 1   (scan, autograde, feedback, CSVs)
     parallel grading  course-grade-class --workers N   (N = CPU count)
 
-and prints seconds per notebook and the ratio of grading to plain execution (`--parallel-only`: only
+With --exchange, each submission first goes the way it goes on a hub: the instructor releases the
+chapter to an exchange folder, each student submits (nbgrader's ExchangeSubmit, one per student) and
+the instructor runs `nbgrader collect`; the collect's time is printed, and grading reads the collected
+submitted/ folder. Then it prints seconds per notebook and the ratio of grading to plain execution (`--parallel-only`: only
 the last, the instructor's real case; the other columns then read nan), with the load averages
 before and after (the machine may be shared: compare runs made back to back).
 """
@@ -37,6 +41,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from helpers.grading.fastimport import nbgrader_command
 from tests.nbgrader_course import Course, filled_in, solution_answers
 from tools.build import CONTENT, chapters, nbgrader_env
 
@@ -62,6 +67,40 @@ def make_class(folder: Path, chapter: str, size: int) -> list[str]:
         course.submit(student, chapter, nb, submission.files if submission not in (None, "blank") else None)
         students.append(student)
     return students
+
+
+def through_exchange(folder: Path, chapter: str, students: list[str]) -> float:
+    """Release `chapter` to an exchange in `folder`, submit each student's notebook from a folder of their
+    own, and collect: submitted/ then holds what nbgrader collected. Returns the collect's seconds."""
+    from nbgrader.auth import Authenticator
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.exchange import ExchangeFactory
+
+    from helpers.grading.course import load_config
+
+    os.environ["COURSE_EXCHANGE"] = str(folder / "exchange")  # nbgrader_config.py's hub setting
+    env = nbgrader_env()
+    (folder / "exchange").mkdir(exist_ok=True)
+    subprocess.run(nbgrader_command("release_assignment", chapter, "--force"), cwd=folder, env=env, check=True,
+                   capture_output=True)
+    for student in students:
+        work = folder / "students" / student
+        work.mkdir(parents=True)
+        shutil.move(folder / "submitted" / student / chapter, work / chapter)
+        config = load_config(folder)
+        config.CourseDirectory.assignment_id, config.CourseDirectory.student_id = chapter, student
+        config.Exchange.assignment_dir, config.Exchange.cache = str(work), str(folder / "cache" / student)
+        ExchangeFactory(config=config).Submit(coursedir=CourseDirectory(config=config), config=config,
+                                              authenticator=Authenticator(config=config)).start()
+    shutil.rmtree(folder / "submitted")
+    start = time.perf_counter()
+    run = subprocess.run(nbgrader_command("collect", chapter, "--update"), cwd=folder, env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    seconds = time.perf_counter() - start
+    collected = sorted(p.parent.parent.name for p in (folder / "submitted").glob(f"*/{chapter}/{chapter}.ipynb"))
+    assert collected == sorted(students), f"collected {len(collected)} of {len(students)} submissions"
+    return seconds
 
 
 def plain_execution(folder: Path, chapter: str, students: list[str]) -> float:
@@ -93,6 +132,7 @@ def main() -> int:
     parser.add_argument("--no-zygote", action="store_true", help="pass --no-zygote to course-grade-class")
     parser.add_argument("--parallel-only", action="store_true", help="time only the parallel grading")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel graders (default: CPU count)")
+    parser.add_argument("--exchange", action="store_true", help="submit and collect through nbgrader's exchange first")
     args = parser.parse_args()
     load_before = os.getloadavg()
     graded = [c for c in chapters() if (CONTENT / "solutions" / f"{c}.py").exists()]
@@ -105,6 +145,9 @@ def main() -> int:
             serial, parallel = Path(tmp, chapter, "serial"), Path(tmp, chapter, "parallel")
             students = make_class(serial, chapter, size)
             make_class(parallel, chapter, size)
+            if args.exchange:
+                collect = through_exchange(parallel, chapter, students)
+                print(f"{chapter}: {size} submissions collected from the exchange in {collect:.1f} s")
             nan = float("nan")
             t_plain = nan if args.parallel_only else plain_execution(serial, chapter, students)
             options = ("--no-zygote",) if args.no_zygote else ()

@@ -54,6 +54,16 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / "content"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+# The course's Python: CI's and the hub image's (deploy/z2jh/Dockerfile).
+COURSE_PYTHON = "3.11.7"
+# What ipykernel reports as language_info on that Python (tests/test_build.py compares it with ipykernel's own).
+# JupyterLab writes the kernel's language_info into a notebook as soon as its kernel starts, and a notebook
+# whose language_info that changes is marked unsaved before any edit: a bare {"name": "python"} made every
+# exercise and theory notebook ask to be saved when closed. With this one they open clean on that Python;
+# on another Python version only "version" differs, and JupyterLab asks once (the saved copy then matches).
+LANGUAGE_INFO = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                 "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                 "pygments_lexer": "ipython3", "version": COURSE_PYTHON}
 THEORY_TIMEOUT = 600  # seconds per cell while building; the budgets are measured by tools/bench.py
 
 
@@ -126,7 +136,7 @@ def _nbgrader_metadata(nb: nbformat.NotebookNode, source: Path) -> None:
 
 def notebook_from_source(source: Path, *, graded: bool) -> nbformat.NotebookNode:
     nb = jupytext.read(source)
-    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)}
     _assign_ids(nb)
     if graded:
         _nbgrader_metadata(nb, source)
@@ -278,7 +288,7 @@ def execute(nb: nbformat.NotebookNode, cwd: Path) -> None:
     client = NotebookClient(nb, timeout=THEORY_TIMEOUT, kernel_name="python3", record_timing=False, coalesce_streams=True,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute()
-    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"},
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO),
                    DEPENDS_KEY: dependency_record(nb)}
 
 
@@ -325,7 +335,16 @@ def build(chapter: str, *, force_execute: bool = False, only: str | None = None)
             uncaptioned = caption_problems(current, f"notebooks/{chapter}.ipynb")
             if uncaptioned:
                 raise BuildError("\n".join(uncaptioned))
-            print(f"notebooks/{chapter}.ipynb is up to date")
+            if _metadata_stale(current):  # outputs still right: only the notebook's metadata is rewritten
+                current.metadata.update(kernelspec=dict(KERNELSPEC), language_info=dict(LANGUAGE_INFO))
+                _write(current, target)
+                print(f"notebooks/{chapter}.ipynb: metadata updated (outputs up to date)")
+            else:
+                print(f"notebooks/{chapter}.ipynb is up to date")
+
+
+def _metadata_stale(nb: nbformat.NotebookNode) -> bool:
+    return nb.metadata.get("kernelspec") != KERNELSPEC or nb.metadata.get("language_info") != LANGUAGE_INFO
 
 
 def _is_executed(nb: nbformat.NotebookNode) -> bool:
@@ -367,6 +386,9 @@ def check(chapter: str) -> list[str]:
                 problems.append(f"notebooks/{chapter}.ipynb is not executed: run python tools/build.py --execute {chapter}")
             elif (why := _dependencies_changed(current)):
                 problems.append(f"notebooks/{chapter}.ipynb is stale: {why}; run python tools/build.py {chapter}")
+            elif _metadata_stale(current):
+                problems.append(f"notebooks/{chapter}.ipynb has another kernelspec or language_info: "
+                                f"run python tools/build.py --only theory {chapter}")
             problems += caption_problems(current, f"notebooks/{chapter}.ipynb")
     return problems
 
