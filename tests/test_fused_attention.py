@@ -105,7 +105,7 @@ def _pair(config: ModelConfig, dtype: torch.dtype, seed: int = 0):
     """Two models with the same weights, one per attention path."""
     torch.manual_seed(seed)
     course = TinyDecoder(config).to(dtype)
-    fused = TinyDecoder(ModelConfig(**{**vars(config), "attention": "fused"})).to(dtype)
+    fused = TinyDecoder(ModelConfig(**{**vars(config), "kernels": "fused"})).to(dtype)
     fused.load_state_dict(course.state_dict())
     return course, fused
 
@@ -170,7 +170,7 @@ def test_fused_cross_attention_with_a_padding_mask_equals_the_course_path(dtype)
     config = ModelConfig(vocab_size=10, d_model=12, n_heads=3, n_kv_heads=1)
     torch.manual_seed(0)
     course = Attention(config).to(dtype)
-    fused = Attention(ModelConfig(**{**vars(config), "attention": "fused"})).to(dtype)
+    fused = Attention(ModelConfig(**{**vars(config), "kernels": "fused"})).to(dtype)
     fused.load_state_dict(course.state_dict())
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(2, 4, 12, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
@@ -186,5 +186,5 @@ def test_fused_cross_attention_with_a_padding_mask_equals_the_course_path(dtype)
 
 def test_config_names_the_attention_choices():
     with pytest.raises(ValueError, match="'course', 'fused'"):
-        ModelConfig(vocab_size=10, attention="flash")
-    assert ModelConfig(vocab_size=10).attention == "course"  # the chapters' own attention by default
+        ModelConfig(vocab_size=10, kernels="flash")
+    assert ModelConfig(vocab_size=10).kernels == "course"  # the chapters' own attention by default

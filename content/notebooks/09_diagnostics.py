@@ -241,7 +241,7 @@ tok = course_chars()
 train_ids = torch.tensor(tok.encode(load_corpus("train")))  # (N_train,)
 val_ids = torch.tensor(tok.encode(load_corpus("val")))  # (N_val,)
 config = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_heads=4, n_layers=2, max_seq_len=64,
-                     positions="rope", attention="fused")
+                     positions="rope", kernels="fused")
 torch.manual_seed(0)
 gpt = TinyDecoder(config).to(device)
 history = train(gpt, train_ids, val_ids, steps=500, batch_size=16, block_size=64, lr=1e-2, warmup=50,
@@ -358,7 +358,7 @@ print("over positions (wrong):", [round(v, 3) for v in wrong.tolist()])
 # `d_ff` 32, Post-LN, no positions, RoPE; 150 steps of 16 windows of 64 characters each.
 
 # %% id="ablation-run"
-base_config = dict(vocab_size=tok.vocab_size, d_model=32, n_heads=4, n_layers=2, max_seq_len=64, attention="fused")
+base_config = dict(vocab_size=tok.vocab_size, d_model=32, n_heads=4, n_layers=2, max_seq_len=64, kernels="fused")
 configs = {
     "baseline": ModelConfig(**base_config),
     "1 head": ModelConfig(**{**base_config, "n_heads": 1}),
