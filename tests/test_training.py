@@ -245,7 +245,7 @@ def test_train_equals_an_independently_written_adamw_loop():
     matrices = [p for p in reference.parameters() if p.dim() >= 2]
     vectors = [p for p in reference.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
+                            lr=lr, betas=(0.9, 0.95), fused=True)  # the same AdamW kernel as helpers.training.adamw
     rates = _torch_schedule(lr, min_lr, steps, warmup)
     gen = torch.Generator().manual_seed(3)
     losses = []

@@ -436,13 +436,16 @@ for n, by_model in rates.items():
 print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (above the CPU count: a busy machine)")
 
 # %% [markdown] id="throughput-caption"
-# *What to see:* the course path is the slowest (it computes the same numbers with many small,
-# checked operations and forms the weights); the fast path runs at about nanoGPT's rate (the
-# table above measures it), because it does the same operations. On two threads every model gains little or loses: most operations of a model this small
-# are too short to split, and each one that is split waits for the second thread. On a machine that
-# other programs keep busy, that wait is a whole scheduler time slice, and two threads run several
-# times *slower* than one; `train` and `generate` therefore time one step on one and on two threads
-# and keep the faster setting (`helpers.threads.choose_threads`), then restore yours.
+# *Reading the table:* on one thread the course path is the slowest (it computes the same numbers
+# with many small, checked operations and forms the weights), and the fast path runs at about
+# nanoGPT's rate, because it does the same operations (`tools/bench_training.py` shows that the
+# model alone, with the same loss and optimizer, is at parity; our training step gains a little
+# more from torch's fused AdamW). On two threads a model this small gains little: most of its
+# operations are too short to split, and each one that is split waits for the second thread. On a
+# machine that other programs keep busy (load average above the CPU count) that wait is a whole
+# scheduler time slice, the two-thread rows measure the waiting rather than the models, and two
+# threads run several times *slower* than one. `train` and `generate` therefore time a probe on one
+# and on two threads and keep the faster setting (`helpers.threads.choose_threads`), then restore yours.
 
 # %% [markdown] id="run"
 # ## 7. The run
