@@ -13,18 +13,20 @@ helper thread needs. A training step of a small model is hundreds of small opera
 bench_training.py counts them), each too small to gain much from a second core, so on a busy 2-core
 machine the waits dominate and two threads run several times slower than one; on idle cores, two
 threads pay off only for the larger operations. Which count is faster depends on the model and on the
-machine's load at that moment, so `train` and `generate` measure it (`choose_threads`) instead of guessing.
+machine's load at that moment, so `train` and `generate` measure it (`choose_threads`) instead of guessing,
+and stay on one thread without measuring when the load average already reaches the CPU count.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["choose_threads", "fastest_threads", "thread_candidates", "torch_threads"]
+__all__ = ["choose_threads", "fastest_threads", "machine_is_busy", "thread_candidates", "torch_threads"]
 
 
 def _require_count(fn: str, n: object) -> int:
@@ -49,13 +51,24 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def machine_is_busy() -> bool:
+    """True when the 1-minute load average (runnable threads, this process's included) reaches the CPU
+    count: other programs already keep every core busy, and a second torch thread would wait for one."""
+    if not hasattr(os, "getloadavg"):
+        return False
+    return os.getloadavg()[0] >= (os.cpu_count() or 1)
+
+
 def thread_candidates(current: int | None = None) -> list[int]:
-    """The counts worth trying: one thread, two, and the current setting (never more than it)."""
+    """The counts worth trying: one thread, two, and the current setting (never more than it); only
+    one thread when the machine is busy (`machine_is_busy`), where a timing probe is mostly noise."""
     n = torch.get_num_threads() if current is None else _require_count("thread_candidates", current)
+    if machine_is_busy():
+        return [1]
     return sorted({1, min(2, n), n})
 
 
-def choose_threads(probe: Callable[[], object], candidates: list[int] | None = None, *, rounds: int = 2,
+def choose_threads(probe: Callable[[], object], candidates: list[int] | None = None, *, rounds: int = 3,
                    margin: float = 0.9) -> int:
     """The thread count under which probe() runs fastest; the current count is restored afterwards.
 

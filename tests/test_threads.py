@@ -37,8 +37,10 @@ def test_a_count_that_is_not_a_positive_int_is_refused(n):
 
 
 @pytest.fixture
-def learner_threads():
-    """The learner's own setting during a test: 3, which no candidate tried by a probe of {1, 2} equals."""
+def learner_threads(monkeypatch):
+    """The learner's own setting during a test: 3, which no candidate tried by a probe of {1, 2} equals;
+    the machine counts as idle (a test must not depend on what else runs), except where a test says."""
+    monkeypatch.setattr(threads_module, "machine_is_busy", lambda: False)
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     yield 3
@@ -144,3 +146,15 @@ def test_generate_runs_on_the_chosen_count_and_restores_the_learners(learner_thr
     with pytest.raises(RuntimeError, match="failed step"):
         generate(model, prompt, 5, use_cache=use_cache, temperature=0)
     assert torch.get_num_threads() == learner_threads
+
+
+def test_a_busy_machine_gets_one_thread_without_a_probe(learner_threads, monkeypatch):
+    monkeypatch.setattr(threads_module, "machine_is_busy", lambda: True)
+    assert threads_module.thread_candidates() == [1]
+    assert choose_threads(lambda: pytest.fail("probed on a busy machine")) == 1
+    monkeypatch.undo()  # the real machine_is_busy, on a faked load average:
+    monkeypatch.setattr(threads_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (2.0, 0.0, 0.0))
+    assert threads_module.machine_is_busy()
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert not threads_module.machine_is_busy()
