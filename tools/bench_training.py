@@ -20,7 +20,8 @@ Two comparisons, each at one and at two threads, in interleaved rounds (helpers.
 
 Each row gives tokens/s (median of the rounds), the ratio to nanoGPT, the achieved GFLOP/s
 (training FLOPs per token: 6 N + 12 L d T) and its fraction of the float32 matmul peak measured here
-at the same thread count. Then the thread finding: how long one parallel operation takes on one and
+at the same thread count. On one thread both comparisons are repeated timed by the process's CPU
+time, which a busy machine disturbs far less than the wall clock. Then the thread finding: how long one parallel operation takes on one and
 on two threads, and how many operations a training step runs. Nothing here asserts a time.
 """
 
@@ -112,6 +113,35 @@ def table(title: str, results: dict, flops_per_token: int, peaks: dict) -> None:
             gflops = m * flops_per_token / 1e9
             print(f"| {n} | {name} | {m:,.0f} | {min(rates[name]):,.0f}..{max(rates[name]):,.0f} | "
                   f"{m / base:.2f}x | {gflops:.0f} | {gflops / peaks[n]:.0%} |")
+
+
+def cpu_time_table(steppers: dict, rounds: int, steps: int = 8) -> None:
+    """One thread, timed by the process's CPU time (time.process_time) instead of the wall clock: on a
+    machine other programs keep busy, the time this process waits for a core does not count, so the
+    figures hold still where the wall-clock tables scatter. (Not for two threads: there CPU time adds
+    both threads' time, spinning included.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in steppers.values():
+            for i in range(2):
+                step(i)
+        cpu: dict[str, list[float]] = {name: [] for name in steppers}
+        for _ in range(rounds):
+            for name, step in steppers.items():
+                start = time.process_time()
+                for i in range(steps):
+                    step(i)
+                cpu[name].append((time.process_time() - start) / steps)
+    finally:
+        torch.set_num_threads(before)
+    base = median(cpu["nanoGPT"])
+    print("| model | CPU ms per step (median) | min..max | tokens per CPU second | vs nanoGPT |")
+    print("|---|---|---|---|---|")
+    for name in NAMES:
+        m = median(cpu[name])
+        print(f"| {name} | {m * 1e3:.1f} | {min(cpu[name]) * 1e3:.1f}..{max(cpu[name]) * 1e3:.1f} | "
+              f"{B * T / m:,.0f} | {base / m:.2f}x |")
 
 
 def parallel_op_cost(threads: tuple[int, ...], repeats: int = 200) -> dict[tuple[int, int], float]:
@@ -216,6 +246,11 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{peaks[n]:.0f} GFLOP/s on {n} thread{'s' if n > 1 else ''}" for n in threads))
     table("1. The training step as each project runs it", as_run, flops, peaks)
     table("2. The model alone (same loss, same default AdamW, no clipping)", same, flops, peaks)
+    if 1 in threads:
+        for title, make in (("3. One thread by CPU time: the training step as each project runs it", as_run_steppers),
+                            ("4. One thread by CPU time: the model alone", same_step_steppers)):
+            print(f"\n### {title}\n")
+            cpu_time_table(make({name: build(name) for name in NAMES}, data), args.rounds)
 
     cost = parallel_op_cost(threads)
     print("\n### Why two threads can lose: the cost of one operation\n")
