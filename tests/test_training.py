@@ -235,7 +235,11 @@ def _data(vocab: int = 16, n: int = 2000, seed: int = 5) -> torch.Tensor:
 
 def test_train_equals_an_independently_written_adamw_loop():
     """Same batches, schedule, decay groups, clipping and AdamW as a loop written here with torch's
-    own optimizer, scheduler and clip_grad_norm_: the parameters agree after every run."""
+    own optimizer, scheduler and clip_grad_norm_: the parameters agree after every run. The reference
+    uses the loop's loss (token_loss, tested against F.cross_entropy above), AdamW kernel (fused) and
+    clipping call, so the comparison sees the loop's logic and not rounding: Adam divides by sqrt(v),
+    which can carry a last-bit gradient difference past a reduction-sized tolerance in a few steps
+    (it did under ATEN_CPU_CAPABILITY=default)."""
     model, data = _tiny(), _data()
     reference = copy.deepcopy(model)
     steps, B, T, lr, min_lr, warmup, clip = 6, 4, 8, 1e-2, 1e-3, 2, 0.5
@@ -255,10 +259,10 @@ def test_train_equals_an_independently_written_adamw_loop():
         starts = torch.randint(0, len(data) - T, (B,), generator=gen)
         x = torch.stack([data[s:s + T] for s in starts])
         y = torch.stack([data[s + 1:s + T + 1] for s in starts])
-        loss = F.cross_entropy(reference(x).reshape(-1, 16), y.reshape(-1))
+        loss = token_loss(reference(x), y)  # the loop's loss (equal to F.cross_entropy: tested above), same rounding
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), clip, foreach=True)
         opt.step()
         losses.append(loss.item())
     assert_close(torch.tensor(history.train_loss), torch.tensor(losses), n=16 * B * T)
