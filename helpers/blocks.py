@@ -90,6 +90,7 @@ from .shapes import (
     require_same_dtype,
     require_tensor,
 )
+from .threads import fastest_threads
 
 __all__ = [
     "Attention",
@@ -103,6 +104,8 @@ __all__ = [
     "cached_causal_mask",
     "cached_forward",
     "fused_attend",
+    "fused_ffn",
+    "fused_norm",
     "decoder_forward",
     "generate",
     "model_param_count",
@@ -128,7 +131,7 @@ CHOICES = {
     "positions": ("none", "learned", "sinusoidal", "rope", "alibi", "relative"),
     "kind": ("decoder", "encoder", "encoder-decoder"),  # chapter 05
     "block": ("sequential", "parallel"),  # chapter 05
-    "attention": ("course", "fused"),  # chapter 08: the chapters' attention, or torch's fused kernel
+    "kernels": ("course", "fused"),  # chapter 08: the chapters' own functions, or torch's fused kernels
 }
 
 # (field, value) -> the chapter that adds it to the shared model. Empty since chapters 05 and 06
@@ -165,7 +168,7 @@ class ModelConfig:
     block: str = "sequential"  # "sequential" or "parallel" (GPT-J, PaLM)
     n_experts: int = 4  # ffn="moe": experts per layer
     top_k: int = 2  # ffn="moe": experts per token
-    attention: str = "course"  # "course" (chapter 01's, returns weights) or "fused" (same numbers, faster)
+    kernels: str = "course"  # "course" (the chapters' functions, weights on request) or "fused" (same numbers, faster)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "max_seq_len"):
@@ -314,6 +317,37 @@ def fused_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T_q, d_head)
 
 
+_FUSED_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def fused_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) through torch's kernel: F.layer_norm or F.rms_norm with the module's own gamma (and beta)."""
+    if type(norm) is LayerNorm:
+        return F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps)  # (..., d_model)
+    if type(norm) is RMSNorm:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)  # (..., d_model)
+    return norm(x)  # any other norm: its own forward
+
+
+def fused_ffn(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ffn(x) with torch's activations and, for SwiGLU, one matmul for the gate and up projections.
+
+    A mixture of experts (chapter 05) routes tokens with the chapter's own function: its forward runs."""
+    if type(ffn) is FeedForward:
+        h = _FUSED_ACTIVATIONS[ffn.activation](F.linear(x, ffn.fc1.weight, ffn.fc1.bias))  # (..., d_ff)
+        return F.linear(h, ffn.fc2.weight, ffn.fc2.bias)  # (..., d_model)
+    if type(ffn) is SwiGLUFFN:
+        w = torch.cat([ffn.gate.weight, ffn.up.weight])  # (2 d_ff, d_model)
+        gate, up = F.linear(x, w).chunk(2, dim=-1)  # (..., d_ff) x 2
+        return F.linear(F.silu(gate) * up, ffn.down.weight)  # (..., d_model)
+    return ffn(x)
+
+
 class Attention(nn.Module):
     """The shared model's attention sublayer: H query heads, H_kv key/value heads, no biases.
 
@@ -330,9 +364,10 @@ class Attention(nn.Module):
     The four nn.Linear layers are named as in helpers.heads.MultiHeadAttention (and Llama), and the
     numbers are chapter 02's multi_head_attention / grouped_query_attention.
 
-    With config.attention = "fused" (chapter 08), a call with need_weights=False runs torch's fused
-    kernel (`fused_attend`, same numbers) and returns weights None; a call that needs the weights
-    (the default) takes the course path, because a fused kernel never forms them.
+    With config.kernels = "fused" (chapter 08), a call with need_weights=False takes the fast path,
+    `fused_forward` (same numbers: one matmul for Q, K and V, torch's fused attention kernel) and
+    returns weights None; a call that needs the weights (the default) takes the course path, because
+    a fused kernel never forms them.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -347,7 +382,7 @@ class Attention(nn.Module):
         # Chapter 06: RoPE has no parameters; it rotates q and k of self-attention only.
         self.rope = (RotaryEmbedding(self.d_head, config.rope_base, config.rope_pairs)
                      if config.positions == "rope" else None)
-        self.fused = config.attention == "fused"  # chapter 08: torch's kernel when no weights are needed
+        self.fused = config.kernels == "fused"  # chapter 08: the fast path when no weights are needed
 
     def _require_input(self, name: str, x: torch.Tensor, layout: str) -> None:
         require_float("Attention", name, x, layout)
@@ -388,6 +423,8 @@ class Attention(nn.Module):
         offset: the position of x's first token (RoPE rotates q and k of self-attention by it).
         cache (chapter 07): this layer's KV cache; the new k and v are appended to it and the
         queries attend to every cached key, T_k = cached + T_q (give a bottom-right causal mask)."""
+        if self.fused and not need_weights:  # chapter 08: the fast path
+            return self.fused_forward(x, mask, source=source, bias=bias, offset=offset, cache=cache), None
         q, k, v = self.project(x, source)  # (B, H, T_q, d_head), (B, H_kv, T_k, d_head) x 2
         if source is None:
             q, k = self.rotate(q, k, offset)  # RoPE: (B, H, T_q, d_head), (B, H_kv, T_k, d_head)
@@ -395,9 +432,52 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)  # (B, H_kv, T_cached + T_q, d_head) x 2
         group = self.n_heads // self.n_kv_heads  # query heads per key/value head
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # (B, H, T_k, d_head): head h reads K/V head h // group
-        fused = self.fused and not need_weights  # the fused kernel cannot return weights
-        heads, weights = attend(q, k, v, mask, bias, fused=fused)  # (B, H, T_q, d_head), (B, H, T_q, T_k) or None
+        heads, weights = attend(q, k, v, mask, bias)  # (B, H, T_q, d_head), (B, H, T_q, T_k)
         return self.o_proj(merge_heads(heads)), weights  # (B, T_q, d_model), (B, H, T_q, T_k)
+
+    def fused_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False,
+                      source: torch.Tensor | None = None, bias: torch.Tensor | None = None, offset: int = 0,
+                      cache: LayerCache | None = None) -> torch.Tensor:
+        """The fast path (chapter 08): forward's output with fewer, larger operations; out (B, T_q, d_model).
+
+        The same parameters and steps as forward, but Q, K and V come from one matmul with the three
+        weights stacked (K and V from one for cross-attention), the heads are views, and the scores
+        never exist: torch's F.scaled_dot_product_attention computes softmax(q kᵀ / sqrt(d_head)) v in
+        one call. causal=True asks for the causal mask aligned to the cache (is_causal=True without a
+        cache; no mask at all for one new token, which may see every cached key); mask and bias are
+        forward's. Inputs are not validated here: the model validated its ids once.
+        """
+        B, T_q, _ = x.shape
+        H, H_kv, d_head = self.n_heads, self.n_kv_heads, self.d_head
+        d_kv = H_kv * d_head
+        if source is None:
+            w_qkv = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (d_model + 2 d_kv, d_model)
+            q, k, v = F.linear(x, w_qkv).split([self.d_model, d_kv, d_kv], dim=-1)  # (B, T, d_model), (B, T, d_kv) x 2
+        else:
+            q = F.linear(x, self.q_proj.weight)  # (B, T_q, d_model)
+            w_kv = torch.cat([self.k_proj.weight, self.v_proj.weight])  # (2 d_kv, d_model)
+            k, v = F.linear(source, w_kv).split([d_kv, d_kv], dim=-1)  # (B, T_k, d_kv) x 2
+        q = q.view(B, T_q, H, d_head).transpose(1, 2)  # (B, H, T_q, d_head)
+        k = k.view(B, -1, H_kv, d_head).transpose(1, 2)  # (B, H_kv, T_k, d_head)
+        v = v.view(B, -1, H_kv, d_head).transpose(1, 2)  # (B, H_kv, T_k, d_head)
+        if source is None:
+            q, k = self.rotate(q, k, offset)  # RoPE
+        cached = 0
+        if cache is not None:
+            cached = cache.length
+            k, v = cache.update(k, v)  # (B, H_kv, cached + T_q, d_head) x 2
+        if H_kv != H:
+            k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)  # (B, H, T_k, d_head)
+        if causal and mask is None and bias is None and (cached == 0 or T_q == 1):
+            # no cache: the kernel's own causal path; one new token after a cache sees every key: no mask
+            heads = F.scaled_dot_product_attention(q, k, v, is_causal=cached == 0 and T_q > 1)  # (B, H, T_q, d_head)
+        else:
+            if causal:
+                allowed = cached_causal_mask(T_q, cached + T_q, device=x.device)  # (T_q, T_k)
+                mask = allowed if mask is None else mask & allowed
+            heads = fused_attend(q, k, v, mask, bias)  # (B, H, T_q, d_head)
+        out = heads.transpose(1, 2).reshape(B, T_q, self.d_model)  # (B, T_q, d_model): heads merged
+        return F.linear(out, self.o_proj.weight)  # (B, T_q, d_model)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, d_head={self.d_head}"
@@ -441,6 +521,8 @@ class DecoderBlock(nn.Module):
         if x.shape[-1] != self.config.d_model:
             raise ShapeError(f"{fn}: x must be (B, T, d_model) with d_model = {self.config.d_model}; "
                              f"got {fmt_shape(x.shape)}")
+        if self.attn.fused and not return_weights:  # chapter 08
+            return self.fused_forward(x, mask, bias=bias, offset=offset, cache=cache)
         T = x.shape[1]
         if mask is None and self.config.causal:
             mask = (causal_mask(T, device=x.device) if cache is None  # (T, T)
@@ -459,6 +541,27 @@ class DecoderBlock(nn.Module):
             block = pre_ln_block if self.config.norm_placement == "pre" else post_ln_block
             out = block(x, attend, self.ffn, self.norm1, self.norm2)  # (B, T, d_model)
         return (out, seen[0]) if return_weights else out
+
+    def fused_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, bias: torch.Tensor | None = None,
+                      offset: int = 0, cache: LayerCache | None = None) -> torch.Tensor:
+        """The fast path (chapter 08): forward's equations on torch's kernels, no weights; (B, T, d_model).
+
+        The same block equations as pre_ln_block, post_ln_block and parallel_block, written out, with
+        the norms as F.layer_norm / F.rms_norm, the FFN as `fused_ffn` and attention as
+        Attention.fused_forward (which applies the causal mask itself when mask is None)."""
+        causal = mask is None and self.config.causal
+
+        def attn(h: torch.Tensor) -> torch.Tensor:
+            return self.attn.fused_forward(h, mask, causal=causal, bias=bias, offset=offset, cache=cache)
+
+        if self.config.block == "parallel":  # x + attn(norm(x)) + ffn(norm(x))
+            h = fused_norm(self.norm1, x)  # (B, T, d_model)
+            return x + attn(h) + fused_ffn(self.ffn, h)
+        if self.config.norm_placement == "pre":
+            x = x + attn(fused_norm(self.norm1, x))  # (B, T, d_model)
+            return x + fused_ffn(self.ffn, fused_norm(self.norm2, x))
+        x = fused_norm(self.norm1, x + attn(x))  # (B, T, d_model): post-norm
+        return fused_norm(self.norm2, x + fused_ffn(self.ffn, x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,6 +662,8 @@ class TinyDecoder(nn.Module):
         to each other only, at positions offset .. offset + T - 1."""
         weights: list[torch.Tensor] = []
         require_tensor("TinyDecoder", "ids", ids)
+        if self.config.kernels == "fused" and not return_weights:  # chapter 08
+            return self.fused_forward(ids, offset)
         T = ids.shape[-1] if ids.dim() else 0
         bias = None
         if self.config.positions in ("alibi", "relative") and T:
@@ -583,6 +688,37 @@ class TinyDecoder(nn.Module):
         blocks = list(self.blocks) if plain else [run(b, return_weights) for b in self.blocks]
         logits = decoder_forward(ids, self.tok_emb.weight, wpe, blocks, self.final_norm, lm_head)  # (B, T, V)
         return (logits, weights) if return_weights else logits
+
+    def fused_forward(self, ids: torch.Tensor, offset: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """The fast path (chapter 08): forward's logits (B, T, V) with torch's kernels, no weights.
+
+        The tour of decoder_forward on the same parameters: F.embedding, position rows, each block's
+        fused_forward, F.layer_norm / F.rms_norm, the head. cache: a KVCache (cached_forward passes
+        it); the tokens then sit at positions len(cache) = offset onwards.
+        """
+        fn = "TinyDecoder"
+        if ids.dim() != 2 or ids.shape[1] < 1 or ids.is_floating_point() or ids.dtype == torch.bool:
+            raise ShapeError(f"{fn}: ids must be an integer tensor of shape (B, T) with T >= 1; got "
+                             f"{fmt_shape(ids.shape)} of dtype {ids.dtype}")
+        V, T = self.config.vocab_size, ids.shape[1]
+        if int(ids.min()) < 0 or int(ids.max()) >= V:
+            raise ValueError(f"{fn}: token ids must lie in 0..V-1 = 0..{V - 1}; got ids from {int(ids.min())} "
+                             f"to {int(ids.max())}")
+        h = F.embedding(ids, self.tok_emb.weight)  # (B, T, d_model)
+        rows = self.position_rows(T, offset)  # (T, d_model) or None
+        if rows is not None:
+            h = h + rows  # (B, T, d_model)
+        bias = None
+        if self.alibi is not None or self.rel_bias is not None:
+            q_pos = torch.arange(offset, offset + T, device=ids.device)  # (T,)
+            k_pos = q_pos if cache is None else torch.arange(0, offset + T, device=ids.device)  # (T_k,)
+            bias = self.position_bias(q_pos, k_pos)  # (H, T, T_k)
+        layers = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, layer in zip(self.blocks, layers):
+            h = block.fused_forward(h, bias=bias, offset=offset, cache=layer)  # (B, T, d_model)
+        if self.final_norm is not None:
+            h = fused_norm(self.final_norm, h)  # (B, T, d_model)
+        return F.linear(h, self.lm_head.weight)  # (B, T, V)
 
 
 def model_param_count(config: ModelConfig) -> int:
@@ -862,6 +998,8 @@ class CrossDecoderBlock(nn.Module):
             if t.shape[-1] != self.config.d_model:
                 raise ShapeError(f"{fn}: {name} must be (B, T, d_model) with d_model = {self.config.d_model}; "
                                  f"got {fmt_shape(t.shape)}")
+        if self.self_attn.fused and not return_weights:  # chapter 08: decoder_block's equations, fast path
+            return self.fused_forward(x, memory, memory_mask)
         self_w: list[torch.Tensor] = []
         cross_w: list[torch.Tensor] = []
         out = decoder_block(x, memory, self_attention_sublayer(self.self_attn, self_w),
@@ -869,6 +1007,30 @@ class CrossDecoderBlock(nn.Module):
                             self.norm1, self.norm2, self.norm3, memory_mask,
                             self.config.norm_placement)  # (B, T_tgt, d_model)
         return (out, (self_w[0], cross_w[0])) if return_weights else out
+
+    def fused_forward(self, x: torch.Tensor, memory: torch.Tensor,
+                      memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The fast path (chapter 08): decoder_block's three sublayers on torch's kernels; (B, T_tgt, d_model)."""
+        mask = _memory_key_mask("CrossDecoderBlock", memory_mask, memory.shape[0], memory.shape[1])  # (B, 1, 1, T_src)
+
+        def self_attn(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn.fused_forward(h, causal=True)  # (B, T_tgt, d_model)
+
+        def cross_attn(h: torch.Tensor) -> torch.Tensor:
+            return self.cross_attn.fused_forward(h, mask, source=memory)  # (B, T_tgt, d_model)
+
+        if self.config.norm_placement == "pre":
+            x = x + self_attn(fused_norm(self.norm1, x))  # (B, T_tgt, d_model)
+            x = x + cross_attn(fused_norm(self.norm2, x))  # (B, T_tgt, d_model)
+            return x + fused_ffn(self.ffn, fused_norm(self.norm3, x))
+        x = fused_norm(self.norm1, x + self_attn(x))  # (B, T_tgt, d_model)
+        x = fused_norm(self.norm2, x + cross_attn(x))  # (B, T_tgt, d_model)
+        return fused_norm(self.norm3, x + fused_ffn(self.ffn, x))
+
+
+def _final_norm(config: ModelConfig, norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """A stack's final norm: the course module, or its fused kernel on the fast path (chapter 08)."""
+    return fused_norm(norm, h) if config.kernels == "fused" else norm(h)
 
 
 def _require_ids(fn: str, name: str, ids: torch.Tensor, config: ModelConfig) -> None:
@@ -951,17 +1113,22 @@ class TinyEncoder(_Embedded):
         h = self._embed(ids, self.pos_emb)  # (B, T, d_model)
         weights = []
         for block in self.blocks:
-            h, w = block(h, mask, return_weights=True)  # (B, T, d_model), (B, H, T, T)
-            weights.append(w)
+            if return_weights:
+                h, w = block(h, mask, return_weights=True)  # (B, T, d_model), (B, H, T, T)
+                weights.append(w)
+            else:
+                h = block(h, mask)  # (B, T, d_model); the fast path when config.kernels = "fused"
         if self.final_norm is not None:
-            h = self.final_norm(h)  # (B, T, d_model)
+            h = _final_norm(self.config, self.final_norm, h)  # (B, T, d_model)
         return (h, weights) if return_weights else h
 
     def forward(self, ids: torch.Tensor, lengths=None, return_weights: bool = False):
         """ids (B, T) [, lengths (B,)] -> logits (B, T, V) [, weights per layer]."""
+        if not return_weights:
+            return self.encode(ids, lengths) @ self.lm_head.weight.T  # (B, T, V)
         h, weights = self.encode(ids, lengths, return_weights=True)  # (B, T, d_model)
         logits = h @ self.lm_head.weight.T  # (B, T, V)
-        return (logits, weights) if return_weights else logits
+        return logits, weights
 
 
 class TinyEncoderDecoder(_Embedded):
@@ -998,7 +1165,7 @@ class TinyEncoderDecoder(_Embedded):
         for block in self.encoder:
             h = block(h, mask)  # (B, T_src, d_model)
         if self.encoder_norm is not None:
-            h = self.encoder_norm(h)  # (B, T_src, d_model): normalised once, here
+            h = _final_norm(self.config, self.encoder_norm, h)  # (B, T_src, d_model): normalised once, here
         return h, real
 
     def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
@@ -1009,10 +1176,13 @@ class TinyEncoderDecoder(_Embedded):
         h = self._embed(tgt_ids, self.tgt_pos_emb)  # (B, T_tgt, d_model)
         weights = []
         for block in self.decoder:
-            h, w = block(h, memory, memory_mask, return_weights=True)  # (B, T_tgt, d_model)
-            weights.append(w)
+            if return_weights:
+                h, w = block(h, memory, memory_mask, return_weights=True)  # (B, T_tgt, d_model)
+                weights.append(w)
+            else:
+                h = block(h, memory, memory_mask)  # (B, T_tgt, d_model); fast path when kernels = "fused"
         if self.decoder_norm is not None:
-            h = self.decoder_norm(h)  # (B, T_tgt, d_model)
+            h = _final_norm(self.config, self.decoder_norm, h)  # (B, T_tgt, d_model)
         logits = h @ self.lm_head.weight.T  # (B, T_tgt, V)
         return (logits, weights) if return_weights else logits
 
@@ -1166,6 +1336,10 @@ def cached_forward(model: TinyDecoder, ids: torch.Tensor, cache: KVCache) -> tor
         raise ShapeError(f"{fn}: ids must be (B, T) with T >= 1; got {fmt_shape(ids.shape)}")
     offset, T = len(cache), ids.shape[1]
     wpe = _position_rows(model, T, offset)  # (T, d_model) or None
+    if model.config.kernels == "fused":  # chapter 08: the fast path, same numbers
+        logits = model.fused_forward(ids, offset, cache)  # (B, T, V)
+        cache.tokens += T
+        return logits
     extra = {}
     position_bias = getattr(model, "position_bias", None)  # chapter 06: ALiBi / T5 biases, RoPE offset
     if position_bias is not None:
@@ -1198,7 +1372,7 @@ def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
 
 def generate(model: TinyDecoder, prompt_ids: torch.Tensor, max_new_tokens: int, use_cache: bool = True, *,
              temperature: float = 1.0, top_k: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, threads: int | None = None) -> torch.Tensor:
     """prompt_ids (B, T_prompt) -> (B, T_prompt + max_new_tokens): the prompt and the new tokens.
 
     temperature 0 picks the most likely token (greedy); otherwise tokens are drawn from
@@ -1206,6 +1380,10 @@ def generate(model: TinyDecoder, prompt_ids: torch.Tensor, max_new_tokens: int, 
     `generator` (seed it for repeatable samples). use_cache=True runs the prompt once (prefill) and
     then one token per step against the KV cache; use_cache=False recomputes the whole sequence
     every step. Both give the same tokens.
+
+    threads: torch's CPU thread count while generating; None measures which is faster here and now
+    (helpers.threads.choose_threads on one prefill and decoding step, or one recomputation at the
+    average length); the learner's own setting is restored afterwards, also after an error.
     """
     fn = "generate"
     if not isinstance(model, TinyDecoder):
@@ -1228,8 +1406,20 @@ def generate(model: TinyDecoder, prompt_ids: torch.Tensor, max_new_tokens: int, 
     was_training = model.training
     model.eval()
     ids = prompt_ids
+    device = model.tok_emb.weight.device
+
+    def probe() -> None:  # one step of the work ahead, on throwaway ids and a throwaway cache
+        if use_cache:
+            cache = KVCache(model.config.n_layers)
+            cached_forward(model, prompt_ids, cache)  # prefill
+            cached_forward(model, prompt_ids[:, -1:], cache)  # one decoding step
+        else:
+            model(torch.zeros(prompt_ids.shape[0], (prompt_ids.shape[1] + total) // 2, dtype=torch.long,
+                              device=prompt_ids.device))  # a recomputation at the average length
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), fastest_threads(None if device.type != "cpu" or max_new_tokens < 2 else probe,
+                                              threads):
             cache = KVCache(model.config.n_layers) if use_cache else None
             step_input = prompt_ids  # (B, T_prompt): the prefill
             for _ in range(max_new_tokens):

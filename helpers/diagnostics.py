@@ -266,7 +266,7 @@ def _weights(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
         _, weights = model(ids, return_weights=True)  # [(B, H, T, T)] per layer
     if any(w is None for w in weights):
         raise ValueError("the model returned no attention weights (a fused kernel keeps none); build it "
-                         "with attention='course'")
+                         "with kernels='course'")
     return weights
 
 

@@ -23,7 +23,7 @@ both the sum and the count.
   a long 1-D id tensor; x is a window's first T tokens, y its last T (x shifted left by one), so
   y[b, t] is the token after x[b, t]. A torch.Generator makes the draw repeat for a seed.
 * optimizer: AdamW (decoupled weight decay) on every parameter; weight decay only on matrices
-  (linear weights, embeddings), none on norms' gains and biases.
+  (linear weights, embeddings), none on norms' gains and biases (`adamw`: torch's fused kernel).
 * learning rate: a linear warm-up from lr / warmup to lr over the first `warmup` steps, then a
   cosine decay to min_lr at the last step (`lr_at`).
 * gradient clipping: the global L2 norm of all gradients is scaled down to at most grad_clip.
@@ -32,7 +32,10 @@ both the sum and the count.
   the last.
 * a `tqdm.auto` progress bar (a widget in JupyterLab, text in a terminal) with the latest losses.
 
-On the CPU a run is deterministic: the same model, data and seed give bit-identical losses.
+* threads: torch's CPU thread count is measured, not guessed (`helpers.threads`), and the
+  learner's own setting is restored afterwards.
+
+On the CPU a run is deterministic: the same model, data, seed and thread count give bit-identical losses.
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ import torch
 from torch import nn
 
 from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
+from .threads import fastest_threads
 
 __all__ = [
     "IGNORE_INDEX",
     "TrainHistory",
+    "adamw",
     "batches",
     "bigram_loss",
     "lm_loss",
@@ -63,6 +68,7 @@ __all__ = [
     "tied_param_saving",
     "token_loss",
     "train",
+    "train_step",
     "unigram_loss",
 ]
 
@@ -356,7 +362,7 @@ class TrainHistory:
     (before the update), its learning rate and its gradient norm before clipping.
     val_steps[j], val_loss[j]: updates done when validated (0 = the untrained model), mean loss.
     tokens_per_s: training tokens (steps * B * T) per second of training (validation excluded);
-    seconds: wall time of the whole run.
+    seconds: wall time of the whole run; threads: torch's CPU thread count the run used.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -368,6 +374,7 @@ class TrainHistory:
     seconds: float = float("nan")
     grad_norm: list[float] = field(default_factory=list)
     tokens: int = 0
+    threads: int = 0
 
     def plot(self, ax=None, baselines: dict[str, float] | None = None, title: str | None = None):
         """Train loss (per step, faint, with a running mean) and validation loss on one Axes.
@@ -414,6 +421,37 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def adamw(model: nn.Module, lr: float, *, betas: tuple[float, float] = (0.9, 0.95),
+          weight_decay: float = 0.1) -> torch.optim.AdamW:
+    """The loop's optimizer: AdamW with weight decay on matrices only (`_param_groups`).
+
+    Where every parameter is a float tensor on the CPU or a CUDA GPU it runs torch's fused kernel
+    (fused=True: one pass per tensor instead of a dozen small operations each, the same update
+    everywhere); elsewhere torch's plain loop (foreach=False), so a run repeats on every machine.
+    """
+    groups = _param_groups(model, weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {"foreach": False}))
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               grad_clip: float | None = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update: loss of x (B, T) against y (B, T), backward, clip the global gradient norm to
+    grad_clip (None or 0: no clipping), optimizer step. Returns (loss, gradient norm before clipping),
+    both 0-d tensors (no .item() here, so a GPU is not made to wait)."""
+    loss = token_loss(model(x), y)  # scalar: logits (B, T, V) vs y (B, T)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
+                                                     if p.grad is not None]))
+    optimizer.step()
+    return loss.detach(), norm
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     was_training = model.training
@@ -427,7 +465,7 @@ def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, s
           block_size: int, lr: float = 3e-3, warmup: int | None = None, min_lr: float | None = None,
           weight_decay: float = 0.1, grad_clip: float | None = 1.0, eval_every: int | None = None,
           eval_batches: int = 8, seed: int = 0, progress: bool = True, device: torch.device | str | None = None,
-          betas: tuple[float, float] = (0.9, 0.95)) -> TrainHistory:
+          betas: tuple[float, float] = (0.9, 0.95), threads: int | None = None) -> TrainHistory:
     """Train `model` (ids (B, T) int64 -> logits (B, T, V)) for `steps` AdamW updates; the history.
 
     warmup: steps of linear warm-up (None: 10 % of steps); min_lr: the learning rate at the last
@@ -436,6 +474,12 @@ def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, s
     eval_batches: validation batches of batch_size windows, drawn once; seed: the batch sampler's
     seed (the model's initialization is the caller's); device: where to train (None: where the
     model's parameters are). The model is trained in place and left in its original train/eval mode.
+
+    threads: torch's CPU thread count for the run; None measures which is faster for this model on
+    this machine right now (`helpers.threads.choose_threads`, a few forward and backward passes on a
+    validation batch: one thread, or two when they win by 10 %). The learner's own setting is
+    restored afterwards, also after an error; history.threads records the count used. A run is
+    bit-identical for the same seed and thread count.
     """
     fn = "train"
     if not isinstance(model, nn.Module):
@@ -468,52 +512,48 @@ def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, s
     gen = torch.Generator().manual_seed(seed)  # training batches
     val_gen = torch.Generator().manual_seed(seed + 1_000_003)  # the fixed validation batches
     val_set = [batches(val_ids, batch_size, block_size, val_gen) for _ in range(eval_batches)]
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=betas,
-                                  foreach=False)  # one loop order on every machine
+    optimizer = adamw(model, lr, betas=betas, weight_decay=weight_decay)
 
     history = TrainHistory()
     was_training = model.training
     start = time.perf_counter()
-    history.val_steps.append(0)
-    history.val_loss.append(_evaluate(model, val_set))
     train_seconds = 0.0
+
+    def probe() -> None:  # one forward and backward pass on a validation batch, the gradients dropped
+        token_loss(model(val_set[0][0]), val_set[0][1]).backward()
+        model.zero_grad(set_to_none=True)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(range(1, steps + 1), desc="training", disable=not progress, leave=True)
-    model.train()
-    for step in bar:
-        t0 = time.perf_counter()
-        rate = lr_at(step - 1, lr=lr, steps=steps, warmup=warmup, min_lr=min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        x, y = batches(train_ids, batch_size, block_size, gen)  # (B, T), (B, T)
-        loss = token_loss(model(x), y)  # scalar: logits (B, T, V) vs y (B, T)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
-                                                         if p.grad is not None]))
-        optimizer.step()
-        value = loss.item()  # waits for the step to finish on a GPU
-        train_seconds += time.perf_counter() - t0
-        if not math.isfinite(value):
-            bar.close()
-            model.train(was_training)
-            raise FloatingPointError(f"{fn}: the training loss became {value} at step {step}; lower lr "
-                                     f"(now {rate:.3g}) or keep grad_clip on")
-        history.steps.append(step)
-        history.train_loss.append(value)
-        history.lr.append(rate)
-        history.grad_norm.append(float(norm))
-        if step % eval_every == 0 or step == steps:
-            history.val_steps.append(step)
+    try:
+        with fastest_threads(probe if device.type == "cpu" else None, threads) as history.threads:
+            history.val_steps.append(0)
             history.val_loss.append(_evaluate(model, val_set))
-            bar.set_postfix(loss=f"{value:.3f}", val=f"{history.val_loss[-1]:.3f}", lr=f"{rate:.2e}")
-    bar.close()
-    model.train(was_training)
+            model.train()
+            for step in bar:
+                t0 = time.perf_counter()
+                rate = lr_at(step - 1, lr=lr, steps=steps, warmup=warmup, min_lr=min_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
+                x, y = batches(train_ids, batch_size, block_size, gen)  # (B, T), (B, T)
+                loss, norm = train_step(model, optimizer, x, y, grad_clip)
+                value = loss.item()  # waits for the step to finish on a GPU
+                train_seconds += time.perf_counter() - t0
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"{fn}: the training loss became {value} at step {step}; lower lr "
+                                             f"(now {rate:.3g}) or keep grad_clip on")
+                history.steps.append(step)
+                history.train_loss.append(value)
+                history.lr.append(rate)
+                history.grad_norm.append(float(norm))
+                if step % eval_every == 0 or step == steps:
+                    history.val_steps.append(step)
+                    history.val_loss.append(_evaluate(model, val_set))
+                    bar.set_postfix(loss=f"{value:.3f}", val=f"{history.val_loss[-1]:.3f}", lr=f"{rate:.2e}")
+    finally:
+        bar.close()
+        model.train(was_training)
     history.tokens = steps * batch_size * block_size
     history.tokens_per_s = history.tokens / train_seconds if train_seconds > 0 else float("inf")
     history.seconds = time.perf_counter() - start

@@ -454,7 +454,7 @@ def test_peak_tensor_bytes_agrees_with_the_operating_systems_peak_rss():
     assert abs(measured["rss_peak_bytes"] - measured["tensor_peak_bytes"]) < 0.15 * measured["tensor_peak_bytes"]
 
 
-@pytest.mark.parametrize("fields", [{"attention": "fused"}, {"block": "parallel"}, {"ffn": "moe"}],
+@pytest.mark.parametrize("fields", [{"kernels": "fused"}, {"block": "parallel"}, {"ffn": "moe"}],
                          ids=["fused-attention", "parallel-block", "moe"])
 def test_cache_works_with_the_other_chapters_switches(fields):
     model = make_model(seed=6, n_kv_heads=2, **fields)

@@ -1,8 +1,12 @@
-"""The shared model's fused attention path (chapter 08): torch's F.scaled_dot_product_attention gives the
-same outputs and gradients as the course's attention, for every mask, score bias and model variant."""
+"""The shared model's fast path (chapter 08, ModelConfig.kernels="fused"): one matmul for Q, K and V, torch's
+F.scaled_dot_product_attention, F.layer_norm / F.rms_norm, F.gelu / F.silu give the same outputs and gradients
+as the course's own functions, for every mask and score bias, every model kind (decoder, encoder,
+encoder-decoder), position method, norm placement and type, block and FFN variant, GQA and the KV cache."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -105,7 +109,7 @@ def _pair(config: ModelConfig, dtype: torch.dtype, seed: int = 0):
     """Two models with the same weights, one per attention path."""
     torch.manual_seed(seed)
     course = TinyDecoder(config).to(dtype)
-    fused = TinyDecoder(ModelConfig(**{**vars(config), "attention": "fused"})).to(dtype)
+    fused = TinyDecoder(ModelConfig(**{**vars(config), "kernels": "fused"})).to(dtype)
     fused.load_state_dict(course.state_dict())
     return course, fused
 
@@ -127,7 +131,10 @@ MODEL_VARIANTS = {
     "relative-bidirectional": dict(positions="relative", causal=False),
     # chapter 05's block variants
     "parallel": dict(block="parallel"),
+    "parallel-rmsnorm-swiglu": dict(block="parallel", norm="rmsnorm", ffn="swiglu"),
     "moe": dict(ffn="moe"),
+    "post-layernorm-gelu": dict(norm_placement="post"),
+    "pre-rmsnorm-swiglu-gqa": dict(norm="rmsnorm", ffn="swiglu", n_heads=4, n_kv_heads=2),
 }
 
 
@@ -170,7 +177,7 @@ def test_fused_cross_attention_with_a_padding_mask_equals_the_course_path(dtype)
     config = ModelConfig(vocab_size=10, d_model=12, n_heads=3, n_kv_heads=1)
     torch.manual_seed(0)
     course = Attention(config).to(dtype)
-    fused = Attention(ModelConfig(**{**vars(config), "attention": "fused"})).to(dtype)
+    fused = Attention(ModelConfig(**{**vars(config), "kernels": "fused"})).to(dtype)
     fused.load_state_dict(course.state_dict())
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(2, 4, 12, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
@@ -186,5 +193,113 @@ def test_fused_cross_attention_with_a_padding_mask_equals_the_course_path(dtype)
 
 def test_config_names_the_attention_choices():
     with pytest.raises(ValueError, match="'course', 'fused'"):
-        ModelConfig(vocab_size=10, attention="flash")
-    assert ModelConfig(vocab_size=10).attention == "course"  # the chapters' own attention by default
+        ModelConfig(vocab_size=10, kernels="flash")
+    assert ModelConfig(vocab_size=10).kernels == "course"  # the chapters' own attention by default
+
+
+# ------------------------------------------------------------------------------------------------
+# The other model kinds, the KV cache, and proof that the fast path runs none of the course's functions
+# ------------------------------------------------------------------------------------------------
+
+KIND_VARIANTS = {
+    "pre-layernorm-gelu": {},
+    "post-layernorm-gelu": dict(norm_placement="post"),
+    "pre-rmsnorm-swiglu-gqa": dict(norm="rmsnorm", ffn="swiglu", n_heads=4, n_kv_heads=2),
+    "post-rmsnorm-moe": dict(norm_placement="post", norm="rmsnorm", ffn="moe"),
+    "no-positions-untied-bias": dict(positions="none", tie_weights=False, bias=True),
+}
+
+
+def _kind_pair(config: ModelConfig, dtype: torch.dtype):
+    torch.manual_seed(0)
+    course = blocks.build_model(config).to(dtype)
+    fused = blocks.build_model(replace(config, kernels="fused")).to(dtype)
+    fused.load_state_dict(course.state_dict())
+    return course, fused
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["encoder", "encoder-decoder"])
+@pytest.mark.parametrize("variant", list(KIND_VARIANTS))
+def test_fused_encoder_and_encoder_decoder_equal_the_course_models(dtype, kind, variant):
+    """With key padding (sequence lengths 9 and 5 of 9 source tokens), values and every gradient."""
+    config = ModelConfig(**{"vocab_size": 23, "d_model": 16, "n_heads": 2, "n_layers": 2, "max_seq_len": 16,
+                            "kind": kind, **KIND_VARIANTS[variant]})
+    course, fused = _kind_pair(config, dtype)
+    gen = torch.Generator().manual_seed(7)
+    src = torch.randint(0, 23, (2, 9), generator=gen)
+    lengths = torch.tensor([9, 5])
+    if kind == "encoder":
+        args = (src, lengths)
+        targets = torch.randint(0, 23, (2, 9), generator=gen)
+    else:
+        tgt = torch.randint(0, 23, (2, 6), generator=gen)
+        args = (src, tgt, lengths)
+        targets = torch.randint(0, 23, (2, 6), generator=gen)
+    with mock.patch.object(blocks.F, "scaled_dot_product_attention",
+                           wraps=torch.nn.functional.scaled_dot_product_attention) as spy:
+        got = fused(*args)
+    assert spy.call_count == config.n_layers * (1 if kind == "encoder" else 3)  # self, self + cross
+    expected = course(*args)
+    n = config.d_model * 9
+    assert_close(got, expected, n=n)
+    keep = (torch.arange(targets.shape[1]) < 5)[None]  # score only positions real in both sequences
+    for logits in (expected, got):
+        torch.nn.functional.cross_entropy(logits[keep.expand(2, -1)], targets[keep.expand(2, -1)]).backward()
+    for (name, p_fused), p_course in zip(fused.named_parameters(), course.parameters()):
+        assert_close(p_fused.grad, p_course.grad, n=n, msg=lambda m, name=name: f"{name}: {m}")
+
+
+CACHE_VARIANTS = {
+    "learned": {},
+    "sinusoidal": dict(positions="sinusoidal"),
+    "rope-gqa": dict(positions="rope", n_heads=4, n_kv_heads=2),
+    "alibi": dict(positions="alibi"),
+    "relative": dict(positions="relative"),
+    "none-post-rmsnorm": dict(positions="none", norm_placement="post", norm="rmsnorm"),
+}
+
+
+@pytest.mark.parametrize("variant", list(CACHE_VARIANTS))
+def test_fused_cached_decoding_equals_the_course_models_full_pass(variant):
+    """A prefill of 5 tokens (is_causal), one token (no mask needed), then 3 tokens after the cache (the
+    bottom-right causal mask): the fused cached logits equal the course model's one full pass."""
+    config = ModelConfig(**{"vocab_size": 23, "d_model": 16, "n_heads": 2, "n_layers": 2, "max_seq_len": 16,
+                            **CACHE_VARIANTS[variant]})
+    course, fused = _pair(config, torch.float64)
+    ids = torch.randint(0, 23, (2, 9), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = course(ids)
+        cache = blocks.KVCache(config.n_layers)
+        got = torch.cat([blocks.cached_forward(fused, ids[:, :5], cache), blocks.cached_forward(fused, ids[:, 5:6], cache),
+                         blocks.cached_forward(fused, ids[:, 6:], cache)], dim=1)
+    assert_close(got, expected, n=16 * 9)
+    prompt = ids[:, :3]
+    assert torch.equal(blocks.generate(fused, prompt, 8, temperature=0, threads=1),
+                       blocks.generate(course, prompt, 8, use_cache=False, temperature=0, threads=1))
+
+
+def test_the_fast_path_runs_none_of_the_course_functions():
+    """Forward and backward of every model kind with the course's functions made to fail: the fast path
+    really is another path (not the course path with a new name)."""
+    from helpers import ffn, norms
+
+    course_functions = [(norms, "layer_norm"), (norms, "rms_norm"), (ffn, "feed_forward"), (ffn, "swiglu_ffn"),
+                        (blocks, "scaled_dot_product_attention"), (blocks, "masked_softmax"),
+                        (blocks, "split_heads"), (blocks, "merge_heads"), (blocks, "decoder_forward"),
+                        (blocks, "pre_ln_block"), (blocks, "post_ln_block"), (blocks, "decoder_block")]
+    gen = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, 23, (2, 7), generator=gen)
+    runs = []
+    for kind, fields in (("decoder", {}), ("decoder", dict(norm="rmsnorm", ffn="swiglu", block="parallel")),
+                         ("encoder", dict(norm_placement="post")), ("encoder-decoder", {})):
+        config = ModelConfig(vocab_size=23, d_model=16, n_heads=2, n_layers=2, max_seq_len=16, kind=kind,
+                             kernels="fused", **fields)
+        model = blocks.build_model(config)
+        runs.append((model, (ids, ids[:, :5]) if kind == "encoder-decoder" else (ids,)))
+    with contextlib.ExitStack() as stack:
+        for module, name in course_functions:
+            stack.enter_context(mock.patch.object(module, name, side_effect=AssertionError(f"course {name} ran")))
+        for model, args in runs:
+            model(*args).sum().backward()
+    assert all(p.grad is not None for model, _ in runs for p in model.parameters())

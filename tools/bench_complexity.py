@@ -4,10 +4,12 @@
     python tools/bench_complexity.py --threads 1      # pin torch to one thread
     python tools/bench_complexity.py --only memory    # or --only generation
 
-1. Generation: the course model at 4 layers, 4 heads, d_model 128 (vocabulary 512, learned positions)
-   generates 512 new tokens greedily after an 8-token prompt, with the KV cache (prefill once, then one
-   token per step) and without it (the whole sequence recomputed every step). Prints both times, the
-   speed-up, and whether the tokens are identical.
+1. Generation: the course model at 4 layers, 4 heads, d_model 128 (vocabulary 512, learned positions),
+   on the course path and on the fast path (kernels="fused"), generates 512 new tokens greedily after
+   an 8-token prompt, with the KV cache (prefill once, then one token per step) and without it (the
+   whole sequence recomputed every step). Prints both times, the speed-up, the milliseconds per cached
+   token beside the FLOPs of a decoding step (GFLOP/s and the fraction of a matmul's rate), and
+   whether the tokens are identical.
 
 2. Attention memory: naive attention (chapter 01's, which holds the (B, H, T, T) scores and weights)
    against helpers.complexity.tiled_attention (the online softmax, block 128) for q, k, v of shape
@@ -98,26 +100,39 @@ def memory_table(threads: int) -> None:
               f"{t['tensor_peak_bytes'] / n['tensor_peak_bytes']:.3f} |")
 
 
-def generation_table(new_tokens: int) -> None:
+def generation_table(new_tokens: int, threads: int | None = None) -> None:
+    """Both kernels (course, fused), cached against recomputed, with the decode latency per token beside
+    the FLOPs of one decoding step (helpers.complexity.decode_step_flops) and a matmul's rate here.
+    threads: fix generate's thread count; None lets generate choose (helpers.threads)."""
+    from dataclasses import replace
+
     from helpers.blocks import ModelConfig, TinyDecoder, generate
+    from helpers.complexity import decode_step_flops
+    from helpers.nanogpt import matmul_peak
 
     config = ModelConfig(vocab_size=512, d_model=128, n_heads=4, n_layers=4, max_seq_len=8 + new_tokens)
-    torch.manual_seed(0)
-    model = TinyDecoder(config).eval()
     prompt = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(1))
-    generate(model, prompt, 8)  # warm-up
-    start = time.perf_counter()
-    cached = generate(model, prompt, new_tokens, use_cache=True, temperature=0)
-    t_cached = time.perf_counter() - start
-    start = time.perf_counter()
-    full = generate(model, prompt, new_tokens, use_cache=False, temperature=0)
-    t_full = time.perf_counter() - start
-    print(f"\n## Generation of {new_tokens} new tokens (4 layers, 4 heads, d_model 128, greedy, 8-token prompt)\n")
-    print("| path | seconds | ms per token |")
-    print("|---|---|---|")
-    print(f"| KV cache (prefill + one token per step) | {t_cached:.2f} | {t_cached / new_tokens * 1e3:.1f} |")
-    print(f"| no cache (recompute every step) | {t_full:.2f} | {t_full / new_tokens * 1e3:.1f} |")
-    print(f"\nspeed-up {t_full / t_cached:.1f}x; identical tokens: {torch.equal(cached, full)}")
+    per_token = sum(decode_step_flops(config, t) for t in range(8, 8 + new_tokens)) / new_tokens
+    peak = matmul_peak(1)
+    print(f"\n## Generation of {new_tokens} new tokens (4 layers, 4 heads, d_model 128, greedy, 8-token prompt; "
+          f"torch threads {torch.get_num_threads()}, generate's threads: {threads or 'its own choice'})\n")
+    print(f"one decoding step: {per_token / 1e6:.2f} MFLOP on average; float32 matmul peak on one thread "
+          f"{peak:.0f} GFLOP/s, so {per_token / peak / 1e3:.1f} us of arithmetic per token\n")
+    print("| kernels | cached s | recomputed s | speed-up | ms per cached token | GFLOP/s | of peak | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kernels in ("course", "fused"):
+        torch.manual_seed(0)
+        model = TinyDecoder(replace(config, kernels=kernels)).eval()
+        generate(model, prompt, 8, threads=threads)  # warm-up
+        start = time.perf_counter()
+        cached = generate(model, prompt, new_tokens, use_cache=True, temperature=0, threads=threads)
+        t_cached = time.perf_counter() - start
+        start = time.perf_counter()
+        full = generate(model, prompt, new_tokens, use_cache=False, temperature=0, threads=threads)
+        t_full = time.perf_counter() - start
+        rate = per_token / (t_cached / new_tokens) / 1e9
+        print(f"| {kernels} | {t_cached:.2f} | {t_full:.2f} | {t_full / t_cached:.1f}x | "
+              f"{t_cached / new_tokens * 1e3:.2f} | {rate:.2f} | {rate / peak:.1%} | {torch.equal(cached, full)} |")
 
 
 def main() -> int:
@@ -125,10 +140,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--only", choices=("generation", "memory"))
+    parser.add_argument("--generate-threads", type=int, default=None,
+                        help="fix generate's thread count (default: generate chooses, helpers.threads)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only != "memory":
-        generation_table(args.new_tokens)
+        generation_table(args.new_tokens, args.generate_threads)
     if args.only != "generation":
         memory_table(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -206,7 +206,7 @@ threads = torch.get_num_threads()
 torch.set_num_threads(1)  # a model this small trains faster on one thread (chapter 08)
 torch.manual_seed(0)
 lm = TinyDecoder(ModelConfig(vocab_size=V, d_model=32, n_heads=4, n_layers=1, max_seq_len=32, tie_weights=False,
-                             attention="fused"))
+                             kernels="fused"))
 history = train(lm, train_ids, val_ids, steps=200, batch_size=16, block_size=32, lr=1e-2, warmup=20,
                 eval_every=200, eval_batches=4, seed=0, progress=False, device="cpu")
 torch.set_num_threads(threads)

@@ -643,7 +643,7 @@ try:
     for method in METHODS:
         torch.manual_seed(0)
         config = ModelConfig(vocab_size=chars.vocab_size, d_model=32, n_heads=4, n_layers=2,
-                             max_seq_len=TRAIN_LEN, positions=method)
+                             max_seq_len=TRAIN_LEN, positions=method, kernels="fused")  # the fast path (ch. 08)
         model = TinyDecoder(config).to(device)
         history = train(model, train_ids, val_ids, steps=STEPS, batch_size=16, block_size=TRAIN_LEN,
                         eval_every=STEPS, eval_batches=2, seed=0, progress=False)

@@ -450,6 +450,33 @@ flops_full = sum(model_flops(course, t) for t in range(8, 8 + new_tokens))
 flops_cached = model_flops(course, 8) + sum(decode_step_flops(course, t) for t in range(8, 8 + new_tokens - 1))
 print(f"FLOPs: recomputed {flops_full:.3e}, cached {flops_cached:.3e} ({flops_full / flops_cached:.0f}x fewer)")
 
+# %% [markdown] id="decode-latency-md"
+# **How far from the arithmetic limit?** One decoding step of this model multiplies about
+# `decode_step_flops` numbers: under 2 MFLOP, which a CPU core's matmul units finish in tens of
+# microseconds. The next cell times the cached decode per token on the course path and on the fast
+# path (`kernels="fused"`, chapter 08: the same numbers with fewer, larger operations) and divides:
+# the achieved GFLOP/s against a large matmul's rate on this CPU. The gap is Python and the
+# per-operation cost of launching a few hundred small operations per token, not arithmetic.
+
+# %% id="decode-latency"
+from dataclasses import replace
+
+from helpers.nanogpt import matmul_peak
+
+fast_model = TinyDecoder(replace(course, kernels="fused")).to(device).eval()
+fast_model.load_state_dict(gen_model.state_dict())
+per_token_flops = sum(decode_step_flops(course, t) for t in range(8, 8 + new_tokens)) / new_tokens
+peak = matmul_peak(1, n=512) if device.type == "cpu" else float("nan")
+for name, m in (("course path", gen_model), ("fast path", fast_model)):
+    generate(m, prompt, 4, temperature=0)  # warm-up
+    start = time.perf_counter()
+    tokens = generate(m, prompt, new_tokens, temperature=0)
+    latency = (time.perf_counter() - start) / new_tokens
+    rate = per_token_flops / latency / 1e9
+    print(f"{name}: {latency * 1e3:.2f} ms per token for {per_token_flops / 1e6:.2f} MFLOP -> {rate:.2f} GFLOP/s, "
+          f"{rate / peak:.1%} of one thread's matmul peak ({peak:.0f} GFLOP/s: {per_token_flops / peak / 1e3:.0f} us "
+          f"of arithmetic); same tokens: {torch.equal(tokens, fast)}")
+
 # %% [markdown] id="mask-md"
 # **The causal mask after a cache is aligned bottom-right.** With $T_q$ new queries and $T_k$ keys
 # (cached + new), new query $i$ is token $T_k - T_q + i$ and may see keys $0 \dots T_k - T_q + i$.

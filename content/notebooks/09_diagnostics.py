@@ -243,7 +243,7 @@ tok = course_chars()
 train_ids = torch.tensor(tok.encode(load_corpus("train")))  # (N_train,)
 val_ids = torch.tensor(tok.encode(load_corpus("val")))  # (N_val,)
 config = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_heads=4, n_layers=2, max_seq_len=64,
-                     positions="rope", attention="fused")
+                     positions="rope", kernels="fused")
 torch.manual_seed(0)
 gpt = TinyDecoder(config).to(device)
 history = train(gpt, train_ids, val_ids, steps=500, batch_size=16, block_size=64, lr=1e-2, warmup=50,
@@ -360,7 +360,7 @@ print("over positions (wrong):", [round(v, 3) for v in wrong.tolist()])
 # `d_ff` 32, Post-LN, no positions, RoPE; 150 steps of 16 windows of 64 characters each.
 
 # %% id="ablation-run"
-base_config = dict(vocab_size=tok.vocab_size, d_model=32, n_heads=4, n_layers=2, max_seq_len=64, attention="fused")
+base_config = dict(vocab_size=tok.vocab_size, d_model=32, n_heads=4, n_layers=2, max_seq_len=64, kernels="fused")
 configs = {
     "baseline": ModelConfig(**base_config),
     "1 head": ModelConfig(**{**base_config, "n_heads": 1}),
@@ -387,14 +387,14 @@ ax.set_title("One change at a time against the baseline (dashed)")
 fig.tight_layout()
 
 # %% [markdown] id="ablation-plot-caption"
-# *What to see:* the gap between the two gray baseline bars (seeds 0 and 1, about 0.07 nats) is the
+# *What to see:* the gap between the two gray baseline bars (seeds 0 and 1, about 0.06 nats) is the
 # noise floor of a run this short; only bars further than that from the dashed line mean something.
-# In the run above: one head is worse by about 0.15 nats (twice the floor); the baseline's *learned*
+# In the run above: one head is worse by about 0.1 nats (nearly twice the floor); the baseline's *learned*
 # position table is the slowest start, since its 64 x 32 numbers begin as noise, while no positions at
 # all (a causal decoder can infer position from its mask) and RoPE (no parameters) are both about
 # 0.3 nats better; Post-LN is a little better at this depth (2 layers, too shallow for its gradient
-# trouble) and a 1x MLP is within the noise. A 150-step run ranks configs by how fast they start
-# learning, not by where they end; chapter 06 measures positions past the training length, where
+# trouble) and a 1x MLP is about as far off as the noise floor. A 150-step run ranks configs by how
+# fast they start learning, not by where they end; chapter 06 measures positions past the training length, where
 # "none" fails.
 
 # %% [markdown] id="heads"
