@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -158,11 +159,15 @@ def test_notebooks_carry_the_kernels_language_info():
     """JupyterLab marks a notebook unsaved as soon as its kernel's language_info differs from the file's
     (it writes the kernel's in): every derived notebook carries what ipykernel reports, for the course's
     Python version, so a learner's freshly opened notebook is not "unsaved" before any edit."""
-    from ipykernel.ipkernel import IPythonKernel
-
     from tools.build import COURSE_PYTHON, KERNELSPEC, LANGUAGE_INFO
 
-    assert LANGUAGE_INFO == {**IPythonKernel.language_info, "version": COURSE_PYTHON}
+    # ipykernel's value read in a child process: importing ipykernel here puts ipykernel.zmqshell in
+    # this worker's sys.modules, and tqdm.auto (the training loop's progress bar) then takes every later
+    # test in the worker for a notebook and draws a widget instead of writing to the terminal.
+    reported = subprocess.run([sys.executable, "-c", "import json; from ipykernel.ipkernel import IPythonKernel; "
+                               "print(json.dumps(IPythonKernel.language_info))"],
+                              capture_output=True, text=True, check=True, timeout=120).stdout
+    assert LANGUAGE_INFO == {**json.loads(reported), "version": COURSE_PYTHON}
     paths = [*ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"), *ROOT.glob("solutions/*/*.ipynb"),
              *ROOT.glob("exercises/*/*.ipynb")]
     assert len(paths) >= 30

@@ -127,7 +127,9 @@ def test_train_measures_one_and_two_threads_with_a_forward_and_backward_probe(le
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_generate_runs_on_the_chosen_count_and_restores_the_learners(learner_threads, monkeypatch, use_cache):
+def test_generate_runs_on_the_chosen_count_and_restores_the_learners(learner_threads, monkeypatch, unsealed,
+                                                                     use_cache):
+    unsealed(blocks, threads_module)
     torch.manual_seed(0)
     model = TinyDecoder(ModelConfig(vocab_size=16, d_model=16, n_heads=2, n_layers=1, max_seq_len=32))
     prompt = torch.randint(0, 16, (1, 3), generator=torch.Generator().manual_seed(1))
