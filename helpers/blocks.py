@@ -450,7 +450,11 @@ class Attention(nn.Module):
         B, T_q, _ = x.shape
         H, H_kv, d_head = self.n_heads, self.n_kv_heads, self.d_head
         d_kv = H_kv * d_head
-        if source is None:
+        if source is None and B * T_q < self.d_model:
+            # few rows (a decoding step): stacking the weights would copy more than the one matmul saves
+            q = F.linear(x, self.q_proj.weight)  # (B, T_q, d_model)
+            k, v = F.linear(x, self.k_proj.weight), F.linear(x, self.v_proj.weight)  # (B, T_q, d_kv) x 2
+        elif source is None:
             w_qkv = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (d_model + 2 d_kv, d_model)
             q, k, v = F.linear(x, w_qkv).split([self.d_model, d_kv, d_kv], dim=-1)  # (B, T, d_model), (B, T, d_kv) x 2
         else:
@@ -1418,8 +1422,10 @@ def generate(model: TinyDecoder, prompt_ids: torch.Tensor, max_new_tokens: int, 
                               device=prompt_ids.device))  # a recomputation at the average length
 
     try:
-        with torch.no_grad(), fastest_threads(None if device.type != "cpu" or max_new_tokens < 2 else probe,
-                                              threads):
+        # inference_mode, not only no_grad: no autograd bookkeeping at all (version counters, views), which
+        # is a tenth of a decoding step's time for a small model; the ids are cloned out of it below.
+        with torch.inference_mode(), fastest_threads(None if device.type != "cpu" or max_new_tokens < 2 else probe,
+                                                     threads):
             cache = KVCache(model.config.n_layers) if use_cache else None
             step_input = prompt_ids  # (B, T_prompt): the prefill
             for _ in range(max_new_tokens):
@@ -1431,4 +1437,4 @@ def generate(model: TinyDecoder, prompt_ids: torch.Tensor, max_new_tokens: int, 
                 ids = torch.cat([ids, step_input], dim=1)  # (B, T + 1)
     finally:
         model.train(was_training)
-    return ids
+    return ids.clone()  # (B, T_prompt + max_new_tokens): a normal tensor, usable with autograd later

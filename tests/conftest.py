@@ -23,7 +23,8 @@ def unsealed():
     kernel; in a test worker it does so as soon as any check has run, so whether a test may patch
     `helpers.blocks` would depend on which tests ran before it on the same worker. Call
     `unsealed(module, ...)` inside the test: the modules take plain module behaviour until the test
-    ends, then their seal is back."""
+    ends, then their seal is back. Name it before `monkeypatch` in the test's arguments, so that
+    monkeypatch's undo runs first (fixtures are torn down in the reverse order of their set-up)."""
     import types
 
     restore: list[tuple[types.ModuleType, type]] = []

@@ -127,7 +127,7 @@ def test_train_measures_one_and_two_threads_with_a_forward_and_backward_probe(le
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_generate_runs_on_the_chosen_count_and_restores_the_learners(learner_threads, monkeypatch, unsealed,
+def test_generate_runs_on_the_chosen_count_and_restores_the_learners(unsealed, learner_threads, monkeypatch,
                                                                      use_cache):
     unsealed(blocks, threads_module)
     torch.manual_seed(0)
