@@ -15,6 +15,7 @@ from helpers import bugs
 from helpers.checks import CheckFailed
 
 from . import loops_diagnostics as loops
+from .uncatalogued.ch09_diagnostics import _leaks  # a complete leak test, one thing done differently
 
 # Tiny models: one torch thread is several times faster on a busy 2-core CPU (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -255,20 +256,6 @@ def test_a_hunt_that_fails_on_a_wrong_exercise_1_says_to_fix_exercise_1_first():
         checks.check_bug_hunt(namespace["find_bug"], secret=2026)
 
 
-def _leaks_with(perturb):
-    """A complete future_leaks whose perturbation is `perturb(ids, j, V) -> ids to run`."""
-    def future_leaks(f, ids, vocab_size):
-        T = ids.shape[1]
-        base = f(ids)
-        leaks = torch.zeros(T, T, dtype=torch.bool)
-        for j in range(T):
-            out = f(perturb(ids, j, vocab_size))
-            moved = ~torch.isclose(out, base, rtol=1e-5, atol=1e-5 * float(base.abs().max()))
-            leaks[:, j] = moved.reshape(moved.shape[0], T, -1).any(-1).any(0) & (torch.arange(T) < j)
-        return leaks
-    return future_leaks
-
-
 def _plus_one_unwrapped(ids, j, V):
     changed = ids.clone()
     changed[:, j] = ids[:, j] + 1  # WRONG: id V - 1 becomes V, past the vocabulary
@@ -286,10 +273,10 @@ def test_leak_test_messages_name_the_cause(variant):
     with pytest.raises(CheckFailed, match=r"^future_leaks gave the model token ids from \d+ to (\d+), but its "
                                           r"vocabulary has the ids 0 \.\. \d+ .*wrap it around, changed\[:, j\] = "
                                           r"\(ids\[:, j\] \+ 1\) % vocab_size$"):
-        checks.check_future_leaks(_leaks_with(_plus_one_unwrapped), **kwargs)
+        checks.check_future_leaks(_leaks(perturb=_plus_one_unwrapped), **kwargs)
     with pytest.raises(CheckFailed, match=r"^future_leaks modified its input ids in place; change a copy instead "
                                           r"\(ids\.clone\(\)\)") as info:
-        checks.check_future_leaks(_leaks_with(_in_place), **kwargs)
+        checks.check_future_leaks(_leaks(perturb=_in_place), **kwargs)
     assert "masked_fill" not in str(info.value)
 
 
