@@ -189,10 +189,10 @@ plt.show()
 # **The residual stream as shared memory.** No sublayer talks to another directly: each one
 # *reads* the stream (through its norm and its input matrices) and *writes* by adding to it. So
 # every later layer can read what every earlier one wrote, and the embedding and the unembedding
-# are connected by a path that skips every block: $x_0 = W_E[	ext{token}]$ goes straight to
-# $	ext{logits} = \mathrm{norm}(x_0)\, W_U$ (plus whatever the blocks add). That **direct path**
+# are connected by a path that skips every block: $x_0 = W_E[\text{token}]$ goes straight to
+# $\text{logits} = \mathrm{norm}(x_0)\, W_U$ (plus whatever the blocks add). That **direct path**
 # sees only the current token, so the best it can learn is a **bigram table**: the next token
-# given this one. Below, the course's `TinyDecoder` (1 layer, $d_{	ext{model}} = 32$, untied
+# given this one. Below, the course's `TinyDecoder` (1 layer, $d_{\text{model}} = 32$, untied
 # $W_E$ and $W_U$) trains for 200 steps on the course's character corpus (chapter 08's
 # `helpers.training.train`); then `helpers.depth.direct_path_logits` reads off the $(V, V)$ table
 # $\mathrm{norm}(W_E)\, W_U$ with every block skipped, and we score it as a bigram model on the
