@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -46,19 +46,33 @@ from .shapes import (
 )
 
 __all__ = [
+    "arithmetic_intensity",
+    "attainable_flops",
     "attend_with_cache",
     "attention_flops",
     "attention_mlp_crossover",
     "bytes_per_element",
+    "copy_bandwidth",
+    "count_attention_io",
+    "decode_crossover_batch",
+    "decode_floor_seconds",
+    "decode_roofline",
     "decode_step_flops",
+    "decoder_param_count",
     "embed_new_tokens",
     "kv_cache_bytes",
+    "loss_by_visible_context",
     "mlp_flops",
     "model_flops",
     "peak_tensor_bytes",
     "flops_per_token",
+    "prefill_latency",
+    "ridge_intensity",
+    "roofline_time",
     "score_bytes",
+    "standard_attention_io",
     "tiled_attention",
+    "tiled_attention_io",
 ]
 
 
@@ -211,6 +225,131 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, d_head: int, tokens: int, bat
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise ValueError(f"{fn}: tokens must be an int >= 0; got {tokens!r}")
     return 2 * n_layers * batch * n_kv_heads * tokens * d_head * bytes_per_element(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The roofline: is a computation limited by arithmetic or by memory?
+# ---------------------------------------------------------------------------------------------
+
+
+def _positive_number(fn: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{fn}: {name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def arithmetic_intensity(flops: float, bytes_moved: float) -> float:
+    """FLOPs per byte moved between memory and the chip: the x axis of the roofline."""
+    fn = "arithmetic_intensity"
+    return _positive_number(fn, "flops", flops) / _positive_number(fn, "bytes_moved", bytes_moved)
+
+
+def ridge_intensity(peak_flops: float, bandwidth: float) -> float:
+    """The intensity (FLOP/byte) where the memory roof meets the compute roof: peak_flops / bandwidth.
+    Below it a computation waits for memory, above it for arithmetic (H100 SXM, bf16: 989.4e12 / 3.35e12
+    = 295 FLOP/byte)."""
+    fn = "ridge_intensity"
+    return _positive_number(fn, "peak_flops", peak_flops) / _positive_number(fn, "bandwidth", bandwidth)
+
+
+def attainable_flops(intensity: float, peak_flops: float, bandwidth: float) -> float:
+    """The roofline: min(peak_flops, intensity x bandwidth) FLOP/s at a given intensity (FLOP/byte)."""
+    fn = "attainable_flops"
+    intensity = _positive_number(fn, "intensity", intensity)
+    return min(_positive_number(fn, "peak_flops", peak_flops), intensity * _positive_number(fn, "bandwidth", bandwidth))
+
+
+def roofline_time(flops: float, bytes_moved: float, peak_flops: float, bandwidth: float) -> float:
+    """The shortest time a chip needs: max(flops / peak_flops, bytes_moved / bandwidth) seconds.
+
+    Arithmetic and memory traffic overlap on a real chip, so the slower of the two sets the time (their
+    sum would be an upper estimate, their minimum is never reachable)."""
+    fn = "roofline_time"
+    return max(_positive_number(fn, "flops", flops) / _positive_number(fn, "peak_flops", peak_flops),
+               _positive_number(fn, "bytes_moved", bytes_moved) / _positive_number(fn, "bandwidth", bandwidth))
+
+
+def decode_floor_seconds(bytes_read: float, bandwidth: float) -> float:
+    """The latency floor of one decode step that must read `bytes_read` bytes (weights, plus the KV cache
+    where given): bytes_read / bandwidth. At batch 1 the arithmetic finishes far sooner."""
+    fn = "decode_floor_seconds"
+    return _positive_number(fn, "bytes_read", bytes_read) / _positive_number(fn, "bandwidth", bandwidth)
+
+
+def decode_crossover_batch(peak_flops: float, bandwidth: float, bytes_per_param: float) -> int:
+    """The smallest batch B at which a decode step turns compute-bound (its weights only, no KV cache).
+
+    One step of B sequences reads each weight once (bytes_per_param bytes) and uses it in B multiply-adds
+    (2 B FLOPs): intensity 2 B / bytes_per_param, which reaches the ridge at B = ridge x bytes_per_param / 2.
+    H100 SXM in bf16: ceil(295.3 x 2 / 2) = 296."""
+    fn = "decode_crossover_batch"
+    ridge = ridge_intensity(peak_flops, bandwidth)
+    return math.ceil(ridge * _positive_number(fn, "bytes_per_param", bytes_per_param) / 2)
+
+
+def decode_roofline(n_params: int, batch: int, bytes_per_param: float, peak_flops: float,
+                    bandwidth: float) -> dict[str, float]:
+    """One decode step of `batch` sequences through a model of n_params weights, on the roofline.
+
+    FLOPs 2 n_params batch (one multiply-add per weight and token), bytes n_params x bytes_per_param
+    (the weights are read once per step, whatever the batch; the KV cache is left out) ->
+    {"intensity": FLOP/byte, "seconds": roofline_time, "crossover_batch": decode_crossover_batch}.
+    Exercise 8 of the chapter's exercises."""
+    fn = "decode_roofline"
+    _count(fn, "n_params", n_params)
+    _count(fn, "batch", batch)
+    flops = 2 * n_params * batch
+    moved = n_params * _positive_number(fn, "bytes_per_param", bytes_per_param)
+    return {"intensity": arithmetic_intensity(flops, moved),
+            "seconds": roofline_time(flops, moved, peak_flops, bandwidth),
+            "crossover_batch": decode_crossover_batch(peak_flops, bandwidth, bytes_per_param)}
+
+
+def decoder_param_count(config) -> int:
+    """Parameters of TinyDecoder(config), from the chapters' counters (chapter 02's attention_param_count,
+    chapter 03's ffn_param_count) plus embeddings, norms and the LM head.
+
+    V d (token embeddings) + [max_seq_len d (learned positions)] + L (attention + FFN + 2 norms) + final
+    norm + [V d (LM head, when not tied)]; a LayerNorm has 2 d parameters, an RMSNorm d; config.bias
+    gives the GELU FFN biases (the SwiGLU FFN never has them).
+    Llama-3-8B (32 layers, d 4096, 32 heads, 8 K/V heads, d_ff 14336, V 128256, untied): 8,030,261,248."""
+    from .ffn import ffn_param_count
+    from .heads import attention_param_count
+
+    fn = "decoder_param_count"
+    config = _config_parts(fn, config)
+    d, V = config.d_model, config.vocab_size
+    norm = 2 * d if config.norm == "layernorm" else d
+    gated = config.ffn == "swiglu"  # the shared model's SwiGLU is bias-free, like Llama's
+    layer = (attention_param_count(d, config.n_heads, config.kv_heads)
+             + ffn_param_count(d, config.ffn_width, gated=gated, bias=config.bias and not gated) + 2 * norm)
+    positions = config.max_seq_len * d if config.positions == "learned" else 0
+    head = 0 if config.tie_weights else V * d
+    return V * d + positions + config.n_layers * layer + norm + head
+
+
+def copy_bandwidth(n_bytes: int = 256 * 2**20, *, repeat: int = 5, device: torch.device | str = "cpu") -> float:
+    """This machine's measured memory bandwidth in bytes/s: the best of `repeat` copies of n_bytes
+    (float32), counting each byte read and each byte written (2 n_bytes per copy). Choose n_bytes far
+    larger than the caches (the default 256 MiB), or the caches are measured instead."""
+    import time
+
+    fn = "copy_bandwidth"
+    _count(fn, "n_bytes", n_bytes)
+    _count(fn, "repeat", repeat)
+    src = torch.ones(n_bytes // 4, device=device)  # touched once, so its pages exist before timing
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = math.inf
+    for _ in range(repeat):
+        if src.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        if src.device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,3 +545,195 @@ def peak_tensor_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tupl
     with _LiveBytes() as mode:
         result = fn(*args, **kwargs)
     return result, mode.peak
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory traffic: FlashAttention's claim (Dao et al. 2022, Theorem 2)
+# ---------------------------------------------------------------------------------------------
+
+
+def standard_attention_io(T: int, d_head: int, *, batch_heads: int = 1) -> dict[str, int]:
+    """Elements standard attention (Dao et al. 2022, Algorithm 0) reads from and writes to main memory.
+
+    Per head: read Q, K (2 T d), write S = Q Kᵀ (T²); read S, write P = softmax(S) (T², T²); read P and V
+    (T² + T d), write O (T d). Reads 3 T d + 2 T², writes T d + 2 T²: Θ(T d + T²) in all."""
+    fn = "standard_attention_io"
+    for name, value in (("T", T), ("d_head", d_head), ("batch_heads", batch_heads)):
+        _count(fn, name, value)
+    read = batch_heads * (3 * T * d_head + 2 * T * T)
+    written = batch_heads * (T * d_head + 2 * T * T)
+    return {"read": read, "written": written, "total": read + written}
+
+
+def tiled_attention_io(T_q: int, T_k: int, d_head: int, block_size: int, *, d_v: int | None = None,
+                       causal: bool = False, batch_heads: int = 1) -> dict[str, int]:
+    """Elements `tiled_attention` reads from its inputs and writes to its output, per its loop order.
+
+    Each block of queries is read once (T_q d in all) and, for every key block it visits, reads that
+    block of K and of V: without a mask 2 T_k d ceil(T_q / block_size) in all; with causal=True only
+    the key blocks at or below the diagonal. The output is written twice: filled with zeros, then
+    each query block's result (2 T_q d_v). With block_size = M / (4 d) (blocks of Q, K, V and the
+    output accumulator in an on-chip memory of M elements) the K/V term is 8 T_q T_k d² / M:
+    Dao et al.'s Θ(N² d² / M)."""
+    fn = "tiled_attention_io"
+    for name, value in (("T_q", T_q), ("T_k", T_k), ("d_head", d_head), ("block_size", block_size),
+                        ("batch_heads", batch_heads)):
+        _count(fn, name, value)
+    d_v = d_head if d_v is None else _count(fn, "d_v", d_v)
+    shift = T_k - T_q
+    keys = 0
+    for q0 in range(0, T_q, block_size):
+        q1 = min(q0 + block_size, T_q)
+        for k0 in range(0, T_k, block_size):
+            if causal and k0 > q1 - 1 + shift:
+                break
+            keys += min(k0 + block_size, T_k) - k0
+    read = batch_heads * (T_q * d_head + keys * (d_head + d_v))
+    written = batch_heads * 2 * T_q * d_v
+    return {"read": read, "written": written, "total": read + written}
+
+
+class _InputOutputTraffic(TorchDispatchMode):
+    """Counts the elements that operators read from watched storages and write to any storage."""
+
+    _NO_TRAFFIC = ("aten::empty", "aten::empty_like", "aten::empty_strided", "aten::detach", "aten::lift_fresh")
+
+    def __init__(self, inputs: set[int]) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.read = 0
+        self.writes: list[tuple[int, int]] = []  # (storage, elements)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view or func._schema.name in self._NO_TRAFFIC:
+            return out
+        mutated = func._schema.name.endswith("_") or any(a.alias_info is not None and a.alias_info.is_write
+                                                          for a in func._schema.arguments)
+        flat = tree_flatten((args, kwargs))[0]
+        for i, t in enumerate(flat):
+            if isinstance(t, torch.Tensor) and not (mutated and i == 0):
+                if t.untyped_storage().data_ptr() in self.inputs:
+                    self.read += t.numel()
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.writes.append((t.untyped_storage().data_ptr(), t.numel()))
+        return out
+
+
+def count_attention_io(fn: Callable[..., Any], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       **kwargs: Any) -> dict[str, int]:
+    """Run fn(q, k, v, **kwargs) and count its traffic with main memory, measured operator by operator:
+    elements read from q, k and v (every operator that consumes a piece of them; views are free) and
+    elements written into the tensor it returns. Temporaries (score blocks, running statistics) are
+    what a fused kernel keeps on chip, so they are not counted. -> {"read", "written", "total"}."""
+    if not callable(fn):
+        raise TypeError(f"count_attention_io: fn must be callable; got {type(fn).__name__}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        require_tensor("count_attention_io", name, x)
+    with _InputOutputTraffic({x.untyped_storage().data_ptr() for x in (q, k, v)}) as mode:
+        result = fn(q, k, v, **kwargs)
+    target = result.untyped_storage().data_ptr()
+    written = sum(n for ptr, n in mode.writes if ptr == target)
+    return {"read": mode.read, "written": written, "total": mode.read + written}
+
+
+# ---------------------------------------------------------------------------------------------
+# Context length in practice: prefill latency, and context that is readable but unused
+# ---------------------------------------------------------------------------------------------
+
+
+def prefill_latency(config, lengths: Sequence[int], *, repeat: int = 3, seed: int = 0) -> dict[int, float]:
+    """Seconds to run one prompt of each length through TinyDecoder(config) on the fast path (the
+    prefill), the best of `repeat` timed runs after one warm-up, on the current torch thread count and
+    device of a fresh model (CPU). Cost: about repeat + 1 forward passes per length."""
+    import time
+    from dataclasses import replace
+
+    from .blocks import TinyDecoder
+
+    fn = "prefill_latency"
+    config = _config_parts(fn, config)
+    _count(fn, "repeat", repeat)
+    lengths = [_count(fn, "length", T) for T in lengths]
+    if max(lengths) > config.max_seq_len and config.positions == "learned":
+        raise ValueError(f"{fn}: length {max(lengths)} needs max_seq_len >= it; got {config.max_seq_len}")
+    torch.manual_seed(seed)
+    model = TinyDecoder(replace(config, kernels="fused")).eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    with torch.inference_mode():
+        for T in lengths:
+            ids = torch.randint(0, config.vocab_size, (1, T), generator=gen)  # (1, T)
+            model(ids)  # warm-up
+            best = math.inf
+            for _ in range(repeat):
+                start = time.perf_counter()
+                model(ids)
+                best = min(best, time.perf_counter() - start)
+            out[T] = best
+    return out
+
+
+def loss_by_visible_context(model: torch.nn.Module, ids: torch.Tensor, windows: Sequence[int], *,
+                            n_targets: int = 512, seed: int = 0) -> dict[int, float]:
+    """Mean next-token loss (nats) when the model sees only the last w tokens, for each w in `windows`.
+
+    The same n_targets target positions (drawn once with `seed`, each with max(windows) tokens before
+    it) are predicted from windows of w tokens ending just before them: the window is the model's
+    input, so it sees nothing older. A loss that stops falling at some w means the model does not use
+    context beyond w tokens, however long its window is."""
+    fn = "loss_by_visible_context"
+    require_tensor(fn, "ids", ids)
+    if ids.dim() != 1 or ids.is_floating_point():
+        raise ShapeError(f"{fn}: ids must be integer ids of shape (N,); got {fmt_shape(ids.shape)}")
+    windows = [_count(fn, "window", w) for w in windows]
+    longest = max(windows)
+    if ids.numel() <= longest:
+        raise ValueError(f"{fn}: ids has {ids.numel()} tokens; need more than the longest window {longest}")
+    gen = torch.Generator().manual_seed(seed)
+    targets = torch.randint(longest, ids.numel(), (n_targets,), generator=gen)  # (n_targets,)
+    was_training = model.training
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for w in windows:
+            idx = targets[:, None] - w + torch.arange(w)[None, :]  # (n_targets, w)
+            logits = model(ids[idx])[:, -1]  # (n_targets, V): the prediction after the window
+            out[w] = torch.nn.functional.cross_entropy(logits.float(), ids[targets]).item()
+    model.train(was_training)
+    return out
+
+
+CONTEXT_WINDOWS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def context_use_experiment(seed: int = 0, *, steps: int = 200, n_targets: int = 1024) -> dict[str, Any]:
+    """A window the model can read is not context it uses: train the course's small decoder (2 layers,
+    d_model 64, a 64-character window, chapter 08's character data and fast path) for `steps` AdamW
+    steps on one thread, then measure its validation loss when it sees only the last w characters,
+    w in CONTEXT_WINDOWS.
+
+    Shows: the loss falls from w = 1 to w of about 4 and then stays flat (or worsens) up to the full
+    64: the trained model reads 64 characters but its predictions use only the last few.
+    Returns {"loss": {w: nats}, "val_loss": the trained model's validation loss, "cpu_seconds"}.
+    Deterministic for a seed; costs about 5 CPU-seconds (200 steps of 16 x 64 characters)."""
+    import time
+
+    from .blocks import ModelConfig, TinyDecoder
+    from .corpus import load_corpus
+    from .tokenizers import course_chars
+    from .training import train
+
+    start = time.process_time()
+    tok = course_chars()
+    train_ids = torch.tensor(tok.encode(load_corpus("train")))  # (N_train,)
+    val_ids = torch.tensor(tok.encode(load_corpus("val")))  # (N_val,)
+    torch.manual_seed(seed)
+    model = TinyDecoder(ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_heads=4, n_layers=2,
+                                    max_seq_len=max(CONTEXT_WINDOWS), kernels="fused"))
+    history = train(model, train_ids, val_ids, steps=steps, batch_size=16, block_size=max(CONTEXT_WINDOWS),
+                    lr=1e-2, warmup=steps // 10, min_lr=1e-3, eval_every=steps, eval_batches=2, seed=seed,
+                    progress=False, threads=1)
+    loss = loss_by_visible_context(model, val_ids, CONTEXT_WINDOWS, n_targets=n_targets, seed=seed)
+    return {"loss": loss, "val_loss": float(history.val_loss[-1]), "cpu_seconds": time.process_time() - start}

@@ -12,7 +12,7 @@ from helpers import blocks, complexity
 from helpers.attention import causal_mask, padding_mask
 from helpers.blocks import CHOICES, KVCache, ModelConfig, TinyDecoder, cached_causal_mask, cached_forward, generate
 from helpers.ffn import FeedForward, SwiGLUFFN
-from helpers.numerics import assert_close
+from helpers.numerics import assert_close, close
 from helpers.shapes import ShapeError
 
 
@@ -467,3 +467,135 @@ def test_cache_works_with_the_other_chapters_switches(fields):
     assert_close(cached, full, n=32)
     prompt = ids[:, :3]
     assert torch.equal(generate(model, prompt, 10, temperature=0), generate(model, prompt, 10, False, temperature=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The roofline, real chips and Llama-3-8B (issue 26 item 1)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_roofline_closed_forms():
+    P, B = 989.4e12, 3.35e12  # H100 SXM, bf16 dense, from NVIDIA's data sheet
+    assert close(torch.tensor(complexity.ridge_intensity(P, B), dtype=torch.float64),
+                 torch.tensor(295.34328358208955, dtype=torch.float64))
+    assert complexity.attainable_flops(1.0, P, B) == B and complexity.attainable_flops(1e4, P, B) == P
+    assert complexity.roofline_time(2e12, 1e9, P, B) == 2e12 / P  # compute-bound: the arithmetic sets the time
+    assert complexity.roofline_time(2e9, 1e9, P, B) == 1e9 / B  # memory-bound: the bytes do
+    assert complexity.decode_floor_seconds(16e9, 2e12) == 8e-3
+    assert complexity.arithmetic_intensity(6.0, 3.0) == 2.0
+    with pytest.raises(ValueError, match="bandwidth must be a finite number > 0"):
+        complexity.ridge_intensity(P, 0)
+
+
+@pytest.mark.parametrize("peak, bandwidth, size", [(989.4e12, 3.35e12, 2), (312e12, 2.039e12, 2),
+                                                   (624e12, 2.039e12, 1), (19.5e12, 1.555e12, 4), (400e12, 2e12, 2)])
+def test_crossover_batch_is_the_first_compute_bound_batch(peak, bandwidth, size):
+    """At the crossover batch the step's compute time reaches its memory time; one sequence fewer, it does not."""
+    n = 7_000_000_000
+    b = complexity.decode_crossover_batch(peak, bandwidth, size)
+    compute, memory = (lambda batch: 2 * n * batch / peak), n * size / bandwidth
+    assert compute(b) >= memory * (1 - 1e-12) and compute(b - 1) < memory
+    r = complexity.decode_roofline(n, b - 1, size, peak, bandwidth)
+    assert r["seconds"] == memory and r["crossover_batch"] == b
+    assert complexity.decode_roofline(n, 4 * b, size, peak, bandwidth)["seconds"] == compute(4 * b)
+
+
+@pytest.mark.parametrize("config", [
+    dict(vocab_size=50, d_model=32, n_heads=4, n_kv_heads=2, d_ff=40, n_layers=3, norm="rmsnorm", ffn="swiglu",
+         positions="rope", tie_weights=False),
+    dict(vocab_size=37, d_model=24, n_heads=3, n_layers=2, bias=True, max_seq_len=20),
+    dict(vocab_size=37, d_model=24, n_heads=6, n_kv_heads=1, n_layers=1, ffn="swiglu", positions="sinusoidal",
+         bias=True),
+])
+def test_decoder_param_count_is_the_models(config):
+    c = ModelConfig(**config)
+    assert complexity.decoder_param_count(c) == sum(p.numel() for p in TinyDecoder(c).parameters())
+
+
+def test_llama3_8b_parameter_count_is_the_published_one():
+    """Meta's Llama-3-8B checkpoint holds 8,030,261,248 parameters (32 layers, d 4096, 32 heads, 8 K/V heads,
+    d_ff 14336, V 128256, untied head)."""
+    llama = ModelConfig(vocab_size=128256, d_model=4096, n_heads=32, n_kv_heads=8, d_ff=14336, n_layers=32,
+                        norm="rmsnorm", ffn="swiglu", positions="rope", tie_weights=False, max_seq_len=8192)
+    assert complexity.decoder_param_count(llama) == 8_030_261_248
+
+
+def test_copy_bandwidth_is_a_rate():
+    assert complexity.copy_bandwidth(4 * 2**20, repeat=2) > 1e8  # any machine copies more than 100 MB/s
+
+
+# ---------------------------------------------------------------------------------------------
+# FlashAttention's memory traffic (issue 26 item 2)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T_q, T_k, d, d_v, block, causal", [
+    (100, 100, 8, 8, 16, False), (100, 100, 8, 8, 32, True), (64, 64, 16, 16, 64, False),
+    (10, 23, 8, 5, 4, True), (37, 37, 4, 4, 8, True), (7, 12, 3, 6, 5, False),
+])
+def test_tiled_attention_traffic_measured_equals_the_count(T_q, T_k, d, d_v, block, causal):
+    gen = torch.Generator().manual_seed(T_q + block)
+    q, k, v = torch.randn(2, 3, T_q, d, generator=gen), torch.randn(2, 3, T_k, d, generator=gen), \
+        torch.randn(2, 3, T_k, d_v, generator=gen)
+    measured = complexity.count_attention_io(complexity.tiled_attention, q, k, v, block_size=block, causal=causal)
+    assert measured == complexity.tiled_attention_io(T_q, T_k, d, block, d_v=d_v, causal=causal, batch_heads=6)
+
+
+def test_the_traffic_counter_measures_rather_than_echoes():
+    """The same counter on chapter 01's attention sees Q, K and V read once each: that algorithm's
+    traffic lives in its T x T intermediates, which a tiled kernel never writes."""
+    from helpers.attention import scaled_dot_product_attention
+
+    q, k, v = (torch.randn(1, 2, 50, 8) for _ in range(3))
+    plain = complexity.count_attention_io(lambda *a: scaled_dot_product_attention(*a)[0], q, k, v)
+    assert plain["read"] == 3 * 2 * 50 * 8
+    tiled = complexity.count_attention_io(complexity.tiled_attention, q, k, v, block_size=10)
+    assert tiled["read"] == 2 * 50 * 8 + 2 * 2 * 50 * 8 * 5  # Q once, K and V once per query block
+
+
+def test_tiled_traffic_is_theorem_2s_order():
+    """With blocks of M / (4 d) rows, the K/V traffic is 8 N² d² / M (Dao et al. 2022, Theorem 2), and the
+    standard algorithm's is 4 N d + 4 N² (their Algorithm 0)."""
+    for N, d, M in ((1024, 64, 65536), (4096, 128, 131072), (2048, 64, 16384)):
+        b = M // (4 * d)
+        io = complexity.tiled_attention_io(N, N, d, b)
+        assert io["read"] - N * d == 8 * N * N * d * d // M and io["written"] == 2 * N * d
+        assert complexity.standard_attention_io(N, d)["total"] == 4 * N * d + 4 * N * N
+        assert complexity.standard_attention_io(N, d)["total"] > io["total"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Context length in practice (issue 26 item 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prefill_latency_times_every_length():
+    c = ModelConfig(vocab_size=40, d_model=16, n_heads=2, n_layers=1, max_seq_len=32)
+    times = complexity.prefill_latency(c, [4, 32], repeat=1)
+    assert list(times) == [4, 32] and all(t > 0 for t in times.values())
+    with pytest.raises(ValueError, match="needs max_seq_len >= it"):
+        complexity.prefill_latency(c, [64])
+
+
+def test_loss_by_visible_context_sees_only_the_window():
+    """A model without attention or positions (embeddings to head: a bigram model) gives the same loss for
+    every window; one layer of attention over learned positions does not."""
+    ids = torch.randint(0, 30, (400,), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    bigram = TinyDecoder(ModelConfig(vocab_size=30, n_layers=0, positions="none"))
+    losses = complexity.loss_by_visible_context(bigram, ids, (1, 4, 16), n_targets=64)
+    assert close(torch.tensor(list(losses.values())), torch.full((3,), losses[1]), n=64)
+    torch.manual_seed(0)
+    reader = TinyDecoder(ModelConfig(vocab_size=30, n_layers=1, max_seq_len=16))
+    losses = complexity.loss_by_visible_context(reader, ids, (1, 4, 16), n_targets=64)
+    assert abs(losses[1] - losses[16]) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_readable_window_is_not_a_used_one(seed):
+    """The trained character model uses its last few characters (w = 1 -> 4 lowers the loss by more than
+    0.15 nats) and not the other 60 of its window (w = 64 is not 0.05 below w = 4). About 5 CPU-s a seed."""
+    loss = complexity.context_use_experiment(seed)["loss"]
+    assert loss[1] > loss[4] + 0.15
+    assert loss[64] > loss[4] - 0.05

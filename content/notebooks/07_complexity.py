@@ -38,9 +38,12 @@
 # 4. The KV cache: the formula, the 2 GiB example, and what GQA/MQA save
 # 5. Generating with a cache: identical tokens, timed side by side; the bottom-right causal mask
 # 6. Prefill vs decode: why decoding is memory-bound (bytes moved per FLOP, measured)
-# 7. FlashAttention's online softmax, derived and run block by block
-# 8. Context windows at scale: the prompt budget meets the memory bill
-# 9. Self-check and evidence card
+# 7. Real accelerators on the roofline: H100 and A100, Llama-3-8B's decode floor, the crossover batch,
+#    and this machine's own measured roof
+# 8. FlashAttention's online softmax, derived and run block by block; its real claim, memory traffic
+# 9. Context windows at scale: the memory bill, prefill latency measured against length, and a
+#    window that is read but not used
+# 10. Self-check and evidence card
 #
 # Cells that start with `# NBVAL_CHECK_OUTPUT` are claims: the test suite re-runs the notebook and
 # fails if their output ever changes. Timings are measured on whatever machine runs the notebook, so
@@ -69,18 +72,33 @@ from helpers.blocks import (
     generate,
 )
 from helpers.complexity import (
+    CONTEXT_WINDOWS,
+    attainable_flops,
     attention_flops,
     attention_mlp_crossover,
+    context_use_experiment,
+    copy_bandwidth,
+    count_attention_io,
+    decode_crossover_batch,
+    decode_floor_seconds,
+    decode_roofline,
     decode_step_flops,
+    decoder_param_count,
     flops_per_token,
     kv_cache_bytes,
     mlp_flops,
     model_flops,
     peak_tensor_bytes,
+    prefill_latency,
+    ridge_intensity,
+    roofline_time,
     score_bytes,
+    standard_attention_io,
     tiled_attention,
+    tiled_attention_io,
 )
-from helpers.ffn import SwiGLUFFN
+from helpers.ffn import SwiGLUFFN, ffn_param_count
+from helpers.heads import attention_param_count
 from helpers.overview import remaining_tokens
 
 helpers.seed_everything(0)
@@ -315,7 +333,7 @@ plt.show()
 # and so can the fit. FLOP counts predict
 # the arithmetic; the memory hierarchy decides the waiting. (On a busy machine the timings also
 # jitter from run to run.)
-# The tiled version (section 7) never holds more than a `block x block` piece of the scores: its peak
+# The tiled version (section 8) never holds more than a `block x block` piece of the scores: its peak
 # grows only with the output, like $T$, and its blocks stay in the cache.
 #
 # **Common mistake: "memory is $O(T d)$, like the activations".** The activations `(B, T, d_model)`
@@ -600,8 +618,140 @@ step_flops = 2 * 8 * 10**9  # about 2N FLOPs per decoded token
 print(f"decode step of one sequence: reads {(weights_bytes + cache_8k) / GiB:.0f} GiB for {step_flops / 1e9:.0f} GFLOP "
       f"= {step_flops / (weights_bytes + cache_8k):.2f} FLOP/byte")
 
+# %% [markdown] id="roofline"
+# ## 7. Real accelerators on the roofline
+#
+# **The idea.** A chip has two speeds: how fast it does arithmetic (peak FLOP/s, $P$) and how fast it
+# moves bytes between its main memory and its arithmetic units (bandwidth, $B$ bytes/s). A computation
+# of $F$ FLOPs that moves $D$ bytes needs at least the longer of the two times; its **arithmetic
+# intensity** $I = F/D$ says which one it is:
+#
+# $$
+# t \ge \max\left(\frac{F}{P}, \frac{D}{B}\right), \qquad
+# \text{attainable FLOP/s} = \min(P,\ I \cdot B), \qquad
+# I^\* = \frac{P}{B}\ \text{(the ridge)}.
+# $$
+#
+# Below the ridge $I^\*$ the chip waits for memory, above it for arithmetic. (Arithmetic and memory
+# traffic overlap, so the times do not add.) A decode step of $B_s$ sequences reads every weight once
+# ($N$ weights of $b$ bytes) and uses each in $B_s$ multiply-adds: $I = 2 B_s N / (b N) = 2B_s / b$,
+# so it turns compute-bound at the **crossover batch** $B_s^\* = I^\* b / 2$.
+#
+# **The chips, from NVIDIA's data sheets** (dense figures: the H100 sheet prints the bf16 Tensor Core
+# rate *with* 2:4 structured sparsity and notes that the dense figures are half; the A100 sheet prints
+# both):
+#
+# | chip | bf16 Tensor Core, dense | memory bandwidth | source |
+# |---|---|---|---|
+# | H100 SXM (80 GB HBM3) | 989.4 TFLOP/s (sheet: 1,979 with sparsity) | 3.35 TB/s | NVIDIA H100 Tensor Core GPU data sheet |
+# | A100 80GB SXM (HBM2e) | 312 TFLOP/s (sheet: 624 with sparsity) | 2,039 GB/s | NVIDIA A100 Tensor Core GPU data sheet |
+#
+# (1 TB/s = $10^{12}$ bytes/s. Both are peaks that real kernels approach but do not reach; this
+# machine's own, measured at the end of this section, are what its code actually got.)
+
+# %% id="roofline-chips"
+# NBVAL_CHECK_OUTPUT
+CHIPS = {"H100 SXM": (989.4e12, 3.35e12), "A100 80GB": (312e12, 2.039e12)}  # (bf16 dense FLOP/s, bytes/s)
+for chip, (P, B) in CHIPS.items():
+    print(f"{chip:<10} ridge I* = {P / 1e12:g}e12 / {B / 1e12:g}e12 = {ridge_intensity(P, B):6.1f} FLOP/byte; "
+          f"at I = 1 it attains {attainable_flops(1, P, B) / 1e12:5.2f} TFLOP/s ({attainable_flops(1, P, B) / P:.2%} of peak)")
+
+# %% [markdown] id="llama-params-md"
+# **Worked example: Llama-3-8B.** Its published configuration: 32 layers, $d = 4096$, 32 query heads
+# sharing 8 K/V heads ($d_{\text{head}} = 128$), SwiGLU with $d_{ff} = 14336$, RMSNorm, RoPE,
+# $V = 128256$, LM head not tied to the embeddings. Its parameter count from the chapters' own
+# counters (chapter 02's `attention_param_count`, chapter 03's `ffn_param_count`), checked against the
+# shared model's real parameters at a small size with the same switches:
+
+# %% id="llama-params"
+# NBVAL_CHECK_OUTPUT
+llama3_8b = ModelConfig(vocab_size=128256, d_model=4096, n_heads=32, n_kv_heads=8, d_ff=14336, n_layers=32,
+                        norm="rmsnorm", ffn="swiglu", positions="rope", tie_weights=False, max_seq_len=8192)
+attn_p, ffn_p = attention_param_count(4096, 32, 8), ffn_param_count(4096, 14336, gated=True, bias=False)
+n_llama = decoder_param_count(llama3_8b)
+print(f"per layer: attention {attn_p:,} + SwiGLU {ffn_p:,} + 2 RMSNorms {2 * 4096:,}")
+print(f"embeddings {128256 * 4096:,}, LM head {128256 * 4096:,}, final norm 4,096")
+print(f"Llama-3-8B: {n_llama:,} parameters")
+small_llama = ModelConfig(vocab_size=97, d_model=48, n_heads=6, n_kv_heads=2, d_ff=80, n_layers=3, norm="rmsnorm",
+                          ffn="swiglu", positions="rope", tie_weights=False)
+print("same formula at a small size: counter", decoder_param_count(small_llama),
+      "| the shared model's parameters", sum(p.numel() for p in TinyDecoder(small_llama).parameters()))
+embed = 128256 * 4096  # looked up one row per token: not streamed in a decode step
+norms = (2 * 32 + 1) * 4096  # read too, but tiny
+print("a decode step's FLOPs = 2 x (weights in matrices) + the attention core:",
+      decode_step_flops(llama3_8b, 0) == 2 * (n_llama - embed - norms) + 32 * 4 * 4096)
+
+# %% [markdown] id="decode-floor-md"
+# **The decode floor.** At batch 1 a decode step must stream every matrix weight from memory: about
+# $2(N - Vd)$ bytes in bf16 (the embedding table is only looked up, one row per token), plus the KV
+# cache of the context. The arithmetic, $2N$ FLOPs, would take a few microseconds; the bytes take
+# milliseconds. That floor is a hard upper bound on tokens per second per sequence, whatever the
+# software, and it is why a server batches: the same bytes serve every sequence in the batch until
+# the crossover batch, where arithmetic becomes the limit.
+
+# %% id="decode-floor"
+# NBVAL_CHECK_OUTPUT
+weight_bytes = 2 * (n_llama - embed)  # bf16, the matrices (and norms) a step streams
+kv_8k = kv_cache_bytes(32, 8, 128, 8192, dtype=torch.bfloat16)
+for chip, (P, B) in CHIPS.items():
+    floor = decode_floor_seconds(weight_bytes, B)
+    with_kv = decode_floor_seconds(weight_bytes + kv_8k, B)
+    print(f"{chip:<10} batch 1: weights {weight_bytes / 1e9:.2f} GB -> {floor * 1e3:.2f} ms per token "
+          f"(<= {1 / floor:.0f} tokens/s); with an 8192-token KV cache {with_kv * 1e3:.2f} ms; "
+          f"the arithmetic alone {2 * n_llama / P * 1e6:.1f} us; crossover batch {decode_crossover_batch(P, B, 2)}")
+print("H100, whole-model decode step on the roofline (weights only):")
+for batch in (1, 64, 296, 1024):
+    r = decode_roofline(n_llama - embed, batch, 2, *CHIPS["H100 SXM"])  # the weights a step streams
+    print(f"  batch {batch:4d}: {r['intensity']:6.1f} FLOP/byte, {r['seconds'] * 1e3:6.2f} ms per step, "
+          f"{batch / r['seconds']:>9,.0f} tokens/s")
+
+# %% [markdown] id="roofline-mistake-md"
+# **Common mistake: dividing FLOPs by peak FLOP/s.** $2N / P$ gives Llama-3-8B 16 µs per token on an
+# H100, 60 000 tokens/s for one user; the bytes allow at most about 220 (above). At batch 1 the time
+# is the bytes, not the FLOPs. Run side by side:
+
+# %% id="roofline-mistake"
+# NBVAL_CHECK_OUTPUT
+P, B = CHIPS["H100 SXM"]
+wrong = 2 * n_llama / P
+right = roofline_time(2 * n_llama, weight_bytes, P, B)
+print(f"FLOPs / peak (WRONG): {wrong * 1e6:.1f} us per token | roofline: {right * 1e6:.0f} us per token "
+      f"({right / wrong:.0f}x longer)")
+
+# %% [markdown] id="roofline-here-md"
+# **This machine on the same axes.** Its compute roof is the best matmul rate measured in section 6
+# (`roof`, float32); its memory roof is measured here by copying a 128 MiB tensor (each byte is read
+# once and written once). The points of section 6's `(T, 2048) @ (2048, 2048)` products sit under
+# this machine's roofline.
+
+# %% id="roofline-here"
+copy_bw = copy_bandwidth(128 * MiB, repeat=5, device=device)
+print(f"this machine: matmul {roof / 1e9:.0f} GFLOP/s (float32), copy {copy_bw / 1e9:.1f} GB/s, "
+      f"ridge {ridge_intensity(roof, copy_bw):.1f} FLOP/byte; "
+      f"H100's peaks are {CHIPS['H100 SXM'][0] / roof:,.0f}x and {CHIPS['H100 SXM'][1] / copy_bw:,.0f}x higher")
+
+# %% id="roofline-plot"
+I_axis = np.logspace(-1, 4, 200)
+fig, ax = plt.subplots(figsize=(7.5, 4.2))
+for (chip, (P, B)), color in zip([*CHIPS.items(), ("this machine (measured)", (roof, copy_bw))], ("C0", "C1", "C2")):
+    ax.loglog(I_axis, [attainable_flops(i, P, B) for i in I_axis], color=color, label=f"{chip}: ridge {P / B:.0f} FLOP/byte")
+    ax.plot(P / B, P, "o", color=color)
+ax.loglog(intensity, achieved, "s", color="C2", ms=4, label="section 6's matmuls, measured here (float32)")
+ax.axvline(1.0, color="gray", ls=":", label="decode at batch 1 in bf16: 1 FLOP/byte")
+ax.set(xlabel="arithmetic intensity (FLOP per byte)", ylabel="attainable FLOP/s",
+       title="Rooflines: min(peak, intensity x bandwidth)")
+ax.legend(fontsize=7, loc="lower right")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown] id="roofline-plot-caption"
+# *What to see:* each chip's roof rises with slope 1 (memory-bound) until its ridge (dot), then stays
+# flat (compute-bound). Batch-1 decoding (dotted line, 1 FLOP/byte) sits far left of every ridge, at
+# well under 1 % of an H100's peak. This machine's roof lies three to four orders of magnitude below the
+# GPUs', and its ridge at a similar or smaller intensity; its measured matmuls sit on or under it.
+
 # %% [markdown] id="online-softmax"
-# ## 7. FlashAttention's online softmax
+# ## 8. FlashAttention's online softmax
 #
 # **The idea.** The score matrix is needed only to be softmaxed and multiplied by $V$. FlashAttention
 # never stores it: it walks over the keys in blocks and keeps, for every query, three running
@@ -687,8 +837,74 @@ print("no running max, float32:", online(big, values_row.float(), 3, running_max
 # are the same as plain attention (a little more); the win is memory, $O(T)$ instead of $O(T^2)$, and
 # fewer bytes moved between the chip and its main memory.
 
+# %% [markdown] id="flash-io"
+# **FlashAttention's actual claim is memory traffic.** Attention's elementwise work is cheap; what
+# makes plain attention slow on a GPU is that the score matrix $S$ and the weights $P$ are written to
+# main memory (HBM) and read back. Dao et al. (2022, Theorem 2), for sequence length $N$, head width
+# $d$ and on-chip memory (SRAM) of $M$ elements with $d \le M \le Nd$:
+#
+# $$
+# \text{standard attention: } \Theta(Nd + N^2) \text{ HBM accesses}, \qquad
+# \text{FlashAttention: } \Theta\!\left(\frac{N^2 d^2}{M}\right).
+# $$
+#
+# Standard attention (their Algorithm 0) reads $Q, K$, writes $S$, reads $S$, writes $P$, reads $P$
+# and $V$, writes $O$: $4Nd + 4N^2$ elements per head. A tiled kernel reads each block of queries
+# once and, for each, streams all of $K$ and $V$: $2Nd \lceil N/b \rceil$ elements, with blocks of
+# $b = M/(4d)$ rows so that blocks of $Q$, $K$, $V$ and the output fit in $M$ together, which is
+# $8N^2d^2/M$: the theorem's term. `tiled_attention` follows this loop order; below, its reads and writes are
+# *measured* operator by operator (every operator that consumes a piece of `q`, `k` or `v`, every write
+# into the output: zero-filled once, then written block by block) and compared with that count.
+
+# %% id="flash-io-check"
+# NBVAL_CHECK_OUTPUT
+gen = torch.Generator().manual_seed(1)
+q, k, v = (torch.randn(1, 2, 300, 16, generator=gen) for _ in range(3))  # (B, H, N, d)
+for block, causal in ((64, False), (64, True), (300, False)):
+    measured = count_attention_io(tiled_attention, q, k, v, block_size=block, causal=causal)
+    formula = tiled_attention_io(300, 300, 16, block, causal=causal, batch_heads=2)
+    print(f"block {block:3d}, causal={causal!s:<5}: measured {measured}, formula equal: {measured == formula}")
+print("standard attention at the same size:", standard_attention_io(300, 16, batch_heads=2))
+
+# %% [markdown] id="flash-io-real-md"
+# **At real sizes.** One head, $d = 64$, bf16, on-chip memory $M$ = 100 KB (the paper discusses
+# Theorem 2 with $M$ around 100 KB for $d$ of 64–128; its A100 has 192 KB of SRAM per streaming
+# multiprocessor, an H100 up to 228 KB), so $b = \lfloor 10^5 / (4 \cdot 64 \cdot 2) \rfloor = 195$ rows:
+
+# %% id="flash-io-real"
+# NBVAL_CHECK_OUTPUT
+d_real, M_bytes = 64, 100_000
+b_real = M_bytes // (4 * d_real * 2)  # rows per block: Q, K, V and the output block fit in M
+print(f"block of {b_real} rows")
+for N in (1024, 2048, 4096, 8192, 16384):
+    std = standard_attention_io(N, d_real)["total"]
+    tiled = tiled_attention_io(N, N, d_real, b_real)["total"]
+    print(f"N = {N:5d}: standard {std * 2 / 1e6:8.1f} MB, tiled {tiled * 2 / 1e6:7.1f} MB per head "
+          f"({std / tiled:4.1f}x less); Theta terms: N d + N^2 = {N * d_real + N * N:>11,}, "
+          f"N^2 d^2 / M = {N * N * d_real**2 // (M_bytes // 2):>10,}")
+
+# %% [markdown] id="flash-io-paper"
+# Both grow like $N^2$ at fixed $d$ and $M$, so the saving tends to a constant: $4N^2 / (2Nd \cdot N/b)
+# = 2b/d \approx 6$ here, more with a larger SRAM. The win compounds with the memory *held*: no
+# $N \times N$ matrix is ever stored. **What the paper measured** (Dao et al. 2022, on an A100):
+#
+# - Figure 2 (left), GPT-2 medium attention ($N = 1024$, $d = 64$, 16 heads, batch 64), forward and
+#   backward: standard 66.6 GFLOPs, 40.3 GB of HBM reads and writes, 41.7 ms; FlashAttention
+#   75.2 GFLOPs (more: the backward pass recomputes), 4.4 GB, 7.3 ms.
+# - Abstract: 15 % faster end-to-end training of BERT-large (sequence 512) than the MLPerf 1.1
+#   record, 3× faster GPT-2 training (sequence 1K), 2.4× on Long-Range Arena (1K–4K).
+# - Section 4.3 (Figure 3, right): memory footprint linear in $N$, up to 20× more memory efficient
+#   than exact attention baselines.
+
+# %% id="flash-io-paper-ratios"
+# NBVAL_CHECK_OUTPUT
+print(f"Figure 2: {75.2 / 66.6:.2f}x the FLOPs, {40.3 / 4.4:.1f}x less HBM traffic, {41.7 / 7.3:.1f}x faster")
+print(f"the formulas above at N = 1024, d = 64: "
+      f"{standard_attention_io(1024, 64)['total'] / tiled_attention_io(1024, 1024, 64, b_real)['total']:.1f}x "
+      "less traffic (forward only; the paper's 9.2x includes the backward pass and its own block sizes)")
+
 # %% [markdown] id="context"
-# ## 8. Context windows at scale
+# ## 9. Context windows at scale
 #
 # Chapter 00 split an 8192-token window into a prompt budget: 600 (system) + 6000 (retrieved) + 400
 # (user) + 1000 (reserved output) = 8000, leaving 192. The window is a hard limit of the model
@@ -711,8 +927,62 @@ for window in (8192, 32768, 131072):
 # attention kernel. Doubling the context doubles the cache and the per-token FLOPs of the attention
 # core, and quadruples what naive attention would have to hold.
 
+# %% [markdown] id="prefill-latency"
+# **Prefill latency against context length, measured.** Before the first new token, the whole prompt
+# goes through the model at once (the prefill). Its FLOPs are $aT + cT^2$: the per-token matrices and
+# the $4T^2d$ per layer of the attention core (section 3), so its time should be a parabola in $T$ whose
+# quadratic part grows in share. Measured on the course model (4 layers, $d = 128$, the fast path),
+# fitted with $t(T) = t_0 + t_1 T + t_2 T^2$:
+
+# %% id="prefill-latency-run"
+prefill_config = ModelConfig(vocab_size=512, d_model=128, n_heads=4, n_layers=4, max_seq_len=2048)
+lengths = [128, 256, 512, 1024, 2048]
+latency = prefill_latency(prefill_config, lengths, repeat=3)
+t0, t1, t2 = np.polynomial.polynomial.polyfit(lengths, [latency[T] for T in lengths], 2)
+for T in lengths:
+    core = prefill_config.n_layers * 4 * T * T * prefill_config.d_model  # QKᵀ and AV, all layers
+    print(f"T = {T:4d}: {latency[T] * 1e3:7.2f} ms; fitted T² share {t2 * T * T / latency[T]:5.1%}; "
+          f"attention core's share of the FLOPs {core / model_flops(prefill_config, T):5.1%}")
+print(f"time of 2048 tokens / time of 1024: {latency[2048] / latency[1024]:.2f}; FLOPs of 2048 / FLOPs of 1024: "
+      f"{model_flops(prefill_config, 2048) / model_flops(prefill_config, 1024):.2f} (2 if linear, 4 if quadratic)")
+
+# %% [markdown] id="prefill-latency-read"
+# The FLOP column is exact: the attention core's share grows from about an eighth at 128 tokens to
+# about 70 % at 2048, and doubling $T$ from 1024 to 2048 multiplies the FLOPs by 3.1 and the measured
+# time by more than 2 (printed above). The fitted share is noisier (timings on a shared CPU jitter,
+# and a fit of three terms through five points follows the jitter), but it grows the same way. Below
+# about 256 tokens fixed costs (Python, launching operations) flatten the curve. A serving system's
+# "time to first token" grows with the prompt for the same reason: the prefill is this computation.
+#
+# **A window the model can read is not context it uses.** A model's context window says how far back
+# it *can* look; whether it *does* is a measurement. The test: give the model only the last $w$ tokens
+# before each prediction, and see where its loss stops falling. Here chapter 08's small character
+# model (2 layers, $d = 64$, a 64-character window) is trained for 200 steps (about 5 CPU-seconds),
+# then scored on the same 1024 validation targets with $w$ = 1 … 64 characters visible
+# (`loss_by_visible_context`):
+
+# %% id="context-use-run"
+use = context_use_experiment(seed=0)
+print("validation loss (nats) with the last w characters visible:")
+print("  ".join(f"w={w}: {use['loss'][w]:.3f}" for w in CONTEXT_WINDOWS))
+print(f"(trained for {use['cpu_seconds']:.1f} CPU-seconds)")
+
+# %% id="context-use-claims"
+# NBVAL_CHECK_OUTPUT
+loss_w = use["loss"]
+print("the first few characters help (loss at w=1 above w=4 by more than 0.15):", loss_w[1] > loss_w[4] + 0.15)
+print("the other 60 do not (loss at w=64 not below w=4 by 0.05 or more):", loss_w[64] > loss_w[4] - 0.05)
+
+# %% [markdown] id="context-use-read"
+# The model reads 64 characters at every position, and its loss with 4 visible is already as low as
+# with all 64: the context it *uses* is a few characters, a sixteenth of its window. A window is a
+# limit on what a model may read, not evidence of what it uses; for a real model the same kind of
+# measurement (loss by visible context or by token position, retrieval of a fact planted at varying
+# depths) is what tells. A long window is a cost (the KV cache and the $T^2$ term above) that pays
+# only when the model has learned to use it.
+
 # %% [markdown] id="self-check"
-# ## 9. Self-check
+# ## 10. Self-check
 #
 # **Q1.** A layer has $d = 1024$, $d_{ff} = 4096$ (GELU), 16 heads, no GQA. At which $T$ does its
 # attention cost as many FLOPs as its MLP?
@@ -763,6 +1033,15 @@ for window in (8192, 32768, 131072):
 # same weights serve $B$ tokens, multiplying the FLOPs per byte by $B$ (the KV caches, one per
 # sequence, do not get shared).
 # </details>
+#
+# **Q7.** An accelerator does 400 TFLOP/s and moves 2 TB/s. A 13-billion-parameter model decodes in
+# bf16 at batch 1. What is its latency floor per token, and from which batch is a step compute-bound?
+#
+# <details><summary>Answer</summary>
+#
+# It reads $13 \cdot 10^9 \cdot 2 = 26$ GB per step: $26 / 2000 = 13$ ms. The ridge is $400/2 = 200$
+# FLOP/byte and the intensity $2B/2 = B$, so from batch 200 on.
+# </details>
 
 # %% [markdown] id="evidence-card"
 # ## Evidence card
@@ -779,8 +1058,11 @@ for window in (8192, 32768, 131072):
 # | 2 GiB of KV cache per 4096-token sequence for Llama-2-7B's shape; GQA ÷4, MQA ÷32; `.nbytes` of a real cache | §4, `kv-example`, `kv-real`, `kv-mistake` |
 # | cached generation gives identical tokens, faster; the cache mask is bottom-right, not `is_causal` | §5, `generate-run`, `generate-same`, `mask-compare`, `offset-mistake` |
 # | decode is memory-bound: FLOP/s against FLOP/byte, measured | §6, `prefill-measure`, `prefill-plot`, `decode-bytes` |
-# | the online softmax, step by step, equal to exact attention; without rescaling it is wrong | §7, `online-steps`, `online-tiled`, `online-mistake` |
-# | what a long context window costs in cache and scores | §8, `context-bill` |
+# | the online softmax, step by step, equal to exact attention; without rescaling it is wrong | §8, `online-steps`, `online-tiled`, `online-mistake` |
+# | H100 and A100 on the roofline; Llama-3-8B's 8,030,261,248 parameters from the chapters' counters; its batch-1 decode floor (4.48 ms on an H100) and crossover batch (296); FLOPs / peak is about 280x too optimistic; this machine's measured roof on the same axes | §7, `roofline-chips`, `llama-params`, `decode-floor`, `roofline-mistake`, `roofline-here`, `roofline-plot` |
+# | the tiled kernel's reads and writes, measured, equal the $\Theta(N^2d^2/M)$ count; standard attention's $\Theta(Nd + N^2)$ at 1k–16k tokens; the paper's Figure 2 ratios | §8, `flash-io-check`, `flash-io-real`, `flash-io-paper-ratios` |
+# | what a long context window costs in cache and scores; prefill time measured against $T$ beside the attention core's FLOP share | §9, `context-bill`, `prefill-latency-run` |
+# | a 64-character window used for about 4: loss by visible context | §9, `context-use-run`, `context-use-claims` |
 
 # %% [markdown] id="next"
 # ## Next: the exercises
@@ -788,4 +1070,5 @@ for window in (8192, 32768, 131072):
 # Open [`exercises/07_complexity/07_complexity.ipynb`](../exercises/07_complexity/07_complexity.ipynb).
 # You will write attention and MLP FLOP counters (checked against the flop counter's numbers), compute
 # the KV-cache memory of real decoders with MHA, GQA and MQA, embed new tokens at the right position
-# offset, write one cached attention step, and write the online softmax over blocks.
+# offset, write one cached attention step, write the online softmax over blocks, and put a decode step
+# of a real model on the roofline of a real chip.
