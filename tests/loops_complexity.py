@@ -89,3 +89,15 @@ def online_softmax_attention(q, k, v, block_size):
                 m = m_new
             rows.append(acc / l)
     return torch.stack(rows).reshape(*q.shape[:-1], v.shape[-1])
+
+
+def decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth):
+    """Weight by weight: each is read once per step and used once per sequence; the batch grows one
+    sequence at a time until the arithmetic takes at least as long as the reads."""
+    flops = sum(2 * n_params for _sequence in range(batch))
+    moved = n_params * bytes_per_param
+    seconds = flops / peak_flops if flops / peak_flops >= moved / bandwidth else moved / bandwidth
+    crossover = 1
+    while 2 * n_params * crossover / peak_flops < moved / bandwidth:
+        crossover += 1
+    return {"intensity": flops / moved, "seconds": seconds, "crossover_batch": crossover}

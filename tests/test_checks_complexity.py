@@ -26,6 +26,7 @@ CHECKS = {
     "embed_new_tokens": checks.check_embed_new_tokens,
     "attend_with_cache": checks.check_attend_with_cache,
     "online_softmax_attention": checks.check_online_softmax_attention,
+    "decode_roofline": checks.check_decode_roofline,
 }
 
 # The variants the hidden tests of the exercise notebook use: other seeds, sizes, dtypes and configs.
@@ -38,6 +39,8 @@ HIDDEN = {
     "attend_with_cache": {"seed": 5, "dtype": torch.float64, "B": 1, "H": 8, "H_kv": 4, "d_head": 3, "T_past": 6},
     "online_softmax_attention": {"seed": 5, "dtype": torch.float32, "B": 3, "T_q": 4, "T_k": 13, "d_head": 5,
                                  "d_v": 2, "block_sizes": (5, 2, 13)},
+    "decode_roofline": {"configs": ((1_000_000_000, 3, 2, 400e12, 2e12), (13_015_864_320, 256, 2, 989.4e12, 3.35e12),
+                                    (7_000_000_000, 100, 4, 156e12, 2.039e12), (3_000_000_000, 1024, 1, 1978.9e12, 3.35e12))},
 }
 ANSWERS = {name: getattr(loops, name) for name in CHECKS}
 
@@ -57,6 +60,7 @@ def test_chapter_catalogue_covers_the_issue_list():
     assert {"offset_minus_one", "offset_plus_one"} <= keys["embed_new_tokens"]
     assert {"top_left_mask", "mask_off_by_one"} <= keys["attend_with_cache"]
     assert {"sum_not_rescaled", "no_running_max"} <= keys["online_softmax_attention"]
+    assert {"multiply_add_as_one", "weights_per_sequence", "times_added", "flops_over_peak"} <= keys["decode_roofline"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,3 +288,36 @@ def test_real_numbers_name_each_known_wrong_value():
 def test_real_numbers_typical_errors(key, value, message):
     with pytest.raises(CheckFailed, match=re.escape(message)):
         checks.check_kv_cache_numbers(**{**right_numbers(), key: value})
+
+
+# ------------------------------------------------------------------------------------------------
+# Exercise 8: a decode step on the roofline
+# ------------------------------------------------------------------------------------------------
+
+
+def test_roofline_configs_cover_both_sides_of_the_ridge():
+    """Every catalogued mistake is told apart only if the configurations hold memory- and compute-bound
+    steps, widths other than 2 bytes and ridges that are not whole batches."""
+    for configs in (checks.ROOFLINE_CONFIGS, HIDDEN["decode_roofline"]["configs"]):
+        right = [loops.decode_roofline(*c) for c in configs]
+        assert any(c[1] < r["crossover_batch"] for c, r in zip(configs, right))
+        assert any(c[1] >= r["crossover_batch"] for c, r in zip(configs, right))
+        assert any(c[2] != 2 for c in configs)
+
+
+def test_roofline_partial_mistakes_are_named_by_their_first_wrong_value():
+    def times_added_only(*args):
+        out = loops.decode_roofline(*args)
+        n, batch, size, peak, bandwidth = args
+        out["seconds"] = 2 * n * batch / peak + n * size / bandwidth
+        return out
+
+    def crossover_float(*args):
+        return {**loops.decode_roofline(*args), "crossover_batch": float(loops.decode_roofline(*args)["crossover_batch"])}
+
+    with pytest.raises(CheckFailed, match="adds the compute time and the memory time"):
+        checks.check_decode_roofline(times_added_only)
+    with pytest.raises(CheckFailed, match=re.escape("is a float (296.0); a count is an int")):
+        checks.check_decode_roofline(crossover_float)
+    with pytest.raises(CheckFailed, match="should return a dict with the keys intensity, seconds, crossover_batch"):
+        checks.check_decode_roofline(lambda *a: 4.8e-3)

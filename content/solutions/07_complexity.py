@@ -11,7 +11,7 @@
 #
 # You will count what attention and the MLP cost, size the KV cache of real decoders, and write the
 # two pieces that make long-context inference possible: a cached decoding step and FlashAttention's
-# online softmax.
+# online softmax. Last, you put a decode step of a real model on the roofline of a real chip.
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -22,6 +22,7 @@
 # | 5 | `embed_new_tokens(ids, wte, wpe, cache_length)` | 2 |
 # | 6 | `attend_with_cache(q, k_new, v_new, k_cache, v_cache)` | 5 |
 # | 7 | `online_softmax_attention(q, k, v, block_size)` | 5 |
+# | 8 | `decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth)` | 3 |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -429,12 +430,69 @@ check_online_softmax_attention(online_softmax_attention, seed=23, dtype=torch.fl
                                d_v=4, block_sizes=(4, 6, 1))
 ### END HIDDEN TESTS
 
+# %% [markdown] id="ex8"
+# ## Exercise 8: a decode step on the roofline of a real chip
+#
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+#
+# Write `decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth)` for one decode step
+# of `batch` sequences through a model's `n_params` weights, each stored in `bytes_per_param` bytes, on
+# a chip with `peak_flops` FLOP/s and `bandwidth` bytes/s (the KV cache is left out). Return a dict:
+#
+# | key | what |
+# |---|---|
+# | `"intensity"` | the step's FLOPs per byte moved (a float) |
+# | `"seconds"` | the shortest time the chip needs for the step, on the roofline (a float) |
+# | `"crossover_batch"` | the smallest whole batch at which the step is compute-bound: its intensity reaches the ridge `peak_flops / bandwidth` (an int) |
+#
+# Each weight is used in one multiply-add (2 FLOPs) per sequence of the batch, and read from memory once
+# per step. Arithmetic and memory traffic overlap: the step takes as long as the slower of the two.
+# Example: Llama-3-8B (8,030,261,248 weights) in bf16 on an H100 SXM (989.4e12 FLOP/s, 3.35e12 bytes/s) at
+# batch 1: intensity 1.0 FLOP/byte, about 4.8 ms, compute-bound from batch 296.
+#
+# <details><summary>Hint: my intensity does not change with the batch</summary>
+#
+# The weights are read once per step, however many sequences the step serves: the bytes are
+# `n_params * bytes_per_param`, while the FLOPs grow with the batch.
+# </details>
+#
+# <details><summary>Hint: my time is microseconds, not milliseconds</summary>
+#
+# FLOPs / peak is the arithmetic alone. At small batches the chip waits for the weights to arrive:
+# `max(flops / peak_flops, bytes / bandwidth)`.
+# </details>
+
+# %% id="ex8-answer" kind="answer"
+def decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth):
+    ### BEGIN SOLUTION
+    flops = 2 * n_params * batch  # one multiply-add per weight and sequence
+    moved = n_params * bytes_per_param  # every weight read once per step
+    ridge = peak_flops / bandwidth  # FLOP/byte where the two roofs meet
+    return {"intensity": flops / moved,
+            "seconds": max(flops / peak_flops, moved / bandwidth),
+            "crossover_batch": math.ceil(ridge * bytes_per_param / 2)}  # 2 batch / bytes_per_param >= ridge
+    ### END SOLUTION
+
+
+# %% id="ex8-test" kind="test" points=2
+from helpers.checks.complexity import check_decode_roofline
+
+check_decode_roofline(decode_roofline)
+
+# %% id="ex8-hidden" kind="test" points=1
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+check_decode_roofline(decode_roofline, configs=((1_000_000_000, 3, 2, 400e12, 2e12), (13_015_864_320, 256, 2, 989.4e12, 3.35e12),
+                                                (7_000_000_000, 100, 4, 156e12, 2.039e12), (3_000_000_000, 1024, 1, 1978.9e12, 3.35e12)))
+### END HIDDEN TESTS
+
 # %% [markdown] id="outro"
 # ## Done
 #
 # With every visible test passing you can price a transformer: its FLOPs per layer and per token,
 # the memory of its scores and of its KV cache for MHA, GQA and MQA, and you have written the two
-# pieces that make long contexts affordable. The shared model's `helpers.blocks.KVCache`,
+# pieces that make long contexts affordable, and you can tell from a chip's two peaks whether a decode
+# step waits for arithmetic or for memory. The shared model's `helpers.blocks.KVCache`,
 # `cached_forward` and `generate` package exercises 5 and 6 for the whole model, and
 # `helpers.complexity.tiled_attention` extends exercise 7 with masks and causal block skipping. To see
 # all your points, including the hidden tests, grade the whole notebook (see the README's learner

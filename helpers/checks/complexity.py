@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .. import blocks as _blocks
 from .. import complexity as ref
 from ..attention import scaled_dot_product_attention
+from ..numerics import close
 from ..shapes import fmt_shape
 from . import probes as _probes
 from .conventions import rank_aware_mask_advice
@@ -50,6 +51,7 @@ __all__ = [
     "REAL_CONFIGS",
     "check_attend_with_cache",
     "check_attention_flops",
+    "check_decode_roofline",
     "check_embed_new_tokens",
     "check_kv_cache_bytes",
     "check_kv_cache_numbers",
@@ -787,6 +789,124 @@ def check_online_softmax_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype
                    probes=ONLINE_PROBES, diagnose=_online_diagnose, structure=_online_structure)
 
 
+# ---------------------------------------------------------------------------------------------
+# A decode step on the roofline of a real chip
+# ---------------------------------------------------------------------------------------------
+
+ROOFLINE_KEYS = ("intensity", "seconds", "crossover_batch")
+
+
+def _roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth, *, mac=2, weight_bytes="right",
+              per_sequence=False, time_rule="max", crossover_rule="right"):
+    """decode_roofline with mistakes built in."""
+    size = 1 if weight_bytes == "numbers" else bytes_per_param
+    flops = mac * n_params * batch
+    moved = n_params * size * (batch if per_sequence else 1)
+    t_compute, t_memory = flops / peak_flops, moved / bandwidth
+    seconds = {"max": max(t_compute, t_memory), "sum": t_compute + t_memory, "compute": t_compute,
+               "memory": t_memory}[time_rule]
+    ridge = peak_flops / bandwidth
+    per_batch = mac / size  # FLOP/byte that each sequence of the batch adds
+    crossover = {"right": math.ceil(ridge / per_batch), "down": math.floor(ridge / per_batch),
+                 "ridge": math.ceil(ridge)}[crossover_rule]
+    if per_sequence:
+        crossover = math.ceil(ridge * bytes_per_param / 2)  # the formula, known by heart
+    return {"intensity": flops / moved, "seconds": seconds, "crossover_batch": crossover}
+
+
+ROOFLINE_MISTAKES = (
+    Mistake("multiply_add_as_one",
+            "intensity is half the expected one: each weight is used in one multiply-add per sequence, 2 FLOPs, "
+            "so a step does 2 n_params batch FLOPs",
+            lambda *a: _roofline(*a, mac=1)),
+    Mistake("weights_as_numbers",
+            "intensity divides by the number of weights, not their bytes: a step moves n_params x bytes_per_param "
+            "bytes",
+            lambda *a: _roofline(*a, weight_bytes="numbers")),
+    Mistake("weights_per_sequence",
+            "intensity does not grow with the batch: the weights are read once per step and serve every sequence "
+            "of the batch, so the bytes are n_params x bytes_per_param whatever the batch",
+            lambda *a: _roofline(*a, per_sequence=True)),
+    Mistake("times_added",
+            "seconds adds the compute time and the memory time; the chip does both at once, so the step takes the "
+            "longer of the two: max(FLOPs / peak_flops, bytes / bandwidth)",
+            lambda *a: _roofline(*a, time_rule="sum")),
+    Mistake("flops_over_peak",
+            "seconds is FLOPs / peak_flops, the arithmetic alone; below the ridge the step waits for its bytes: "
+            "max(FLOPs / peak_flops, bytes / bandwidth)",
+            lambda *a: _roofline(*a, time_rule="compute")),
+    Mistake("bytes_over_bandwidth",
+            "seconds is bytes / bandwidth on every configuration, also past the crossover batch, where the "
+            "arithmetic takes longer: max(FLOPs / peak_flops, bytes / bandwidth)",
+            lambda *a: _roofline(*a, time_rule="memory")),
+    Mistake("crossover_is_the_ridge",
+            "crossover_batch is the ridge itself; it is the batch whose intensity 2 batch / bytes_per_param "
+            "reaches the ridge: ridge x bytes_per_param / 2 (the two agree only at 2 bytes per weight)",
+            lambda *a: _roofline(*a, crossover_rule="ridge")),
+    Mistake("crossover_rounded_down",
+            "crossover_batch is rounded down; at that batch the intensity is still below the ridge (memory-bound): "
+            "round up to the first batch at or past it",
+            lambda *a: _roofline(*a, crossover_rule="down")),
+)
+
+# (n_params, batch, bytes_per_param, peak_flops, bandwidth): an 8B model on an H100 (bf16) at batch 1
+# and 512, a 70B model on an A100 (bf16), a 6.7B model in int8 on an A100 (624 TOPS dense), GPT-2
+# small in float32 on the A100's plain FP32 units (19.5 TFLOP/s).
+ROOFLINE_CONFIGS = ((8_030_261_248, 1, 2, 989.4e12, 3.35e12), (8_030_261_248, 512, 2, 989.4e12, 3.35e12),
+                    (70_553_706_496, 32, 2, 312e12, 2.039e12), (6_738_415_616, 200, 1, 624e12, 2.039e12),
+                    (124_439_808, 8, 4, 19.5e12, 1.555e12))
+_ROOFLINE_ARGS = ("n_params", "batch", "bytes_per_param", "peak_flops", "bandwidth")
+_ROOFLINE_HINT = ("a step does 2 n_params batch FLOPs and moves n_params bytes_per_param bytes; it takes "
+                  "max(FLOPs / peak_flops, bytes / bandwidth); it is compute-bound from the first whole batch "
+                  "whose intensity reaches peak_flops / bandwidth")
+
+
+def _roofline_values(name: str, got: Any) -> dict[str, Any]:
+    if not isinstance(got, dict) or set(got) != set(ROOFLINE_KEYS):
+        shown = sorted(got) if isinstance(got, dict) else type(got).__name__
+        raise CheckFailed(f"{name} should return a dict with the keys {', '.join(ROOFLINE_KEYS)}; got {shown}")
+    out = {"crossover_batch": as_count(f"{name}['crossover_batch']", got["crossover_batch"], verb="is")}
+    for key in ("intensity", "seconds"):
+        value = got[key]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise CheckFailed(f"{name}['{key}'] should be a number; got {type(value).__name__}")
+        out[key] = float(value)
+    return out
+
+
+def _same(got: Sequence[dict], expected: Sequence[dict], key: str) -> bool:
+    g = torch.tensor([float(x[key]) for x in got], dtype=torch.float64)
+    e = torch.tensor([float(x[key]) for x in expected], dtype=torch.float64)
+    return bool(torch.isfinite(g).all()) and close(g, e, n=4)
+
+
+def check_decode_roofline(fn: Any, *, configs: Sequence[tuple] = ROOFLINE_CONFIGS) -> None:
+    """decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth) -> {"intensity", "seconds",
+    "crossover_batch"}: one decode step of a batch through a model's weights (no KV cache), on the roofline."""
+    name = "decode_roofline"
+    verify_environment()
+    cases = [Case(tuple(config), {}, _ROOFLINE_ARGS) for config in configs]
+    got = [_roofline_values(name, call_learner(fn, name, case, _REFERENCE)) for case in cases]
+    expected = [_roofline(*config) for config in configs]
+    wrong = [key for key in ROOFLINE_KEYS if not _same(got, expected, key)]
+    if not wrong:
+        verify_environment()
+        print(f"✓ {name}: right for all {len(configs)} configurations")
+        return
+    key = wrong[0]
+    first = next(i for i in range(len(configs)) if not _same(got[i:i + 1], expected[i:i + 1], key))
+    where = f"{name}({cases[first].describe_inputs()})"
+    made = {mistake: [mistake.impl(*config) for config in configs] for mistake in ROOFLINE_MISTAKES}
+    # A mistake that gives every value the learner got is named first; else one that explains the first wrong value.
+    for whole in (True, False):
+        for mistake, values in made.items():
+            if not _same(values, expected, key) and all(_same(got, values, k) for k in (ROOFLINE_KEYS if whole else (key,))):
+                raise CheckFailed(f"{where}: {mistake.message}")
+    raise CheckFailed(f"{where}: {key} is not right (got {got[first][key]:.6g}); {_ROOFLINE_HINT}")
+
+
 PROBES = {"attention_flops": ATTENTION_FLOP_PROBES, "mlp_flops": MLP_FLOP_PROBES, "attend_with_cache": STEP_PROBES,
           "online_softmax_attention": ONLINE_PROBES}
 
@@ -797,6 +917,7 @@ MISTAKES = {
     "embed_new_tokens": EMBED_MISTAKES,
     "attend_with_cache": STEP_MISTAKES,
     "online_softmax_attention": ONLINE_MISTAKES,
+    "decode_roofline": ROOFLINE_MISTAKES,
 }
 
 protect(ref, _blocks, sys.modules[__name__])

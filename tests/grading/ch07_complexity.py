@@ -43,6 +43,17 @@ STUDENTS = {
     "sum_not_rescaled": Submission(
         {"ex7-answer": replace("l = c * l + p.sum(dim=-1, keepdim=True)", "l = l + p.sum(dim=-1, keepdim=True)")},
         {"ex7"}, _msg(checks.ONLINE_MISTAKES, "sum_not_rescaled")),
+    # Issue 26: a decode step on the roofline, two catalogued mistakes and the reference.
+    "roofline_times_added": Submission(
+        {"ex8-answer": replace('"seconds": max(flops / peak_flops, moved / bandwidth)',
+                               '"seconds": flops / peak_flops + moved / bandwidth')},
+        {"ex8"}, _msg(checks.ROOFLINE_MISTAKES, "times_added")),
+    "roofline_weights_per_sequence": Submission(
+        {"ex8-answer": replace("moved = n_params * bytes_per_param ", "moved = n_params * bytes_per_param * batch ")},
+        {"ex8"}, _msg(checks.ROOFLINE_MISTAKES, "weights_per_sequence")),
+    "roofline_by_the_reference": Submission(
+        {"ex8-answer": put("from helpers.complexity import decode_roofline")},
+        {"ex8"}, "not your own function", report="scan: reference_import (ex8)"),
     # Issue 31: right numbers from the whole score matrix at once (no blocks, no running statistics).
     "whole_score_matrix": Submission(
         {"ex7-answer": put("def online_softmax_attention(q, k, v, block_size):\n"
