@@ -643,7 +643,7 @@ print(f"decode step of one sequence: reads {(weights_bytes + cache_8k) / GiB:.0f
 #
 # | chip | bf16 Tensor Core, dense | memory bandwidth | source |
 # |---|---|---|---|
-# | H100 SXM (80 GB HBM3) | 989.4 TFLOP/s (sheet: 1,979 with sparsity) | 3.35 TB/s | NVIDIA H100 Tensor Core GPU data sheet |
+# | H100 SXM (80 GB HBM3) | 989.4 TFLOP/s (sheet: 1,979 with sparsity; NVIDIA's Hopper architecture whitepaper: 1,978.9) | 3.35 TB/s | NVIDIA H100 Tensor Core GPU data sheet |
 # | A100 80GB SXM (HBM2e) | 312 TFLOP/s (sheet: 624 with sparsity) | 2,039 GB/s | NVIDIA A100 Tensor Core GPU data sheet |
 #
 # (1 TB/s = $10^{12}$ bytes/s. Both are peaks that real kernels approach but do not reach; this
@@ -865,7 +865,9 @@ print("no running max, float32:", online(big, values_row.float(), 3, running_max
 # and $V$, writes $O$: $4Nd + 4N^2$ elements per head. A tiled kernel reads each block of queries
 # once and, for each, streams all of $K$ and $V$: $2Nd \lceil N/b \rceil$ elements, with blocks of
 # $b = M/(4d)$ rows so that blocks of $Q$, $K$, $V$ and the output fit in $M$ together, which is
-# $8N^2d^2/M$: the theorem's term. `tiled_attention` follows this loop order; below, its reads and writes are
+# $8N^2d^2/M$: the theorem's term. (This is FlashAttention-2's loop order; the paper's Algorithm 1 nests
+# the loops the other way round, streaming $Q$ and $O$ once per block of $K$ and $V$, with traffic of
+# the same order.) `tiled_attention` follows this loop order; below, its reads and writes are
 # *measured* operator by operator (every operator that consumes a piece of `q`, `k` or `v`, every write
 # into the output: zero-filled once, then written block by block) and compared with that count.
 
