@@ -830,6 +830,8 @@ print("sample from the leaky model:", repr(tok.decode(garbage[0].tolist())))
 # | loss on probabilities (softmax twice) | loss stuck near $\ln V$, tiny gradients | feed raw logits to the loss |
 # | MLM: all selected tokens become `[MASK]` | the model never has to represent a visible selected token | 80 / 10 / 10 |
 # | MLM: labels on unselected positions | copying looks like learning; the masked signal is diluted | labels -100 off the selection |
+# | teacher forcing: the targets as the decoder's inputs | training loss near 0 at once; generation repeats the last input | inputs = BOS + targets shifted right (section 3) |
+# | a model scored on a few batches, its baselines on the whole split | a margin that is partly noise and partly other text | score both on the same targets (`split_loss`, section 7) |
 # | tying by copying | `data_ptr` differs; the matrices drift apart after one step; no parameters saved | assign the Parameter itself |
 # | no causal mask in a decoder | impossibly low loss, garbage samples | causal mask (section 9) |
 # | fresh loss far from $\ln V$ | a bad initialization or a bug before training starts | check step 0 |
