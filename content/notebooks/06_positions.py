@@ -703,25 +703,25 @@ rise = {m: list(lengths[m]["rise_by_seed"].values()) for m in LENGTH_METHODS + R
 past = {m: [b[RANGES[2]] / 3 + 2 * b[RANGES[3]] / 3 for b in lengths[m]["by_seed"].values()]  # loss on [2L, 8L)
         for m in ("rope", "rope-pi", "rope-pi-tuned", "rope-tuned")}
 print("on both seeds:")
-print("  RoPE's loss rises by more than 0.2 nats past 2L:         ", all(r > 0.2 for r in rise["rope"]))
-print("  ALiBi's rises by less than 0.1 nats (flat):               ", all(r < 0.1 for r in rise["alibi"]))
-print("  learned's (untrained rows past L) rises by more than 0.1: ", all(r > 0.1 for r in rise["learned"]))
-print("  learned's loss jumps by more than 0.1 right after L:      ",
+print("  RoPE's loss rises by more than 0.2 nats past 2L:            ", all(r > 0.2 for r in rise["rope"]))
+print("  ALiBi's rises by less than 0.1 nats (flat):                 ", all(r < 0.1 for r in rise["alibi"]))
+print("  learned's (untrained rows past L) rises by more than 0.1:   ", all(r > 0.1 for r in rise["learned"]))
+print("  learned's loss jumps by more than 0.1 right after L:        ",
       all(b[RANGES[1]] > b[RANGES[0]] + 0.1 for b in lengths["learned"]["by_seed"].values()))
-print("  no positions and T5's buckets rise less than RoPE:        ",
+print("  no positions and T5's buckets rise less than RoPE:          ",
       all(max(n, t) < r - 0.1 for n, t, r in zip(rise["none"], rise["relative"], rise["rope"])))
-print("  sinusoidal's rises more than ALiBi's:                     ",
+print("  sinusoidal's rises more than ALiBi's:                       ",
       all(s > a + 0.05 for s, a in zip(rise["sinusoidal"], rise["alibi"])))
-print("  the unscaled table is worse than the scaled one everywhere:",
+print("  the unscaled table is worse than the scaled one everywhere: ",
       all(lengths["sinusoidal-x1"]["by_seed"][s][r] > lengths["sinusoidal"]["by_seed"][s][r] + 0.3
           for s in (0, 1) for r in RANGES))
-print("  interpolation alone (rope-pi) is worse than RoPE on [0, L):",
+print("  interpolation alone (rope-pi) is worse than RoPE on [0, L): ",
       all(lengths["rope-pi"]["by_seed"][s][RANGES[0]] > lengths["rope"]["by_seed"][s][RANGES[0]] + 0.1 for s in (0, 1)))
-print("  the NTK-aware base lowers RoPE's loss on [2L, 4L):         ",
+print("  the NTK-aware base lowers RoPE's loss on [2L, 4L):          ",
       all(lengths["rope-ntk"]["by_seed"][s][RANGES[2]] < lengths["rope"]["by_seed"][s][RANGES[2]] - 0.05 for s in (0, 1)))
-print("  rope-pi-tuned recovers > 0.1 nats of RoPE's loss past 2L: ",
+print("  rope-pi-tuned recovers > 0.1 nats of RoPE's loss past 2L:   ",
       all(t < r - 0.1 for t, r in zip(past["rope-pi-tuned"], past["rope"])))
-print("  ... and the control, tuned without interpolation, more:   ",
+print("  ... and the control, tuned without interpolation, more:     ",
       all(c < t for c, t in zip(past["rope-tuned"], past["rope-pi-tuned"])))
 
 # %% [markdown] id="length-plot-text"
@@ -814,7 +814,7 @@ plt.show()
 #   \quad \gamma(r) = \operatorname{clamp}\!\Big(\frac{r - \alpha}{\beta - \alpha}, 0, 1\Big),\ \alpha = 1,\ \beta = 32,\\
 #   & \text{and logits } q\cdot k / (t\sqrt{d}) \text{ with } \sqrt{1/t} = 0.1 \ln s + 1\\
 # \text{Llama 3.1:}\quad & \text{the same blend with } \gamma = \operatorname{clamp}\!\Big(\frac{r_k - 1}{4 - 1}, 0, 1\Big)
-#   \text{ (low\_freq\_factor 1, high\_freq\_factor 4), } s = 8,\ L = 8192,\ b = 500\,000
+#   \text{ (low-frequency factor 1, high-frequency factor 4), } s = 8,\ L = 8192,\ b = 500\,000
 # \end{aligned}
 # $$
 #
