@@ -160,6 +160,8 @@ class ModelConfig:
     # Chapter 06's position settings (each used only by its method):
     rope_base: float = 10000.0  # rope: pair k turns rope_base^(-2k / d_head) radians per position
     rope_pairs: str = "half"  # rope: "half" (channels k, k + d_head/2: HF Llama) or "interleaved" (2k, 2k+1: GPT-J)
+    rope_scale: float = 1.0  # rope: positions read as p / rope_scale (position interpolation; HF's linear factor)
+    sinusoidal_scale: float = 1.0  # sinusoidal: the table is multiplied by this before it is added (2017: 1)
     relative_buckets: int = 32  # relative: T5's number of distance buckets (per direction when not causal: half)
     relative_max_distance: int = 128  # relative: distances beyond this share the last bucket
     # chapter 05: which model (TinyDecoder, TinyEncoder, TinyEncoderDecoder), the block's layout
@@ -205,6 +207,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: rope_base must be a number > 1; got {self.rope_base!r}")
         if self.rope_pairs not in PAIR_LAYOUTS:
             raise ValueError(f"ModelConfig: rope_pairs must be one of {PAIR_LAYOUTS}; got {self.rope_pairs!r}")
+        for name in ("rope_scale", "sinusoidal_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"ModelConfig: {name} must be a finite number > 0; got {value!r}")
         for name in ("relative_buckets", "relative_max_distance"):
             _positive(name, getattr(self, name))
         if self.positions == "rope" and self.d_head % 2:
@@ -380,7 +386,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=False)  # (H_kv * d_head, d_model)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)  # weight (d_model, d_model)
         # Chapter 06: RoPE has no parameters; it rotates q and k of self-attention only.
-        self.rope = (RotaryEmbedding(self.d_head, config.rope_base, config.rope_pairs)
+        self.rope = (RotaryEmbedding(self.d_head, config.rope_base, config.rope_pairs, config.rope_scale)
                      if config.positions == "rope" else None)
         self.fused = config.kernels == "fused"  # chapter 08: the fast path when no weights are needed
 
@@ -643,8 +649,10 @@ class TinyDecoder(nn.Module):
         the model adds none (rope, alibi, relative, none). Learned rows past the table raise a ShapeError."""
         if self.config.positions == "sinusoidal":
             weight = self.tok_emb.weight
-            return sinusoidal_table(T, self.config.d_model, offset=offset, dtype=weight.dtype,
-                                    device=weight.device)  # (T, d_model)
+            table = sinusoidal_table(T, self.config.d_model, offset=offset, dtype=weight.dtype,
+                                     device=weight.device)  # (T, d_model)
+            scale = self.config.sinusoidal_scale
+            return table if scale == 1 else table * scale  # (T, d_model)
         if self.pos_emb is not None:
             return learned_positions(self.pos_emb.weight, T, offset)  # (T, d_model)
         return None

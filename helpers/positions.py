@@ -46,16 +46,22 @@ __all__ = [
     "ALiBi",
     "PAIR_LAYOUTS",
     "RelativePositionBias",
+    "LENGTH_METHODS",
+    "ROPE_SCALINGS",
+    "ROPE_VARIANTS",
     "RotaryEmbedding",
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",
     "learned_positions",
+    "length_experiment",
+    "length_ranges",
     "position_ids",
     "relative_position_bucket",
     "rope_angles",
     "rope_frequencies",
     "rope_permutation",
+    "rope_scaled_frequencies",
     "rope_wavelength",
     "sinusoidal_shift",
     "sinusoidal_table",
@@ -213,18 +219,33 @@ def rope_wavelength(k: int, d_head: int, base: float = 10000.0) -> float:
     return 2 * math.pi * _require_base(fn, base) ** (2 * k / d_head)
 
 
+def _require_scale(fn: str, scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale):
+        raise ValueError(f"{fn}: scale (positions are read as p / scale) must be a finite number > 0 "
+                         f"(1: plain RoPE); got {scale!r}")
+    return float(scale)
+
+
 def rope_angles(T: int | None, d_head: int, *, offset: int = 0, base: float = 10000.0,
-                positions: torch.Tensor | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """(T, d_head / 2) float64: the angle p * theta_k of pair k at each position p."""
+                positions: torch.Tensor | None = None, device: torch.device | str | None = None,
+                scale: float = 1.0) -> torch.Tensor:
+    """(T, d_head / 2) float64: the angle (p / scale) * theta_k of pair k at each position p.
+
+    scale > 1 is position interpolation (Chen et al. 2023; HF's rope_scaling "linear" factor):
+    a model trained at L and run at T = scale * L sees positions 0 .. T - 1 squeezed into the
+    angles of 0 .. L - 1, never an angle larger than in training.
+    """
     fn = "rope_angles"
     theta = _frequencies(_require_even(fn, "d_head", d_head), _require_base(fn, base))  # (d/2,)
+    scale = _require_scale(fn, scale)
     pos = _resolve(fn, T, offset, positions, device)  # (T,)
-    return pos.to(torch.float64)[:, None] * theta.to(pos.device)[None, :]  # (T, d/2)
+    return (pos.to(torch.float64) / scale)[:, None] * theta.to(pos.device)[None, :]  # (T, d/2)
 
 
 def apply_rope(x: torch.Tensor, offset: int = 0, *, base: float = 10000.0, pairs: str = "half",
-               positions: torch.Tensor | None = None) -> torch.Tensor:
+               positions: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
     """Rotate each channel pair of x (..., T, d_head) by p * theta_k, p = offset + t (or positions[t]).
+    scale: positions read as p / scale (position interpolation, rope_angles); 1 = plain RoPE.
 
     pairs="half": pair k is channels (k, k + d/2), i.e. x * cos + rotate_half(x) * sin with
     rotate_half(x) = cat(-x2, x1) (HF Llama). pairs="interleaved": pair k is channels (2k, 2k + 1)
@@ -241,7 +262,8 @@ def apply_rope(x: torch.Tensor, offset: int = 0, *, base: float = 10000.0, pairs
                          f"x {fmt_shape(x.shape)} = (..., T, d_head), T = {T}")
     if T == 0:
         return x.clone()
-    angles = rope_angles(T, d_head, offset=offset, base=base, positions=positions, device=x.device)  # (T, d/2)
+    angles = rope_angles(T, d_head, offset=offset, base=base, positions=positions, device=x.device,
+                         scale=scale)  # (T, d/2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (T, d/2) each
     if pairs == "half":
         a, b = x[..., : d_head // 2], x[..., d_head // 2:]  # (..., T, d/2) each: pair k = (k, k + d/2)
@@ -262,22 +284,24 @@ def rope_permutation(d_head: int) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE as a layer with no parameters: rope(x, offset) rotates x (..., T, d_head)."""
+    """RoPE as a layer with no parameters: rope(x, offset) rotates x (..., T, d_head).
+    scale: positions read as p / scale (position interpolation); 1 = plain RoPE."""
 
-    def __init__(self, d_head: int, base: float = 10000.0, pairs: str = "half") -> None:
+    def __init__(self, d_head: int, base: float = 10000.0, pairs: str = "half", scale: float = 1.0) -> None:
         super().__init__()
         self.d_head = _require_even("RotaryEmbedding", "d_head", d_head)
         self.base = _require_base("RotaryEmbedding", base)
         self.pairs = _require_layout("RotaryEmbedding", pairs)
+        self.scale = _require_scale("RotaryEmbedding", scale)
 
     def forward(self, x: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() >= 1 and x.shape[-1] != self.d_head:
             raise ShapeError(f"RotaryEmbedding: x must be (..., T, d_head) with d_head = {self.d_head}; "
                              f"got {fmt_shape(x.shape)}")
-        return apply_rope(x, offset, base=self.base, pairs=self.pairs, positions=positions)
+        return apply_rope(x, offset, base=self.base, pairs=self.pairs, positions=positions, scale=self.scale)
 
     def extra_repr(self) -> str:
-        return f"d_head={self.d_head}, base={self.base:g}, pairs={self.pairs!r}"
+        return f"d_head={self.d_head}, base={self.base:g}, pairs={self.pairs!r}, scale={self.scale:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,3 +428,212 @@ class ALiBi(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_heads={self.n_heads}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Context extension: how each published method changes RoPE's frequencies
+# ---------------------------------------------------------------------------------------------
+
+ROPE_SCALINGS = ("none", "pi", "ntk", "yarn", "llama3")
+
+
+def rope_scaled_frequencies(d_head: int, base: float = 10000.0, *, method: str = "none", factor: float = 1.0,
+                            original_len: int = 4096, alpha: float = 1.0, beta: float = 32.0,
+                            low_freq_factor: float = 1.0, high_freq_factor: float = 4.0) -> torch.Tensor:
+    """(d_head / 2,) float64: the angle per position theta'_k of pair k after a context extension by `factor`.
+
+        none     theta_k = base^(-2k / d)                                   plain RoPE
+        pi       theta_k / s                                                 position interpolation (Chen et al. 2023)
+        ntk      (base * s^(d / (d - 2)))^(-2k / d)                          "NTK-aware" base scaling (bloc97, 2023)
+        yarn     (1 - g(r_k)) theta_k / s + g(r_k) theta_k,  r_k = L / lambda_k,
+                 g = 0 below alpha, 1 above beta, linear between             YaRN's "NTK-by-parts" (Peng et al. 2023)
+        llama3   the same ramp in wavelengths: lambda_k < L / high_freq_factor kept, lambda_k > L / low_freq_factor
+                 divided by s, a linear blend between                         Llama 3.1's rope_scaling
+
+    s = factor, L = original_len (the trained context), lambda_k = 2 pi / theta_k (positions per turn).
+    PI slows every pair by s; NTK-aware raises the base so the slowest pair is slowed by exactly s and
+    the fastest not at all; YaRN and Llama 3.1 keep pairs that turn many times within L and interpolate
+    only those that turn less than once. (YaRN also scales the logits by 1/t, sqrt(1/t) = 0.1 ln s + 1.)
+    """
+    fn = "rope_scaled_frequencies"
+    theta = rope_frequencies(d_head, base)  # (d/2,)
+    if method not in ROPE_SCALINGS:
+        raise ValueError(f"{fn}: method must be one of {ROPE_SCALINGS}; got {method!r}")
+    s = _require_scale(fn, factor)
+    require_positive_int(fn, "original_len", original_len)
+    if method == "none":
+        return theta
+    if method == "pi":
+        return theta / s
+    if method == "ntk":
+        return rope_frequencies(d_head, base * s ** (d_head / (d_head - 2)))
+    wavelength = 2 * math.pi / theta  # (d/2,): positions per turn
+    if method == "yarn":
+        if not 0 <= alpha < beta:
+            raise ValueError(f"{fn}: need 0 <= alpha < beta; got alpha={alpha!r}, beta={beta!r}")
+        ramp = ((original_len / wavelength - alpha) / (beta - alpha)).clamp(0, 1)  # (d/2,): 1 = keep the pair
+    else:
+        if not 0 < low_freq_factor < high_freq_factor:
+            raise ValueError(f"{fn}: need 0 < low_freq_factor < high_freq_factor; got {low_freq_factor!r}, "
+                             f"{high_freq_factor!r}")
+        ramp = ((original_len / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+    return (1 - ramp) * theta / s + ramp * theta  # (d/2,)
+
+
+# ---------------------------------------------------------------------------------------------
+# The length experiment (chapter 06, section 7)
+# ---------------------------------------------------------------------------------------------
+
+LENGTH_METHODS = ("none", "learned", "sinusoidal", "sinusoidal-x1", "rope", "alibi", "relative")
+ROPE_VARIANTS = ("rope-pi", "rope-ntk", "rope-pi-tuned", "rope-tuned")
+
+
+def length_ranges(train_len: int, eval_len: int) -> list[tuple[int, int]]:
+    """[0, L), [L, 2L), [2L, 4L), ... up to eval_len: the ranges of positions the experiment reports."""
+    ranges, start, stop = [], 0, train_len
+    while start < eval_len:
+        ranges.append((start, min(stop, eval_len)))
+        start, stop = stop, 2 * stop
+    return ranges
+
+
+def length_experiment(methods=LENGTH_METHODS, *, seeds=(0, 1), train_len: int = 32, eval_len: int = 256,
+                      steps: int = 300, batch_size: int = 16, d_model: int = 64, n_heads: int = 4,
+                      n_layers: int = 2, sinusoidal_scale: float = 0.03, tune_steps: int = 20,
+                      eval_windows: int = 32, device: torch.device | str | None = None) -> dict[str, dict]:
+    """Train one tiny decoder per position method on windows of train_len characters; read eval_len.
+
+    What it shows (Press et al. 2022's result in miniature): past about twice the training length the
+    loss of RoPE, of learned positions (a table of eval_len rows, only the first train_len ever
+    trained) and of sinusoidal positions rises, while ALiBi's stays flat. Methods:
+
+        none, learned, sinusoidal, rope, alibi, relative   ModelConfig(positions=...)
+        sinusoidal-x1      the 2017 table at its full +-1 scale beside embeddings of std 0.02: the
+                           mistake (it swamps the tokens); "sinusoidal" multiplies it by sinusoidal_scale
+        rope-pi            the rope model read with positions p * train_len / eval_len (rope_scale),
+                           no further training
+        rope-ntk           the rope model read with the NTK-aware base 10000 * s^(d/(d-2)), s = eval_len / L
+        rope-pi-tuned      rope-pi after tune_steps of training at eval_len (Chen et al.'s recipe)
+        rope-tuned         the control: the rope model trained the same tune_steps at eval_len, plain RoPE
+
+    Every model: the course's character tokenizer and corpus, d_model, n_heads, n_layers, AdamW
+    (helpers.training.train, one thread on a CPU), `steps` batches of batch_size windows of
+    train_len, the same seed for its initialization and its batches; evaluated on the same
+    eval_windows validation windows of eval_len characters (drawn with seed 1).
+
+    Returns {method: {"ranges": {"0-32": loss, ...}, "by_seed": {seed: {"0-32": loss, ...}},
+    "rise": float, "rise_by_seed": {seed: float}, "curve": [loss at each position]}}: mean
+    next-character losses in nats over the positions of each range (length_ranges) and seed, their
+    mean over seeds, and rise = the loss on positions [2 train_len, eval_len) minus the loss on
+    [0, train_len). Plus "_cost": {"cpu_seconds": process CPU time of the whole call}.
+    Deterministic for the same seeds and thread count. Cost: about 3 CPU-seconds per trained model
+    and seed at the defaults (one thread), the rope variants about 1 s more each ("-tuned").
+    """
+    import time as _time
+    from dataclasses import replace
+
+    from .blocks import ModelConfig, TinyDecoder
+    from .corpus import load_corpus
+    from .tokenizers import course_chars
+    from .training import train
+
+    fn = "length_experiment"
+    if isinstance(methods, str):
+        methods = (methods,)
+    methods = tuple(methods)
+    known = LENGTH_METHODS + ROPE_VARIANTS
+    for method in methods:
+        if method not in known:
+            raise ValueError(f"{fn}: unknown method {method!r}; choose from {known}")
+    for name, value in (("train_len", train_len), ("eval_len", eval_len), ("steps", steps),
+                        ("batch_size", batch_size), ("eval_windows", eval_windows), ("tune_steps", tune_steps)):
+        require_positive_int(fn, name, value)
+    if eval_len <= 2 * train_len:
+        raise ValueError(f"{fn}: eval_len = {eval_len} must exceed 2 * train_len = {2 * train_len}: the rise is "
+                         f"measured on positions [2 train_len, eval_len)")
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError(f"{fn}: give at least one seed")
+    device = torch.device("cpu") if device is None else torch.device(device)
+
+    cpu_start = _time.process_time()
+    chars = course_chars()
+    train_ids = torch.tensor(chars.encode(load_corpus("train")), device=device)  # (N_train,)
+    val_ids = torch.tensor(chars.encode(load_corpus("val")), device=device)  # (N_val,)
+    starts = torch.randint(0, len(val_ids) - eval_len - 1, (eval_windows,), generator=torch.Generator().manual_seed(1))
+    windows = torch.stack([val_ids[s:s + eval_len + 1] for s in starts.tolist()])  # (W, eval_len + 1)
+    ranges = length_ranges(train_len, eval_len)
+    labels = [f"{a}-{b}" for a, b in ranges]
+    s = eval_len / train_len
+
+    @torch.no_grad()
+    def per_position(model: nn.Module) -> torch.Tensor:
+        model.eval()
+        logits = model(windows[:, :-1])  # (W, eval_len, V)
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")  # (W, eval_len)
+        return loss.mean(dim=0).double().cpu()  # (eval_len,)
+
+    def fit(config: ModelConfig, seed: int, *, init: dict | None = None, n: int = steps, length: int = train_len,
+            batch: int = batch_size, lr: float = 3e-3) -> TinyDecoder:
+        torch.manual_seed(seed)
+        model = TinyDecoder(config).to(device)
+        if init is not None:
+            model.load_state_dict(init)
+        train(model, train_ids, val_ids, steps=n, batch_size=batch, block_size=length, lr=lr, eval_every=n,
+              eval_batches=1, seed=seed, progress=False, threads=1 if device.type == "cpu" else None)
+        return model
+
+    curves: dict[str, dict[int, torch.Tensor]] = {m: {} for m in methods}
+    for seed in seeds:
+        base_config = ModelConfig(vocab_size=chars.vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                                  max_seq_len=eval_len, kernels="fused")
+        rope_state = None
+        for method in methods:
+            if method in ROPE_VARIANTS:
+                continue
+            if method == "sinusoidal-x1":
+                config = replace(base_config, positions="sinusoidal", sinusoidal_scale=1.0)
+            elif method == "sinusoidal":
+                config = replace(base_config, positions="sinusoidal", sinusoidal_scale=sinusoidal_scale)
+            else:
+                config = replace(base_config, positions=method)
+            model = fit(config, seed)
+            curves[method][seed] = per_position(model)
+            if method == "rope":
+                rope_state = {k: v.clone() for k, v in model.state_dict().items()}
+        variants = [m for m in methods if m in ROPE_VARIANTS]
+        if variants:
+            rope_config = replace(base_config, positions="rope")
+            if rope_state is None:
+                rope_state = fit(rope_config, seed).state_dict()
+            d_head = rope_config.d_head
+            for method in variants:
+                if method == "rope-pi":
+                    model = TinyDecoder(replace(rope_config, rope_scale=s)).to(device)
+                    model.load_state_dict(rope_state)
+                elif method == "rope-ntk":
+                    model = TinyDecoder(replace(rope_config, rope_base=rope_config.rope_base * s ** (d_head / (d_head - 2))))
+                    model = model.to(device)
+                    model.load_state_dict(rope_state)
+                else:  # a short training at eval_len, with or without interpolation
+                    scale = s if method == "rope-pi-tuned" else 1.0
+                    model = fit(replace(rope_config, rope_scale=scale), seed + 100, init=rope_state, n=tune_steps,
+                                length=eval_len, batch=max(1, batch_size // 2), lr=1e-3)
+                curves[method][seed] = per_position(model)
+
+    result: dict[str, dict] = {}
+    for method in methods:
+        by_seed = {seed: {label: float(curves[method][seed][a:b].mean()) for label, (a, b) in zip(labels, ranges)}
+                   for seed in seeds}
+        rise_by_seed = {seed: float(curves[method][seed][2 * train_len:].mean() - curves[method][seed][:train_len].mean())
+                        for seed in seeds}
+        mean_curve = torch.stack([curves[method][seed] for seed in seeds]).mean(dim=0)  # (eval_len,)
+        result[method] = {
+            "ranges": {label: sum(by_seed[seed][label] for seed in seeds) / len(seeds) for label in labels},
+            "by_seed": by_seed,
+            "rise": sum(rise_by_seed.values()) / len(seeds),
+            "rise_by_seed": rise_by_seed,
+            "curve": mean_curve.tolist(),
+        }
+    result["_cost"] = {"cpu_seconds": _time.process_time() - cpu_start}
+    return result

@@ -364,9 +364,82 @@ def test_rope_never_touches_v_and_the_model_uses_its_rotation():
     (dict(positions="rope", d_model=12, n_heads=4), "d_head = d_model / n_heads = 3 must be even"),
     (dict(positions="rope", rope_pairs="neox"), "rope_pairs must be one of"),
     (dict(rope_base=1), "rope_base must be a number > 1"),
+    (dict(rope_scale=0), "rope_scale must be a finite number > 0"),
+    (dict(rope_scale=float("nan")), "rope_scale must be a finite number > 0"),
+    (dict(sinusoidal_scale=-0.1), "sinusoidal_scale must be a finite number > 0"),
+    (dict(sinusoidal_scale=True), "sinusoidal_scale must be a finite number > 0"),
     (dict(positions="relative", relative_buckets=2, causal=False), "at least 2 buckets per direction"),
     (dict(positions="absolute"), "positions must be one of"),
 ])
 def test_bad_position_settings_are_refused(overrides, message):
     with pytest.raises((ValueError, ShapeError), match=message):
         ModelConfig(**{"vocab_size": 10, **overrides})
+
+
+# ------------------------------------------------------------------------------------------------
+# Chapter 06, section 7: position interpolation, the sinusoidal scale, context-extension rules
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pairs", P.PAIR_LAYOUTS)
+def test_position_interpolation_reads_position_p_as_p_over_scale(pairs):
+    x = torch.randn(3, 10, 16, dtype=torch.float64)
+    even = torch.arange(0, 40, 4)  # (10,): positions 0, 4, ..., 36
+    assert_close(P.apply_rope(x, positions=even, scale=4.0, pairs=pairs), P.apply_rope(x, pairs=pairs), n=16)
+    assert_close(P.rope_angles(10, 16, offset=5, scale=2.5), P.rope_angles(10, 16, offset=5) / 2.5)
+    assert not close(P.apply_rope(x, scale=4.0, pairs=pairs), P.apply_rope(x, pairs=pairs), n=16)
+    assert_close(P.RotaryEmbedding(16, scale=4.0, pairs=pairs)(x, positions=even), P.apply_rope(x, pairs=pairs), n=16)
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="scale"):
+            P.apply_rope(x, scale=bad)
+
+
+def test_the_models_rope_scale_and_sinusoidal_scale():
+    ids = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(4))
+    plain, squeezed = _model("rope"), _model("rope", rope_scale=4.0)
+    assert squeezed.blocks[0].attn.rope.scale == 4.0
+    with torch.no_grad():
+        assert not close(squeezed(ids), plain(ids), n=24)
+        fused = TinyDecoder(ModelConfig(**{**vars(squeezed.config), "kernels": "fused"})).double().eval()
+        fused.load_state_dict(squeezed.state_dict())
+        assert_close(fused(ids), squeezed(ids), n=24)  # the fast path rotates with the same scale
+    small = _model("sinusoidal", sinusoidal_scale=0.03)
+    assert_close(small.position_rows(7, 2), 0.03 * P.sinusoidal_table(7, 24, offset=2, dtype=torch.float64))
+    assert_close(_model("sinusoidal").position_rows(7), P.sinusoidal_table(7, 24, dtype=torch.float64))
+
+
+def _llama31_loop(d_head, base, factor, original_len, low, high):
+    """Llama 3.1's published scaling rule, pair by pair in plain Python (Meta's reference apply_scaling)."""
+    out = []
+    for k in range(d_head // 2):
+        freq = base ** (-2 * k / d_head)
+        wavelen = 2 * math.pi / freq
+        if wavelen < original_len / high:
+            out.append(freq)
+        elif wavelen > original_len / low:
+            out.append(freq / factor)
+        else:
+            smooth = (original_len / wavelen - low) / (high - low)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_context_extension_rules():
+    d, s = 128, 8.0
+    theta = P.rope_frequencies(d, 10000.0)
+    assert_close(P.rope_scaled_frequencies(d, method="none", factor=s), theta)
+    assert_close(P.rope_scaled_frequencies(d, method="pi", factor=s), theta / s)
+    ntk = P.rope_scaled_frequencies(d, method="ntk", factor=s)
+    assert_close(ntk[[0, -1]], torch.stack([theta[0], theta[-1] / s]))  # fastest kept, slowest exactly / s
+    assert bool(((ntk <= theta) & (ntk >= theta / s)).all())
+    yarn = P.rope_scaled_frequencies(d, method="yarn", factor=s, original_len=4096, alpha=1, beta=32)
+    turns = 4096 * theta / (2 * math.pi)  # turns of each pair within the trained context
+    assert_close(yarn[turns > 32], theta[turns > 32])  # many turns within L: kept
+    assert_close(yarn[turns < 1], theta[turns < 1] / s)  # less than one turn: interpolated
+    assert bool((turns > 32).any() and (turns < 1).any())
+    for L, low, high in [(8192, 1.0, 4.0), (4096, 2.0, 8.0)]:
+        got = P.rope_scaled_frequencies(d, 500000.0, method="llama3", factor=s, original_len=L,
+                                        low_freq_factor=low, high_freq_factor=high)
+        assert_close(got, _llama31_loop(d, 500000.0, s, L, low, high))
+    with pytest.raises(ValueError, match="method must be one of"):
+        P.rope_scaled_frequencies(d, method="linear")
