@@ -897,11 +897,11 @@ plt.show()
 # $d_{ff} = d$), and its Theorem 1 is a bound that holds *with high probability* over the
 # initialization, up to constants, not a prediction of a value. The stack here has random $W_Q, W_K$,
 # 4 heads and $d_{ff} = 4d$, and averages 5 draws, so it tests the *scaling* in $L$, not the constants.
-# Their Figure 3 is a different measurement again: expected gradient norms per layer in the
-# Transformers they train for translation (encoder-decoders), not one stack with a random readout.
+# Their Figure 3 is a different measurement again: expected gradient norms per layer, measured in
+# their translation Transformers (encoder-decoders), not one stack with a random readout.
 #
-# Xiong et al. report Pre-LN's per-layer gradients as roughly
-# constant across layers; their models have 6 layers. Here the first-to-last ratio is about 2 at 6
+# In that figure Pre-LN's per-layer gradients look roughly constant across layers; their models have
+# 6 layers. Here the first-to-last ratio is about 2 at 6
 # layers, which on a log scale looks flat, and grows to about 6 at 48 layers. Larger gradients in the
 # early layers of Pre-LN models are what NormFormer (Shleifer, Weston and Ott, 2021) measured in Pre-LN
 # language models too ("gradients at early layers are much larger than at later layers"), and corrected
@@ -1136,6 +1136,18 @@ print("zero sublayers: right Pre-LN returns x:", torch.equal(pre_ln_block(x, zer
 #
 # Pre-LN returns its input exactly (the identity path). Post-LN returns `norm2(norm1(x))`, a
 # normalized copy, not the input.
+#
+# </details>
+#
+# **Q8.** In `warmup-run`, the 12-layer Post-LN stack trained without warm-up ends near 2.78 nats,
+# the unigram entropy of the Markov language. What has it learned, and what has it not?
+#
+# <details><summary>Answer</summary>
+#
+# The letter frequencies and nothing else: 2.78 is the loss of the best prediction that ignores the
+# previous letter. The entropy rate (1.23) needs the transition table, which the runs with warm-up
+# learn. At the full learning rate from the first step, its curve starts to fall, then blows up after
+# about 15 steps; with a gentler peak ($1.5\times10^{-2}$) the same stack trains without warm-up.
 #
 # </details>
 

@@ -1035,6 +1035,19 @@ with torch.no_grad():
 # T5's decoder: three (self-attention, cross-attention, FFN) with three norms. GPT: two, with two norms.
 #
 # </details>
+#
+# **Q7.** The encoder-decoder of `cross-trained` reverses 8 symbols. Why must its cross-attention
+# look like the anti-diagonal, and how can a head read one position off and still be right?
+#
+# <details><summary>Answer</summary>
+#
+# Target position $t$ must output source token $7 - t$, which the decoder's own input has not
+# contained: it can only be read from memory, at a place fixed by position, key $7 - t$. But the
+# encoder's self-attention can copy a token's identity into the vectors of its neighbours, so the
+# memory vector at position $6 - t$ or $8 - t$ may also carry it; the band printed beside the
+# anti-diagonal measures that.
+#
+# </details>
 
 # %% [markdown] id="evidence-card"
 # ## Evidence card
