@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.depth import (
+    WARMUP_RUNS,
     direct_path_logits,
     encoder_layer_sublayers,
     loglog_slope,
     stack_gradients,
     table_loss,
+    warmup_experiment,
     xavier_encoder_layer,
 )
 from helpers.norms import post_ln_block, pre_ln_block
@@ -98,6 +100,9 @@ def test_post_ln_stream_is_sqrt_d_after_every_block_and_pre_ln_stream_grows():
     assert not math.isclose(post.stream[0].item(), math.sqrt(16), rel_tol=1e-2)  # the raw input is not normalized
     pre = stack_gradients(6, "pre", seed=0, **SMALL)
     assert (pre.stream[1:] > pre.stream[:-1]).all()
+    assert all(math.isclose(v, 16, rel_tol=2e-4) for v in post.stream_sq[1:].tolist())  # squared: d
+    assert (pre.stream_sq >= pre.stream ** 2 * (1 - 1e-12)).all()  # mean of squares >= square of the mean
+    assert (pre.stream_sq[1:] > pre.stream_sq[:-1]).all()
 
 
 def test_stack_gradients_is_reproducible_and_leaves_the_global_generator_alone():
@@ -192,3 +197,16 @@ def test_table_loss_is_the_mean_negative_log_probability_of_the_pairs():
     assert math.isclose(table_loss(log_p, ids), expected, rel_tol=1e-12)
     with pytest.raises(ValueError, match=r"\(V, V\)"):
         table_loss(log_p[0], ids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_post_ln_without_warmup_fails_where_the_other_three_learn(seed):
+    """About 13 CPU-seconds per seed: four 12-layer runs of 100 steps."""
+    r = warmup_experiment(seed)
+    assert set(r) == {f"{o}_{'warmup' if w else 'no_warmup'}" for o, w in WARMUP_RUNS} | {"entropy_rate", "uniform"}
+    others = [r["post_warmup"], r["pre_warmup"], r["pre_no_warmup"]]
+    assert r["post_no_warmup"] > max(others) + 0.3, r  # clearly worse than each of the other three
+    assert r["post_no_warmup"] > r["entropy_rate"] + 1.0, r  # it has not learned the transitions
+    assert r["pre_warmup"] < r["entropy_rate"] + 0.3, r  # the healthy run nearly reaches the floor
+    assert r["post_warmup"] < r["post_no_warmup"] - 0.5, r  # warm-up is what rescues Post-LN

@@ -27,7 +27,8 @@
 # 4. The mask family side by side, prefix-LM, and a classifier that names a mask
 # 5. The blocks: encoder block, decoder block with cross-attention, checked against `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer`
 # 6. The three model kinds (BERT-style, GPT-style, and an encoder-decoder with the 2017 Transformer's layout) with the
-#    shape at every arrow, and their parameters
+#    shape at every arrow; an encoder-decoder trained to reverse, and what its cross-attention learned; their
+#    parameters, and BERT, T5, BART and Whisper counted
 # 7. Two block variants of the shared model: the parallel block and the MoE FFN
 # 8. Why decoder-only won for LLMs, and the honest caveats
 # 9. Common mistakes, self-check, evidence card, and the exercises
@@ -40,6 +41,7 @@
 # %% id="setup"
 import math
 import warnings
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import torch
@@ -72,7 +74,9 @@ from helpers.blocks import (
     moe_balance_loss,
 )
 from helpers.ffn import load_balancing_loss, token_influence, top_k_route
+from helpers.heads import attention_param_count
 from helpers.plots import mask_grid
+from helpers.reversal import anti_diagonal_mass, cross_attention_maps, reversal_batch, reversal_experiment
 
 helpers.seed_everything(0)
 device = helpers.get_device()
@@ -547,8 +551,11 @@ for name, out in [("with the residual", right), ("without it", no_residual)]:
 # **Main idea.** The same config dataclass builds all three (`ModelConfig(kind=...)`). Below each
 # model runs once on a small batch, and a forward hook prints the shape that leaves every stage:
 #
-# * **BERT-style** `TinyEncoder`: ids `(B, T)` → embeddings `(B, T, d)` → encoder blocks → final norm →
-#   masked-LM logits `(B, T, V)`: one prediction per position, each made with both sides visible.
+# * **BERT-style** `TinyEncoder`: ids `(B, T)` → embeddings `(B, T, d)` → encoder blocks →
+#   masked-LM logits `(B, T, V)`: one prediction per position, each made with both sides visible. It is
+#   set up as BERT-base's shape scaled down: Post-LN (so no final norm: each block ends with one), a GELU
+#   FFN of width $4d$ with biases, learned positions, the MLM head tied to the token table; BERT-base itself
+#   is $d = 768$, 12 heads, 12 layers (its size is counted in `real-sizes` below).
 # * **GPT-style** `TinyDecoder`: the same path with causal blocks; logits at position $t$ predict token $t+1$.
 # * **encoder-decoder** `TinyEncoderDecoder`: source ids `(B, T_src)` → encoder → memory `(B, T_src, d)`;
 #   target ids `(B, T_tgt)` → decoder blocks, each reading memory → logits `(B, T_tgt, V)`. It is the 2017
@@ -594,7 +601,7 @@ gen = torch.Generator().manual_seed(19)
 ids, src, tgt = (torch.randint(0, V, shape, generator=gen).to(device) for shape in [(B, T), (B, T_src), (B, T_tgt)])
 base = dict(vocab_size=V, d_model=16, n_heads=4, n_layers=2, max_seq_len=16)
 torch.manual_seed(0)
-bert = TinyEncoder(ModelConfig(**base, kind="encoder")).to(device)
+bert = TinyEncoder(ModelConfig(**base, kind="encoder", norm_placement="post", bias=True)).to(device)  # BERT-base, scaled down
 gpt = TinyDecoder(ModelConfig(**base)).to(device)
 enc_dec = TinyEncoderDecoder(ModelConfig(**base, kind="encoder-decoder")).to(device)
 print("BERT-style: ids", (B, T), "->", " -> ".join(trace(bert, ids, [6, 4])))
@@ -659,6 +666,69 @@ with torch.no_grad():
     print("TinyEncoderDecoder equals nn.Transformer, max error < 1e-12:",
           (enc_dec(src, tgt, [7, 3]) - h @ enc_dec.tok_emb.weight.T).abs().max().item() < 1e-12)
 
+# %% [markdown] id="cross-trained-text"
+# **What cross-attention learns.** Every cross-attention weight so far came from random weights.
+# To see what training puts there, the encoder-decoder above (1 layer per stack, $d_{\text{model}} = 32$,
+# 2 heads, learned positions) learns to **reverse** a sequence of 8 random symbols:
+# source `a b c d e f g h`, target `h g f e d c b a`, trained with teacher forcing (the decoder reads
+# `BOS h g f e d c b`) for 600 AdamW steps of 64 sequences on the fast path
+# (`helpers.reversal.reversal_experiment`, about 4 CPU-seconds). Target position $t$ must output
+# source token $7 - t$, and the decoder's own input never contains it (it has read only the later
+# source tokens), so the answer can only come through cross-attention, from a place fixed by
+# position alone: query $t$ should read key $7 - t$, the **anti-diagonal** of the $(T_{\text{tgt}},
+# T_{\text{src}})$ weights. Uniform attention puts $1/8 = 0.125$ there.
+#
+# The measures: token accuracy with teacher forcing and whole-sequence accuracy of greedy decoding
+# (the decoder feeds itself, as at inference) on 512 held-out sequences, and the mean weight each
+# head puts on the anti-diagonal, before and after training (read on the course path,
+# `decode(..., return_weights=True)`).
+
+# %% id="cross-trained"
+reversal = reversal_experiment(seed=0)
+shorter = reversal_experiment(seed=0, steps=300)  # the same run stopped at half the steps
+for key in ("first_loss", "loss", "accuracy", "sequence_accuracy", "anti_diagonal_init", "anti_diagonal",
+            "anti_diagonal_band", "chance", "cpu_seconds"):
+    print(f"{key:>20}: {reversal[key]:.3f}")
+print(f"after 300 steps instead: sequence accuracy {shorter['sequence_accuracy']:.3f}, anti-diagonal "
+      f"{shorter['anti_diagonal']:.3f}, band {shorter['anti_diagonal_band']:.3f}")
+
+# %% id="cross-trained-claims"
+# NBVAL_CHECK_OUTPUT
+print("held-out sequences reversed by greedy decoding, over 95 %:", reversal["sequence_accuracy"] > 0.95)
+print("at initialization the best head's anti-diagonal weight is near uniform (< 1.5 / 8):",
+      reversal["anti_diagonal_init"] < 1.5 * reversal["chance"])
+print("trained, the best head puts over half its weight on the anti-diagonal (> 4 x uniform):",
+      reversal["anti_diagonal"] > 4 * reversal["chance"])
+
+# %% id="cross-trained-plot"
+trained = reversal["model"]
+torch.manual_seed(0)
+untrained = TinyEncoderDecoder(trained.config).eval()  # the same seed: the trained model's starting point
+src_r, tgt_in_r, _ = reversal_batch(256, 8, 10, torch.Generator().manual_seed(7))  # held-out sequences
+fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+panels = [(untrained, 0, "random weights, head 0"), (trained, 0, "trained, head 0"), (trained, 1, "trained, head 1")]
+for ax, (model, head, title) in zip(axes, panels):
+    mean_map = cross_attention_maps(model, src_r, tgt_in_r)[-1, :, head].mean(0)  # (T_tgt, T_src): over 256 sequences
+    image = ax.imshow(mean_map.numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set(xlabel="source position (key)", ylabel="target position (query)",
+           title=f"{title}: anti-diagonal {anti_diagonal_mass(mean_map[None, None, None]).item():.2f}")
+fig.colorbar(image, ax=axes, fraction=0.02)
+fig.suptitle("Cross-attention weights of the decoder, mean over 256 held-out sequences: uniform at initialization, "
+             "the anti-diagonal once trained to reverse", fontsize=10)
+plt.show()
+
+# %% [markdown] id="cross-trained-caption"
+# *What to see:* at initialization every target position spreads its weight evenly over the 8 source
+# positions (about 0.125 each); after training, target position 0 reads source position 7, position 1
+# reads 6, and so on: the anti-diagonal. The band printed above (the weight within one position of
+# the anti-diagonal) is higher than the anti-diagonal itself: the encoder's own self-attention can
+# copy a token's identity into its neighbours, so a head that reads one place off still finds the
+# symbol. Half the training leaves the pattern smeared in exactly this way (the 300-step line above:
+# the same accuracy, far less weight on the anti-diagonal itself); longer training sharpens it.
+# Attention-based translation shows the same kind of picture for real languages (Bahdanau et al.,
+# 2015, plot the alignment of English and French words), where the alignment follows word order,
+# mostly the diagonal, instead of reversing it.
+
 # %% [markdown] id="kinds-params-text"
 # **What each kind costs.** `model_param_count` covers every variant. With the same width and depth
 # per stack, an encoder-only model costs about what a decoder-only one does (the blocks are the
@@ -684,6 +754,88 @@ print("one decoder layer of the encoder-decoder:", f"{per_decoder_layer:,d}", "(
 paper = ModelConfig(**{**size, "vocab_size": 37000}, kind="encoder-decoder", positions="sinusoidal", bias=True)
 print(f"Transformer-base as in the paper: {model_param_count(paper) / 1e6:.1f}M (the paper reports 65M) | "
       f"as above: {model_param_count(ModelConfig(**size, kind='encoder-decoder')) / 1e6:.1f}M")
+
+# %% [markdown] id="real-sizes-text"
+# **Real models, counted with the same counter.** The published sizes of the models this chapter
+# names, recounted with `model_param_count` from their configurations (the sizes each paper or its
+# released code gives: vocabulary, $d_{\text{model}}$, heads, $d_{ff}$, layers, norm placement, FFN
+# biases). Our model kinds leave a few tensors out (attention biases, and each model's own extras);
+# the cell adds each missing part by name, computed from the chapter's counters
+# (`attention_param_count(..., bias=True)` minus the bias-free count, `_norm` sizes $2d$), so the
+# total is the real architecture's. Published figures are those of the papers:
+#
+# | model | kind | published | what our model kind lacks |
+# |---|---|---|---|
+# | BERT-base (Devlin et al., 2019) | encoder, Post-LN | 110M | attention biases, 2 token-type (segment) rows, a LayerNorm on the embeddings, the pooler ($d \times d + d$) |
+# | BERT-large | encoder, Post-LN | 340M | the same |
+# | T5-base (Raffel et al., 2020) | encoder-decoder, Pre-LN, RMSNorm, no biases | 220M | one relative-position bias table per stack (32 buckets $\times$ 12 heads), no position table at all |
+# | BART-base (Lewis et al., 2020; fairseq's release) | encoder-decoder, Post-LN | 140M | attention biases, a LayerNorm on each stack's embeddings, position tables of 1026 rows |
+# | Whisper base (Radford et al., 2022) | encoder-decoder, Pre-LN | 74M | attention biases (none on $W_K$), two convolutions that read 80 mel channels, sinusoidal (parameter-free) audio positions, 448 learned text positions |
+#
+# The encoder-decoders share one token table between encoder, decoder and output (T5 and BART);
+# Whisper's encoder reads audio, so its one table is the decoder's, tied to the output.
+
+# %% id="real-sizes"
+# NBVAL_CHECK_OUTPUT
+def attention_biases(d: int, heads: int, n_attn: int) -> int:
+    """Biases of n_attn attention layers: the counter with bias=True minus the bias-free count."""
+    return n_attn * (attention_param_count(d, heads, bias=True) - attention_param_count(d, heads))
+
+
+def bert(V, d, H, d_ff, L):
+    cfg = ModelConfig(vocab_size=V, d_model=d, n_heads=H, d_ff=d_ff, n_layers=L, max_seq_len=512, kind="encoder",
+                      norm_placement="post", bias=True)  # Post-LN, GELU FFN with biases, learned positions, tied head
+    extras = {"attention biases": attention_biases(d, H, L), "token-type rows": 2 * d,
+              "embedding LayerNorm": 2 * d, "pooler": d * d + d}
+    return cfg, extras
+
+
+def t5(V, d, H, d_ff, L):
+    cfg = ModelConfig(vocab_size=V, d_model=d, n_heads=H, d_ff=d_ff, n_layers=L, kind="encoder-decoder",
+                      positions="none", norm="rmsnorm", bias=False)  # Pre-LN RMSNorm, no biases, shared table
+    return cfg, {"relative bias, 32 buckets x heads, per stack": 2 * 32 * H}
+
+
+def bart(V, d, H, d_ff, L):
+    cfg = ModelConfig(vocab_size=V, d_model=d, n_heads=H, d_ff=d_ff, n_layers=L, max_seq_len=1026,
+                      kind="encoder-decoder", norm_placement="post", bias=True)
+    return cfg, {"attention biases": attention_biases(d, H, 3 * L), "embedding LayerNorms": 2 * 2 * d}
+
+
+def whisper(V, d, H, d_ff, L):
+    cfg = ModelConfig(vocab_size=V, d_model=d, n_heads=H, d_ff=d_ff, n_layers=L, kind="encoder-decoder",
+                      positions="none", bias=True)  # Pre-LN; positions added below
+    convs = (80 * d * 3 + d) + (d * d * 3 + d)  # two kernel-3 convolutions: 80 mel channels -> d -> d
+    return cfg, {"attention biases (q, v, out)": 3 * L * 3 * d, "audio stem (2 convolutions)": convs,
+                 "448 learned text positions": 448 * d}
+
+
+published = [("BERT-base", bert(30522, 768, 12, 3072, 12), 110), ("BERT-large", bert(30522, 1024, 16, 4096, 24), 340),
+             ("T5-base", t5(32128, 768, 12, 3072, 12), 220), ("BART-base", bart(50265, 768, 12, 3072, 6), 140),
+             ("Whisper base", whisper(51865, 512, 8, 2048, 6), 74), ("Whisper tiny", whisper(51865, 384, 6, 1536, 4), 39)]
+print(f"{'model':>12} | {'model_param_count':>17} | {'+ parts it lacks':>16} | {'total':>13} | published")
+for name, (cfg, extras), paper in published:
+    ours = model_param_count(cfg)
+    total = ours + sum(extras.values())
+    print(f"{name:>12} | {ours:>17,d} | {sum(extras.values()):>16,d} | {total:>13,d} | {paper}M "
+          f"({100 * (total / 1e6 - paper) / paper:+.1f} %)")
+cfg, extras = bert(30522, 768, 12, 3072, 12)
+print("BERT-base's missing parts:", {k: f"{v:,d}" for k, v in extras.items()})
+blocks_share = 12 * (model_param_count(replace(cfg, n_layers=1)) - model_param_count(replace(cfg, n_layers=0)))
+print(f"BERT-base: token and position tables {model_param_count(replace(cfg, n_layers=0)):,d}, "
+      f"12 layers {blocks_share:,d} ({100 * blocks_share / model_param_count(cfg):.0f} % of the counter's total)")
+
+# %% [markdown] id="real-sizes-read"
+# **Reading the table.** BERT, T5 and BART come out within 1.5 % of their papers' figures (which are
+# rounded: BERT's 110M and 340M, T5's 220M and BART's 140M), and the only parts our model kinds lack are
+# small: biases, a second embedding table of 2 rows, a pooler. T5's gap to our counter is exactly its
+# relative position biases, 384 numbers per stack: T5 has no position table, which is why the counter
+# with `positions="none"` comes within 768 parameters of it. BART-base spends more than a quarter of
+# its 140M on its 50 265-token table, which BART shares between encoder, decoder and output; untied,
+# its output layer alone would add 38.6M. Whisper's paper rounds up: the tensors of the released
+# architecture add up to about 72M for *base* and 37M for *tiny*, about 3–5 % under the 74M and 39M
+# its table gives; the sizes are right in order and proportion, and we do not know which extra
+# parameters, if any, the paper's figures include.
 
 # %% [markdown] id="variants"
 # ## 7. Two block variants: the parallel block and the MoE FFN
@@ -883,6 +1035,19 @@ with torch.no_grad():
 # T5's decoder: three (self-attention, cross-attention, FFN) with three norms. GPT: two, with two norms.
 #
 # </details>
+#
+# **Q7.** The encoder-decoder of `cross-trained` reverses 8 symbols. Why must its cross-attention
+# look like the anti-diagonal, and how can a head read one position off and still be right?
+#
+# <details><summary>Answer</summary>
+#
+# Target position $t$ must output source token $7 - t$, which the decoder's own input has not
+# contained: it can only be read from memory, at a place fixed by position, key $7 - t$. But the
+# encoder's self-attention can copy a token's identity into the vectors of its neighbours, so the
+# memory vector at position $6 - t$ or $8 - t$ may also carry it; the band printed beside the
+# anti-diagonal measures that.
+#
+# </details>
 
 # %% [markdown] id="evidence-card"
 # ## Evidence card
@@ -897,6 +1062,8 @@ with torch.no_grad():
 # | encoder and decoder blocks equal torch's layers, both norm placements, float32 and float64 | §5, `blocks-vs-torch` |
 # | cross-attention without its residual erases the decoder stream | §5, `residual-mistake` |
 # | BERT-style, GPT-style and encoder-decoder data flow with shapes; the encoder-decoder equals `nn.Transformer`; Transformer-base's size against the paper's 65M | §6, `kinds-shapes`, `kinds-oracle`, `kinds-params` |
+# | a trained encoder-decoder reverses sequences, and its cross-attention learned the anti-diagonal (uniform at initialization) | §6, `cross-trained`, `cross-trained-claims`, `cross-trained-plot` |
+# | BERT-base/large, T5-base, BART-base and Whisper's sizes from the same counter, against their papers | §6, `real-sizes` |
 # | the parallel block saves a norm and fuses the input projections; MoE's balance loss reaches the model, at most $n_{\text{experts}}/k$ | §7, `parallel`, `moe-model` |
 # | torch's two boolean-mask conventions, each checked | §9, `mask-conventions` |
 
