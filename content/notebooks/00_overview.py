@@ -57,6 +57,7 @@ from helpers.blocks import DecoderBlock, ModelConfig, TinyDecoder, generate, mod
 from helpers.corpus import corpus_documents, corpus_fingerprint, load_corpus, markov_chain
 from helpers.ffn import FeedForward, token_influence
 from helpers.heads import attention_param_count
+from helpers.last_position import last_position_experiment
 from helpers.numerics import close
 from helpers.positions import alibi_slopes, relative_position_bucket, rope_wavelength
 from helpers.overview import (
@@ -65,7 +66,6 @@ from helpers.overview import (
     budget_table,
     is_permutation_equivariant,
     largest_retrieved_context,
-    last_position_experiment,
     measure_shapes,
     remaining_tokens,
     shape_map,
@@ -135,7 +135,7 @@ print("next-token probabilities sum to", round(probs.sum().item(), 6))
 # `logits[:, -1]` during training throws away $T - 1$ of the $T$ predictions a pass makes: the
 # forward and backward passes cost the same, but the loss scores $B$ targets instead of $B\,T$.
 #
-# Run below (`helpers.overview.last_position_experiment`, about 3 s): the same tiny decoder, the same
+# Run below (`helpers.last_position.last_position_experiment`, about 3 s): the same tiny decoder, the same
 # initialization, the same 150 batches of 16 windows of $T = 32$ characters of the course corpus, trained
 # twice; only the loss differs. Both are then scored on validation windows, at every position and
 # at the last position alone (the only one the wrong run was trained on). Losses are in nats; the
@@ -152,7 +152,7 @@ print(f"after 150 steps, the last position only: right {run['last_pos_full']:.2f
 # %% [markdown] id="design-mistake-caption"
 # The wrong run learns something (its loss falls below $\ln V$), but it ends far above the right one,
 # even at the one position its loss reads: each step gave it 16 targets to learn from instead of 512.
-# `tests/test_overview.py` asserts this ordering on two seeds.
+# `tests/test_last_position.py` asserts this ordering on two seeds.
 
 # %% [markdown] id="tokens"
 # ## 2. The tour, step 1: tokens and ids

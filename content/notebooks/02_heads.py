@@ -77,8 +77,8 @@ from helpers.heads import (
     multi_head_attention,
     repeat_kv,
     split_heads,
-    trained_heads_experiment,
 )
+from helpers.specialization import trained_heads_experiment
 from helpers.plots import attention_heatmap
 
 helpers.seed_everything(0)
@@ -542,7 +542,7 @@ for i, word in enumerate(words):
 
 # %% [markdown] id="specialize-trained-text"
 # **Specialization in a trained model.** The heads above were wired by hand. Does training find such
-# heads by itself? `helpers.heads.trained_heads_experiment` trains the course's shared model (2
+# heads by itself? `helpers.specialization.trained_heads_experiment` trains the course's shared model (2
 # layers of 4 heads, $d_{\text{model}} = 64$, RoPE) for 300 steps on windows of $T = 64$ characters
 # of the course corpus (about 7 s), then reads every head's weights on validation text and
 # measures two things per head:
@@ -570,7 +570,7 @@ print("mean attention distance, layer x head:", [[round(v, 1) for v in row] for 
 # several-fold in how far back they read: some stay within a character or two, others reach back
 # across the word. Every head reads far more locally than an evenly spread one. The specialization
 # is real but partial after so short a run: by the criterion below the best head is not yet a clean
-# positional head. `tests/test_heads.py` asserts these orderings on two seeds.
+# positional head. `tests/test_specialization.py` asserts these orderings on two seeds.
 
 # %% [markdown] id="specialize-llm"
 # **In real LLMs.** Interpretability work on GPT-2 small finds previous-token heads and "induction
