@@ -10,7 +10,7 @@ from helpers.shapes import ShapeError
 from helpers.specialization import previous_token_scores, trained_heads_experiment
 
 # ---------------------------------------------------------------------------------------------
-# Specialization measured on a trained model (chapter 02, section 5; about 7 CPU-s per seed)
+# Specialization measured on a trained model (chapter 02, section 5; about 5 CPU-s per seed)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -543,15 +543,15 @@ for i, word in enumerate(words):
 # %% [markdown] id="specialize-trained-text"
 # **Specialization in a trained model.** The heads above were wired by hand. Does training find such
 # heads by itself? `helpers.specialization.trained_heads_experiment` trains the course's shared model (2
-# layers of 4 heads, $d_{\text{model}} = 64$, RoPE) for 300 steps on windows of $T = 64$ characters
-# of the course corpus (about 7 s), then reads every head's weights on validation text and
+# layers of 4 heads, $d_{\text{model}} = 64$, RoPE) for 300 steps on windows of $T = 48$ characters
+# of the course corpus (about 5 s), then reads every head's weights on validation text and
 # measures two things per head:
 #
 # - the **previous-token score** $\frac{1}{T-1}\sum_{i \ge 1} A_{i,\,i-1}$, the mean weight on the key
 #   just before the query (`previous_token_scores`; a head that spreads evenly over its $i + 1$
-#   visible keys scores about 0.06 here);
+#   visible keys scores about 0.07 here);
 # - the **mean attention distance** $\sum_j A_{ij}\,(i - j)$, how far back the head reads on average
-#   (an evenly spread head: $i / 2$, about 18 positions over queries 8 to 63).
+#   (an evenly spread head: $i / 2$, about 14 positions over queries 8 to 47).
 
 # %% id="specialize-trained"
 found = trained_heads_experiment(seed=0)
@@ -566,7 +566,7 @@ print("mean attention distance, layer x head:", [[round(v, 1) for v in row] for 
 
 # %% [markdown] id="specialize-trained-caption"
 # Nobody told any head where to look, yet after 300 steps one head puts about half of its weight on
-# the previous character, around ten times what an evenly spread head gives it, and the heads differ
+# the previous character, more than six times what an evenly spread head gives it, and the heads differ
 # several-fold in how far back they read: some stay within a character or two, others reach back
 # across the word. Every head reads far more locally than an evenly spread one. The specialization
 # is real but partial after so short a run: by the criterion below the best head is not yet a clean
