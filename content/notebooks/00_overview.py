@@ -59,7 +59,6 @@ from helpers.ffn import FeedForward, token_influence
 from helpers.heads import attention_param_count
 from helpers.last_position import last_position_experiment
 from helpers.numerics import close
-from helpers.positions import alibi_slopes, relative_position_bucket, rope_wavelength
 from helpers.overview import (
     SHAPE_MAP,
     AddPositions,
@@ -70,6 +69,7 @@ from helpers.overview import (
     remaining_tokens,
     shape_map,
 )
+from helpers.positions import alibi_slopes, relative_position_bucket, rope_wavelength
 from helpers.tokenizers import BPETokenizer, CharTokenizer, course_bpe, course_chars
 
 helpers.seed_everything(0)
@@ -677,8 +677,9 @@ print("equivariant, the MLP alone:", is_permutation_equivariant(mlp, x))
 # inputs of 512 tokens), BLOOM-176B (ALiBi over 112 heads, 2048 tokens), Llama 2 (RoPE, base 10 000,
 # $d_{\text{head}} = 128$, 4096 tokens) and Llama 3 (RoPE, base 500 000, 8192 tokens). A learned
 # table has no row past its length; T5 stops telling distances apart; ALiBi's steepest head all but
-# erases distant keys while its gentlest barely discounts them; and many of RoPE's 64 pairs turn
-# less than once across the whole window.
+# erases distant keys, and even its gentlest multiplies the weight of a key 2047 tokens back by
+# $e^{-8} \approx 3 \times 10^{-4}$ against the same score at distance 0; and many of RoPE's 64 pairs
+# turn less than once across the whole window.
 
 # %% id="positions-llm-numbers"
 # NBVAL_CHECK_OUTPUT

@@ -704,8 +704,10 @@ print(f"Transformer-base as in the paper: {model_param_count(paper) / 1e6:.1f}M 
 # published size ($L = 32$, $d = 4096$, 32 heads, $d_{\text{ff}} = 11008$, $V = 32000$) on PyTorch's
 # `meta` device, which records shapes and allocates nothing (27 GB in float32 otherwise): the
 # tensors it holds, the course's counter and the formula above all give 6,738,415,616, the size of
-# the released checkpoint that Meta rounds to "7B". `tests/test_llama.py` checks the small model against Hugging Face's `LlamaForCausalLM`
-# with every weight copied (the same logits), so the whole block, not only its parts, is Llama's.
+# the released checkpoint that Meta rounds to "7B". `tests/test_llama.py` builds a small model from
+# `llama_config`, copies every weight into Hugging Face's `LlamaForCausalLM` and gets the same logits,
+# so the whole block, not only its parts, is Llama's. (One difference is a setting: the course's
+# RMSNorm has $\epsilon = 10^{-6}$, Llama-1's value; Llama 2 uses $10^{-5}$.)
 
 # %% id="kinds-llama"
 # NBVAL_CHECK_OUTPUT
