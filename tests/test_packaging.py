@@ -33,7 +33,7 @@ def test_every_dependency_is_pinned_exactly():
 
 def test_every_optional_extra_is_pinned_exactly():
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert set(extras) == {"site", "browser", "hub"}
+    assert set(extras) == {"site", "browser", "hub", "oracle"}
     for requirement in (r for group in extras.values() for r in group):
         assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.+\-]*", requirement), requirement
 

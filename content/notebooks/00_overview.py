@@ -57,6 +57,7 @@ from helpers.blocks import DecoderBlock, ModelConfig, TinyDecoder, generate, mod
 from helpers.corpus import corpus_documents, corpus_fingerprint, load_corpus, markov_chain
 from helpers.ffn import FeedForward, token_influence
 from helpers.heads import attention_param_count
+from helpers.last_position import last_position_experiment
 from helpers.numerics import close
 from helpers.overview import (
     SHAPE_MAP,
@@ -68,6 +69,7 @@ from helpers.overview import (
     remaining_tokens,
     shape_map,
 )
+from helpers.positions import alibi_slopes, relative_position_bucket, rope_wavelength
 from helpers.tokenizers import BPETokenizer, CharTokenizer, course_bpe, course_chars
 
 helpers.seed_everything(0)
@@ -130,7 +132,27 @@ print("next-token probabilities sum to", round(probs.sum().item(), 6))
 #
 # **Common mistake.** "The model outputs the next token." It outputs **logits**, one score per
 # vocabulary entry at every position; sampling or `argmax` turns the last row into a token. Reading
-# `logits[:, -1]` during training throws away $T - 1$ of the $T$ predictions a pass makes.
+# `logits[:, -1]` during training throws away $T - 1$ of the $T$ predictions a pass makes: the
+# forward and backward passes cost the same, but the loss scores $B$ targets instead of $B\,T$.
+#
+# Run below (`helpers.last_position.last_position_experiment`, about 3 s): the same tiny decoder, the same
+# initialization, the same 150 batches of 16 windows of $T = 32$ characters of the course corpus, trained
+# twice; only the loss differs. Both are then scored on validation windows, at every position and
+# at the last position alone (the only one the wrong run was trained on). Losses are in nats; the
+# uniform guess is $\ln V$.
+
+# %% id="design-mistake"
+run = last_position_experiment(seed=0)
+print(f"targets scored per step: right {run['targets_full']:.0f} (B T) | wrong, logits[:, -1]: "
+      f"{run['targets_last']:.0f} (B), {run['targets_full'] / run['targets_last']:.0f}x fewer for the same compute")
+print(f"validation loss at initialization: {run['val_init']:.2f} (ln V = {run['uniform']:.2f})")
+print(f"after 150 steps, every position: right {run['val_full']:.2f} | wrong {run['val_last']:.2f}")
+print(f"after 150 steps, the last position only: right {run['last_pos_full']:.2f} | wrong {run['last_pos_last']:.2f}")
+
+# %% [markdown] id="design-mistake-caption"
+# The wrong run learns something (its loss falls below $\ln V$), but it ends far above the right one,
+# even at the one position its loss reads: each step gave it 16 targets to learn from instead of 512.
+# `tests/test_last_position.py` asserts this ordering on two seeds.
 
 # %% [markdown] id="tokens"
 # ## 2. The tour, step 1: tokens and ids
@@ -645,10 +667,39 @@ print("equivariant, the MLP alone:", is_permutation_equivariant(mlp, x))
 
 # %% [markdown] id="positions-llm"
 # **In real LLMs.** The 2017 Transformer added fixed sinusoids, GPT-2 and BERT learned position
-# tables, T5 adds a learned bias to the scores, Llama rotates queries and keys (RoPE); chapter 06
-# builds them. Some decoder-only models use no position signal at all and still learn order, from
-# the causal mask alone.
+# tables, T5 adds a learned bias to the scores, BLOOM a fixed linear penalty per head (ALiBi), Llama
+# rotates queries and keys (RoPE); chapter 06 builds them. Some decoder-only models use no position
+# signal at all and still learn order, from the causal mask alone.
 #
+# The cell below computes, with chapter 06's functions, what each published configuration means
+# over its training context: GPT-2 (learned, 1024 positions, $d = 768$), BERT-base (learned, 512,
+# $d = 768$), T5-base (32 relative buckets, maximum distance 128, 12 heads, one table per stack,
+# inputs of 512 tokens), BLOOM-176B (ALiBi over 112 heads, 2048 tokens), Llama 2 (RoPE, base 10 000,
+# $d_{\text{head}} = 128$, 4096 tokens) and Llama 3 (RoPE, base 500 000, 8192 tokens). A learned
+# table has no row past its length; T5 stops telling distances apart; ALiBi's steepest head all but
+# erases distant keys, and even its gentlest multiplies the weight of a key 2047 tokens back by
+# $e^{-8} \approx 3 \times 10^{-4}$ against the same score at distance 0; and many of RoPE's 64 pairs
+# turn less than once across the whole window.
+
+# %% id="positions-llm-numbers"
+# NBVAL_CHECK_OUTPUT
+for name, T_max, d in (("GPT-2", 1024, 768), ("BERT-base", 512, 768)):
+    print(f"{name:10s} learned table: {T_max} x {d} = {T_max * d:,d} parameters; position {T_max} has no row")
+offsets = torch.arange(512)[None, :] - torch.arange(512)[:, None]  # (T, T): key minus query, a 512-token input
+buckets = relative_position_bucket(offsets, bidirectional=True, num_buckets=32, max_distance=128)  # (T, T)
+far = buckets % 16 == 15  # (T, T): the last bucket of either direction (16 buckets each way)
+print(f"T5-base    relative buckets: 32 x 12 = {32 * 12} parameters per stack; {buckets.unique().numel()} buckets "
+      f"used over 512 tokens; every distance >= {offsets.abs()[far].min().item()} shares its direction's last "
+      f"bucket: {far.float().mean().item():.0%} of the pairs")
+slopes = alibi_slopes(112)  # (H,)
+print(f"BLOOM-176B ALiBi, 0 parameters: bias at distance 2047 from {-2047 * slopes.max().item():.0f} "
+      f"(steepest head) to {-2047 * slopes.min().item():.1f} (gentlest)")
+for name, base, context in (("Llama 2", 1e4, 4096), ("Llama 3", 5e5, 8192)):
+    waves = [rope_wavelength(k, 128, base) for k in range(64)]
+    print(f"{name:10s} RoPE, 0 parameters: wavelengths {waves[0]:.1f} to {waves[-1]:,.0f} positions; "
+          f"{sum(w > context for w in waves)} of 64 pairs turn less than once in {context} tokens")
+
+# %% [markdown] id="positions-mistake-text"
 # **Common mistake: comparing with the unpermuted output.** $f(x[:, \pi]) = f(x)$ would be
 # *invariance* (the same output whatever the order), which a block does not have. And comparing with
 # `torch.equal` fails on a perfectly equivariant block: after a permutation the sums inside attention

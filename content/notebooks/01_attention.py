@@ -1062,9 +1062,36 @@ plt.show()
 # built above (in GPT-2 small, for instance), and they are a building block of "induction heads",
 # which copy what followed an earlier occurrence of the current token. Many LLMs also park a large
 # share of their attention on the very first token (an "attention sink") when no key is relevant,
-# since every row has to sum to 1 somewhere. Chapter 09 measures the entropy of attention rows as a
-# diagnostic.
+# since every row has to sum to 1 somewhere. Xiao et al. (2023, "Efficient Streaming Language Models
+# with Attention Sinks") found that a sliding-window KV cache breaks down as soon as the first tokens
+# are evicted, and that keeping the keys and values of just 4 initial tokens beside the window keeps
+# Llama-2 and other models stable over streams of up to 4 million tokens. Chapter 09 measures the
+# entropy of attention rows as a diagnostic.
 #
+# **What a weight can be at a real context length.** The last query of a causal row reads all $T$
+# keys. Spread evenly, each key gets $1/T$; for one key to take half the row while the other $T - 1$
+# tie at score 0, its scaled score must lead by $\ln(T - 1)$, since
+# $e^{m} / (e^{m} + T - 1) = 	frac12 \iff m = \ln(T - 1)$. The cell computes both for GPT-2
+# ($d_k = 64$, 1024 tokens), Llama-2 7B ($d_k = 128$, 4096) and Llama 3.1 8B ($d_k = 128$, 131,072),
+# and measures the largest weight of rows of random unit-variance queries and keys at those sizes,
+# with and without the $1/\sqrt{d_k}$ of section 2: scaled, the largest weight is 1.4 % of the row or
+# less (tens of times the even share, but nowhere near the $\ln(T-1)$ lead a dominant key needs);
+# unscaled, one key takes about two thirds of the row before anything is learned.
+
+# %% id="weights-llm-numbers"
+# NBVAL_CHECK_OUTPUT
+for n, (name, d_k, T_ctx) in enumerate((("GPT-2", 64, 1024), ("Llama-2 7B", 128, 4096),
+                                        ("Llama 3.1 8B", 128, 131_072))):
+    q = randn(16, d_k, seed=500 + n, dtype=torch.float64)  # (N, d_k): 16 queries
+    k = randn(T_ctx, d_k, seed=600 + n, dtype=torch.float64)  # (T, d_k): the whole context
+    dots = q @ k.T  # (N, T)
+    largest = {label: torch.softmax(dots * scale, dim=-1).amax(dim=-1).mean().item()
+               for label, scale in (("scaled", 1 / math.sqrt(d_k)), ("unscaled", 1.0))}
+    print(f"{name:12s} T = {T_ctx:>7,d}: even share 1/T = {1 / T_ctx:.1e}; half the row needs a lead of "
+          f"ln(T-1) = {math.log(T_ctx - 1):.2f} | random q, k, mean largest weight: scaled "
+          f"{largest['scaled']:.1e}, unscaled {largest['unscaled']:.2f}")
+
+# %% [markdown] id="weights-mistake-text"
 # **Common mistake: softmax over the wrong axis.** `torch.softmax(scores, dim=-2)` normalises each
 # *column*: every key hands out a total weight of 1 across the queries, and the rows, which are what
 # attention needs, sum to anything. (Calling `F.softmax(scores)` without `dim` is deprecated for the

@@ -75,6 +75,7 @@ from helpers.blocks import (
 )
 from helpers.ffn import load_balancing_loss, token_influence, top_k_route
 from helpers.heads import attention_param_count
+from helpers.llama import LLAMA2_7B, llama_config, llama_param_count
 from helpers.plots import mask_grid
 from helpers.reversal import anti_diagonal_mass, cross_attention_maps, reversal_batch, reversal_experiment
 
@@ -836,6 +837,50 @@ print(f"BERT-base: token and position tables {model_param_count(replace(cfg, n_l
 # architecture add up to about 72M for *base* and 37M for *tiny*, about 3–5 % under the 74M and 39M
 # its table gives; the sizes are right in order and proportion, and we do not know which extra
 # parameters, if any, the paper's figures include.
+
+# %% [markdown] id="kinds-llama-text"
+# **A modern decoder-only model: Llama's block as one unit.** The GPT-style model above is GPT-2's
+# recipe. Llama (Touvron et al., 2023) keeps the decoder-only layout and the Pre-LN block and swaps
+# four parts, each built in its own chapter: RMSNorm for LayerNorm (chapter 04), a SwiGLU FFN of width
+# $\tfrac83 d$ rounded up to a multiple of 256 (chapter 03), RoPE on $q$ and $k$ instead of a position
+# table (chapter 06), and, from Llama-2 70B on, grouped-query attention (chapter 02); the LM head is
+# not tied to the embeddings. `helpers.llama.llama_config` is that combination as a `ModelConfig`: the
+# same `TinyDecoder`, no second model. Its parameter count is
+#
+# $$
+# N = \underbrace{2 V d}_{\text{embeddings, head}} + L\,\big(\underbrace{2 d^2 + 2 d\, H_{kv} d_{\text{head}}}_{W_Q, W_O;\ W_K, W_V}
+#   + \underbrace{3 d\, d_{\text{ff}}}_{\text{gate, up, down}} + \underbrace{2d}_{\text{2 RMSNorms}}\big) + \underbrace{d}_{\text{final RMSNorm}} .
+# $$
+#
+# Below, a small one runs with the shape at every arrow, and then the model is built at Llama-2-7B's
+# published size ($L = 32$, $d = 4096$, 32 heads, $d_{\text{ff}} = 11008$, $V = 32000$) on PyTorch's
+# `meta` device, which records shapes and allocates nothing (27 GB in float32 otherwise): the
+# tensors it holds, the course's counter and the formula above all give 6,738,415,616, the size of
+# the released checkpoint that Meta rounds to "7B". `tests/test_llama.py` builds a small model from
+# `llama_config`, copies every weight into Hugging Face's `LlamaForCausalLM` and gets the same logits,
+# so the whole block, not only its parts, is Llama's. (One difference is a setting: the course's
+# RMSNorm has $\epsilon = 10^{-6}$, Llama-1's value; Llama 2 uses $10^{-5}$.)
+
+# %% id="kinds-llama"
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+llama_small = TinyDecoder(llama_config(vocab_size=V, d_model=16, n_heads=4, n_kv_heads=2, n_layers=2,
+                                       multiple_of=8)).to(device).eval()
+block = llama_small.blocks[0]
+print("one block:", type(block.norm1).__name__, "->", f"attention ({block.attn.n_heads} query heads, "
+      f"{block.attn.n_kv_heads} key/value heads, RoPE)", "->", type(block.norm2).__name__, "->",
+      type(block.ffn).__name__, f"(d_ff = {llama_small.config.ffn_width})")
+print("Llama-style: ids", (B, T), "->", " -> ".join(trace(llama_small, ids)))
+config_7b = llama_config(**LLAMA2_7B)
+with torch.device("meta"):  # shapes only: no memory is allocated
+    llama_7b = TinyDecoder(config_7b)
+held = sum(p.numel() for p in llama_7b.parameters())
+formula = llama_param_count(32000, 4096, 32, 32, 11008)
+print(f"Llama-2-7B on the meta device: {held:,d} parameters | model_param_count: {model_param_count(config_7b):,d} "
+      f"| formula: {formula:,d}")
+per_block = sum(p.numel() for p in llama_7b.blocks[0].parameters())
+print(f"per block: {per_block:,d} (x 32 = {32 * per_block:,d}) | embeddings + untied head: {2 * 32000 * 4096:,d} "
+      f"| final norm: {4096}")
 
 # %% [markdown] id="variants"
 # ## 7. Two block variants: the parallel block and the MoE FFN
