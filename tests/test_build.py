@@ -70,13 +70,13 @@ def test_theory_notebook_is_executed_with_outputs(chapter):
 
 def test_executed_notebooks_record_the_helpers_they_import():
     """The record follows imports through helpers' own modules: chapter 00 imports helpers.overview,
-    which imports helpers.blocks, which imports chapter 01-04's modules."""
+    which imports helpers.blocks (a package: its modules too), which imports chapter 01-04's modules."""
     from tools.build import DEPENDS_KEY, dependency_record
 
     nb = nbformat.read(str(ROOT / "notebooks" / "00_overview.ipynb"), as_version=4)
     record = dependency_record(nb)
-    assert {"helpers/__init__.py", "helpers/overview.py", "helpers/blocks.py", "helpers/attention.py",
-            "helpers/norms.py"} <= set(record["helpers"])
+    assert {"helpers/__init__.py", "helpers/overview.py", "helpers/blocks/__init__.py", "helpers/blocks/decoder.py",
+            "helpers/attention.py", "helpers/norms.py"} <= set(record["helpers"])
     assert "helpers/checks/core.py" not in record["helpers"]  # theory notebooks run no checks
     for chapter in chapters():
         executed = nbformat.read(str(ROOT / "notebooks" / f"{chapter}.ipynb"), as_version=4)

@@ -20,7 +20,7 @@ from helpers.checks import CheckFailed
 from helpers.checks.core import verify_environment
 from tools.build import ROOT
 
-from . import loops
+from . import loops_attention as loops
 
 CHECKS = {
     "attention_scores": checks.check_attention_scores,
@@ -277,7 +277,7 @@ def test_torch_wrapping_its_own_functions_is_not_a_patch():
     the checks must still run afterwards, and still refuse a learner's own replacement."""
     script = (
         "import helpers.checks.attention as c, torch, torch._dynamo\n"
-        "from tests import loops\n"
+        "from tests import loops_attention as loops\n"
         "assert torch.manual_seed.__wrapped__ is not None\n"
         "c.check_attention_scores(loops.attention_scores)\n"
         "import functools\n"
@@ -287,7 +287,7 @@ def test_torch_wrapping_its_own_functions_is_not_a_patch():
         "except c.CheckFailed as error:\n"
         "    print('refused:', error)\n"
     )
-    # `from tests import loops` needs the repository root on sys.path; nbgrader_config.py, once loaded
+    # `from tests import loops_attention` needs the repository root on sys.path; nbgrader_config.py, once loaded
     # in this process by a grading test, sets PYTHONSAFEPATH=1, which would keep it off.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
