@@ -23,8 +23,9 @@ followed directly by a markdown cell that begins with `*What to see:*` and says 
 A build, and `--check`, fail on an uncaptioned figure, naming the notebook and the cell id.
 
 An executed theory notebook records what its outputs depended on (notebook metadata
-"transformer_internals"): a hash of every `helpers` module it imports, directly or through other
-helpers modules, and a hash of the pinned dependencies in pyproject.toml. `--check` reports the
+"transformer_internals"): a hash of the code of every `helpers` module it imports, directly or through
+other helpers modules (docstrings and comments left out: fixing one re-executes nothing), and a hash
+of the pinned dependencies in pyproject.toml. `--check` reports the
 notebook stale when either changed, and a build re-executes it.
 """
 
@@ -34,6 +35,7 @@ import argparse
 import ast
 import filecmp
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tokenize
 from pathlib import Path
 
 # First, so that nbformat (imported by jupytext) starts without its slow optional import.
@@ -221,11 +224,48 @@ def _pins() -> list[str]:
     return re.findall(r'^\s*"([^"]+)"', block.group(1), re.M)
 
 
+def code_only(source: str) -> str:
+    """A module's code without its docstrings, comments and blank lines: what its behaviour depends on.
+
+    Docstrings are found with `ast` (a module's, class's or function's first statement when it is a
+    string), comments with `tokenize`; both are blanked by position in the text, so the result does
+    not depend on how a Python version prints or tokenizes the rest. Code that does not parse is kept
+    whole (its import fails anyway)."""
+    try:
+        tree = ast.parse(source)
+        comments = [token for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                    if token.type == tokenize.COMMENT]
+    except (SyntaxError, tokenize.TokenError):
+        return source
+    lines = source.splitlines()
+    spans = [((t.start[0], t.start[1]), (t.end[0], t.end[1])) for t in comments]
+    def column(row: int, offset: int) -> int:  # ast counts UTF-8 bytes, tokenize characters
+        return len(lines[row - 1].encode()[:offset].decode())
+
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            doc = body[0]
+            spans.append(((doc.lineno, column(doc.lineno, doc.col_offset)),
+                          (doc.end_lineno, column(doc.end_lineno, doc.end_col_offset))))
+    for (row, col), (end_row, end_col) in sorted(spans, reverse=True):  # later spans first: positions stay valid
+        if row == end_row:
+            lines[row - 1] = lines[row - 1][:col] + lines[row - 1][end_col:]
+        else:
+            lines[row - 1:end_row] = [lines[row - 1][:col] + lines[end_row - 1][end_col:]]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
+
+
 def dependency_record(nb: nbformat.NotebookNode) -> dict[str, object]:
+    """The helpers modules a notebook imports and one hash of their code (code_only: a docstring or
+    comment fix changes nothing), and the hash of the pinned dependencies."""
     files = helper_dependencies(nb)
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        code = code_only(path.read_text()).encode()
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + code + b"\0")
     return {
         "helpers": [path.relative_to(ROOT).as_posix() for path in files],
         "helpers_sha256": digest.hexdigest(),
