@@ -48,7 +48,6 @@ from .generation import cached_forward, generate
 from .kv_cache import KVCache, LayerCache, cached_causal_mask
 
 __all__ = [
-    "CHOICES",
     "Attention",
     "DecoderBlock",
     "KVCache",

@@ -93,7 +93,6 @@ from .fused import fused_attend, fused_ffn, fused_norm
 from .kv_cache import KVCache, LayerCache, cached_causal_mask
 
 __all__ = [
-    "CHOICES",
     "Attention",
     "DecoderBlock",
     "LATER_CHAPTERS",
