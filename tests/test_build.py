@@ -89,6 +89,76 @@ def test_a_changed_helper_or_pin_makes_the_executed_notebook_stale():
     assert "records no dependencies" in _dependencies_changed(nb)
 
 
+EXERCISES = """# %% [markdown] id="intro"
+# | # | exercise |
+# |---|---|
+# | 1 | `f(x)` |
+# | 2 | two parts |
+
+# %% [markdown] id="ex1"
+# *Time* ~5 min · *Points*
+
+# %% id="ex1-answer" kind="answer"
+### BEGIN SOLUTION
+f = abs
+### END SOLUTION
+
+# %% id="ex1-test" kind="test" points=1
+assert f(-1) == 1
+
+# %% id="ex1-hidden" kind="test" points=2
+### BEGIN HIDDEN TESTS
+assert f(-2) == 2
+### END HIDDEN TESTS
+
+# %% [markdown] id="ex2"
+# *Points*
+
+# %% [markdown] id="ex2a"
+# *Points* (graded by your instructor)
+
+# %% [markdown] id="ex2a-answer" kind="manual" points=3
+# ### BEGIN SOLUTION
+# yes
+# ### END SOLUTION
+
+# %% [markdown] id="ex2b"
+# *Points*
+
+# %% id="ex2b-test" kind="test" points=1
+assert True
+"""
+
+
+def test_points_are_written_from_the_cell_headers(tmp_path):
+    """The intro table's points column and each `*Points*` are the sums of the graded cells' `points=`."""
+    source = tmp_path / "99_example.py"
+    source.write_text(EXERCISES)
+    cells = {cell.id: cell.source for cell in notebook_from_source(source, graded=True).cells}
+    assert cells["intro"].splitlines() == ["| # | exercise | points |", "|---|---|---|", "| 1 | `f(x)` | 3 |",
+                                           "| 2 | two parts | 4 |"]
+    assert cells["ex1"] == "*Time* ~5 min · *Points* 3"
+    assert cells["ex2"] == "*Points* 4 in two parts (3 + 1)"
+    assert cells["ex2a"] == "*Points* 3 (graded by your instructor)"
+    assert cells["ex2b"] == "*Points* 1"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("*Time* ~5 min · *Points*", "*Time* ~5 min · *Points* 3"), "writes a number after"),
+    (lambda s: s.replace("| # | exercise |\n# |---|---|", "| # | exercise | points |\n# |---|---|---|"),
+     "without a points column"),
+    (lambda s: s.replace("# | 2 | two parts |", "# | 2 | two parts |\n# | 3 | none |"), "exercise '3'"),
+    (lambda s: s.replace("# *Points*\n\n# %% id=\"ex2b-test\"", "# b\n\n# %% id=\"ex2b-test\""), "does not say"),
+])
+def test_points_written_by_hand_or_missing_are_refused(tmp_path, edit, message):
+    from tools.build import BuildError
+
+    source = tmp_path / "99_example.py"
+    source.write_text(edit(EXERCISES))
+    with pytest.raises(BuildError, match=message):
+        notebook_from_source(source, graded=True)
+
+
 MODULE = '''"""A module. é"""
 import torch  # a comment
 

@@ -21,6 +21,7 @@ from helpers.checks.core import verify_environment
 from tools.build import ROOT
 
 from . import loops_attention as loops
+from .hidden import hidden_inputs
 
 CHECKS = {
     "attention_scores": checks.check_attention_scores,
@@ -31,15 +32,8 @@ CHECKS = {
     "scaled_dot_product_attention": checks.check_scaled_dot_product_attention,
 }
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
-HIDDEN = {
-    "attention_scores": dict(seed=5, dtype=torch.float64, B=3, H=2, T_q=4, T_k=9, d_k=6),
-    "causal_mask": dict(sizes=(9, 2)),
-    "apply_mask": dict(seed=5, dtype=torch.float64, B=3, T_q=4, T_k=9),
-    "padding_mask": dict(lengths=(4, 0, 7, 1), T=7),
-    "masked_softmax": dict(seed=5, dtype=torch.float64, B=3, T_q=4, T_k=9),
-    "scaled_dot_product_attention": dict(seed=5, dtype=torch.float64, B=3, H=2, T_q=4, T_k=9, d_k=6, d_v=5, T=8),
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("attention", CHECKS)
 
 
 @pytest.mark.parametrize("name", CHECKS)

@@ -18,6 +18,7 @@ from helpers.attention import scaled_dot_product_attention as chapter01_attentio
 from helpers.checks import CheckFailed
 
 from . import loops_complexity as loops
+from .hidden import hidden_inputs
 
 CHECKS = {
     "attention_flops": checks.check_attention_flops,
@@ -28,17 +29,8 @@ CHECKS = {
     "online_softmax_attention": checks.check_online_softmax_attention,
 }
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes, dtypes and configs.
-HIDDEN = {
-    "attention_flops": {"configs": ((128, 8, 7, 4), (32, 2, 3, None), (5120, 40, 2048, 8), (64, 8, 5, 1))},
-    "mlp_flops": {"configs": ((32, 96, 3, "swiglu"), (48, 192, 5, "gelu"), (5120, 13824, 7, "swiglu"))},
-    "kv_cache_bytes": {"configs": ((80, 8, 128, 2048, 2, torch.float16), (3, 2, 5, 7, 1, torch.float64),
-                                   (28, 4, 128, 100, 5, torch.float32))},
-    "embed_new_tokens": {"seed": 5, "dtype": torch.float64, "B": 3, "V": 13, "d_model": 5, "T_max": 16},
-    "attend_with_cache": {"seed": 5, "dtype": torch.float64, "B": 1, "H": 8, "H_kv": 4, "d_head": 3, "T_past": 6},
-    "online_softmax_attention": {"seed": 5, "dtype": torch.float32, "B": 3, "T_q": 4, "T_k": 13, "d_head": 5,
-                                 "d_v": 2, "block_sizes": (5, 2, 13)},
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("complexity", CHECKS)
 ANSWERS = {name: getattr(loops, name) for name in CHECKS}
 
 

@@ -15,6 +15,7 @@ from helpers import bugs
 from helpers.checks import CheckFailed
 
 from . import loops_diagnostics as loops
+from .hidden import hidden_inputs
 from .uncatalogued.ch09_diagnostics import _leaks  # a complete leak test, one thing done differently
 
 # Tiny models: one torch thread is several times faster on a busy 2-core CPU (tests/conftest.py).
@@ -26,12 +27,8 @@ CHECKS = {
     "update_ratios": checks.check_update_ratios,
 }
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
-HIDDEN = {
-    "future_leaks": {"seed": 5, "B": 3, "T": 9, "V": 11, "dtype": torch.float64},
-    "attention_entropy": {"seed": 5, "B": 3, "H": 2, "T_q": 4, "T_k": 9, "dtype": torch.float64},
-    "update_ratios": {"seed": 5, "L": 4, "B": 3, "T": 6, "d_model": 9, "dtype": torch.float64},
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("diagnostics", CHECKS)
 
 
 @pytest.mark.parametrize("name", CHECKS)

@@ -16,6 +16,7 @@ import helpers.ffn as reference
 from helpers.checks import CheckFailed
 
 from . import loops_ffn as loops
+from .hidden import hidden_inputs
 
 CHECKS = {
     "gelu": checks.check_gelu,
@@ -28,15 +29,8 @@ CHECKS = {
 ANSWERS = {name: getattr(loops, name) for name in CHECKS if name != "token_independence"}
 ANSWERS["token_independence"] = loops.is_token_independent
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
-HIDDEN = {
-    "gelu": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d": 9},
-    "feed_forward": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 5, "d_ff": 8},
-    "swiglu_ffn": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 5, "d_ff": 8},
-    "token_independence": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 7, "d_model": 4},
-    "top_k_route": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "n_experts": 6, "k": 2},
-    "moe_forward": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 5, "d_ff": 7, "n_experts": 6, "k": 3},
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("ffn", CHECKS)
 
 
 @pytest.mark.parametrize("name", CHECKS)

@@ -17,6 +17,7 @@ from helpers.attention import scaled_dot_product_attention as chapter01_attentio
 from helpers.checks import CheckFailed
 
 from . import loops_heads as loops
+from .hidden import hidden_inputs
 
 CHECKS = {
     "split_heads": checks.check_split_heads,
@@ -27,16 +28,8 @@ CHECKS = {
     "kv_cache_elements_per_token": checks.check_kv_cache_elements_per_token,
 }
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes, dtypes and configs.
-HIDDEN = {
-    "split_heads": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 7, "H": 4, "d_head": 2},
-    "merge_heads": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 7, "H": 4, "d_head": 2},
-    "multi_head_attention": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 7, "H": 4, "d_head": 2},
-    "grouped_query_attention": {"seed": 5, "dtype": torch.float64, "B": 2, "T": 7, "H": 8, "H_kv": 4, "d_head": 3},
-    "attention_param_count": {"configs": ((4096, 32, 8, False), (1024, 16, 4, True), (96, 6, 3, True),
-                                           (2048, 16, 1, False), (48, 6, None, True))},
-    "kv_cache_elements_per_token": {"configs": ((80, 8, 128), (28, 4, 128), (3, 1, 5))},
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("heads", CHECKS)
 
 
 @pytest.mark.parametrize("name", CHECKS)

@@ -18,6 +18,7 @@ import helpers.norms as reference
 from helpers.checks import CheckFailed
 
 from . import loops_norms as loops
+from .hidden import hidden_inputs
 
 CHECKS = {
     "layer_norm": checks.check_layer_norm,
@@ -27,26 +28,12 @@ CHECKS = {
     "residual_norms": checks.check_residual_norms,
 }
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
-HIDDEN = {
-    "layer_norm": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 9, "eps": 1e-3},
-    "rms_norm": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 9, "eps": 1e-3},
-    "pre_ln_block": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 9, "d_ff": 6},
-    "post_ln_block": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 9, "d_ff": 6},
-    "residual_norms": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 10, "n_heads": 2,
-                       "d_ff": 7, "n_layers": 6},
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("norms", CHECKS)
 
 
-# The second hidden call of each exercise: edge sizes (a batch of one, d_model = 3, no blocks at all).
-HIDDEN_EDGE = {
-    "layer_norm": {"seed": 17, "dtype": torch.float32, "B": 1, "T": 8, "d_model": 3, "eps": 0.5},
-    "rms_norm": {"seed": 17, "dtype": torch.float32, "B": 1, "T": 8, "d_model": 3, "eps": 0.5},
-    "pre_ln_block": {"seed": 11, "dtype": torch.float32, "B": 1, "T": 7, "d_model": 4, "d_ff": 10},
-    "post_ln_block": {"seed": 11, "dtype": torch.float32, "B": 1, "T": 7, "d_model": 4, "d_ff": 10},
-    "residual_norms": {"seed": 8, "dtype": torch.float32, "B": 2, "T": 3, "d_model": 8, "n_heads": 4,
-                       "d_ff": 16, "n_layers": 0},
-}
+# The second hidden call of some checks: edge sizes.
+HIDDEN_EDGE = hidden_inputs("norms", CHECKS, which=1)
 VARIANTS = {"visible": {}, "hidden": HIDDEN, "hidden_edge": HIDDEN_EDGE}
 
 

@@ -18,6 +18,7 @@ from helpers.checks import CheckFailed
 from helpers.corpus import load_corpus
 
 from . import loops_overview as loops
+from .hidden import hidden_inputs
 
 CHECKS = {
     "char_encode": lambda fn, **kw: checks.check_char_tokenizer(fn, loops.char_decode, **kw),
@@ -29,23 +30,10 @@ CHECKS = {
     "is_permutation_equivariant": checks.check_permutation_test,
 }
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
-HIDDEN = {
-    "char_encode": {"text": "hello, world! hello.", "vocab": " !,.dehlorw", "seed": 5},
-    "char_decode": {"text": "hello, world! hello.", "vocab": " !,.dehlorw", "seed": 5},
-    "most_frequent_pair": {"seed": 5},
-    "merge_pair": {"seed": 5},
-    "shape_map": {"configs": [(1, 9, 16, 2, 24, 100), (4, 6, 8, 8, 10, 5)]},
-    "lm_forward": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 4, "d_model": 8, "H": 2, "V": 19,
-                   "n_layers": 3, "T_max": 24},
-    "is_permutation_equivariant": {"seed": 5, "dtype": torch.float64, "B": 3, "T": 5, "d": 12, "H": 3},
-}
-# The second hidden call of some exercises: edge sizes.
-HIDDEN_EDGE = {
-    "lm_forward": {"seed": 7, "dtype": torch.float32, "B": 1, "T": 1, "d_model": 6, "H": 1, "V": 11,
-                   "n_layers": 0, "T_max": 16},
-    "is_permutation_equivariant": {"seed": 9, "dtype": torch.float32, "B": 1, "T": 9, "d": 4, "H": 1},
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("overview", CHECKS)
+# The second hidden call of some checks: edge sizes.
+HIDDEN_EDGE = hidden_inputs("overview", CHECKS, which=1)
 VARIANTS = {"visible": {}, "hidden": HIDDEN, "hidden_edge": HIDDEN_EDGE}
 
 

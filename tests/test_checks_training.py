@@ -11,6 +11,7 @@ import helpers.checks.training as checks
 from helpers.checks import CheckFailed
 
 from . import loops_training as loops
+from .hidden import hidden_inputs
 
 CHECKS = {
     "lm_loss": checks.check_lm_loss,
@@ -20,14 +21,8 @@ CHECKS = {
     "padding_labels": checks.check_padding_labels,
 }
 
-# The variants the hidden tests of the exercise notebook use: other seeds, sizes and dtypes.
-HIDDEN = {
-    "lm_loss": {"seed": 5, "dtype": torch.float64, "B": 4, "T": 9, "V": 6},
-    "mlm_mask": {"seed": 7, "B": 3, "T": 41, "V": 17},
-    "teacher_forcing_inputs": {"seed": 5, "B": 2, "T": 9, "V": 7},
-    "tie_weights": {"seed": 3, "V": 29, "d_model": 8},
-    "padding_labels": {"seed": 5, "B": 4, "T": 11, "V": 7},
-}
+# The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
+HIDDEN = hidden_inputs("training", CHECKS)
 
 
 @pytest.mark.parametrize("name", CHECKS)

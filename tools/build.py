@@ -16,6 +16,9 @@ Cell headers in the sources carry what the notebooks need:
     # %% id="ex6-test" kind="test" points=2  nbgrader: autograded test, locked
     # %% [markdown] id="ex9" kind="manual" points=3    nbgrader: manually graded written answer
 Every other cell of a solution notebook becomes a locked read-only cell.
+Points are written only there: the build adds the points column to the intro's `| # | exercise |`
+table and the number after each statement's `*Points*` (exercise_points), and refuses a number
+written by hand in either place.
 A theory notebook is executed only when its cells changed (or with --execute).
 
 Every figure is captioned: a code cell whose executed output holds a figure (image/png) must be
@@ -137,12 +140,77 @@ def _nbgrader_metadata(nb: nbformat.NotebookNode, source: Path) -> None:
         cell.metadata["nbgrader"] = meta
 
 
+POINTS = "*Points*"
+TABLE_HEADER = "| # | exercise |"
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def exercise_points(nb: nbformat.NotebookNode) -> dict[str, int]:
+    """Points per exercise and part, summed from the graded cells' headers (`points=N`): the cells
+    ex3a-test and ex3a-hidden count for "ex3a" and for "ex3"."""
+    points: dict[str, int] = {}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        match = re.match(r"(ex(\d+))([a-z]?)(?:-|$)", cell.id)
+        if meta.get("grade") and match:
+            for key in {match.group(1) + match.group(3), match.group(1)}:
+                points[key] = points.get(key, 0) + int(meta["points"])
+    return points
+
+
+def _points_text(exercise: str, points: dict[str, int]) -> str:
+    """"3", or for an exercise in parts "5 in two parts (2 + 3)"."""
+    parts = sorted(key for key in points if re.fullmatch(rf"{exercise}[a-z]", key))
+    if not parts:
+        return str(points[exercise])
+    return (f"{points[exercise]} in {NUMBER_WORDS.get(len(parts), len(parts))} parts "
+            f"({' + '.join(str(points[p]) for p in parts)})")
+
+
+def _fill_points(nb: nbformat.NotebookNode, source: Path) -> None:
+    """Write each exercise's points where the learner reads them, from the cell headers (the one
+    place they are authored): a points column in the intro's `| # | exercise |` table, and the number
+    after every `*Points*` of a statement (ex1, ex3a, ...)."""
+    points = exercise_points(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        if re.search(r"\*Points\* \d", cell.source):
+            raise BuildError(f"{source.name}: cell {cell.id} writes a number after {POINTS}; write {POINTS} "
+                             f"alone, the build adds the points from the cell headers")
+        if re.fullmatch(r"ex\d+[a-z]?", cell.id) and cell.id in points and POINTS not in cell.source:
+            raise BuildError(f"{source.name}: the statement {cell.id} does not say {POINTS} (the build adds the number)")
+        if POINTS in cell.source:
+            exercise = re.match(r"ex\d+[a-z]?", cell.id)
+            if exercise is None or exercise.group(0) not in points:
+                raise BuildError(f"{source.name}: cell {cell.id} says {POINTS} but is no graded exercise's statement")
+            cell.source = cell.source.replace(POINTS, f"{POINTS} {_points_text(exercise.group(0), points)}")
+        if TABLE_HEADER in cell.source:
+            lines = cell.source.split("\n")
+            start = next(i for i, line in enumerate(lines) if line.startswith(TABLE_HEADER))
+            if lines[start] != f"{TABLE_HEADER}" or not lines[start + 1].startswith("|---|---|"):
+                raise BuildError(f"{source.name}: the exercise table of cell {cell.id} must be `{TABLE_HEADER}` "
+                                 f"without a points column; the build adds it")
+            lines[start] += " points |"
+            lines[start + 1] += "---|"
+            row = start + 2
+            while row < len(lines) and lines[row].startswith("|"):
+                number = lines[row].split("|")[1].strip()
+                if f"ex{number}" not in points:
+                    raise BuildError(f"{source.name}: the exercise table names exercise {number!r}, which has no "
+                                     f"graded cells (ids ex{number}-...)")
+                lines[row] += f" {points[f'ex{number}']} |"
+                row += 1
+            cell.source = "\n".join(lines)
+
+
 def notebook_from_source(source: Path, *, graded: bool) -> nbformat.NotebookNode:
     nb = jupytext.read(source)
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)}
     _assign_ids(nb)
     if graded:
         _nbgrader_metadata(nb, source)
+        _fill_points(nb, source)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
