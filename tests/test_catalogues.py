@@ -13,6 +13,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.checks import CheckFailed
 
@@ -114,6 +115,45 @@ def _named_as_itself(suite, name, mistake, kwargs, variant):
         assert not _others_named(suite, name, mistake, str(error))
     else:  # right on these inputs: allowed only on a later hidden call's edge sizes (see _variants)
         assert variant not in ("visible", "hidden"), f"{mistake.key} passed the check on the {variant} inputs"
+
+
+def _answers():
+    for topic, suite in SUITES.items():
+        for name in suite.CHECKS:
+            for variant, kwargs in _variants(topic, name):
+                yield pytest.param(topic, name, kwargs, id=f"{variant}-{topic}-{name}")
+
+
+@pytest.mark.parametrize("topic, name, kwargs", list(_answers()))
+def test_check_accepts_an_independent_correct_answer(topic, name, kwargs, capsys):
+    """Each check accepts the chapter's loop-written answer (tests/loops_<topic>.py) on the visible
+    inputs and on every hidden call's, and leaves the global random state as it found it."""
+    suite = SUITES[topic]
+    answer = getattr(suite, "ANSWERS", {}).get(name) or getattr(suite.loops, name)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    suite.CHECKS[name](answer, **kwargs)
+    assert "✓" in capsys.readouterr().out
+    assert torch.equal(torch.rand(3), expected), "the check moved the global random state"
+
+
+@pytest.mark.parametrize("topic, name, answer", [
+    pytest.param(topic, name, answer, id=f"{topic}-{name}")
+    for topic, suite in SUITES.items() for name, answer in getattr(suite, "REFERENCES", [])])
+def test_the_reference_itself_is_refused(topic, name, answer):
+    """Handing a check the course's own reference (`REFERENCES`) is refused as not the learner's work."""
+    with pytest.raises(CheckFailed, match="not your own function"):
+        SUITES[topic].CHECKS[name](answer)
+
+
+@pytest.mark.parametrize("topic", SUITES)
+def test_chapter_catalogue_covers_the_issue_list(topic):
+    """The mistakes each chapter's issue listed are in its checks' catalogues (`ISSUE_LIST`)."""
+    suite = SUITES[topic]
+    keys = {name: {m.key for m in catalogue} for name, catalogue in suite.checks.MISTAKES.items()}
+    missing = {name: sorted(required - keys.get(name, set())) for name, required in suite.ISSUE_LIST.items()}
+    assert not any(missing.values()), missing
 
 
 @pytest.mark.parametrize("topic", SUITES)
