@@ -1,4 +1,5 @@
-"""Transformer Internals: reference implementations (one module per chapter), checks and plots.
+"""Transformer Internals: reference implementations (a module per chapter topic, and shared ones: the module
+map in CONTRIBUTING.md), checks and plots.
 
     import helpers
     helpers.seed_everything(0)

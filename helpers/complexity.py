@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .attention import scaled_dot_product_attention
+from .blocks import ModelConfig, cached_causal_mask
 from .shapes import (
     ShapeError,
     fmt_shape,
@@ -132,8 +133,6 @@ def mlp_flops(d_model: int, d_ff: int, T: int, *, kind: str = "gelu", batch: int
 
 
 def _config_parts(fn: str, config) -> tuple:
-    from .blocks import ModelConfig  # the model's module imports this one's users, not the reverse
-
     if not isinstance(config, ModelConfig):
         raise TypeError(f"{fn}: config must be a ModelConfig; got {type(config).__name__}")
     if config.ffn not in ("gelu", "swiglu"):
@@ -388,8 +387,6 @@ def attend_with_cache(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
     sees itself), the cache keeps the H_kv heads (repeated to H only for the attention), and the
     causal mask is bottom-right aligned: new query i sees keys 0 .. T_past + i.
     """
-    from .blocks import cached_causal_mask  # noqa: PLC0415  (blocks imports nothing from here)
-
     fn = "attend_with_cache"
     for name, x in (("q", q), ("k_new", k_new), ("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)):
         require_float(fn, name, x, "(B, heads, T, d_head)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .loops import scaled_dot_product_attention as loop_attention
+from .loops_attention import scaled_dot_product_attention as loop_attention
 
 
 def split_heads(x, n_heads):

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .loops import scaled_dot_product_attention as loop_attention
+from .loops_attention import scaled_dot_product_attention as loop_attention
 
 
 def sinusoidal_table(T, d_model, offset=0):

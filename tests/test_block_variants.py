@@ -42,6 +42,8 @@ from helpers.blocks import (
 from helpers.numerics import assert_close
 from helpers.shapes import ShapeError
 
+from .randomize import randomize
+
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -259,19 +261,6 @@ def test_cross_attention_bad_input_names_shapes():
 # masks are ours inverted (torch: True = blocked).
 
 
-def _randomize(module: nn.Module, seed: int, *, biases: bool = False) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.3 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.3 * noise if biases else torch.zeros_like(p))
-            else:
-                p.copy_(noise / math.sqrt(p.shape[-1]))
-
-
 def _config(**overrides) -> ModelConfig:
     return ModelConfig(**{"vocab_size": 40, "d_model": 12, "n_heads": 3, "d_ff": 20, "max_seq_len": 16, **overrides})
 
@@ -329,7 +318,7 @@ def _lengths_mask(lengths, T):
 @pytest.mark.parametrize("bias", [False, True])
 def test_encoder_block_equals_torch_encoder_layer_with_key_padding(dtype, placement, bias):
     block = EncoderBlock(_config(norm_placement=placement, bias=bias)).to(dtype).eval()
-    _randomize(block, 0, biases=bias)
+    randomize(block, 0, biases=bias)
     layer = _torch_encoder_layer(block, dtype)
     x = _randn(3, 7, 12, seed=1, dtype=dtype)
     real = _lengths_mask([7, 4, 1], 7)  # (B, T)
@@ -343,7 +332,7 @@ def test_encoder_block_equals_torch_encoder_layer_with_key_padding(dtype, placem
 @pytest.mark.parametrize("bias", [False, True])
 def test_cross_decoder_block_equals_torch_decoder_layer(dtype, placement, bias):
     block = CrossDecoderBlock(_config(norm_placement=placement, bias=bias)).to(dtype).eval()
-    _randomize(block, 2, biases=bias)
+    randomize(block, 2, biases=bias)
     layer = _torch_decoder_layer(block, dtype)
     x, memory = _randn(2, 5, 12, seed=3, dtype=dtype), _randn(2, 8, 12, seed=4, dtype=dtype)
     real = _lengths_mask([8, 3], 8)
@@ -353,7 +342,7 @@ def test_cross_decoder_block_equals_torch_decoder_layer(dtype, placement, bias):
 
 def test_cross_decoder_block_with_rmsnorm_equals_torch_layer_with_rmsnorm_modules():
     block = CrossDecoderBlock(_config(norm="rmsnorm")).double().eval()
-    _randomize(block, 5)
+    randomize(block, 5, biases=False)
     c = block.config
     layer = nn.TransformerDecoderLayer(12, 3, 20, dropout=0.0, activation="gelu", batch_first=True,
                                        norm_first=True, bias=False, dtype=torch.float64).eval()
@@ -372,7 +361,7 @@ def test_cross_decoder_block_with_rmsnorm_equals_torch_layer_with_rmsnorm_module
 def test_cross_decoder_block_equals_decoder_block_of_the_chapter_functions_with_gqa(n_kv_heads):
     """The module equals decoder_block with cross_attention (from weights) as its cross sublayer."""
     block = CrossDecoderBlock(_config(n_heads=6, n_kv_heads=n_kv_heads, ffn="swiglu")).double().eval()
-    _randomize(block, 8)
+    randomize(block, 8, biases=False)
     x, memory = _randn(2, 5, 12, seed=9), _randn(2, 7, 12, seed=10)
     real = _lengths_mask([7, 2], 7)
     a = block.cross_attn
@@ -404,7 +393,7 @@ def test_encoder_decoder_equals_torch_transformer(dtype, placement):
     config = _config(kind="encoder-decoder", norm_placement=placement, n_layers=2)
     torch.manual_seed(0)
     model = TinyEncoderDecoder(config).to(dtype).eval()
-    _randomize(model, 11)
+    randomize(model, 11, biases=False)
     transformer = nn.Transformer(12, 3, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=20, dropout=0.0,
                                  activation="gelu", batch_first=True, norm_first=placement == "pre", bias=False,
                                  dtype=dtype).eval()
@@ -431,7 +420,7 @@ def test_encoder_decoder_equals_torch_transformer(dtype, placement):
 def test_encoder_model_equals_a_stack_of_torch_encoder_layers(placement):
     torch.manual_seed(1)
     model = TinyEncoder(_config(kind="encoder", norm_placement=placement, n_layers=3)).double().eval()
-    _randomize(model, 13)
+    randomize(model, 13, biases=False)
     ids = torch.randint(0, 40, (3, 8), generator=torch.Generator().manual_seed(14))
     real = _lengths_mask([8, 6, 2], 8)
     h = model.tok_emb.weight[ids] + model.pos_emb.weight[:8]
@@ -457,8 +446,8 @@ def test_encoder_sees_the_future_and_the_decoder_never_does():
     torch.manual_seed(2)
     enc = TinyEncoder(_config(kind="encoder")).double().eval()
     ed = TinyEncoderDecoder(_config(kind="encoder-decoder")).double().eval()
-    _randomize(enc, 15)
-    _randomize(ed, 16)
+    randomize(enc, 15, biases=False)
+    randomize(ed, 16, biases=False)
     gen = torch.Generator().manual_seed(17)
     src, tgt = torch.randint(0, 40, (2, 7), generator=gen), torch.randint(0, 40, (2, 6), generator=gen)
     base_enc, base_dec = enc(src), ed(src, tgt)
@@ -475,7 +464,7 @@ def test_encoder_sees_the_future_and_the_decoder_never_does():
 def test_padded_source_tokens_never_influence_any_target_output():
     torch.manual_seed(3)
     model = TinyEncoderDecoder(_config(kind="encoder-decoder", norm_placement="post")).double().eval()
-    _randomize(model, 18)
+    randomize(model, 18, biases=False)
     gen = torch.Generator().manual_seed(19)
     src, tgt = torch.randint(0, 40, (2, 8), generator=gen), torch.randint(0, 40, (2, 5), generator=gen)
     base = model(src, tgt, [5, 8])
@@ -487,7 +476,7 @@ def test_padded_source_tokens_never_influence_any_target_output():
 
 def test_cross_decoder_block_is_invariant_to_permuting_memory():
     block = CrossDecoderBlock(_config(n_kv_heads=1)).double().eval()
-    _randomize(block, 20)
+    randomize(block, 20, biases=False)
     x, memory = _randn(2, 5, 12, seed=21), _randn(2, 9, 12, seed=22)
     real = _lengths_mask([9, 4], 9)
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(23))
@@ -513,7 +502,7 @@ def _dense_moe(x, moe):
 def test_moe_block_equals_a_dense_mixture_and_its_balance_loss_reaches_the_model():
     torch.manual_seed(4)
     model = TinyDecoder(_config(ffn="moe", n_experts=4, top_k=2, n_layers=2)).double()
-    _randomize(model, 24)
+    randomize(model, 24, biases=False)
     block = model.blocks[0]
     assert isinstance(block.ffn, BalancedMoEFFN)
     x = _randn(2, 6, 12, seed=25)
@@ -544,7 +533,7 @@ def test_moe_balance_loss_needs_moe_layers_and_a_forward_pass():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_parallel_block_equals_gptj_written_with_torch_functions(dtype):
     block = DecoderBlock(_config(block="parallel")).to(dtype)
-    _randomize(block, 27)
+    randomize(block, 27, biases=False)
     assert block.norm2 is None  # one norm feeds both sublayers
     x = _randn(2, 7, 12, seed=28, dtype=dtype)
     h = F.layer_norm(x, (12,), block.norm1.weight, block.norm1.bias, 1e-5)

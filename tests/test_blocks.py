@@ -3,8 +3,6 @@ model built from torch functions, causality, weight tying and the parameter-coun
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,22 +25,10 @@ from helpers.heads import grouped_query_attention, multi_head_attention
 from helpers.numerics import assert_close
 from helpers.shapes import ShapeError
 
+from .randomize import randomize
+
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
-
-
-def _randomize(module: nn.Module, seed: int, *, biases: bool = True) -> None:
-    """Every parameter random (norm gammas around 1), so that no weight can be skipped unnoticed."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.3 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.3 * noise if biases else torch.zeros_like(p))
-            else:
-                p.copy_(noise / math.sqrt(p.shape[-1]))
 
 
 def _torch_layer(block: DecoderBlock, dtype: torch.dtype) -> nn.TransformerEncoderLayer:
@@ -76,7 +62,7 @@ def _block(dtype: torch.dtype, seed: int = 0, **overrides) -> DecoderBlock:
     config = ModelConfig(**{"vocab_size": 50, "d_model": 12, "n_heads": 3, "d_ff": 20, **overrides})
     block = DecoderBlock(config).to(dtype).eval()
     # Without FFN biases, torch's LayerNorm has no beta either (bias=False): keep ours at 0.
-    _randomize(block, seed, biases=config.bias)
+    randomize(block, seed, biases=config.bias)
     return block
 
 
@@ -178,7 +164,7 @@ def _model(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> Ti
 
 def test_model_equals_the_tour_written_out_with_torch_layers():
     model = _model()
-    _randomize(model, 3, biases=False)  # torch's layer with bias=False has no LayerNorm beta
+    randomize(model, 3, biases=False)  # torch's layer with bias=False has no LayerNorm beta
     ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(4))
     h = F.embedding(ids, model.tok_emb.weight) + model.pos_emb.weight[:9]
     for block in model.blocks:
@@ -191,7 +177,7 @@ def test_model_equals_the_tour_written_out_with_torch_layers():
 def test_changing_a_future_token_never_changes_earlier_logits(causal, changes_the_past):
     """The property holds with the causal mask and fails without it: the test can fail."""
     model = _model(causal=causal)
-    _randomize(model, 5)
+    randomize(model, 5, biases=True)
     gen = torch.Generator().manual_seed(6)
     ids = torch.randint(0, 40, (3, 10), generator=gen)
     base = model(ids)

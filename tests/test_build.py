@@ -22,15 +22,6 @@ def test_no_derived_notebook_is_stale():
 
 
 @pytest.mark.parametrize("chapter", chapters())
-def test_every_chapter_has_all_three_notebooks(chapter):
-    assert (CONTENT / "solutions" / f"{chapter}.py").exists()
-    assert (CONTENT / "notebooks" / f"{chapter}.py").exists()
-    for path in [ROOT / "notebooks" / f"{chapter}.ipynb", ROOT / "solutions" / chapter / f"{chapter}.ipynb",
-                 ROOT / "exercises" / chapter / f"{chapter}.ipynb"]:
-        assert path.exists(), path
-
-
-@pytest.mark.parametrize("chapter", chapters())
 def test_exercise_hides_solutions_and_hidden_tests(chapter):
     text = (ROOT / "exercises" / chapter / f"{chapter}.ipynb").read_text()
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "seed=5"):
@@ -70,13 +61,13 @@ def test_theory_notebook_is_executed_with_outputs(chapter):
 
 def test_executed_notebooks_record_the_helpers_they_import():
     """The record follows imports through helpers' own modules: chapter 00 imports helpers.overview,
-    which imports helpers.blocks, which imports chapter 01-04's modules."""
+    which imports helpers.blocks (a package: its modules too), which imports chapter 01-04's modules."""
     from tools.build import DEPENDS_KEY, dependency_record
 
     nb = nbformat.read(str(ROOT / "notebooks" / "00_overview.ipynb"), as_version=4)
     record = dependency_record(nb)
-    assert {"helpers/__init__.py", "helpers/overview.py", "helpers/blocks.py", "helpers/attention.py",
-            "helpers/norms.py"} <= set(record["helpers"])
+    assert {"helpers/__init__.py", "helpers/overview.py", "helpers/blocks/__init__.py", "helpers/blocks/decoder.py",
+            "helpers/attention.py", "helpers/norms.py"} <= set(record["helpers"])
     assert "helpers/checks/core.py" not in record["helpers"]  # theory notebooks run no checks
     for chapter in chapters():
         executed = nbformat.read(str(ROOT / "notebooks" / f"{chapter}.ipynb"), as_version=4)
@@ -96,6 +87,107 @@ def test_a_changed_helper_or_pin_makes_the_executed_notebook_stale():
     assert "pinned dependencies" in _dependencies_changed(nb)
     del nb.metadata[DEPENDS_KEY]
     assert "records no dependencies" in _dependencies_changed(nb)
+
+
+EXERCISES = """# %% [markdown] id="intro"
+# | # | exercise |
+# |---|---|
+# | 1 | `f(x)` |
+# | 2 | two parts |
+
+# %% [markdown] id="ex1"
+# *Time* ~5 min · *Points*
+
+# %% id="ex1-answer" kind="answer"
+### BEGIN SOLUTION
+f = abs
+### END SOLUTION
+
+# %% id="ex1-test" kind="test" points=1
+assert f(-1) == 1
+
+# %% id="ex1-hidden" kind="test" points=2
+### BEGIN HIDDEN TESTS
+assert f(-2) == 2
+### END HIDDEN TESTS
+
+# %% [markdown] id="ex2"
+# *Points*
+
+# %% [markdown] id="ex2a"
+# *Points* (graded by your instructor)
+
+# %% [markdown] id="ex2a-answer" kind="manual" points=3
+# ### BEGIN SOLUTION
+# yes
+# ### END SOLUTION
+
+# %% [markdown] id="ex2b"
+# *Points*
+
+# %% id="ex2b-test" kind="test" points=1
+assert True
+"""
+
+
+def test_points_are_written_from_the_cell_headers(tmp_path):
+    """The intro table's points column and each `*Points*` are the sums of the graded cells' `points=`."""
+    source = tmp_path / "99_example.py"
+    source.write_text(EXERCISES)
+    cells = {cell.id: cell.source for cell in notebook_from_source(source, graded=True).cells}
+    assert cells["intro"].splitlines() == ["| # | exercise | points |", "|---|---|---|", "| 1 | `f(x)` | 3 |",
+                                           "| 2 | two parts | 4 |"]
+    assert cells["ex1"] == "*Time* ~5 min · *Points* 3"
+    assert cells["ex2"] == "*Points* 4 in two parts (3 + 1)"
+    assert cells["ex2a"] == "*Points* 3 (graded by your instructor)"
+    assert cells["ex2b"] == "*Points* 1"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("*Time* ~5 min · *Points*", "*Time* ~5 min · *Points* 3"), "writes a number after"),
+    (lambda s: s.replace("| # | exercise |\n# |---|---|", "| # | exercise | points |\n# |---|---|---|"),
+     "without a points column"),
+    (lambda s: s.replace("# | 2 | two parts |", "# | 2 | two parts |\n# | 3 | none |"), "exercise '3'"),
+    (lambda s: s.replace("# *Points*\n\n# %% id=\"ex2b-test\"", "# b\n\n# %% id=\"ex2b-test\""), "does not say"),
+])
+def test_points_written_by_hand_or_missing_are_refused(tmp_path, edit, message):
+    from tools.build import BuildError
+
+    source = tmp_path / "99_example.py"
+    source.write_text(edit(EXERCISES))
+    with pytest.raises(BuildError, match=message):
+        notebook_from_source(source, graded=True)
+
+
+MODULE = '''"""A module. é"""
+import torch  # a comment
+
+
+class Norm:
+    """A class."""
+
+    eps = "1e-5 # not a comment"
+
+    def forward(self, x):
+        """One line."""
+        return x * 2  # doubled
+'''
+
+
+@pytest.mark.parametrize("edit, same", [
+    (lambda m: m.replace("A module. é", "A module, reworded.\n\nWith a second paragraph."), True),
+    (lambda m: m.replace("# doubled", "# twice x"), True),
+    (lambda m: m.replace("    def forward", "    # a new comment line\n\n    def forward"), True),
+    (lambda m: m.replace('"""One line."""', '"""One line,\n        now two."""'), True),
+    (lambda m: m.replace("x * 2", "x * 3"), False),
+    (lambda m: m.replace("1e-5 # not a comment", "1e-6 # not a comment"), False),  # a string, not a comment
+    (lambda m: m.replace('    """A class."""\n', ""), True),
+])
+def test_the_stale_check_hashes_code_not_docstrings_or_comments(edit, same):
+    """A docstring or comment fix in a helpers module re-executes no notebook; a code change does."""
+    from tools.build import code_only
+
+    assert (code_only(edit(MODULE)) == code_only(MODULE)) is same
 
 
 def _figure_notebook(after: str | None) -> nbformat.NotebookNode:

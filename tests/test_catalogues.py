@@ -1,9 +1,10 @@
 """Every chapter's catalogue of mistakes, against its checks: each catalogued wrong answer fails
 with its own message, on the visible inputs and on the hidden tests' inputs.
 
-Each `tests/test_checks_<topic>.py` defines `checks` (the module), `CHECKS` (name -> check) and
-`HIDDEN` (name -> the keyword arguments the hidden tests use); this file runs the same contract
-over all of them.
+Each `tests/test_checks_<topic>.py` defines `checks` (the module) and `CHECKS` (name -> check); the
+hidden tests' inputs are read from the solution source (tests/hidden.py), every call of the check in
+its `### BEGIN HIDDEN TESTS` blocks, so none is written twice. This file runs the same contract over
+all chapters.
 """
 
 from __future__ import annotations
@@ -12,18 +13,63 @@ import importlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.checks import CheckFailed
 
+from .hidden import calls_of, hidden_calls
+
 CHAPTER_TESTS = sorted(p.stem for p in Path(__file__).parent.glob("test_checks_*.py"))
 SUITES = {name.removeprefix("test_checks_"): importlib.import_module(f"tests.{name}") for name in CHAPTER_TESTS}
+
+
+def _variants(topic, name):
+    """("visible", {}) and one ("hidden", kwargs), ("hidden2", kwargs), ... per hidden call of the check.
+
+    The visible inputs and the first hidden call's must name every catalogued mistake. A later hidden
+    call tests edge sizes (a batch of one, no blocks, as many key/value heads as query heads), where
+    some mistakes compute the right answer: there a mistake must be named by its own message, or pass
+    (the check found its output equal to the reference's), and is never named as another (but for
+    KNOWN_EDGE_CONFUSIONS)."""
+    calls = calls_of(topic, name, SUITES[topic].CHECKS[name]) if name in SUITES[topic].CHECKS else []
+    return [("visible", {}), *((f"hidden{i + 1 if i else ''}", dict(call.kwargs)) for i, call in enumerate(calls))]
+
+
+# On these later hidden calls' edge sizes a catalogued answer is told apart from the right one but not
+# named as itself (found when every hidden call met the catalogue, issue 29): its output coincides with
+# another mistake's, or its implementation here fails on the sizes or on the check's second device.
+# Each is a strict xfail: fixing one (a catalogue implementation that keeps the device, or other sizes
+# in the hidden call) makes the list fail until the entry goes.
+_COINCIDES = "on these sizes its output is another mistake's, whose message the check gives"
+_FAILS_HERE = "the catalogue's implementation fails on these sizes or on the meta device"
+KNOWN_EDGE_CONFUSIONS = {
+    "hidden2-blocks-cross_attention-padding_on_query_axis": _FAILS_HERE,  # T_src != T_tgt
+    "hidden2-blocks-cross_attention-mask_ignored": _FAILS_HERE,  # meta device
+    "hidden2-blocks-cross_attention-kv_heads_tiled": _FAILS_HERE,  # meta device
+    "hidden2-complexity-attend_with_cache-kv_head_modulo": _FAILS_HERE,  # meta device
+    "hidden2-norms-residual_norms-no_input": _FAILS_HERE,  # no blocks: an empty stack
+    "hidden2-norms-residual_norms-edits": _FAILS_HERE,  # no blocks: an empty stack
+    "hidden2-blocks-cross_attention-scale_sqrt_T_k": _COINCIDES,  # T_src = d_model
+    "hidden2-blocks-decoder_block-memory_mask_inverted": _COINCIDES,  # no padding: nothing attended
+    "hidden2-heads-grouped_query_attention-scale_sqrt_T": _COINCIDES,  # sqrt(T) = d_head
+    "hidden2-overview-lm_forward-positions_each_block": _COINCIDES,  # no blocks
+    "hidden2-training-lm_loss-divided_by_B": _COINCIDES,  # B = 1: divided by B is the sum
+}
+
+
+def _param(topic, name, mistake, variant, kwargs):
+    case = f"{variant}-{topic}-{name}-{mistake.key}"
+    known = KNOWN_EDGE_CONFUSIONS.get(case)
+    marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=known)] if known else []
+    return pytest.param(topic, name, mistake, variant, kwargs, id=case, marks=marks)
 
 
 def _mistakes():
     for topic, suite in SUITES.items():
         for name, catalogue in suite.checks.MISTAKES.items():
             for mistake in catalogue:
-                yield pytest.param(topic, name, mistake, id=f"{topic}-{name}-{mistake.key}")
+                for variant, kwargs in _variants(topic, name):
+                    yield _param(topic, name, mistake, variant, kwargs)
 
 
 def _named(suite, name):
@@ -39,35 +85,75 @@ def _others_named(suite, name, mistake, message):
             and other.message in message]
 
 
-@pytest.mark.parametrize("topic, name, mistake", list(_mistakes()))
-@pytest.mark.parametrize("variant", ["visible", "hidden"])
-def test_every_catalogued_mistake_is_named_and_no_other(topic, name, mistake, variant):
+@pytest.mark.parametrize("topic, name, mistake, variant, kwargs", list(_mistakes()))
+def test_every_catalogued_mistake_is_named_and_no_other(topic, name, mistake, variant, kwargs):
     """The confusion test: mistake A fed to its check gets A's message, and no other mistake's or
-    probe's message of that check."""
-    suite = SUITES[topic]
-    with pytest.raises(CheckFailed) as info:
-        suite.CHECKS[name](mistake.impl, **(suite.HIDDEN[name] if variant == "hidden" else {}))
-    assert mistake.message in str(info.value)
-    assert not _others_named(suite, name, mistake, str(info.value))
+    probe's message of that check, on the visible inputs and on each hidden call's."""
+    _named_as_itself(SUITES[topic], name, mistake, kwargs, variant)
 
 
 def _probes():
     for topic, suite in SUITES.items():
         for name, probes in getattr(suite.checks, "PROBES", {}).items():
             for probe in probes:
-                yield pytest.param(topic, name, probe, id=f"{topic}-{name}-{probe.key}")
+                for variant, kwargs in _variants(topic, name):
+                    yield _param(topic, name, probe, variant, kwargs)
 
 
-@pytest.mark.parametrize("topic, name, probe", list(_probes()))
-@pytest.mark.parametrize("variant", ["visible", "hidden"])
-def test_every_probe_is_named_and_no_other(topic, name, probe, variant):
+@pytest.mark.parametrize("topic, name, probe, variant, kwargs", list(_probes()))
+def test_every_probe_is_named_and_no_other(topic, name, probe, variant, kwargs):
     """A probe's variant fed to its check gets the probe's message (not a catalogued mistake's: a probe
     that equals a catalogued mistake is redundant), and no other probe's."""
+    _named_as_itself(SUITES[topic], name, probe, kwargs, variant)
+
+
+def _named_as_itself(suite, name, mistake, kwargs, variant):
+    try:
+        suite.CHECKS[name](mistake.impl, **kwargs)
+    except CheckFailed as error:
+        assert mistake.message in str(error)
+        assert not _others_named(suite, name, mistake, str(error))
+    else:  # right on these inputs: allowed only on a later hidden call's edge sizes (see _variants)
+        assert variant not in ("visible", "hidden"), f"{mistake.key} passed the check on the {variant} inputs"
+
+
+def _answers():
+    for topic, suite in SUITES.items():
+        for name in suite.CHECKS:
+            for variant, kwargs in _variants(topic, name):
+                yield pytest.param(topic, name, kwargs, id=f"{variant}-{topic}-{name}")
+
+
+@pytest.mark.parametrize("topic, name, kwargs", list(_answers()))
+def test_check_accepts_an_independent_correct_answer(topic, name, kwargs, capsys):
+    """Each check accepts the chapter's loop-written answer (tests/loops_<topic>.py) on the visible
+    inputs and on every hidden call's, and leaves the global random state as it found it."""
     suite = SUITES[topic]
-    with pytest.raises(CheckFailed) as info:
-        suite.CHECKS[name](probe.impl, **(suite.HIDDEN[name] if variant == "hidden" else {}))
-    assert probe.message in str(info.value)
-    assert not _others_named(suite, name, probe, str(info.value))
+    answer = getattr(suite, "ANSWERS", {}).get(name) or getattr(suite.loops, name)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    suite.CHECKS[name](answer, **kwargs)
+    assert "✓" in capsys.readouterr().out
+    assert torch.equal(torch.rand(3), expected), "the check moved the global random state"
+
+
+@pytest.mark.parametrize("topic, name, answer", [
+    pytest.param(topic, name, answer, id=f"{topic}-{name}")
+    for topic, suite in SUITES.items() for name, answer in getattr(suite, "REFERENCES", [])])
+def test_the_reference_itself_is_refused(topic, name, answer):
+    """Handing a check the course's own reference (`REFERENCES`) is refused as not the learner's work."""
+    with pytest.raises(CheckFailed, match="not your own function"):
+        SUITES[topic].CHECKS[name](answer)
+
+
+@pytest.mark.parametrize("topic", SUITES)
+def test_chapter_catalogue_covers_the_issue_list(topic):
+    """The mistakes each chapter's issue listed are in its checks' catalogues (`ISSUE_LIST`)."""
+    suite = SUITES[topic]
+    keys = {name: {m.key for m in catalogue} for name, catalogue in suite.checks.MISTAKES.items()}
+    missing = {name: sorted(required - keys.get(name, set())) for name, required in suite.ISSUE_LIST.items()}
+    assert not any(missing.values()), missing
 
 
 @pytest.mark.parametrize("topic", SUITES)
@@ -81,6 +167,18 @@ def test_catalogue_messages_are_distinct_within_a_check(topic):
 def test_every_check_with_a_catalogue_is_exercised(topic):
     suite = SUITES[topic]
     assert set(suite.checks.MISTAKES) <= set(suite.CHECKS)
+    named = set(suite.checks.MISTAKES) | set(getattr(suite.checks, "PROBES", {}))
+    unhidden = sorted(name for name in named if len(_variants(topic, name)) < 2)
+    assert not unhidden, f"catalogued checks that no hidden test calls (so no hidden inputs to run them on): {unhidden}"
+
+
+@pytest.mark.parametrize("topic", SUITES)
+def test_the_hidden_calls_are_read_and_name_real_checks(topic):
+    """The parse of the solution's hidden tests finds calls, and each names a check of the chapter's module."""
+    calls = hidden_calls(topic)
+    assert calls
+    unknown = [str(call) for call in calls if not callable(getattr(SUITES[topic].checks, call.check, None))]
+    assert not unknown, unknown
 
 
 def _sealed_names():

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import blocks
 from helpers.attention import causal_mask
@@ -80,7 +81,7 @@ def test_fused_attend_equals_the_course_attention_forward_and_backward(dtype, ma
 def test_the_square_causal_mask_takes_is_causal_and_gives_the_same_numbers(dtype):
     q, k, v = _qkv(dtype, T_q=6, T_k=6)
     mask = causal_mask(6)
-    with mock.patch.object(blocks.F, "scaled_dot_product_attention",
+    with mock.patch.object(F, "scaled_dot_product_attention",
                            wraps=torch.nn.functional.scaled_dot_product_attention) as spy:
         fused = fused_attend(q, k, v, mask)
     assert spy.call_args.kwargs == {"is_causal": True}  # the kernel's own causal path, no mask tensor
@@ -145,11 +146,11 @@ def test_fused_model_equals_the_course_model_logits_and_gradients(dtype, variant
                             **MODEL_VARIANTS[variant]})
     course, fused = _pair(config, dtype)
     ids = torch.randint(0, 23, (3, 11), generator=torch.Generator().manual_seed(4))
-    with mock.patch.object(blocks.F, "scaled_dot_product_attention",
+    with mock.patch.object(F, "scaled_dot_product_attention",
                            wraps=torch.nn.functional.scaled_dot_product_attention) as spy:
         fused_logits = fused(ids)
     assert spy.call_count == config.n_layers  # the fused model really runs the kernel, once per layer
-    with mock.patch.object(blocks.F, "scaled_dot_product_attention", side_effect=AssertionError("fused")):
+    with mock.patch.object(F, "scaled_dot_product_attention", side_effect=AssertionError("fused")):
         course_logits = course(ids)  # ... and the default path never does
     n = config.d_model * 11
     assert_close(fused_logits, course_logits, n=n)
@@ -163,7 +164,7 @@ def test_fused_model_falls_back_to_the_course_path_when_weights_are_asked_for():
     config = ModelConfig(vocab_size=23, d_model=16, n_heads=2, n_layers=2, max_seq_len=16)
     course, fused = _pair(config, torch.float64)
     ids = torch.randint(0, 23, (2, 9), generator=torch.Generator().manual_seed(5))
-    with mock.patch.object(blocks.F, "scaled_dot_product_attention", side_effect=AssertionError("fused")):
+    with mock.patch.object(F, "scaled_dot_product_attention", side_effect=AssertionError("fused")):
         logits, weights = fused(ids, return_weights=True)
     expected_logits, expected_weights = course(ids, return_weights=True)
     assert len(weights) == 2 and weights[0].shape == (2, 2, 9, 9)
@@ -236,7 +237,7 @@ def test_fused_encoder_and_encoder_decoder_equal_the_course_models(dtype, kind, 
         tgt = torch.randint(0, 23, (2, 6), generator=gen)
         args = (src, tgt, lengths)
         targets = torch.randint(0, 23, (2, 6), generator=gen)
-    with mock.patch.object(blocks.F, "scaled_dot_product_attention",
+    with mock.patch.object(F, "scaled_dot_product_attention",
                            wraps=torch.nn.functional.scaled_dot_product_attention) as spy:
         got = fused(*args)
     assert spy.call_count == config.n_layers * (1 if kind == "encoder" else 3)  # self, self + cross
@@ -283,13 +284,16 @@ def test_the_fast_path_runs_none_of_the_course_functions(unsealed):
     """Forward and backward of every model kind with the course's functions made to fail: the fast path
     really is another path (not the course path with a new name)."""
     from helpers import ffn, norms
+    from helpers.blocks import decoder, encoders, fused, generation, kv_cache
 
-    unsealed(norms, ffn, blocks)
+    model_modules = (decoder, encoders, fused, generation, kv_cache)  # where the model's code looks names up
+    unsealed(norms, ffn, *model_modules)
 
+    model_names = ("scaled_dot_product_attention", "masked_softmax", "split_heads", "merge_heads", "decoder_forward",
+                   "pre_ln_block", "post_ln_block", "decoder_block")
     course_functions = [(norms, "layer_norm"), (norms, "rms_norm"), (ffn, "feed_forward"), (ffn, "swiglu_ffn"),
-                        (blocks, "scaled_dot_product_attention"), (blocks, "masked_softmax"),
-                        (blocks, "split_heads"), (blocks, "merge_heads"), (blocks, "decoder_forward"),
-                        (blocks, "pre_ln_block"), (blocks, "post_ln_block"), (blocks, "decoder_block")]
+                        *((m, name) for name in model_names for m in model_modules if hasattr(m, name))]
+    assert {name for _, name in course_functions} >= set(model_names)  # each one is patched somewhere
     gen = torch.Generator().manual_seed(9)
     ids = torch.randint(0, 23, (2, 7), generator=gen)
     runs = []

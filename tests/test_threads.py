@@ -8,9 +8,8 @@ import time
 import pytest
 import torch
 
-from helpers import blocks
 from helpers import threads as threads_module
-from helpers.blocks import ModelConfig, TinyDecoder, generate
+from helpers.blocks import ModelConfig, TinyDecoder, generate, generation
 from helpers.threads import choose_threads, fastest_threads, torch_threads
 from helpers.training import train
 
@@ -129,22 +128,22 @@ def test_train_measures_one_and_two_threads_with_a_forward_and_backward_probe(le
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_generate_runs_on_the_chosen_count_and_restores_the_learners(unsealed, learner_threads, monkeypatch,
                                                                      use_cache):
-    unsealed(blocks, threads_module)
+    unsealed(generation, threads_module)
     torch.manual_seed(0)
     model = TinyDecoder(ModelConfig(vocab_size=16, d_model=16, n_heads=2, n_layers=1, max_seq_len=32))
     prompt = torch.randint(0, 16, (1, 3), generator=torch.Generator().manual_seed(1))
     seen: list[int] = []
-    real_next = blocks._next_token
+    real_next = generation._next_token
 
     def recording_next(*args):
         seen.append(torch.get_num_threads())
         return real_next(*args)
 
-    monkeypatch.setattr(blocks, "_next_token", recording_next)
+    monkeypatch.setattr(generation, "_next_token", recording_next)
     monkeypatch.setattr(threads_module, "choose_threads", lambda probe, **kw: (probe(), 2)[1])
     out = generate(model, prompt, 5, use_cache=use_cache, temperature=0)
     assert out.shape == (1, 8) and seen == [2] * 5 and torch.get_num_threads() == learner_threads
-    monkeypatch.setattr(blocks, "_next_token", lambda *args: (_ for _ in ()).throw(RuntimeError("failed step")))
+    monkeypatch.setattr(generation, "_next_token", lambda *args: (_ for _ in ()).throw(RuntimeError("failed step")))
     with pytest.raises(RuntimeError, match="failed step"):
         generate(model, prompt, 5, use_cache=use_cache, temperature=0)
     assert torch.get_num_threads() == learner_threads

@@ -1,4 +1,4 @@
-"""Measure the budgets of CONTRIBUTING.md section 7 (a benchmark, not a test: nothing here asserts a time).
+"""Measure the budgets (pyproject.toml [tool.course.budgets]; a benchmark, not a test: nothing here asserts a time).
 
     python tools/bench.py                # every chapter
     python tools/bench.py 01_attention   # one chapter
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import tomllib
 import torch
 from nbclient import NotebookClient
 
@@ -29,7 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.grading.fastimport import nbgrader_command  # noqa: E402
 from tools.build import ROOT, chapters, nbgrader_env  # noqa: E402
 
-BUDGET = {"06_positions": 60, "08_training": 120, "09_diagnostics": 120}  # seconds; every other notebook: 30
+BUDGETS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["course"]["budgets"]  # seconds
+
+
+def budget(chapter: str) -> int:
+    """The budget of each of a chapter's notebooks: its own, else every notebook's."""
+    return BUDGETS.get(chapter, BUDGETS["notebook"])
 
 
 def execute_seconds(path: Path) -> float:
@@ -76,9 +82,9 @@ def main() -> int:
     print("| chapter | theory notebook (s) | solution notebook (s) | autograde one submission (s) | score | budget (s) |")
     print("|---|---|---|---|---|---|")
     for chapter, t_theory, t_solution, t_grade, score in rows:
-        print(f"| {chapter} | {t_theory:.1f} | {t_solution:.1f} | {t_grade:.1f} | {score} | {BUDGET.get(chapter, 30)} |")
+        print(f"| {chapter} | {t_theory:.1f} | {t_solution:.1f} | {t_grade:.1f} | {score} | {budget(chapter)} |")
     total = sum(r[1] + r[2] for r in rows)
-    print(f"\nwhole course, theory + solution notebooks: {total:.1f} s (budget 300 s)")
+    print(f"\nwhole course, theory + solution notebooks: {total:.1f} s (budget {BUDGETS['course']} s)")
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
     return 0

@@ -16,6 +16,9 @@ Cell headers in the sources carry what the notebooks need:
     # %% id="ex6-test" kind="test" points=2  nbgrader: autograded test, locked
     # %% [markdown] id="ex9" kind="manual" points=3    nbgrader: manually graded written answer
 Every other cell of a solution notebook becomes a locked read-only cell.
+Points are written only there: the build adds the points column to the intro's `| # | exercise |`
+table and the number after each statement's `*Points*` (exercise_points), and refuses a number
+written by hand in either place.
 A theory notebook is executed only when its cells changed (or with --execute).
 
 Every figure is captioned: a code cell whose executed output holds a figure (image/png) must be
@@ -23,8 +26,9 @@ followed directly by a markdown cell that begins with `*What to see:*` and says 
 A build, and `--check`, fail on an uncaptioned figure, naming the notebook and the cell id.
 
 An executed theory notebook records what its outputs depended on (notebook metadata
-"transformer_internals"): a hash of every `helpers` module it imports, directly or through other
-helpers modules, and a hash of the pinned dependencies in pyproject.toml. `--check` reports the
+"transformer_internals"): a hash of the code of every `helpers` module it imports, directly or through
+other helpers modules (docstrings and comments left out: fixing one re-executes nothing), and a hash
+of the pinned dependencies in pyproject.toml. `--check` reports the
 notebook stale when either changed, and a build re-executes it.
 """
 
@@ -34,6 +38,7 @@ import argparse
 import ast
 import filecmp
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tokenize
 from pathlib import Path
 
 # First, so that nbformat (imported by jupytext) starts without its slow optional import.
@@ -134,12 +140,77 @@ def _nbgrader_metadata(nb: nbformat.NotebookNode, source: Path) -> None:
         cell.metadata["nbgrader"] = meta
 
 
+POINTS = "*Points*"
+TABLE_HEADER = "| # | exercise |"
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def exercise_points(nb: nbformat.NotebookNode) -> dict[str, int]:
+    """Points per exercise and part, summed from the graded cells' headers (`points=N`): the cells
+    ex3a-test and ex3a-hidden count for "ex3a" and for "ex3"."""
+    points: dict[str, int] = {}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        match = re.match(r"(ex(\d+))([a-z]?)(?:-|$)", cell.id)
+        if meta.get("grade") and match:
+            for key in {match.group(1) + match.group(3), match.group(1)}:
+                points[key] = points.get(key, 0) + int(meta["points"])
+    return points
+
+
+def _points_text(exercise: str, points: dict[str, int]) -> str:
+    """"3", or for an exercise in parts "5 in two parts (2 + 3)"."""
+    parts = sorted(key for key in points if re.fullmatch(rf"{exercise}[a-z]", key))
+    if not parts:
+        return str(points[exercise])
+    return (f"{points[exercise]} in {NUMBER_WORDS.get(len(parts), len(parts))} parts "
+            f"({' + '.join(str(points[p]) for p in parts)})")
+
+
+def _fill_points(nb: nbformat.NotebookNode, source: Path) -> None:
+    """Write each exercise's points where the learner reads them, from the cell headers (the one
+    place they are authored): a points column in the intro's `| # | exercise |` table, and the number
+    after every `*Points*` of a statement (ex1, ex3a, ...)."""
+    points = exercise_points(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        if re.search(r"\*Points\* \d", cell.source):
+            raise BuildError(f"{source.name}: cell {cell.id} writes a number after {POINTS}; write {POINTS} "
+                             f"alone, the build adds the points from the cell headers")
+        if re.fullmatch(r"ex\d+[a-z]?", cell.id) and cell.id in points and POINTS not in cell.source:
+            raise BuildError(f"{source.name}: the statement {cell.id} does not say {POINTS} (the build adds the number)")
+        if POINTS in cell.source:
+            exercise = re.match(r"ex\d+[a-z]?", cell.id)
+            if exercise is None or exercise.group(0) not in points:
+                raise BuildError(f"{source.name}: cell {cell.id} says {POINTS} but is no graded exercise's statement")
+            cell.source = cell.source.replace(POINTS, f"{POINTS} {_points_text(exercise.group(0), points)}")
+        if TABLE_HEADER in cell.source:
+            lines = cell.source.split("\n")
+            start = next(i for i, line in enumerate(lines) if line.startswith(TABLE_HEADER))
+            if lines[start] != f"{TABLE_HEADER}" or not lines[start + 1].startswith("|---|---|"):
+                raise BuildError(f"{source.name}: the exercise table of cell {cell.id} must be `{TABLE_HEADER}` "
+                                 f"without a points column; the build adds it")
+            lines[start] += " points |"
+            lines[start + 1] += "---|"
+            row = start + 2
+            while row < len(lines) and lines[row].startswith("|"):
+                number = lines[row].split("|")[1].strip()
+                if f"ex{number}" not in points:
+                    raise BuildError(f"{source.name}: the exercise table names exercise {number!r}, which has no "
+                                     f"graded cells (ids ex{number}-...)")
+                lines[row] += f" {points[f'ex{number}']} |"
+                row += 1
+            cell.source = "\n".join(lines)
+
+
 def notebook_from_source(source: Path, *, graded: bool) -> nbformat.NotebookNode:
     nb = jupytext.read(source)
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)}
     _assign_ids(nb)
     if graded:
         _nbgrader_metadata(nb, source)
+        _fill_points(nb, source)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -221,11 +292,48 @@ def _pins() -> list[str]:
     return re.findall(r'^\s*"([^"]+)"', block.group(1), re.M)
 
 
+def code_only(source: str) -> str:
+    """A module's code without its docstrings, comments and blank lines: what its behaviour depends on.
+
+    Docstrings are found with `ast` (a module's, class's or function's first statement when it is a
+    string), comments with `tokenize`; both are blanked by position in the text, so the result does
+    not depend on how a Python version prints or tokenizes the rest. Code that does not parse is kept
+    whole (its import fails anyway)."""
+    try:
+        tree = ast.parse(source)
+        comments = [token for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                    if token.type == tokenize.COMMENT]
+    except (SyntaxError, tokenize.TokenError):
+        return source
+    lines = source.splitlines()
+    spans = [((t.start[0], t.start[1]), (t.end[0], t.end[1])) for t in comments]
+    def column(row: int, offset: int) -> int:  # ast counts UTF-8 bytes, tokenize characters
+        return len(lines[row - 1].encode()[:offset].decode())
+
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            doc = body[0]
+            spans.append(((doc.lineno, column(doc.lineno, doc.col_offset)),
+                          (doc.end_lineno, column(doc.end_lineno, doc.end_col_offset))))
+    for (row, col), (end_row, end_col) in sorted(spans, reverse=True):  # later spans first: positions stay valid
+        if row == end_row:
+            lines[row - 1] = lines[row - 1][:col] + lines[row - 1][end_col:]
+        else:
+            lines[row - 1:end_row] = [lines[row - 1][:col] + lines[end_row - 1][end_col:]]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
+
+
 def dependency_record(nb: nbformat.NotebookNode) -> dict[str, object]:
+    """The helpers modules a notebook imports and one hash of their code (code_only: a docstring or
+    comment fix changes nothing), and the hash of the pinned dependencies."""
     files = helper_dependencies(nb)
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        code = code_only(path.read_text()).encode()
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + code + b"\0")
     return {
         "helpers": [path.relative_to(ROOT).as_posix() for path in files],
         "helpers_sha256": digest.hexdigest(),

@@ -14,15 +14,15 @@
 # shape of every tensor in a block, run the whole model as one function, test whether a layer
 # cares about token order, and fit a request into a context window:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | a character tokenizer: `char_encode(text, vocab)`, `char_decode(ids, vocab)` | 3 |
-# | 2 | one step of byte-pair encoding: `most_frequent_pair(ids)`, `merge_pair(ids, pair, new_id)` | 3 |
-# | 3 | counting tokens with the course's tokenizers | 2 |
-# | 4 | the block shape map: `shape_map(B, T, d_model, n_heads, d_ff, vocab)` | 4 |
-# | 5 | the tour in one function: `lm_forward(ids, wte, wpe, blocks, final_norm)` | 4 |
-# | 6 | a permutation-equivariance test: `is_permutation_equivariant(f, x)` | 4 |
-# | 7 | the prompt token budget | 3 |
+# | # | exercise |
+# |---|---|
+# | 1 | a character tokenizer: `char_encode(text, vocab)`, `char_decode(ids, vocab)` |
+# | 2 | one step of byte-pair encoding: `most_frequent_pair(ids)`, `merge_pair(ids, pair, new_id)` |
+# | 3 | counting tokens with the course's tokenizers |
+# | 4 | the block shape map: `shape_map(B, T, d_model, n_heads, d_ff, vocab)` |
+# | 5 | the tour in one function: `lm_forward(ids, wte, wpe, blocks, final_norm)` |
+# | 6 | a permutation-equivariance test: `is_permutation_equivariant(f, x)` |
+# | 7 | the prompt token budget |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -55,7 +55,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: a character tokenizer
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # A model never sees text, only integer ids. The simplest tokenizer gives every character its own
 # id: its position in a vocabulary string. With `vocab = " .acehmnost"`, the space is id 0, `"."`
@@ -118,7 +118,7 @@ assert char_decode(char_encode(_text, _vocab), _vocab) == _text, "the round trip
 # %% [markdown] id="ex2"
 # ## Exercise 2: one step of byte-pair encoding
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points*
 #
 # Byte-pair encoding (BPE) builds longer tokens by repeating one step: find the adjacent pair of
 # ids that occurs most often, and replace it everywhere by a new id. The course's BPE
@@ -206,7 +206,7 @@ except NotImplementedError:
 # %% [markdown] id="ex3"
 # ## Exercise 3: count tokens
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # Context windows, prices and speeds are counted in tokens, not characters or words. Use the
 # course's tokenizers (imported in the first cell: `course_chars()`, `course_bpe()`, each with an
@@ -255,7 +255,7 @@ assert abs(float(val_chars_per_token) - len(_v) / len(course_bpe().encode(_v))) 
 # %% [markdown] id="ex4"
 # ## Exercise 4: the block shape map
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 4
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Before writing transformer code, write down the shape of every tensor. Write
 # `shape_map(B, T, d_model, n_heads, d_ff, vocab)` returning a dict from these names to shape
@@ -320,7 +320,7 @@ check_shape_map(shape_map, configs=[(8, 1024, 768, 12, 3072, 50257), (1, 1, 4, 1
 # %% [markdown] id="ex5"
 # ## Exercise 5: the tour in one function
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 4
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Write the forward pass of a decoder-only language model, from token ids to next-token logits:
 #
@@ -381,7 +381,7 @@ check_lm_forward(lm_forward, seed=7, dtype=torch.float32, B=1, T=1, d_model=6, H
 # %% [markdown] id="ex6"
 # ## Exercise 6: does a layer care about token order?
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points* 4
+# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
 #
 # A function `f` of a sequence is **permutation equivariant** when reordering its input tokens only
 # reorders its outputs in the same way: for every permutation $\pi$ of the positions,
@@ -447,7 +447,7 @@ check_permutation_test(is_permutation_equivariant, seed=9, dtype=torch.float32, 
 # %% [markdown] id="ex7"
 # ## Exercise 7: the prompt token budget
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Everything in a request shares the model's context window: the system prompt, retrieved
 # documents, the user's message, **and the answer the model will write** (reserve the output cap).

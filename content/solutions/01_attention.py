@@ -12,16 +12,16 @@
 # You will build attention from its parts, the way `torch.nn.functional.scaled_dot_product_attention`
 # computes it, and prove each part right:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | attention for tiny matrices, by hand | 3 |
-# | 2 | `attention_scores(q, k)` | 3 |
-# | 3 | `causal_mask(T)` | 2 |
-# | 4 | `apply_mask(scores, mask)` | 2 |
-# | 5 | `padding_mask(lengths, T)` | 2 |
-# | 6 | `masked_softmax(scores, mask)` | 3 |
-# | 7 | `scaled_dot_product_attention(q, k, v, mask=None)` | 5 |
-# | 8 | counting: allowed pairs, score variance, score memory | 3 |
+# | # | exercise |
+# |---|---|
+# | 1 | attention for tiny matrices, by hand |
+# | 2 | `attention_scores(q, k)` |
+# | 3 | `causal_mask(T)` |
+# | 4 | `apply_mask(scores, mask)` |
+# | 5 | `padding_mask(lengths, T)` |
+# | 6 | `masked_softmax(scores, mask)` |
+# | 7 | `scaled_dot_product_attention(q, k, v, mask=None)` |
+# | 8 | counting: allowed pairs, score variance, score memory |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -54,7 +54,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: attention for tiny matrices, by hand
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 3
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Two queries attend over three keys. With $d_k = 4$:
 #
@@ -117,7 +117,7 @@ for _name, _got, _want in [("weights_by_hand", weights_by_hand, _weights), ("out
 # %% [markdown] id="ex2"
 # ## Exercise 2: the score matrix
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Write `attention_scores(q, k)` returning $S = QK^\top / \sqrt{d_k}$.
 #
@@ -168,7 +168,7 @@ check_attention_scores(attention_scores, seed=17, dtype=torch.float32, B=1, H=4,
 # %% [markdown] id="ex3"
 # ## Exercise 3: the causal mask
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~5 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~5 min · *Points*
 #
 # A decoder predicts token $t+1$ from tokens $0 \dots t$, so query $i$ may attend to keys
 # $j \le i$ and never to a later one. Write `causal_mask(T)` returning a `(T, T)` tensor of dtype
@@ -210,7 +210,7 @@ check_causal_mask(causal_mask, sizes=(9, 2, 1))
 # %% [markdown] id="ex4"
 # ## Exercise 4: apply a mask to the scores
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~5 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~5 min · *Points*
 #
 # Write `apply_mask(scores, mask)`: a new tensor equal to `scores` where `mask` is `True` and
 # `float("-inf")` where it is `False`. `scores` has shape `(..., T_q, T_k)`; `mask` is boolean and
@@ -261,7 +261,7 @@ except (NotImplementedError, NameError):
 # %% [markdown] id="ex5"
 # ## Exercise 5: the padding mask
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 2
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # Sequences of different lengths share a batch by padding the short ones to length `T`. Padded
 # positions are not tokens, so no query may attend to them. Write `padding_mask(lengths, T)`:
@@ -310,7 +310,7 @@ check_padding_mask(padding_mask, lengths=(2,), T=3)
 # %% [markdown] id="ex6"
 # ## Exercise 6: the masked softmax
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Write `masked_softmax(scores, mask)` returning the attention weights, shape `(..., T_q, T_k)`:
 #
@@ -361,7 +361,7 @@ check_masked_softmax(masked_softmax, seed=23, dtype=torch.float32, B=1, T_q=6, T
 # %% [markdown] id="ex7"
 # ## Exercise 7: scaled dot-product attention
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 5
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Put it together: `scaled_dot_product_attention(q, k, v, mask=None)` returns
 # `(output, weights)` with
@@ -426,7 +426,7 @@ check_scaled_dot_product_attention(scaled_dot_product_attention, seed=31, dtype=
 # %% [markdown] id="ex8"
 # ## Exercise 8: count it
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # Answer with numbers (Python ints or floats), not code that calls attention functions.
 #

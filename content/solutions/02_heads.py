@@ -12,15 +12,15 @@
 # You will split a model's width into heads, run attention in every head, put the heads back
 # together, let several query heads share one key/value head, and count what each variant costs:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `split_heads(x, n_heads)` | 2 |
-# | 2 | `merge_heads(x)` | 2 |
-# | 3 | `multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads, mask=None)` | 5 |
-# | 4 | `grouped_query_attention(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None)` | 5 |
-# | 5 | `attention_param_count(d_model, n_heads, n_kv_heads=None, bias=False)` | 3 |
-# | 6 | `kv_cache_elements_per_token(n_layers, n_kv_heads, d_head)` | 2 |
-# | 7 | real model sizes: parameters and KV-cache bytes of MHA, GQA and MQA | 3 |
+# | # | exercise |
+# |---|---|
+# | 1 | `split_heads(x, n_heads)` |
+# | 2 | `merge_heads(x)` |
+# | 3 | `multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads, mask=None)` |
+# | 4 | `grouped_query_attention(x, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, mask=None)` |
+# | 5 | `attention_param_count(d_model, n_heads, n_kv_heads=None, bias=False)` |
+# | 6 | `kv_cache_elements_per_token(n_layers, n_kv_heads, d_head)` |
+# | 7 | real model sizes: parameters and KV-cache bytes of MHA, GQA and MQA |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -60,7 +60,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: split the model dimension into heads
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 2
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Write `split_heads(x, n_heads)`. Head `h` owns the block of features
 # `h*d_head .. (h+1)*d_head - 1` of every token, and the heads become a batch-like axis in front of
@@ -108,7 +108,7 @@ check_split_heads(split_heads, seed=11, dtype=torch.float32, B=1, T=2, H=6, d_he
 # %% [markdown] id="ex2"
 # ## Exercise 2: merge the heads back
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 2
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Write `merge_heads(x)`, the inverse of `split_heads`: the heads' outputs side by side
 # (the "concat" of the multi-head formula).
@@ -155,7 +155,7 @@ check_merge_heads(merge_heads, seed=11, dtype=torch.float32, B=1, T=2, H=6, d_he
 # %% [markdown] id="ex3"
 # ## Exercise 3: multi-head attention from weights
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 5
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points*
 #
 # $$
 # \operatorname{MultiHead}(X) = \operatorname{Concat}(\text{head}_1, \dots, \text{head}_H)\, W_O^\top,
@@ -227,7 +227,7 @@ check_multi_head_attention(multi_head_attention, seed=13, dtype=torch.float32, B
 # %% [markdown] id="ex4"
 # ## Exercise 4: grouped-query attention
 #
-# *Difficulty* ●●●●○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 5
+# *Difficulty* ●●●●○ · *Importance* ●●●●● · *Time* ~20 min · *Points*
 #
 # Keep `H` query heads but only `H_kv` key/value heads ($H_{kv}$ divides $H$). Query head $h$
 # reads key/value head
@@ -297,7 +297,7 @@ check_grouped_query_attention(grouped_query_attention, seed=19, dtype=torch.floa
 # %% [markdown] id="ex5"
 # ## Exercise 5: count the parameters of Q, K, V and the output projection
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # Write `attention_param_count(d_model, n_heads, n_kv_heads=None, bias=False)` returning, as an
 # `int`, the number of parameters in one attention layer's four projections:
@@ -348,7 +348,7 @@ check_attention_param_count(attention_param_count, configs=((4096, 32, 8, False)
 # %% [markdown] id="ex6"
 # ## Exercise 6: the KV cache, per token
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points*
 #
 # While a decoder generates, every layer keeps the keys and values of all earlier tokens so that it
 # never recomputes them (chapter 07). Each token adds, in every layer, one key and one value vector
@@ -381,7 +381,7 @@ check_kv_cache_elements_per_token(kv_cache_elements_per_token, configs=((80, 8, 
 # %% [markdown] id="ex7"
 # ## Exercise 7: what GQA and MQA save at a real model size
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # The next (read-only) cell holds the sizes: the attention of Llama-2-7B (32 layers, $d_{\text{model}}
 # = 4096$, 32 heads, multi-head), the same layer with 8 key/value heads (the GQA shape of Llama-3-8B

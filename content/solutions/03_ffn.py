@@ -13,16 +13,16 @@
 # what they cost next to attention, write a test that tells a token-independent layer from a
 # token-mixing one, and build the router and forward pass of a mixture-of-experts layer:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `gelu(x, approximate="none")` | 3 |
-# | 2 | `feed_forward(x, w1, b1, w2, b2)` | 3 |
-# | 3 | `swiglu_ffn(x, w_gate, w_up, w_down)` | 3 |
-# | 4 | counting: MLP against attention parameters, GPT-2 and Llama | 3 |
-# | 5 | `is_token_independent(fn, x)` | 4 |
-# | 6 | `top_k_route(router_logits, k)` | 3 |
-# | 7 | `moe_forward(x, router_weight, experts, k)` | 4 |
-# | 8 | MoE numbers: total and active parameters, balance loss, capacity | 3 |
+# | # | exercise |
+# |---|---|
+# | 1 | `gelu(x, approximate="none")` |
+# | 2 | `feed_forward(x, w1, b1, w2, b2)` |
+# | 3 | `swiglu_ffn(x, w_gate, w_up, w_down)` |
+# | 4 | counting: MLP against attention parameters, GPT-2 and Llama |
+# | 5 | `is_token_independent(fn, x)` |
+# | 6 | `top_k_route(router_logits, k)` |
+# | 7 | `moe_forward(x, router_weight, experts, k)` |
+# | 8 | MoE numbers: total and active parameters, balance loss, capacity |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -57,7 +57,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: GELU, both forms
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●○○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # GELU weights its input by the probability that a standard normal variable is below it:
 # $\operatorname{GELU}(x) = x\,\Phi(x)$. Write `gelu(x, approximate="none")`:
@@ -112,7 +112,7 @@ check_gelu(gelu, seed=13, dtype=torch.float32, B=1, T=8, d=2)
 # %% [markdown] id="ex2"
 # ## Exercise 2: the feed-forward network
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Write the GPT-2 MLP: expand each token to `d_ff` hidden units, apply GELU (exact), project back.
 #
@@ -165,7 +165,7 @@ check_feed_forward(feed_forward, seed=19, dtype=torch.float32, B=1, T=2, d_model
 # %% [markdown] id="ex3"
 # ## Exercise 3: SwiGLU
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # Llama, Mistral and most recent open models replace the MLP by a gated one with three bias-free
 # matrices: one branch (the **gate**) goes through SiLU, the other (**up**) stays linear, their
@@ -215,7 +215,7 @@ check_swiglu_ffn(swiglu_ffn, seed=29, dtype=torch.float32, B=2, T=1, d_model=3, 
 # %% [markdown] id="ex4"
 # ## Exercise 4: count MLP parameters and compare them with attention
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Answer with numbers (Python ints or floats), computed by hand or with arithmetic in the cell, not
 # by building layers. Standard multi-head attention has four `(d_model, d_model)` projections
@@ -290,7 +290,7 @@ assert int(swiglu_d_ff) == 2 * 4 * _d // 3
 # %% [markdown] id="ex5"
 # ## Exercise 5: a test for token independence
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points* 4
+# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
 #
 # The FFN is applied to every position separately: output $i$ depends on token $i$ and on nothing
 # else. Attention is the opposite. Write a function that tells them apart by experiment:
@@ -358,7 +358,7 @@ check_token_independence_test(is_token_independent, seed=41, dtype=torch.float32
 # %% [markdown] id="ex6"
 # ## Exercise 6: the top-k router
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # A mixture-of-experts layer scores every expert for every token (the router logits), keeps the
 # `k` best experts of each token, and weights them with a softmax over **those k logits only**
@@ -405,7 +405,7 @@ check_top_k_route(top_k_route, seed=31, dtype=torch.float32, B=2, T=9, n_experts
 # %% [markdown] id="ex7"
 # ## Exercise 7: the MoE forward pass
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~20 min · *Points* 4
+# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~20 min · *Points*
 #
 # Put a router in front of `n_experts` FFNs. Each token goes to its top-k experts and receives the
 # weighted sum of their outputs:
@@ -473,7 +473,7 @@ check_moe_forward(moe_forward, seed=37, dtype=torch.float32, B=1, T=11, d_model=
 # %% [markdown] id="ex8"
 # ## Exercise 8: MoE numbers
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points*
 #
 # Answer with numbers (Python ints or floats).
 #

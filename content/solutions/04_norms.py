@@ -13,15 +13,15 @@
 # `torch.nn.RMSNorm` compute them, write the two block equations that decide where the norm goes,
 # and measure the residual stream of a real stack:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | LayerNorm and RMSNorm for one vector, by hand | 3 |
-# | 2 | `layer_norm(x, gamma, beta, eps=1e-5)` | 4 |
-# | 3 | `rms_norm(x, gamma, eps=1e-6)` | 3 |
-# | 4 | `pre_ln_block(x, attn, ffn, norm1, norm2)` | 3 |
-# | 5 | `post_ln_block(x, attn, ffn, norm1, norm2)` | 3 |
-# | 6 | `residual_norms(x, blocks)`: the residual stream's size, layer by layer | 3 |
-# | 7 | counting: statistics per batch, norm parameters in GPT-2 and Llama | 3 |
+# | # | exercise |
+# |---|---|
+# | 1 | LayerNorm and RMSNorm for one vector, by hand |
+# | 2 | `layer_norm(x, gamma, beta, eps=1e-5)` |
+# | 3 | `rms_norm(x, gamma, eps=1e-6)` |
+# | 4 | `pre_ln_block(x, attn, ffn, norm1, norm2)` |
+# | 5 | `post_ln_block(x, attn, ffn, norm1, norm2)` |
+# | 6 | `residual_norms(x, blocks)`: the residual stream's size, layer by layer |
+# | 7 | counting: statistics per batch, norm parameters in GPT-2 and Llama |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -55,7 +55,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: LayerNorm and RMSNorm for one vector, by hand
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 3
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # One token with $d_{\text{model}} = 4$ features, and the norms' parameters:
 #
@@ -137,7 +137,7 @@ assert abs(float(rms_x) - _rms) <= 2e-3 and abs(float(var_x) - (_sd ** 2 - 7)) <
 # %% [markdown] id="ex2"
 # ## Exercise 2: LayerNorm for tensors
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 4
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Write `layer_norm(x, gamma, beta, eps=1e-5)` returning the same numbers as
 # `torch.nn.LayerNorm(d_model, eps=eps)` with weight `gamma` and bias `beta`.
@@ -194,7 +194,7 @@ check_layer_norm(layer_norm, seed=17, dtype=torch.float32, B=1, T=8, d_model=3, 
 # %% [markdown] id="ex3"
 # ## Exercise 3: RMSNorm for tensors
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Write `rms_norm(x, gamma, eps=1e-6)` returning the same numbers as
 # `torch.nn.RMSNorm(d_model, eps=eps)` with weight `gamma`:
@@ -240,7 +240,7 @@ check_rms_norm(rms_norm, seed=17, dtype=torch.float32, B=1, T=8, d_model=3, eps=
 # %% [markdown] id="ex4"
 # ## Exercise 4: the Pre-LN block
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # A transformer block has two sublayers, attention and a feed-forward network, each wrapped in a
 # residual connection and a norm. You are given all four pieces as functions that map
@@ -291,7 +291,7 @@ check_pre_ln_block(pre_ln_block, seed=11, dtype=torch.float32, B=1, T=7, d_model
 # %% [markdown] id="ex5"
 # ## Exercise 5: the Post-LN block
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # Now the **Post-LN** block of the original Transformer and BERT
 # (`nn.TransformerEncoderLayer(norm_first=False)`, torch's default), with the same four pieces:
@@ -337,7 +337,7 @@ check_post_ln_block(post_ln_block, seed=11, dtype=torch.float32, B=1, T=7, d_mod
 # %% [markdown] id="ex6"
 # ## Exercise 6: measure the residual stream
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # How big does the residual stream get as it passes through a stack of blocks? Write
 # `residual_norms(x, blocks)`:
@@ -408,7 +408,7 @@ except (NotImplementedError, NameError):
 # %% [markdown] id="ex7"
 # ## Exercise 7: count it
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # Answer with numbers (Python ints or floats).
 #

@@ -13,13 +13,13 @@
 # from given sublayers, name masks and build the ones each kind of model needs, write the prefix-LM
 # mask, and count the parameters of an encoder-decoder:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `cross_attention(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, memory_mask)` | 4 |
-# | 2 | `decoder_block(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask)` | 3 |
-# | 3 | identify encoder-only, decoder-only and encoder-decoder masks: name six masks, then `model_masks(...)` | 5 |
-# | 4 | `prefix_lm_mask(prefix_lengths, lengths, T)` | 3 |
-# | 5 | counting: the parameters of an encoder-decoder | 3 |
+# | # | exercise |
+# |---|---|
+# | 1 | `cross_attention(x, memory, w_q, w_k, w_v, w_o, n_heads, n_kv_heads, memory_mask)` |
+# | 2 | `decoder_block(x, memory, self_attn, cross_attn, ffn, norm1, norm2, norm3, memory_mask)` |
+# | 3 | identify encoder-only, decoder-only and encoder-decoder masks: name six masks, then `model_masks(...)` |
+# | 4 | `prefix_lm_mask(prefix_lengths, lengths, T)` |
+# | 5 | counting: the parameters of an encoder-decoder |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -57,7 +57,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: cross-attention from its weights
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 4
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~20 min · *Points*
 #
 # In an encoder-decoder (the 2017 Transformer, T5), each decoder block reads the source sentence
 # through **cross-attention**: the **queries** come from the decoder stream `x`, the **keys and
@@ -128,7 +128,7 @@ check_cross_attention(cross_attention, seed=9, dtype=torch.float32, B=1, T_tgt=6
 # %% [markdown] id="ex2"
 # ## Exercise 2: the decoder block with cross-attention
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # The decoder block of an encoder-decoder has **three** residual sublayers. Write its Pre-LN form
 # (T5, `nn.TransformerDecoderLayer(norm_first=True)`):
@@ -188,7 +188,7 @@ check_decoder_block(decoder_block, seed=13, dtype=torch.float32, B=1, T_tgt=7, T
 # %% [markdown] id="ex3"
 # ## Exercise 3: identify encoder-only, decoder-only and encoder-decoder masks
 #
-# *Points* 5 in two parts (2 + 3)
+# *Points*
 #
 # Four kinds of mask cover the three kinds of model. Each is `(T_q, T_k)` per sequence, True = may
 # attend, with padded keys (columns no query may see) blocked:
@@ -213,7 +213,7 @@ for _name, _mask in MASKS_TO_NAME.items():
 # %% [markdown] id="ex3a"
 # ### Part (a): name the masks
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Name each mask printed above: `"bidirectional"`, `"causal"`, `"prefix-lm"`, `"cross"`, or `"none"`
 # when it is none of them.
@@ -260,7 +260,7 @@ check_mask_names(A=mask_A, B=mask_B, C=mask_C, D=mask_D, E=mask_E, F=mask_F)  # 
 # %% [markdown] id="ex3b"
 # ### Part (b): build the masks of each model kind
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Now build them. Write `model_masks(kind, lengths, T, target_lengths=None, T_tgt=None)`
 # returning a dict of `(B, T_q, T_k)` bool masks, the ones a model of that kind needs:
@@ -321,7 +321,7 @@ check_model_masks(model_masks, T=3, T_tgt=2, lengths=(1,), target_lengths=(2,))
 # %% [markdown] id="ex4"
 # ## Exercise 4: the prefix-LM mask
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # A prefix LM is one decoder stack that reads its prompt (the prefix) **bidirectionally** and
 # generates the rest **causally**. Write `prefix_lm_mask(prefix_lengths, lengths, T)` returning a
@@ -364,7 +364,7 @@ check_prefix_lm_mask(prefix_lm_mask, T=9, prefix_lengths=(5, 0, 2, 9), lengths=(
 # %% [markdown] id="ex5"
 # ## Exercise 5: the parameters of an encoder-decoder
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points*
 #
 # An encoder-decoder shaped like the 2017 Transformer's base model, written as the course's config:
 #

@@ -14,15 +14,15 @@
 # write a test that proves RoPE's defining property, build ALiBi's bias, and compute how slowly
 # RoPE's slowest pairs turn:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `sinusoidal_table(T, d_model, offset=0)` | 3 |
-# | 2 | `add_positions(x, attn, offset=0)`: positions go into the input | 2 |
-# | 3 | `apply_rope(x, offset=0)` in the rotate-half convention | 4 |
-# | 4 | `rope_attention(q, k, v)`: RoPE inside causal attention, with cached keys | 3 |
-# | 5 | `relative_offset_holds(rope, d_head)`: a test of RoPE's relative-offset property | 3 |
-# | 6 | `alibi_bias(n_heads, T)` | 3 |
-# | 7 | numbers: the wavelength of a pair, the position of its first full turn, Llama 3's slowest pair | 2 |
+# | # | exercise |
+# |---|---|
+# | 1 | `sinusoidal_table(T, d_model, offset=0)` |
+# | 2 | `add_positions(x, attn, offset=0)`: positions go into the input |
+# | 3 | `apply_rope(x, offset=0)` in the rotate-half convention |
+# | 4 | `rope_attention(q, k, v)`: RoPE inside causal attention, with cached keys |
+# | 5 | `relative_offset_holds(rope, d_head)`: a test of RoPE's relative-offset property |
+# | 6 | `alibi_bias(n_heads, T)` |
+# | 7 | numbers: the wavelength of a pair, the position of its first full turn, Llama 3's slowest pair |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -57,7 +57,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: the sinusoidal table
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
 #
 # Write `sinusoidal_table(T, d_model, offset=0)` returning the 2017 Transformer's position vectors
 # for positions `offset, offset + 1, ..., offset + T - 1`, as a `(T, d_model)` `float32` tensor
@@ -115,7 +115,7 @@ check_sinusoidal_table(sinusoidal_table, T=7, d_model=12, offsets=(0, 23), far=5
 # %% [markdown] id="ex2"
 # ## Exercise 2: where the positions go
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~5 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●● · *Time* ~5 min · *Points*
 #
 # Absolute positions (learned or sinusoidal) are **added to the input** of the first block, so
 # that attention compares tokens that already carry their positions. Write
@@ -161,7 +161,7 @@ check_add_positions(add_positions, seed=5, dtype=torch.float64, B=3, T=6, d_mode
 # %% [markdown] id="ex3"
 # ## Exercise 3: RoPE, rotate-half convention
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 4
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points*
 #
 # RoPE rotates pairs of channels of a query or key by an angle proportional to the token's
 # position. Write `apply_rope(x, offset=0)` for `x` of shape `(..., T, d_head)` (`d_head` even, any
@@ -218,7 +218,7 @@ check_apply_rope(apply_rope, seed=5, dtype=torch.float64, B=1, H=2, T=7, d_head=
 # %% [markdown] id="ex4"
 # ## Exercise 4: RoPE inside attention, with cached keys
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
 #
 # A decoder with a KV cache holds the keys and values of all `T_k` tokens so far and computes
 # queries only for the newest `T_q` of them. Write `rope_attention(q, k, v)` returning
@@ -270,7 +270,7 @@ check_rope_attention(rope_attention, seed=5, dtype=torch.float64, B=1, H=2, T_k=
 # %% [markdown] id="ex5"
 # ## Exercise 5: test RoPE's defining property
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
 #
 # RoPE is chosen for one property: the score of a query at position $m$ and a key at position $n$
 # depends on their **offset** $m - n$ only,
@@ -330,7 +330,7 @@ check_relative_offset_test(relative_offset_holds, d_heads=(6, 16))
 # %% [markdown] id="ex6"
 # ## Exercise 6: the ALiBi bias
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~15 min · *Points*
 #
 # ALiBi adds no position vectors at all: it subtracts from each score a penalty that grows
 # linearly with the distance between query and key, with a different slope $m_h$ per head. Write
@@ -387,7 +387,7 @@ check_alibi_bias(alibi_bias, heads=(8, 12, 3), T=7)
 # %% [markdown] id="ex7"
 # ## Exercise 7: how slowly the slow pairs turn
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 2
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # RoPE's pair $i$ turns by $\theta_i = \text{base}^{-2i/d_{\text{head}}}$ radians per position.
 # Answer with numbers (floats or ints):

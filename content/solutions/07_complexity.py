@@ -13,16 +13,16 @@
 # two pieces that make long-context inference possible: a cached decoding step and FlashAttention's
 # online softmax. Last, you put a decode step of a real model on the roofline of a real chip.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `attention_flops(d_model, n_heads, T, n_kv_heads=None)` | 4 |
-# | 2 | `mlp_flops(d_model, d_ff, T, kind="gelu")` | 2 |
-# | 3 | `kv_cache_bytes(n_layers, n_kv_heads, d_head, tokens, batch, dtype)` | 3 |
-# | 4 | the KV cache of real decoders: MHA, GQA, MQA, a batch, a GPU | 3 |
-# | 5 | `embed_new_tokens(ids, wte, wpe, cache_length)` | 2 |
-# | 6 | `attend_with_cache(q, k_new, v_new, k_cache, v_cache)` | 5 |
-# | 7 | `online_softmax_attention(q, k, v, block_size)` | 5 |
-# | 8 | `decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth)` | 3 |
+# | # | exercise |
+# |---|---|
+# | 1 | `attention_flops(d_model, n_heads, T, n_kv_heads=None)` |
+# | 2 | `mlp_flops(d_model, d_ff, T, kind="gelu")` |
+# | 3 | `kv_cache_bytes(n_layers, n_kv_heads, d_head, tokens, batch, dtype)` |
+# | 4 | the KV cache of real decoders: MHA, GQA, MQA, a batch, a GPU |
+# | 5 | `embed_new_tokens(ids, wte, wpe, cache_length)` |
+# | 6 | `attend_with_cache(q, k_new, v_new, k_cache, v_cache)` |
+# | 7 | `online_softmax_attention(q, k, v, block_size)` |
+# | 8 | `decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth)` |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -59,7 +59,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: attention FLOPs, part by part
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 4
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # Write `attention_flops(d_model, n_heads, T, n_kv_heads=None)` for one self-attention layer on one
 # sequence of `T` tokens, returning a dict of four ints:
@@ -116,7 +116,7 @@ check_attention_flops(attention_flops, configs=((128, 8, 7, 4), (32, 2, 3, None)
 # %% [markdown] id="ex2"
 # ## Exercise 2: MLP FLOPs
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points*
 #
 # Write `mlp_flops(d_model, d_ff, T, kind="gelu")` for one FFN on `T` tokens (no batch). A GELU MLP
 # (GPT-2) has two matrices, `d_model -> d_ff` and `d_ff -> d_model`; a SwiGLU MLP (Llama) has three:
@@ -149,7 +149,7 @@ check_mlp_flops(mlp_flops, configs=((32, 96, 3, "swiglu"), (48, 192, 5, "gelu"),
 # %% [markdown] id="ex3"
 # ## Exercise 3: the KV cache's memory
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # $$
 # \text{bytes} = 2\ (K \text{ and } V) \times n_{\text{layers}} \times \text{batch} \times n_{kv} \times \text{tokens}
@@ -189,7 +189,7 @@ check_kv_cache_bytes(kv_cache_bytes, configs=((80, 8, 128, 2048, 2, torch.float1
 # %% [markdown] id="ex4"
 # ## Exercise 4: the KV cache of real decoders
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # The next (read-only) cell holds three real decoders, all caching in fp16 (2 bytes per number):
 # Llama-2-7B (multi-head: 32 K/V heads), Llama-3-8B (grouped-query: 32 query heads share 8 K/V
@@ -266,7 +266,7 @@ recheck_kv_cache_numbers()
 # %% [markdown] id="ex5"
 # ## Exercise 5: new tokens at the right position
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 2
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # With a KV cache, the model sees only the new tokens in each step, but a model with learned
 # positions must still add the row of each token's *true* position. Write
@@ -308,7 +308,7 @@ check_embed_new_tokens(embed_new_tokens, seed=5, dtype=torch.float64, B=3, V=13,
 # %% [markdown] id="ex6"
 # ## Exercise 6: one attention step with a KV cache
 #
-# *Difficulty* ●●●●○ · *Importance* ●●●●● · *Time* ~25 min · *Points* 5
+# *Difficulty* ●●●●○ · *Importance* ●●●●● · *Time* ~25 min · *Points*
 #
 # Write `attend_with_cache(q, k_new, v_new, k_cache, v_cache)`: `T_new` new tokens attend to the
 # `T_past` cached ones and to themselves. Return the output and the grown cache.
@@ -368,7 +368,7 @@ check_attend_with_cache(attend_with_cache, seed=17, dtype=torch.float32, B=3, H=
 # %% [markdown] id="ex7"
 # ## Exercise 7: the online softmax over blocks
 #
-# *Difficulty* ●●●●○ · *Importance* ●●●●○ · *Time* ~25 min · *Points* 5
+# *Difficulty* ●●●●○ · *Importance* ●●●●○ · *Time* ~25 min · *Points*
 #
 # Write `online_softmax_attention(q, k, v, block_size)` returning exact
 # $\operatorname{softmax}(QK^\top/\sqrt{d_{\text{head}}})V$ — without ever holding more than
@@ -433,7 +433,7 @@ check_online_softmax_attention(online_softmax_attention, seed=23, dtype=torch.fl
 # %% [markdown] id="ex8"
 # ## Exercise 8: a decode step on the roofline of a real chip
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~10 min · *Points*
 #
 # Write `decode_roofline(n_params, batch, bytes_per_param, peak_flops, bandwidth)` for one decode step
 # of `batch` sequences through a model's `n_params` weights, each stored in `bytes_per_param` bytes, on

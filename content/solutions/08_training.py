@@ -13,14 +13,14 @@
 # shift by one, BERT's masking for the masked-LM loss, a decoder's teacher-forcing inputs, weight
 # tying and the labels of a padded batch, and answer three counting questions:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `lm_loss(logits, ids, ignore_index=-100)`: the next-token loss, padding ignored | 4 |
-# | 2 | `mlm_mask(ids, mask_id, vocab_size, generator)`: 15 %, then 80 / 10 / 10 | 4 |
-# | 3 | `teacher_forcing_inputs(targets, bos_id)` | 2 |
-# | 4 | `tie_weights(model)`: one matrix for the embedding and the LM head | 3 |
-# | 5 | counting: parameters saved by tying, the loss of a fresh model, random tokens in a batch | 3 |
-# | 6 | `padding_labels(ids, attention_mask)`: a loss mask that agrees with the attention mask | 2 |
+# | # | exercise |
+# |---|---|
+# | 1 | `lm_loss(logits, ids, ignore_index=-100)`: the next-token loss, padding ignored |
+# | 2 | `mlm_mask(ids, mask_id, vocab_size, generator)`: 15 %, then 80 / 10 / 10 |
+# | 3 | `teacher_forcing_inputs(targets, bos_id)` |
+# | 4 | `tie_weights(model)`: one matrix for the embedding and the LM head |
+# | 5 | counting: parameters saved by tying, the loss of a fresh model, random tokens in a batch |
+# | 6 | `padding_labels(ids, attention_mask)`: a loss mask that agrees with the attention mask |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -51,7 +51,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # %% [markdown] id="ex1"
 # ## Exercise 1: the next-token loss
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points* 4
+# *Difficulty* ●●○○○ · *Importance* ●●●●● · *Time* ~15 min · *Points*
 #
 # A decoder reads `ids` `(B, T)` and returns `logits` `(B, T, V)`. The logits at position `t` are its
 # guess for the **next** token, `ids[:, t + 1]`. Write `lm_loss(logits, ids, ignore_index=-100)`:
@@ -107,7 +107,7 @@ check_lm_loss(lm_loss, seed=8, dtype=torch.float32, B=1, T=3, V=13)
 # %% [markdown] id="ex2"
 # ## Exercise 2: masking for a masked-LM
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~20 min · *Points* 4
+# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~20 min · *Points*
 #
 # BERT is trained to recover hidden tokens. Write `mlm_mask(ids, mask_id, vocab_size, generator)`
 # returning `(inputs, labels)`, both shaped like `ids` `(B, T)`:
@@ -165,7 +165,7 @@ check_mlm_mask(mlm_mask, seed=11, B=1, T=64, V=100)
 # %% [markdown] id="ex3"
 # ## Exercise 3: teacher-forcing inputs
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points*
 #
 # A decoder learning to produce `targets` `(B, T)` (a translation, an answer) is fed the **true**
 # previous tokens, not its own guesses: that is teacher forcing, and it lets all `T` positions train
@@ -204,7 +204,7 @@ check_teacher_forcing_inputs(teacher_forcing_inputs, seed=5, B=2, T=9, V=7)
 # %% [markdown] id="ex4"
 # ## Exercise 4: weight tying
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # The token embedding `model.tok_emb` (an `nn.Embedding`, weight `(V, d_model)`) and the LM head
 # `model.lm_head` (an `nn.Linear(d_model, V)`, weight `(V, d_model)` too) have matrices of the same
@@ -241,7 +241,7 @@ check_tie_weights(tie_weights, seed=3, V=29, d_model=8)
 # %% [markdown] id="ex5"
 # ## Exercise 5: count it
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●○○ · *Time* ~10 min · *Points*
 #
 # Answer with numbers (Python ints or floats).
 #
@@ -284,7 +284,7 @@ assert abs(float(initial_loss) - 9 * math.log(2)) < 1e-3 and abs(float(random_to
 # %% [markdown] id="ex6"
 # ## Exercise 6: labels that agree with the attention mask
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points* 2
+# *Difficulty* ●○○○○ · *Importance* ●●●●○ · *Time* ~5 min · *Points*
 #
 # A batch of sequences of different lengths is padded to one length `T`. The **attention mask**
 # `attention_mask` `(B, T)` is `True` where a token is real and `False` at padding. The loss must

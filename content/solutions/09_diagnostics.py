@@ -12,14 +12,14 @@
 # You will write three of the chapter's diagnostics, use them to find the bug in each of eight broken
 # models, and write your own debugging checklist:
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `future_leaks(f, ids, vocab_size)`: a leakage test by perturbation | 4 |
-# | 2 | `attention_entropy(weights)`: entropy per query, in nats | 3 |
-# | 3 | `update_ratios(stream)`: update-to-stream ratios per block | 3 |
-# | 4 | the bug hunt: a `find_bug` that names each model's bug from diagnostics | 4 |
-# | 5 | numbers: entropy maxima, the cost of a leakage test | 3 |
-# | 6 | a transformer debugging checklist, graded by your instructor | 4 |
+# | # | exercise |
+# |---|---|
+# | 1 | `future_leaks(f, ids, vocab_size)`: a leakage test by perturbation |
+# | 2 | `attention_entropy(weights)`: entropy per query, in nats |
+# | 3 | `update_ratios(stream)`: update-to-stream ratios per block |
+# | 4 | the bug hunt: a `find_bug` that names each model's bug from diagnostics |
+# | 5 | numbers: entropy maxima, the cost of a leakage test |
+# | 6 | a transformer debugging checklist, graded by your instructor |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -54,7 +54,7 @@ if helpers.get_device().type == "cpu":
 # %% [markdown] id="ex1"
 # ## Exercise 1: a leakage test by perturbation
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points* 4
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~20 min · *Points*
 #
 # `f` is a model: it maps integer ids `(B, T)` to outputs `(B, T, ...)` (logits, or any per-position
 # vectors). In a causal model, output `i` may depend on tokens `0..i` only. Write
@@ -113,7 +113,7 @@ check_future_leaks(future_leaks, seed=5, B=3, T=9, V=11, dtype=torch.float64)
 # %% [markdown] id="ex2"
 # ## Exercise 2: attention entropy
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # Write `attention_entropy(weights)`: attention weights `(..., T_q, T_k)`, each row a distribution
 # over the keys, to the entropy of each row `(..., T_q)`, in **nats**:
@@ -156,7 +156,7 @@ check_attention_entropy(attention_entropy, seed=5, B=3, H=2, T_q=4, T_k=9, dtype
 # %% [markdown] id="ex3"
 # ## Exercise 3: update-to-stream ratios
 #
-# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points* 3
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~10 min · *Points*
 #
 # `stream` `(L + 1, B, T, d_model)` holds the residual stream entering the first block (`stream[0]`)
 # and after each of the `L` blocks. Write `update_ratios(stream)` returning `(L,)`: for each block,
@@ -196,7 +196,7 @@ check_update_ratios(update_ratios, seed=5, L=4, B=3, T=6, d_model=9, dtype=torch
 # %% [markdown] id="ex4"
 # ## Exercise 4: the bug hunt
 #
-# *Difficulty* ●●●●○ · *Importance* ●●●●● · *Time* ~30 min · *Points* 4
+# *Difficulty* ●●●●○ · *Importance* ●●●●● · *Time* ~30 min · *Points*
 #
 # The next cell gives you eight models, `models["A"]` to `models["H"]`, and a healthy `reference`.
 # All are the course's decoder (2 layers, 2 heads, `d_model` 32, RoPE, vocabulary 48) behind the same
@@ -293,7 +293,7 @@ check_bug_hunt(find_bug, secret=2026)
 # %% [markdown] id="ex5"
 # ## Exercise 5: numbers
 #
-# *Difficulty* ●○○○○ · *Importance* ●●●○○ · *Time* ~5 min · *Points* 3
+# *Difficulty* ●○○○○ · *Importance* ●●●○○ · *Time* ~5 min · *Points*
 #
 # Answer with numbers (Python ints or floats).
 #
@@ -339,7 +339,7 @@ assert abs(float(causal_max_query_9) - math.log(2) - math.log(5)) < 1e-3
 # %% [markdown] id="ex6"
 # ## Exercise 6: write a transformer debugging checklist
 #
-# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~25 min · *Points* 4 (graded by your instructor)
+# *Difficulty* ●●●○○ · *Importance* ●●●●● · *Time* ~25 min · *Points* (graded by your instructor)
 #
 # Write the checklist you would run on a new transformer implementation before trusting its loss
 # curve, in the cell below (Markdown; a numbered list is fine). For each item say **what** you

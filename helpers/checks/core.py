@@ -172,10 +172,21 @@ def on_one_thread(check: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _with_its_modules(module: types.ModuleType) -> list[types.ModuleType]:
+    """A package of the course's code (helpers.blocks) and its modules: the package only re-exports
+    names, its code runs in (and looks its functions up in) the modules, so they are sealed too.
+    The course's root package and the checks' package are not expanded (each module seals itself)."""
+    name = module.__name__
+    if not hasattr(module, "__path__") or "." not in name or name + "." == _CHECKS_PACKAGE:
+        return [module]
+    return [module, *(m for key, m in sorted(sys.modules.items()) if key.startswith(name + ".") and m is not None)]
+
+
 def protect(*modules: types.ModuleType) -> None:
-    """Seal these course modules and record their functions; checks verify them later. In the
-    checks' own modules, every public `check_*` function first gets `on_one_thread`."""
-    for module in modules:
+    """Seal these course modules (a package with its modules) and record their functions; checks
+    verify them later. In the checks' own modules, every public `check_*` function first gets
+    `on_one_thread`."""
+    for module in [m for given in modules for m in _with_its_modules(given)]:
         if module.__name__.startswith(_CHECKS_PACKAGE):
             for name, value in list(vars(module).items()):
                 if (name.startswith("check_") and isinstance(value, types.FunctionType)
@@ -273,9 +284,6 @@ class Mistake:
     message: str
     impl: Callable[..., Any]
 
-    def __post_init__(self) -> None:
-        _MISTAKE_IMPLS.add(self.impl)
-
 
 class Probe(Mistake):
     """A systematic variant of the reference (another scale, a swapped input, a shifted position, ...).
@@ -294,13 +302,30 @@ class Probe(Mistake):
 _HELPERS_DIR = str(Path(__file__).resolve().parent.parent) + os.sep  # .../helpers/
 _CHECKS_DIR = str(Path(__file__).resolve().parent) + os.sep  # .../helpers/checks/
 _THIS_FILE = str(Path(__file__).resolve())
-_MISTAKE_IMPLS: set[Any] = set()  # catalogued wrong answers may be passed to a check directly (tests do)
+# Answers the course's own tests hand to a check although they call the reference: the catalogues'
+# implementations (tests/conftest.py registers each Mistake and Probe as it is made). Empty in a
+# learner's kernel, so building a Mistake there exempts nothing.
+EXEMPT_IN_TESTS: set[Any] = set()
 
 
 # torch's C functions report private homes; learners know them by their public names
 _PUBLIC_HOMES = {"torch._C._nn": "torch.nn.functional", "torch._C._VariableFunctionsClass": "torch",
                  "torch._VariableFunctionsClass": "torch",
                  "torch._C._VariableFunctions": "torch"}
+
+
+def exporting_modules(module: str, qualname: str) -> list[str]:
+    """`module` and each course package above it that re-exports the object `qualname` names (its
+    class, for a method) under the same name, outermost last: helpers.blocks.decoder's
+    decoder_forward is also helpers.blocks.decoder_forward, the name learners know."""
+    owner = qualname.split(".")[0]
+    found = vars(sys.modules[module]).get(owner) if module in sys.modules else None
+    paths, package = [module], module.rpartition(".")[0]
+    while found is not None and package.startswith("helpers.") and package in sys.modules:
+        if vars(sys.modules[package]).get(owner) is found:
+            paths.append(package)
+        package = package.rpartition(".")[0]
+    return paths
 
 
 def _label(obj: Any) -> str:
@@ -311,6 +336,8 @@ def _label(obj: Any) -> str:
     owner, _, name = qualname.rpartition(".")
     if f"{module}.{owner}".rstrip(".") in _PUBLIC_HOMES:
         return f"{_PUBLIC_HOMES[f'{module}.{owner}'.rstrip('.')]}.{name}"
+    if module.startswith("helpers."):
+        module = exporting_modules(module, qualname)[-1]
     return f"{_PUBLIC_HOMES.get(module, module)}.{qualname}"
 
 
@@ -322,8 +349,9 @@ class _Forbidden:
         self.codes: dict[types.CodeType, str] = {}
         self.c_functions: dict[int, tuple[Any, str]] = {}
         for obj in forbidden:
-            if isinstance(obj, types.ModuleType):
-                self.files[str(Path(obj.__file__).resolve())] = obj.__name__
+            if isinstance(obj, types.ModuleType):  # a package (helpers.blocks): its modules' code, named by it
+                for part in _with_its_modules(obj):
+                    self.files[str(Path(part.__file__).resolve())] = obj.__name__
             elif getattr(obj, "__code__", None) is not None:
                 self.codes[obj.__code__] = _label(obj)
             else:
@@ -341,7 +369,7 @@ class _Forbidden:
 
     def direct(self, fn: Any) -> str | None:
         """The label of `fn` if the answer *is* a forbidden function (possibly wrapped)."""
-        if fn in _MISTAKE_IMPLS:
+        if fn in EXEMPT_IN_TESTS:
             return None
         target = fn
         for _ in range(10):
@@ -1176,6 +1204,9 @@ def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells
     rules = _Forbidden([f for f in forbidden if isinstance(f, types.ModuleType) or callable(f)])
     by_id = {id(f): f for f in forbidden}
     modules = {f.__name__ for f in forbidden if isinstance(f, types.ModuleType)}
+    # a class defined in a forbidden package's module (helpers.blocks.encoders), named by the package
+    owners = {part.__name__: f.__name__ for f in forbidden if isinstance(f, types.ModuleType)
+              for part in _with_its_modules(f)}
     for source in cells:
         try:
             tree = ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
@@ -1202,8 +1233,8 @@ def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells
             dotted, obj = found
             if isinstance(obj, type):
                 # a class of a forbidden module (a model to measure), but not a config to read sizes from
-                if obj.__module__ in modules and not dataclasses.is_dataclass(obj):
-                    return ", ".join(assigned), f"{obj.__module__}.{obj.__qualname__}"
+                if obj.__module__ in owners and not dataclasses.is_dataclass(obj):
+                    return ", ".join(assigned), f"{owners[obj.__module__]}.{obj.__qualname__}"
             elif callable(obj):
                 label = rules.direct(obj)
                 if label and not label.startswith("the checks' own code"):

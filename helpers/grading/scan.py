@@ -40,6 +40,7 @@ from types import ModuleType
 
 import nbformat
 
+from ..checks.core import exporting_modules
 from .course import Assignment, GradingError, exercise_of, find_course
 
 MODULE_ROOTS = {"torch", "numpy", "np", "math", "builtins", "sys", "helpers", "F", "nn", "os", "random",
@@ -87,7 +88,7 @@ def _helpers_names(items) -> tuple[set[str], set[str]]:
             continue
         module = getattr(item, "__module__", "") or ""
         if callable(item) and module.startswith("helpers.") and not module.startswith("helpers.checks"):
-            names.add(f"{module}.{item.__qualname__}")  # a method: only its explicit use is visible
+            names |= {f"{path}.{item.__qualname__}" for path in exporting_modules(module, item.__qualname__)}
     return modules, names
 
 

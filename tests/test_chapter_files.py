@@ -1,0 +1,54 @@
+"""A chapter is a set of files by convention (CONTRIBUTING.md, "Adding a chapter"); one left out must
+not go unnoticed (test_grading.py, for one, grades nothing for a chapter without a grading file)."""
+
+from __future__ import annotations
+
+from tools.build import ROOT, chapters
+
+# {c}: the chapter (05_blocks), {n}: its number (05), {t}: its topic (blocks)
+CHAPTER_FILES = (
+    "content/notebooks/{c}.py",  # the theory notebook's source
+    "content/solutions/{c}.py",  # the exercises, solutions and hidden tests
+    "notebooks/{c}.ipynb",  # derived: python tools/build.py {c}
+    "solutions/{c}/{c}.ipynb",  # derived
+    "exercises/{c}/{c}.ipynb",  # derived
+    "helpers/{t}",  # the reference implementation: helpers/{t}.py or the package helpers/{t}/
+    "helpers/checks/{t}.py",  # the checks and their mistake catalogues
+    "tests/test_{t}.py",  # the reference against oracles
+    "tests/test_checks_{t}.py",  # the checks accept right answers, name wrong ones
+    "tests/loops_{t}.py",  # other correct answers, written with loops
+    "tests/grading/ch{n}_{t}.py",  # known submissions for the grading round trip
+    "tests/uncatalogued/ch{n}_{t}.py",  # wrong answers no catalogue names
+)
+
+
+def missing_files(chapter: str, root=ROOT) -> list[str]:
+    number, topic = chapter.split("_", 1)
+    missing = []
+    for pattern in CHAPTER_FILES:
+        path = pattern.format(c=chapter, n=number, t=topic)
+        if pattern == "helpers/{t}":
+            if not (root / f"{path}.py").is_file() and not (root / path / "__init__.py").is_file():
+                missing.append(f"{path}.py")
+        elif not (root / path).is_file():
+            missing.append(path)
+    return missing
+
+
+def test_every_chapter_has_each_of_its_files():
+    missing = {chapter: files for chapter in chapters() if (files := missing_files(chapter))}
+    assert not missing, f"chapters without some of their files (CONTRIBUTING.md, 'Adding a chapter'): {missing}"
+
+
+def test_a_missing_file_is_named(tmp_path):
+    """The test can fail: a chapter with only its two sources lacks every other file, each named."""
+    for folder in ("content/notebooks", "content/solutions"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "10_example.py").write_text("")
+    assert missing_files("10_example", tmp_path) == [
+        "notebooks/10_example.ipynb", "solutions/10_example/10_example.ipynb", "exercises/10_example/10_example.ipynb",
+        "helpers/example.py", "helpers/checks/example.py", "tests/test_example.py", "tests/test_checks_example.py",
+        "tests/loops_example.py", "tests/grading/ch10_example.py", "tests/uncatalogued/ch10_example.py"]
+    (tmp_path / "helpers" / "example").mkdir(parents=True)
+    (tmp_path / "helpers" / "example" / "__init__.py").write_text("")  # a package is a reference too
+    assert "helpers/example.py" not in missing_files("10_example", tmp_path)
