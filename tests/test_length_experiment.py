@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.positions import length_experiment, length_ranges
+from helpers.extrapolation import length_experiment, length_ranges
 
 pytestmark = pytest.mark.slow
 

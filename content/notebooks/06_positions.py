@@ -650,7 +650,7 @@ with torch.no_grad():
 # A method that extrapolates has a rise near 0 (or below: more context helps); one that breaks has a
 # clearly positive rise.
 #
-# **The experiment** (`helpers.positions.length_experiment`). Copies of the same tiny decoder
+# **The experiment** (`helpers.extrapolation.length_experiment`). Copies of the same tiny decoder
 # (2 layers, $d_{\text{model}} = 64$, 4 heads, the course's character tokenizer), one per position
 # method, each trained by the course's training loop (`helpers.training.train`, chapter 08) for 300
 # steps of 16 windows of only $L = 32$ characters, for **two seeds**. Each then reads the same 32
@@ -670,7 +670,7 @@ with torch.no_grad():
 # without it (the control). Everything runs on one thread; the cell prints its CPU time.
 
 # %% id="length-train"
-from helpers.positions import LENGTH_METHODS, ROPE_VARIANTS, length_experiment, length_ranges
+from helpers.extrapolation import LENGTH_METHODS, ROPE_VARIANTS, length_experiment, length_ranges
 
 TRAIN_LEN, EVAL_LEN = 32, 256
 threads = torch.get_num_threads()
