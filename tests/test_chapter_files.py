@@ -52,3 +52,25 @@ def test_a_missing_file_is_named(tmp_path):
     (tmp_path / "helpers" / "example").mkdir(parents=True)
     (tmp_path / "helpers" / "example" / "__init__.py").write_text("")  # a package is a reference too
     assert "helpers/example.py" not in missing_files("10_example", tmp_path)
+
+
+def unmapped_modules(root=ROOT) -> list[str]:
+    """helpers modules with no row of their own in CONTRIBUTING.md's module map (checks/ and grading/
+    are mapped as folders)."""
+    text = (root / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    modules = [p.relative_to(root).as_posix() for p in sorted((root / "helpers").rglob("*.py"))
+               if p.parent.name not in ("checks", "grading")]
+    return [m for m in modules if f"`{m}`" not in text]
+
+
+def test_every_helpers_module_is_in_the_module_map():
+    missing = unmapped_modules()
+    assert not missing, f"helpers modules without a row in CONTRIBUTING.md's module map: {missing}"
+
+
+def test_an_unmapped_module_is_named(tmp_path):
+    (tmp_path / "helpers" / "checks").mkdir(parents=True)
+    for name in ("mapped.py", "new_topic.py", "checks/new_topic.py"):
+        (tmp_path / "helpers" / name).write_text("")
+    (tmp_path / "CONTRIBUTING.md").write_text("| `helpers/mapped.py` | 01 | something |\n")
+    assert unmapped_modules(tmp_path) == ["helpers/new_topic.py"]
