@@ -71,6 +71,7 @@ __all__ = [
     "residual_stream",
     "run_ablation",
     "shape_report",
+    "split_loss",
     "stream_norms",
     "summary_table",
     "update_ratios",
@@ -389,12 +390,40 @@ class AblationRow:
     seconds: float
 
 
+def split_loss(model: nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
+    """The mean next-token loss over a whole split: every non-overlapping window of block_size tokens.
+
+    Unlike a few random validation batches, it is the same data for every model and every seed.
+    """
+    require_positive_int("split_loss", "block_size", block_size)
+    n = (ids.shape[0] - 1) // block_size
+    if n < 1:
+        raise ShapeError(f"split_loss: ids has {ids.shape[0]} tokens, too few for one window of {block_size} + 1")
+    device = next(model.parameters()).device
+    x = ids[:n * block_size].view(n, block_size).to(device)  # (n, T)
+    y = ids[1:n * block_size + 1].view(n, block_size).to(device)  # (n, T): the next tokens
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            logits = model(x[start:start + batch_size])  # (b, T, V)
+            total += nn.functional.cross_entropy(logits.flatten(0, 1), y[start:start + batch_size].flatten(),
+                                                 reduction="sum").item()
+    model.train(was_training)
+    return total / (n * block_size)
+
+
 def run_ablation(configs: Mapping[str, ModelConfig], train_ids: torch.Tensor, val_ids: torch.Tensor, *,
-                 steps: int, batch_size: int, block_size: int, seed: int = 0, **train_kwargs) -> list[AblationRow]:
+                 steps: int, batch_size: int, block_size: int, seed: int = 0, whole_split: bool = False,
+                 **train_kwargs) -> list[AblationRow]:
     """Train one model per config with chapter 08's `train` (same seed, batches and schedule); one row each.
 
     Deterministic for a seed: each model is initialised after torch.manual_seed(seed) and sees the
-    same batches, so two configs differ only in what the config changes.
+    same batches, so two configs differ only in what the config changes. val_loss is the run's last
+    validation loss (train's eval batches, drawn from the seed), or with whole_split=True the loss
+    on the whole of val_ids (`split_loss`: the same data for every seed, so seeds differ only by
+    training).
     """
     rows = []
     for name, config in configs.items():
@@ -405,7 +434,8 @@ def run_ablation(configs: Mapping[str, ModelConfig], train_ids: torch.Tensor, va
         start = time.perf_counter()
         history = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, block_size=block_size,
                         seed=seed, progress=False, **train_kwargs)
-        rows.append(AblationRow(name, param_count(model), history.val_loss[-1], time.perf_counter() - start))
+        val_loss = split_loss(model, val_ids, block_size) if whole_split else history.val_loss[-1]
+        rows.append(AblationRow(name, param_count(model), val_loss, time.perf_counter() - start))
     return rows
 
 
@@ -457,10 +487,11 @@ def ablation_summary(runs: Mapping[int, list[AblationRow]], *, z: float = 2.0) -
 def summary_table(summary: dict) -> str:
     """ablation_summary's result as a plain-text table: per-seed losses, mean, change, verdict."""
     seeds = summary["seeds"]
-    lines = [f"{'config':<16} " + " ".join(f"{'seed ' + str(s):>7}" for s in seeds)
+    width = max(18, *(len(name) + 1 for name in summary["configs"]))
+    lines = [f"{'config':<{width}} " + " ".join(f"{'seed ' + str(s):>7}" for s in seeds)
              + f" {'mean':>7} {'vs base':>8}  verdict (noise floor {summary['noise_floor']:.3f})"]
     for name, row in summary["configs"].items():
-        lines.append(f"{name:<16} " + " ".join(f"{v:>7.3f}" for v in row["losses"])
+        lines.append(f"{name:<{width}} " + " ".join(f"{v:>7.3f}" for v in row["losses"])
                      + f" {row['mean']:>7.3f} {row['delta']:>+8.3f}  {row['verdict']}")
     return "\n".join(lines)
 
