@@ -23,7 +23,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,30 +35,45 @@ from .blocks import ModelConfig, build_model
 from .numerics import tolerances
 from .overview import measure_shapes, shape_map
 from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
-from .training import param_count, train
+from .training import batches, param_count, train
 
 __all__ = [
     "AblationRow",
     "LeakReport",
     "ShapeReport",
+    "ablated_heads",
+    "ablation_summary",
     "ablation_table",
     "attention_entropy",
     "causal_max_entropy",
     "entropy_table",
     "head_entropy",
+    "copy_losses",
+    "head_ablations",
+    "head_scores",
+    "induction_experiment",
+    "induction_probe",
     "induction_score",
     "influence_by_gradient",
     "influence_by_perturbation",
     "leak_test",
+    "load_induction_runs",
     "leaking_pairs",
     "max_entropy",
     "moved_positions",
     "previous_token_score",
+    "per_position_loss",
+    "repeated_chunk_batch",
+    "repeated_letters",
     "repeated_random_tokens",
+    "repeated_text",
+    "uniform_scores",
     "residual_stream",
     "run_ablation",
     "shape_report",
+    "split_loss",
     "stream_norms",
+    "summary_table",
     "update_ratios",
 ]
 
@@ -373,12 +390,40 @@ class AblationRow:
     seconds: float
 
 
+def split_loss(model: nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
+    """The mean next-token loss over a whole split: every non-overlapping window of block_size tokens.
+
+    Unlike a few random validation batches, it is the same data for every model and every seed.
+    """
+    require_positive_int("split_loss", "block_size", block_size)
+    n = (ids.shape[0] - 1) // block_size
+    if n < 1:
+        raise ShapeError(f"split_loss: ids has {ids.shape[0]} tokens, too few for one window of {block_size} + 1")
+    device = next(model.parameters()).device
+    x = ids[:n * block_size].view(n, block_size).to(device)  # (n, T)
+    y = ids[1:n * block_size + 1].view(n, block_size).to(device)  # (n, T): the next tokens
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            logits = model(x[start:start + batch_size])  # (b, T, V)
+            total += nn.functional.cross_entropy(logits.flatten(0, 1), y[start:start + batch_size].flatten(),
+                                                 reduction="sum").item()
+    model.train(was_training)
+    return total / (n * block_size)
+
+
 def run_ablation(configs: Mapping[str, ModelConfig], train_ids: torch.Tensor, val_ids: torch.Tensor, *,
-                 steps: int, batch_size: int, block_size: int, seed: int = 0, **train_kwargs) -> list[AblationRow]:
+                 steps: int, batch_size: int, block_size: int, seed: int = 0, whole_split: bool = False,
+                 **train_kwargs) -> list[AblationRow]:
     """Train one model per config with chapter 08's `train` (same seed, batches and schedule); one row each.
 
     Deterministic for a seed: each model is initialised after torch.manual_seed(seed) and sees the
-    same batches, so two configs differ only in what the config changes.
+    same batches, so two configs differ only in what the config changes. val_loss is the run's last
+    validation loss (train's eval batches, drawn from the seed), or with whole_split=True the loss
+    on the whole of val_ids (`split_loss`: the same data for every seed, so seeds differ only by
+    training).
     """
     rows = []
     for name, config in configs.items():
@@ -389,7 +434,8 @@ def run_ablation(configs: Mapping[str, ModelConfig], train_ids: torch.Tensor, va
         start = time.perf_counter()
         history = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, block_size=block_size,
                         seed=seed, progress=False, **train_kwargs)
-        rows.append(AblationRow(name, param_count(model), history.val_loss[-1], time.perf_counter() - start))
+        val_loss = split_loss(model, val_ids, block_size) if whole_split else history.val_loss[-1]
+        rows.append(AblationRow(name, param_count(model), val_loss, time.perf_counter() - start))
     return rows
 
 
@@ -402,3 +448,350 @@ def ablation_table(rows: list[AblationRow]) -> str:
     for row in rows:
         lines.append(f"{row.name:<22} {row.params:>8} {row.val_loss:>9.3f} {row.val_loss - base:>+9.3f}")
     return "\n".join(lines)
+
+
+def ablation_summary(runs: Mapping[int, list[AblationRow]], *, z: float = 2.0) -> dict:
+    """Rows of run_ablation for several seeds (same configs, same order) -> what the table concludes.
+
+    For config c with losses L(c, s) over seeds s = 1..S, against the first config (the baseline):
+
+        delta_c = mean_s L(c, s) - mean_s L(base, s)
+        sigma^2 = mean over configs of the sample variance of L(c, .) across seeds (pooled seed noise)
+        se      = sigma * sqrt(2 / S)          (the standard error of a difference of two S-seed means)
+        verdict = "worse" if delta_c > z * se, "better" if delta_c < -z * se, else "within noise"
+
+    Returns {"configs": {name: {"losses", "mean", "delta", "verdict"}}, "sigma", "se", "noise_floor"
+    (= z * se), "seeds"}. Needs at least two seeds: one seed has no noise estimate.
+    """
+    seeds = sorted(runs)
+    if len(seeds) < 2:
+        raise ValueError(f"ablation_summary: needs rows of at least 2 seeds to estimate the noise; got {len(seeds)}")
+    names = [row.name for row in runs[seeds[0]]]
+    for s in seeds[1:]:
+        if [row.name for row in runs[s]] != names:
+            raise ValueError(f"ablation_summary: seed {s} ran configs {[r.name for r in runs[s]]}, seed "
+                             f"{seeds[0]} ran {names}; every seed must run the same configs in the same order")
+    losses = torch.tensor([[row.val_loss for row in runs[s]] for s in seeds], dtype=torch.float64)  # (S, C)
+    means = losses.mean(dim=0)  # (C,)
+    sigma = float(losses.var(dim=0, unbiased=True).mean().sqrt())
+    se = sigma * math.sqrt(2 / len(seeds))
+    configs = {}
+    for c, name in enumerate(names):
+        delta = float(means[c] - means[0])
+        verdict = "worse" if delta > z * se else "better" if delta < -z * se else "within noise"
+        configs[name] = {"losses": losses[:, c].tolist(), "mean": float(means[c]), "delta": delta,
+                         "verdict": "baseline" if c == 0 else verdict}
+    return {"configs": configs, "sigma": sigma, "se": se, "noise_floor": z * se, "seeds": seeds}
+
+
+def summary_table(summary: dict) -> str:
+    """ablation_summary's result as a plain-text table: per-seed losses, mean, change, verdict."""
+    seeds = summary["seeds"]
+    width = max(18, *(len(name) + 1 for name in summary["configs"]))
+    lines = [f"{'config':<{width}} " + " ".join(f"{'seed ' + str(s):>7}" for s in seeds)
+             + f" {'mean':>7} {'vs base':>8}  verdict (noise floor {summary['noise_floor']:.3f})"]
+    for name, row in summary["configs"].items():
+        lines.append(f"{name:<{width}} " + " ".join(f"{v:>7.3f}" for v in row["losses"])
+                     + f" {row['mean']:>7.3f} {row['delta']:>+8.3f}  {row['verdict']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Induction heads, formed live
+# ---------------------------------------------------------------------------------------------
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def repeated_chunk_batch(ids: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator, *,
+                         repeat_fraction: float = 1.0, periods: tuple[int, int] = (8, 32)
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training windows where copying pays: x (B, T) and next tokens y (B, T).
+
+    The first round(repeat_fraction * B) windows are a chunk of the text (a random start, a random
+    length P in periods[0]..periods[1]) repeated until the window is full: from position P on every
+    character is the one P places back, so a model that copies predicts it. The other windows are
+    ordinary text (chapter 08's `batches`). repeat_fraction 0 is plain text: the control.
+    """
+    fn = "repeated_chunk_batch"
+    if not 0.0 <= repeat_fraction <= 1.0:
+        raise ValueError(f"{fn}: repeat_fraction must lie in [0, 1]; got {repeat_fraction!r}")
+    lo, hi = periods
+    if not 1 <= lo <= hi <= block_size:
+        raise ValueError(f"{fn}: periods must satisfy 1 <= low <= high <= block_size = {block_size}; got {periods}")
+    x, y = batches(ids, batch_size, block_size, generator)  # (B, T), (B, T)
+    n_repeat = round(repeat_fraction * batch_size)
+    if n_repeat:
+        lengths = torch.randint(lo, hi + 1, (n_repeat,), generator=generator)  # (n,)
+        starts = torch.randint(0, ids.shape[0] - hi, (n_repeat,), generator=generator)  # (n,)
+        t = torch.arange(block_size + 1)  # (T + 1,)
+        idx = starts[:, None] + t[None, :] % lengths[:, None]  # (n, T + 1): position t copies t mod P
+        seq = ids[idx.to(ids.device)]  # (n, T + 1)
+        x[:n_repeat], y[:n_repeat] = seq[:, :-1], seq[:, 1:]
+    return x, y
+
+
+def repeated_letters(B: int, period: int, tokenizer, generator: torch.Generator) -> torch.Tensor:
+    """(B, 2 * period) ids: `period` random lowercase letters, then the same letters again.
+
+    Common characters, unlike `repeated_random_tokens` over the whole vocabulary: a rare symbol
+    costs far more than ln 26 nats even where a model has nothing to copy, which hides the drop.
+    """
+    letters = torch.tensor(tokenizer.encode(LETTERS))  # (26,)
+    half = letters[torch.randint(0, len(LETTERS), (B, period), generator=generator)]  # (B, period)
+    return torch.cat([half, half], dim=1)  # (B, 2 * period)
+
+
+def repeated_text(text_ids: torch.Tensor, B: int, period: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, 2 * period) ids: B random `period`-character windows of the text, each followed by itself."""
+    starts = torch.randint(0, text_ids.shape[0] - period, (B,), generator=generator)  # (B,)
+    half = text_ids[starts[:, None] + torch.arange(period)]  # (B, period)
+    return torch.cat([half, half], dim=1)  # (B, 2 * period)
+
+
+def per_position_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids -> (T - 1,): the loss of predicting token t + 1 from tokens 0..t, mean over the batch."""
+    with torch.no_grad():
+        logits = model(ids)  # (B, T, V)
+    loss = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T - 1)
+    return loss.mean(dim=0)  # (T - 1,)
+
+
+def copy_losses(curve: torch.Tensor, period: int) -> tuple[float, float]:
+    """Per-position losses (2P - 1,) of a twice-repeated sequence -> (first copy, second copy), nats.
+
+    First copy: predicting tokens 1..P-1 (nothing to copy yet). Second copy: tokens P+1..2P-1, each
+    the token P places back. Token P (the first of the repeat) is in neither: nothing announces it.
+    """
+    if curve.shape != (2 * period - 1,):
+        raise ShapeError(f"copy_losses: curve must be (2 * period - 1,) = ({2 * period - 1},); got {fmt_shape(curve.shape)}")
+    return float(curve[:period - 1].mean()), float(curve[period:].mean())
+
+
+@contextmanager
+def ablated_heads(model: nn.Module, heads: list[tuple[int, int]]):
+    """Zero-ablate heads [(layer, head), ...] inside the block: their output never reaches the stream.
+
+    Head h's output occupies columns h * d_head .. (h + 1) * d_head of the merged heads, which the
+    output projection W_O (d_model, d_model) reads through the same columns; zeroing them removes
+    exactly that head's contribution, on the course path and on the fused one alike. The weights
+    are restored afterwards, also after an error.
+    """
+    saved = []
+    try:
+        for layer, h in heads:
+            attn = model.blocks[layer].attn
+            cols = slice(h * attn.d_head, (h + 1) * attn.d_head)
+            saved.append((attn.o_proj.weight, cols, attn.o_proj.weight.data[:, cols].clone()))
+            attn.o_proj.weight.data[:, cols] = 0.0
+        yield model
+    finally:
+        for weight, cols, values in saved:
+            weight.data[:, cols] = values
+
+
+def head_scores(model: nn.Module, text: torch.Tensor, repeat: torch.Tensor, period: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, H) previous-token scores on text (B, T) and (L, H) induction scores on repeat (B, 2 * period)."""
+    prev = torch.stack([previous_token_score(w) for w in _weights(model, text)])  # (L, H)
+    induction = torch.stack([induction_score(w, period) for w in _weights(model, repeat)])  # (L, H)
+    return prev, induction
+
+
+def uniform_scores(T: int, period: int) -> tuple[float, float]:
+    """What a head that spreads its weight evenly over the keys it may see scores (query i: 1/(i + 1)).
+
+    Previous-token score over queries 1..T-1 of a text window of T; induction score over queries
+    P..2P-1 of a twice-repeated sequence of period P.
+    """
+    prev = sum(1 / (i + 1) for i in range(1, T)) / (T - 1)
+    induction = sum(1 / (i + 1) for i in range(period, 2 * period)) / period
+    return prev, induction
+
+
+def induction_probe(model: nn.Module, *, period: int = 24, batch: int = 32, probe_seed: int = 0) -> dict:
+    """Everything the chapter measures on a model, from fixed probe inputs (the same for every model).
+
+    Letters: `batch` sequences of `period` random lowercase letters repeated once (nothing to predict
+    in the first copy but "a letter", ln 26 nats; everything in the second). Text: validation text
+    windows of `period` characters repeated once. Scores: previous-token on validation text windows
+    of 64, induction on the letters. Returns floats and nested lists (per layer, per head).
+    """
+    from .corpus import load_corpus
+    from .tokenizers import course_chars
+
+    tok = course_chars()
+    val = torch.tensor(tok.encode(load_corpus("val")))  # (N_val,)
+    gen = torch.Generator().manual_seed(probe_seed)
+    letters = repeated_letters(batch, period, tok, gen)  # (batch, 2P)
+    text_repeat = repeated_text(val, batch, period, gen)  # (batch, 2P)
+    starts = torch.randint(0, val.shape[0] - 64, (8,), generator=gen)  # (8,)
+    text = val[starts[:, None] + torch.arange(64)]  # (8, 64)
+    was_training = model.training
+    model.eval()
+    try:
+        curve = per_position_loss(model, letters)  # (2P - 1,)
+        text_curve = per_position_loss(model, text_repeat)  # (2P - 1,)
+        prev, induction = head_scores(model, text, letters, period)  # (L, H) x 2
+    finally:
+        model.train(was_training)
+    first, second = copy_losses(curve, period)
+    text_first, text_second = copy_losses(text_curve, period)
+    prev_uniform, induction_uniform = uniform_scores(64, period)
+    return {
+        "previous_token_score": float(prev.max()), "induction_score": float(induction.max()),
+        "loss_first_copy": first, "loss_second_copy": second,
+        "text_loss_first_copy": text_first, "text_loss_second_copy": text_second,
+        "previous_token_scores": prev.tolist(), "induction_scores": induction.tolist(),
+        "previous_token_head": divmod(int(prev.argmax()), prev.shape[1]),
+        "induction_head": divmod(int(induction.argmax()), induction.shape[1]),
+        "uniform_previous_token": prev_uniform, "uniform_induction": induction_uniform,
+        "loss_letters_no_copying": math.log(len(LETTERS)),
+        "per_position_loss": curve.tolist(), "text_per_position_loss": text_curve.tolist(),
+        "period": period,
+    }
+
+
+INDUCTION_SETUP = dict(d_model=64, n_heads=4, n_layers=2, block_size=64, batch_size=32, lr=1e-2,
+                       warmup=30, steps=1000, periods=(8, 32), repeat_fraction=1.0)
+
+
+def induction_config(vocab_size: int) -> ModelConfig:
+    """The model of the induction experiment: chapter 08's tiny GPT with RoPE, on the fused path."""
+    s = INDUCTION_SETUP
+    return ModelConfig(vocab_size=vocab_size, d_model=s["d_model"], n_heads=s["n_heads"], n_layers=s["n_layers"],
+                       max_seq_len=s["block_size"], positions="rope", kernels="fused")
+
+
+def head_ablations(model: nn.Module, probe: dict, *, threshold: float = 0.2) -> dict:
+    """Zero-ablate heads of a model and measure the letters probe again: what each head is for.
+
+    probe: induction_probe(model)'s result. Three ablations, each a list of (layer, head):
+    "induction": every layer-1 head whose induction score is at least `threshold` (seven times a
+    uniform head's 0.028 at period 24); "best_induction": the best of them alone; "previous": the
+    layer-0 head with the highest previous-token score (the first half of the circuit). Returns, per
+    name, ablated_<name>_heads and the probe's ablated_<name>_first_copy, _second_copy and
+    _text_second_copy losses.
+    """
+    induction, prev = probe["induction_scores"], probe["previous_token_scores"]
+    layer1 = [(1, h) for h, v in enumerate(induction[1]) if v >= threshold]
+    best = [tuple(probe["induction_head"])]
+    best_prev = max(range(len(prev[0])), key=prev[0].__getitem__)
+    out = {}
+    for name, heads in (("induction", layer1 or best), ("best_induction", best), ("previous", [(0, best_prev)])):
+        with ablated_heads(model, heads):
+            ablated = induction_probe(model, period=probe["period"])
+        out[f"ablated_{name}_heads"] = [tuple(h) for h in heads]
+        out[f"ablated_{name}_first_copy"] = ablated["loss_first_copy"]
+        out[f"ablated_{name}_second_copy"] = ablated["loss_second_copy"]
+        out[f"ablated_{name}_text_second_copy"] = ablated["text_loss_second_copy"]
+    return out
+
+
+def induction_experiment(seed: int = 0, steps: int | None = None, *, repeat_fraction: float | None = None,
+                         eval_every: int = 50, threads: int = 1) -> dict:
+    """Train a 2-layer model on text where copying pays and watch an induction head form.
+
+    What it shows: with windows that repeat a chunk of text (period 8-32), the model forms a
+    previous-token head in layer 0 and an induction head in layer 1 within a thousand steps; its loss
+    on the second copy of a sequence of random letters falls far below the first copy's (ln 26 is
+    the floor without copying), and zero-ablating the induction head brings the second copy's loss
+    back up. repeat_fraction=0 trains on plain text (the control): no induction head, no drop.
+
+    Set-up (INDUCTION_SETUP): d_model 64, 4 heads, 2 layers, RoPE, AdamW at lr 1e-2 with 30 warm-up
+    steps and cosine decay to lr / 10, batches of 32 windows of 64 characters from the training
+    split, `steps` (default 1000) updates, seeded by `seed` (initialisation and batches), on
+    `threads` CPU threads (one: the same numbers on every run on one machine).
+    Cost: about 35-45 CPU-seconds at one thread for 1000 steps (2 cores shared with other work).
+
+    Returns a dict of floats and lists: induction_probe's numbers for the trained model, the curve
+    (curve_steps, curve_first, curve_second, curve_induction: letters losses and the best induction
+    score every eval_every steps, step 0 included), drop_step (the first evaluated step whose second-
+    copy loss is at most half the first copy's, -1 if none), head_ablations' losses, cpu_seconds
+    (train_cpu_seconds without the probes), the set-up, and "model" (the trained TinyDecoder, in eval
+    mode, on the CPU).
+    """
+    from .corpus import load_corpus
+    from .threads import torch_threads
+    from .tokenizers import course_chars
+    from .training import adamw, lr_at, train_step
+
+    s = dict(INDUCTION_SETUP)
+    if steps is not None:
+        require_positive_int("induction_experiment", "steps", steps)
+        s["steps"] = steps
+    if repeat_fraction is not None:
+        s["repeat_fraction"] = repeat_fraction
+    tok = course_chars()
+    train_ids = torch.tensor(tok.encode(load_corpus("train")))  # (N_train,)
+    with torch_threads(threads):
+        start = time.process_time()
+        torch.manual_seed(seed)
+        model = build_model(induction_config(tok.vocab_size))
+        optimizer = adamw(model, s["lr"])
+        gen = torch.Generator().manual_seed(seed)
+        curve: dict[str, list[float]] = {"curve_steps": [], "curve_first": [], "curve_second": [],
+                                         "curve_induction": []}
+
+        def record(step: int) -> None:
+            probe = induction_probe(model, batch=16)
+            curve["curve_steps"].append(step)
+            curve["curve_first"].append(probe["loss_first_copy"])
+            curve["curve_second"].append(probe["loss_second_copy"])
+            curve["curve_induction"].append(probe["induction_score"])
+
+        probe_seconds = 0.0
+        model.train()
+        for step in range(s["steps"]):
+            if step % eval_every == 0:
+                t0 = time.process_time()
+                record(step)
+                probe_seconds += time.process_time() - t0
+            rate = lr_at(step, lr=s["lr"], steps=s["steps"], warmup=s["warmup"], min_lr=s["lr"] / 10)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            x, y = repeated_chunk_batch(train_ids, s["batch_size"], s["block_size"], gen,
+                                        repeat_fraction=s["repeat_fraction"], periods=s["periods"])
+            train_step(model, optimizer, x, y)
+        record(s["steps"])
+        model.eval()
+        result = induction_probe(model)
+        result.update(curve)
+        drops = [st for st, a, b in zip(curve["curve_steps"], curve["curve_first"], curve["curve_second"])
+                 if b <= a / 2]
+        result["drop_step"] = drops[0] if drops else -1
+        result.update(head_ablations(model, result))
+        result["cpu_seconds"] = time.process_time() - start
+        result["train_cpu_seconds"] = result["cpu_seconds"] - probe_seconds
+    result.update(seed=seed, steps=s["steps"], repeat_fraction=s["repeat_fraction"], model=model)
+    return result
+
+
+INDUCTION_RUNS = {"seed 0": dict(seed=0), "seed 1": dict(seed=1), "text only": dict(seed=0, repeat_fraction=0.0)}
+INDUCTION_CHECKPOINT = Path(__file__).parent / "checkpoints" / "induction.pt"
+
+
+def load_induction_runs(retrain: bool = False, path: Path | str | None = None) -> dict[str, dict]:
+    """The induction experiment's three runs (INDUCTION_RUNS): two seeds and the text-only control.
+
+    retrain=False loads what `python tools/train_induction.py` saved (the weights and the training
+    curves; every other number is recomputed from the loaded weights here, so it is this machine's
+    measurement); retrain=True trains the three models now (about two CPU-minutes at one thread).
+    Each value is induction_experiment's dict with "model" and "source" ("checkpoint" or "trained").
+    """
+    if retrain:
+        return {name: {**induction_experiment(**kwargs), "source": "trained"} for name, kwargs in INDUCTION_RUNS.items()}
+    from .tokenizers import course_chars
+
+    saved = torch.load(path or INDUCTION_CHECKPOINT, weights_only=True)
+    runs = {}
+    for name, run in saved["runs"].items():
+        model = build_model(induction_config(course_chars().vocab_size))
+        model.load_state_dict(run["state_dict"])
+        model.eval()
+        probe = induction_probe(model)
+        curve = {k: v for k, v in run["metrics"].items() if k.startswith("curve_") or k in (
+            "drop_step", "seed", "steps", "repeat_fraction", "cpu_seconds", "train_cpu_seconds")}
+        runs[name] = {**probe, **head_ablations(model, probe), **curve, "model": model, "source": "checkpoint",
+                      "saved": run["metrics"]}
+    return runs
