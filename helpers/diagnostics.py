@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .attention import causal_mask
+from .baselines import split_loss
 from .blocks import ModelConfig, build_model
 from .numerics import tolerances
 from .overview import measure_shapes, shape_map
@@ -390,30 +391,6 @@ class AblationRow:
     seconds: float
 
 
-def split_loss(model: nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
-    """The mean next-token loss over a whole split: every non-overlapping window of block_size tokens.
-
-    Unlike a few random validation batches, it is the same data for every model and every seed.
-    """
-    require_positive_int("split_loss", "block_size", block_size)
-    n = (ids.shape[0] - 1) // block_size
-    if n < 1:
-        raise ShapeError(f"split_loss: ids has {ids.shape[0]} tokens, too few for one window of {block_size} + 1")
-    device = next(model.parameters()).device
-    x = ids[:n * block_size].view(n, block_size).to(device)  # (n, T)
-    y = ids[1:n * block_size + 1].view(n, block_size).to(device)  # (n, T): the next tokens
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            logits = model(x[start:start + batch_size])  # (b, T, V)
-            total += nn.functional.cross_entropy(logits.flatten(0, 1), y[start:start + batch_size].flatten(),
-                                                 reduction="sum").item()
-    model.train(was_training)
-    return total / (n * block_size)
-
-
 def run_ablation(configs: Mapping[str, ModelConfig], train_ids: torch.Tensor, val_ids: torch.Tensor, *,
                  steps: int, batch_size: int, block_size: int, seed: int = 0, whole_split: bool = False,
                  **train_kwargs) -> list[AblationRow]:
@@ -434,7 +411,7 @@ def run_ablation(configs: Mapping[str, ModelConfig], train_ids: torch.Tensor, va
         start = time.perf_counter()
         history = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, block_size=block_size,
                         seed=seed, progress=False, **train_kwargs)
-        val_loss = split_loss(model, val_ids, block_size) if whole_split else history.val_loss[-1]
+        val_loss = split_loss(model, val_ids, block_size=block_size, stride=block_size) if whole_split else history.val_loss[-1]
         rows.append(AblationRow(name, param_count(model), val_loss, time.perf_counter() - start))
     return rows
 

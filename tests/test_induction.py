@@ -161,14 +161,15 @@ def test_induction_heads_form_on_two_seeds_as_committed(committed):
         assert abs(run["loss_second_copy"] - committed_run["loss_second_copy"]) < 1.0
 
 
-def test_split_loss_is_the_mean_over_every_window_of_the_split():
+def test_whole_split_scoring_with_non_overlapping_windows_is_the_mean_over_every_window():
+    """run_ablation(whole_split=True) scores with chapter 08's split_loss at stride = block_size."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=23, d_model=16, n_heads=2, n_layers=1, max_seq_len=16,
                                     kernels="fused")).double()
-    ids = torch.randint(0, 23, (103,), generator=torch.Generator().manual_seed(2))  # 12 windows of 8, 6 left over
+    ids = torch.randint(0, 23, (97,), generator=torch.Generator().manual_seed(2))  # 12 windows of 8 and their targets
     expected = torch.stack([torch.nn.functional.cross_entropy(model(ids[None, 8 * w:8 * w + 8])[0], ids[8 * w + 1:8 * w + 9])
                             for w in range(12)]).mean()  # one window at a time: an independent loop
-    assert_close(torch.tensor(dg.split_loss(model, ids, 8, batch_size=5), dtype=torch.float64), expected, n=96)
+    assert_close(torch.tensor(dg.split_loss(model, ids, block_size=8, stride=8, batch_size=5), dtype=torch.float64), expected, n=96)
     assert model.training  # left as it was
     with pytest.raises(dg.ShapeError, match="too few"):
-        dg.split_loss(model, ids[:8], 8)
+        dg.split_loss(model, ids[:8], block_size=8)
