@@ -354,6 +354,7 @@ def test_ablation_verdicts_name_what_is_wrong():
         (changed(verdicts=lambda o, x, z: ["within noise"] + o["verdicts"][1:]), r"verdicts\[0\] is 'within noise'"),
         (changed(verdicts=lambda o, x, z: [v.replace(" ", "_") for v in o["verdicts"]]), r"'within_noise' is not a verdict"),
         (changed(se=lambda o, x, z: o["se"].reshape(1)), r"se has shape \(1,\); expected one number"),
+        (changed(se=lambda o, x, z: o["se"].to(torch.bfloat16)), r"se is .*sqrt\(2 / S\)"),  # rounded past the tolerance
         (changed(delta=lambda o, x, z: o["delta"].tolist()), r"delta should be a torch\.Tensor"),
         (changed(verdicts=lambda o, x, z: o["verdicts"][1:]), r"a list of C = 5 strings"),
         (lambda losses, z=2.0: [1.0], r"should return a dict with the keys"),
@@ -361,6 +362,10 @@ def test_ablation_verdicts_name_what_is_wrong():
     for answer, message in cases:
         with pytest.raises(CheckFailed, match=message):
             checks.check_ablation_verdicts(answer)
+    # se is asked for as a number: a Python float, or a 0-d tensor in another dtype, is accepted
+    checks.check_ablation_verdicts(changed(se=lambda o, x, z: float(o["se"])), **HIDDEN["ablation_verdicts"])
+    checks.check_ablation_verdicts(changed(se=lambda o, x, z: torch.tensor(float(o["se"]), dtype=torch.float32)))
+    checks.check_ablation_verdicts(changed(se=lambda o, x, z: o["se"].double()))
 
 
 def test_an_answer_that_ignores_z_passes_the_visible_test_and_fails_the_hidden_one(capsys):

@@ -654,9 +654,12 @@ def check_ablation_verdicts(fn: Any, *, seed: int = 0, C: int = 5, S: int = 3, z
 
 
 def _as_se(value: Any, like: torch.Tensor) -> Any:
-    """A Python number becomes a 0-d tensor in the losses' dtype; anything else is left to compare."""
+    """One number, however given, in the losses' dtype: a Python number, or a 0-d floating tensor of any
+    dtype (the statement asks for a number, not for a dtype); anything else is left to compare."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=like.dtype)
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+        return value.detach().cpu().to(like.dtype)
     return value
 
 
