@@ -10,6 +10,7 @@
     stream_norms(stream), update_ratios(stream)
     previous_token_score, induction_score    what a head does, scored from its weights
     run_ablation(configs, ...)               train several configs with chapter 08's loop: a table
+    ablation_verdicts(losses, z)             (C, S) losses, the baseline first: changes, noise, verdicts
 
 A leak is a pair (i, j) where output i changes when token j changes although the mask says query
 i may not see key j (j > i in a decoder). Two ways to find it: change token j and compare the
@@ -45,6 +46,7 @@ __all__ = [
     "ablated_heads",
     "ablation_summary",
     "ablation_table",
+    "ablation_verdicts",
     "attention_entropy",
     "causal_max_entropy",
     "entropy_table",
@@ -427,8 +429,8 @@ def ablation_table(rows: list[AblationRow]) -> str:
     return "\n".join(lines)
 
 
-def ablation_summary(runs: Mapping[int, list[AblationRow]], *, z: float = 2.0) -> dict:
-    """Rows of run_ablation for several seeds (same configs, same order) -> what the table concludes.
+def ablation_verdicts(losses: torch.Tensor, z: float = 2.0) -> dict:
+    """A table of losses (C configs x S seeds, the baseline in row 0) -> what it concludes.
 
     For config c with losses L(c, s) over seeds s = 1..S, against the first config (the baseline):
 
@@ -436,6 +438,30 @@ def ablation_summary(runs: Mapping[int, list[AblationRow]], *, z: float = 2.0) -
         sigma^2 = mean over configs of the sample variance of L(c, .) across seeds (pooled seed noise)
         se      = sigma * sqrt(2 / S)          (the standard error of a difference of two S-seed means)
         verdict = "worse" if delta_c > z * se, "better" if delta_c < -z * se, else "within noise"
+
+    Returns {"delta": (C,) in the losses' dtype (delta[0] = 0), "se": a 0-d tensor, "verdicts": a list
+    of C strings, "baseline" first}. Needs at least two seeds: one seed has no noise estimate.
+    """
+    require_float("ablation_verdicts", "losses", losses, "(C, S)")
+    C, S = losses.shape
+    if C < 1 or S < 2:
+        raise ShapeError(f"ablation_verdicts: losses must have shape (C, S) with C >= 1 configs and S >= 2 seeds "
+                         f"(one seed has no noise estimate); got {fmt_shape(losses.shape)}")
+    means = losses.mean(dim=1)  # (C,)
+    delta = means - means[0]  # (C,)
+    sigma = losses.var(dim=1, unbiased=True).mean().sqrt()  # (): pooled over every config's seeds
+    se = sigma * math.sqrt(2 / S)  # ()
+    floor = float(z * se)
+    verdicts = ["baseline"] + ["worse" if d > floor else "better" if d < -floor else "within noise"
+                               for d in delta[1:].tolist()]
+    return {"delta": delta, "se": se, "verdicts": verdicts}
+
+
+def ablation_summary(runs: Mapping[int, list[AblationRow]], *, z: float = 2.0) -> dict:
+    """Rows of run_ablation for several seeds (same configs, same order) -> what the table concludes.
+
+    The numbers and verdicts are `ablation_verdicts`' (delta_c against the first config, the pooled
+    seed noise sigma, se = sigma * sqrt(2 / S), the verdict at z * se) on the (C, S) table of losses.
 
     Returns {"configs": {name: {"losses", "mean", "delta", "verdict"}}, "sigma", "se", "noise_floor"
     (= z * se), "seeds"}. Needs at least two seeds: one seed has no noise estimate.
@@ -448,16 +474,15 @@ def ablation_summary(runs: Mapping[int, list[AblationRow]], *, z: float = 2.0) -
         if [row.name for row in runs[s]] != names:
             raise ValueError(f"ablation_summary: seed {s} ran configs {[r.name for r in runs[s]]}, seed "
                              f"{seeds[0]} ran {names}; every seed must run the same configs in the same order")
-    losses = torch.tensor([[row.val_loss for row in runs[s]] for s in seeds], dtype=torch.float64)  # (S, C)
-    means = losses.mean(dim=0)  # (C,)
-    sigma = float(losses.var(dim=0, unbiased=True).mean().sqrt())
-    se = sigma * math.sqrt(2 / len(seeds))
+    losses = torch.tensor([[row.val_loss for row in runs[s]] for s in seeds], dtype=torch.float64).T  # (C, S)
+    table = ablation_verdicts(losses, z)
+    means = losses.mean(dim=1)  # (C,)
+    sigma = float(losses.var(dim=1, unbiased=True).mean().sqrt())
     configs = {}
     for c, name in enumerate(names):
-        delta = float(means[c] - means[0])
-        verdict = "worse" if delta > z * se else "better" if delta < -z * se else "within noise"
-        configs[name] = {"losses": losses[:, c].tolist(), "mean": float(means[c]), "delta": delta,
-                         "verdict": "baseline" if c == 0 else verdict}
+        configs[name] = {"losses": losses[c].tolist(), "mean": float(means[c]), "delta": float(table["delta"][c]),
+                         "verdict": table["verdicts"][c]}
+    se = float(table["se"])
     return {"configs": configs, "sigma": sigma, "se": se, "noise_floor": z * se, "seeds": seeds}
 
 

@@ -5,6 +5,8 @@ The checks must accept these: correct answers written without the reference's ve
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -50,3 +52,17 @@ def update_ratios(stream):
                 total = total + (torch.sqrt(((after - before) ** 2).sum()) / torch.sqrt((before ** 2).sum()))
         ratios[layer] = total / (B * T)
     return ratios
+
+
+def ablation_verdicts(losses, z=2.0):
+    """One config and one seed at a time, in Python floats: the means, the pooled sample variance, the verdicts."""
+    C, S = losses.shape
+    means = [sum(float(losses[c, s]) for s in range(S)) / S for c in range(C)]
+    variances = [sum((float(losses[c, s]) - means[c]) ** 2 for s in range(S)) / (S - 1) for c in range(C)]
+    se = math.sqrt(sum(variances) / C) * math.sqrt(2 / S)
+    verdicts = ["baseline"]
+    for c in range(1, C):
+        change = means[c] - means[0]
+        verdicts.append("worse" if change > z * se else "better" if change < -z * se else "within noise")
+    delta = torch.tensor([m - means[0] for m in means], dtype=losses.dtype, device=losses.device)
+    return {"delta": delta, "se": se, "verdicts": verdicts}

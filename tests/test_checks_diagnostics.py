@@ -13,9 +13,10 @@ import helpers.checks.diagnostics as checks
 import helpers.diagnostics
 from helpers import bugs
 from helpers.checks import CheckFailed
+from helpers.numerics import assert_close
 
 from . import loops_diagnostics as loops
-from .hidden import hidden_inputs
+from .hidden import calls_of, hidden_inputs
 from .uncatalogued.ch09_diagnostics import _leaks  # a complete leak test, one thing done differently
 
 # Tiny models: one torch thread is several times faster on a busy 2-core CPU (tests/conftest.py).
@@ -25,6 +26,7 @@ CHECKS = {
     "future_leaks": checks.check_future_leaks,
     "attention_entropy": checks.check_attention_entropy,
     "update_ratios": checks.check_update_ratios,
+    "ablation_verdicts": checks.check_ablation_verdicts,
 }
 
 # The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
@@ -34,6 +36,9 @@ ISSUE_LIST = {
     "future_leaks": {"last_token_only", "exact_equality", "after_not_before"},
     "attention_entropy": {"bits", "query_axis"},
     "update_ratios": {"norm_over_T"},
+    # issue 26 item 5 (an exercise for ablations)
+    "ablation_verdicts": {"no_sqrt_2_over_S", "population_variance", "per_config_variance", "sign_flipped",
+                          "no_noise_floor"},
 }
 
 
@@ -278,3 +283,99 @@ def test_a_models_repr_is_one_line_in_messages():
         checks.check_future_leaks(crashes)
     message = str(info.value)
     assert "\n" not in message and re.search(r"f=TinyDecoder\(2 blocks, [\d,]+ parameters\)", message), message
+
+
+# ------------------------------------------------------------------------------------------------
+# Ablation verdicts
+# ------------------------------------------------------------------------------------------------
+
+
+def verdicts_with_torch_where(losses, z=2.0):
+    """Another correct answer: var_mean for the pooled noise, torch.where for the verdicts, se a 0-d tensor."""
+    variances, means = torch.var_mean(losses, dim=1)  # (C,) each
+    delta = means - means[:1]
+    se = (variances.sum() / losses.shape[0] * 2 / losses.shape[1]).sqrt()
+    code = torch.where(delta > z * se, 1, torch.where(delta < -z * se, -1, 0)).tolist()
+    return {"verdicts": ["baseline"] + [{1: "worse", -1: "better", 0: "within noise"}[k] for k in code[1:]],
+            "se": se, "delta": delta}
+
+
+@pytest.mark.parametrize("variant", ["visible", "hidden"])
+def test_ablation_verdicts_accept_another_correct_answer(variant, capsys):
+    checks.check_ablation_verdicts(verdicts_with_torch_where, **(HIDDEN["ablation_verdicts"] if variant == "hidden" else {}))
+    assert "✓ ablation_verdicts" in capsys.readouterr().out
+
+
+def test_ablation_verdicts_refuse_the_reference():
+    with pytest.raises(CheckFailed, match="not your own function"):
+        checks.check_ablation_verdicts(helpers.diagnostics.ablation_verdicts)
+
+    def through_the_summary(losses, z=2.0):
+        runs = {s: [helpers.diagnostics.AblationRow(str(c), 0, float(losses[c, s]), 0.0) for c in range(losses.shape[0])]
+                for s in range(losses.shape[1])}
+        summary = helpers.diagnostics.ablation_summary(runs, z=z)
+        delta = torch.tensor([row["delta"] for row in summary["configs"].values()], dtype=losses.dtype)
+        return {"delta": delta, "se": summary["se"], "verdicts": [row["verdict"] for row in summary["configs"].values()]}
+
+    with pytest.raises(CheckFailed, match="calls helpers.diagnostics.ablation_summary"):
+        checks.check_ablation_verdicts(through_the_summary)
+
+
+def test_ablation_tables_hold_what_the_exercise_promises():
+    """The visible and hidden tables: a control row with delta exactly 0, rows 4 % inside and outside the
+    noise floor, and every verdict present; the check refuses sizes where a catalogued factor cannot show."""
+    from helpers.checks.diagnostics import _FAR, _NEAR, _ablation_losses
+
+    for kwargs in ({}, *(call.kwargs for call in calls_of("diagnostics", "ablation_verdicts",
+                                                          checks.check_ablation_verdicts))):
+        C, S, z = kwargs.get("C", 5), kwargs.get("S", 3), kwargs.get("z", 2.0)
+        dtype = kwargs.get("dtype", torch.float32)
+        gen = torch.Generator().manual_seed(kwargs.get("seed", 0))
+        far = helpers.diagnostics.ablation_verdicts(_ablation_losses(gen, C, S, z, _FAR, dtype, control=False), z)
+        near_losses = _ablation_losses(gen, C, S, z, _NEAR, dtype, control=True)
+        near = helpers.diagnostics.ablation_verdicts(near_losses, z)
+        assert torch.equal(near_losses[1], near_losses[0]) and float(near["delta"][1]) == 0.0
+        multiples = (near["delta"] / (z * near["se"])).double()
+        # the tables are drawn in float64 and cast (float32 visible): 1e-4 is far inside the rows' 4 % margins
+        assert_close(multiples, torch.tensor(_NEAR[:C], dtype=torch.float64), rtol=1e-4, atol=1e-4)
+        assert {"worse", "better", "within noise"} <= set(far["verdicts"]) | set(near["verdicts"])
+    with pytest.raises(ValueError, match="S >= 3"):
+        checks.check_ablation_verdicts(verdicts_with_torch_where, S=2)
+
+
+def test_ablation_verdicts_name_what_is_wrong():
+    def changed(**edits):
+        def wrong(losses, z=2.0):
+            out = verdicts_with_torch_where(losses, z)
+            return {**out, **{k: f(out, losses, z) for k, f in edits.items()}}
+        return wrong
+
+    cases = [
+        (changed(verdicts=lambda o, x, z: ["within noise"] + o["verdicts"][1:]), r"verdicts\[0\] is 'within noise'"),
+        (changed(verdicts=lambda o, x, z: [v.replace(" ", "_") for v in o["verdicts"]]), r"'within_noise' is not a verdict"),
+        (changed(se=lambda o, x, z: o["se"].reshape(1)), r"se has shape \(1,\); expected one number"),
+        (changed(se=lambda o, x, z: o["se"].to(torch.bfloat16)), r"se is .*sqrt\(2 / S\)"),  # rounded past the tolerance
+        (changed(delta=lambda o, x, z: o["delta"].tolist()), r"delta should be a torch\.Tensor"),
+        (changed(verdicts=lambda o, x, z: o["verdicts"][1:]), r"a list of C = 5 strings"),
+        (lambda losses, z=2.0: [1.0], r"should return a dict with the keys"),
+    ]
+    for answer, message in cases:
+        with pytest.raises(CheckFailed, match=message):
+            checks.check_ablation_verdicts(answer)
+    # se is asked for as a number: a Python float, or a 0-d tensor in another dtype, is accepted
+    checks.check_ablation_verdicts(changed(se=lambda o, x, z: float(o["se"])), **HIDDEN["ablation_verdicts"])
+    checks.check_ablation_verdicts(changed(se=lambda o, x, z: torch.tensor(float(o["se"]), dtype=torch.float32)))
+    checks.check_ablation_verdicts(changed(se=lambda o, x, z: o["se"].double()))
+
+
+def test_an_answer_that_ignores_z_passes_the_visible_test_and_fails_the_hidden_one(capsys):
+    """z = 2 hard-coded: right on the visible tables (z = 2), named on the hidden ones (z = 3) by the row it
+    decides wrongly, with its delta against the floor."""
+    def fixed_z(losses, z=2.0):
+        return verdicts_with_torch_where(losses, 2.0)
+
+    checks.check_ablation_verdicts(fixed_z)
+    assert "✓" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match=r"config \d has delta = [-+][\d.]+ against a noise floor z \* se = [\d.]+ "
+                                          r"\(z = 3\.0\): expected 'within noise', got '(worse|better)'"):
+        checks.check_ablation_verdicts(fixed_z, **HIDDEN["ablation_verdicts"])

@@ -210,7 +210,7 @@ def test_a_written_answer_is_left_pending_and_the_rest_is_scored(tmp_path):
     run = course_grade(tmp_path / "answered" / f"{chapter}.ipynb", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "- / 4  pending    pending: your instructor grades this answer by hand" in row(run.stdout, "ex6")
-    assert "total       17 / 21 + 4 pending manual grading (ex6)" in run.stdout
+    assert "total       20 / 24 + 4 pending manual grading (ex6)" in run.stdout
     run = course_grade(tmp_path / "blank" / f"{chapter}.ipynb", cwd=tmp_path)
     assert "0 / 4  failed     ✗ written answer: no answer yet" in row(run.stdout, "ex6")
-    assert "total       17 / 21\n" in run.stdout + "\n"
+    assert "total       20 / 24\n" in run.stdout + "\n"

@@ -6,6 +6,7 @@ named by its model's class, repr or attribute names."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -191,6 +192,33 @@ def test_ablation_is_deterministic_for_a_seed():
     assert [(r.name, r.params, r.val_loss) for r in first] == [(r.name, r.params, r.val_loss) for r in second]
     assert first[0].params != first[1].params or first[0].val_loss != first[1].val_loss
     assert "post-LN" in dg.ablation_table(first)
+
+
+@pytest.mark.parametrize("S", [2, 3, 5])
+def test_ablation_verdicts_match_pythons_statistics_module(S):
+    """delta, the pooled standard error and the verdicts against statistics.fmean / statistics.variance
+    (sample variance, S - 1), computed one config at a time; and ablation_summary says the same."""
+    gen = torch.Generator().manual_seed(S)
+    losses = 2.0 + 0.05 * torch.randn(6, S, generator=gen, dtype=torch.float64)  # (C, S)
+    losses[1] += 0.5  # far worse
+    losses[2] -= 0.5  # far better
+    rows = [[float(v) for v in row] for row in losses]
+    means = [statistics.fmean(row) for row in rows]
+    se = math.sqrt(statistics.fmean(statistics.variance(row) for row in rows)) * math.sqrt(2 / S)
+    got = dg.ablation_verdicts(losses, 2.5)
+    assert_close(got["delta"], torch.tensor([m - means[0] for m in means], dtype=torch.float64), n=S)
+    assert_close(got["se"], torch.tensor(se, dtype=torch.float64), n=S * 6)
+    expected = ["baseline"] + ["worse" if m - means[0] > 2.5 * se else "better" if m - means[0] < -2.5 * se
+                               else "within noise" for m in means[1:]]
+    assert got["verdicts"] == expected and expected[1:3] == ["worse", "better"]
+    summary = dg.ablation_summary({s: [dg.AblationRow(str(c), 0, rows[c][s], 0.0) for c in range(6)]
+                                   for s in range(S)}, z=2.5)
+    assert [row["verdict"] for row in summary["configs"].values()] == expected
+    assert math.isclose(summary["se"], se, rel_tol=1e-12) and math.isclose(summary["noise_floor"], 2.5 * se, rel_tol=1e-12)
+    with pytest.raises(ShapeError, match="S >= 2 seeds"):
+        dg.ablation_verdicts(losses[:, :1])
+    with pytest.raises(ShapeError, match=r"\(C, S\)"):
+        dg.ablation_verdicts(losses[0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 # # Chapter 09 exercises: diagnostics
 #
 # You will write three of the chapter's diagnostics, use them to find the bug in each of eight broken
-# models, and write your own debugging checklist:
+# models, write your own debugging checklist, and decide what an ablation table says beyond its seed
+# noise:
 #
 # | # | exercise |
 # |---|---|
@@ -20,18 +21,19 @@
 # | 4 | the bug hunt: a `find_bug` that names each model's bug from diagnostics |
 # | 5 | numbers: entropy maxima, the cost of a leakage test |
 # | 6 | a transformer debugging checklist, graded by your instructor |
+# | 7 | `ablation_verdicts(losses, z)`: an ablation table's verdicts against the seed noise |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
 # prints a line starting with ✓ when your answer is right; otherwise it stops with one sentence
-# saying what is wrong. After the visible tests of exercises 1 to 3 sits a hidden test: it runs when
-# the notebook is graded, with other shapes, seeds and `float64` inputs, so make your functions
+# saying what is wrong. After the visible tests of exercises 1 to 3 and 7 sits a hidden test: it runs
+# when the notebook is graded, with other shapes, seeds and `float64` inputs, so make your functions
 # general. In the bug hunt the visible test checks the form of your answers and the hidden test grades
 # your `find_bug` on other models. Exercise 6 is read and graded by a person; the autograder leaves it
 # for your instructor.
 #
 # **Conventions.** `B` batch, `T` sequence, `H` heads, `L` blocks. Masks: `True` = may attend.
-# Entropies are in nats (natural log). Exercises 1 to 3 are yours to write: an answer that calls
+# Entropies are in nats (natural log). Exercises 1 to 3 and 7 are yours to write: an answer that calls
 # `helpers.diagnostics` (the reference) or `torch.special.entr` is refused. The bug hunt runs on
 # your own diagnostics: exercises 1 to 3 and your own code (`helpers.diagnostics.residual_stream`
 # may give you the stream); the reference's diagnostics and `helpers.bugs.checkup` are refused there.
@@ -388,3 +390,75 @@ assert abs(float(causal_max_query_9) - math.log(2) - math.log(5)) < 1e-3
 # 8. Parameters: count equals the formula; tied weights are the same tensor.
 # 9. Loss: starts at `ln V`, falls below the bigram baseline, never impossibly low.
 # ### END SOLUTION
+
+# %% [markdown] id="ex7"
+# ## Exercise 7: ablation verdicts
+#
+# *Difficulty* ●●○○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
+#
+# An ablation trains the baseline and each changed config on the same `S` seeds. `losses` `(C, S)`
+# holds the validation loss of config `c` trained with seed `s`: row 0 is the **baseline**, each other
+# row changes one thing. Write `ablation_verdicts(losses, z=2.0)` that says which changes moved the
+# loss by more than two seeds of the same config differ, as the theory notebook's ablation section
+# does (`helpers.diagnostics.ablation_summary`):
+#
+# $$
+# \Delta_c = \bar L(c) - \bar L(0), \qquad
+# \hat\sigma^2 = \frac1C \sum_{c} \frac{1}{S-1} \sum_s \big(L(c, s) - \bar L(c)\big)^2, \qquad
+# \operatorname{se} = \hat\sigma \sqrt{2/S},
+# $$
+#
+# with $\bar L(c)$ the mean of row `c` over its seeds. A change is `"worse"` when
+# $\Delta_c > z \cdot \operatorname{se}$ (the noise floor), `"better"` when $\Delta_c < -z \cdot
+# \operatorname{se}$, and `"within noise"` otherwise. Return a dict:
+#
+# | key | what |
+# |---|---|
+# | `"delta"` | `(C,)` tensor in the dtype of `losses`: $\Delta_c$ for every row (`delta[0]` is 0) |
+# | `"se"` | the standard error: one number for the whole table (a Python float or a 0-d tensor) |
+# | `"verdicts"` | a list of `C` strings: `"baseline"` for row 0, then `"worse"`, `"better"` or `"within noise"` |
+#
+# The test runs your function on tables of 3 to 5 seeds and other `z`: changes far from the noise
+# floor, a control row that repeats the baseline's losses exactly, and rows just inside and just
+# outside the floor. Torch operations or plain loops are both fine; `helpers.diagnostics` (the
+# reference) is refused.
+#
+# <details><summary>Hint: the test says se is sigma, or sigma / sqrt(S)</summary>
+#
+# Each mean over `S` seeds has variance $\sigma^2 / S$; $\Delta_c$ is the difference of two such
+# means, whose variances add: $2\sigma^2/S$. Its standard error is the square root of that.
+# </details>
+#
+# <details><summary>Hint: the test says the variances divide by S, or that se has one value per config</summary>
+#
+# Each row's sample variance divides by `S - 1` (torch's `var` does by default); the noise is pooled:
+# average the `C` variances, the baseline's included, then take one square root.
+# </details>
+
+# %% id="ex7-answer" kind="answer"
+def ablation_verdicts(losses, z=2.0):
+    ### BEGIN SOLUTION
+    C, S = losses.shape
+    means = losses.mean(dim=1)  # (C,): each config's mean over its seeds
+    delta = means - means[0]  # (C,): against the baseline, row 0
+    sigma = losses.var(dim=1).mean().sqrt()  # (): the pooled seed noise (sample variances, S - 1)
+    se = sigma * math.sqrt(2 / S)  # (): the standard error of a difference of two S-seed means
+    floor = float(z * se)
+    verdicts = ["baseline"]
+    for change in delta[1:].tolist():
+        verdicts.append("worse" if change > floor else "better" if change < -floor else "within noise")
+    return {"delta": delta, "se": se, "verdicts": verdicts}
+    ### END SOLUTION
+
+
+# %% id="ex7-test" kind="test" points=2
+from helpers.checks.diagnostics import check_ablation_verdicts
+
+check_ablation_verdicts(ablation_verdicts)
+
+# %% id="ex7-hidden" kind="test" points=1
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+check_ablation_verdicts(ablation_verdicts, seed=5, C=6, S=5, z=3.0, dtype=torch.float64)
+check_ablation_verdicts(ablation_verdicts, seed=7, C=4, S=4, z=2.5, dtype=torch.float64)
+### END HIDDEN TESTS

@@ -37,6 +37,7 @@ from .core import (
     call_learner,
     check_function,
     check_numbers,
+    compare,
     protect,
     verify_environment,
 )
@@ -45,6 +46,7 @@ from .core import randn as _randn
 __all__ = [
     "MISTAKES",
     "PROBES",
+    "check_ablation_verdicts",
     "check_attention_entropy",
     "check_bug_hunt",
     "check_diagnostics_numbers",
@@ -512,12 +514,230 @@ def check_diagnostics_numbers(**answers: Any) -> None:
                   integers=("leak_test_passes",))
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 7: ablation verdicts
+# ---------------------------------------------------------------------------------------------
+
+_VERDICT_KEYS = ("delta", "se", "verdicts")
+_VERDICTS = ("baseline", "worse", "better", "within noise")
+_SE = ("se = sigma * sqrt(2 / S), where sigma^2 is the mean over the C configs of each config's sample "
+       "variance across its S seeds")
+
+
+def _verdicts_from(delta: torch.Tensor, se: torch.Tensor, z: float, *, floor: bool = True) -> list[str]:
+    """The verdict of each row from its delta and the standard error (se may be one per row)."""
+    noise = (z * se).expand_as(delta).tolist() if floor else [0.0] * len(delta)
+    return ["baseline"] + ["worse" if d > f else "better" if d < -f else "within noise"
+                           for d, f in zip(delta[1:].tolist(), noise[1:])]
+
+
+def _verdicts_variant(*, delta_sign: int = 1, variance: str = "pooled", se_factor: str = "difference",
+                      floor: str = "z_se"):
+    """ablation_verdicts with one thing done differently; the defaults are the right computation."""
+    def ablation_verdicts(losses, z=2.0):
+        S = losses.shape[1]
+        means = losses.mean(dim=1)  # (C,)
+        delta = delta_sign * (means - means[0])  # (C,)
+        if variance == "population":
+            per_config = losses.var(dim=1, unbiased=False)  # WRONG: divides by S, not S - 1
+        else:
+            per_config = losses.var(dim=1, unbiased=True)  # (C,)
+        if variance == "per_config":
+            sigma = per_config.sqrt()  # WRONG: (C,), each config's own noise, not the pooled one
+        elif variance == "without_baseline":
+            sigma = per_config[1:].mean().sqrt()  # WRONG: the baseline's seeds left out of the pool
+        else:
+            sigma = per_config.mean().sqrt()  # ()
+        factor = {"difference": math.sqrt(2 / S), "none": 1.0, "one_mean": math.sqrt(1 / S)}[se_factor]
+        se = sigma * factor
+        if floor == "zero":
+            verdicts = _verdicts_from(delta, se, z, floor=False)  # WRONG: any change beyond 0 is called
+        elif floor == "se":
+            verdicts = _verdicts_from(delta, se, 1.0)  # WRONG: the floor is one se, z is ignored
+        else:
+            verdicts = _verdicts_from(delta, se, z)
+        return {"delta": delta, "se": se, "verdicts": verdicts}
+    return ablation_verdicts
+
+
+VERDICT_MISTAKES = (
+    Mistake("no_sqrt_2_over_S",
+            "se is sigma itself, the noise of one run; the standard error of a difference of two S-seed means is "
+            "sigma * sqrt(2 / S) (each mean has variance sigma^2 / S, and the difference adds two of them)",
+            _verdicts_variant(se_factor="none")),
+    Mistake("se_of_one_mean",
+            "se is sigma / sqrt(S), the standard error of one mean; delta is a difference of two means, each with "
+            "variance sigma^2 / S, so se = sigma * sqrt(2 / S)",
+            _verdicts_variant(se_factor="one_mean")),
+    Mistake("population_variance",
+            "the variances divide by S (population variance, unbiased=False); with S seeds and their own mean "
+            "estimated, the sample variance divides by S - 1 (torch's default, unbiased=True)",
+            _verdicts_variant(variance="population")),
+    Mistake("per_config_variance",
+            "each config is judged against its own seed variance (se has one value per config); pool the noise: "
+            "sigma^2 is the mean of the C configs' sample variances, one se for the whole table",
+            _verdicts_variant(variance="per_config")),
+    Mistake("pooled_without_baseline",
+            "the baseline's seeds are left out of the pooled variance; the baseline was trained on the same seeds "
+            "and its spread is noise too: average the sample variances of all C rows, the baseline's included",
+            _verdicts_variant(variance="without_baseline")),
+    Mistake("sign_flipped",
+            "delta has the wrong sign (baseline minus config): delta_c = mean L(c) - mean L(baseline), so a config "
+            "with a higher loss than the baseline has delta > 0 and is 'worse'",
+            _verdicts_variant(delta_sign=-1)),
+    Mistake("no_noise_floor",
+            "delta is compared with 0, not with the noise floor: every change but an exact tie is called worse or "
+            "better; a change counts only where |delta| > z * se, otherwise it is 'within noise'",
+            _verdicts_variant(floor="zero")),
+    Mistake("floor_without_z",
+            "the noise floor is one se; it is z * se (z = 2 by default, the argument z when given): a change is "
+            "'worse' only when delta > z * se",
+            _verdicts_variant(floor="se")),
+)
+
+
+def _ablation_losses(gen: torch.Generator, C: int, S: int, z: float, multiples: list[float], dtype: torch.dtype,
+                     *, control: bool) -> torch.Tensor:
+    """(C, S) losses around 2.1 nats, every row with a spread of its own, whose row means lie at
+    `multiples` times the table's own noise floor z * se from the baseline's (row 0). With `control`,
+    row 1 repeats the baseline's losses exactly (a config that changes nothing: delta exactly 0)."""
+    scale = torch.linspace(0.5, 1.5, C, dtype=torch.float64)[torch.randperm(C, generator=gen)]  # (C,)
+    noise = torch.randn(C, S, generator=gen, dtype=torch.float64) * 0.04 * scale[:, None]  # (C, S)
+    noise = noise - noise.mean(dim=1, keepdim=True)  # each row's deviations from its own mean
+    if control:
+        noise[1] = noise[0]
+    floor = z * float(noise.var(dim=1).mean().sqrt()) * math.sqrt(2 / S)
+    offsets = torch.tensor(multiples[:C], dtype=torch.float64) * floor  # (C,)
+    return (2.1 + offsets[:, None] + noise).to(dtype)  # (C, S)
+
+
+# Each row's delta as a multiple of the noise floor. Far: clearly worse or better, and rows within noise
+# at 0.15 and -0.6 floors (called by a test against 0, and by a floor of one se when z > 1.7). Near: a
+# control row equal to the baseline, rows 4 % either side of the floor, and one well inside it.
+_FAR = [0.0, 3.0, 0.15, -0.6, -2.5, 1.8, 0.4, -1.3]
+_NEAR = [0.0, 0.0, 0.96, -1.04, 0.45, 1.04, -0.96, 2.2]
+
+
+def check_ablation_verdicts(fn: Any, *, seed: int = 0, C: int = 5, S: int = 3, z: float = 2.0,
+                            dtype: torch.dtype = torch.float32) -> None:
+    """ablation_verdicts(losses, z) -> {"delta": (C,), "se": a number, "verdicts": C strings}, losses (C, S)."""
+    if not (4 <= C <= len(_FAR) and S >= 3 and z >= 1.7):
+        raise ValueError(f"check_ablation_verdicts: needs 4 <= C <= {len(_FAR)}, S >= 3 (with S = 2, sqrt(2 / S) = 1 "
+                         f"and a missing factor cannot show) and z >= 1.7; got C={C}, S={S}, z={z}")
+    verify_environment()
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"C": C, "S": S}
+    names = ("losses", "z")
+    cases = [Case((_ablation_losses(gen, C, S, z, _FAR, dtype, control=False), z), sizes, names,
+                  "changes far from the noise floor, and two within it"),
+             Case((_ablation_losses(gen, C, S, z, _NEAR, dtype, control=True), z), sizes, names,
+                  "a control row equal to the baseline, and rows just inside and just outside the noise floor")]
+    for case in cases:
+        expected = ref.ablation_verdicts(*case.args)
+        got = call_learner(fn, "ablation_verdicts", case, _REFERENCE)
+        problem = _verdicts_problem(got, expected, case)
+        if problem is None:
+            continue
+        where = f"ablation_verdicts ({case.note})"
+        for mistake in VERDICT_MISTAKES:
+            try:
+                wrong = mistake.impl(*case.args)
+            except Exception:  # a mistake that cannot run on this case cannot match it
+                continue
+            if _verdicts_problem(got, wrong, case) is None:
+                raise CheckFailed(f"{where}: {mistake.message}")
+        symptom = _verdicts_symptom(got, expected, case)
+        raise CheckFailed(f"{where}: {symptom or problem} [inputs: {case.describe_inputs()}]")
+    verify_environment()
+    print(f"✓ ablation_verdicts: matches the reference on all {len(cases)} tables")
+
+
+def _as_se(value: Any, like: torch.Tensor) -> Any:
+    """One number, however given, in the losses' dtype: a Python number, or a 0-d floating tensor of any
+    dtype (the statement asks for a number, not for a dtype); anything else is left to compare."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=like.dtype)
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+        return value.detach().cpu().to(like.dtype)
+    return value
+
+
+def _verdicts_problem(got: Any, expected: dict, case: Case) -> str | None:
+    """None when got has expected's delta (within the course's tolerance), se and verdicts, else what differs."""
+    if not isinstance(got, Mapping):
+        return (f"ablation_verdicts should return a dict with the keys 'delta', 'se' and 'verdicts'; it returned "
+                f"a {type(got).__name__}")
+    if set(got) != set(_VERDICT_KEYS):
+        return f"the dict should have the keys 'delta', 'se' and 'verdicts'; it has {sorted(map(str, got))}"
+    losses = case.args[0]
+    problem = compare(got["delta"], expected["delta"], ("delta",), case.sizes, "ablation_verdicts")
+    if problem:
+        return problem
+    se = _as_se(got["se"], losses)
+    if isinstance(se, torch.Tensor) and se.shape != expected["se"].shape:
+        if isinstance(expected["se"], torch.Tensor) and expected["se"].dim() == 0:
+            return (f"se has shape {tuple(se.shape)}; expected one number for the whole table (a float or a 0-d "
+                    f"tensor): the noise is pooled over every config")
+    problem = compare(se, expected["se"], ("se",), case.sizes, "ablation_verdicts")
+    if problem:
+        return problem
+    verdicts = got["verdicts"]
+    if not isinstance(verdicts, (list, tuple)) or len(verdicts) != len(expected["verdicts"]):
+        kind = type(verdicts).__name__ + (f" of length {len(verdicts)}" if isinstance(verdicts, (list, tuple)) else "")
+        return f"verdicts should be a list of C = {len(expected['verdicts'])} strings, one per config; it is a {kind}"
+    for c, (g, e) in enumerate(zip(verdicts, expected["verdicts"])):
+        if g != e:
+            return f"verdicts[{c}] is {g!r} where {e!r} was expected"
+    return None
+
+
+def _verdicts_symptom(got: Any, expected: dict, case: Case) -> str | None:
+    """The first wrong part of a well-formed answer, said in terms of the formula."""
+    if not (isinstance(got, Mapping) and set(got) == set(_VERDICT_KEYS)):
+        return None
+    losses, z = case.args
+    delta = got["delta"]
+    if isinstance(delta, torch.Tensor) and delta.shape == expected["delta"].shape:
+        d = delta.detach().cpu().double()
+        if not torch.isfinite(d).all():
+            return "delta contains NaN or infinity; the losses are finite, so every mean and difference is"
+        if float(d[0].abs()) > 1e-6:
+            return (f"delta[0] is {float(d[0]):.4g}; the baseline against itself is 0: delta_c = mean over seeds of "
+                    f"L(c, s) minus the baseline's mean (row 0)")
+        if compare(delta, expected["delta"], ("delta",), case.sizes, "ablation_verdicts"):
+            return ("delta is not each config's mean loss minus the baseline's: delta_c = mean over the S seeds of "
+                    "L(c, s) - mean over the S seeds of L(baseline, s), the seeds along dim 1")
+    se = _as_se(got["se"], losses)
+    if isinstance(se, torch.Tensor) and se.shape == expected["se"].shape and compare(
+            se, expected["se"], ("se",), case.sizes, "ablation_verdicts"):
+        g, e = float(se.detach().cpu()), float(expected["se"])
+        return f"se is {g:.4g}, expected {e:.4g} ({g / e:.3g} times it); {_SE}"
+    verdicts = got["verdicts"]
+    if isinstance(verdicts, (list, tuple)) and len(verdicts) == len(expected["verdicts"]):
+        unknown = [v for v in verdicts if v not in _VERDICTS]
+        if unknown:
+            return (f"{unknown[0]!r} is not a verdict; each is one of {', '.join(map(repr, _VERDICTS))} "
+                    f"('baseline' for row 0 only)")
+        if verdicts[0] != "baseline":
+            return f"verdicts[0] is {verdicts[0]!r}; row 0 is the baseline itself: its verdict is 'baseline'"
+        floor = z * float(expected["se"])
+        for c, (g, e) in enumerate(zip(verdicts, expected["verdicts"])):
+            if g != e:
+                d = float(expected["delta"][c])
+                return (f"config {c} has delta = {d:+.4g} against a noise floor z * se = {floor:.4g} (z = {z}): "
+                        f"expected {e!r}, got {g!r}; 'worse' when delta > z * se, 'better' when delta < -z * se, "
+                        f"else 'within noise'")
+    return None
+
+
 PROBES = {"future_leaks": LEAK_PROBES, "attention_entropy": ENTROPY_PROBES, "update_ratios": RATIO_PROBES}
 
 MISTAKES = {
     "future_leaks": LEAK_MISTAKES,
     "attention_entropy": ENTROPY_MISTAKES,
     "update_ratios": RATIO_MISTAKES,
+    "ablation_verdicts": VERDICT_MISTAKES,
 }
 
 

@@ -73,5 +73,14 @@ STUDENTS = {
     # The checklist left as the template: 0 for it, full points for the rest, nothing pending.
     "checklist_unanswered": Submission(
         {"ex6-answer": put(TEMPLATE)},
-        {"ex6"}, report="17 / 21  ok"),
+        {"ex6"}, report="20 / 24  ok"),
+    # Ablation verdicts (issue 26 item 5): se without sqrt(2 / S), the noise of one run, not of a difference
+    # of two S-seed means; the visible test (S = 3) and the hidden one (S = 5 and 4) both name it.
+    "ablation_no_sqrt_2_over_S": Submission(
+        {"ex7-answer": replace("se = sigma * math.sqrt(2 / S)", "se = sigma")},
+        {"ex7"}, _msg(checks.VERDICT_MISTAKES, "no_sqrt_2_over_S")),
+    # Delta compared with 0: every change is called; the row the control repeats stays 'within noise'.
+    "ablation_no_noise_floor": Submission(
+        {"ex7-answer": replace("floor = float(z * se)", "floor = 0.0")},
+        {"ex7"}, _msg(checks.VERDICT_MISTAKES, "no_noise_floor")),
 }

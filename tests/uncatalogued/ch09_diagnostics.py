@@ -69,6 +69,21 @@ def _ratios(*, update=lambda s: s[1:] - s[:-1], size=lambda s: s[:-1], norm=lamb
     return update_ratios
 
 
+def _verdicts(*, means=lambda x: x.mean(dim=1), against=lambda x, m: m[0], sigma=None, factor=lambda S: math.sqrt(2 / S),
+              labels=("worse", "better", "within noise"), baseline="baseline", keep=lambda v: v):
+    """ablation_verdicts with one thing done differently; the defaults are the right computation."""
+    def ablation_verdicts(losses, z=2.0):
+        m = means(losses)  # (C,)
+        delta = m - against(losses, m)
+        s = losses.var(dim=1).mean().sqrt() if sigma is None else sigma(losses)
+        se = s * factor(losses.shape[1])
+        floor = float(z * se)
+        worse, better, within = labels
+        verdicts = [baseline] + [worse if d > floor else better if d < -floor else within for d in delta[1:].tolist()]
+        return {"delta": keep(delta), "se": se, "verdicts": keep(verdicts)}
+    return ablation_verdicts
+
+
 WRONG = [
     Wrong("future_leaks", "transposed", _leaks(transpose=True), r"transpos|\(j, i\)", named=False),
     Wrong("future_leaks", "previous_token_perturbed", _leaks(perturb=_previous_token), r"token j|perturb"),
@@ -91,6 +106,26 @@ WRONG = [
           lambda s: ((s[1:] - s[:-1]).abs() / s[:-1].abs()).mean(dim=(1, 2, 3)), r"element|per token|d_model"),
     Wrong("update_ratios", "l1_norm", _ratios(norm=lambda x: x.abs().sum(-1)), r"L1|L2"),
     Wrong("update_ratios", "std_ratio", _ratios(norm=lambda x: x.std(-1)), r"std|standard deviation"),
+    Wrong("ablation_verdicts", "mean_of_stds", _verdicts(sigma=lambda x: x.std(dim=1).mean()), r"se is .*sqrt\(2 / S\)"),
+    Wrong("ablation_verdicts", "variance_as_sigma", _verdicts(sigma=lambda x: x.var(dim=1).mean()), r"se is .*sigma\^2"),
+    Wrong("ablation_verdicts", "whole_table_variance", _verdicts(sigma=lambda x: x.var().sqrt()),
+          r"se is .*each config's sample"),
+    Wrong("ablation_verdicts", "spread_of_the_means", _verdicts(sigma=lambda x: x.mean(dim=1).std()),
+          r"se is .*across its S seeds"),
+    Wrong("ablation_verdicts", "se_is_the_floor", _verdicts(factor=lambda S: 2 * math.sqrt(2 / S)),
+          r"se is .*\(2 times it\)"),
+    Wrong("ablation_verdicts", "mean_over_configs", _verdicts(means=lambda x: x.mean(dim=0)), r"delta has shape \(S,\)"),
+    Wrong("ablation_verdicts", "against_the_first_seed", _verdicts(against=lambda x, m: x[0, 0]), r"delta\[0\]"),
+    Wrong("ablation_verdicts", "against_the_grand_mean", _verdicts(against=lambda x, m: m.mean()), r"delta\[0\]"),
+    Wrong("ablation_verdicts", "median_over_seeds", _verdicts(means=lambda x: x.median(dim=1).values),
+          r"mean over the S seeds"),
+    Wrong("ablation_verdicts", "labels_swapped", _verdicts(labels=("better", "worse", "within noise")),
+          r"'worse' when delta > z \* se"),
+    Wrong("ablation_verdicts", "baseline_within_noise", _verdicts(baseline="within noise"), r"row 0 is the baseline"),
+    Wrong("ablation_verdicts", "label_with_underscore", _verdicts(labels=("worse", "better", "within_noise")),
+          r"not a verdict"),
+    Wrong("ablation_verdicts", "delta_as_a_list", _verdicts(keep=lambda v: v.tolist() if hasattr(v, "tolist") else v),
+          r"torch\.Tensor"),
 ]
 
 # Written after the probes, without looking at them again: how the probing does on mistakes it was
