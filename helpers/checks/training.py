@@ -14,7 +14,7 @@ import contextlib
 import io
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -263,6 +263,7 @@ MISTAKES = {
     "mlm_mask": MLM_MISTAKES,
     "teacher_forcing_inputs": TEACHER_FORCING_MISTAKES,
     "tie_weights": TIE_MISTAKES,
+    "loss_curves": (),  # filled in below, after exercise 7's confusions
 }
 
 
@@ -838,6 +839,35 @@ CURVE_CONFUSIONS = MappingProxyType({
 })
 
 
+def _confused(truth: str, given: str, order_seed: int = _curves.ORDER_SEED) -> dict[str, str]:
+    """A complete wrong answer whose only catalogued confusion is naming the `truth` curve `given`
+    (the first such permutation of the right answer; the other names it gets wrong are uncatalogued)."""
+    import itertools
+
+    key = _curves.true_labels(order_seed)
+    for names in itertools.permutations(_curves.FAULTS):
+        answer = dict(zip(_curves.LABELS, names))
+        pairs = {(key[label], answer[label]) for label in _curves.LABELS if answer[label] != key[label]}
+        if (truth, given) in pairs and not (pairs - {(truth, given)}) & set(CURVE_CONFUSIONS):
+            return answer
+    raise ValueError(f"no answer confuses only {truth!r} with {given!r}")
+
+
+class _WrongNames(dict):
+    """A catalogued wrong answer of exercise 7: a dict like the learner's, hashed by identity (the tests keep
+    a set of the catalogue's implementations)."""
+
+    __hash__ = object.__hash__
+
+
+# Each confusion as a complete wrong answer (a dict, the exercise's answer), for the catalogue tests.
+LOSS_CURVE_MISTAKES = tuple(Mistake(f"{truth}_read_as_{given}", message, _WrongNames(_confused(truth, given)))
+                            for (truth, given), message in CURVE_CONFUSIONS.items())
+
+
+MISTAKES["loss_curves"] = LOSS_CURVE_MISTAKES
+
+
 def _fault_list() -> str:
     return ", ".join(repr(f) for f in _curves.FAULTS)
 
@@ -846,7 +876,7 @@ def check_loss_curves(answers: Any, *, order_seed: int = _curves.ORDER_SEED) -> 
     """answers: {label: fault name} for the curves A-E of `helpers.loss_curves.labelled_curves()`."""
     verify_environment()
     labels = _curves.LABELS
-    if not isinstance(answers, dict):
+    if not isinstance(answers, Mapping):
         raise CheckFailed(f"answers must be a dict {{label: fault name}} with the labels {', '.join(labels)}; "
                           f"got {type(answers).__name__}")
     unknown_labels = sorted(str(k) for k in answers if k not in labels)
@@ -869,8 +899,8 @@ def check_loss_curves(answers: Any, *, order_seed: int = _curves.ORDER_SEED) -> 
                           f"curve: compare those curves and keep the name for the one that fits it")
     truth = _curves.true_labels(order_seed)
     wrong = [label for label in labels if answers[label] != truth[label]]
-    if wrong:
-        label = wrong[0]
+    if wrong:  # name a catalogued confusion first: its message says what tells the two apart
+        label = next((w for w in wrong if (truth[w], answers[w]) in CURVE_CONFUSIONS), wrong[0])
         fault, given = truth[label], answers[label]
         reason = CURVE_CONFUSIONS.get((fault, given), f"look again: {CURVE_SIGNS[fault]}")
         more = f" ({len(wrong)} curves are misnamed in all)" if len(wrong) > 1 else ""
