@@ -30,13 +30,15 @@ def assert_fault_signatures(data):
     assert min(no_warm[:10]) < final["no_warmup"] - 0.2, no_warm[:10]
     assert abs(final["no_warmup"] - unigram) < 0.25, (final, unigram)
     assert final["no_warmup"] > final["frozen_layers"] + 0.3, final
+    for run in runs.values():
+        assert abs(run["val_loss"][0] - uniform) < 0.1  # every run starts knowing nothing
+    if "lr_too_high" not in runs:  # the retrain leaves out the cheapest-to-tell run (see below)
+        return
     # lr too high: the loss climbs far above ln V, where every run starts; no other run does
     assert max(runs["lr_too_high"]["train_loss"]) > 3 * uniform, max(runs["lr_too_high"]["train_loss"])
     assert final["lr_too_high"] > uniform + 0.5, final
     others = [max(run["train_loss"]) for fault, run in runs.items() if fault != "lr_too_high"]
     assert max(others) < uniform + 0.5, others
-    for run in runs.values():
-        assert abs(run["val_loss"][0] - uniform) < 0.1  # every run starts knowing nothing
 
 
 def test_the_shipped_curves_show_each_faults_signature():
@@ -70,5 +72,6 @@ def test_the_signatures_fail_on_swapped_curves():
 
 @pytest.mark.slow
 def test_retraining_on_another_seed_shows_the_same_signatures():
-    """tools/loss_curves.py's runs (helpers.loss_curves.fault_runs) on seed 1: about 20 CPU-seconds."""
-    assert_fault_signatures(lc.fault_runs(seed=1))
+    """tools/loss_curves.py's runs (helpers.loss_curves.fault_runs) on seed 1, all but lr_too_high (150 times
+    the recipe's peak lr: tens of nats on every seed tried, 0 and 1), to stay near 15 CPU-seconds."""
+    assert_fault_signatures(lc.fault_runs(seed=1, faults=[f for f in lc.FAULTS if f != "lr_too_high"]))
