@@ -13,32 +13,34 @@ def _final(run):
 
 
 def assert_fault_signatures(data):
-    """The qualitative facts each fault's curve must show, with margins (nats per token)."""
+    """The qualitative facts each fault's curve must show, with margins (nats per token). A fact about a
+    run that `data` lacks is skipped (the retrain below trains three of the five)."""
     runs, floor, unigram, uniform = data["runs"], data["entropy_rate"], data["unigram"], data["uniform"]
     final = {fault: _final(run) for fault, run in runs.items()}
-    # the leak ends lowest, below the floor no honest model can pass; the healthy run above the floor
-    assert min(final, key=final.get) == "mask_leak", final
-    assert final["mask_leak"] < floor - 0.3, (final, floor)
-    assert floor < final["healthy"] < floor + 0.7, (final, floor)
-    # frozen layers: a plateau well above the healthy run and below the unigram level
-    assert final["frozen_layers"] > final["healthy"] + 0.4, final
-    assert final["frozen_layers"] < unigram - 0.3, (final, unigram)
-    frozen_tail = runs["frozen_layers"]["val_loss"][-5:]
-    assert max(frozen_tail) - min(frozen_tail) < 0.15, frozen_tail  # flat: more steps do not lower it
-    # no warm-up: an early drop, then back up to the unigram level, above the frozen plateau
-    no_warm = runs["no_warmup"]["train_loss"]
-    assert min(no_warm[:10]) < final["no_warmup"] - 0.2, no_warm[:10]
-    assert abs(final["no_warmup"] - unigram) < 0.25, (final, unigram)
-    assert final["no_warmup"] > final["frozen_layers"] + 0.3, final
     for run in runs.values():
         assert abs(run["val_loss"][0] - uniform) < 0.1  # every run starts knowing nothing
-    if "lr_too_high" not in runs:  # the retrain leaves out the cheapest-to-tell run (see below)
-        return
-    # lr too high: the loss climbs far above ln V, where every run starts; no other run does
-    assert max(runs["lr_too_high"]["train_loss"]) > 3 * uniform, max(runs["lr_too_high"]["train_loss"])
-    assert final["lr_too_high"] > uniform + 0.5, final
-    others = [max(run["train_loss"]) for fault, run in runs.items() if fault != "lr_too_high"]
-    assert max(others) < uniform + 0.5, others
+    # the healthy run approaches the floor and stays above it
+    assert floor < final["healthy"] < floor + 0.6, (final, floor)
+    if "mask_leak" in runs:  # the leak ends lowest, below the floor no honest model can pass
+        assert min(final, key=final.get) == "mask_leak", final
+        assert final["mask_leak"] < floor - 0.3, (final, floor)
+    if "frozen_layers" in runs:  # a flat plateau above the healthy run and below the unigram level
+        assert final["frozen_layers"] > final["healthy"] + 0.25, final
+        assert final["frozen_layers"] < unigram - 0.3, (final, unigram)
+        frozen_tail = runs["frozen_layers"]["val_loss"][-5:]
+        assert max(frozen_tail) - min(frozen_tail) < 0.15, frozen_tail  # more steps do not lower it
+    if "no_warmup" in runs:  # an early drop, then back up to the unigram level and stuck there
+        no_warm = runs["no_warmup"]["train_loss"]
+        assert min(no_warm[:10]) < final["no_warmup"] - 0.2, no_warm[:10]
+        assert abs(final["no_warmup"] - unigram) < 0.25, (final, unigram)
+        assert final["no_warmup"] > final["healthy"] + 0.8, final
+        if "frozen_layers" in runs:
+            assert final["no_warmup"] > final["frozen_layers"] + 0.3, final
+    if "lr_too_high" in runs:  # the loss climbs far above ln V, where every run starts; no other run does
+        assert max(runs["lr_too_high"]["train_loss"]) > 3 * uniform, max(runs["lr_too_high"]["train_loss"])
+        assert final["lr_too_high"] > uniform + 0.5, final
+        others = [max(run["train_loss"]) for fault, run in runs.items() if fault != "lr_too_high"]
+        assert max(others) < uniform + 0.5, others
 
 
 def test_the_shipped_curves_show_each_faults_signature():
@@ -72,6 +74,7 @@ def test_the_signatures_fail_on_swapped_curves():
 
 @pytest.mark.slow
 def test_retraining_on_another_seed_shows_the_same_signatures():
-    """tools/loss_curves.py's runs (helpers.loss_curves.fault_runs) on seed 1, all but lr_too_high (150 times
-    the recipe's peak lr: tens of nats on every seed tried, 0 and 1), to stay near 15 CPU-seconds."""
-    assert_fault_signatures(lc.fault_runs(seed=1, faults=[f for f in lc.FAULTS if f != "lr_too_high"]))
+    """tools/loss_curves.py's runs (helpers.loss_curves.fault_runs) on seed 1: the healthy run and the two
+    faults whose curves end closest to it (about 16 CPU-seconds). The leak and the too-high learning rate
+    are far from every other run on each seed measured (0 to 3) and are checked on the shipped seed 0."""
+    assert_fault_signatures(lc.fault_runs(seed=1, faults=("healthy", "no_warmup", "frozen_layers")))

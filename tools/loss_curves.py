@@ -3,7 +3,7 @@
     python tools/loss_curves.py            # writes helpers/checkpoints/loss_curves.json
 
 The five runs of `helpers.loss_curves.fault_runs` (the healthy recipe and four faults, seed 0), about
-20 CPU-seconds at one thread. The exercise loads the file and plots it; tests/test_loss_curves.py checks
+25 CPU-seconds at one thread. The exercise loads the file and plots it; tests/test_loss_curves.py checks
 the shipped curves' qualitative facts and that a retrain on another seed reproduces them.
 """
 

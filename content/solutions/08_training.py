@@ -323,11 +323,11 @@ check_padding_labels(padding_labels, seed=5, B=4, T=11, V=7)
 # *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
 #
 # A loss curve is the first thing you look at when a run misbehaves. The next cell plots five runs
-# of one recipe: a 12-layer Post-LN decoder (RoPE, `d_model` 32) trained for 100 steps on the course's
+# of one recipe: a 16-layer Post-LN decoder (RoPE, `d_model` 32) trained for 100 steps on the course's
 # Markov language of 26 letters (chapter 00), peak learning rate `2e-2` reached by a 70-step linear
-# warm-up (chapter 04's set-up). One run follows the recipe; each of the other four has one fault
-# planted in it. Each panel shows a run's training loss per step (thin line) and its validation loss
-# (dots), with three levels: **ln V** = ln 26 = 3.26 nats (a model that knows nothing), the
+# warm-up (chapter 04's set-up, 4 layers deeper). One run follows the recipe; each of the other four
+# has one fault planted in it. Each panel shows a run's training loss per step (thin line) and its
+# validation loss (dots), with three levels: **ln V** = ln 26 = 3.26 nats (a model that knows nothing), the
 # **unigram entropy** (a model that knows only how often each letter occurs) and the **entropy rate**
 # (the floor: the language's own uncertainty, the lowest loss any model that predicts the next
 # letter from the past can reach).
@@ -338,7 +338,7 @@ check_padding_labels(padding_labels, seed=5, B=4, T=11, V=7)
 # | `"lr_too_high"` | a peak learning rate far too high (with the same warm-up) |
 # | `"no_warmup"` | no warm-up: the peak learning rate from the first step |
 # | `"mask_leak"` | the causal mask left out: each position can see the token it predicts |
-# | `"frozen_layers"` | the optimizer was given the token embedding only; the 12 blocks never change |
+# | `"frozen_layers"` | the optimizer was given the token embedding only; the 16 blocks never change |
 #
 # Assign `answers = {"A": ..., "B": ..., "C": ..., "D": ..., "E": ...}`: each curve's label to the
 # name of its fault, each name used once. Read the curves; do not open the data file.
