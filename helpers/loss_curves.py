@@ -15,8 +15,8 @@ One recipe, the healthy run, and four runs that each change one thing in it:
 What each shows (final validation loss, nats per token; the floor is the language's entropy rate, 1.23,
 and ln 26 = 3.26 the loss of a model that knows nothing; seed 0): healthy falls towards the floor
 (1.49); mask_leak falls below the floor (0.46), which no honest model can do; frozen_layers stops on a
-flat plateau above the healthy run (2.15); no_warmup drops in its first steps, then breaks and stays
-at the letter frequencies' entropy (2.78; it ends at 2.83); lr_too_high climbs far above ln 26 (to
+flat plateau above the healthy run (2.15); no_warmup reaches the letter frequencies' entropy (2.78) in
+its first steps and stays there (it ends at 2.83); lr_too_high climbs far above ln 26 (to
 over 100 nats in training) and ends at 4.2 as the cosine schedule lowers the rate.
 
 Why 16 layers: with 12 (chapter 04's depth) and RoPE, the run without warm-up trained as well as the

@@ -29,10 +29,9 @@ def assert_fault_signatures(data):
         assert final["frozen_layers"] < unigram - 0.3, (final, unigram)
         frozen_tail = runs["frozen_layers"]["val_loss"][-5:]
         assert max(frozen_tail) - min(frozen_tail) < 0.15, frozen_tail  # more steps do not lower it
-    if "no_warmup" in runs:  # an early drop, then back up to the unigram level and stuck there
-        no_warm = runs["no_warmup"]["train_loss"]
-        assert min(no_warm[:10]) < final["no_warmup"] - 0.2, no_warm[:10]
-        assert abs(final["no_warmup"] - unigram) < 0.25, (final, unigram)
+    if "no_warmup" in runs:  # at the unigram level from step 20 on (validated every 10 steps), stuck there
+        stuck = runs["no_warmup"]["val_loss"][2:]
+        assert max(abs(v - unigram) for v in stuck) < 0.2, (stuck, unigram)
         assert final["no_warmup"] > final["healthy"] + 0.8, final
         if "frozen_layers" in runs:
             assert final["no_warmup"] > final["frozen_layers"] + 0.3, final

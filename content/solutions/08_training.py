@@ -345,10 +345,10 @@ check_padding_labels(padding_labels, seed=5, B=4, T=11, V=7)
 #
 # <details><summary>Hint: two curves end on a plateau and I cannot tell them apart</summary>
 #
-# Compare the plateau with the unigram entropy and look at the first ten steps. A run that dropped
-# fast, then went **back up** and stayed near the unigram level broke early; a run that learned past
-# the unigram level and then flattened well above the healthy one kept learning with only part of
-# its weights.
+# Compare the plateau with the unigram entropy and look at the first twenty steps. A run that sits
+# **at** the unigram level from its first steps on learned the letter frequencies and then broke; a
+# run that learned **past** the unigram level and then flattened above the healthy one kept learning
+# with only part of its weights.
 # </details>
 #
 # <details><summary>Hint: the test says a curve is not healthy, but it has the lowest loss</summary>

@@ -804,8 +804,8 @@ def check_training_numbers(**answers: Any) -> None:
 CURVE_SIGNS = MappingProxyType({
     "healthy": "it falls steadily towards the entropy rate (the floor) and stays above it",
     "lr_too_high": "it climbs far above ln V, the loss it started at: the updates throw the weights away",
-    "no_warmup": "it drops in its first few steps, breaks, and then sits on a plateau near the letters' "
-                 "unigram entropy for the rest of the run",
+    "no_warmup": "it reaches the letters' unigram entropy within its first steps and stays there for the rest "
+                 "of the run: it learned how often each letter occurs, and then nothing more",
     "mask_leak": "it ends below the entropy rate, the lowest loss any model that predicts honestly can reach",
     "frozen_layers": "it learns at first, then flattens on a plateau well above the healthy level and below the "
                      "unigram entropy: only part of the model is learning",
@@ -818,7 +818,7 @@ CURVE_CONFUSIONS = MappingProxyType({
                                   "learning rate hit an untrained deep Post-LN stack, and then sat on a plateau. "
                                   "That is a missing warm-up",
     ("lr_too_high", "no_warmup"): "a missing warm-up breaks a run in its first steps and leaves it on a plateau "
-                                  "near the unigram entropy; this one climbs far above ln V, the loss it "
+                                  "at the unigram entropy; this one climbs far above ln V, the loss it "
                                   "started at, as its learning rate grows: the rate itself is too high",
     ("mask_leak", "healthy"): "it ends below the entropy rate, and no honest model can beat the language's own "
                               "uncertainty: it is reading the token it predicts. A loss too good to be true is a "
@@ -833,9 +833,10 @@ CURVE_CONFUSIONS = MappingProxyType({
     ("frozen_layers", "no_warmup"): "a missing warm-up breaks a run in its first steps and leaves it at the "
                                     "unigram entropy; this one learns past the unigram level and then flattens "
                                     "above the healthy run: frozen layers",
-    ("no_warmup", "frozen_layers"): "frozen layers leave a run on a plateau below the unigram entropy; this one "
-                                    "dropped first, then went back up to the unigram level and stayed: it broke, "
-                                    "which is what a deep Post-LN stack without warm-up does",
+    ("no_warmup", "frozen_layers"): "frozen layers leave a run on a plateau below the unigram entropy, after it "
+                                    "learned past that level; this one sits at the unigram entropy from its "
+                                    "first steps on: it broke at once, as a deep Post-LN stack does when the peak "
+                                    "learning rate hits it without a warm-up",
 })
 
 
