@@ -36,7 +36,10 @@ from pathlib import Path
 
 import torch
 
+from .blocks import ModelConfig, TinyDecoder
+from .corpus import markov_chain
 from .shapes import require_positive_int
+from .training import train
 
 __all__ = ["CURVES_FILE", "FAULTS", "LABELS", "ORDER_SEED", "fault_runs", "labelled_curves", "load_curves",
            "true_labels"]
@@ -61,10 +64,6 @@ def fault_runs(seed: int = 0, faults=FAULTS) -> dict:
     Every run starts from the same weights and sees the same batches. Cost: about 5 CPU-seconds per
     run at one thread.
     """
-    from .blocks import ModelConfig, TinyDecoder
-    from .corpus import markov_chain
-    from .training import train
-
     fn = "fault_runs"
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"{fn}: seed must be an int; got {type(seed).__name__}")
