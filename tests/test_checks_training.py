@@ -19,7 +19,11 @@ CHECKS = {
     "teacher_forcing_inputs": checks.check_teacher_forcing_inputs,
     "tie_weights": checks.check_tie_weights,
     "padding_labels": checks.check_padding_labels,
+    "loss_curves": checks.check_loss_curves,
 }
+# Exercise 7's answer, written from the plotted curves (not from helpers.loss_curves.true_labels).
+CURVE_NAMES = {"A": "mask_leak", "B": "healthy", "C": "frozen_layers", "D": "no_warmup", "E": "lr_too_high"}
+ANSWERS = {"loss_curves": CURVE_NAMES}
 
 # The inputs of the first hidden call of each check, read from the solution (tests/hidden.py).
 HIDDEN = hidden_inputs("training", CHECKS)
@@ -28,6 +32,8 @@ ISSUE_LIST = {
     "lm_loss": {"no_shift", "shift_wrong_way", "padded_average", "softmax_twice"},
     "mlm_mask": {"all_mask_token", "labels_everywhere"},
     "tie_weights": {"copy"},
+    "loss_curves": {"no_warmup_read_as_lr_too_high", "lr_too_high_read_as_no_warmup", "mask_leak_read_as_healthy",
+                    "frozen_layers_read_as_healthy"},
 }
 
 
@@ -124,3 +130,29 @@ def test_tying_that_replaces_the_head_with_something_else_is_told_to_assign_the_
 
     with pytest.raises(CheckFailed, match="is not model.tok_emb.weight"):
         checks.check_tie_weights(new_random_head)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exercise 7: naming the loss curves
+# ------------------------------------------------------------------------------------------------
+
+
+def test_curve_names_need_every_label_answered_once_from_the_vocabulary(capsys):
+    checks.check_loss_curves(CURVE_NAMES)
+    assert "✓ all 5 curves" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="no answer yet for A, C"):
+        checks.check_loss_curves({**CURVE_NAMES, "A": None, "C": None})
+    with pytest.raises(CheckFailed, match="not one of the fault names"):
+        checks.check_loss_curves({**CURVE_NAMES, "E": "lr too high"})
+    with pytest.raises(CheckFailed, match="'healthy' is given to A and B"):
+        checks.check_loss_curves({**CURVE_NAMES, "A": "healthy"})
+    with pytest.raises(CheckFailed, match="labelled A, B, C, D, E"):
+        checks.check_loss_curves({**CURVE_NAMES, "F": "healthy"})
+    with pytest.raises(CheckFailed, match="must be a dict"):
+        checks.check_loss_curves(list(CURVE_NAMES.values()))
+
+
+def test_an_uncatalogued_curve_confusion_is_told_what_the_curve_shows():
+    swapped = {**CURVE_NAMES, "A": "lr_too_high", "E": "mask_leak"}  # leak <-> lr too high: not catalogued
+    with pytest.raises(CheckFailed, match=r"curve A is not 'lr_too_high': look again: it ends below the entropy rate"):
+        checks.check_loss_curves(swapped)

@@ -21,6 +21,7 @@
 # | 4 | `tie_weights(model)`: one matrix for the embedding and the LM head |
 # | 5 | counting: parameters saved by tying, the loss of a fresh model, random tokens in a batch |
 # | 6 | `padding_labels(ids, attention_mask)`: a loss mask that agrees with the attention mask |
+# | 7 | reading loss curves: name the fault planted in each of five training runs |
 #
 # **How it works.** Write your answer in the cell marked `# YOUR CODE HERE` (delete the
 # `raise NotImplementedError()` line), run it, then run the test cell below it. A visible test
@@ -35,7 +36,7 @@
 # Write the losses yourself from `torch.log_softmax` or `torch.logsumexp` and indexing: an answer
 # that calls `helpers.training` (the reference), `F.cross_entropy`, `F.nll_loss` or torch's loss
 # modules is refused by the checks and scores no points. No exercise here trains a model; the theory
-# notebook does that. Run the next cell first.
+# notebook does that (exercise 7 reads the curves of runs trained beforehand). Run the next cell first.
 
 # %% id="setup"
 import math
@@ -316,12 +317,91 @@ check_padding_labels(padding_labels)
 check_padding_labels(padding_labels, seed=5, B=4, T=11, V=7)
 ### END HIDDEN TESTS
 
+# %% [markdown] id="ex7"
+# ## Exercise 7: what went wrong in this run?
+#
+# *Difficulty* ●●●○○ · *Importance* ●●●●○ · *Time* ~15 min · *Points*
+#
+# A loss curve is the first thing you look at when a run misbehaves. The next cell plots five runs
+# of one recipe: a 16-layer Post-LN decoder (RoPE, `d_model` 32) trained for 100 steps on the course's
+# Markov language of 26 letters (chapter 00), peak learning rate `2e-2` reached by a 70-step linear
+# warm-up (chapter 04's set-up, 4 layers deeper). One run follows the recipe; each of the other four
+# has one fault planted in it. Each panel shows a run's training loss per step (thin line) and its
+# validation loss (dots), with three levels: **ln V** = ln 26 = 3.26 nats (a model that knows nothing), the
+# **unigram entropy** (a model that knows only how often each letter occurs) and the **entropy rate**
+# (the floor: the language's own uncertainty, the lowest loss any model that predicts the next
+# letter from the past can reach).
+#
+# | fault name | what was planted |
+# |---|---|
+# | `"healthy"` | nothing: the recipe |
+# | `"lr_too_high"` | a peak learning rate far too high (with the same warm-up) |
+# | `"no_warmup"` | no warm-up: the peak learning rate from the first step |
+# | `"mask_leak"` | the causal mask left out: each position can see the token it predicts |
+# | `"frozen_layers"` | the optimizer was given the token embedding only; the 16 blocks never change |
+#
+# Assign `answers = {"A": ..., "B": ..., "C": ..., "D": ..., "E": ...}`: each curve's label to the
+# name of its fault, each name used once. Read the curves; do not open the data file.
+#
+# <details><summary>Hint: two curves end on a plateau and I cannot tell them apart</summary>
+#
+# Compare the plateau with the unigram entropy and look at the first twenty steps. A run that sits
+# **at** the unigram level from its first steps on learned the letter frequencies and then broke; a
+# run that learned **past** the unigram level and then flattened above the healthy one kept learning
+# with only part of its weights.
+# </details>
+#
+# <details><summary>Hint: the test says a curve is not healthy, but it has the lowest loss</summary>
+#
+# No model that predicts honestly goes below the entropy rate. A loss below the floor means the
+# model sees what it should predict.
+# </details>
+
+# %% id="ex7-curves"
+import matplotlib.pyplot as plt
+
+from helpers.loss_curves import labelled_curves
+
+runs = labelled_curves()
+fig, axes = plt.subplots(1, 5, figsize=(16, 3.2), sharex=True)
+for ax, (label, run) in zip(axes, runs["curves"].items()):
+    ax.plot(range(1, len(run["train_loss"]) + 1), run["train_loss"], lw=0.8)
+    ax.plot(run["val_steps"], run["val_loss"], "o", ms=3)
+    for level, style in (("uniform", "k:"), ("unigram", "g--"), ("entropy_rate", "r--")):
+        ax.axhline(runs[level], ls=style[1:], color=style[0], lw=0.8)
+    ax.set_ylim(0, max(4.5, 1.05 * max(run["train_loss"])))  # a run that climbs far keeps its own scale
+    ax.set_title(f"{label}: final val {run['val_loss'][-1]:.2f}, max {max(run['train_loss']):.1f}")
+    ax.set_xlabel("step")
+axes[0].set_ylabel("loss (nats)")
+fig.legend(["train", "validation", "ln V", "unigram entropy", "entropy rate"], loc="upper right", ncol=5)
+fig.tight_layout(rect=(0, 0, 1, 0.9))
+plt.show()
+print(f"ln V = {runs['uniform']:.2f}, unigram entropy = {runs['unigram']:.2f}, "
+      f"entropy rate = {runs['entropy_rate']:.2f} nats")
+
+# %% id="ex7-answer" kind="answer"
+answers = {"A": None, "B": None, "C": None, "D": None, "E": None}
+### BEGIN SOLUTION
+answers = {"A": "mask_leak", "B": "healthy", "C": "frozen_layers", "D": "no_warmup", "E": "lr_too_high"}
+### END SOLUTION
+
+# %% id="ex7-test" kind="test" points=2
+from helpers.checks.training import check_loss_curves
+
+check_loss_curves(answers)
+
+# %% id="ex7-hidden" kind="test" points=1
+# Hidden tests run when your notebook is graded.
+### BEGIN HIDDEN TESTS
+check_loss_curves(answers)
+### END HIDDEN TESTS
+
 # %% [markdown] id="outro"
 # ## Done
 #
 # With every visible test passing you have written the training signals of both model families:
 # the shifted next-token loss of a decoder (GPT), the masked-LM inputs and labels of an encoder
-# (BERT), the teacher-forcing inputs of a decoder that learns a target sequence, weight tying, and
-# labels that agree with the attention mask.
+# (BERT), the teacher-forcing inputs of a decoder that learns a target sequence, weight tying,
+# labels that agree with the attention mask, and read the loss curves of five planted faults.
 # The theory notebook trains a model with them. To see all your points, including the hidden
 # tests, grade the whole notebook (see the README's learner section).

@@ -14,7 +14,7 @@ import contextlib
 import io
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import loss_curves as _curves
 from .. import training as ref
 from ..blocks import ModelConfig, TinyDecoder
 from . import probes as _probes
@@ -42,6 +43,7 @@ __all__ = [
     "MISTAKES",
     "PROBES",
     "check_lm_loss",
+    "check_loss_curves",
     "check_mlm_mask",
     "check_padding_labels",
     "check_teacher_forcing_inputs",
@@ -261,6 +263,7 @@ MISTAKES = {
     "mlm_mask": MLM_MISTAKES,
     "teacher_forcing_inputs": TEACHER_FORCING_MISTAKES,
     "tie_weights": TIE_MISTAKES,
+    "loss_curves": (),  # filled in below, after exercise 7's confusions
 }
 
 
@@ -791,6 +794,119 @@ def check_training_numbers(**answers: Any) -> None:
              "random_tokens": "B x T positions, 15 % selected, 10 % of those random"}
     check_numbers(answers, expected, tolerance={"initial_loss": 1e-3, "random_tokens": 1e-6}, mistakes=mistakes,
                   hints=hints, name="check_training_numbers", integers=("saved_gpt2",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 7: loss curves of planted faults
+# ---------------------------------------------------------------------------------------------
+
+# What each run's curve shows, said so that it names the feature to look at.
+CURVE_SIGNS = MappingProxyType({
+    "healthy": "it falls steadily towards the entropy rate (the floor) and stays above it",
+    "lr_too_high": "it climbs far above ln V, the loss it started at: the updates throw the weights away",
+    "no_warmup": "it reaches the letters' unigram entropy within its first steps and stays there for the rest "
+                 "of the run: it learned how often each letter occurs, and then nothing more",
+    "mask_leak": "it ends below the entropy rate, the lowest loss any model that predicts honestly can reach",
+    "frozen_layers": "it learns at first, then flattens on a plateau well above the healthy level and below the "
+                     "unigram entropy: only part of the model is learning",
+})
+
+# (the truth, the learner's name for it) -> what tells the two apart.
+CURVE_CONFUSIONS = MappingProxyType({
+    ("no_warmup", "lr_too_high"): "a learning rate too high makes the loss climb far above where it started, "
+                                  "to several nats and more; this one never does: it broke in its first steps, while the peak "
+                                  "learning rate hit an untrained deep Post-LN stack, and then sat on a plateau. "
+                                  "That is a missing warm-up",
+    ("lr_too_high", "no_warmup"): "a missing warm-up breaks a run in its first steps and leaves it on a plateau "
+                                  "at the unigram entropy; this one climbs far above ln V, the loss it "
+                                  "started at, as its learning rate grows: the rate itself is too high",
+    ("mask_leak", "healthy"): "it ends below the entropy rate, and no honest model can beat the language's own "
+                              "uncertainty: it is reading the token it predicts. A loss too good to be true is a "
+                              "leak, not a good run",
+    ("healthy", "mask_leak"): "a leak drives the loss below the entropy rate; this run approaches the floor but "
+                              "stays above it, as a healthy run does",
+    ("frozen_layers", "healthy"): "a healthy run keeps falling towards the entropy rate; this one stops on a "
+                                  "plateau far above it that more steps do not lower: part of the model is not "
+                                  "being trained",
+    ("healthy", "frozen_layers"): "it keeps falling towards the entropy rate and ends lowest of the honest runs; "
+                                  "a run with frozen layers stops higher, on a flat plateau",
+    ("frozen_layers", "no_warmup"): "a missing warm-up breaks a run in its first steps and leaves it at the "
+                                    "unigram entropy; this one learns past the unigram level and then flattens "
+                                    "above the healthy run: frozen layers",
+    ("no_warmup", "frozen_layers"): "frozen layers leave a run on a plateau below the unigram entropy, after it "
+                                    "learned past that level; this one sits at the unigram entropy from its "
+                                    "first steps on: it broke at once, as a deep Post-LN stack does when the peak "
+                                    "learning rate hits it without a warm-up",
+})
+
+
+def _confused(truth: str, given: str, order_seed: int = _curves.ORDER_SEED) -> dict[str, str]:
+    """A complete wrong answer whose only catalogued confusion is naming the `truth` curve `given`
+    (the first such permutation of the right answer; the other names it gets wrong are uncatalogued)."""
+    import itertools
+
+    key = _curves.true_labels(order_seed)
+    for names in itertools.permutations(_curves.FAULTS):
+        answer = dict(zip(_curves.LABELS, names))
+        pairs = {(key[label], answer[label]) for label in _curves.LABELS if answer[label] != key[label]}
+        if (truth, given) in pairs and not (pairs - {(truth, given)}) & set(CURVE_CONFUSIONS):
+            return answer
+    raise ValueError(f"no answer confuses only {truth!r} with {given!r}")
+
+
+class _WrongNames(dict):
+    """A catalogued wrong answer of exercise 7: a dict like the learner's, hashed by identity (the tests keep
+    a set of the catalogue's implementations)."""
+
+    __hash__ = object.__hash__
+
+
+# Each confusion as a complete wrong answer (a dict, the exercise's answer), for the catalogue tests.
+LOSS_CURVE_MISTAKES = tuple(Mistake(f"{truth}_read_as_{given}", message, _WrongNames(_confused(truth, given)))
+                            for (truth, given), message in CURVE_CONFUSIONS.items())
+
+
+MISTAKES["loss_curves"] = LOSS_CURVE_MISTAKES
+
+
+def _fault_list() -> str:
+    return ", ".join(repr(f) for f in _curves.FAULTS)
+
+
+def check_loss_curves(answers: Any, *, order_seed: int = _curves.ORDER_SEED) -> None:
+    """answers: {label: fault name} for the curves A-E of `helpers.loss_curves.labelled_curves()`."""
+    verify_environment()
+    labels = _curves.LABELS
+    if not isinstance(answers, Mapping):
+        raise CheckFailed(f"answers must be a dict {{label: fault name}} with the labels {', '.join(labels)}; "
+                          f"got {type(answers).__name__}")
+    unknown_labels = sorted(str(k) for k in answers if k not in labels)
+    if unknown_labels:
+        raise CheckFailed(f"answers has labels {', '.join(unknown_labels)}; the curves are labelled "
+                          f"{', '.join(labels)}")
+    unanswered = [label for label in labels if answers.get(label) is None]
+    if unanswered:
+        raise CheckFailed(f"no answer yet for {', '.join(unanswered)}: give each curve a fault name and run its cell")
+    for label in labels:
+        name = answers[label]
+        if name not in _curves.FAULTS:
+            raise CheckFailed(f"answers[{label!r}] = {name!r} is not one of the fault names; use one of "
+                              f"{_fault_list()}")
+    names = [answers[label] for label in labels]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        twice = [label for label in labels if answers[label] == repeated[0]]
+        raise CheckFailed(f"{repeated[0]!r} is given to {' and '.join(twice)}, but each fault is behind exactly one "
+                          f"curve: compare those curves and keep the name for the one that fits it")
+    truth = _curves.true_labels(order_seed)
+    wrong = [label for label in labels if answers[label] != truth[label]]
+    if wrong:  # name a catalogued confusion first: its message says what tells the two apart
+        label = next((w for w in wrong if (truth[w], answers[w]) in CURVE_CONFUSIONS), wrong[0])
+        fault, given = truth[label], answers[label]
+        reason = CURVE_CONFUSIONS.get((fault, given), f"look again: {CURVE_SIGNS[fault]}")
+        more = f" ({len(wrong)} curves are misnamed in all)" if len(wrong) > 1 else ""
+        raise CheckFailed(f"curve {label} is not {given!r}: {reason}{more}")
+    print(f"✓ all {len(labels)} curves are named right")
 
 
 protect(ref, sys.modules[__name__])

@@ -59,6 +59,13 @@ STUDENTS = {
                            "    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), "
                            "ids[:, 1:].reshape(-1), ignore_index=ignore_index)\n")},
         {"ex1"}, "calls torch"),
+    # Exercise 7 (issue 26 item 6): the two confusions the issue named, each as a swap of two curves.
+    "leak_read_as_healthy": Submission(
+        {"ex7-answer": replace('"A": "mask_leak", "B": "healthy"', '"A": "healthy", "B": "mask_leak"')},
+        {"ex7"}, _msg(checks.LOSS_CURVE_MISTAKES, "mask_leak_read_as_healthy")),
+    "no_warmup_read_as_lr_too_high": Submission(
+        {"ex7-answer": replace('"D": "no_warmup", "E": "lr_too_high"', '"D": "lr_too_high", "E": "no_warmup"')},
+        {"ex7"}, _msg(checks.LOSS_CURVE_MISTAKES, "no_warmup_read_as_lr_too_high")),
     "bits_not_nats": Submission(
         {"ex5-answer": replace("initial_loss = math.log(512)", "initial_loss = math.log2(512)")},
         {"ex5"}, "that is log base 2"),

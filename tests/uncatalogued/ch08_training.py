@@ -79,6 +79,9 @@ def _labels_from_lengths(ids, attention_mask):
     return ids.masked_fill(~real, -100)
 
 
+# Exercise 7's right answer, the base of its wrong ones.
+_CURVES = {"A": "mask_leak", "B": "healthy", "C": "frozen_layers", "D": "no_warmup", "E": "lr_too_high"}
+
 WRONG = [
     Wrong("lm_loss", "mean_per_sequence", _lm(reduce="per_sequence"), r"per sequence|sequence by sequence"),
     Wrong("lm_loss", "ignored_scored_as_token_0", _lm(safe="clamp", reduce="all"),
@@ -110,6 +113,16 @@ WRONG = [
     Wrong("padding_labels", "lengths_assume_right_padding", _labels_from_lengths, r"lengths|attention_mask itself"),
     Wrong("padding_labels", "first_sequence_mask", lambda ids, m: ids.masked_fill(~m[0], -100),
           r"sequence|row", named=False),
+    # Exercise 7: confusions of the curves that CURVE_CONFUSIONS does not list, and answers of the wrong form.
+    Wrong("loss_curves", "leak_read_as_lr_too_high", {**_CURVES, "A": "lr_too_high", "E": "mask_leak"},
+          r"curve A .*below the entropy rate"),
+    Wrong("loss_curves", "frozen_read_as_lr_too_high", {**_CURVES, "C": "lr_too_high", "E": "frozen_layers"},
+          r"curve C .*plateau well above the healthy"),
+    Wrong("loss_curves", "names_in_the_tables_order", dict(zip("ABCDE", ("healthy", "lr_too_high", "no_warmup",
+                                                                      "mask_leak", "frozen_layers"))),
+          r"curve A .*below the entropy rate"),
+    Wrong("loss_curves", "hyphenated_name", {**_CURVES, "D": "no-warmup"}, r"not one of the fault names"),
+    Wrong("loss_curves", "lower_case_labels", {k.lower(): v for k, v in _CURVES.items()}, r"labelled A, B"),
 ]
 
 # Written after the probes, without looking at them again: how the probing does on mistakes it was
