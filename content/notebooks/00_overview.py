@@ -46,6 +46,7 @@
 # %% id="setup"
 import math
 import time
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import torch
@@ -58,6 +59,7 @@ from helpers.corpus import corpus_documents, corpus_fingerprint, load_corpus, ma
 from helpers.ffn import FeedForward, token_influence
 from helpers.heads import attention_param_count
 from helpers.last_position import last_position_experiment
+from helpers.llama import LLAMA2_7B, llama_config
 from helpers.numerics import close
 from helpers.overview import (
     SHAPE_MAP,
@@ -749,12 +751,17 @@ gpt2 = ModelConfig(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, max_s
 attention_biases = 12 * (attention_param_count(768, 12, bias=True) - attention_param_count(768, 12))
 print("GPT-2 small shape: ours", model_param_count(gpt2), "+ attention biases", attention_biases,
       "=", model_param_count(gpt2) + attention_biases)
+llama2 = llama_config(**LLAMA2_7B)  # RMSNorm, SwiGLU, RoPE, untied head (chapter 05 builds it)
+per_block = model_param_count(replace(llama2, n_layers=1)) - model_param_count(replace(llama2, n_layers=0))
+print(f"Llama-2 7B: {llama2.n_layers} blocks of {per_block:,d} + embeddings and untied head "
+      f"{2 * llama2.vocab_size * llama2.d_model:,d} + final norm {llama2.d_model:,d} = {model_param_count(llama2):,d}")
 
 # %% [markdown] id="stack-llm"
 # **In real LLMs.** The last line is GPT-2 small's published 124,439,808 parameters: GPT-2 also has
 # biases in its attention projections, which the course's attention leaves out (as Llama does).
-# Llama-2 7B: 32 blocks of about 202 million parameters each, plus two untied $32000 \times 4096$
-# matrices.
+# Llama-2 7B (last line, from `helpers.llama.llama_config`): 32 blocks of 202,383,360 parameters
+# each, plus two untied $32000 \times 4096$ matrices, 6,738,415,616 in all, the checkpoint Meta
+# calls "7B".
 #
 # **Common mistake: counting a tied head twice.** Summing `numel()` over `model.state_dict()` lists
 # the shared tensor under both names; `model.parameters()` yields it once.
