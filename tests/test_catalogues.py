@@ -44,14 +44,10 @@ _COINCIDES = "on these sizes its output is another mistake's, whose message the 
 _FAILS_HERE = "the catalogue's implementation fails on these sizes or on the meta device"
 KNOWN_EDGE_CONFUSIONS = {
     "hidden2-blocks-cross_attention-padding_on_query_axis": _FAILS_HERE,  # T_src != T_tgt
-    "hidden2-blocks-cross_attention-mask_ignored": _FAILS_HERE,  # meta device
-    "hidden2-blocks-cross_attention-kv_heads_tiled": _FAILS_HERE,  # meta device
-    "hidden2-complexity-attend_with_cache-kv_head_modulo": _FAILS_HERE,  # meta device
     "hidden2-norms-residual_norms-no_input": _FAILS_HERE,  # no blocks: an empty stack
     "hidden2-norms-residual_norms-edits": _FAILS_HERE,  # no blocks: an empty stack
     "hidden2-blocks-cross_attention-scale_sqrt_T_k": _COINCIDES,  # T_src = d_model
     "hidden2-blocks-decoder_block-memory_mask_inverted": _COINCIDES,  # no padding: nothing attended
-    "hidden2-heads-grouped_query_attention-scale_sqrt_T": _COINCIDES,  # sqrt(T) = d_head
     "hidden2-overview-lm_forward-positions_each_block": _COINCIDES,  # no blocks
     "hidden2-training-lm_loss-divided_by_B": _COINCIDES,  # B = 1: divided by B is the sum
 }

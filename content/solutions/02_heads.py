@@ -291,7 +291,7 @@ check_grouped_query_attention(grouped_query_attention)
 # Hidden tests run when your notebook is graded.
 ### BEGIN HIDDEN TESTS
 check_grouped_query_attention(grouped_query_attention, seed=5, dtype=torch.float64, B=2, T=7, H=8, H_kv=4, d_head=3)
-check_grouped_query_attention(grouped_query_attention, seed=19, dtype=torch.float32, B=1, T=4, H=9, H_kv=3, d_head=2)
+check_grouped_query_attention(grouped_query_attention, seed=19, dtype=torch.float32, B=1, T=5, H=9, H_kv=3, d_head=2)
 ### END HIDDEN TESTS
 
 # %% [markdown] id="ex5"

@@ -96,7 +96,7 @@ def _cross(*, kv_from: str = "memory", causal: bool = False, mask_axis: str = "k
             k, v = k.repeat(1, n_heads // n_kv, 1, 1), v.repeat(1, n_heads // n_kv, 1, 1)
         scores = q @ k.transpose(-2, -1)  # (B, H, T_q, T_k)
         scores = scores / {"d_head": math.sqrt(d_head), "none": 1.0, "d_model": math.sqrt(d_model)}[scale]
-        allow = torch.ones(B, 1, T_q, T_k, dtype=torch.bool)
+        allow = torch.ones(B, 1, T_q, T_k, dtype=torch.bool, device=x.device)
         # (keys taken from x still get the mask when it fits them, as a learner's code would do)
         if memory_mask is not None and memory_mask.shape[-1] == T_k:
             if mask_axis == "keys":
@@ -106,7 +106,7 @@ def _cross(*, kv_from: str = "memory", causal: bool = False, mask_axis: str = "k
             elif mask_axis == "inverted":
                 allow = allow & ~memory_mask[:, None, None, :]
         if causal:
-            allow = allow & torch.ones(T_q, T_k, dtype=torch.bool).tril()
+            allow = allow & torch.ones(T_q, T_k, dtype=torch.bool, device=x.device).tril()
         scores = scores.masked_fill(~allow, float("-inf"))
         has_key = allow.any(-1, keepdim=True)
         weights = torch.softmax(torch.where(has_key, scores, torch.zeros_like(scores)), dim=-1)

@@ -509,11 +509,11 @@ def _step(q, k_new, v_new, k_cache, v_cache, *, mask="bottom_right", append=True
         k_rep, v_rep = k_use.repeat(1, g, 1, 1), v_use.repeat(1, g, 1, 1)
     T_q, T_k = q.shape[2], k_use.shape[2]
     if mask == "bottom_right":
-        m = torch.ones(T_q, T_k, dtype=torch.bool).tril(T_k - T_q)
+        m = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(T_k - T_q)
     elif mask == "top_left":
-        m = torch.ones(T_q, T_k, dtype=torch.bool).tril()
+        m = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril()
     elif mask == "off_by_one":
-        m = torch.ones(T_q, T_k, dtype=torch.bool).tril(T_k - T_q - 1)
+        m = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(T_k - T_q - 1)
     else:
         m = None
     out, _ = scaled_dot_product_attention(q, k_rep, v_rep, m)
