@@ -193,6 +193,44 @@ print("with a tolerance finds leaks: ", dg.leaking_pairs(dg.influence_by_perturb
 # batch-norm-like statistic over the sequence. A validation loss that is suddenly far too good
 # (chapter 08, section 9) is the symptom; this test is the proof.
 
+# %% [markdown] id="masks-llm-alignment"
+# **Real systems disagree on what "causal" means when $T_q \ne T_k$**, the case of every decoding
+# step with a KV cache (chapter 07). FlashAttention's `flash_attn_func(..., causal=True)` aligns the
+# mask to the **bottom-right** corner (its docstring gives the example for 2
+# queries and 5 keys: rows `1 1 1 1 0` and `1 1 1 1 1`); PyTorch's
+# `F.scaled_dot_product_attention(..., is_causal=True)` aligns it **top-left**. Code that swaps one
+# for the other runs without an error. The cell checks both conventions in code and runs an
+# influence test (perturb one value, see which outputs move) on the first new query, token 3: under
+# the top-left mask it is blind to its own past.
+
+# %% id="masks-llm-run"
+# NBVAL_CHECK_OUTPUT
+sdpa = torch.nn.functional.scaled_dot_product_attention
+flash_documented = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)  # flash_attn_func's docstring
+bottom_right = torch.ones(2, 5, dtype=torch.bool).tril(5 - 2)  # (T_q, T_k): query i is token T_k - T_q + i
+top_left = torch.ones(2, 5, dtype=torch.bool).tril()  # (T_q, T_k): query i sees keys 0 .. i
+gen = torch.Generator().manual_seed(3)
+q_, k_, v_ = (torch.randn(1, 1, t, 8, generator=gen, dtype=torch.float64) for t in (2, 5, 5))  # (B, H, T, d_head)
+print("FlashAttention's documented causal mask is the bottom-right one:", torch.equal(flash_documented, bottom_right))
+print("torch's is_causal=True equals the top-left mask:",
+      torch.allclose(sdpa(q_, k_, v_, is_causal=True), sdpa(q_, k_, v_, attn_mask=top_left)))
+
+
+def keys_that_move_query0(mask: torch.Tensor) -> list[int]:
+    """The keys whose value, perturbed, changes the first query's output: the keys it really reads."""
+    base = sdpa(q_, k_, v_, attn_mask=mask)[..., 0, :]  # (B, H, d_head)
+    moved = []
+    for j in range(v_.shape[-2]):
+        v2 = v_.clone()
+        v2[..., j, :] += 1.0
+        if not torch.allclose(sdpa(q_, k_, v2, attn_mask=mask)[..., 0, :], base):
+            moved.append(j)
+    return moved
+
+
+print("keys token 3 reads, bottom-right:", keys_that_move_query0(bottom_right))
+print("keys token 3 reads, top-left (is_causal=True after a cache):", keys_that_move_query0(top_left))
+
 # %% [markdown] id="entropy"
 # ## 3. Attention entropy
 #
@@ -324,6 +362,26 @@ fig.tight_layout()
 # norm at $\sqrt{d_{\text{model}}} \approx 5.7$ after every block: its first "update" is that
 # renormalisation of the small embeddings (a ratio of about 36), and after it the blocks' edits at
 # initialisation are tiny against the renormalised stream (about 0.014).
+
+# %% [markdown] id="norms-llm-text"
+# **In real LLMs.** Large models grow a few activations in their residual stream far beyond the rest:
+# Sun et al. (2024, "Massive Activations in Large Language Models") find some about 100,000 times
+# larger than the typical activation, at fixed places (in LLaMA2-7B, feature dimensions 1415 and 2533,
+# on the starting token and the first period or newline), and show they act as fixed biases that pull
+# attention onto those tokens. The per-layer mean norm above would hide them: they are a few numbers
+# in a tensor of millions. The check that finds them is the largest activation against the median,
+# per layer, computed below for the 6-layer Pre-LN stream above (at initialisation it has nothing of
+# the kind; the quoted figures are the paper's, not measured here).
+
+# %% id="norms-llm"
+largest = {}
+for p, s_ in streams.items():
+    flat = s_.abs().flatten(1)  # (L + 1, B * T * d_model)
+    ratio = flat.max(dim=1).values / flat.median(dim=1).values  # (L + 1,)
+    largest[p] = ratio.max().item()
+    print(f"{p}-LN, largest |activation| / median, per layer: {[round(v, 1) for v in ratio.tolist()]}")
+assert max(largest.values()) < 50, largest  # a Gaussian-like stream: no activation thousands of times the median
+print(f"largest ratio here {max(largest.values()):.1f}, against about 100,000 for the massive activations of LLMs")
 
 # %% [markdown] id="norms-bug"
 # **Healthy vs broken.** In one hunt model the skip connection around block 0's attention is
