@@ -270,6 +270,25 @@ with torch.no_grad():
     lm = lm_loss(toy(full), full).item()
 print(f"teacher-forcing loss {tf:.6f} == next-token loss of BOS + targets {lm:.6f}:", math.isclose(tf, lm))
 
+# %% [markdown] id="teacher-forcing-llm"
+# **In real systems.** Teacher forcing is what makes pre-training affordable: one forward pass scores
+# every position of every window. nanoGPT's GPT-2 (124M) recipe (`config/train_gpt2.py`) takes 12
+# windows of 1,024 tokens per GPU, 5 accumulation steps, on 8 GPUs: 491,520 tokens per update, each of
+# them a target, and 600,000 updates, about 300B tokens. Without teacher forcing each target would need
+# the model's own previous outputs first: 1,024 sequential passes per window instead of one. The cell
+# does the arithmetic, and measures the same trade on the toy model above.
+
+# %% id="teacher-forcing-llm-run"
+# NBVAL_CHECK_OUTPUT
+per_update = 12 * 1024 * 5 * 8  # batch x block x accumulation x GPUs: every token is a target
+print(f"targets per update: {per_update:,d} | in 600,000 updates: {per_update * 600_000 / 1e9:.1f}B tokens")
+print("forward passes to score one window of 1,024 targets: teacher forcing 1, free-running 1,024")
+with torch.no_grad():
+    one_pass = toy(inputs)[0, :, :-1].argmax(-1)  # (T,): every position's guess in one pass, BOS + true prefix
+    stepwise = torch.stack([toy(inputs[:, :t + 1])[0, -1, :-1].argmax() for t in range(inputs.shape[1])])  # T passes
+print(f"the toy's {inputs.shape[1]} teacher-forced guesses from 1 pass equal those of {inputs.shape[1]} "
+      f"separate passes:", torch.equal(one_pass, stepwise))
+
 # %% [markdown] id="teacher-forcing-mistake-text"
 # **Common mistake: feeding the targets, not the targets shifted right.** Forget the shift and the
 # decoder's input at position $t$ is $y_t$ itself, the token it is asked to predict. The causal mask
