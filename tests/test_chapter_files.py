@@ -3,6 +3,8 @@ not go unnoticed (test_grading.py, for one, grades nothing for a chapter without
 
 from __future__ import annotations
 
+import ast
+
 from tools.build import ROOT, chapters
 
 # {c}: the chapter (05_blocks), {n}: its number (05), {t}: its topic (blocks)
@@ -74,3 +76,35 @@ def test_an_unmapped_module_is_named(tmp_path):
         (tmp_path / "helpers" / name).write_text("")
     (tmp_path / "CONTRIBUTING.md").write_text("| `helpers/mapped.py` | 01 | something |\n")
     assert unmapped_modules(tmp_path) == ["helpers/new_topic.py"]
+
+
+# A function longer than this (its docstring aside) is split into named steps (CONTRIBUTING.md, §3):
+# a training loop into batches, step and evaluation; a diagnosis into the intermediates it compares.
+MAX_FUNCTION_LINES = 50
+
+
+def long_functions(root=ROOT, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """'path:line name (N lines)' for each function under helpers/ longer than `limit` lines, docstring excluded."""
+    found = []
+    for path in sorted((root / "helpers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body
+                docstring = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str) and len(body) > 1
+                first = body[1].lineno if docstring else body[0].lineno
+                length = node.end_lineno - first + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_helpers_is_longer_than_the_limit():
+    assert not long_functions(), f"split these into named steps: {long_functions()}"
+
+
+def test_a_long_function_is_named(tmp_path):
+    (tmp_path / "helpers").mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
+    (tmp_path / "helpers" / "m.py").write_text(f'def f():\n    """Doc."""\n{body}\n\n\ndef g():\n    return 1\n')
+    assert long_functions(tmp_path) == [f"helpers/m.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
