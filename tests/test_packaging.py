@@ -154,3 +154,28 @@ def test_the_budgets_are_read_from_pyproject_and_name_real_chapters():
     assert BUDGETS == PYPROJECT["tool"]["course"]["budgets"]
     assert set(BUDGETS) - set(chapters()) == {"notebook", "course", "ci"}
     assert budget("01_attention") == BUDGETS["notebook"] and budget("08_training") == BUDGETS["08_training"]
+
+
+def test_the_suite_benchmark_runs_what_ci_runs():
+    """`bench.py --suite` times the two test commands of .ci/run, so the figure it writes is CI's."""
+    from tools.bench import SUITE_RUNS
+
+    ci = (ROOT / ".ci" / "run").read_text()
+    for _, env, args in SUITE_RUNS:
+        prefix = " ".join(f"{k}={v}" for k, v in env.items())
+        command = " ".join(["python", *(f'"{a}"' if " " in a else a for a in args)])
+        assert f"\n{prefix + ' ' if prefix else ''}{command}\n" in ci, command
+
+
+def test_bench_writes_its_section_and_keeps_the_other(tmp_path, monkeypatch):
+    import tools.bench as bench
+
+    monkeypatch.setattr(bench, "TIMINGS", tmp_path / "timings.md")
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    bench.write_section(bench.SUITE, ["suite, first"])
+    bench.write_section(bench.NOTEBOOKS, ["notebooks"])
+    bench.write_section(bench.SUITE, ["suite, second"])
+    text = (tmp_path / "timings.md").read_text()
+    assert text.startswith("# Measured timings")
+    assert text.index("notebooks") < text.index("suite, second") and "suite, first" not in text
+    assert text.count(bench.NOTEBOOKS) == 1 and text.count(bench.SUITE) == 1
