@@ -19,7 +19,9 @@ from helpers.checks import CheckFailed
 
 from .hidden import calls_of, hidden_calls
 
-CHAPTER_TESTS = sorted(p.stem for p in Path(__file__).parent.glob("test_checks_*.py"))
+# A chapter's suite is test_checks_<topic>.py for a checks module helpers/checks/<topic>.py (not test_checks_layout.py)
+CHAPTER_TESTS = sorted(p.stem for p in Path(__file__).parent.glob("test_checks_*.py")
+                       if (Path(__file__).parents[1] / "helpers" / "checks" / f"{p.stem.removeprefix('test_checks_')}.py").exists())
 SUITES = {name.removeprefix("test_checks_"): importlib.import_module(f"tests.{name}") for name in CHAPTER_TESTS}
 
 
