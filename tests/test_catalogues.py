@@ -202,3 +202,18 @@ def test_checks_and_references_cannot_be_replaced(module, name):
         if getattr(module, name, None) is not original:
             object.__setattr__(module, name, original)
     assert getattr(module, name) is original
+
+
+@pytest.mark.parametrize("topic", [t for t, suite in SUITES.items() if hasattr(suite.checks, "FORBIDDEN")])
+def test_an_exercises_forbidden_set_cannot_be_emptied(topic):
+    """An answer cell cannot switch off an exercise's refusals by editing FORBIDDEN (`protect` makes it
+    read-only; tests/test_checks_layout.py makes every chapter declare one)."""
+    forbidden = SUITES[topic].checks.FORBIDDEN
+    before, first = dict(forbidden), next(iter(forbidden))
+    edits = [lambda: forbidden.__setitem__(first, ()), lambda: forbidden.__delitem__(first),
+             lambda: forbidden.update({first: ()}), lambda: forbidden.setdefault("ex0", ()),
+             lambda: forbidden.pop(first), forbidden.popitem, forbidden.clear, lambda: forbidden.__ior__({first: ()})]
+    for edit in edits:
+        with pytest.raises(TypeError, match="read-only"):
+            edit()
+    assert dict(forbidden) == before and isinstance(forbidden, dict)
