@@ -47,23 +47,36 @@ __all__ = [
     "check_top_k_route",
 ]
 
-# What each exercise asks the learner to write: an answer that is or calls these is refused.
-_REFERENCE = (ref,)
-# Torch built-ins are forbidden per exercise, not chapter-wide: exercise 1 asks for GELU itself,
-# while exercises 2 and 3 may call F.gelu and F.silu. (A dict, so that course-scan's chapter-wide
-# rule, which reads module-level tuples of torch callables, does not flag F.gelu in exercise 2.)
-FORBIDDEN_BY_EXERCISE = {"ex1": (F.gelu, torch.nn.GELU.forward)}
+
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
+# What each exercise asks the learner to write: an answer that is or calls these is refused. Torch
+# built-ins are forbidden per exercise, not chapter-wide: exercise 1 asks for GELU itself, while
+# exercises 2 and 3 may call F.gelu and F.silu. Exercise 5's answer is handed layers built from
+# helpers.ffn (the probes themselves call helpers.ffn: that is allowed) and may not call
+# token_influence; exercise 7 may call helpers.ffn.top_k_route, not moe_forward or MoEFFN.
+# Exercises 4 and 8 ask for numbers.
+FORBIDDEN = {
+    "ex1": (ref, F.gelu, torch.nn.GELU.forward),
+    "ex2": (ref,),
+    "ex3": (ref,),
+    "ex4": (),
+    "ex5": (ref.token_influence,),
+    "ex6": (ref,),
+    "ex7": (ref.moe_forward, ref.MoEFFN.forward),
+    "ex8": (),
+}
 # Reference functions an exercise may import (exercise 7 builds on helpers.ffn.top_k_route).
 ALLOWED_REFERENCE_BY_EXERCISE = {"ex7": ("top_k_route",)}
-_MOE_REFERENCE = (ref.moe_forward, ref.MoEFFN.forward)  # helpers.ffn.top_k_route stays allowed
-_INFLUENCE_REFERENCE = (ref.token_influence,)  # the probes themselves call helpers.ffn: that is allowed
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared: the GELU and SiLU forms and the FFN weights several exercises' mistakes and inputs use
+# ---------------------------------------------------------------------------------------------
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-# ---------------------------------------------------------------------------------------------
-# Mistaken implementations (each one is a complete, runnable wrong answer)
-# ---------------------------------------------------------------------------------------------
 
 
 def _gelu_erf(x: torch.Tensor, inner_scale: float = 1 / math.sqrt(2.0), half: float = 0.5) -> torch.Tensor:
@@ -72,6 +85,21 @@ def _gelu_erf(x: torch.Tensor, inner_scale: float = 1 / math.sqrt(2.0), half: fl
 
 def _gelu_tanh(x: torch.Tensor, cubic: float = 0.044715) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(SQRT_2_OVER_PI * (x + cubic * x.pow(3))))
+
+
+def _silu(h: torch.Tensor) -> torch.Tensor:
+    return h * torch.sigmoid(h)
+
+
+def _ffn_weights(gen: torch.Generator, d_model: int, d_ff: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """w1 (d_ff, d_model), b1 (d_ff,), w2 (d_model, d_ff), b2 (d_model,), scaled like nn.Linear's init x 2."""
+    return (_randn(gen, d_ff, d_model, dtype=dtype, scale=2 / math.sqrt(d_model)), _randn(gen, d_ff, dtype=dtype),
+            _randn(gen, d_model, d_ff, dtype=dtype, scale=2 / math.sqrt(d_ff)), _randn(gen, d_model, dtype=dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 1: GELU, both forms
+# ---------------------------------------------------------------------------------------------
 
 
 def _gelu_variant(style: str) -> Callable[..., torch.Tensor]:
@@ -116,6 +144,43 @@ GELU_MISTAKES = (
 )
 
 
+def _phi(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+_GELU_FORM = "GELU is x Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))"
+GELU_PROBES = _probe_kit.probes({
+    "silu": (f"this is SiLU, x * sigmoid(x); {_GELU_FORM}", lambda x, approximate="none": _silu(x)),
+    "phi_only": (f"this is Phi(x), the normal CDF, alone; multiply it by x: {_GELU_FORM}",
+                 lambda x, approximate="none": _phi(x)),
+    "erf_of_half": (f"the argument of erf is x / 2; it is x / sqrt(2): {_GELU_FORM}",
+                    lambda x, approximate="none": _gelu_erf(x, inner_scale=0.5)),
+})
+
+
+def check_gelu(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+               B: int = 2, T: int = 5, d: int = 7) -> None:
+    """gelu(x, approximate="none") -> same shape: both forms, and the default."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"B": B, "T": T, "d": d}
+
+    def x() -> torch.Tensor:
+        return _randn(gen, B, T, d, dtype=dtype, scale=3.0)
+
+    cases = [
+        Case((x(), "none"), sizes, ("x", "approximate"), "approximate='none'"),
+        Case((x(), "tanh"), sizes, ("x", "approximate"), "approximate='tanh'"),
+        Case((x(),), sizes, ("x",), "approximate left at its default, 'none'"),
+    ]
+    check_function(fn, name="gelu", probes=GELU_PROBES, reference=ref.gelu, cases=cases, mistakes=GELU_MISTAKES,
+                   forbidden=FORBIDDEN["ex1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 2: the feed-forward network
+# ---------------------------------------------------------------------------------------------
+
+
 def _ffn_variant(style: str) -> Callable[..., torch.Tensor]:
     def wrong(x, w1, b1, w2, b2):
         act = {"tanh": lambda h: _gelu_tanh(h), "relu": lambda h: h.clamp(min=0)}.get(style, _gelu_erf)
@@ -151,6 +216,47 @@ FFN_MISTAKES = (
             _ffn_variant("tanh")),
     Mistake("relu", "this uses ReLU; the exercise asks for GELU (the exact form)", _ffn_variant("relu")),
 )
+
+
+def _ffn_probe(*, act: Callable[[torch.Tensor], torch.Tensor] = _gelu_erf, b1: bool = True, b2: bool = True):
+    def wrong(x, w1, bias1, w2, bias2):
+        h = x @ w1.T + bias1 if b1 else x @ w1.T  # (..., d_ff)
+        out = act(h) @ w2.T  # (..., d_model)
+        return out + bias2 if b2 else out
+    return wrong
+
+
+FFN_PROBES = _probe_kit.probes({
+    "no_b1": ("b1 is missing: the hidden units are gelu(x W1ᵀ + b1)", _ffn_probe(b1=False)),
+    "no_b2": ("b2 is missing: add it after the second projection, gelu(x W1ᵀ + b1) W2ᵀ + b2", _ffn_probe(b2=False)),
+    "silu": ("the activation is SiLU, x * sigmoid(x); the exercise asks for GELU (the exact form)",
+             _ffn_probe(act=_silu)),
+    "sigmoid": ("the activation is sigmoid; the exercise asks for GELU, x Phi(x) (the exact form)",
+                _ffn_probe(act=torch.sigmoid)),
+})
+
+
+def check_feed_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                       B: int = 2, T: int = 5, d_model: int = 6, d_ff: int = 11) -> None:
+    """feed_forward(x, w1, b1, w2, b2) = W2 gelu(W1 x + b1) + b2 on the last axis (exact GELU)."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes3 = {"B": B, "T": T, "d_model": d_model, "d_ff": d_ff}
+    names = ("x", "w1", "b1", "w2", "b2")
+    x_strided = _randn(gen, T, B, d_model, dtype=dtype).transpose(0, 1)  # (B, T, d_model), not contiguous
+    cases = [
+        Case((_randn(gen, B, T, d_model, dtype=dtype), *_ffn_weights(gen, d_model, d_ff, dtype)), sizes3, names),
+        Case((_randn(gen, T, d_model, dtype=dtype), *_ffn_weights(gen, d_model, d_ff, dtype)),
+             {"T": T, "d_model": d_model, "d_ff": d_ff}, names, "2-D input (T, d_model)"),
+        Case((x_strided, *_ffn_weights(gen, d_model, d_ff, dtype)), sizes3, names, "a non-contiguous x"),
+    ]
+    check_function(fn, name="feed_forward", probes=FFN_PROBES, reference=ref.feed_forward, cases=cases,
+                   mistakes=FFN_MISTAKES, forbidden=FORBIDDEN["ex2"],
+                   prerequisites=MappingProxyType({"gelu": (check_gelu, "exercise 1")}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 3: SwiGLU
+# ---------------------------------------------------------------------------------------------
 
 
 def _swiglu_variant(style: str) -> Callable[..., torch.Tensor]:
@@ -195,209 +301,10 @@ SWIGLU_MISTAKES = (
 )
 
 
-def _route_variant(style: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    def wrong(router_logits, k):
-        if style == "smallest":
-            values, idx = router_logits.topk(k, dim=-1, largest=False)
-            return torch.softmax(values, dim=-1), idx
-        values, idx = router_logits.topk(k, dim=-1)
-        probs = torch.softmax(router_logits, dim=-1)
-        if style == "softmax_all":
-            return probs, idx
-        if style == "not_renormalized":
-            return probs.gather(-1, idx), idx
-        if style == "no_softmax":
-            return values, idx
-        if style == "token_axis":
-            return torch.softmax(values, dim=-2), idx
-        raise ValueError(style)
-    return wrong
-
-
-ROUTE_MISTAKES = (
-    Mistake("softmax_all_experts",
-            "the weights are a softmax over all n_experts, shape (..., n_experts); return only the k "
-            "chosen experts' weights, shape (..., k), from a softmax over their k logits",
-            _route_variant("softmax_all")),
-    Mistake("not_renormalized",
-            "the weights are the all-expert softmax probabilities of the chosen k, so they sum to less "
-            "than 1; take the softmax over the k chosen logits (equivalently, divide the k probabilities "
-            "by their sum)",
-            _route_variant("not_renormalized")),
-    Mistake("no_softmax", "the weights are the raw logits of the chosen experts; take a softmax over those k logits",
-            _route_variant("no_softmax")),
-    Mistake("smallest_logits",
-            "these are the k experts with the smallest logits; route each token to its k largest "
-            "(torch.topk's default, largest=True)",
-            _route_variant("smallest")),
-    Mistake("softmax_token_axis",
-            "the softmax runs over the token axis (dim=-2); each token's k weights must sum to 1, so take "
-            "it over the last axis",
-            _route_variant("token_axis")),
-)
-
-
-def _moe_variant(style: str) -> Callable[..., torch.Tensor]:
-    def wrong(x, router_weight, experts, k):
-        logits = x @ router_weight.T  # (..., n_experts)
-        values, idx = logits.topk(k, dim=-1)  # (..., k)
-        weights = {"not_renormalized": lambda: torch.softmax(logits, -1).gather(-1, idx),
-                   "unweighted": lambda: torch.ones_like(values),
-                   "mean": lambda: torch.full_like(values, 1.0 / k),
-                   "misaligned": lambda: torch.softmax(values, -1).flip(-1)}.get(style, lambda: torch.softmax(values, -1))()
-        flat = x.reshape(-1, x.shape[-1])  # (N, d_model)
-        outs = torch.stack([expert(flat) for expert in experts], dim=1)  # (N, n_experts, d_model)
-        if style == "dense_softmax":
-            gate = torch.softmax(logits, -1).reshape(-1, len(experts))  # (N, n_experts)
-        else:
-            gate = torch.zeros(flat.shape[0], len(experts), dtype=x.dtype).scatter(
-                -1, idx.reshape(-1, k), weights.reshape(-1, k))  # (N, n_experts)
-        return (gate[:, :, None] * outs).sum(1).reshape(x.shape)
-    return wrong
-
-
-MOE_MISTAKES = (
-    Mistake("not_renormalized",
-            "the chosen experts are weighted by their all-expert softmax probabilities, which sum to less "
-            "than 1; weight them by a softmax over the k chosen logits",
-            _moe_variant("not_renormalized")),
-    Mistake("unweighted_sum",
-            "the chosen experts' outputs are added without the router weights; multiply each by its weight",
-            _moe_variant("unweighted")),
-    Mistake("mean_of_chosen",
-            "the chosen experts are averaged with equal weights 1/k; weight each by the softmax of its router logit",
-            _moe_variant("mean")),
-    Mistake("dense_softmax",
-            "every expert contributes, weighted by the softmax over all experts (a dense mixture); only the "
-            "top-k experts of each token may contribute",
-            _moe_variant("dense_softmax")),
-    Mistake("weights_misaligned",
-            "each weight is paired with the wrong expert: keep the weights in the same order as the expert "
-            "indices (the largest weight goes with the largest logit)",
-            _moe_variant("misaligned")),
-)
-
-
-# The token-independence test: wrong answers of the form is_token_independent(fn, x) -> bool.
-
-
-def _changes(fn: Callable, x: torch.Tensor, j: int, others: Sequence[int], atol: float = 1e-6) -> bool:
-    moved = x.clone()
-    moved[:, j] += 1.0
-    return not torch.allclose(fn(moved)[:, list(others)], fn(x)[:, list(others)], rtol=0, atol=atol)
-
-
-def _indep_variant(style: str) -> Callable[[Callable, torch.Tensor], bool]:
-    def wrong(fn, x):
-        T = x.shape[1]
-        if style == "always_true":
-            return True
-        if style == "own_position":
-            return not any(_changes(fn, x, j, range(T)) for j in range(T))
-        if style == "last_only":
-            return not _changes(fn, x, T - 1, range(T - 1))
-        if style == "next_only":
-            return not _changes(fn, x, 0, [1])
-        if style == "loose":
-            return not any(_changes(fn, x, j, [i for i in range(T) if i != j], atol=0.1) for j in range(T))
-        if style == "permutation":
-            perm = torch.arange(T - 1, -1, -1)
-            return torch.allclose(fn(x[:, perm]), fn(x)[:, perm], atol=1e-6)
-        raise ValueError(style)
-    return wrong
-
-
-INDEPENDENCE_MISTAKES = (
-    Mistake("always_true",
-            "returns True for self-attention, which mixes tokens; perturb one token and check whether the "
-            "outputs at the other positions change",
-            _indep_variant("always_true")),
-    Mistake("own_position_compared",
-            "returns False for a position-wise FFN: the perturbed token's own output is expected to change, "
-            "so compare only the outputs at the other positions",
-            _indep_variant("own_position")),
-    Mistake("last_token_only",
-            "perturbs only the last token, which a causal layer never lets earlier positions read; perturb "
-            "every position j and compare the outputs at all positions other than j",
-            _indep_variant("last_only")),
-    Mistake("one_neighbour_only",
-            "looks at only one other position; a layer can mix far-apart tokens (the trap here lets only the "
-            "last position read the first token), so compare the outputs at every other position",
-            _indep_variant("next_only")),
-    Mistake("permutation_equivariance",
-            "tests permutation equivariance, but attention without positions and a layer that adds the mean "
-            "over tokens are permutation-equivariant and still mix tokens; perturb one token instead",
-            _indep_variant("permutation")),
-    Mistake("tolerance_too_loose",
-            "the tolerance is so loose that a layer adding 5% of the previous token passes as independent; "
-            "compare with torch.allclose's default tolerances (or torch.equal)",
-            _indep_variant("loose")),
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
-# ---------------------------------------------------------------------------------------------
-
-
-def _silu(h: torch.Tensor) -> torch.Tensor:
-    return h * torch.sigmoid(h)
-
-
-def _phi(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-
-def _ffn_probe(*, act: Callable[[torch.Tensor], torch.Tensor] = _gelu_erf, b1: bool = True, b2: bool = True):
-    def wrong(x, w1, bias1, w2, bias2):
-        h = x @ w1.T + bias1 if b1 else x @ w1.T  # (..., d_ff)
-        out = act(h) @ w2.T  # (..., d_model)
-        return out + bias2 if b2 else out
-    return wrong
-
-
 def _swiglu_probe(hidden: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
     return lambda x, w_gate, w_up, w_down: hidden(x @ w_gate.T, x @ w_up.T) @ w_down.T
 
 
-def _route_probe(order: str):
-    def wrong(router_logits, k):
-        values, idx = router_logits.topk(k, dim=-1)
-        weights = torch.softmax(values, dim=-1)
-        if order == "weights_reversed":
-            return weights.flip(-1), idx
-        by_index = idx.argsort(dim=-1)  # the same pairs, listed by expert index
-        return weights.gather(-1, by_index), idx.gather(-1, by_index)
-    return wrong
-
-
-def _moe_probe(weigh: Callable[[torch.Tensor], torch.Tensor]):
-    def wrong(x, router_weight, experts, k):
-        values, idx = (x @ router_weight.T).topk(k, dim=-1)  # (..., k)
-        flat = x.reshape(-1, x.shape[-1])  # (N, d_model)
-        outs = torch.stack([expert(flat) for expert in experts], dim=1)  # (N, n_experts, d_model)
-        gate = torch.zeros(flat.shape[0], len(experts), dtype=x.dtype).scatter(
-            -1, idx.reshape(-1, k), weigh(values).reshape(-1, k))  # (N, n_experts)
-        return (gate[:, :, None] * outs).sum(1).reshape(x.shape)
-    return wrong
-
-
-_GELU_FORM = "GELU is x Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))"
-GELU_PROBES = _probe_kit.probes({
-    "silu": (f"this is SiLU, x * sigmoid(x); {_GELU_FORM}", lambda x, approximate="none": _silu(x)),
-    "phi_only": (f"this is Phi(x), the normal CDF, alone; multiply it by x: {_GELU_FORM}",
-                 lambda x, approximate="none": _phi(x)),
-    "erf_of_half": (f"the argument of erf is x / 2; it is x / sqrt(2): {_GELU_FORM}",
-                    lambda x, approximate="none": _gelu_erf(x, inner_scale=0.5)),
-})
-FFN_PROBES = _probe_kit.probes({
-    "no_b1": ("b1 is missing: the hidden units are gelu(x W1ᵀ + b1)", _ffn_probe(b1=False)),
-    "no_b2": ("b2 is missing: add it after the second projection, gelu(x W1ᵀ + b1) W2ᵀ + b2", _ffn_probe(b2=False)),
-    "silu": ("the activation is SiLU, x * sigmoid(x); the exercise asks for GELU (the exact form)",
-             _ffn_probe(act=_silu)),
-    "sigmoid": ("the activation is sigmoid; the exercise asks for GELU, x Phi(x) (the exact form)",
-                _ffn_probe(act=torch.sigmoid)),
-})
 SWIGLU_PROBES = _probe_kit.probes({
     "relu_gate": ("the gate uses ReLU (that is ReGLU); SwiGLU uses SiLU, x * sigmoid(x)",
                   _swiglu_probe(lambda g, u: g.clamp(min=0) * u)),
@@ -406,83 +313,6 @@ SWIGLU_PROBES = _probe_kit.probes({
     "silu_on_both": ("SiLU is applied to both projections; only the gate gets it: silu(x W_gateᵀ) * (x W_upᵀ)",
                      _swiglu_probe(lambda g, u: _silu(g) * _silu(u))),
 })
-ROUTE_PROBES = _probe_kit.probes({
-    "by_expert_index": ("the chosen experts are listed by expert index; list them as torch.topk does, largest "
-                        "logit first, with weights[..., j] belonging to indices[..., j]", _route_probe("by_index")),
-    "weights_reversed": ("the weights are in the opposite order to the indices: weights[..., j] must be the "
-                         "weight of expert indices[..., j]", _route_probe("weights_reversed")),
-})
-MOE_PROBES = _probe_kit.probes({
-    "raw_logit_weights": ("the chosen experts are weighted by their raw router logits; weight them by a softmax "
-                          "over the k chosen logits", _moe_probe(lambda v: v)),
-    "sigmoid_weights": ("the chosen experts are weighted by the sigmoid of their logits; this exercise weights "
-                        "them by a softmax over the k chosen logits", _moe_probe(torch.sigmoid)),
-})
-PROBES = {"gelu": GELU_PROBES, "feed_forward": FFN_PROBES, "swiglu_ffn": SWIGLU_PROBES, "top_k_route": ROUTE_PROBES,
-          "moe_forward": MOE_PROBES}
-
-
-MISTAKES = {
-    "gelu": GELU_MISTAKES,
-    "feed_forward": FFN_MISTAKES,
-    "swiglu_ffn": SWIGLU_MISTAKES,
-    "token_independence": INDEPENDENCE_MISTAKES,
-    "top_k_route": ROUTE_MISTAKES,
-    "moe_forward": MOE_MISTAKES,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
-
-
-def _ffn_weights(gen: torch.Generator, d_model: int, d_ff: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """w1 (d_ff, d_model), b1 (d_ff,), w2 (d_model, d_ff), b2 (d_model,), scaled like nn.Linear's init x 2."""
-    return (_randn(gen, d_ff, d_model, dtype=dtype, scale=2 / math.sqrt(d_model)), _randn(gen, d_ff, dtype=dtype),
-            _randn(gen, d_model, d_ff, dtype=dtype, scale=2 / math.sqrt(d_ff)), _randn(gen, d_model, dtype=dtype))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks: functions
-# ---------------------------------------------------------------------------------------------
-
-
-def check_gelu(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-               B: int = 2, T: int = 5, d: int = 7) -> None:
-    """gelu(x, approximate="none") -> same shape: both forms, and the default."""
-    gen = torch.Generator().manual_seed(seed)
-    sizes = {"B": B, "T": T, "d": d}
-
-    def x() -> torch.Tensor:
-        return _randn(gen, B, T, d, dtype=dtype, scale=3.0)
-
-    cases = [
-        Case((x(), "none"), sizes, ("x", "approximate"), "approximate='none'"),
-        Case((x(), "tanh"), sizes, ("x", "approximate"), "approximate='tanh'"),
-        Case((x(),), sizes, ("x",), "approximate left at its default, 'none'"),
-    ]
-    check_function(fn, name="gelu", probes=GELU_PROBES, reference=ref.gelu, cases=cases, mistakes=GELU_MISTAKES,
-                   forbidden=_REFERENCE + FORBIDDEN_BY_EXERCISE["ex1"])
-
-
-def check_feed_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                       B: int = 2, T: int = 5, d_model: int = 6, d_ff: int = 11) -> None:
-    """feed_forward(x, w1, b1, w2, b2) = W2 gelu(W1 x + b1) + b2 on the last axis (exact GELU)."""
-    gen = torch.Generator().manual_seed(seed)
-    sizes3 = {"B": B, "T": T, "d_model": d_model, "d_ff": d_ff}
-    names = ("x", "w1", "b1", "w2", "b2")
-    x_strided = _randn(gen, T, B, d_model, dtype=dtype).transpose(0, 1)  # (B, T, d_model), not contiguous
-    cases = [
-        Case((_randn(gen, B, T, d_model, dtype=dtype), *_ffn_weights(gen, d_model, d_ff, dtype)), sizes3, names),
-        Case((_randn(gen, T, d_model, dtype=dtype), *_ffn_weights(gen, d_model, d_ff, dtype)),
-             {"T": T, "d_model": d_model, "d_ff": d_ff}, names, "2-D input (T, d_model)"),
-        Case((x_strided, *_ffn_weights(gen, d_model, d_ff, dtype)), sizes3, names, "a non-contiguous x"),
-    ]
-    check_function(fn, name="feed_forward", probes=FFN_PROBES, reference=ref.feed_forward, cases=cases,
-                   mistakes=FFN_MISTAKES, forbidden=_REFERENCE,
-                   prerequisites=MappingProxyType({"gelu": (check_gelu, "exercise 1")}))
 
 
 def check_swiglu_ffn(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -502,160 +332,11 @@ def check_swiglu_ffn(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
              "2-D input (T, d_model)"),
     ]
     check_function(fn, name="swiglu_ffn", probes=SWIGLU_PROBES, reference=ref.swiglu_ffn, cases=cases, mistakes=SWIGLU_MISTAKES,
-                   forbidden=_REFERENCE)
-
-
-def check_top_k_route(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                      B: int = 2, T: int = 5, n_experts: int = 7, k: int = 3) -> None:
-    """top_k_route(router_logits, k) -> (weights (..., k), expert_indices (..., k)), softmax over the chosen k."""
-    gen = torch.Generator().manual_seed(seed)
-    names = ("router_logits", "k")
-    cases = [
-        Case((_randn(gen, T, n_experts, dtype=dtype, scale=2.0), k), {"T": T, "n_experts": n_experts, "k": k}, names),
-        Case((_randn(gen, B, T, n_experts, dtype=dtype, scale=2.0), k), {"B": B, "T": T, "n_experts": n_experts, "k": k},
-             names, "3-D logits (B, T, n_experts)"),
-        Case((_randn(gen, T, n_experts, dtype=dtype, scale=2.0), 1), {"T": T, "n_experts": n_experts}, names, "k=1"),
-    ]
-    check_function(fn, name="top_k_route", probes=ROUTE_PROBES, reference=ref.top_k_route, cases=cases,
-                   outputs=("weights", "expert_indices"), mistakes=ROUTE_MISTAKES, forbidden=_REFERENCE)
-
-
-def _experts(gen: torch.Generator, n_experts: int, d_model: int, d_ff: int, dtype: torch.dtype,
-             gated: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-    """Expert FFNs as functions (N, d_model) -> (N, d_model): partials of the course's reference FFNs."""
-    experts = []
-    for _ in range(n_experts):
-        if gated:
-            w = [_randn(gen, d_ff, d_model, dtype=dtype, scale=2 / math.sqrt(d_model)) for _ in range(2)]
-            w_down = _randn(gen, d_model, d_ff, dtype=dtype, scale=2 / math.sqrt(d_ff))
-            experts.append(functools.partial(ref.swiglu_ffn, w_gate=w[0], w_up=w[1], w_down=w_down))
-        else:
-            w1, b1, w2, b2 = _ffn_weights(gen, d_model, d_ff, dtype)
-            experts.append(functools.partial(ref.feed_forward, w1=w1, b1=b1, w2=w2, b2=b2))
-    return experts
-
-
-def check_moe_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, T: int = 5,
-                      d_model: int = 6, d_ff: int = 9, n_experts: int = 4, k: int = 2) -> None:
-    """moe_forward(x, router_weight, experts, k) -> (..., d_model): top-k experts, softmax-weighted."""
-    gen = torch.Generator().manual_seed(seed)
-    names = ("x", "router_weight", "experts", "k")
-    other_k = 1 if k != 1 else min(2, n_experts)
-    cases = [
-        Case((_randn(gen, B, T, d_model, dtype=dtype), _randn(gen, n_experts, d_model, dtype=dtype),
-              _experts(gen, n_experts, d_model, d_ff, dtype, gated=False), k),
-             {"B": B, "T": T, "d_model": d_model, "n_experts": n_experts}, names, f"GELU experts, k={k}"),
-        Case((_randn(gen, T, d_model, dtype=dtype), _randn(gen, n_experts, d_model, dtype=dtype),
-              _experts(gen, n_experts, d_model, d_ff, dtype, gated=True), other_k),
-             {"T": T, "d_model": d_model, "n_experts": n_experts}, names, f"2-D input, SwiGLU experts, k={other_k}"),
-    ]
-    check_function(fn, name="moe_forward", probes=MOE_PROBES, reference=ref.moe_forward, cases=cases,
-                   mistakes=MOE_MISTAKES, forbidden=_MOE_REFERENCE,
-                   prerequisites=MappingProxyType({"top_k_route": (check_top_k_route, "exercise 6")}))
+                   forbidden=FORBIDDEN["ex3"])
 
 
 # ---------------------------------------------------------------------------------------------
-# Check: the learner's token-independence test
-# ---------------------------------------------------------------------------------------------
-
-
-def _given_to_answer(fn: Callable) -> Callable:
-    """The same function, with its code marked as not the checks' own.
-
-    The learner's answer is meant to call these layers; the checks refuse answers that call the
-    checks' code, so the layers are rebuilt with a code object whose file is not in helpers/checks.
-    They call only torch and the course's reference functions, which an answer may use here.
-    """
-    code = fn.__code__.replace(co_filename=f"<layer given to your answer: {fn.__name__}>")
-    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-
-
-def _probes(gen: torch.Generator, d_model: int, dtype: torch.dtype) -> list[tuple[str, Callable, bool]]:
-    """(description, layer (B, T, d_model) -> (B, T, d_model), is it token-independent?)."""
-    w1, b1, w2, b2 = _ffn_weights(gen, d_model, 2 * d_model + 1, dtype)
-    w_gate, w_up = (_randn(gen, 2 * d_model + 1, d_model, dtype=dtype) for _ in range(2))
-    w_down = _randn(gen, d_model, 2 * d_model + 1, dtype=dtype)
-    w_q, w_k, w_v = (_randn(gen, d_model, d_model, dtype=dtype) for _ in range(3))
-
-    def ffn(x):
-        return ref.feed_forward(x, w1, b1, w2, b2)
-
-    def swiglu(x):
-        return ref.swiglu_ffn(x, w_gate, w_up, w_down)
-
-    def layer_norm(x):
-        return F.layer_norm(x, (x.shape[-1],))
-
-    def attention(x):
-        return attention_ref.scaled_dot_product_attention(x @ w_q.T, x @ w_k.T, x @ w_v.T)[0]
-
-    def causal_attention(x):
-        mask = attention_ref.causal_mask(x.shape[1])
-        return attention_ref.scaled_dot_product_attention(x @ w_q.T, x @ w_k.T, x @ w_v.T, mask)[0]
-
-    def last_reads_first(x):
-        out = ref.feed_forward(x, w1, b1, w2, b2)
-        return torch.cat([out[:, :-1], out[:, -1:] + 0.5 * x[:, :1]], dim=1)
-
-    def plus_token_mean(x):
-        return ref.feed_forward(x, w1, b1, w2, b2) + x.mean(dim=1, keepdim=True)
-
-    def leaks_previous_token(x):
-        return ref.feed_forward(x, w1, b1, w2, b2) + 0.05 * torch.roll(x, 1, dims=1)
-
-    return [
-        ("a position-wise FFN (GELU)", _given_to_answer(ffn), True),
-        ("a SwiGLU FFN", _given_to_answer(swiglu), True),
-        ("LayerNorm over d_model (it mixes features within a token, never tokens)", _given_to_answer(layer_norm), True),
-        ("self-attention", _given_to_answer(attention), False),
-        ("causal self-attention", _given_to_answer(causal_attention), False),
-        ("an FFN whose last output also reads the first token", _given_to_answer(last_reads_first), False),
-        ("an FFN plus the mean over tokens", _given_to_answer(plus_token_mean), False),
-        ("an FFN plus 5% of the previous token", _given_to_answer(leaks_previous_token), False),
-    ]
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype == torch.bool:
-        return bool(value.item())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise CheckFailed(f"{name} should return True or False; it returned {type(value).__name__} {value!r}")
-
-
-def check_token_independence_test(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                                  B: int = 2, T: int = 5, d_model: int = 6) -> None:
-    """is_token_independent(fn, x) -> bool: True exactly for layers whose output i ignores tokens j != i."""
-    name = "is_token_independent"
-    gen = torch.Generator().manual_seed(seed)
-    x = _randn(gen, B, T, d_model, dtype=dtype)  # (B, T, d_model)
-    probes = _probes(gen, d_model, dtype)
-    sizes = {"B": B, "T": T, "d_model": d_model}
-    verify_environment()
-    answers = []
-    for description, layer, _ in probes:
-        case = Case((layer, x), sizes, ("fn", "x"), description)
-        answers.append(_as_bool(call_learner(fn, name, case, _INFLUENCE_REFERENCE), name))
-    expected = [independent for _, _, independent in probes]
-    if answers == expected:
-        verify_environment()
-        print(f"✓ {name}: right on all {len(probes)} layers (3 token-independent, {len(probes) - 3} token-mixing)")
-        return
-    for mistake in INDEPENDENCE_MISTAKES:
-        if [mistake.impl(layer, x.clone()) for _, layer, _ in probes] == answers:
-            raise CheckFailed(f"{name}: {mistake.message}")
-    wrong = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
-    description = probes[wrong][0]
-    if expected[wrong]:
-        why = "its output at position i depends on token i only, so only the perturbed token's own output may change"
-    else:
-        why = "perturbing some token changes the output at another position; try every position"
-    raise CheckFailed(f"{name} returned {answers[wrong]} for {description}; expected {expected[wrong]}: {why} "
-                      f"[inputs: x {tuple(x.shape)} = (B, T, d_model) {str(dtype).replace('torch.', '')}]")
-
-
-# ---------------------------------------------------------------------------------------------
-# Numeric answers
+# Exercise 4: count MLP parameters and compare them with attention
 # ---------------------------------------------------------------------------------------------
 
 GPT2 = {"d_model": 768, "d_ff": 3072}
@@ -734,6 +415,346 @@ def check_param_counts(**answers: Any) -> None:
                   integers=("gpt2_mlp", "gpt2_attention", "llama_mlp", "llama_attention", "swiglu_d_ff"))
 
 
+# ---------------------------------------------------------------------------------------------
+# Exercise 5: a test for token independence
+# ---------------------------------------------------------------------------------------------
+
+# The token-independence test: wrong answers of the form is_token_independent(fn, x) -> bool.
+
+
+def _changes(fn: Callable, x: torch.Tensor, j: int, others: Sequence[int], atol: float = 1e-6) -> bool:
+    moved = x.clone()
+    moved[:, j] += 1.0
+    return not torch.allclose(fn(moved)[:, list(others)], fn(x)[:, list(others)], rtol=0, atol=atol)
+
+
+def _indep_variant(style: str) -> Callable[[Callable, torch.Tensor], bool]:
+    def wrong(fn, x):
+        T = x.shape[1]
+        if style == "always_true":
+            return True
+        if style == "own_position":
+            return not any(_changes(fn, x, j, range(T)) for j in range(T))
+        if style == "last_only":
+            return not _changes(fn, x, T - 1, range(T - 1))
+        if style == "next_only":
+            return not _changes(fn, x, 0, [1])
+        if style == "loose":
+            return not any(_changes(fn, x, j, [i for i in range(T) if i != j], atol=0.1) for j in range(T))
+        if style == "permutation":
+            perm = torch.arange(T - 1, -1, -1)
+            return torch.allclose(fn(x[:, perm]), fn(x)[:, perm], atol=1e-6)
+        raise ValueError(style)
+    return wrong
+
+
+INDEPENDENCE_MISTAKES = (
+    Mistake("always_true",
+            "returns True for self-attention, which mixes tokens; perturb one token and check whether the "
+            "outputs at the other positions change",
+            _indep_variant("always_true")),
+    Mistake("own_position_compared",
+            "returns False for a position-wise FFN: the perturbed token's own output is expected to change, "
+            "so compare only the outputs at the other positions",
+            _indep_variant("own_position")),
+    Mistake("last_token_only",
+            "perturbs only the last token, which a causal layer never lets earlier positions read; perturb "
+            "every position j and compare the outputs at all positions other than j",
+            _indep_variant("last_only")),
+    Mistake("one_neighbour_only",
+            "looks at only one other position; a layer can mix far-apart tokens (the trap here lets only the "
+            "last position read the first token), so compare the outputs at every other position",
+            _indep_variant("next_only")),
+    Mistake("permutation_equivariance",
+            "tests permutation equivariance, but attention without positions and a layer that adds the mean "
+            "over tokens are permutation-equivariant and still mix tokens; perturb one token instead",
+            _indep_variant("permutation")),
+    Mistake("tolerance_too_loose",
+            "the tolerance is so loose that a layer adding 5% of the previous token passes as independent; "
+            "compare with torch.allclose's default tolerances (or torch.equal)",
+            _indep_variant("loose")),
+)
+
+
+def _given_to_answer(fn: Callable) -> Callable:
+    """The same function, with its code marked as not the checks' own.
+
+    The learner's answer is meant to call these layers; the checks refuse answers that call the
+    checks' code, so the layers are rebuilt with a code object whose file is not in helpers/checks.
+    They call only torch and the course's reference functions, which an answer may use here.
+    """
+    code = fn.__code__.replace(co_filename=f"<layer given to your answer: {fn.__name__}>")
+    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _probes(gen: torch.Generator, d_model: int, dtype: torch.dtype) -> list[tuple[str, Callable, bool]]:
+    """(description, layer (B, T, d_model) -> (B, T, d_model), is it token-independent?)."""
+    w1, b1, w2, b2 = _ffn_weights(gen, d_model, 2 * d_model + 1, dtype)
+    w_gate, w_up = (_randn(gen, 2 * d_model + 1, d_model, dtype=dtype) for _ in range(2))
+    w_down = _randn(gen, d_model, 2 * d_model + 1, dtype=dtype)
+    w_q, w_k, w_v = (_randn(gen, d_model, d_model, dtype=dtype) for _ in range(3))
+
+    def ffn(x):
+        return ref.feed_forward(x, w1, b1, w2, b2)
+
+    def swiglu(x):
+        return ref.swiglu_ffn(x, w_gate, w_up, w_down)
+
+    def layer_norm(x):
+        return F.layer_norm(x, (x.shape[-1],))
+
+    def attention(x):
+        return attention_ref.scaled_dot_product_attention(x @ w_q.T, x @ w_k.T, x @ w_v.T)[0]
+
+    def causal_attention(x):
+        mask = attention_ref.causal_mask(x.shape[1])
+        return attention_ref.scaled_dot_product_attention(x @ w_q.T, x @ w_k.T, x @ w_v.T, mask)[0]
+
+    def last_reads_first(x):
+        out = ref.feed_forward(x, w1, b1, w2, b2)
+        return torch.cat([out[:, :-1], out[:, -1:] + 0.5 * x[:, :1]], dim=1)
+
+    def plus_token_mean(x):
+        return ref.feed_forward(x, w1, b1, w2, b2) + x.mean(dim=1, keepdim=True)
+
+    def leaks_previous_token(x):
+        return ref.feed_forward(x, w1, b1, w2, b2) + 0.05 * torch.roll(x, 1, dims=1)
+
+    return [
+        ("a position-wise FFN (GELU)", _given_to_answer(ffn), True),
+        ("a SwiGLU FFN", _given_to_answer(swiglu), True),
+        ("LayerNorm over d_model (it mixes features within a token, never tokens)", _given_to_answer(layer_norm), True),
+        ("self-attention", _given_to_answer(attention), False),
+        ("causal self-attention", _given_to_answer(causal_attention), False),
+        ("an FFN whose last output also reads the first token", _given_to_answer(last_reads_first), False),
+        ("an FFN plus the mean over tokens", _given_to_answer(plus_token_mean), False),
+        ("an FFN plus 5% of the previous token", _given_to_answer(leaks_previous_token), False),
+    ]
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype == torch.bool:
+        return bool(value.item())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise CheckFailed(f"{name} should return True or False; it returned {type(value).__name__} {value!r}")
+
+
+def check_token_independence_test(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                                  B: int = 2, T: int = 5, d_model: int = 6) -> None:
+    """is_token_independent(fn, x) -> bool: True exactly for layers whose output i ignores tokens j != i."""
+    name = "is_token_independent"
+    gen = torch.Generator().manual_seed(seed)
+    x = _randn(gen, B, T, d_model, dtype=dtype)  # (B, T, d_model)
+    probes = _probes(gen, d_model, dtype)
+    sizes = {"B": B, "T": T, "d_model": d_model}
+    verify_environment()
+    answers = []
+    for description, layer, _ in probes:
+        case = Case((layer, x), sizes, ("fn", "x"), description)
+        answers.append(_as_bool(call_learner(fn, name, case, FORBIDDEN["ex5"]), name))
+    expected = [independent for _, _, independent in probes]
+    if answers == expected:
+        verify_environment()
+        print(f"✓ {name}: right on all {len(probes)} layers (3 token-independent, {len(probes) - 3} token-mixing)")
+        return
+    for mistake in INDEPENDENCE_MISTAKES:
+        if [mistake.impl(layer, x.clone()) for _, layer, _ in probes] == answers:
+            raise CheckFailed(f"{name}: {mistake.message}")
+    wrong = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
+    description = probes[wrong][0]
+    if expected[wrong]:
+        why = "its output at position i depends on token i only, so only the perturbed token's own output may change"
+    else:
+        why = "perturbing some token changes the output at another position; try every position"
+    raise CheckFailed(f"{name} returned {answers[wrong]} for {description}; expected {expected[wrong]}: {why} "
+                      f"[inputs: x {tuple(x.shape)} = (B, T, d_model) {str(dtype).replace('torch.', '')}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 6: the top-k router
+# ---------------------------------------------------------------------------------------------
+
+
+def _route_variant(style: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    def wrong(router_logits, k):
+        if style == "smallest":
+            values, idx = router_logits.topk(k, dim=-1, largest=False)
+            return torch.softmax(values, dim=-1), idx
+        values, idx = router_logits.topk(k, dim=-1)
+        probs = torch.softmax(router_logits, dim=-1)
+        if style == "softmax_all":
+            return probs, idx
+        if style == "not_renormalized":
+            return probs.gather(-1, idx), idx
+        if style == "no_softmax":
+            return values, idx
+        if style == "token_axis":
+            return torch.softmax(values, dim=-2), idx
+        raise ValueError(style)
+    return wrong
+
+
+ROUTE_MISTAKES = (
+    Mistake("softmax_all_experts",
+            "the weights are a softmax over all n_experts, shape (..., n_experts); return only the k "
+            "chosen experts' weights, shape (..., k), from a softmax over their k logits",
+            _route_variant("softmax_all")),
+    Mistake("not_renormalized",
+            "the weights are the all-expert softmax probabilities of the chosen k, so they sum to less "
+            "than 1; take the softmax over the k chosen logits (equivalently, divide the k probabilities "
+            "by their sum)",
+            _route_variant("not_renormalized")),
+    Mistake("no_softmax", "the weights are the raw logits of the chosen experts; take a softmax over those k logits",
+            _route_variant("no_softmax")),
+    Mistake("smallest_logits",
+            "these are the k experts with the smallest logits; route each token to its k largest "
+            "(torch.topk's default, largest=True)",
+            _route_variant("smallest")),
+    Mistake("softmax_token_axis",
+            "the softmax runs over the token axis (dim=-2); each token's k weights must sum to 1, so take "
+            "it over the last axis",
+            _route_variant("token_axis")),
+)
+
+
+def _route_probe(order: str):
+    def wrong(router_logits, k):
+        values, idx = router_logits.topk(k, dim=-1)
+        weights = torch.softmax(values, dim=-1)
+        if order == "weights_reversed":
+            return weights.flip(-1), idx
+        by_index = idx.argsort(dim=-1)  # the same pairs, listed by expert index
+        return weights.gather(-1, by_index), idx.gather(-1, by_index)
+    return wrong
+
+
+ROUTE_PROBES = _probe_kit.probes({
+    "by_expert_index": ("the chosen experts are listed by expert index; list them as torch.topk does, largest "
+                        "logit first, with weights[..., j] belonging to indices[..., j]", _route_probe("by_index")),
+    "weights_reversed": ("the weights are in the opposite order to the indices: weights[..., j] must be the "
+                         "weight of expert indices[..., j]", _route_probe("weights_reversed")),
+})
+
+
+def check_top_k_route(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      B: int = 2, T: int = 5, n_experts: int = 7, k: int = 3) -> None:
+    """top_k_route(router_logits, k) -> (weights (..., k), expert_indices (..., k)), softmax over the chosen k."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("router_logits", "k")
+    cases = [
+        Case((_randn(gen, T, n_experts, dtype=dtype, scale=2.0), k), {"T": T, "n_experts": n_experts, "k": k}, names),
+        Case((_randn(gen, B, T, n_experts, dtype=dtype, scale=2.0), k), {"B": B, "T": T, "n_experts": n_experts, "k": k},
+             names, "3-D logits (B, T, n_experts)"),
+        Case((_randn(gen, T, n_experts, dtype=dtype, scale=2.0), 1), {"T": T, "n_experts": n_experts}, names, "k=1"),
+    ]
+    check_function(fn, name="top_k_route", probes=ROUTE_PROBES, reference=ref.top_k_route, cases=cases,
+                   outputs=("weights", "expert_indices"), mistakes=ROUTE_MISTAKES, forbidden=FORBIDDEN["ex6"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 7: the MoE forward pass
+# ---------------------------------------------------------------------------------------------
+
+
+def _moe_variant(style: str) -> Callable[..., torch.Tensor]:
+    def wrong(x, router_weight, experts, k):
+        logits = x @ router_weight.T  # (..., n_experts)
+        values, idx = logits.topk(k, dim=-1)  # (..., k)
+        weights = {"not_renormalized": lambda: torch.softmax(logits, -1).gather(-1, idx),
+                   "unweighted": lambda: torch.ones_like(values),
+                   "mean": lambda: torch.full_like(values, 1.0 / k),
+                   "misaligned": lambda: torch.softmax(values, -1).flip(-1)}.get(style, lambda: torch.softmax(values, -1))()
+        flat = x.reshape(-1, x.shape[-1])  # (N, d_model)
+        outs = torch.stack([expert(flat) for expert in experts], dim=1)  # (N, n_experts, d_model)
+        if style == "dense_softmax":
+            gate = torch.softmax(logits, -1).reshape(-1, len(experts))  # (N, n_experts)
+        else:
+            gate = torch.zeros(flat.shape[0], len(experts), dtype=x.dtype).scatter(
+                -1, idx.reshape(-1, k), weights.reshape(-1, k))  # (N, n_experts)
+        return (gate[:, :, None] * outs).sum(1).reshape(x.shape)
+    return wrong
+
+
+MOE_MISTAKES = (
+    Mistake("not_renormalized",
+            "the chosen experts are weighted by their all-expert softmax probabilities, which sum to less "
+            "than 1; weight them by a softmax over the k chosen logits",
+            _moe_variant("not_renormalized")),
+    Mistake("unweighted_sum",
+            "the chosen experts' outputs are added without the router weights; multiply each by its weight",
+            _moe_variant("unweighted")),
+    Mistake("mean_of_chosen",
+            "the chosen experts are averaged with equal weights 1/k; weight each by the softmax of its router logit",
+            _moe_variant("mean")),
+    Mistake("dense_softmax",
+            "every expert contributes, weighted by the softmax over all experts (a dense mixture); only the "
+            "top-k experts of each token may contribute",
+            _moe_variant("dense_softmax")),
+    Mistake("weights_misaligned",
+            "each weight is paired with the wrong expert: keep the weights in the same order as the expert "
+            "indices (the largest weight goes with the largest logit)",
+            _moe_variant("misaligned")),
+)
+
+
+def _moe_probe(weigh: Callable[[torch.Tensor], torch.Tensor]):
+    def wrong(x, router_weight, experts, k):
+        values, idx = (x @ router_weight.T).topk(k, dim=-1)  # (..., k)
+        flat = x.reshape(-1, x.shape[-1])  # (N, d_model)
+        outs = torch.stack([expert(flat) for expert in experts], dim=1)  # (N, n_experts, d_model)
+        gate = torch.zeros(flat.shape[0], len(experts), dtype=x.dtype).scatter(
+            -1, idx.reshape(-1, k), weigh(values).reshape(-1, k))  # (N, n_experts)
+        return (gate[:, :, None] * outs).sum(1).reshape(x.shape)
+    return wrong
+
+
+MOE_PROBES = _probe_kit.probes({
+    "raw_logit_weights": ("the chosen experts are weighted by their raw router logits; weight them by a softmax "
+                          "over the k chosen logits", _moe_probe(lambda v: v)),
+    "sigmoid_weights": ("the chosen experts are weighted by the sigmoid of their logits; this exercise weights "
+                        "them by a softmax over the k chosen logits", _moe_probe(torch.sigmoid)),
+})
+
+
+def _experts(gen: torch.Generator, n_experts: int, d_model: int, d_ff: int, dtype: torch.dtype,
+             gated: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """Expert FFNs as functions (N, d_model) -> (N, d_model): partials of the course's reference FFNs."""
+    experts = []
+    for _ in range(n_experts):
+        if gated:
+            w = [_randn(gen, d_ff, d_model, dtype=dtype, scale=2 / math.sqrt(d_model)) for _ in range(2)]
+            w_down = _randn(gen, d_model, d_ff, dtype=dtype, scale=2 / math.sqrt(d_ff))
+            experts.append(functools.partial(ref.swiglu_ffn, w_gate=w[0], w_up=w[1], w_down=w_down))
+        else:
+            w1, b1, w2, b2 = _ffn_weights(gen, d_model, d_ff, dtype)
+            experts.append(functools.partial(ref.feed_forward, w1=w1, b1=b1, w2=w2, b2=b2))
+    return experts
+
+
+def check_moe_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, T: int = 5,
+                      d_model: int = 6, d_ff: int = 9, n_experts: int = 4, k: int = 2) -> None:
+    """moe_forward(x, router_weight, experts, k) -> (..., d_model): top-k experts, softmax-weighted."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("x", "router_weight", "experts", "k")
+    other_k = 1 if k != 1 else min(2, n_experts)
+    cases = [
+        Case((_randn(gen, B, T, d_model, dtype=dtype), _randn(gen, n_experts, d_model, dtype=dtype),
+              _experts(gen, n_experts, d_model, d_ff, dtype, gated=False), k),
+             {"B": B, "T": T, "d_model": d_model, "n_experts": n_experts}, names, f"GELU experts, k={k}"),
+        Case((_randn(gen, T, d_model, dtype=dtype), _randn(gen, n_experts, d_model, dtype=dtype),
+              _experts(gen, n_experts, d_model, d_ff, dtype, gated=True), other_k),
+             {"T": T, "d_model": d_model, "n_experts": n_experts}, names, f"2-D input, SwiGLU experts, k={other_k}"),
+    ]
+    check_function(fn, name="moe_forward", probes=MOE_PROBES, reference=ref.moe_forward, cases=cases,
+                   mistakes=MOE_MISTAKES, forbidden=FORBIDDEN["ex7"],
+                   prerequisites=MappingProxyType({"top_k_route": (check_top_k_route, "exercise 6")}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 8: MoE numbers
+# ---------------------------------------------------------------------------------------------
+
 MIXTRAL = {"d_model": 4096, "d_ff": 14336, "n_experts": 8, "k": 2}  # Mixtral 8x7B, per layer
 _mixtral_expert = ref.ffn_param_count(MIXTRAL["d_model"], MIXTRAL["d_ff"], gated=True, bias=False)
 # The balance example: 8 tokens, 4 experts, top-1 counts (4, 2, 1, 1), mean router probabilities P.
@@ -804,6 +825,26 @@ def check_moe_numbers(**answers: Any) -> None:
                   mistakes=_MOE_MISTAKES, hints=_MOE_HINTS, name="check_moe_numbers",
                   integers=("mixtral_total_expert_params", "mixtral_active_expert_params", "capacity", "dropped",
                             "dropped_at_1_5"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
+
+# Each mistake is a complete, runnable wrong answer; each probe a variant no catalogue lists, named only
+# when a wrong answer clearly is one of them.
+PROBES = {"gelu": GELU_PROBES, "feed_forward": FFN_PROBES, "swiglu_ffn": SWIGLU_PROBES, "top_k_route": ROUTE_PROBES,
+          "moe_forward": MOE_PROBES}
+
+
+MISTAKES = {
+    "gelu": GELU_MISTAKES,
+    "feed_forward": FFN_MISTAKES,
+    "swiglu_ffn": SWIGLU_MISTAKES,
+    "token_independence": INDEPENDENCE_MISTAKES,
+    "top_k_route": ROUTE_MISTAKES,
+    "moe_forward": MOE_MISTAKES,
+}
 
 
 protect(ref, sys.modules[__name__])

@@ -51,16 +51,30 @@ __all__ = [
     "recheck_real_model_numbers",
 ]
 
-# The learner writes these themselves: an answer that is or calls one of them is refused.
-_REFERENCE = (ref,)
+
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
+# The learner writes these themselves: an answer that is or calls one of them is refused. Every
+# exercise that asks for a function refuses the reference module; exercises 3 and 4 also refuse
+# torch's multi-head attention, and exercise 4 F.scaled_dot_product_attention (its enable_gqa=True
+# does the grouping). Exercise 7 asks for numbers.
 _TORCH_MHA = (F.multi_head_attention_forward, torch.nn.MultiheadAttention.forward)
 _TORCH_SDPA = (F.scaled_dot_product_attention,)
-# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
-FORBIDDEN_BY_EXERCISE = {"ex3": _TORCH_MHA, "ex4": _TORCH_MHA + _TORCH_SDPA}
+FORBIDDEN = {
+    "ex1": (ref,),
+    "ex2": (ref,),
+    "ex3": (ref, *_TORCH_MHA),
+    "ex4": (ref, *_TORCH_MHA, *_TORCH_SDPA),
+    "ex5": (ref,),
+    "ex6": (ref,),
+    "ex7": (),
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# Building blocks of the mistaken implementations (each mistake is a complete, runnable answer)
+# Shared: splitting and merging heads, right or wrong (exercises 1 to 4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -85,6 +99,18 @@ def _merge(x: torch.Tensor, style: str = "right") -> torch.Tensor:
     if style == "interleaved":
         return x.permute(0, 2, 3, 1).reshape(B, T, H * d_head)  # WRONG: the inverse of the interleaved split
     raise ValueError(style)
+
+
+def _values_moved(got: Any, expected: torch.Tensor) -> bool:
+    """The symptom of a wrong split or merge: the right numbers, in the wrong places."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype:
+        return False
+    return torch.equal(got.detach().cpu().flatten().sort().values, expected.detach().cpu().flatten().sort().values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared: attention with heads, its mistakes, probes, inputs and diagnosis (exercises 3 and 4)
+# ---------------------------------------------------------------------------------------------
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -131,20 +157,6 @@ def _heads_attention(*, split: str = "right", merge: str | None = None, out_proj
 
     return gqa
 
-
-def _mha(**mistakes: str) -> Callable[..., Any]:
-    gqa = _heads_attention(**mistakes)
-
-    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-        return gqa(x, w_q, w_k, w_v, w_o, n_heads, n_heads, mask)
-
-    return mha
-
-
-# ---------------------------------------------------------------------------------------------
-# The catalogue
-# ---------------------------------------------------------------------------------------------
-
 _M = {
     "no_output_projection": (
         "the output projection is missing: after concatenating the heads, multiply by W_Oᵀ "
@@ -157,42 +169,6 @@ _M = {
         "width, sqrt(d_head) = sqrt(d_model / H)"),
     "mask_ignored": "the mask is ignored, so blocked keys still get weight",
 }
-
-SPLIT_MISTAKES = (
-    Mistake("no_transpose",
-            "x was reshaped straight to (B, H, T, d_head) without the transpose, so a 'head' holds pieces "
-            "of several tokens; view it as (B, T, H, d_head) first, then transpose(1, 2)",
-            lambda x, n_heads: _split(x, n_heads, "no_transpose")),
-    Mistake("wrong_axis",
-            "the heads are split along the wrong axis: head h gets every H-th feature (h, h + H, ...); "
-            "head h owns the block of features h*d_head .. (h+1)*d_head - 1, so view the last axis as "
-            "(H, d_head), not (d_head, H)",
-            lambda x, n_heads: _split(x, n_heads, "interleaved")),
-    Mistake("head_axis_not_moved",
-            "the feature axis is split but the head axis is not moved in front of the tokens: the result "
-            "is (B, T, H, d_head); transpose(1, 2) makes it (B, H, T, d_head)",
-            lambda x, n_heads: _split(x, n_heads).transpose(1, 2)),
-    Mistake("d_head_before_T",
-            "the last two axes are swapped, (B, H, d_head, T); swap only the token and head axes of "
-            "(B, T, H, d_head): transpose(1, 2)",
-            lambda x, n_heads: _split(x, n_heads).transpose(2, 3)),
-)
-
-MERGE_MISTAKES = (
-    Mistake("no_transpose",
-            "the heads were reshaped straight from (B, H, T, d_head) to (B, T, d_model) without moving "
-            "the head axis back, so each output row mixes several tokens; transpose(1, 2) to "
-            "(B, T, H, d_head) first, then reshape",
-            lambda x: _merge(x, "no_transpose")),
-    Mistake("wrong_axis",
-            "the heads' features are interleaved (feature c of head h lands at c*H + h); concatenate them "
-            "instead: head h fills features h*d_head .. (h+1)*d_head - 1",
-            lambda x: _merge(x, "interleaved")),
-    Mistake("heads_summed",
-            "the heads are summed into (B, T, d_head); merging puts them side by side, "
-            "(B, T, H * d_head) = (B, T, d_model)",
-            lambda x: x.sum(dim=1)),
-)
 
 _HEAD_MISTAKES = {
     "split_no_transpose": (
@@ -221,26 +197,6 @@ _HEAD_MISTAKES = {
         ("the mask is inverted: in this course True = may attend (nn.MultiheadAttention's bool masks mean "
          "the opposite, True = blocked)"), {"mask_style": "inverted"}),
 }
-
-MHA_MISTAKES = tuple(Mistake(key, message, _mha(**how)) for key, (message, how) in _HEAD_MISTAKES.items())
-
-GQA_MISTAKES = (
-    Mistake("kv_head_modulo",
-            "query head h reads key/value head h % H_kv (as kv.repeat does); it should read head "
-            "h // (H / H_kv), so each run of H / H_kv consecutive query heads shares one K/V head "
-            "(repeat_interleave along the head axis). The modulo pairing could be trained just as well, "
-            "but it is not how trained checkpoints store their heads, so with real weights it attends "
-            "with the wrong keys",
-            _heads_attention(kv_map="modulo")),
-    *(Mistake(key, message, _heads_attention(**how)) for key, (message, how) in _HEAD_MISTAKES.items()
-      if key in ("no_output_projection", "head_averaged_weights", "scale_d_model", "mask_ignored",
-                 "split_no_transpose", "wrong_axis")),
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
-# ---------------------------------------------------------------------------------------------
 
 
 def _gqa_variant(*, proj: str = "qkv", kv_map: str = "ii", split: str = "right", merge: str = "right",
@@ -294,104 +250,6 @@ _HEAD_PROBES = {
     "weights_unmasked": ("the weights returned are the softmax before masking, while the output uses masked "
                          "ones; return the masked weights", {"weights_out": "unmasked"}),
 }
-_KV_PROBES = {
-    "v_kv_modulo": ("V's heads are laid out with repeat (query head h reads V head h % H_kv) while K's use "
-                    "repeat_interleave; both map query head h to K/V head h // (H / H_kv)", {"kv_map": "im"}),
-    "k_kv_modulo": ("K's heads are laid out with repeat (query head h reads K head h % H_kv) while V's use "
-                    "repeat_interleave; both map query head h to K/V head h // (H / H_kv)", {"kv_map": "mi"}),
-}
-
-
-def _mha_of(gqa: Callable[..., Any]) -> Callable[..., Any]:
-    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-        return gqa(x, w_q, w_k, w_v, w_o, n_heads, n_heads, mask)
-    return mha
-
-
-MHA_PROBES = _probes.probes({key: (message, _mha_of(_gqa_variant(**how)))
-                             for key, (message, how) in _HEAD_PROBES.items()})
-# In grouped-query attention w_q is (d_model, d_model) and w_k, w_v are (d_kv, d_model): mixing w_q with
-# the others cannot run there, so only K and V can be swapped.
-GQA_PROBES = _probes.probes({key: (message, _gqa_variant(**how))
-                             for key, (message, how) in {**_HEAD_PROBES, **_KV_PROBES}.items()
-                             if key not in _PROJ_PROBES or key in ("k_with_w_v", "v_with_w_k")})
-PROBES = {"multi_head_attention": MHA_PROBES, "grouped_query_attention": GQA_PROBES}
-
-
-def _count_params(d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = False, *,
-                  kv: str = "right", out: bool = True, bias_style: str = "right", per_head: bool = False) -> int:
-    """attention_param_count with mistakes built in."""
-    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-    d_head = d_model // n_heads
-    d_kv = d_model if kv == "full" else n_kv_heads * d_head
-    if per_head:  # WRONG: every head's projection counted as d_head x d_head
-        weights = (n_heads + 2 * n_kv_heads + n_heads) * d_head * d_head
-    else:
-        weights = d_model * d_model + 2 * d_kv * d_model + (d_model * d_model if out else 0)
-    if not bias or bias_style == "none":
-        return weights
-    biases = {"right": d_model + 2 * d_kv + (d_model if out else 0),
-              "full_width": 4 * d_model if out else 3 * d_model,
-              "once": d_model,
-              "qkv_only": d_model + 2 * d_kv}[bias_style]
-    return weights + biases
-
-
-PARAM_COUNT_MISTAKES = (
-    Mistake("kv_heads_ignored",
-            "K and V are counted as d_model x d_model; with n_kv_heads key/value heads each is "
-            "(n_kv_heads * d_head) x d_model, where d_head = d_model / n_heads",
-            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, kv="full")),
-    Mistake("no_output_projection",
-            "one d_model x d_model projection is not counted: the output projection W_O, or W_Q (both are "
-            "d_model x d_model, plus a bias of d_model when bias=True, so the count cannot tell which)",
-            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, out=False)),
-    Mistake("per_head_square",
-            "each head's projection was counted as d_head x d_head; it maps all d_model input features to "
-            "d_head outputs, a d_head x d_model block of the weight",
-            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, per_head=True)),
-    Mistake("bias_ignored",
-            "bias=True gives each of the four projections a bias vector (one number per output feature), "
-            "and none was counted",
-            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="none")),
-    Mistake("bias_full_width",
-            "the K and V biases were counted as d_model numbers each; a bias has one number per output "
-            "feature, n_kv_heads * d_head for K and for V",
-            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="full_width")),
-    Mistake("bias_once",
-            "only one bias vector (d_model numbers) was counted; each of the four projections has its own",
-            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="once")),
-    Mistake("bias_qkv_only",
-            "the output projection's bias is not counted; with bias=True all four projections have one",
-            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="qkv_only")),
-)
-
-KV_CACHE_MISTAKES = (
-    Mistake("k_or_v_only",
-            "only one of K and V is counted; the cache stores both for every token, so multiply by 2",
-            lambda n_layers, n_kv_heads, d_head: n_layers * n_kv_heads * d_head),
-    Mistake("one_layer",
-            "this is one layer's cache; every layer keeps its own keys and values, so multiply by n_layers",
-            lambda n_layers, n_kv_heads, d_head: 2 * n_kv_heads * d_head),
-    Mistake("bytes_fp16",
-            "this is bytes in fp16 (2 per number); the function counts numbers (elements), not bytes",
-            lambda n_layers, n_kv_heads, d_head: 4 * n_layers * n_kv_heads * d_head),
-)
-
-MISTAKES = {
-    "split_heads": SPLIT_MISTAKES,
-    "merge_heads": MERGE_MISTAKES,
-    "multi_head_attention": MHA_MISTAKES,
-    "grouped_query_attention": GQA_MISTAKES,
-    "attention_param_count": PARAM_COUNT_MISTAKES,
-    "kv_cache_elements_per_token": KV_CACHE_MISTAKES,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
 
 
 def _lengths(gen: torch.Generator, B: int, T: int) -> torch.Tensor:
@@ -406,71 +264,6 @@ def _weights(gen: torch.Generator, d_model: int, d_kv: int, dtype: torch.dtype) 
     s = 1 / math.sqrt(d_model)
     return (_randn(gen, d_model, d_model, dtype=dtype, scale=s), _randn(gen, d_kv, d_model, dtype=dtype, scale=s),
             _randn(gen, d_kv, d_model, dtype=dtype, scale=s), _randn(gen, d_model, d_model, dtype=dtype, scale=s))
-
-
-def _values_moved(got: Any, expected: torch.Tensor) -> bool:
-    """The symptom of a wrong split or merge: the right numbers, in the wrong places."""
-    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype:
-        return False
-    return torch.equal(got.detach().cpu().flatten().sort().values, expected.detach().cpu().flatten().sort().values)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks: splitting and merging
-# ---------------------------------------------------------------------------------------------
-
-
-def check_split_heads(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                      B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
-    """split_heads(x, n_heads): (B, T, d_model) -> (B, H, T, d_head)."""
-    gen = torch.Generator().manual_seed(seed)
-    d_model = H * d_head
-    sizes = {"B": B, "T": T, "H": H, "d_head": d_head, "d_model": d_model}
-    transposed = _randn(gen, B, d_model, T, dtype=dtype).transpose(1, 2)  # (B, T, d_model), not contiguous
-    cases = [
-        Case((_randn(gen, B, T, d_model, dtype=dtype), H), sizes, ("x", "n_heads")),
-        Case((transposed, H), sizes, ("x", "n_heads"), "x not contiguous in memory (a transposed view)"),
-    ]
-
-    def diagnose(got: Any, expected: Any, case: Case) -> str | None:
-        if not _values_moved(got, expected):
-            return None
-        return ("the heads hold the right numbers in the wrong places: heads[b, h, t] must be "
-                "x[b, t, h*d_head:(h+1)*d_head]")
-
-    check_function(fn, name="split_heads", reference=ref.split_heads, cases=cases, outputs=("heads",),
-                   mistakes=SPLIT_MISTAKES, forbidden=_REFERENCE, diagnose=diagnose)
-
-
-def check_merge_heads(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                      B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
-    """merge_heads(x): (B, H, T, d_head) -> (B, T, H * d_head), the inverse of split_heads."""
-    gen = torch.Generator().manual_seed(seed)
-    sizes = {"B": B, "T": T, "H": H, "d_head": d_head, "d_model": H * d_head}
-    cases = [
-        Case((_randn(gen, B, H, T, d_head, dtype=dtype),), sizes, ("x",)),
-        Case((_randn(gen, B, T, H, d_head, dtype=dtype).transpose(1, 2),), sizes, ("x",),
-             "x not contiguous in memory, as split_heads returns it"),
-    ]
-
-    def diagnose(got: Any, expected: Any, case: Case) -> str | None:
-        if not _values_moved(got, expected):
-            return None
-        return ("the merged tensor holds the right numbers in the wrong places: merged[b, t, "
-                "h*d_head:(h+1)*d_head] must be x[b, h, t]")
-
-    check_function(fn, name="merge_heads", reference=ref.merge_heads, cases=cases, outputs=("merged",),
-                   mistakes=MERGE_MISTAKES, forbidden=_REFERENCE, diagnose=diagnose)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks: attention with heads
-# ---------------------------------------------------------------------------------------------
-
-# Exercises 3 and 4 may call the learner's own split_heads and merge_heads: when they fail and one
-# of those fails its own check, the message names exercise 1 or 2 as the place to fix first.
-_HEAD_PREREQUISITES = MappingProxyType({"split_heads": (check_split_heads, "exercise 1"),
-                                        "merge_heads": (check_merge_heads, "exercise 2")})
 
 
 def _reference_pieces(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -524,6 +317,155 @@ def _attention_diagnose(got: Any, expected: Any, case: Case) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Shared: checking a counting function (exercises 5 and 6)
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_count(name: str, value: Any) -> int:
+    """An integer count: an int or a NumPy integer; a float (even 3.0) or a tensor is named (core.as_count)."""
+    return as_count(name, value, verb="returned")
+
+
+def _check_counts(fn: Any, *, name: str, reference: Callable[..., int], configs: Sequence[tuple],
+                  arg_names: tuple[str, ...], mistakes: Sequence[Mistake], hint: str,
+                  forbidden: Sequence[Any]) -> None:
+    verify_environment()
+    for config in configs:
+        case = Case(tuple(config), {}, arg_names)
+        expected = reference(*config)
+        got = _as_count(name, call_learner(fn, name, case, forbidden))
+        if got == expected:
+            continue
+        for mistake in mistakes:
+            if mistake.impl(*config) == got:
+                raise CheckFailed(f"{name}({case.describe_inputs()}) = {got}: {mistake.message}")
+        raise CheckFailed(f"{name}({case.describe_inputs()}) = {got} is not right; {hint}")
+    verify_environment()
+    print(f"✓ {name}: right for all {len(configs)} configurations")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 1: split the model dimension into heads
+# ---------------------------------------------------------------------------------------------
+
+SPLIT_MISTAKES = (
+    Mistake("no_transpose",
+            "x was reshaped straight to (B, H, T, d_head) without the transpose, so a 'head' holds pieces "
+            "of several tokens; view it as (B, T, H, d_head) first, then transpose(1, 2)",
+            lambda x, n_heads: _split(x, n_heads, "no_transpose")),
+    Mistake("wrong_axis",
+            "the heads are split along the wrong axis: head h gets every H-th feature (h, h + H, ...); "
+            "head h owns the block of features h*d_head .. (h+1)*d_head - 1, so view the last axis as "
+            "(H, d_head), not (d_head, H)",
+            lambda x, n_heads: _split(x, n_heads, "interleaved")),
+    Mistake("head_axis_not_moved",
+            "the feature axis is split but the head axis is not moved in front of the tokens: the result "
+            "is (B, T, H, d_head); transpose(1, 2) makes it (B, H, T, d_head)",
+            lambda x, n_heads: _split(x, n_heads).transpose(1, 2)),
+    Mistake("d_head_before_T",
+            "the last two axes are swapped, (B, H, d_head, T); swap only the token and head axes of "
+            "(B, T, H, d_head): transpose(1, 2)",
+            lambda x, n_heads: _split(x, n_heads).transpose(2, 3)),
+)
+
+
+def check_split_heads(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
+    """split_heads(x, n_heads): (B, T, d_model) -> (B, H, T, d_head)."""
+    gen = torch.Generator().manual_seed(seed)
+    d_model = H * d_head
+    sizes = {"B": B, "T": T, "H": H, "d_head": d_head, "d_model": d_model}
+    transposed = _randn(gen, B, d_model, T, dtype=dtype).transpose(1, 2)  # (B, T, d_model), not contiguous
+    cases = [
+        Case((_randn(gen, B, T, d_model, dtype=dtype), H), sizes, ("x", "n_heads")),
+        Case((transposed, H), sizes, ("x", "n_heads"), "x not contiguous in memory (a transposed view)"),
+    ]
+
+    def diagnose(got: Any, expected: Any, case: Case) -> str | None:
+        if not _values_moved(got, expected):
+            return None
+        return ("the heads hold the right numbers in the wrong places: heads[b, h, t] must be "
+                "x[b, t, h*d_head:(h+1)*d_head]")
+
+    check_function(fn, name="split_heads", reference=ref.split_heads, cases=cases, outputs=("heads",),
+                   mistakes=SPLIT_MISTAKES, forbidden=FORBIDDEN["ex1"], diagnose=diagnose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 2: merge the heads back
+# ---------------------------------------------------------------------------------------------
+
+MERGE_MISTAKES = (
+    Mistake("no_transpose",
+            "the heads were reshaped straight from (B, H, T, d_head) to (B, T, d_model) without moving "
+            "the head axis back, so each output row mixes several tokens; transpose(1, 2) to "
+            "(B, T, H, d_head) first, then reshape",
+            lambda x: _merge(x, "no_transpose")),
+    Mistake("wrong_axis",
+            "the heads' features are interleaved (feature c of head h lands at c*H + h); concatenate them "
+            "instead: head h fills features h*d_head .. (h+1)*d_head - 1",
+            lambda x: _merge(x, "interleaved")),
+    Mistake("heads_summed",
+            "the heads are summed into (B, T, d_head); merging puts them side by side, "
+            "(B, T, H * d_head) = (B, T, d_model)",
+            lambda x: x.sum(dim=1)),
+)
+
+
+def check_merge_heads(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
+    """merge_heads(x): (B, H, T, d_head) -> (B, T, H * d_head), the inverse of split_heads."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"B": B, "T": T, "H": H, "d_head": d_head, "d_model": H * d_head}
+    cases = [
+        Case((_randn(gen, B, H, T, d_head, dtype=dtype),), sizes, ("x",)),
+        Case((_randn(gen, B, T, H, d_head, dtype=dtype).transpose(1, 2),), sizes, ("x",),
+             "x not contiguous in memory, as split_heads returns it"),
+    ]
+
+    def diagnose(got: Any, expected: Any, case: Case) -> str | None:
+        if not _values_moved(got, expected):
+            return None
+        return ("the merged tensor holds the right numbers in the wrong places: merged[b, t, "
+                "h*d_head:(h+1)*d_head] must be x[b, h, t]")
+
+    check_function(fn, name="merge_heads", reference=ref.merge_heads, cases=cases, outputs=("merged",),
+                   mistakes=MERGE_MISTAKES, forbidden=FORBIDDEN["ex2"], diagnose=diagnose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 3: multi-head attention from weights
+# ---------------------------------------------------------------------------------------------
+
+# Exercises 3 and 4 may call the learner's own split_heads and merge_heads: when they fail and one
+# of those fails its own check, the message names exercise 1 or 2 as the place to fix first.
+_HEAD_PREREQUISITES = MappingProxyType({"split_heads": (check_split_heads, "exercise 1"),
+                                        "merge_heads": (check_merge_heads, "exercise 2")})
+
+
+def _mha(**mistakes: str) -> Callable[..., Any]:
+    gqa = _heads_attention(**mistakes)
+
+    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        return gqa(x, w_q, w_k, w_v, w_o, n_heads, n_heads, mask)
+
+    return mha
+
+
+MHA_MISTAKES = tuple(Mistake(key, message, _mha(**how)) for key, (message, how) in _HEAD_MISTAKES.items())
+
+
+def _mha_of(gqa: Callable[..., Any]) -> Callable[..., Any]:
+    def mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+        return gqa(x, w_q, w_k, w_v, w_o, n_heads, n_heads, mask)
+    return mha
+
+
+MHA_PROBES = _probes.probes({key: (message, _mha_of(_gqa_variant(**how)))
+                             for key, (message, how) in _HEAD_PROBES.items()})
+
+
 @rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
 def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                                B: int = 2, T: int = 5, H: int = 3, d_head: int = 4) -> None:
@@ -543,8 +485,39 @@ def check_multi_head_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = t
         Case((*inputs(), pad & causal_mask(T)), sizes, names, "padding & causal mask (B, 1, T, T)"),
     ]
     check_function(fn, name="multi_head_attention", reference=ref.multi_head_attention, cases=cases,
-                   outputs=("output", "weights"), mistakes=MHA_MISTAKES, forbidden=_REFERENCE + _TORCH_MHA,
+                   outputs=("output", "weights"), mistakes=MHA_MISTAKES, forbidden=FORBIDDEN["ex3"],
                    diagnose=_attention_diagnose, probes=MHA_PROBES, prerequisites=_HEAD_PREREQUISITES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 4: grouped-query attention
+# ---------------------------------------------------------------------------------------------
+
+GQA_MISTAKES = (
+    Mistake("kv_head_modulo",
+            "query head h reads key/value head h % H_kv (as kv.repeat does); it should read head "
+            "h // (H / H_kv), so each run of H / H_kv consecutive query heads shares one K/V head "
+            "(repeat_interleave along the head axis). The modulo pairing could be trained just as well, "
+            "but it is not how trained checkpoints store their heads, so with real weights it attends "
+            "with the wrong keys",
+            _heads_attention(kv_map="modulo")),
+    *(Mistake(key, message, _heads_attention(**how)) for key, (message, how) in _HEAD_MISTAKES.items()
+      if key in ("no_output_projection", "head_averaged_weights", "scale_d_model", "mask_ignored",
+                 "split_no_transpose", "wrong_axis")),
+)
+
+_KV_PROBES = {
+    "v_kv_modulo": ("V's heads are laid out with repeat (query head h reads V head h % H_kv) while K's use "
+                    "repeat_interleave; both map query head h to K/V head h // (H / H_kv)", {"kv_map": "im"}),
+    "k_kv_modulo": ("K's heads are laid out with repeat (query head h reads K head h % H_kv) while V's use "
+                    "repeat_interleave; both map query head h to K/V head h // (H / H_kv)", {"kv_map": "mi"}),
+}
+
+# In grouped-query attention w_q is (d_model, d_model) and w_k, w_v are (d_kv, d_model): mixing w_q with
+# the others cannot run there, so only K and V can be swapped.
+GQA_PROBES = _probes.probes({key: (message, _gqa_variant(**how))
+                             for key, (message, how) in {**_HEAD_PROBES, **_KV_PROBES}.items()
+                             if key not in _PROJ_PROBES or key in ("k_with_w_v", "v_with_w_k")})
 
 
 @rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
@@ -572,35 +545,62 @@ def check_grouped_query_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype 
     ]
     check_function(fn, name="grouped_query_attention", reference=ref.grouped_query_attention, cases=cases,
                    outputs=("output", "weights"), mistakes=GQA_MISTAKES,
-                   forbidden=_REFERENCE + _TORCH_MHA + _TORCH_SDPA, diagnose=_attention_diagnose, probes=GQA_PROBES,
+                   forbidden=FORBIDDEN["ex4"], diagnose=_attention_diagnose, probes=GQA_PROBES,
                    prerequisites=_HEAD_PREREQUISITES)
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks: counting functions (integer answers)
+# Exercise 5: count the parameters of Q, K, V and the output projection
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_count(name: str, value: Any) -> int:
-    """An integer count: an int or a NumPy integer; a float (even 3.0) or a tensor is named (core.as_count)."""
-    return as_count(name, value, verb="returned")
+def _count_params(d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = False, *,
+                  kv: str = "right", out: bool = True, bias_style: str = "right", per_head: bool = False) -> int:
+    """attention_param_count with mistakes built in."""
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    d_head = d_model // n_heads
+    d_kv = d_model if kv == "full" else n_kv_heads * d_head
+    if per_head:  # WRONG: every head's projection counted as d_head x d_head
+        weights = (n_heads + 2 * n_kv_heads + n_heads) * d_head * d_head
+    else:
+        weights = d_model * d_model + 2 * d_kv * d_model + (d_model * d_model if out else 0)
+    if not bias or bias_style == "none":
+        return weights
+    biases = {"right": d_model + 2 * d_kv + (d_model if out else 0),
+              "full_width": 4 * d_model if out else 3 * d_model,
+              "once": d_model,
+              "qkv_only": d_model + 2 * d_kv}[bias_style]
+    return weights + biases
 
 
-def _check_counts(fn: Any, *, name: str, reference: Callable[..., int], configs: Sequence[tuple],
-                  arg_names: tuple[str, ...], mistakes: Sequence[Mistake], hint: str) -> None:
-    verify_environment()
-    for config in configs:
-        case = Case(tuple(config), {}, arg_names)
-        expected = reference(*config)
-        got = _as_count(name, call_learner(fn, name, case, _REFERENCE))
-        if got == expected:
-            continue
-        for mistake in mistakes:
-            if mistake.impl(*config) == got:
-                raise CheckFailed(f"{name}({case.describe_inputs()}) = {got}: {mistake.message}")
-        raise CheckFailed(f"{name}({case.describe_inputs()}) = {got} is not right; {hint}")
-    verify_environment()
-    print(f"✓ {name}: right for all {len(configs)} configurations")
+PARAM_COUNT_MISTAKES = (
+    Mistake("kv_heads_ignored",
+            "K and V are counted as d_model x d_model; with n_kv_heads key/value heads each is "
+            "(n_kv_heads * d_head) x d_model, where d_head = d_model / n_heads",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, kv="full")),
+    Mistake("no_output_projection",
+            "one d_model x d_model projection is not counted: the output projection W_O, or W_Q (both are "
+            "d_model x d_model, plus a bias of d_model when bias=True, so the count cannot tell which)",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, out=False)),
+    Mistake("per_head_square",
+            "each head's projection was counted as d_head x d_head; it maps all d_model input features to "
+            "d_head outputs, a d_head x d_model block of the weight",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, per_head=True)),
+    Mistake("bias_ignored",
+            "bias=True gives each of the four projections a bias vector (one number per output feature), "
+            "and none was counted",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="none")),
+    Mistake("bias_full_width",
+            "the K and V biases were counted as d_model numbers each; a bias has one number per output "
+            "feature, n_kv_heads * d_head for K and for V",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="full_width")),
+    Mistake("bias_once",
+            "only one bias vector (d_model numbers) was counted; each of the four projections has its own",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="once")),
+    Mistake("bias_qkv_only",
+            "the output projection's bias is not counted; with bias=True all four projections have one",
+            lambda d, h, kv=None, bias=False: _count_params(d, h, kv, bias, bias_style="qkv_only")),
+)
 
 
 # (d_model, n_heads, n_kv_heads, bias); None means n_kv_heads = n_heads.
@@ -613,7 +613,24 @@ def check_attention_param_count(fn: Any, *, configs: Sequence[tuple] = PARAM_CON
     _check_counts(fn, name="attention_param_count", reference=ref.attention_param_count, configs=configs,
                   arg_names=("d_model", "n_heads", "n_kv_heads", "bias"), mistakes=PARAM_COUNT_MISTAKES,
                   hint="add up out_features x in_features for W_Q, W_K, W_V and W_O, plus out_features for "
-                       "each bias when bias=True")
+                       "each bias when bias=True", forbidden=FORBIDDEN["ex5"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 6: the KV cache, per token
+# ---------------------------------------------------------------------------------------------
+
+KV_CACHE_MISTAKES = (
+    Mistake("k_or_v_only",
+            "only one of K and V is counted; the cache stores both for every token, so multiply by 2",
+            lambda n_layers, n_kv_heads, d_head: n_layers * n_kv_heads * d_head),
+    Mistake("one_layer",
+            "this is one layer's cache; every layer keeps its own keys and values, so multiply by n_layers",
+            lambda n_layers, n_kv_heads, d_head: 2 * n_kv_heads * d_head),
+    Mistake("bytes_fp16",
+            "this is bytes in fp16 (2 per number); the function counts numbers (elements), not bytes",
+            lambda n_layers, n_kv_heads, d_head: 4 * n_layers * n_kv_heads * d_head),
+)
 
 
 # (n_layers, n_kv_heads, d_head)
@@ -624,11 +641,12 @@ def check_kv_cache_elements_per_token(fn: Any, *, configs: Sequence[tuple] = KV_
     """kv_cache_elements_per_token(n_layers, n_kv_heads, d_head) -> int."""
     _check_counts(fn, name="kv_cache_elements_per_token", reference=ref.kv_cache_elements_per_token,
                   configs=configs, arg_names=("n_layers", "n_kv_heads", "d_head"), mistakes=KV_CACHE_MISTAKES,
-                  hint="each layer caches one key and one value vector of d_head numbers per K/V head")
+                  hint="each layer caches one key and one value vector of d_head numbers per K/V head",
+                  forbidden=FORBIDDEN["ex6"])
 
 
 # ---------------------------------------------------------------------------------------------
-# Numeric answers for real model sizes
+# Exercise 7: what GQA and MQA save at a real model size
 # ---------------------------------------------------------------------------------------------
 
 # The sizes exercise 7 uses (the notebook prints them in a read-only cell). Llama-2-7B's attention
@@ -724,6 +742,23 @@ def recheck_real_model_numbers(*, cells: Sequence[str] | None = None, namespace:
                              expected_for=lambda sizes: _real_numbers(sizes)[0], checks=("check_real_model_numbers",),
                              tests=("recheck_real_model_numbers",), tolerance={"kv_saving_gqa": 1e-9}, cells=cells,
                              namespace=namespace)
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
+
+# Each mistake is a complete, runnable wrong answer; each probe a variant no catalogue lists, named only
+# when a wrong answer clearly is one of them.
+MISTAKES = {
+    "split_heads": SPLIT_MISTAKES,
+    "merge_heads": MERGE_MISTAKES,
+    "multi_head_attention": MHA_MISTAKES,
+    "grouped_query_attention": GQA_MISTAKES,
+    "attention_param_count": PARAM_COUNT_MISTAKES,
+    "kv_cache_elements_per_token": KV_CACHE_MISTAKES,
+}
+PROBES = {"multi_head_attention": MHA_PROBES, "grouped_query_attention": GQA_PROBES}
 
 
 protect(ref, sys.modules[__name__])

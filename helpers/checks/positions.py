@@ -52,17 +52,30 @@ __all__ = [
     "check_rope_numbers",
 ]
 
-# The learner writes these themselves: an answer that is or calls one of them is refused.
-_REFERENCE = (ref,)
-# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py):
-# no torch built-in computes positions, so only the reference module (always forbidden) matters.
-FORBIDDEN_BY_EXERCISE: dict[str, tuple] = {}
+
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
+# The learner writes these themselves: an answer that is or calls one of them is refused. No torch
+# built-in computes positions, so only the reference module matters; exercises 2 and 4 build on
+# exercise 1's table and exercise 3's rotation, and their checks refuse nothing. Exercise 7 asks for
+# numbers.
+FORBIDDEN = {
+    "ex1": (ref,),
+    "ex2": (),
+    "ex3": (ref,),
+    "ex4": (),
+    "ex5": (ref,),
+    "ex6": (ref,),
+    "ex7": (),
+}
 # Exercise 2 may take the table from helpers.positions, exercise 4 the rotation.
 ALLOWED_REFERENCE_BY_EXERCISE = {"ex2": ("sinusoidal_table",), "ex4": ("apply_rope",)}
 
 
 # ---------------------------------------------------------------------------------------------
-# Mistaken implementations (each one is a complete, runnable wrong answer)
+# Shared: the sinusoidal table and RoPE with mistakes built in (exercises 1 to 4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -79,6 +92,33 @@ def _table(T, d_model, offset=0, *, order="sin_cos", exponent="pair", layout="in
     if layout == "halves":
         return torch.cat([first, second], dim=-1).float()  # (T, d_model)
     return torch.stack([first, second], dim=-1).flatten(-2).float()  # (T, d_model)
+
+
+def _rope(x, offset=0, *, pairs="half", exponent="pair", sign=1.0, shift=0, use_offset=True,
+          base=10000.0):
+    """RoPE with mistakes built in; positions may be negative here."""
+    T, d = x.shape[-2], x.shape[-1]
+    start = (offset if use_offset else 0) + shift
+    p = torch.arange(start, start + T, dtype=torch.float64)[:, None]  # (T, 1)
+    k = torch.arange(d // 2, dtype=torch.float64)[None, :]  # (1, d/2)
+    power = 2 * k / d if exponent == "pair" else k / d
+    angles = sign * p * base ** (-power)  # (T, d/2)
+    if pairs == "mixed":  # angles laid out (t0, t0, t1, t1, ...) but channels paired as halves
+        angles = angles.repeat_interleave(2, dim=-1)  # (T, d)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        rotated = torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
+        return x * cos + rotated * sin
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    if pairs == "half":
+        a, b = x[..., : d // 2], x[..., d // 2:]
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 1: the sinusoidal table
+# ---------------------------------------------------------------------------------------------
 
 
 def _table_with(**how):
@@ -123,6 +163,55 @@ SINUSOIDAL_MISTAKES = (
 )
 
 
+def _reference_table(T, d_model, offset=0):
+    return ref.sinusoidal_table(T, d_model, offset=offset)  # (T, d_model) float32
+
+
+def _table_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    """What the angles of a table of (sin, cos) pairs say: positions, pairs that do not turn, frequencies."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point()):
+        return None
+    T, d_model, offset = case.args
+    t = got.detach().cpu().double()
+    error = float((t - expected.double()).abs().max())
+    if offset >= 1000 and error < 1e-2 and bool(torch.isfinite(t).all()):
+        # right at small positions (those cases passed), slightly off far out: the angles lost digits
+        return _FLOAT32_ANGLES + f" (largest difference here {error:.1e})"
+    s, c = t[:, 0::2], t[:, 1::2]  # (T, d_model/2)
+    if float(((s * s + c * c) - 1).abs().max()) > 1e-3:
+        return None  # not (sin, cos) pairs of one angle
+    positions = torch.arange(offset, offset + T, dtype=torch.float64)
+    theta = 10000.0 ** (-2 * torch.arange(d_model // 2, dtype=torch.float64) / d_model)
+    return _probes.angle_symptom(torch.atan2(s, c), positions, theta, what="row", pair="pairs (2i, 2i + 1)",
+                                 base=10000.0, width="d_model")
+
+
+SINUSOIDAL_PROBES = _probes.probes({
+    "frequencies_inverted": ("the angles are p * 10000^(2i / d_model), which grow with i; the frequency of pair i is "
+                             "w_i = 10000^(-2i / d_model) = 1 / 10000^(2i / d_model): divide p by 10000^(2i / d_model)",
+                             lambda T, d_model, offset=0: _table(T, d_model, offset, exponent="inverted")),
+})
+
+
+def check_sinusoidal_table(fn: Any, *, T: int = 6, d_model: int = 8, offsets: Sequence[int] = (0, 9),
+                           far: int = 30000) -> None:
+    """sinusoidal_table(T, d_model, offset=0) -> (T, d_model) float32, accurate far into a sequence."""
+    names = ("T", "d_model", "offset")
+    sizes = {"T": T, "d_model": d_model}
+    cases = [Case((T, d_model, offset), sizes, names, f"offset = {offset}") for offset in offsets]
+    cases.append(Case((1, d_model, offsets[-1] + T), {"1": 1, "d_model": d_model}, names,
+                      f"one row at offset = {offsets[-1] + T}, as a KV cache asks"))
+    cases.append(Case((T, d_model, far), sizes, names, f"offset = {far}, far into a long context"))
+    check_function(fn, name="sinusoidal_table", reference=_reference_table, cases=cases, outputs=("table",),
+                   mistakes=SINUSOIDAL_MISTAKES, forbidden=FORBIDDEN["ex1"], probes=SINUSOIDAL_PROBES,
+                   diagnose=_table_diagnose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 2: where the positions go
+# ---------------------------------------------------------------------------------------------
+
+
 def _add_positions_wrong(kind: str):
     def wrong(x, attn, offset=0):
         T, d_model = x.shape[1], x.shape[2]
@@ -157,26 +246,64 @@ ADD_POSITIONS_MISTAKES = (
 )
 
 
-def _rope(x, offset=0, *, pairs="half", exponent="pair", sign=1.0, shift=0, use_offset=True,
-          base=10000.0):
-    """RoPE with mistakes built in; positions may be negative here."""
-    T, d = x.shape[-2], x.shape[-1]
-    start = (offset if use_offset else 0) + shift
-    p = torch.arange(start, start + T, dtype=torch.float64)[:, None]  # (T, 1)
-    k = torch.arange(d // 2, dtype=torch.float64)[None, :]  # (1, d/2)
-    power = 2 * k / d if exponent == "pair" else k / d
-    angles = sign * p * base ** (-power)  # (T, d/2)
-    if pairs == "mixed":  # angles laid out (t0, t0, t1, t1, ...) but channels paired as halves
-        angles = angles.repeat_interleave(2, dim=-1)  # (T, d)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        rotated = torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
-        return x * cos + rotated * sin
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    if pairs == "half":
-        a, b = x[..., : d // 2], x[..., d // 2:]
-        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+def _add_variant(*, x_scale: str = "1", pe_scale: str = "1", keep_x: bool = True):
+    """add_positions with one change: x or PE scaled (by sqrt(d_model), or -1), or x left out."""
+    def wrong(x, attn, offset=0):
+        d_model = x.shape[2]
+        factor = {"1": 1.0, "sqrt_d": math.sqrt(d_model), "-1": -1.0}
+        table = ref.sinusoidal_table(x.shape[1], d_model, offset=offset, dtype=x.dtype)  # (T, d_model)
+        return attn((x * factor[x_scale] if keep_x else torch.zeros_like(x)) + table * factor[pe_scale])
+    return wrong
+
+
+_ADD_RULE = "add_positions returns attn(x + PE), with PE the rows of positions offset .. offset + T - 1"
+ADD_POSITIONS_PROBES = _probes.probes({
+    "x_scaled": ("x is multiplied by sqrt(d_model) before the positions are added (as the 2017 Transformer "
+                 f"scales its token embeddings); here x is used as it is: {_ADD_RULE}", _add_variant(x_scale="sqrt_d")),
+    "pe_scaled": (f"the positions are multiplied by sqrt(d_model); add the table as it is: {_ADD_RULE}",
+                  _add_variant(pe_scale="sqrt_d")),
+    "pe_subtracted": (f"the positions are subtracted (x - PE); they are added: {_ADD_RULE}", _add_variant(pe_scale="-1")),
+    "x_dropped": (f"attention reads the positions alone, attn(PE): the input x is lost; {_ADD_RULE}",
+                  _add_variant(keep_x=False)),
+})
+
+
+def _attention_layer(seed: int, d_model: int, n_heads: int, dtype: torch.dtype) -> nn.Module:
+    """torch's own encoder layer (no mask: it mixes all tokens), frozen and in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, 2 * d_model, dropout=0.0, batch_first=True,
+                                           dtype=dtype).eval()
+    layer.requires_grad_(False)
+    return layer
+
+
+def _reference_add_positions(x, attn, offset=0):
+    table = ref.sinusoidal_table(x.shape[1], x.shape[2], offset=offset, dtype=x.dtype)  # (T, d_model)
+    return attn(x + table)  # (B, T, d_model)
+
+
+def check_add_positions(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, T: int = 5,
+                        d_model: int = 8, n_heads: int = 2, offset: int = 4) -> None:
+    """add_positions(x, attn, offset=0) -> attn(x + PE(offset .. offset + T - 1)), (B, T, d_model)."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ("x", "attn", "offset")
+    sizes = {"B": B, "T": T, "d_model": d_model}
+    attn = _attention_layer(seed, d_model, n_heads, dtype)
+    cases = [
+        Case((_randn(gen, B, T, d_model, dtype=dtype), attn), sizes, names[:2], "offset left at 0"),
+        Case((_randn(gen, B, T, d_model, dtype=dtype), attn, offset), sizes, names, f"offset = {offset}"),
+    ]
+    with torch.no_grad():
+        check_function(fn, name="add_positions", reference=_reference_add_positions, cases=cases,
+                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=FORBIDDEN["ex2"],
+                       probes=ADD_POSITIONS_PROBES,
+                       prerequisites=MappingProxyType({"sinusoidal_table": (check_sinusoidal_table, "exercise 1")}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 3: RoPE, rotate-half convention
+# ---------------------------------------------------------------------------------------------
 
 
 def _rope_partial(x, offset=0, *, fraction=0.5):
@@ -216,6 +343,90 @@ ROPE_MISTAKES = (
             "offset is ignored: token t must be rotated by the angle of position offset + t, not t",
             _rope_with(use_offset=False)),
 )
+
+
+def _reference_rope(x, offset=0):
+    return ref.apply_rope(x, offset)  # half pairs, base 10000
+
+
+ROPE_PROBES = _probes.probes({
+    f"partial_rotary_{int(100 * f)}": (
+        f"only the first {int(100 * f)}% of the channels are rotated (a partial rotary, as GPT-NeoX's rotary_pct "
+        f"does); this exercise rotates all of them: pair k is channels (k, k + d_head/2), k = 0 .. d_head/2 - 1",
+        lambda x, offset=0, f=f: _rope_partial(x, offset, fraction=f))
+    for f in (0.5, 0.25)
+})
+
+
+def _rope_angles(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """(T, d_head/2): the angle each rotate-half pair (k, k + d_head/2) of `y` is turned from `x` by,
+    one angle per token and pair for every batch row and head; None when `y` is not such a rotation."""
+    if not (isinstance(y, torch.Tensor) and y.shape == x.shape and y.is_floating_point()):
+        return None
+    x, y = x.detach().cpu().double(), y.detach().cpu().double()
+    d = x.shape[-1]
+    a, b, ya, yb = x[..., : d // 2], x[..., d // 2:], y[..., : d // 2], y[..., d // 2:]
+    lead = tuple(range(x.dim() - 2))
+    phi = torch.atan2((a * yb - b * ya).sum(lead), (a * ya + b * yb).sum(lead)) if lead else torch.atan2(
+        a * yb - b * ya, a * ya + b * yb)  # (T, d/2)
+    cos, sin = phi.cos(), phi.sin()
+    rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    scale = float(x.abs().max()) or 1.0
+    return phi if float((rotated - y).abs().max()) <= 1e-4 * scale else None
+
+
+def _rope_diagnose(got: Any, expected: Any, case: Case) -> str | None:
+    x = case.args[0]
+    offset = case.args[1] if len(case.args) > 1 else 0
+    phi = _rope_angles(x, got)
+    if phi is None:
+        return None
+    T, d = x.shape[-2], x.shape[-1]
+    positions = torch.arange(offset, offset + T, dtype=torch.float64)
+    theta = 10000.0 ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
+    return _probes.angle_symptom(phi, positions, theta, what="token", pair="pairs (k, k + d_head/2)", base=10000.0,
+                                 width="d_head")
+
+
+def check_apply_rope(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
+                     T: int = 5, d_head: int = 8, offset: int = 6) -> None:
+    """apply_rope(x, offset=0): x (..., T, d_head) rotated in rotate-half pairs, base 10000."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"B": B, "H": H, "T": T, "d_head": d_head}
+    cases = [
+        Case((_randn(gen, B, H, T, d_head, dtype=dtype),), sizes, ("x",), "x (B, H, T, d_head), offset left at 0"),
+        Case((_randn(gen, B, H, T, d_head, dtype=dtype), offset), sizes, ("x", "offset"), f"offset = {offset}"),
+        Case((_randn(gen, T, d_head, dtype=dtype), offset + 1), {"T": T, "d_head": d_head}, ("x", "offset"),
+             f"x (T, d_head), offset = {offset + 1}"),
+    ]
+    try:
+        check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
+                       mistakes=ROPE_MISTAKES, forbidden=FORBIDDEN["ex3"], diagnose=_rope_diagnose,
+                       probes=ROPE_PROBES)
+    except CheckFailed as failure:
+        if " raised " not in str(failure) or not _runs(fn, cases[1]) or _runs(fn, cases[2]):
+            raise
+        error = str(failure).split(" raised ", 1)[1].split(" (called with", 1)[0]
+        raise CheckFailed(f"apply_rope handles x (B, H, T, d_head) only: on x (T, d_head) it raised {error}. "
+                          f"The exercise's x is (..., T, d_head), any number of leading axes: read the sizes from the "
+                          f"end (T, d = x.shape[-2], x.shape[-1]) and slice with ... (x[..., :d // 2]), so the same "
+                          f"code rotates (T, d_head), (B, T, d_head) and (B, H, T, d_head)") from None
+
+
+def _runs(fn: Any, case: Case) -> bool:
+    """Whether fn(*case.args) returns without an exception (its value is not judged)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in case.args])
+    except Exception:  # noqa: BLE001 - any error means it does not run
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 4: RoPE inside attention, with cached keys
+# ---------------------------------------------------------------------------------------------
 
 
 def _rope_attention_wrong(kind: str):
@@ -294,76 +505,44 @@ ROPE_ATTENTION_PROBES = _probes.probes({
 })
 
 
-def _slopes_wrong(H: int, kind: str) -> torch.Tensor:
-    if kind == "fixed":
-        return torch.tensor([2.0 ** -(h + 1) for h in range(H)], dtype=torch.float64)
-    if kind == "geometric":
-        start = 2.0 ** (-8.0 / H)
-        return torch.tensor([start ** (h + 1) for h in range(H)], dtype=torch.float64)
-    slopes = ref.alibi_slopes(H)
-    return slopes.flip(0) if kind == "reversed" else slopes
+def _reference_rope_attention(q, k, v):
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    start = T_k - T_q  # the queries are the last T_q tokens
+    mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(diagonal=start)  # (T_q, T_k)
+    return scaled_dot_product_attention(ref.apply_rope(q, start), ref.apply_rope(k, 0), v, mask)
 
 
-def _alibi_wrong(kind: str):
-    def wrong(n_heads, T):
-        slopes = _slopes_wrong(n_heads, kind if kind in ("fixed", "geometric", "reversed") else "right")
-        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-        distance = {"no_abs": (i - j), "key_position": -j}.get(kind, (i - j).abs()).double()
-        sign = 1.0 if kind == "sign" else -1.0
-        if kind == "no_slope":
-            slopes = torch.ones(n_heads, dtype=torch.float64)
-        return (sign * slopes[:, None, None] * distance).float()
-    return wrong
+@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
+def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
+                         T_k: int = 7, d_head: int = 4) -> None:
+    """rope_attention(q, k, v) -> (out, weights): causal attention, q and k rotated by their positions.
 
+    q (B, H, T_q, d_head) are the last T_q of the T_k tokens whose keys and values are k, v
+    (B, H, T_k, d_head): query i sits at position T_k - T_q + i.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    names = ("q", "k", "v")
 
-ALIBI_MISTAKES = (
-    Mistake("sign_flipped",
-            "the bias has the wrong sign: it rewards distant keys; ALiBi subtracts m_h |i - j|, so the "
-            "further a key, the lower its score", _alibi_wrong("sign")),
-    Mistake("slopes_reversed",
-            "the slopes are in reverse order: head 0 gets the largest slope (2^(-8/H)), the last head the smallest",
-            _alibi_wrong("reversed")),
-    Mistake("slopes_fixed",
-            "the slopes are 1/2, 1/4, 1/8, ... whatever the number of heads; they are (2^(-8/H))^(h+1), "
-            "which is 1/2 .. 1/256 only for 8 heads", _alibi_wrong("fixed")),
-    Mistake("non_power_of_two",
-            "for a head count that is not a power of two the slopes are not one geometric sequence: take "
-            "the P slopes of the largest power of two P below H, then every other slope of 2P heads",
-            _alibi_wrong("geometric")),
-    Mistake("no_abs",
-            "the distance is i - j without the absolute value, so keys after the query get a positive "
-            "bias; use -m_h |i - j|", _alibi_wrong("no_abs")),
-    Mistake("no_slope",
-            "every head has slope 1; each head h has its own slope m_h (alibi's multi-scale memory)",
-            _alibi_wrong("no_slope")),
-)
+    def case(T_q: int, note: str) -> Case:
+        sizes = {"B": B, "H": H, "T_q": T_q, "T_k": T_k, "d_head": d_head}
+        return Case((_randn(gen, B, H, T_q, d_head, dtype=dtype, scale=2.0),
+                     _randn(gen, B, H, T_k, d_head, dtype=dtype, scale=2.0),
+                     _randn(gen, B, H, T_k, d_head, dtype=dtype)), sizes, names, note)
 
-def _alibi_variant(*, first: int = 1, distance: str = "abs"):
-    """alibi_bias with one change: the slopes' exponents start at h + first, or the distance is i - j
-    clamped at 0 (no bias for keys after the query)."""
-    def wrong(n_heads, T):
-        slopes = ref.alibi_slopes(n_heads).double() * (2.0 ** (8.0 / n_heads)) ** (1 - first)  # (H,)
-        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-        dist = ((i - j).abs() if distance == "abs" else (i - j).clamp(min=0)).double()  # (T, T)
-        return (-slopes[:, None, None] * dist).float()
-    return wrong
-
-
-ALIBI_PROBES = _probes.probes({
-    "slopes_from_h0": ("head 0 has slope 1: the slopes' exponents start at 0; head h has the slope "
-                       "(2^(-8/H))^(h+1), so head 0's is 2^(-8/H)", _alibi_variant(first=0)),
-    "causal_only": ("the bias is 0 for keys after the query (j > i); ALiBi's bias is -m_h |i - j| on both "
-                    "sides of the diagonal (a causal model masks those keys anyway, but the table is the full "
-                    "(H, T, T) bias)", _alibi_variant(distance="clamped")),
-})
+    cases = [case(T_k, "T_q = T_k: the whole sequence"), case(3, "T_q = 3: the last 3 tokens"),
+             case(1, "T_q = 1: one new token at position T_k - 1")]
+    check_function(fn, name="rope_attention", reference=_reference_rope_attention, cases=cases,
+                   outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=FORBIDDEN["ex4"],
+                   probes=ROPE_ATTENTION_PROBES,
+                   prerequisites=MappingProxyType({"apply_rope": (check_apply_rope, "exercise 3")}))
 
 
 # ---------------------------------------------------------------------------------------------
-# Exercise 5: RoPE candidates for the learner's property test. They are compiled from this text
-# under their own file name, so that the learner's test may call them (calls into the checks'
-# own code are refused).
+# Exercise 5: test RoPE's defining property
 # ---------------------------------------------------------------------------------------------
 
+# RoPE candidates for the learner's property test. They are compiled from this text under their own
+# file name, so that the learner's test may call them (calls into the checks' own code are refused).
 _ROPE_SOURCE = '''
 import torch
 
@@ -494,229 +673,6 @@ RELATIVE_TEST_MISTAKES = (
             _mistaken_test("q_equals_k")),
 )
 
-MISTAKES = {
-    "sinusoidal_table": SINUSOIDAL_MISTAKES,
-    "add_positions": ADD_POSITIONS_MISTAKES,
-    "apply_rope": ROPE_MISTAKES,
-    "rope_attention": ROPE_ATTENTION_MISTAKES,
-    "relative_offset_holds": RELATIVE_TEST_MISTAKES,
-    "alibi_bias": ALIBI_MISTAKES,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks
-# ---------------------------------------------------------------------------------------------
-
-
-def _reference_table(T, d_model, offset=0):
-    return ref.sinusoidal_table(T, d_model, offset=offset)  # (T, d_model) float32
-
-
-def _table_diagnose(got: Any, expected: Any, case: Case) -> str | None:
-    """What the angles of a table of (sin, cos) pairs say: positions, pairs that do not turn, frequencies."""
-    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point()):
-        return None
-    T, d_model, offset = case.args
-    t = got.detach().cpu().double()
-    error = float((t - expected.double()).abs().max())
-    if offset >= 1000 and error < 1e-2 and bool(torch.isfinite(t).all()):
-        # right at small positions (those cases passed), slightly off far out: the angles lost digits
-        return _FLOAT32_ANGLES + f" (largest difference here {error:.1e})"
-    s, c = t[:, 0::2], t[:, 1::2]  # (T, d_model/2)
-    if float(((s * s + c * c) - 1).abs().max()) > 1e-3:
-        return None  # not (sin, cos) pairs of one angle
-    positions = torch.arange(offset, offset + T, dtype=torch.float64)
-    theta = 10000.0 ** (-2 * torch.arange(d_model // 2, dtype=torch.float64) / d_model)
-    return _probes.angle_symptom(torch.atan2(s, c), positions, theta, what="row", pair="pairs (2i, 2i + 1)",
-                                 base=10000.0, width="d_model")
-
-
-SINUSOIDAL_PROBES = _probes.probes({
-    "frequencies_inverted": ("the angles are p * 10000^(2i / d_model), which grow with i; the frequency of pair i is "
-                             "w_i = 10000^(-2i / d_model) = 1 / 10000^(2i / d_model): divide p by 10000^(2i / d_model)",
-                             lambda T, d_model, offset=0: _table(T, d_model, offset, exponent="inverted")),
-})
-
-
-def check_sinusoidal_table(fn: Any, *, T: int = 6, d_model: int = 8, offsets: Sequence[int] = (0, 9),
-                           far: int = 30000) -> None:
-    """sinusoidal_table(T, d_model, offset=0) -> (T, d_model) float32, accurate far into a sequence."""
-    names = ("T", "d_model", "offset")
-    sizes = {"T": T, "d_model": d_model}
-    cases = [Case((T, d_model, offset), sizes, names, f"offset = {offset}") for offset in offsets]
-    cases.append(Case((1, d_model, offsets[-1] + T), {"1": 1, "d_model": d_model}, names,
-                      f"one row at offset = {offsets[-1] + T}, as a KV cache asks"))
-    cases.append(Case((T, d_model, far), sizes, names, f"offset = {far}, far into a long context"))
-    check_function(fn, name="sinusoidal_table", reference=_reference_table, cases=cases, outputs=("table",),
-                   mistakes=SINUSOIDAL_MISTAKES, forbidden=_REFERENCE, probes=SINUSOIDAL_PROBES,
-                   diagnose=_table_diagnose)
-
-
-def _attention_layer(seed: int, d_model: int, n_heads: int, dtype: torch.dtype) -> nn.Module:
-    """torch's own encoder layer (no mask: it mixes all tokens), frozen and in eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, 2 * d_model, dropout=0.0, batch_first=True,
-                                           dtype=dtype).eval()
-    layer.requires_grad_(False)
-    return layer
-
-
-def _reference_add_positions(x, attn, offset=0):
-    table = ref.sinusoidal_table(x.shape[1], x.shape[2], offset=offset, dtype=x.dtype)  # (T, d_model)
-    return attn(x + table)  # (B, T, d_model)
-
-
-def check_add_positions(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, T: int = 5,
-                        d_model: int = 8, n_heads: int = 2, offset: int = 4) -> None:
-    """add_positions(x, attn, offset=0) -> attn(x + PE(offset .. offset + T - 1)), (B, T, d_model)."""
-    gen = torch.Generator().manual_seed(seed)
-    names = ("x", "attn", "offset")
-    sizes = {"B": B, "T": T, "d_model": d_model}
-    attn = _attention_layer(seed, d_model, n_heads, dtype)
-    cases = [
-        Case((_randn(gen, B, T, d_model, dtype=dtype), attn), sizes, names[:2], "offset left at 0"),
-        Case((_randn(gen, B, T, d_model, dtype=dtype), attn, offset), sizes, names, f"offset = {offset}"),
-    ]
-    with torch.no_grad():
-        check_function(fn, name="add_positions", reference=_reference_add_positions, cases=cases,
-                       outputs=("output",), mistakes=ADD_POSITIONS_MISTAKES, forbidden=(), probes=ADD_POSITIONS_PROBES,
-                       prerequisites=MappingProxyType({"sinusoidal_table": (check_sinusoidal_table, "exercise 1")}))
-
-
-def _add_variant(*, x_scale: str = "1", pe_scale: str = "1", keep_x: bool = True):
-    """add_positions with one change: x or PE scaled (by sqrt(d_model), or -1), or x left out."""
-    def wrong(x, attn, offset=0):
-        d_model = x.shape[2]
-        factor = {"1": 1.0, "sqrt_d": math.sqrt(d_model), "-1": -1.0}
-        table = ref.sinusoidal_table(x.shape[1], d_model, offset=offset, dtype=x.dtype)  # (T, d_model)
-        return attn((x * factor[x_scale] if keep_x else torch.zeros_like(x)) + table * factor[pe_scale])
-    return wrong
-
-
-_ADD_RULE = "add_positions returns attn(x + PE), with PE the rows of positions offset .. offset + T - 1"
-ADD_POSITIONS_PROBES = _probes.probes({
-    "x_scaled": ("x is multiplied by sqrt(d_model) before the positions are added (as the 2017 Transformer "
-                 f"scales its token embeddings); here x is used as it is: {_ADD_RULE}", _add_variant(x_scale="sqrt_d")),
-    "pe_scaled": (f"the positions are multiplied by sqrt(d_model); add the table as it is: {_ADD_RULE}",
-                  _add_variant(pe_scale="sqrt_d")),
-    "pe_subtracted": (f"the positions are subtracted (x - PE); they are added: {_ADD_RULE}", _add_variant(pe_scale="-1")),
-    "x_dropped": (f"attention reads the positions alone, attn(PE): the input x is lost; {_ADD_RULE}",
-                  _add_variant(keep_x=False)),
-})
-
-
-def _reference_rope(x, offset=0):
-    return ref.apply_rope(x, offset)  # half pairs, base 10000
-
-
-ROPE_PROBES = _probes.probes({
-    f"partial_rotary_{int(100 * f)}": (
-        f"only the first {int(100 * f)}% of the channels are rotated (a partial rotary, as GPT-NeoX's rotary_pct "
-        f"does); this exercise rotates all of them: pair k is channels (k, k + d_head/2), k = 0 .. d_head/2 - 1",
-        lambda x, offset=0, f=f: _rope_partial(x, offset, fraction=f))
-    for f in (0.5, 0.25)
-})
-
-
-def _rope_angles(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-    """(T, d_head/2): the angle each rotate-half pair (k, k + d_head/2) of `y` is turned from `x` by,
-    one angle per token and pair for every batch row and head; None when `y` is not such a rotation."""
-    if not (isinstance(y, torch.Tensor) and y.shape == x.shape and y.is_floating_point()):
-        return None
-    x, y = x.detach().cpu().double(), y.detach().cpu().double()
-    d = x.shape[-1]
-    a, b, ya, yb = x[..., : d // 2], x[..., d // 2:], y[..., : d // 2], y[..., d // 2:]
-    lead = tuple(range(x.dim() - 2))
-    phi = torch.atan2((a * yb - b * ya).sum(lead), (a * ya + b * yb).sum(lead)) if lead else torch.atan2(
-        a * yb - b * ya, a * ya + b * yb)  # (T, d/2)
-    cos, sin = phi.cos(), phi.sin()
-    rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
-    scale = float(x.abs().max()) or 1.0
-    return phi if float((rotated - y).abs().max()) <= 1e-4 * scale else None
-
-
-def _rope_diagnose(got: Any, expected: Any, case: Case) -> str | None:
-    x = case.args[0]
-    offset = case.args[1] if len(case.args) > 1 else 0
-    phi = _rope_angles(x, got)
-    if phi is None:
-        return None
-    T, d = x.shape[-2], x.shape[-1]
-    positions = torch.arange(offset, offset + T, dtype=torch.float64)
-    theta = 10000.0 ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
-    return _probes.angle_symptom(phi, positions, theta, what="token", pair="pairs (k, k + d_head/2)", base=10000.0,
-                                 width="d_head")
-
-
-def check_apply_rope(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
-                     T: int = 5, d_head: int = 8, offset: int = 6) -> None:
-    """apply_rope(x, offset=0): x (..., T, d_head) rotated in rotate-half pairs, base 10000."""
-    gen = torch.Generator().manual_seed(seed)
-    sizes = {"B": B, "H": H, "T": T, "d_head": d_head}
-    cases = [
-        Case((_randn(gen, B, H, T, d_head, dtype=dtype),), sizes, ("x",), "x (B, H, T, d_head), offset left at 0"),
-        Case((_randn(gen, B, H, T, d_head, dtype=dtype), offset), sizes, ("x", "offset"), f"offset = {offset}"),
-        Case((_randn(gen, T, d_head, dtype=dtype), offset + 1), {"T": T, "d_head": d_head}, ("x", "offset"),
-             f"x (T, d_head), offset = {offset + 1}"),
-    ]
-    try:
-        check_function(fn, name="apply_rope", reference=_reference_rope, cases=cases, outputs=("rotated",),
-                       mistakes=ROPE_MISTAKES, forbidden=_REFERENCE, diagnose=_rope_diagnose,
-                       probes=ROPE_PROBES)
-    except CheckFailed as failure:
-        if " raised " not in str(failure) or not _runs(fn, cases[1]) or _runs(fn, cases[2]):
-            raise
-        error = str(failure).split(" raised ", 1)[1].split(" (called with", 1)[0]
-        raise CheckFailed(f"apply_rope handles x (B, H, T, d_head) only: on x (T, d_head) it raised {error}. "
-                          f"The exercise's x is (..., T, d_head), any number of leading axes: read the sizes from the "
-                          f"end (T, d = x.shape[-2], x.shape[-1]) and slice with ... (x[..., :d // 2]), so the same "
-                          f"code rotates (T, d_head), (B, T, d_head) and (B, H, T, d_head)") from None
-
-
-def _runs(fn: Any, case: Case) -> bool:
-    """Whether fn(*case.args) returns without an exception (its value is not judged)."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in case.args])
-    except Exception:  # noqa: BLE001 - any error means it does not run
-        return False
-    return True
-
-
-def _reference_rope_attention(q, k, v):
-    T_q, T_k = q.shape[-2], k.shape[-2]
-    start = T_k - T_q  # the queries are the last T_q tokens
-    mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(diagonal=start)  # (T_q, T_k)
-    return scaled_dot_product_attention(ref.apply_rope(q, start), ref.apply_rope(k, 0), v, mask)
-
-
-@rank_aware_mask_advice()  # helpers.shapes' mask advice, for per-head scores
-def check_rope_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32, B: int = 2, H: int = 3,
-                         T_k: int = 7, d_head: int = 4) -> None:
-    """rope_attention(q, k, v) -> (out, weights): causal attention, q and k rotated by their positions.
-
-    q (B, H, T_q, d_head) are the last T_q of the T_k tokens whose keys and values are k, v
-    (B, H, T_k, d_head): query i sits at position T_k - T_q + i.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    names = ("q", "k", "v")
-
-    def case(T_q: int, note: str) -> Case:
-        sizes = {"B": B, "H": H, "T_q": T_q, "T_k": T_k, "d_head": d_head}
-        return Case((_randn(gen, B, H, T_q, d_head, dtype=dtype, scale=2.0),
-                     _randn(gen, B, H, T_k, d_head, dtype=dtype, scale=2.0),
-                     _randn(gen, B, H, T_k, d_head, dtype=dtype)), sizes, names, note)
-
-    cases = [case(T_k, "T_q = T_k: the whole sequence"), case(3, "T_q = 3: the last 3 tokens"),
-             case(1, "T_q = 1: one new token at position T_k - 1")]
-    check_function(fn, name="rope_attention", reference=_reference_rope_attention, cases=cases,
-                   outputs=("output", "weights"), mistakes=ROPE_ATTENTION_MISTAKES, forbidden=(),
-                   probes=ROPE_ATTENTION_PROBES,
-                   prerequisites=MappingProxyType({"apply_rope": (check_apply_rope, "exercise 3")}))
-
 
 def _as_verdict(name: str, value: Any, what: str) -> bool:
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype == torch.bool:
@@ -735,7 +691,7 @@ def check_relative_offset_test(fn: Any, *, d_heads: Sequence[int] = (8,)) -> Non
         verdicts = []
         for key, what, _ in ROPE_CANDIDATES:
             case = Case((_ROPE_NAMESPACE[key], d_head), {}, ("rope", "d_head"), what)
-            verdicts.append(_as_verdict(name, call_learner(fn, name, case, _REFERENCE), what))
+            verdicts.append(_as_verdict(name, call_learner(fn, name, case, FORBIDDEN["ex5"]), what))
         expected = [right for _, _, right in ROPE_CANDIDATES]
         if verdicts == expected:
             continue
@@ -751,6 +707,76 @@ def check_relative_offset_test(fn: Any, *, d_heads: Sequence[int] = (8,)) -> Non
           + (f" for d_head in {tuple(d_heads)}" if len(d_heads) > 1 else ""))
 
 
+# ---------------------------------------------------------------------------------------------
+# Exercise 6: the ALiBi bias
+# ---------------------------------------------------------------------------------------------
+
+
+def _slopes_wrong(H: int, kind: str) -> torch.Tensor:
+    if kind == "fixed":
+        return torch.tensor([2.0 ** -(h + 1) for h in range(H)], dtype=torch.float64)
+    if kind == "geometric":
+        start = 2.0 ** (-8.0 / H)
+        return torch.tensor([start ** (h + 1) for h in range(H)], dtype=torch.float64)
+    slopes = ref.alibi_slopes(H)
+    return slopes.flip(0) if kind == "reversed" else slopes
+
+
+def _alibi_wrong(kind: str):
+    def wrong(n_heads, T):
+        slopes = _slopes_wrong(n_heads, kind if kind in ("fixed", "geometric", "reversed") else "right")
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        distance = {"no_abs": (i - j), "key_position": -j}.get(kind, (i - j).abs()).double()
+        sign = 1.0 if kind == "sign" else -1.0
+        if kind == "no_slope":
+            slopes = torch.ones(n_heads, dtype=torch.float64)
+        return (sign * slopes[:, None, None] * distance).float()
+    return wrong
+
+
+ALIBI_MISTAKES = (
+    Mistake("sign_flipped",
+            "the bias has the wrong sign: it rewards distant keys; ALiBi subtracts m_h |i - j|, so the "
+            "further a key, the lower its score", _alibi_wrong("sign")),
+    Mistake("slopes_reversed",
+            "the slopes are in reverse order: head 0 gets the largest slope (2^(-8/H)), the last head the smallest",
+            _alibi_wrong("reversed")),
+    Mistake("slopes_fixed",
+            "the slopes are 1/2, 1/4, 1/8, ... whatever the number of heads; they are (2^(-8/H))^(h+1), "
+            "which is 1/2 .. 1/256 only for 8 heads", _alibi_wrong("fixed")),
+    Mistake("non_power_of_two",
+            "for a head count that is not a power of two the slopes are not one geometric sequence: take "
+            "the P slopes of the largest power of two P below H, then every other slope of 2P heads",
+            _alibi_wrong("geometric")),
+    Mistake("no_abs",
+            "the distance is i - j without the absolute value, so keys after the query get a positive "
+            "bias; use -m_h |i - j|", _alibi_wrong("no_abs")),
+    Mistake("no_slope",
+            "every head has slope 1; each head h has its own slope m_h (alibi's multi-scale memory)",
+            _alibi_wrong("no_slope")),
+)
+
+
+def _alibi_variant(*, first: int = 1, distance: str = "abs"):
+    """alibi_bias with one change: the slopes' exponents start at h + first, or the distance is i - j
+    clamped at 0 (no bias for keys after the query)."""
+    def wrong(n_heads, T):
+        slopes = ref.alibi_slopes(n_heads).double() * (2.0 ** (8.0 / n_heads)) ** (1 - first)  # (H,)
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        dist = ((i - j).abs() if distance == "abs" else (i - j).clamp(min=0)).double()  # (T, T)
+        return (-slopes[:, None, None] * dist).float()
+    return wrong
+
+
+ALIBI_PROBES = _probes.probes({
+    "slopes_from_h0": ("head 0 has slope 1: the slopes' exponents start at 0; head h has the slope "
+                       "(2^(-8/H))^(h+1), so head 0's is 2^(-8/H)", _alibi_variant(first=0)),
+    "causal_only": ("the bias is 0 for keys after the query (j > i); ALiBi's bias is -m_h |i - j| on both "
+                    "sides of the diagonal (a causal model masks those keys anyway, but the table is the full "
+                    "(H, T, T) bias)", _alibi_variant(distance="clamped")),
+})
+
+
 def _reference_alibi(n_heads, T):
     positions = torch.arange(T)
     return ref.alibi_bias(ref.alibi_slopes(n_heads), positions, positions)  # (H, T, T) float32
@@ -760,11 +786,11 @@ def check_alibi_bias(fn: Any, *, heads: Sequence[int] = (4, 6), T: int = 5) -> N
     """alibi_bias(n_heads, T) -> (H, T, T) float32: bias[h, i, j] = -m_h |i - j|."""
     cases = [Case((H, T), {"H": H, "T": T}, ("n_heads", "T"), f"{H} heads") for H in heads]
     check_function(fn, name="alibi_bias", reference=_reference_alibi, cases=cases, outputs=("bias",),
-                   mistakes=ALIBI_MISTAKES, forbidden=_REFERENCE, probes=ALIBI_PROBES)
+                   mistakes=ALIBI_MISTAKES, forbidden=FORBIDDEN["ex6"], probes=ALIBI_PROBES)
 
 
 # ---------------------------------------------------------------------------------------------
-# Numeric answers
+# Exercise 7: how slowly the slow pairs turn
 # ---------------------------------------------------------------------------------------------
 
 # Exercise 7's settings (printed in the notebook): d_head 64 and base 10000 (GPT-NeoX-like), pair 8;
@@ -808,6 +834,21 @@ def check_rope_numbers(**answers: Any) -> None:
                          "turn_position": "the first whole position p with p * theta_i >= 2 pi",
                          "llama3_longest_wavelength": "the slowest pair is the last one, i = d_head / 2 - 1"})
 
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
+
+# Each mistake is a complete, runnable wrong answer; each probe a variant no catalogue lists, named only
+# when a wrong answer clearly is one of them.
+MISTAKES = {
+    "sinusoidal_table": SINUSOIDAL_MISTAKES,
+    "add_positions": ADD_POSITIONS_MISTAKES,
+    "apply_rope": ROPE_MISTAKES,
+    "rope_attention": ROPE_ATTENTION_MISTAKES,
+    "relative_offset_holds": RELATIVE_TEST_MISTAKES,
+    "alibi_bias": ALIBI_MISTAKES,
+}
 
 PROBES = {"sinusoidal_table": SINUSOIDAL_PROBES, "add_positions": ADD_POSITIONS_PROBES, "apply_rope": ROPE_PROBES,
           "rope_attention": ROPE_ATTENTION_PROBES, "alibi_bias": ALIBI_PROBES}
