@@ -52,18 +52,43 @@ __all__ = [
     "NUMBERS",
 ]
 
-_REFERENCE = (ref,)
-_TORCH_LOSSES = (F.cross_entropy, F.nll_loss, nn.CrossEntropyLoss.forward, nn.NLLLoss.forward)
-# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
-FORBIDDEN_BY_EXERCISE = {"ex1": _TORCH_LOSSES}
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
+FORBIDDEN = {
+    "ex1": (ref, F.cross_entropy, F.nll_loss, nn.CrossEntropyLoss.forward, nn.NLLLoss.forward),
+    "ex2": (ref,),
+    "ex3": (ref,),
+    "ex4": (ref,),
+    "ex5": (),
+    "ex6": (ref,),
+    "ex7": (),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared: the ignore index, token ids, and positions named in messages
+# ---------------------------------------------------------------------------------------------
 
 IGNORE = -100
 
 
+def _ids(gen: torch.Generator, B: int, T: int, V: int) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=gen)
+
+
+def _positions(mask: torch.Tensor, limit: int = 3) -> str:
+    found = [tuple(int(i) for i in index) for index in mask.nonzero()[:limit]]
+    more = int(mask.sum()) - len(found)
+    return ", ".join(map(str, found)) + (f" and {more} more" if more > 0 else "")
+
+
 # ---------------------------------------------------------------------------------------------
-# The catalogue: each mistake is a complete, runnable wrong answer
+# Exercise 1: the next-token loss
 # ---------------------------------------------------------------------------------------------
 
+# Mistakes: each is a complete, runnable wrong answer
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-log softmax(logits)[target] per position, 0 where the target is ignored: (B, T)."""
@@ -131,145 +156,7 @@ LM_LOSS_MISTAKES = (
 )
 
 
-def _mlm(ids, mask_id, vocab_size, generator, *, style: str = "right"):
-    """mlm_mask with a mistake built in; the same draws in the same order as the reference."""
-    u = torch.rand(ids.shape, generator=generator)
-    r = torch.rand(ids.shape, generator=generator)
-    random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator)
-    selected = u < 0.15
-    if style == "all_mask":
-        inputs = torch.where(selected, torch.full_like(ids, mask_id), ids)  # WRONG: no 10 % random, 10 % kept
-    else:
-        inputs = torch.where(selected & (r < 0.8), torch.full_like(ids, mask_id), ids)
-        inputs = torch.where(selected & (r >= 0.8) & (r < 0.9), random_ids, inputs)
-    if style == "labels_everywhere":
-        labels = ids.clone()  # WRONG: every position is scored
-    elif style == "labels_inverted":
-        labels = torch.where(selected, torch.full_like(ids, IGNORE), ids)  # WRONG: scores the untouched ones
-    elif style == "labels_of_inputs":
-        labels = torch.where(selected, inputs, torch.full_like(ids, IGNORE))  # WRONG: the corrupted token
-    else:
-        labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
-    return inputs, labels
-
-
-MLM_MISTAKES = (
-    Mistake("all_mask_token",
-            "every selected position became the mask token; BERT replaces 80 % of them with the mask token, "
-            "10 % with a random token and leaves 10 % unchanged, so the model cannot rely on seeing [MASK]",
-            lambda ids, m, V, g: _mlm(ids, m, V, g, style="all_mask")),
-    Mistake("labels_everywhere",
-            "labels are kept on the unselected positions too: the loss must be computed only where a token "
-            "was selected, so every other label is ignore_index (-100)",
-            lambda ids, m, V, g: _mlm(ids, m, V, g, style="labels_everywhere")),
-    Mistake("labels_inverted",
-            "the labels are inverted: the selected positions got -100 and the untouched ones their token; a "
-            "label holds the original token exactly where a position was selected",
-            lambda ids, m, V, g: _mlm(ids, m, V, g, style="labels_inverted")),
-    Mistake("labels_of_inputs",
-            "the labels hold the corrupted inputs (the mask or random token); the label is the original "
-            "token, the one the model has to recover",
-            lambda ids, m, V, g: _mlm(ids, m, V, g, style="labels_of_inputs")),
-)
-
-
-def _tf(targets, bos_id, style):
-    bos = torch.full_like(targets[:, :1], bos_id)
-    if style == "no_bos":
-        return targets.clone()  # WRONG: each position reads the token it must predict
-    if style == "wrong_way":
-        return torch.cat([targets[:, 1:], bos], dim=1)  # WRONG: shifted left, BOS at the end
-    if style == "bos_over_first":
-        return torch.cat([bos, targets[:, 1:]], dim=1)  # WRONG: BOS overwrites y_0, no shift
-    raise ValueError(style)
-
-
-TEACHER_FORCING_MISTAKES = (
-    Mistake("no_shift",
-            "the inputs are the targets themselves: position t would read the token it has to predict; "
-            "prepend BOS and drop the last target, cat([BOS, targets[:, :-1]])",
-            lambda targets, bos_id: _tf(targets, bos_id, "no_bos")),
-    Mistake("shift_wrong_way",
-            "the targets are shifted left with BOS at the end; the decoder reads BOS first, then y_0 .. y_{T-2}",
-            lambda targets, bos_id: _tf(targets, bos_id, "wrong_way")),
-    Mistake("bos_overwrites",
-            "BOS replaces the first target instead of shifting the others right: position t still reads "
-            "y_t for t >= 1; use cat([BOS, targets[:, :-1]])",
-            lambda targets, bos_id: _tf(targets, bos_id, "bos_over_first")),
-)
-
-
-def _tie_copy(model):
-    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone())  # WRONG: a copy
-
-
-def _tie_copy_values(model):
-    with torch.no_grad():
-        model.lm_head.weight.copy_(model.tok_emb.weight)  # WRONG: equal values, separate storage
-
-
-def _tie_new_parameter(model):
-    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.data)  # WRONG: same storage, a second Parameter
-
-
-def _tie_backwards(model):
-    model.tok_emb.weight = model.lm_head.weight  # WRONG: tied the other way round, the embedding is thrown away
-
-
-TIE_MISTAKES = (
-    Mistake("copy",
-            "the head got a copy of the embedding (clone): equal values today, separate storage, so the two "
-            "drift apart at the first optimizer step and nothing is saved; assign the Parameter itself, "
-            "model.lm_head.weight = model.tok_emb.weight",
-            _tie_copy),
-    Mistake("copy_values",
-            "the embedding's values were copied into the head's own tensor (copy_): separate storage, so the "
-            "two drift apart at the first optimizer step; assign the Parameter itself",
-            _tie_copy_values),
-    Mistake("second_parameter",
-            "the head is a new nn.Parameter over the embedding's storage: the optimizer sees two parameters "
-            "(V x d_model counted twice, two gradients, two AdamW states); assign the same Parameter object",
-            _tie_new_parameter),
-    Mistake("tied_backwards",
-            "the weights are tied the other way round (model.tok_emb.weight = model.lm_head.weight): the shared "
-            "matrix is the head's, and the embedding's own weight (in a trained model, the trained embedding) is "
-            "thrown away; the head takes the embedding's Parameter: model.lm_head.weight = model.tok_emb.weight",
-            _tie_backwards),
-)
-
-PADDING_LABEL_MISTAKES = (
-    Mistake("inverted",
-            "the mask is read the wrong way round: real tokens got -100 and padding kept its ids; "
-            "attention_mask is True where the token is real, and only padding is ignored",
-            lambda ids, attention_mask: ids.masked_fill(attention_mask, IGNORE)),
-    Mistake("zero_fill",
-            "padding was labelled 0, which is a real token id, so the loss still scores it; use the ignore "
-            "index -100",
-            lambda ids, attention_mask: ids.masked_fill(~attention_mask, 0)),
-    Mistake("padding_kept",
-            "the padding ids are kept as labels, so the loss scores predictions of padding; put -100 where "
-            "attention_mask is False",
-            lambda ids, attention_mask: ids.clone()),
-    Mistake("pre_shifted",
-            "the labels are shifted by one here; lm_loss does the shift itself, so labels stay aligned with "
-            "ids (same positions) and only padding becomes -100",
-            lambda ids, attention_mask: torch.cat([ids.masked_fill(~attention_mask, IGNORE)[:, 1:],
-                                                   torch.full_like(ids[:, :1], IGNORE)], dim=1)),
-)
-
-MISTAKES = {
-    "lm_loss": LM_LOSS_MISTAKES,
-    "padding_labels": PADDING_LABEL_MISTAKES,
-    "mlm_mask": MLM_MISTAKES,
-    "teacher_forcing_inputs": TEACHER_FORCING_MISTAKES,
-    "tie_weights": TIE_MISTAKES,
-    "loss_curves": (),  # filled in below, after exercise 7's confusions
-}
-
-
-# ---------------------------------------------------------------------------------------------
 # Probes: variants no catalogue lists, named only when a wrong answer clearly is one of them
-# ---------------------------------------------------------------------------------------------
 
 _loss = _probes.next_token_loss
 _ONE_TERM = "each scored target adds -log softmax(z[b, t])[ids[b, t + 1]], over the last axis (V)"
@@ -304,66 +191,8 @@ LM_LOSS_PROBES = _probes.probes({
              "ln 2", _loss(base=2.0)),
 })
 
-_mlm_probe = _probes.bert_masking
-_DRAWS = ("u = torch.rand(ids.shape, generator=generator), then r = torch.rand(...), then random_ids = "
-          "torch.randint(0, vocab_size, ids.shape, generator=generator), in that order")
-MLM_PROBES = _probes.probes({
-    "selected_at_the_top": ("the selected positions are those with u > 0.85 (the largest u); select where "
-                            "u < 0.15", _mlm_probe(select="u > 1 - p")),
-    "random_band_top": ("random tokens go where r >= 0.9 and the kept tokens where 0.8 <= r < 0.9; it is the "
-                        "other way round: random where 0.8 <= r < 0.9, unchanged where r >= 0.9",
-                        _mlm_probe(swap_random_keep=True)),
-    "bands_from_the_top": ("the bands of r are counted from the top (the mask token where r > 0.2, a random token "
-                           "where 0.1 < r <= 0.2); count from 0: mask where r < 0.8, random where 0.8 <= r < 0.9",
-                           _mlm_probe(mirror=True)),
-    "draws_swapped": (f"u and r are swapped: the first draw selects, the second chooses what a selected position "
-                      f"becomes; draw {_DRAWS}", _mlm_probe(swap_draws=True)),
-    "randint_short": ("random tokens are drawn from randint(0, vocab_size - 1), so the last id is never drawn; "
-                      "draw from all vocab_size ids: torch.randint(0, vocab_size, ...)", _mlm_probe(high=-1)),
-})
 
-TEACHER_FORCING_PROBES = _probes.probes({
-    "along_batch": ("the targets are shifted along the batch axis (dim=0): sequence b reads sequence b - 1; "
-                    "shift along the positions, dim=1",
-                    lambda y, bos: torch.cat([torch.full_like(y[:1], bos), y[:-1]], dim=0)),
-    "bos_appended": ("BOS is appended after the targets' first T - 1 tokens; it comes first: "
-                     "cat([BOS, targets[:, :-1]], dim=1)",
-                     lambda y, bos: torch.cat([y[:, :-1], torch.full_like(y[:, :1], bos)], dim=1)),
-})
-
-
-def _labels_by_lengths(side: str) -> Callable[..., torch.Tensor]:
-    def padding_labels(ids, attention_mask):
-        lengths = attention_mask.sum(1, keepdim=True)  # (B, 1)
-        t = torch.arange(ids.shape[1], device=ids.device)
-        real = t < lengths if side == "right" else t >= ids.shape[1] - lengths
-        return ids.masked_fill(~real, IGNORE)
-    return padding_labels
-
-
-PADDING_LABEL_PROBES = _probes.probes({
-    "lengths_right": ("the labels assume right padding (the first lengths[b] tokens real); the check also pads "
-                      "on the left: put -100 wherever attention_mask itself is False",
-                      _labels_by_lengths("right")),
-    "lengths_left": ("the labels assume left padding (the last lengths[b] tokens real); the check also pads "
-                     "on the right: put -100 wherever attention_mask itself is False",
-                     _labels_by_lengths("left")),
-})
-
-PROBES = {"lm_loss": LM_LOSS_PROBES, "mlm_mask": MLM_PROBES, "teacher_forcing_inputs": TEACHER_FORCING_PROBES,
-          "padding_labels": PADDING_LABEL_PROBES}
-
-
-# ---------------------------------------------------------------------------------------------
-# Diagnoses: the first wrong intermediate, when neither a mistake nor a probe matches
-# ---------------------------------------------------------------------------------------------
-
-
-def _positions(mask: torch.Tensor, limit: int = 3) -> str:
-    found = [tuple(int(i) for i in index) for index in mask.nonzero()[:limit]]
-    more = int(mask.sum()) - len(found)
-    return ", ".join(map(str, found)) + (f" and {more} more" if more > 0 else "")
-
+# Diagnosis: the first wrong intermediate, when neither a mistake nor a probe matches
 
 def _loss_gradient(call: Callable[[torch.Tensor], Any], logits: torch.Tensor) -> torch.Tensor | None:
     """d loss / d logits (B, T, V) in float64, or None when the loss is not a differentiable scalar."""
@@ -393,7 +222,7 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
     logits, ids = case.args[:2]
     with contextlib.redirect_stdout(io.StringIO()):  # the learner's prints were shown on the first call
         got = _loss_gradient(lambda x: call_learner(fn, "lm_loss", Case((x, ids), case.sizes, case.arg_names),
-                                                    _REFERENCE + _TORCH_LOSSES), logits)
+                                                    FORBIDDEN["ex1"]), logits)
     expected = _loss_gradient(lambda x: ref.lm_loss(x, ids), logits)
     if got is None or expected is None or not bool(torch.isfinite(got).all()):
         return None
@@ -469,15 +298,6 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
             "and counts once, with weight 1 / N")
 
 
-# ---------------------------------------------------------------------------------------------
-# Exercise 1: the next-token loss
-# ---------------------------------------------------------------------------------------------
-
-
-def _ids(gen: torch.Generator, B: int, T: int, V: int) -> torch.Tensor:
-    return torch.randint(0, V, (B, T), generator=gen)
-
-
 def check_lm_loss(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                   B: int = 3, T: int = 7, V: int = 11) -> None:
     """lm_loss(logits, ids, ignore_index=-100): logits (B, T, V), ids (B, T) -> a scalar tensor."""
@@ -493,13 +313,74 @@ def check_lm_loss(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
              "right-padded: ids holds -100 after each sequence's end"),
     ]
     check_function(fn, name="lm_loss", reference=ref.lm_loss, cases=cases, outputs=("loss",),
-                   mistakes=LM_LOSS_MISTAKES, forbidden=_REFERENCE + _TORCH_LOSSES,
+                   mistakes=LM_LOSS_MISTAKES, forbidden=FORBIDDEN["ex1"],
                    diagnose=lambda got, expected, case: _lm_loss_symptom(fn, got, case))
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 2: masked-LM masking
 # ---------------------------------------------------------------------------------------------
+
+
+def _mlm(ids, mask_id, vocab_size, generator, *, style: str = "right"):
+    """mlm_mask with a mistake built in; the same draws in the same order as the reference."""
+    u = torch.rand(ids.shape, generator=generator)
+    r = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator)
+    selected = u < 0.15
+    if style == "all_mask":
+        inputs = torch.where(selected, torch.full_like(ids, mask_id), ids)  # WRONG: no 10 % random, 10 % kept
+    else:
+        inputs = torch.where(selected & (r < 0.8), torch.full_like(ids, mask_id), ids)
+        inputs = torch.where(selected & (r >= 0.8) & (r < 0.9), random_ids, inputs)
+    if style == "labels_everywhere":
+        labels = ids.clone()  # WRONG: every position is scored
+    elif style == "labels_inverted":
+        labels = torch.where(selected, torch.full_like(ids, IGNORE), ids)  # WRONG: scores the untouched ones
+    elif style == "labels_of_inputs":
+        labels = torch.where(selected, inputs, torch.full_like(ids, IGNORE))  # WRONG: the corrupted token
+    else:
+        labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
+    return inputs, labels
+
+
+MLM_MISTAKES = (
+    Mistake("all_mask_token",
+            "every selected position became the mask token; BERT replaces 80 % of them with the mask token, "
+            "10 % with a random token and leaves 10 % unchanged, so the model cannot rely on seeing [MASK]",
+            lambda ids, m, V, g: _mlm(ids, m, V, g, style="all_mask")),
+    Mistake("labels_everywhere",
+            "labels are kept on the unselected positions too: the loss must be computed only where a token "
+            "was selected, so every other label is ignore_index (-100)",
+            lambda ids, m, V, g: _mlm(ids, m, V, g, style="labels_everywhere")),
+    Mistake("labels_inverted",
+            "the labels are inverted: the selected positions got -100 and the untouched ones their token; a "
+            "label holds the original token exactly where a position was selected",
+            lambda ids, m, V, g: _mlm(ids, m, V, g, style="labels_inverted")),
+    Mistake("labels_of_inputs",
+            "the labels hold the corrupted inputs (the mask or random token); the label is the original "
+            "token, the one the model has to recover",
+            lambda ids, m, V, g: _mlm(ids, m, V, g, style="labels_of_inputs")),
+)
+
+
+_mlm_probe = _probes.bert_masking
+_DRAWS = ("u = torch.rand(ids.shape, generator=generator), then r = torch.rand(...), then random_ids = "
+          "torch.randint(0, vocab_size, ids.shape, generator=generator), in that order")
+MLM_PROBES = _probes.probes({
+    "selected_at_the_top": ("the selected positions are those with u > 0.85 (the largest u); select where "
+                            "u < 0.15", _mlm_probe(select="u > 1 - p")),
+    "random_band_top": ("random tokens go where r >= 0.9 and the kept tokens where 0.8 <= r < 0.9; it is the "
+                        "other way round: random where 0.8 <= r < 0.9, unchanged where r >= 0.9",
+                        _mlm_probe(swap_random_keep=True)),
+    "bands_from_the_top": ("the bands of r are counted from the top (the mask token where r > 0.2, a random token "
+                           "where 0.1 < r <= 0.2); count from 0: mask where r < 0.8, random where 0.8 <= r < 0.9",
+                           _mlm_probe(mirror=True)),
+    "draws_swapped": (f"u and r are swapped: the first draw selects, the second chooses what a selected position "
+                      f"becomes; draw {_DRAWS}", _mlm_probe(swap_draws=True)),
+    "randint_short": ("random tokens are drawn from randint(0, vocab_size - 1), so the last id is never drawn; "
+                      "draw from all vocab_size ids: torch.randint(0, vocab_size, ...)", _mlm_probe(high=-1)),
+})
 
 
 class _Reseeded:
@@ -591,7 +472,7 @@ def check_mlm_mask(fn: Any, *, seed: int = 0, B: int = 4, T: int = 50, V: int = 
     verify_environment()
     stats_case = Case((big, mask_id, V, torch.Generator().manual_seed(seed + 1)), {"B": 64, "T": 500},
                       ("ids", "mask_id", "vocab_size", "generator"), "64 x 500 tokens")
-    got = call_learner(fn, "mlm_mask", stats_case, _REFERENCE)
+    got = call_learner(fn, "mlm_mask", stats_case, FORBIDDEN["ex2"])
     if not isinstance(got, (tuple, list)) or len(got) != 2 or not all(isinstance(t, torch.Tensor) for t in got):
         raise CheckFailed(f"mlm_mask should return a tuple (inputs, labels) of tensors; it returned a "
                           f"{type(got).__name__}")
@@ -616,13 +497,49 @@ def check_mlm_mask(fn: Any, *, seed: int = 0, B: int = 4, T: int = 50, V: int = 
                   ("ids", "mask_id", "vocab_size", "generator"), f"generator seeded with {s}")
              for s in (seed + 2, seed + 3)]
     check_function(fn, name="mlm_mask", reference=_Reseeded(ref.mlm_mask), cases=cases,
-                   outputs=("inputs", "labels"), mistakes=_SEEDED_MLM_MISTAKES, forbidden=_REFERENCE,
+                   outputs=("inputs", "labels"), mistakes=_SEEDED_MLM_MISTAKES, forbidden=FORBIDDEN["ex2"],
                    diagnose=diagnose, probes=_SEEDED_MLM_PROBES)
 
 
 # ---------------------------------------------------------------------------------------------
 # Exercise 3: teacher forcing
 # ---------------------------------------------------------------------------------------------
+
+
+def _tf(targets, bos_id, style):
+    bos = torch.full_like(targets[:, :1], bos_id)
+    if style == "no_bos":
+        return targets.clone()  # WRONG: each position reads the token it must predict
+    if style == "wrong_way":
+        return torch.cat([targets[:, 1:], bos], dim=1)  # WRONG: shifted left, BOS at the end
+    if style == "bos_over_first":
+        return torch.cat([bos, targets[:, 1:]], dim=1)  # WRONG: BOS overwrites y_0, no shift
+    raise ValueError(style)
+
+
+TEACHER_FORCING_MISTAKES = (
+    Mistake("no_shift",
+            "the inputs are the targets themselves: position t would read the token it has to predict; "
+            "prepend BOS and drop the last target, cat([BOS, targets[:, :-1]])",
+            lambda targets, bos_id: _tf(targets, bos_id, "no_bos")),
+    Mistake("shift_wrong_way",
+            "the targets are shifted left with BOS at the end; the decoder reads BOS first, then y_0 .. y_{T-2}",
+            lambda targets, bos_id: _tf(targets, bos_id, "wrong_way")),
+    Mistake("bos_overwrites",
+            "BOS replaces the first target instead of shifting the others right: position t still reads "
+            "y_t for t >= 1; use cat([BOS, targets[:, :-1]])",
+            lambda targets, bos_id: _tf(targets, bos_id, "bos_over_first")),
+)
+
+
+TEACHER_FORCING_PROBES = _probes.probes({
+    "along_batch": ("the targets are shifted along the batch axis (dim=0): sequence b reads sequence b - 1; "
+                    "shift along the positions, dim=1",
+                    lambda y, bos: torch.cat([torch.full_like(y[:1], bos), y[:-1]], dim=0)),
+    "bos_appended": ("BOS is appended after the targets' first T - 1 tokens; it comes first: "
+                     "cat([BOS, targets[:, :-1]], dim=1)",
+                     lambda y, bos: torch.cat([y[:, :-1], torch.full_like(y[:, :1], bos)], dim=1)),
+})
 
 
 def check_teacher_forcing_inputs(fn: Any, *, seed: int = 0, B: int = 3, T: int = 6, V: int = 20) -> None:
@@ -633,7 +550,7 @@ def check_teacher_forcing_inputs(fn: Any, *, seed: int = 0, B: int = 3, T: int =
              Case((_ids(gen, B + 1, 1, V - 1), V - 1), {"B": B + 1, "T": 1}, ("targets", "bos_id"),
                   "T = 1: the only input is BOS")]
     check_function(fn, name="teacher_forcing_inputs", reference=ref.teacher_forcing_inputs, cases=cases,
-                   outputs=("inputs",), mistakes=TEACHER_FORCING_MISTAKES, forbidden=_REFERENCE,
+                   outputs=("inputs",), mistakes=TEACHER_FORCING_MISTAKES, forbidden=FORBIDDEN["ex3"],
                    probes=TEACHER_FORCING_PROBES, diagnose=_teacher_forcing_symptom)
 
 
@@ -658,6 +575,45 @@ def _teacher_forcing_symptom(got: Any, expected: Any, case: Case) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _tie_copy(model):
+    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone())  # WRONG: a copy
+
+
+def _tie_copy_values(model):
+    with torch.no_grad():
+        model.lm_head.weight.copy_(model.tok_emb.weight)  # WRONG: equal values, separate storage
+
+
+def _tie_new_parameter(model):
+    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.data)  # WRONG: same storage, a second Parameter
+
+
+def _tie_backwards(model):
+    model.tok_emb.weight = model.lm_head.weight  # WRONG: tied the other way round, the embedding is thrown away
+
+
+TIE_MISTAKES = (
+    Mistake("copy",
+            "the head got a copy of the embedding (clone): equal values today, separate storage, so the two "
+            "drift apart at the first optimizer step and nothing is saved; assign the Parameter itself, "
+            "model.lm_head.weight = model.tok_emb.weight",
+            _tie_copy),
+    Mistake("copy_values",
+            "the embedding's values were copied into the head's own tensor (copy_): separate storage, so the "
+            "two drift apart at the first optimizer step; assign the Parameter itself",
+            _tie_copy_values),
+    Mistake("second_parameter",
+            "the head is a new nn.Parameter over the embedding's storage: the optimizer sees two parameters "
+            "(V x d_model counted twice, two gradients, two AdamW states); assign the same Parameter object",
+            _tie_new_parameter),
+    Mistake("tied_backwards",
+            "the weights are tied the other way round (model.tok_emb.weight = model.lm_head.weight): the shared "
+            "matrix is the head's, and the embedding's own weight (in a trained model, the trained embedding) is "
+            "thrown away; the head takes the embedding's Parameter: model.lm_head.weight = model.tok_emb.weight",
+            _tie_backwards),
+)
+
+
 def _untied_model(seed: int, V: int, d_model: int) -> TinyDecoder:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -671,7 +627,7 @@ def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16)
     before, original_head, original_emb = ref.param_count(model), model.lm_head.weight, model.tok_emb.weight
     modules = (model.tok_emb, model.lm_head)
     untouched = model.lm_head.weight.detach().clone()
-    returned = call_learner(fn, "tie_weights", Case((model,), {}, ("model",)), _REFERENCE)
+    returned = call_learner(fn, "tie_weights", Case((model,), {}, ("model",)), FORBIDDEN["ex4"])
     if (model.tok_emb, model.lm_head) != modules:
         replaced = "model.lm_head" if model.lm_head is not modules[1] else "model.tok_emb"
         raise CheckFailed(f"tie_weights: {replaced} was replaced by another module; keep both modules (the head stays "
@@ -721,50 +677,9 @@ def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16)
 
 
 # ---------------------------------------------------------------------------------------------
-# Exercise 6: labels that agree with the attention mask
-# ---------------------------------------------------------------------------------------------
-
-
-def check_padding_labels(fn: Any, *, seed: int = 0, B: int = 3, T: int = 8, V: int = 20) -> None:
-    """padding_labels(ids, attention_mask): ids (B, T), attention_mask (B, T) bool -> labels (B, T)."""
-    gen = torch.Generator().manual_seed(seed)
-    sizes = {"B": B, "T": T}
-    lengths = torch.randint(1, T, (B,), generator=gen)
-    lengths[0] = T
-    right = torch.arange(T) < lengths[:, None]  # (B, T): right padding
-    left = torch.arange(T) >= (T - lengths)[:, None]  # (B, T): left padding
-    names = ("ids", "attention_mask")
-    cases = [Case((_ids(gen, B, T, V), right), sizes, names, "right padding"),
-             Case((_ids(gen, B, T, V), left), sizes, names, "left padding")]
-    check_function(fn, name="padding_labels", reference=ref.lm_labels, cases=cases, outputs=("labels",),
-                   mistakes=PADDING_LABEL_MISTAKES, forbidden=_REFERENCE, probes=PADDING_LABEL_PROBES,
-                   diagnose=_padding_symptom)
-
-
-def _padding_symptom(got: Any, expected: Any, case: Case) -> str | None:
-    """Real tokens and padding are two groups of positions: say which group is labelled wrongly, and how."""
-    ids, mask = case.args
-    real_wrong = mask & (got != ids)
-    pad = ~mask
-    pad_values = got[pad].unique()
-    if not bool(real_wrong.any()) and pad_values.numel() == 1 and int(pad_values) != IGNORE:
-        return f"padding is labelled {int(pad_values)}; the ignore index is -100 (what lm_loss leaves out)"
-    if bool(real_wrong.any()):
-        last_real = mask.clone()
-        last_real[:, :-1] &= ~mask[:, 1:]  # a real token followed by padding (or at the end)
-        last_real[:, -1] = False
-        where = _positions(real_wrong)
-        if bool((real_wrong <= last_real).all()) and bool((got[real_wrong] == IGNORE).all()):
-            return (f"the last real token before padding got -100 at (b, t) = {where}; it is a real token and keeps "
-                    f"its id: lm_loss's shift already stops the prediction of padding, only padding is -100")
-        return (f"real tokens (attention_mask True) are not labelled with their id at (b, t) = {where}; the labels "
-                f"are ids wherever attention_mask is True, -100 elsewhere")
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Exercise 5: numbers
 # ---------------------------------------------------------------------------------------------
+
 
 # GPT-2 small: V = 50257, d_model = 768; a 512-token vocabulary; BERT's masking of a 32 x 128 batch.
 NUMBERS = MappingProxyType({"V_gpt2": 50257, "d_gpt2": 768, "V_small": 512, "B_mlm": 32, "T_mlm": 128})
@@ -797,8 +712,91 @@ def check_training_numbers(**answers: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Exercise 6: labels that agree with the attention mask
+# ---------------------------------------------------------------------------------------------
+
+
+PADDING_LABEL_MISTAKES = (
+    Mistake("inverted",
+            "the mask is read the wrong way round: real tokens got -100 and padding kept its ids; "
+            "attention_mask is True where the token is real, and only padding is ignored",
+            lambda ids, attention_mask: ids.masked_fill(attention_mask, IGNORE)),
+    Mistake("zero_fill",
+            "padding was labelled 0, which is a real token id, so the loss still scores it; use the ignore "
+            "index -100",
+            lambda ids, attention_mask: ids.masked_fill(~attention_mask, 0)),
+    Mistake("padding_kept",
+            "the padding ids are kept as labels, so the loss scores predictions of padding; put -100 where "
+            "attention_mask is False",
+            lambda ids, attention_mask: ids.clone()),
+    Mistake("pre_shifted",
+            "the labels are shifted by one here; lm_loss does the shift itself, so labels stay aligned with "
+            "ids (same positions) and only padding becomes -100",
+            lambda ids, attention_mask: torch.cat([ids.masked_fill(~attention_mask, IGNORE)[:, 1:],
+                                                   torch.full_like(ids[:, :1], IGNORE)], dim=1)),
+)
+
+
+def _labels_by_lengths(side: str) -> Callable[..., torch.Tensor]:
+    def padding_labels(ids, attention_mask):
+        lengths = attention_mask.sum(1, keepdim=True)  # (B, 1)
+        t = torch.arange(ids.shape[1], device=ids.device)
+        real = t < lengths if side == "right" else t >= ids.shape[1] - lengths
+        return ids.masked_fill(~real, IGNORE)
+    return padding_labels
+
+
+PADDING_LABEL_PROBES = _probes.probes({
+    "lengths_right": ("the labels assume right padding (the first lengths[b] tokens real); the check also pads "
+                      "on the left: put -100 wherever attention_mask itself is False",
+                      _labels_by_lengths("right")),
+    "lengths_left": ("the labels assume left padding (the last lengths[b] tokens real); the check also pads "
+                     "on the right: put -100 wherever attention_mask itself is False",
+                     _labels_by_lengths("left")),
+})
+
+
+def check_padding_labels(fn: Any, *, seed: int = 0, B: int = 3, T: int = 8, V: int = 20) -> None:
+    """padding_labels(ids, attention_mask): ids (B, T), attention_mask (B, T) bool -> labels (B, T)."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"B": B, "T": T}
+    lengths = torch.randint(1, T, (B,), generator=gen)
+    lengths[0] = T
+    right = torch.arange(T) < lengths[:, None]  # (B, T): right padding
+    left = torch.arange(T) >= (T - lengths)[:, None]  # (B, T): left padding
+    names = ("ids", "attention_mask")
+    cases = [Case((_ids(gen, B, T, V), right), sizes, names, "right padding"),
+             Case((_ids(gen, B, T, V), left), sizes, names, "left padding")]
+    check_function(fn, name="padding_labels", reference=ref.lm_labels, cases=cases, outputs=("labels",),
+                   mistakes=PADDING_LABEL_MISTAKES, forbidden=FORBIDDEN["ex6"], probes=PADDING_LABEL_PROBES,
+                   diagnose=_padding_symptom)
+
+
+def _padding_symptom(got: Any, expected: Any, case: Case) -> str | None:
+    """Real tokens and padding are two groups of positions: say which group is labelled wrongly, and how."""
+    ids, mask = case.args
+    real_wrong = mask & (got != ids)
+    pad = ~mask
+    pad_values = got[pad].unique()
+    if not bool(real_wrong.any()) and pad_values.numel() == 1 and int(pad_values) != IGNORE:
+        return f"padding is labelled {int(pad_values)}; the ignore index is -100 (what lm_loss leaves out)"
+    if bool(real_wrong.any()):
+        last_real = mask.clone()
+        last_real[:, :-1] &= ~mask[:, 1:]  # a real token followed by padding (or at the end)
+        last_real[:, -1] = False
+        where = _positions(real_wrong)
+        if bool((real_wrong <= last_real).all()) and bool((got[real_wrong] == IGNORE).all()):
+            return (f"the last real token before padding got -100 at (b, t) = {where}; it is a real token and keeps "
+                    f"its id: lm_loss's shift already stops the prediction of padding, only padding is -100")
+        return (f"real tokens (attention_mask True) are not labelled with their id at (b, t) = {where}; the labels "
+                f"are ids wherever attention_mask is True, -100 elsewhere")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # Exercise 7: loss curves of planted faults
 # ---------------------------------------------------------------------------------------------
+
 
 # What each run's curve shows, said so that it names the feature to look at.
 CURVE_SIGNS = MappingProxyType({
@@ -866,9 +864,6 @@ LOSS_CURVE_MISTAKES = tuple(Mistake(f"{truth}_read_as_{given}", message, _WrongN
                             for (truth, given), message in CURVE_CONFUSIONS.items())
 
 
-MISTAKES["loss_curves"] = LOSS_CURVE_MISTAKES
-
-
 def _fault_list() -> str:
     return ", ".join(repr(f) for f in _curves.FAULTS)
 
@@ -908,5 +903,21 @@ def check_loss_curves(answers: Any, *, order_seed: int = _curves.ORDER_SEED) -> 
         raise CheckFailed(f"curve {label} is not {given!r}: {reason}{more}")
     print(f"✓ all {len(labels)} curves are named right")
 
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
+
+MISTAKES = {
+    "lm_loss": LM_LOSS_MISTAKES,
+    "padding_labels": PADDING_LABEL_MISTAKES,
+    "mlm_mask": MLM_MISTAKES,
+    "teacher_forcing_inputs": TEACHER_FORCING_MISTAKES,
+    "tie_weights": TIE_MISTAKES,
+    "loss_curves": LOSS_CURVE_MISTAKES,
+}
+
+PROBES = {"lm_loss": LM_LOSS_PROBES, "mlm_mask": MLM_PROBES, "teacher_forcing_inputs": TEACHER_FORCING_PROBES,
+          "padding_labels": PADDING_LABEL_PROBES}
 
 protect(ref, sys.modules[__name__])
