@@ -226,13 +226,24 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
     expected = _loss_gradient(lambda x: ref.lm_loss(x, ids), logits)
     if got is None or expected is None or not bool(torch.isfinite(got).all()):
         return None
+    return _lm_loss_probe(got, got_loss, case) or _lm_gradient_symptom(got, expected, ids.cpu())
+
+
+def _lm_loss_probe(got: torch.Tensor, got_loss: Any, case: Case) -> str | None:
+    """The message of the probe whose loss and gradient (`got`, d loss / d logits) both equal the learner's."""
+    logits, ids = case.args[:2]
     for probe in LM_LOSS_PROBES:
         value = probe.impl(*case.args)
         if compare(got_loss, value, ("loss",), case.sizes, "lm_loss") is None:
             wrong = _loss_gradient(lambda x, impl=probe.impl: impl(x, ids), logits)
             if wrong is not None and _same_gradient(got, wrong):
                 return probe.message
-    ids = ids.cpu()
+    return None
+
+
+def _lm_gradient_symptom(got: torch.Tensor, expected: torch.Tensor, ids: torch.Tensor) -> str:
+    """The loss read through its gradient (B, T, V): the normalization of each row, then which predictions
+    count and against which token, then the weight each scored target gets."""
     B, T, V = got.shape
     scored = got.abs().amax(-1) > 0  # (B, T): which predictions the loss depends on (masked ones get exactly 0)
     should = torch.zeros(B, T, dtype=torch.bool)
@@ -242,7 +253,13 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
         return ("a position's loss is not -log softmax over the vocabulary: its gradient over that position's V "
                 "logits does not sum to zero, as -log_softmax(z, dim=-1)[target]'s does; normalize each position "
                 "over the last axis, V (logsumexp(z, dim=-1) - z[target])")
-    both = scored & should
+    return (_lm_target_symptom(got, ids, scored & should) or _lm_scored_symptom(scored, should)
+            or _lm_weight_symptom(got, expected, should))
+
+
+def _lm_target_symptom(got: torch.Tensor, ids: torch.Tensor, both: torch.Tensor) -> str | None:
+    """The token each scored prediction is pulled towards (its gradient's argmin), against the next one."""
+    B, T = got.shape[:2]
     pulled = got.argmin(-1)  # (B, T): the token each prediction is pushed towards
     nxt = torch.full((B, T), IGNORE, dtype=ids.dtype)
     nxt[:, :-1] = ids[:, 1:]
@@ -262,6 +279,11 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
         if 2 * int(wrong_target.sum()) > int(both.sum()):
             return (f"the predictions at (b, t) = {_positions(wrong_target)} are scored against another token than "
                     f"ids[b, t + 1], the next one")
+    return None
+
+
+def _lm_scored_symptom(scored: torch.Tensor, should: torch.Tensor) -> str | None:
+    """Predictions the loss depends on (`scored`, (B, T)) that it should not, or should and does not."""
     if bool(scored[:, -1].any()):
         return ("your loss depends on the logits at the last position (t = T - 1), which has no next token; the "
                 "predictions are logits[:, :-1], the targets ids[:, 1:]")
@@ -272,6 +294,11 @@ def _lm_loss_symptom(fn: Any, got_loss: Any, case: Case) -> str | None:
     if bool(missing.any()):
         return (f"the predictions at (b, t) = {_positions(missing)} do not count, though their next token "
                 f"ids[b, t + 1] is a real target; only targets equal to ignore_index are left out")
+    return None
+
+
+def _lm_weight_symptom(got: torch.Tensor, expected: torch.Tensor, should: torch.Tensor) -> str:
+    """Each scored row's gradient as a multiple of the reference's: its shape, then the weights' pattern."""
     ratio = (got * expected).sum(-1) / (expected * expected).sum(-1).clamp_min(1e-300)  # (B, T)
     resid = (got - ratio[..., None] * expected).norm(dim=-1) / got.norm(dim=-1).clamp_min(1e-300)
     if bool((resid[should] > 1e-3).any()):
@@ -633,30 +660,45 @@ def check_tie_weights(fn: Any, *, seed: int = 0, V: int = 37, d_model: int = 16)
         raise CheckFailed(f"tie_weights: {replaced} was replaced by another module; keep both modules (the head stays "
                           f"an nn.Linear, the embedding an nn.Embedding) and share only the weight: "
                           f"model.lm_head.weight = model.tok_emb.weight")
-    head, emb = model.lm_head.weight, model.tok_emb.weight
-    if head is emb:
-        if emb is not original_emb:
-            raise CheckFailed(f"tie_weights: {next(m for m in TIE_MISTAKES if m.key == 'tied_backwards').message}")
-        saved = before - ref.param_count(model)
-        if saved != V * d_model:
-            raise CheckFailed(f"tie_weights: the parameter count dropped by {saved}; tying saves exactly "
-                              f"V x d_model = {V * d_model}")
-        ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(seed))
-        ref.lm_loss(model(ids), ids).backward()
-        if head.grad is None:
-            raise CheckFailed("tie_weights: the shared weight gets no gradient; keep it an nn.Parameter")
+    if model.lm_head.weight is model.tok_emb.weight:
+        _check_shared_weight(model, before, original_emb, seed=seed, V=V, d_model=d_model)
         print(f"✓ tie_weights: one Parameter, shared storage, {V * d_model} parameters saved")
         return
+    _refuse_untied(model, original_head, untouched, returned, seed=seed, V=V, d_model=d_model)
 
-    def kind(m: TinyDecoder, original: torch.Tensor) -> tuple[bool, bool, bool]:
-        h, e = m.lm_head.weight, m.tok_emb.weight
-        return h.data_ptr() == e.data_ptr(), h is original, isinstance(h, nn.Parameter)
 
+def _check_shared_weight(model: TinyDecoder, before: int, original_emb: torch.Tensor, *, seed: int, V: int,
+                         d_model: int) -> None:
+    """Head and embedding share one Parameter: it must be the embedding's, save V x d_model parameters and
+    get a gradient."""
+    head, emb = model.lm_head.weight, model.tok_emb.weight
+    if emb is not original_emb:
+        raise CheckFailed(f"tie_weights: {next(m for m in TIE_MISTAKES if m.key == 'tied_backwards').message}")
+    saved = before - ref.param_count(model)
+    if saved != V * d_model:
+        raise CheckFailed(f"tie_weights: the parameter count dropped by {saved}; tying saves exactly "
+                          f"V x d_model = {V * d_model}")
+    ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(seed))
+    ref.lm_loss(model(ids), ids).backward()
+    if head.grad is None:
+        raise CheckFailed("tie_weights: the shared weight gets no gradient; keep it an nn.Parameter")
+
+
+def _tie_kind(m: TinyDecoder, original: torch.Tensor) -> tuple[bool, bool, bool]:
+    """(head and embedding share storage, the head is still its original Parameter, the head is a Parameter)."""
+    h, e = m.lm_head.weight, m.tok_emb.weight
+    return h.data_ptr() == e.data_ptr(), h is original, isinstance(h, nn.Parameter)
+
+
+def _refuse_untied(model: TinyDecoder, original_head: torch.Tensor, untouched: torch.Tensor, returned: Any, *,
+                   seed: int, V: int, d_model: int) -> None:
+    """The head's weight is not the embedding's: name the catalogued mistake it matches, else what it is."""
+    head, emb = model.lm_head.weight, model.tok_emb.weight
     for mistake in TIE_MISTAKES:
         twin = _untied_model(seed, V, d_model)
         twin_original = twin.lm_head.weight
         mistake.impl(twin)
-        if kind(twin, twin_original) == kind(model, original_head) and head.shape == emb.shape \
+        if _tie_kind(twin, twin_original) == _tie_kind(model, original_head) and head.shape == emb.shape \
                 and torch.equal(head.detach(), twin.lm_head.weight.detach()):
             raise CheckFailed(f"tie_weights: {mistake.message}")
     if head is original_head and head.data_ptr() == emb.data_ptr():
