@@ -347,7 +347,7 @@ def test_answers_computed_in_the_cell_by_a_forbidden_object_are_found():
     from helpers.checks.core import answers_computed_by
 
     names = [f"mask_{k}" for k in "ABCDEF"]
-    forbidden = ch05._MASK_FORBIDDEN + (ch05.MASK_ANSWERS,)
+    forbidden = ch05.FORBIDDEN["ex3a"] + (ch05.MASK_ANSWERS,)
     ns = {"helpers": helpers, "name_it": helpers.attention.classify_mask, "MASK_ANSWERS": ch05.MASK_ANSWERS}
 
     def found(*cells, names=names, forbidden=forbidden):

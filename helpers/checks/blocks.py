@@ -59,18 +59,25 @@ __all__ = [
     "check_prefix_lm_mask",
 ]
 
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
 _TORCH_MHA = (F.multi_head_attention_forward, nn.MultiheadAttention.forward)
 _TORCH_LAYERS = (nn.TransformerDecoderLayer.forward, nn.TransformerDecoder.forward, nn.Transformer.forward,
                  nn.TransformerEncoderLayer.forward)
 # This chapter's mask builders live in helpers.attention (chapter 01's module): named one by one.
-_MASK_REFERENCE = (masks_ref.bidirectional_mask, masks_ref.causal_padding_mask, masks_ref.prefix_lm_mask,
-                   masks_ref.cross_mask, masks_ref.model_masks, masks_ref.classify_mask)
-_CROSS_FORBIDDEN = (ref,) + _TORCH_MHA
-_BLOCK_FORBIDDEN = (ref.decoder_block, ref.CrossDecoderBlock.forward, ref.TinyEncoderDecoder.forward,
-                    ref.TinyEncoderDecoder.decode) + _TORCH_LAYERS
-_MASK_FORBIDDEN = (ref,) + _MASK_REFERENCE
-# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
-FORBIDDEN_BY_EXERCISE = {"ex1": _TORCH_MHA, "ex2": _TORCH_LAYERS}
+_MASK_BUILDERS = (masks_ref.bidirectional_mask, masks_ref.causal_padding_mask, masks_ref.prefix_lm_mask,
+                  masks_ref.cross_mask, masks_ref.model_masks, masks_ref.classify_mask)
+FORBIDDEN = {
+    "ex1": (ref,) + _TORCH_MHA,
+    "ex2": (ref.decoder_block, ref.CrossDecoderBlock.forward, ref.TinyEncoderDecoder.forward,
+            ref.TinyEncoderDecoder.decode) + _TORCH_LAYERS,
+    "ex3a": (ref,) + _MASK_BUILDERS,
+    "ex3b": (ref,) + _MASK_BUILDERS,
+    "ex4": (ref,) + _MASK_BUILDERS,
+    "ex5": (ref,),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +293,7 @@ def check_cross_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.
         _cross_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, 1, None, "one key/value head, no mask"),
     ]
     check_function(fn, name="cross_attention", reference=ref.cross_attention, cases=cases,
-                   outputs=("out", "weights"), mistakes=CROSS_MISTAKES, forbidden=_CROSS_FORBIDDEN,
+                   outputs=("out", "weights"), mistakes=CROSS_MISTAKES, forbidden=FORBIDDEN["ex1"],
                    probes=CROSS_PROBES, diagnose=_cross_diagnose)
 
 
@@ -539,7 +546,7 @@ def check_decoder_block(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.fl
              _block_case(gen, dtype, B, T_tgt, T_src, d_model, n_heads, d_ff, False)]
     try:
         check_function(fn, name="decoder_block", reference=ref.decoder_block, cases=cases, outputs=("output",),
-                       mistakes=BLOCK_MISTAKES, forbidden=_BLOCK_FORBIDDEN, probes=BLOCK_PROBES)
+                       mistakes=BLOCK_MISTAKES, forbidden=FORBIDDEN["ex2"], probes=BLOCK_PROBES)
     except CheckFailed:
         for case in cases:  # a raw shape error from inside a sublayer says less than which mask went where
             problem = _block_mask_problem(fn, case)
@@ -584,7 +591,7 @@ def _block_mask_problem(fn: Any, case: Case) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exercise 3: name the masks, and build the masks each model kind needs
+# Exercise 3a: name the masks
 # ---------------------------------------------------------------------------------------------
 
 
@@ -629,7 +636,7 @@ _NAME_MISTAKES = {
 def check_mask_names(**answers: Any) -> None:
     """Exercise 3a: the kind of each printed mask, or 'none'."""
     verify_environment()
-    refuse_answers_computed_by([f"mask_{key}" for key in MASK_ANSWERS], _MASK_FORBIDDEN + (MASK_ANSWERS,))
+    refuse_answers_computed_by([f"mask_{key}" for key in MASK_ANSWERS], FORBIDDEN["ex3a"] + (MASK_ANSWERS,))
     kinds = (*masks_ref.MASK_KINDS, "none")
     for key, right in MASK_ANSWERS.items():
         if key not in answers or answers[key] is None:
@@ -649,6 +656,11 @@ def check_mask_names(**answers: Any) -> None:
         raise CheckFailed(f"mask {key} is not {value}: {reason}")
     verify_environment()
     print(f"✓ all {len(MASK_ANSWERS)} masks are named right")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 3b: build the masks each model kind needs
+# ---------------------------------------------------------------------------------------------
 
 
 def _masks_wrong(*, encoder: str = "bidirectional", decoder: str = "causal", cross: str = "right",
@@ -738,7 +750,7 @@ def check_model_masks(fn: Any, *, T: int = 6, T_tgt: int = 4, lengths: Sequence[
              _masks_case("encoder-decoder", lengths, T, target_lengths, T_tgt)]
     for case in cases:
         expected = masks_ref.model_masks(*case.args)
-        got = call_learner(fn, "model_masks", case, _MASK_FORBIDDEN)
+        got = call_learner(fn, "model_masks", case, FORBIDDEN["ex3b"])
         problem = _dict_problem(got, expected, case)
         if problem is None:
             continue
@@ -963,18 +975,8 @@ def check_prefix_lm_mask(fn: Any, *, T: int = 7, prefix_lengths: Sequence[int] =
         Case((torch.tensor(lengths), torch.tensor(lengths), T), sizes, names, "prefix = the whole sequence"),
     ]
     check_function(fn, name="prefix_lm_mask", reference=masks_ref.prefix_lm_mask, cases=cases, outputs=("mask",),
-                   mistakes=PREFIX_MISTAKES, forbidden=_MASK_FORBIDDEN, probes=PREFIX_PROBES,
+                   mistakes=PREFIX_MISTAKES, forbidden=FORBIDDEN["ex4"], probes=PREFIX_PROBES,
                    diagnose=_prefix_diagnose)
-
-
-PROBES = {"cross_attention": CROSS_PROBES, "decoder_block": BLOCK_PROBES, "prefix_lm_mask": PREFIX_PROBES}
-
-MISTAKES = {
-    "cross_attention": CROSS_MISTAKES,
-    "decoder_block": BLOCK_MISTAKES,
-    "model_masks": MODEL_MASK_MISTAKES,
-    "prefix_lm_mask": PREFIX_MISTAKES,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1024,9 +1026,22 @@ _COUNT_HINTS = {
 
 def check_encoder_decoder_counts(**answers: Any) -> None:
     """Exercise 5: parameters of one encoder layer, one decoder layer, and the whole model."""
-    refuse_answers_computed_by(COUNT_QUESTIONS, (ref,))
+    refuse_answers_computed_by(COUNT_QUESTIONS, FORBIDDEN["ex5"])
     check_numbers(answers, COUNT_QUESTIONS, mistakes=_COUNT_MISTAKES, hints=_COUNT_HINTS,
                   name="check_encoder_decoder_counts", integers=COUNT_QUESTIONS)
 
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
+
+PROBES = {"cross_attention": CROSS_PROBES, "decoder_block": BLOCK_PROBES, "prefix_lm_mask": PREFIX_PROBES}
+
+MISTAKES = {
+    "cross_attention": CROSS_MISTAKES,
+    "decoder_block": BLOCK_MISTAKES,
+    "model_masks": MODEL_MASK_MISTAKES,
+    "prefix_lm_mask": PREFIX_MISTAKES,
+}
 
 protect(ref, masks_ref, sys.modules[__name__])

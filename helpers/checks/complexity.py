@@ -59,75 +59,28 @@ __all__ = [
     "check_online_softmax_attention",
 ]
 
-_REFERENCE = (ref, _blocks)
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
+_COURSE = (ref, _blocks)
 _TORCH_ATTENTION = (F.scaled_dot_product_attention, torch.softmax, F.softmax, torch.Tensor.softmax,
                     torch.logsumexp, torch.Tensor.logsumexp)
-# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
-FORBIDDEN_BY_EXERCISE = {"ex6": (F.scaled_dot_product_attention,),
-                         "ex7": (F.scaled_dot_product_attention, torch.softmax, F.softmax, torch.logsumexp)}
+FORBIDDEN = {
+    "ex1": _COURSE,
+    "ex2": _COURSE,
+    "ex3": _COURSE,
+    "ex4": _COURSE,
+    "ex5": _COURSE,
+    "ex6": _COURSE + (F.scaled_dot_product_attention,),
+    "ex7": _COURSE + _TORCH_ATTENTION,
+    "ex8": _COURSE,
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# Counting: attention and MLP FLOPs
+# Shared: counts checked on several configurations (exercises 1 to 3)
 # ---------------------------------------------------------------------------------------------
-
-_PARTS = ("projections", "scores", "values", "output")
-
-
-def _attention_counts(d_model, n_heads, T, n_kv_heads=None, *, mac=2, kv="right", score_width="d_head",
-                      output=True):
-    """attention_flops with mistakes built in; returns the four parts."""
-    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-    d_head = d_model // n_heads
-    d_kv = d_model if kv == "n_heads" else n_kv_heads * d_head
-    width = d_model if score_width == "d_model" else d_head
-    return {"projections": mac * T * d_model * (d_model + 2 * d_kv),
-            "scores": mac * n_heads * T * T * width,
-            "values": mac * n_heads * T * T * width,
-            "output": mac * T * d_model * d_model if output else 0}
-
-
-def _attention_right(d_model, n_heads, T, n_kv_heads=None):
-    counts = ref.attention_flops(d_model, n_heads, T, n_kv_heads=n_kv_heads)
-    return {part: counts[part] for part in _PARTS}
-
-
-ATTENTION_FLOP_MISTAKES = (
-    Mistake("multiply_add_as_one",
-            "every count is half the expected one: a multiply-add is 2 FLOPs (one multiply, one add), so a "
-            "(m x k) @ (k x n) product costs 2 m k n FLOPs",
-            lambda *a: _attention_counts(*a, mac=1)),
-    Mistake("n_heads_for_kv",
-            "K and V are projected to n_heads * d_head = d_model features; with n_kv_heads key/value heads "
-            "W_K and W_V have only n_kv_heads * d_head outputs each",
-            lambda *a: _attention_counts(*a, kv="n_heads")),
-    Mistake("scores_with_d_model",
-            "each head's scores and weighted values use its own d_head features, not d_model: Q Kᵀ costs "
-            "2 H T T d_head in all (that is 2 T T d_model, not 2 H T T d_model)",
-            lambda *a: _attention_counts(*a, score_width="d_model")),
-    Mistake("output_forgotten",
-            "the output projection W_O is a d_model x d_model matrix product too: 2 T d_model² FLOPs",
-            lambda *a: _attention_counts(*a, output=False)),
-)
-
-
-def _mlp(d_model, d_ff, T, kind="gelu", *, mac=2, matrices=None):
-    n = matrices if matrices is not None else (2 if kind == "gelu" else 3)
-    return n * mac * T * d_model * d_ff
-
-
-MLP_FLOP_MISTAKES = (
-    Mistake("multiply_add_as_one",
-            "the count is half the expected one: a multiply-add is 2 FLOPs, so each d_model x d_ff matrix "
-            "costs 2 T d_model d_ff",
-            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, mac=1)),
-    Mistake("swiglu_two_matrices",
-            "SwiGLU has three matrices (gate, up and down), each 2 T d_model d_ff FLOPs; two were counted",
-            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=2)),
-    Mistake("one_matrix",
-            "only one matrix was counted; the FFN has an up projection and a down projection (and a gate in SwiGLU)",
-            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=1)),
-)
 
 
 def _as_count(name: str, value: Any) -> int:
@@ -178,13 +131,14 @@ def _factor_symptom(got: Sequence[Any], expected: Sequence[Any], configs: Sequen
 
 def _check_counts(fn: Any, *, name: str, reference: Callable[..., Any], configs: Sequence[tuple],
                   arg_names: tuple[str, ...], mistakes: Sequence[Mistake], hint: str,
-                  keys: Sequence[str] | None = None, probes: Sequence[Mistake] = ()) -> None:
+                  keys: Sequence[str] | None = None, probes: Sequence[Mistake] = (),
+                  forbidden: Sequence[Any]) -> None:
     """Every configuration must give the reference's count. A catalogued mistake, then a probe, is
     named when it gives the learner's counts on every configuration (one configuration alone can fit
     several); else a factor of one argument too many or missing; else the wrong part."""
     verify_environment()
     cases = [Case(tuple(config), {}, arg_names) for config in configs]
-    got = [_normalise(name, call_learner(fn, name, case, _REFERENCE), keys) for case in cases]
+    got = [_normalise(name, call_learner(fn, name, case, forbidden), keys) for case in cases]
     expected = [reference(*config) for config in configs]
     if got == expected:
         verify_environment()
@@ -202,6 +156,51 @@ def _check_counts(fn: Any, *, name: str, reference: Callable[..., Any], configs:
         wrong = [k for k in keys if got[first][k] != expected[first][k]]
         raise CheckFailed(f"{where}: {', '.join(wrong)} not right (got {got[first][wrong[0]]} for {wrong[0]}); {hint}")
     raise CheckFailed(f"{where} = {got[first]} is not right; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 1: attention FLOPs, part by part
+# ---------------------------------------------------------------------------------------------
+
+
+_PARTS = ("projections", "scores", "values", "output")
+
+
+def _attention_counts(d_model, n_heads, T, n_kv_heads=None, *, mac=2, kv="right", score_width="d_head",
+                      output=True):
+    """attention_flops with mistakes built in; returns the four parts."""
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    d_head = d_model // n_heads
+    d_kv = d_model if kv == "n_heads" else n_kv_heads * d_head
+    width = d_model if score_width == "d_model" else d_head
+    return {"projections": mac * T * d_model * (d_model + 2 * d_kv),
+            "scores": mac * n_heads * T * T * width,
+            "values": mac * n_heads * T * T * width,
+            "output": mac * T * d_model * d_model if output else 0}
+
+
+def _attention_right(d_model, n_heads, T, n_kv_heads=None):
+    counts = ref.attention_flops(d_model, n_heads, T, n_kv_heads=n_kv_heads)
+    return {part: counts[part] for part in _PARTS}
+
+
+ATTENTION_FLOP_MISTAKES = (
+    Mistake("multiply_add_as_one",
+            "every count is half the expected one: a multiply-add is 2 FLOPs (one multiply, one add), so a "
+            "(m x k) @ (k x n) product costs 2 m k n FLOPs",
+            lambda *a: _attention_counts(*a, mac=1)),
+    Mistake("n_heads_for_kv",
+            "K and V are projected to n_heads * d_head = d_model features; with n_kv_heads key/value heads "
+            "W_K and W_V have only n_kv_heads * d_head outputs each",
+            lambda *a: _attention_counts(*a, kv="n_heads")),
+    Mistake("scores_with_d_model",
+            "each head's scores and weighted values use its own d_head features, not d_model: Q Kᵀ costs "
+            "2 H T T d_head in all (that is 2 T T d_model, not 2 H T T d_model)",
+            lambda *a: _attention_counts(*a, score_width="d_model")),
+    Mistake("output_forgotten",
+            "the output projection W_O is a d_model x d_model matrix product too: 2 T d_model² FLOPs",
+            lambda *a: _attention_counts(*a, output=False)),
+)
 
 
 def _attention_variant(*, drop: str | None = None, projected: str = "qkv", causal: bool = False):
@@ -242,9 +241,33 @@ def check_attention_flops(fn: Any, *, configs: Sequence[tuple] = ATTENTION_CONFI
     """attention_flops(d_model, n_heads, T, n_kv_heads=None) -> {"projections", "scores", "values", "output"}."""
     _check_counts(fn, name="attention_flops", reference=_attention_right, configs=configs,
                   arg_names=("d_model", "n_heads", "T", "n_kv_heads"), mistakes=ATTENTION_FLOP_MISTAKES,
-                  probes=ATTENTION_FLOP_PROBES,
+                  probes=ATTENTION_FLOP_PROBES, forbidden=FORBIDDEN["ex1"],
                   keys=_PARTS, hint="count 2 m k n for every (m x k) @ (k x n) product: x W_Qᵀ, x W_Kᵀ, x W_Vᵀ, "
                                     "Q Kᵀ and A V per head, and the output projection")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 2: MLP FLOPs
+# ---------------------------------------------------------------------------------------------
+
+
+def _mlp(d_model, d_ff, T, kind="gelu", *, mac=2, matrices=None):
+    n = matrices if matrices is not None else (2 if kind == "gelu" else 3)
+    return n * mac * T * d_model * d_ff
+
+
+MLP_FLOP_MISTAKES = (
+    Mistake("multiply_add_as_one",
+            "the count is half the expected one: a multiply-add is 2 FLOPs, so each d_model x d_ff matrix "
+            "costs 2 T d_model d_ff",
+            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, mac=1)),
+    Mistake("swiglu_two_matrices",
+            "SwiGLU has three matrices (gate, up and down), each 2 T d_model d_ff FLOPs; two were counted",
+            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=2)),
+    Mistake("one_matrix",
+            "only one matrix was counted; the FFN has an up projection and a down projection (and a gate in SwiGLU)",
+            lambda d, f, T, kind="gelu": _mlp(d, f, T, kind, matrices=1)),
+)
 
 
 MLP_FLOP_PROBES = _probes.probes({
@@ -264,12 +287,12 @@ def check_mlp_flops(fn: Any, *, configs: Sequence[tuple] = MLP_CONFIGS) -> None:
     """mlp_flops(d_model, d_ff, T, kind="gelu") -> int."""
     _check_counts(fn, name="mlp_flops", reference=lambda d, f, T, kind="gelu": ref.mlp_flops(d, f, T, kind=kind),
                   configs=configs, arg_names=("d_model", "d_ff", "T", "kind"), mistakes=MLP_FLOP_MISTAKES,
-                  probes=MLP_FLOP_PROBES,
+                  probes=MLP_FLOP_PROBES, forbidden=FORBIDDEN["ex2"],
                   hint="a GELU MLP has 2 matrices of d_model x d_ff, SwiGLU 3; each costs 2 T d_model d_ff FLOPs")
 
 
 # ---------------------------------------------------------------------------------------------
-# KV-cache memory
+# Exercise 3: the KV cache's memory
 # ---------------------------------------------------------------------------------------------
 
 
@@ -312,8 +335,13 @@ def check_kv_cache_bytes(fn: Any, *, configs: Sequence[tuple] = KV_BYTES_CONFIGS
     _check_counts(fn, name="kv_cache_bytes",
                   reference=lambda L, h, d, t, b, dt: ref.kv_cache_bytes(L, h, d, t, batch=b, dtype=dt),
                   configs=configs, arg_names=("n_layers", "n_kv_heads", "d_head", "tokens", "batch", "dtype"),
-                  mistakes=KV_BYTES_MISTAKES,
+                  mistakes=KV_BYTES_MISTAKES, forbidden=FORBIDDEN["ex3"],
                   hint="2 (K and V) x n_layers x batch x n_kv_heads x tokens x d_head x bytes per element")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 4: the KV cache of real decoders
+# ---------------------------------------------------------------------------------------------
 
 
 # Real decoders (the notebook prints them in a read-only cell): Llama-2-7B (MHA), Llama-3-8B (GQA,
@@ -386,7 +414,7 @@ _REAL_HINTS = {
 def check_kv_cache_numbers(**answers: Any) -> None:
     """Exercise 4: KV-cache bytes of real decoders (MHA, GQA, MQA), a batch, and what fits on a GPU."""
     expected, wrong = _real_numbers()
-    refuse_answers_computed_by(expected, _REFERENCE)
+    refuse_answers_computed_by(expected, FORBIDDEN["ex4"])
     check_numbers(answers, expected, tolerance={"gqa_saving_llama3": 1e-9}, mistakes=wrong, hints=_REAL_HINTS,
                   name="check_kv_cache_numbers", integers=[k for k in expected if k != "gqa_saving_llama3"])
 
@@ -408,7 +436,7 @@ def recheck_kv_cache_numbers(*, cells: Sequence[str] | None = None, namespace: A
     """Exercise 4's hidden test: the learner's cells after the sizes cell, re-run with OTHER_CONFIGS,
     give the answers that follow from those sizes (a typed-in number does not). `cells` and
     `namespace` replace IPython's history and namespace (for tests)."""
-    refuse_answers_computed_by(_REAL_HINTS, _REFERENCE, cells=cells, namespace=namespace)
+    refuse_answers_computed_by(_REAL_HINTS, FORBIDDEN["ex4"], cells=cells, namespace=namespace)
     recheck_with_other_sizes(tuple(_REAL_HINTS), sizes_marker=SIZES_MARKER, original=REAL_CONFIGS,
                              variants=OTHER_CONFIGS, expected_for=lambda sizes: _real_numbers(sizes)[0],
                              checks=("check_kv_cache_numbers",), tests=("recheck_kv_cache_numbers",),
@@ -416,7 +444,7 @@ def recheck_kv_cache_numbers(*, cells: Sequence[str] | None = None, namespace: A
 
 
 # ---------------------------------------------------------------------------------------------
-# A cached decoding step: positions, then attention
+# Exercise 5: new tokens at the right position
 # ---------------------------------------------------------------------------------------------
 
 
@@ -493,7 +521,13 @@ def check_embed_new_tokens(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch
         ids = torch.randint(0, V, (B, T), generator=gen)
         cases.append(Case((ids, wte, wpe, n), sizes, names, note))
     check_function(fn, name="embed_new_tokens", reference=ref.embed_new_tokens, cases=cases,
-                   outputs=("embeddings",), mistakes=EMBED_MISTAKES, forbidden=_REFERENCE, diagnose=_embed_diagnose)
+                   outputs=("embeddings",), mistakes=EMBED_MISTAKES, forbidden=FORBIDDEN["ex5"],
+                   diagnose=_embed_diagnose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 6: one attention step with a KV cache
+# ---------------------------------------------------------------------------------------------
 
 
 def _step(q, k_new, v_new, k_cache, v_cache, *, mask="bottom_right", append=True, kv_map="interleave",
@@ -631,11 +665,11 @@ def check_attend_with_cache(fn: Any, *, seed: int = 0, dtype: torch.dtype = torc
     check_function(fn, name="attend_with_cache", reference=ref.attend_with_cache, cases=cases,
                    outputs=("out", "k_all", "v_all"), mistakes=STEP_MISTAKES, probes=STEP_PROBES,
                    diagnose=_step_diagnose,
-                   forbidden=_REFERENCE + (F.scaled_dot_product_attention,))
+                   forbidden=FORBIDDEN["ex6"])
 
 
 # ---------------------------------------------------------------------------------------------
-# FlashAttention's online softmax
+# Exercise 7: FlashAttention's online softmax over blocks
 # ---------------------------------------------------------------------------------------------
 
 
@@ -746,7 +780,7 @@ def _online_structure(fn: Any, case: Case) -> str | None:
     if block >= T_k:
         return None
     with ShapeRecorder() as recorder:
-        call_learner(fn, "online_softmax_attention", case, _REFERENCE + _TORCH_ATTENTION)
+        call_learner(fn, "online_softmax_attention", case, FORBIDDEN["ex7"])
     found = _widest_score_block(recorder.shapes, T_q, T_k, block, (q.shape[-1], v.shape[-1]))
     if found is None:
         return None
@@ -785,13 +819,14 @@ def check_online_softmax_attention(fn: Any, *, seed: int = 0, dtype: torch.dtype
              Case(args(first, math.sqrt(big)), sizes, names, f"large scores (exp overflows in {str(dtype)[6:]})")]
     cases += [Case(args(b, 1.0), sizes, names, f"block_size = {b}") for b in block_sizes[1:]]
     check_function(fn, name="online_softmax_attention", reference=_online_reference, cases=cases,
-                   outputs=("output",), mistakes=ONLINE_MISTAKES, forbidden=_REFERENCE + _TORCH_ATTENTION,
+                   outputs=("output",), mistakes=ONLINE_MISTAKES, forbidden=FORBIDDEN["ex7"],
                    probes=ONLINE_PROBES, diagnose=_online_diagnose, structure=_online_structure)
 
 
 # ---------------------------------------------------------------------------------------------
-# A decode step on the roofline of a real chip
+# Exercise 8: a decode step on the roofline of a real chip
 # ---------------------------------------------------------------------------------------------
+
 
 ROOFLINE_KEYS = ("intensity", "seconds", "crossover_batch")
 
@@ -888,7 +923,7 @@ def check_decode_roofline(fn: Any, *, configs: Sequence[tuple] = ROOFLINE_CONFIG
     name = "decode_roofline"
     verify_environment()
     cases = [Case(tuple(config), {}, _ROOFLINE_ARGS) for config in configs]
-    got = [_roofline_values(name, call_learner(fn, name, case, _REFERENCE)) for case in cases]
+    got = [_roofline_values(name, call_learner(fn, name, case, FORBIDDEN["ex8"])) for case in cases]
     expected = [_roofline(*config) for config in configs]
     wrong = [key for key in ROOFLINE_KEYS if not _same(got, expected, key)]
     if not wrong:
@@ -906,6 +941,10 @@ def check_decode_roofline(fn: Any, *, configs: Sequence[tuple] = ROOFLINE_CONFIG
                 raise CheckFailed(f"{where}: {mistake.message}")
     raise CheckFailed(f"{where}: {key} is not right (got {got[first][key]:.6g}); {_ROOFLINE_HINT}")
 
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
 
 PROBES = {"attention_flops": ATTENTION_FLOP_PROBES, "mlp_flops": MLP_FLOP_PROBES, "attend_with_cache": STEP_PROBES,
           "online_softmax_attention": ONLINE_PROBES}

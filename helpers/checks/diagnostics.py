@@ -54,18 +54,25 @@ __all__ = [
     "check_update_ratios",
 ]
 
-_REFERENCE = (ref,)
-_TORCH_ENTROPY = (torch.special.entr,)
-# What each exercise forbids, for the instructor's pre-grading scan (helpers/grading/scan.py).
-FORBIDDEN_BY_EXERCISE = {"ex2": _TORCH_ENTROPY}
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
 # The bug hunt is solved with the learner's own diagnostics (exercises 1 to 3, and their own code):
 # the reference's diagnostics, bugs.checkup (all of them in one call) and the bug builders (to match
 # outputs against) are refused inside find_bug. The plumbing (residual_stream, shape_report) is allowed.
 _HUNT_DIAGNOSTICS = (ref.leak_test, ref.influence_by_perturbation, ref.influence_by_gradient, ref.leaking_pairs,
                      ref.moved_positions, ref.attention_entropy, ref.head_entropy, ref.entropy_table,
                      ref.update_ratios, ref.stream_norms)
-_HUNT_FORBIDDEN = _HUNT_DIAGNOSTICS + (bugs.checkup, bugs.broken_model, bugs.healthy_model, bugs.hunt_models,
-                                       bugs._assignment, bugs._plant_bug, bugs._plant, bugs.Model.__init__)
+FORBIDDEN = {
+    "ex1": (ref,),
+    "ex2": (ref, torch.special.entr),
+    "ex3": (ref,),
+    "ex4": _HUNT_DIAGNOSTICS + (bugs.checkup, bugs.broken_model, bugs.healthy_model, bugs.hunt_models,
+                                bugs._assignment, bugs._plant_bug, bugs._plant, bugs.Model.__init__),
+    "ex5": (),
+    "ex7": (ref,),
+}
 ALLOWED_REFERENCE_BY_EXERCISE = {"ex4": tuple(name for name in ref.__all__
                                               if getattr(ref, name) not in _HUNT_DIAGNOSTICS)}
 
@@ -187,7 +194,7 @@ def check_future_leaks(fn: Any, *, seed: int = 0, B: int = 2, T: int = 7, V: int
                           f"{T - 1} in the last sequence only"))
     try:
         check_function(fn, name="future_leaks", reference=_reference_leaks, cases=cases, outputs=("leaks",),
-                       mistakes=LEAK_MISTAKES, forbidden=_REFERENCE, probes=LEAK_PROBES, diagnose=_leak_symptom)
+                       mistakes=LEAK_MISTAKES, forbidden=FORBIDDEN["ex1"], probes=LEAK_PROBES, diagnose=_leak_symptom)
     except CheckFailed as failure:
         if " raised " in str(failure):  # the model refused its input: were the perturbed ids still ids?
             problem = next((p for p in map(lambda case: _ids_out_of_range(fn, case), cases) if p), None)
@@ -289,7 +296,7 @@ def check_attention_entropy(fn: Any, *, seed: int = 0, B: int = 2, H: int = 3, T
     cases = [Case((masked,), sizes, ("weights",), "causal weights: blocked keys have weight 0"),
              Case((sharp,), sizes, ("weights",), "unmasked, peaked weights")]
     check_function(fn, name="attention_entropy", reference=ref.attention_entropy, cases=cases,
-                   outputs=("entropy",), mistakes=ENTROPY_MISTAKES, forbidden=_REFERENCE + _TORCH_ENTROPY,
+                   outputs=("entropy",), mistakes=ENTROPY_MISTAKES, forbidden=FORBIDDEN["ex2"],
                    probes=ENTROPY_PROBES, diagnose=lambda got, expected, case: _entropy_symptom(fn, case))
 
 
@@ -319,7 +326,7 @@ def _entropy_symptom(fn: Any, case: Case) -> str | None:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             got = call_learner(fn, "attention_entropy", Case((rows,), {"T_q": 2, "T_k": T_k}, ("weights",)),
-                               _REFERENCE + _TORCH_ENTROPY)
+                               FORBIDDEN["ex2"])
     except CheckFailed:
         return None
     if not (isinstance(got, torch.Tensor) and got.shape == (2,)):
@@ -393,7 +400,7 @@ def check_update_ratios(fn: Any, *, seed: int = 0, L: int = 3, B: int = 2, T: in
     cases = [Case((walk,), sizes, ("stream",), "a stream that each block edits"),
              Case((uneven,), sizes, ("stream",), "tokens of different sizes")]
     check_function(fn, name="update_ratios", reference=ref.update_ratios, cases=cases, outputs=("ratios",),
-                   mistakes=RATIO_MISTAKES, forbidden=_REFERENCE, probes=RATIO_PROBES)
+                   mistakes=RATIO_MISTAKES, forbidden=FORBIDDEN["ex3"], probes=RATIO_PROBES)
 
 
 _ratio = _probes.stream_update_ratio
@@ -436,7 +443,7 @@ def _hunt_answers(find_bug: Any, seed: int) -> tuple[dict[str, str], dict[str, A
     answers = {}
     for label, model in models.items():
         case = Case((model, reference), {}, ("model", "reference"), f"model {label} of the hunt")
-        answers[label] = call_learner(find_bug, "find_bug", case, _HUNT_FORBIDDEN)
+        answers[label] = call_learner(find_bug, "find_bug", case, FORBIDDEN["ex4"])
     return answers, truth
 
 
@@ -512,7 +519,6 @@ def check_diagnostics_numbers(**answers: Any) -> None:
     check_numbers(answers, expected, tolerance={"max_entropy_1024": 1e-3, "causal_max_query_9": 1e-3},
                   mistakes=mistakes, hints=hints, name="check_diagnostics_numbers",
                   integers=("leak_test_passes",))
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,7 +641,7 @@ def check_ablation_verdicts(fn: Any, *, seed: int = 0, C: int = 5, S: int = 3, z
                   "a control row equal to the baseline, and rows just inside and just outside the noise floor")]
     for case in cases:
         expected = ref.ablation_verdicts(*case.args)
-        got = call_learner(fn, "ablation_verdicts", case, _REFERENCE)
+        got = call_learner(fn, "ablation_verdicts", case, FORBIDDEN["ex7"])
         problem = _verdicts_problem(got, expected, case)
         if problem is None:
             continue
@@ -730,6 +736,10 @@ def _verdicts_symptom(got: Any, expected: dict, case: Case) -> str | None:
                         f"else 'within noise'")
     return None
 
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
 
 PROBES = {"future_leaks": LEAK_PROBES, "attention_entropy": ENTROPY_PROBES, "update_ratios": RATIO_PROBES}
 

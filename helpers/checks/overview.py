@@ -44,13 +44,81 @@ __all__ = [
     "check_token_budget",
 ]
 
+# ---------------------------------------------------------------------------------------------
+# Forbidden: what each exercise may not call or be (its checks refuse it; course-scan flags it)
+# ---------------------------------------------------------------------------------------------
+
 # The learner writes these themselves: an answer that is or calls one of them is refused.
-_SHAPE_FORBIDDEN = (ref.shape_map, ref.measure_shapes, ref.measure_tensors)
-_CHAR_FORBIDDEN = (ref_tok.CharTokenizer.encode, ref_tok.CharTokenizer.decode, ref_tok.CharTokenizer.__init__)
-_BPE_FORBIDDEN = (ref_tok.most_frequent_pair, ref_tok.merge_pair, ref_tok.pair_counts, ref_tok.train_bpe,
-                  ref_tok.BPETokenizer.__init__, ref_tok.BPETokenizer.encode)
-_TOUR_FORBIDDEN = (ref_blocks.decoder_forward, ref_blocks.TinyDecoder.forward)
-_PERMUTATION_FORBIDDEN = (ref.is_permutation_equivariant, ref._derangement)
+FORBIDDEN = {
+    "ex1": (ref_tok.CharTokenizer.encode, ref_tok.CharTokenizer.decode, ref_tok.CharTokenizer.__init__),
+    "ex2": (ref_tok.most_frequent_pair, ref_tok.merge_pair, ref_tok.pair_counts, ref_tok.train_bpe,
+            ref_tok.BPETokenizer.__init__, ref_tok.BPETokenizer.encode),
+    "ex3": (),
+    "ex4": (ref.shape_map, ref.measure_shapes, ref.measure_tensors),
+    "ex5": (ref_blocks.decoder_forward, ref_blocks.TinyDecoder.forward),
+    "ex6": (ref.is_permutation_equivariant, ref._derangement),
+    "ex7": (),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared: the learner's list results (tokenizers, BPE) and how they are judged
+# ---------------------------------------------------------------------------------------------
+
+def _as_ids(name: str, value: Any) -> list[int]:
+    if isinstance(value, torch.Tensor) and value.dim() == 1 and not value.is_floating_point():
+        return value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise CheckFailed(f"{name} should return a list of ints; it returned a {type(value).__name__}")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in value):
+        raise CheckFailed(f"{name} should return a list of ints; it returned {list(value)[:6]!r}")
+    return [int(i) for i in value]
+
+
+def _learner_outputs(fn: Any, name: str, calls: Sequence[tuple], arg_names: tuple[str, ...],
+                     normalize: Callable[[Any], Any], forbidden: Sequence[Any]) -> list[Any]:
+    """The learner's results on every call (normalized), after checking that no input list was changed."""
+    results = []
+    for args in calls:
+        before = [list(a) if isinstance(a, list) else a for a in args]
+        note = ", ".join(f"{n}={a!r}" for n, a in zip(arg_names, args))
+        got = call_learner(fn, name, Case(tuple(args), {}, arg_names, note), forbidden)
+        if list(args) != before:
+            raise CheckFailed(f"{name} changed its input list {arg_names[0]}; build and return a new list instead")
+        results.append(normalize(got))
+    return results
+
+
+def _judge(name: str, got: list[Any], calls: Sequence[tuple], reference: Callable, mistakes: Sequence[Mistake],
+           arg_names: tuple[str, ...]) -> None:
+    """Name the catalogued mistake whose results on all calls equal the learner's, else the first wrong call."""
+    expected = [reference(*args) for args in calls]
+    if got == expected:
+        return
+    for mistake in mistakes:
+        if [mistake.impl(*args) for args in calls] == got:
+            raise CheckFailed(f"{name}: {mistake.message}")
+    index = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
+    shown = ", ".join(repr(a) for a in calls[index])
+    symptom = _sequence_symptom(got[index], expected[index], calls[index][0])
+    raise CheckFailed(f"{name}({shown}) returned {got[index]!r}; expected {expected[index]!r}"
+                      + (f": {symptom}" if symptom else ""))
+
+
+def _sequence_symptom(got: Any, expected: Any, given: Any) -> str | None:
+    """What a wrong list or string has in common with the right one: reversed, one short, unchanged."""
+    # Not for pairs: a wrong pair is the reverse of the right one by chance too often to say so.
+    if not isinstance(got, (list, tuple, str)) or not isinstance(expected, type(got)) or len(expected) < 3:
+        return None
+    if got == expected[::-1]:
+        return "that is the right result in reverse order"
+    if got == expected[:-1]:
+        return "the last element is missing (does a loop stop one step early?)"
+    if got == expected[1:]:
+        return "the first element is missing"
+    if isinstance(given, (list, str)) and got == given:
+        return "that is the input unchanged: nothing was replaced"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,16 +164,6 @@ _M_SKIPS_UNKNOWN = ("an unknown character was skipped or replaced without an err
                     "characters cannot round-trip, so raise an error (e.g. ValueError) instead")
 
 
-def _as_ids(name: str, value: Any) -> list[int]:
-    if isinstance(value, torch.Tensor) and value.dim() == 1 and not value.is_floating_point():
-        return value.tolist()
-    if not isinstance(value, (list, tuple)):
-        raise CheckFailed(f"{name} should return a list of ints; it returned a {type(value).__name__}")
-    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in value):
-        raise CheckFailed(f"{name} should return a list of ints; it returned {list(value)[:6]!r}")
-    return [int(i) for i in value]
-
-
 def _char_cases(text: str, vocab: str, seed: int) -> list[tuple[str, str]]:
     gen = torch.Generator().manual_seed(seed)
     random_text = "".join(vocab[i] for i in torch.randint(0, len(vocab), (40,), generator=gen).tolist())
@@ -118,10 +176,10 @@ def check_char_tokenizer(encode: Any, decode: Any, *, text: str = CHAR_TEXT, voc
     texts = _char_cases(text, vocab, seed)
     calls = [(t, v) for t, v in texts]
     got = _learner_outputs(encode, "char_encode", calls, ("text", "vocab"), lambda out: _as_ids("char_encode", out),
-                           _CHAR_FORBIDDEN)
+                           FORBIDDEN["ex1"])
     _judge("char_encode", got, calls, _encode_right, CHAR_ENCODE_MISTAKES, ("text", "vocab"))
     calls = [(_encode_right(t, v), v) for t, v in texts]
-    back = _learner_outputs(decode, "char_decode", calls, ("ids", "vocab"), lambda out: out, _CHAR_FORBIDDEN)
+    back = _learner_outputs(decode, "char_decode", calls, ("ids", "vocab"), lambda out: out, FORBIDDEN["ex1"])
     _judge("char_decode", back, calls, lambda ids, v: "".join(v[i] for i in ids), CHAR_DECODE_MISTAKES,
            ("ids", "vocab"))
     if not all(isinstance(b, str) for b in back):
@@ -129,7 +187,7 @@ def check_char_tokenizer(encode: Any, decode: Any, *, text: str = CHAR_TEXT, voc
     unknown = next(ch for ch in "!?#@zQ" if ch not in vocab)
     case = Case((text[:3] + unknown, vocab), {}, ("text", "vocab"), f"a character {unknown!r} not in vocab")
     try:
-        result = call_learner(encode, "char_encode", case, _CHAR_FORBIDDEN)
+        result = call_learner(encode, "char_encode", case, FORBIDDEN["ex1"])
     except CheckFailed as failure:
         if not str(failure).startswith("char_encode raised "):
             raise
@@ -229,52 +287,6 @@ def _bpe_lists(seed: int, n: int = 3, length: int = 30, alphabet: int = 5) -> li
     return [torch.randint(0, alphabet, (length,), generator=gen).tolist() for _ in range(n)]
 
 
-def _learner_outputs(fn: Any, name: str, calls: Sequence[tuple], arg_names: tuple[str, ...],
-                     normalize: Callable[[Any], Any], forbidden: Sequence[Any]) -> list[Any]:
-    """The learner's results on every call (normalized), after checking that no input list was changed."""
-    results = []
-    for args in calls:
-        before = [list(a) if isinstance(a, list) else a for a in args]
-        note = ", ".join(f"{n}={a!r}" for n, a in zip(arg_names, args))
-        got = call_learner(fn, name, Case(tuple(args), {}, arg_names, note), forbidden)
-        if list(args) != before:
-            raise CheckFailed(f"{name} changed its input list {arg_names[0]}; build and return a new list instead")
-        results.append(normalize(got))
-    return results
-
-
-def _judge(name: str, got: list[Any], calls: Sequence[tuple], reference: Callable, mistakes: Sequence[Mistake],
-           arg_names: tuple[str, ...]) -> None:
-    """Name the catalogued mistake whose results on all calls equal the learner's, else the first wrong call."""
-    expected = [reference(*args) for args in calls]
-    if got == expected:
-        return
-    for mistake in mistakes:
-        if [mistake.impl(*args) for args in calls] == got:
-            raise CheckFailed(f"{name}: {mistake.message}")
-    index = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e)
-    shown = ", ".join(repr(a) for a in calls[index])
-    symptom = _sequence_symptom(got[index], expected[index], calls[index][0])
-    raise CheckFailed(f"{name}({shown}) returned {got[index]!r}; expected {expected[index]!r}"
-                      + (f": {symptom}" if symptom else ""))
-
-
-def _sequence_symptom(got: Any, expected: Any, given: Any) -> str | None:
-    """What a wrong list or string has in common with the right one: reversed, one short, unchanged."""
-    # Not for pairs: a wrong pair is the reverse of the right one by chance too often to say so.
-    if not isinstance(got, (list, tuple, str)) or not isinstance(expected, type(got)) or len(expected) < 3:
-        return None
-    if got == expected[::-1]:
-        return "that is the right result in reverse order"
-    if got == expected[:-1]:
-        return "the last element is missing (does a loop stop one step early?)"
-    if got == expected[1:]:
-        return "the first element is missing"
-    if isinstance(given, (list, str)) and got == given:
-        return "that is the input unchanged: nothing was replaced"
-    return None
-
-
 def _as_pair(value: Any) -> Any:
     if isinstance(value, list):
         value = tuple(value)
@@ -290,7 +302,7 @@ MOST_FREQUENT_LISTS = ([1, 2, 1, 2, 3], [1, 2, 1, 2, 5, 6, 5, 6], [5, 6, 5, 6, 1
 def check_most_frequent_pair(fn: Any, *, seed: int = 0) -> None:
     """most_frequent_pair(ids) -> (left, right): most frequent adjacent pair, ties to the smallest pair."""
     calls = [(list(ids),) for ids in (*MOST_FREQUENT_LISTS, *_bpe_lists(seed))]
-    got = _learner_outputs(fn, "most_frequent_pair", calls, ("ids",), _as_pair, _BPE_FORBIDDEN)
+    got = _learner_outputs(fn, "most_frequent_pair", calls, ("ids",), _as_pair, FORBIDDEN["ex2"])
     _judge("most_frequent_pair", got, calls, _most_frequent, MOST_FREQUENT_MISTAKES, ("ids",))
     print(f"✓ most_frequent_pair: right pair, tie rule respected, on all {len(calls)} lists")
 
@@ -304,7 +316,7 @@ def check_merge_pair(fn: Any, *, seed: int = 0) -> None:
     calls = [(list(ids), pair, new_id) for ids, pair, new_id in MERGE_CALLS]
     calls += [(ids, (ids[3], ids[4]), 500 + k) for k, ids in enumerate(_bpe_lists(seed, alphabet=3))]
     names = ("ids", "pair", "new_id")
-    got = _learner_outputs(fn, "merge_pair", calls, names, lambda out: _as_ids("merge_pair", out), _BPE_FORBIDDEN)
+    got = _learner_outputs(fn, "merge_pair", calls, names, lambda out: _as_ids("merge_pair", out), FORBIDDEN["ex2"])
     _judge("merge_pair", got, calls, _merge, MERGE_MISTAKES, names)
     print(f"✓ merge_pair: every pair merged left to right, on all {len(calls)} lists")
 
@@ -449,7 +461,7 @@ def check_shape_map(fn: Any, *, configs: Sequence[tuple[int, ...]] = (SHAPE_CONF
     for config in configs:
         sizes = _shape_sizes(*config)
         case = Case(tuple(config), sizes, names, ", ".join(f"{n}={v}" for n, v in zip(names, config)))
-        got = call_learner(fn, "shape_map", case, _SHAPE_FORBIDDEN)
+        got = call_learner(fn, "shape_map", case, FORBIDDEN["ex4"])
         if not isinstance(got, dict):
             raise CheckFailed(f"shape_map should return a dict {{name: shape}}; it returned a {type(got).__name__}")
         missing = [key for key in ref.SHAPE_MAP if key not in got]
@@ -609,7 +621,7 @@ def check_lm_forward(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch.float
     cases = [_tour_case(gen, dtype, positions=True, **kwargs), _tour_case(gen, dtype, positions=False, **kwargs)]
     with torch.no_grad():
         check_function(fn, name="lm_forward", reference=ref_blocks.decoder_forward, cases=cases,
-                       outputs=("logits",), mistakes=TOUR_MISTAKES, forbidden=_TOUR_FORBIDDEN,
+                       outputs=("logits",), mistakes=TOUR_MISTAKES, forbidden=FORBIDDEN["ex5"],
                        probes=TOUR_PROBES)
 
 
@@ -717,7 +729,7 @@ def check_permutation_test(fn: Any, *, seed: int = 0, dtype: torch.dtype = torch
         out = []
         for f, x, _, what in cases:
             case = Case((f, x), sizes, ("f", "x"), what)
-            result = call_learner(test, "is_permutation_equivariant", case, _PERMUTATION_FORBIDDEN) \
+            result = call_learner(test, "is_permutation_equivariant", case, FORBIDDEN["ex6"]) \
                 if learner else test(f, x)
             if isinstance(result, torch.Tensor) and result.numel() == 1 and result.dtype == torch.bool:
                 result = bool(result.item())
@@ -795,6 +807,10 @@ def check_token_budget(**answers: Any) -> None:
         raise CheckFailed(f"check_token_budget needs an answer for {', '.join(missing)}")
     check_numbers(answers, BUDGET_QUESTIONS, mistakes=_BUDGET_MISTAKES, hints=_BUDGET_HINTS, integers=BUDGET_QUESTIONS)
 
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue: every check's mistakes and probes (read by the tests and the site)
+# ---------------------------------------------------------------------------------------------
 
 PROBES = {"lm_forward": TOUR_PROBES}
 
