@@ -21,6 +21,7 @@ import importlib
 import inspect
 import re
 import types
+from collections.abc import Mapping
 
 import pytest
 
@@ -128,7 +129,7 @@ def test_each_check_is_defined_in_its_exercise_section(topic):
 @pytest.mark.parametrize("topic", TOPICS)
 def test_forbidden_declares_every_exercise_once(topic):
     module = _module(topic)
-    assert isinstance(getattr(module, "FORBIDDEN", None), dict), f"helpers.checks.{topic} declares no FORBIDDEN dict"
+    assert isinstance(getattr(module, "FORBIDDEN", None), Mapping), f"helpers.checks.{topic} declares no FORBIDDEN dict"
     assert set(module.FORBIDDEN) == set(exercise_checks(topic)), \
         f"FORBIDDEN's keys: expected {sorted(exercise_checks(topic))}, got {sorted(module.FORBIDDEN)}"
     assert all(isinstance(items, tuple) for items in module.FORBIDDEN.values())
