@@ -113,20 +113,6 @@ class _SealedModule(types.ModuleType):
         raise AttributeError(f"{self.__name__}.{name} cannot be deleted: the course's modules are read-only")
 
 
-class _ReadOnlyDict(dict):
-    """A checks module's FORBIDDEN (exercise -> what its checks refuse) once `protect` has run: an answer
-    cell cannot empty an exercise's set to make its check accept the reference (the module is sealed, so
-    the name cannot be rebound either)."""
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("the course's forbidden sets are read-only in notebooks")
-
-    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
-
-    def __reduce__(self) -> tuple:  # copy and pickle build a new one instead of filling it item by item
-        return type(self), (dict(self),)
-
-
 def _watchable(value: Any) -> bool:
     # Bound methods are created afresh on each access (IPython re-installs some in builtins per cell).
     if isinstance(value, (types.ModuleType, types.MethodType)):
@@ -199,16 +185,18 @@ def _with_its_modules(module: types.ModuleType) -> list[types.ModuleType]:
 def protect(*modules: types.ModuleType) -> None:
     """Seal these course modules (a package with its modules) and record their functions; checks
     verify them later. In the checks' own modules, every public `check_*` function first gets
-    `on_one_thread`, and the FORBIDDEN dict becomes read-only."""
+    `on_one_thread`, and FORBIDDEN becomes a read-only mapping."""
     for module in [m for given in modules for m in _with_its_modules(given)]:
         if module.__name__.startswith(_CHECKS_PACKAGE):
             for name, value in list(vars(module).items()):
                 if (name.startswith("check_") and isinstance(value, types.FunctionType)
                         and value.__module__ == module.__name__ and not getattr(value, "on_one_thread", False)):
                     setattr(module, name, on_one_thread(value))
+            # what each exercise forbids, read-only: an answer cell cannot empty an exercise's set to make
+            # its check accept the reference (a dict subclass would still yield to dict.__setitem__)
             forbidden = vars(module).get("FORBIDDEN")
-            if isinstance(forbidden, dict) and not isinstance(forbidden, _ReadOnlyDict):
-                module.FORBIDDEN = _ReadOnlyDict(forbidden)
+            if isinstance(forbidden, dict):
+                module.FORBIDDEN = types.MappingProxyType(dict(forbidden))
         _snapshot(module.__name__, module)
         if not isinstance(module, _SealedModule):
             module.__class__ = _SealedModule

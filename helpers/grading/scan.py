@@ -11,7 +11,8 @@ code instead, before grading, and reports per student and exercise:
                       helpers name starting with _): internals a learner has no reason to touch
     torch_builtin     uses the torch built-in the chapter asks students to write
     patching          assigns to an attribute of a module (torch.allclose = ...), setattr on one,
-                      or edits sys.modules / builtins / globals()
+                      an item of a course module's object (its FORBIDDEN sets), or edits
+                      sys.modules / builtins / globals()
     file_access       opens, lists, copies or deletes files, or names the gradebook or other
                       students' folders
     process           os._exit, sys.exit, exit(), signals, subprocess, os.system, shell escapes (!cmd)
@@ -39,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 
 import nbformat
+import torch
 
 from ..checks.core import exporting_modules
 from .course import Assignment, GradingError, exercise_of, find_course
@@ -67,15 +69,30 @@ class Finding:
     code: str
 
 
+def _torch_namespaces() -> tuple:
+    return (torch, torch.nn.functional, torch.special, torch.linalg, torch.fft, torch.nn.init, torch.Tensor)
+
+
 def _torch_names(items) -> set[str]:
+    """The names an answer would write for forbidden torch built-ins: a function by every public name a
+    torch namespace gives it (torch.special.entr, whose C name is special_entr, is `entr`; torch.Tensor.softmax
+    is `softmax`), a module's method by its class (MultiheadAttention.forward -> MultiheadAttention)."""
     names = set()
     for item in items:
+        if not callable(item) or isinstance(item, ModuleType):
+            continue
         module = getattr(item, "__module__", "") or ""
-        if callable(item) and module.startswith("torch"):
-            # a method names its class (MultiheadAttention.forward); a C function names itself
-            # (torch._C._VariableFunctionsClass.layer_norm -> layer_norm)
-            owner = item.__qualname__.split(".")[0]
-            names.add(owner if "." in item.__qualname__ and not owner.startswith("_") else item.__name__)
+        qualname = getattr(item, "__qualname__", "")
+        owner = qualname.split(".")[0]
+        if module.startswith("torch.nn.modules") and "." in qualname:
+            names.add(owner)
+            continue
+        public = {name for space in _torch_namespaces() for name in dir(space)
+                  if not name.startswith("_") and getattr(space, name, None) is item}
+        if public:
+            names |= public
+        elif module.startswith("torch"):
+            names.add(owner if "." in qualname and not owner.startswith("_") else item.__name__)
     return names
 
 
@@ -94,54 +111,57 @@ def _helpers_names(items) -> tuple[set[str], set[str]]:
 
 @dataclass(frozen=True)
 class Rules:
-    """What a chapter forbids, read from its checks module `helpers.checks.<topic>`:
-
-    - `FORBIDDEN_BY_EXERCISE = {"ex1": (F.gelu, ...)}`: the torch built-ins each exercise forbids
-      (exercises not listed forbid none); without it, every module-level tuple of torch callables
-      is forbidden in every exercise;
-    - `ALLOWED_REFERENCE_BY_EXERCISE = {"ex7": ("top_k_route",)}`: reference functions an exercise
-      may import;
-    - course modules (`_REFERENCE = (ref,)`) and course functions in module-level tuples: what
-      answers may not import, besides `helpers.<topic>` itself.
-    """
+    """What one exercise forbids: the names the scan flags in its answer cells."""
     references: tuple[str, ...]  # course modules an answer may not import (helpers.<topic> first)
-    chapter_builtins: frozenset[str]
-    builtins_by_exercise: dict | None
-    allowed_reference: dict
-    forbidden_helpers: frozenset[str] = frozenset()  # e.g. helpers.blocks.decoder_forward
+    builtins: frozenset[str]  # torch built-ins (scaled_dot_product_attention, MultiheadAttention, ...)
+    allowed: frozenset[str] = frozenset()  # reference functions the exercise may import (top_k_route)
+    forbidden_helpers: frozenset[str] = frozenset()  # course functions, dotted (helpers.blocks.decoder_forward)
 
     @property
     def reference(self) -> str:
         return self.references[0]
 
-    def builtins(self, exercise: str) -> set[str]:
-        if self.builtins_by_exercise is None:
-            return set(self.chapter_builtins)
-        return set(self.builtins_by_exercise.get(exercise, ()))
+
+@dataclass(frozen=True)
+class ChapterRules:
+    """What a chapter's exercises forbid, read from its checks module `helpers.checks.<topic>`, the one
+    place it is declared (the checks refuse the same objects at run time):
+
+    - `FORBIDDEN = {"ex1": (ref, F.gelu, ...), ...}`: per exercise, the modules, course functions and
+      torch built-ins an answer may not call or be;
+    - `ALLOWED_REFERENCE_BY_EXERCISE = {"ex7": ("top_k_route",)}`: reference functions an exercise may import.
+
+    Besides, no exercise may import the chapter's reference module `helpers.<topic>` (but for its allowed
+    functions). A cell a student added serves no exercise the scan can tell, so it is read against the
+    union of every exercise's rules.
+    """
+    topic: str
+    forbidden: dict[str, tuple]
+    allowed_reference: dict[str, frozenset[str]]
+
+    def exercise(self, exercise: str) -> Rules:
+        items = self.forbidden.get(exercise) if exercise in self.forbidden else \
+            (tuple(item for items in self.forbidden.values() for item in items) if exercise == "-" else ())
+        modules, names = _helpers_names(items)
+        own = f"helpers.{self.topic}"
+        return Rules((own, *sorted(modules - {own})), frozenset(_torch_names(items)),
+                     self.allowed_reference.get(exercise, frozenset()), frozenset(names))
+
+    @property
+    def reference(self) -> str:
+        return f"helpers.{self.topic}"
 
 
-def chapter_rules(assignment: str) -> Rules:
+def chapter_rules(assignment: str) -> ChapterRules:
     topic = assignment.split("_", 1)[1] if "_" in assignment else assignment
     try:
         checks: ModuleType | None = importlib.import_module(f"helpers.checks.{topic}")
     except ImportError:
         checks = None
     values = vars(checks) if checks else {}
-    chapter, modules, helpers_names = set(), {f"helpers.{topic}"}, set()
-    for name, value in values.items():
-        if isinstance(value, (tuple, list)) and name != "FORBIDDEN_BY_EXERCISE":
-            chapter |= _torch_names(value)
-            more_modules, more_names = _helpers_names(value)
-            modules |= more_modules
-            helpers_names |= more_names
-    by_exercise = values.get("FORBIDDEN_BY_EXERCISE")
-    if isinstance(by_exercise, dict):
-        by_exercise = {ex: frozenset(_torch_names(items)) for ex, items in by_exercise.items()}
-    else:
-        by_exercise = None
+    forbidden = {ex: tuple(items) for ex, items in values.get("FORBIDDEN", {}).items()}
     allowed = {ex: frozenset(names) for ex, names in values.get("ALLOWED_REFERENCE_BY_EXERCISE", {}).items()}
-    references = (f"helpers.{topic}", *sorted(modules - {f"helpers.{topic}"}))
-    return Rules(references, frozenset(chapter), by_exercise, allowed, frozenset(helpers_names))
+    return ChapterRules(topic, forbidden, allowed)
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -249,7 +269,8 @@ class _Reader(ast.NodeVisitor):
         elif isinstance(target, ast.Subscript):
             dotted = _dotted(target.value) or ""
             if dotted in {"sys.modules", "globals()", "__builtins__", "builtins.__dict__", "vars()"} \
-                    or dotted.endswith(".__dict__"):
+                    or dotted.endswith(".__dict__") or self._resolve(dotted).startswith("helpers."):
+                # the last: an item of a course module's object (helpers.checks.attention.FORBIDDEN["ex7"])
                 self._flag("patching", target)
         elif isinstance(target, (ast.Tuple, ast.List)):
             for element in target.elts:
@@ -314,7 +335,8 @@ def scan_source(source: str, reference: str | tuple[str, ...], builtins_: set[st
 
 
 def scan_notebook(nb: nbformat.NotebookNode, assignment: Assignment, student: str = "") -> list[Finding]:
-    rules = chapter_rules(assignment.name)
+    chapter = chapter_rules(assignment.name)
+    everything = chapter.exercise("-")
     known = set(assignment.source_ids)
     answers = set(assignment.answer_cells)
     aliases: dict[str, str] = {}
@@ -326,14 +348,15 @@ def scan_notebook(nb: nbformat.NotebookNode, assignment: Assignment, student: st
         if grade_id in known and grade_id not in answers:
             # a locked cell (restored by nbgrader): read its imports for aliases only
             try:
-                _Reader(rules.references, set(), aliases).visit(ast.parse(cell.source))
+                _Reader(everything.references, set(), aliases).visit(ast.parse(cell.source))
             except SyntaxError:
                 pass
             continue
         label = grade_id if grade_id in known else f"added cell {index + 1}"
         exercise = exercise_of(grade_id) if grade_id in known else "-"
-        for rule, line, code in scan_source(cell.source, rules.references, rules.builtins(exercise), aliases,
-                                            rules.allowed_reference.get(exercise, ()), rules.forbidden_helpers):
+        rules = chapter.exercise(exercise)
+        for rule, line, code in scan_source(cell.source, rules.references, set(rules.builtins), aliases,
+                                            rules.allowed, rules.forbidden_helpers):
             findings.append(Finding(student, exercise, label, rule, line, code[:120]))
     return findings
 

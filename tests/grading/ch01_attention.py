@@ -40,6 +40,13 @@ STUDENTS = {
     "reference_import": Submission(
         {"ex7-answer": put("from helpers.attention import scaled_dot_product_attention")},
         {"ex7"}, "not your own function", report="scan: reference_import (ex7)"),
+    # FORBIDDEN is read-only once the checks are loaded: emptying exercise 7's set raises, and the
+    # reference is still refused.
+    "emptied_forbidden": Submission(
+        {"ex7-answer": put("import helpers.checks.attention as _c\n"
+                           "try:\n    _c.FORBIDDEN['ex7'] = ()\nexcept TypeError:\n    pass\n"
+                           "from helpers.attention import scaled_dot_product_attention\n")},
+        {"ex7"}, "not your own function", report="patching (ex7)"),
     "builtin_wrapper": Submission(
         {"ex7-answer": put("import torch.nn.functional as F\n"
                            "def scaled_dot_product_attention(q, k, v, mask=None):\n"
