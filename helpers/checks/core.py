@@ -842,17 +842,21 @@ def _gradient_loss(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -
     return total
 
 
-def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Case, outputs: Sequence[str],
-                    forbidden: Sequence[Any], gradients: bool) -> None:
-    """The learner's output must stay on the autograd graph and its backward pass must run; with
-    `gradients`, its gradients must equal the reference's."""
-    where = f" ({case.note})" if case.note else ""
+def _tracked_outputs(reference: Callable[..., Any], case: Case, outputs: Sequence[str]
+                     ) -> tuple[Case, list[tuple[str, torch.Tensor]]]:
+    """The reference run on the case's inputs made to require grad: (that case, its floating outputs
+    on the autograd graph, by name)."""
     ref_case = _requiring_grad(case)
     with torch.enable_grad():
         expected = reference(*ref_case.args)
-    tracked = [(what, e) for what, e in _named(expected, outputs) if _floating(e) and e.requires_grad]
-    if not tracked:
-        return
+    return ref_case, [(what, e) for what, e in _named(expected, outputs) if _floating(e) and e.requires_grad]
+
+
+def _learner_outputs_on_graph(fn: Any, name: str, case: Case, outputs: Sequence[str], forbidden: Sequence[Any],
+                              tracked: Sequence[tuple[str, torch.Tensor]], where: str
+                              ) -> tuple[Case, dict[str, Any]]:
+    """The learner's function run on the case's inputs made to require grad: (that case, its outputs by
+    name); CheckFailed when an output the reference keeps on the graph is cut off from it."""
     learner_case = _requiring_grad(case)
     try:
         with torch.enable_grad():
@@ -866,18 +870,17 @@ def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Cas
         value = got_by_name.get(what)
         if not isinstance(value, torch.Tensor) or not value.requires_grad:
             raise CheckFailed(_CUT_OFF.format(what=f"{name}'s {what}{where}"))
-    ref_inputs = [a for a in ref_case.args if _floating(a)]
-    got_inputs = [a for a in learner_case.args if _floating(a)]
-    input_names = [n for n, a in zip(case.arg_names, case.args) if _floating(a)]
-    with torch.enable_grad():  # a check may run under torch.no_grad (an nn.Module's fast path)
-        ref_grads = torch.autograd.grad(_gradient_loss([e for _, e in tracked], [e for _, e in tracked]),
-                                        ref_inputs, allow_unused=True)
+    return learner_case, got_by_name
+
+
+def _learner_gradients(name: str, where: str, got: Sequence[torch.Tensor], tracked: Sequence[torch.Tensor],
+                       inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of _gradient_loss through the learner's outputs `got` with respect to its inputs;
+    CheckFailed naming the in-place operation when the backward pass fails."""
     try:
         with torch.enable_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
             warnings.simplefilter("ignore")
-            got_grads = torch.autograd.grad(
-                _gradient_loss([got_by_name[w] for w, _ in tracked], [e for _, e in tracked]),
-                got_inputs, allow_unused=True)
+            return torch.autograd.grad(_gradient_loss(got, tracked), inputs, allow_unused=True)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckFailed(
@@ -885,9 +888,13 @@ def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Cas
             f"({type(error).__name__}: {first}); an in-place operation (x[...] = ..., x += ..., a method "
             f"ending in _) changed a tensor autograd had saved: compute a new tensor instead"
         ) from None
-    verify_environment()
-    if not gradients:  # float32: the backward pass must run; its values are compared on float64 cases
-        return
+
+
+def _compare_gradients(name: str, where: str, case: Case, input_names: Sequence[str],
+                       ref_grads: Sequence[torch.Tensor | None], got_grads: Sequence[torch.Tensor | None],
+                       ref_inputs: Sequence[torch.Tensor]) -> None:
+    """CheckFailed for the first input whose gradient the learner's output does not pass on, or passes
+    on with other values than the reference's (where the reference's is a number)."""
     for arg_name, g_ref, g_got, inp in zip(input_names, ref_grads, got_grads, ref_inputs):
         if g_got is None and g_ref is not None and bool((g_ref != 0).any()):
             raise CheckFailed(_CUT_OFF.format(what=f"no gradient reaches {arg_name} from {name}'s output{where}")
@@ -904,6 +911,28 @@ def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Cas
                 f"not: {problem}. Autograd must see the computation that produces the output (no "
                 f".detach() tricks, no custom backward) [inputs: {case.describe_inputs()}]"
             )
+
+
+def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Case, outputs: Sequence[str],
+                    forbidden: Sequence[Any], gradients: bool) -> None:
+    """The learner's output must stay on the autograd graph and its backward pass must run; with
+    `gradients`, its gradients must equal the reference's."""
+    where = f" ({case.note})" if case.note else ""
+    ref_case, tracked = _tracked_outputs(reference, case, outputs)
+    if not tracked:
+        return
+    learner_case, got_by_name = _learner_outputs_on_graph(fn, name, case, outputs, forbidden, tracked, where)
+    ref_inputs = [a for a in ref_case.args if _floating(a)]
+    got_inputs = [a for a in learner_case.args if _floating(a)]
+    input_names = [n for n, a in zip(case.arg_names, case.args) if _floating(a)]
+    expected = [e for _, e in tracked]
+    with torch.enable_grad():  # a check may run under torch.no_grad (an nn.Module's fast path)
+        ref_grads = torch.autograd.grad(_gradient_loss(expected, expected), ref_inputs, allow_unused=True)
+    got_grads = _learner_gradients(name, where, [got_by_name[w] for w, _ in tracked], expected, got_inputs)
+    verify_environment()
+    if not gradients:  # float32: the backward pass must run; its values are compared on float64 cases
+        return
+    _compare_gradients(name, where, case, input_names, ref_grads, got_grads, ref_inputs)
 
 
 def _float64_probe(fn: Any, name: str, reference: Callable[..., Any], cases: Sequence[Case],
