@@ -1211,6 +1211,70 @@ def _resolve(node: ast.AST, namespace: Mapping[str, Any]) -> tuple[str, Any] | N
     return ".".join([node.id, *reversed(parts)]), obj
 
 
+def _ipython_cells_and_namespace(cells: Sequence[str] | None, namespace: Mapping[str, Any] | None
+                                 ) -> tuple[Sequence[str], Mapping[str, Any]] | None:
+    """The cells and namespace to read: those given, else the recorded cells (CELLS) and IPython's user
+    namespace; None outside IPython (plain Python: the course's own tests call checks directly)."""
+    if cells is not None and namespace is not None:
+        return cells, namespace
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the course
+        return None
+    shell = get_ipython()
+    if shell is None:  # plain Python (the course's own tests call checks directly)
+        return None
+    return (CELLS if cells is None else cells), (shell.user_ns if namespace is None else namespace)
+
+
+def _parsed_cell(source: str) -> ast.Module | None:
+    """A cell's code as a tree, its magics (%) and shell lines (!) blanked; None when it does not parse."""
+    try:
+        return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                                   for line in source.splitlines()))
+    except SyntaxError:
+        return None
+
+
+def _cell_names(tree: ast.Module, namespace: Mapping[str, Any], modules: set[str]
+                ) -> tuple[dict[str, Any], str | None]:
+    """The namespace with what the cell itself imports (from an imported module), and the first
+    forbidden module (one of `modules`) the cell imports from, if any (the names are then partial)."""
+    local = dict(namespace)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in sys.modules:
+            for alias in node.names:
+                local[alias.asname or alias.name] = vars(sys.modules[node.module]).get(alias.name)
+            if node.module in modules:
+                return local, node.module
+    return local, None
+
+
+def _forbidden_name_in(tree: ast.Module, local: Mapping[str, Any], rules: _Forbidden, by_id: dict[int, Any],
+                       owners: dict[str, str]) -> str | None:
+    """What the first forbidden whole name or attribute chain of the cell is: a class of a forbidden
+    module (not a config dataclass), a function the rules refuse, or one of the forbidden objects."""
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    for node in ast.walk(tree):  # whole names only: `helpers.blocks.ModelConfig`, not `helpers.blocks`
+        if not isinstance(node, (ast.Name, ast.Attribute)) or id(node) in inner:
+            continue
+        found = _resolve(node, local)
+        if found is None:
+            continue
+        dotted, obj = found
+        if isinstance(obj, type):
+            # a class of a forbidden module (a model to measure), but not a config to read sizes from
+            if obj.__module__ in owners and not dataclasses.is_dataclass(obj):
+                return f"{owners[obj.__module__]}.{obj.__qualname__}"
+        elif callable(obj):
+            label = rules.direct(obj)
+            if label and not label.startswith("the checks' own code"):
+                return label
+        if obj is not None and by_id.get(id(obj)) is obj:
+            return dotted
+    return None
+
+
 def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells: Sequence[str] | None = None,
                         namespace: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
     """(answers, what) when a cell that assigns some of the variables `names` (listed in `answers`,
@@ -1219,16 +1283,10 @@ def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells
     runs while a check calls the learner's function, so a value computed in the answer cell itself
     is read here from the cell's code, each name looked up in the learner's namespace (an alias made
     in another cell is still recognised). Outside IPython, and with no cells recorded, nothing is found."""
-    if cells is None or namespace is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:  # pragma: no cover - IPython is a dependency of the course
-            return None
-        shell = get_ipython()
-        if shell is None:  # plain Python (the course's own tests call checks directly)
-            return None
-        cells = CELLS if cells is None else cells
-        namespace = shell.user_ns if namespace is None else namespace
+    found = _ipython_cells_and_namespace(cells, namespace)
+    if found is None:
+        return None
+    cells, namespace = found
     names = set(names)
     rules = _Forbidden([f for f in forbidden if isinstance(f, types.ModuleType) or callable(f)])
     by_id = {id(f): f for f in forbidden}
@@ -1237,39 +1295,16 @@ def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells
     owners = {part.__name__: f.__name__ for f in forbidden if isinstance(f, types.ModuleType)
               for part in _with_its_modules(f)}
     for source in cells:
-        try:
-            tree = ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
-                                       for line in source.splitlines()))
-        except SyntaxError:
+        tree = _parsed_cell(source)
+        if tree is None:
             continue
         assigned = sorted(_assigned_names(tree) & names)
         if not assigned:
             continue
-        local = dict(namespace)
-        for node in ast.walk(tree):  # names imported in the cell itself
-            if isinstance(node, ast.ImportFrom) and node.module in sys.modules:
-                for alias in node.names:
-                    local[alias.asname or alias.name] = vars(sys.modules[node.module]).get(alias.name)
-                if node.module in modules:
-                    return ", ".join(assigned), node.module
-        inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-        for node in ast.walk(tree):  # whole names only: `helpers.blocks.ModelConfig`, not `helpers.blocks`
-            if not isinstance(node, (ast.Name, ast.Attribute)) or id(node) in inner:
-                continue
-            found = _resolve(node, local)
-            if found is None:
-                continue
-            dotted, obj = found
-            if isinstance(obj, type):
-                # a class of a forbidden module (a model to measure), but not a config to read sizes from
-                if obj.__module__ in owners and not dataclasses.is_dataclass(obj):
-                    return ", ".join(assigned), f"{owners[obj.__module__]}.{obj.__qualname__}"
-            elif callable(obj):
-                label = rules.direct(obj)
-                if label and not label.startswith("the checks' own code"):
-                    return ", ".join(assigned), label
-            if obj is not None and by_id.get(id(obj)) is obj:
-                return ", ".join(assigned), dotted
+        local, module = _cell_names(tree, namespace, modules)
+        what = module or _forbidden_name_in(tree, local, rules, by_id, owners)
+        if what:
+            return ", ".join(assigned), what
     return None
 
 
