@@ -37,7 +37,7 @@ from .blocks import ModelConfig, build_model
 from .numerics import tolerances
 from .overview import measure_shapes, shape_map
 from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
-from .training import batches, param_count, train
+from .training import adamw, batches, lr_at, param_count, train, train_step
 
 __all__ = [
     "AblationRow",
@@ -690,6 +690,59 @@ def head_ablations(model: nn.Module, probe: dict, *, threshold: float = 0.2) -> 
     return out
 
 
+def _induction_setup(steps: int | None, repeat_fraction: float | None) -> dict:
+    """INDUCTION_SETUP with the run's own steps and repeat_fraction where given."""
+    s = dict(INDUCTION_SETUP)
+    if steps is not None:
+        require_positive_int("induction_experiment", "steps", steps)
+        s["steps"] = steps
+    if repeat_fraction is not None:
+        s["repeat_fraction"] = repeat_fraction
+    return s
+
+
+def _record_induction(model: nn.Module, curve: dict[str, list[float]], step: int) -> None:
+    """One point of the training curve: the letters probe's first- and second-copy losses and the
+    best induction score after `step` updates (a smaller probe batch of 16, to keep it cheap)."""
+    probe = induction_probe(model, batch=16)
+    curve["curve_steps"].append(step)
+    curve["curve_first"].append(probe["loss_first_copy"])
+    curve["curve_second"].append(probe["loss_second_copy"])
+    curve["curve_induction"].append(probe["induction_score"])
+
+
+def _train_watching_induction(model: nn.Module, train_ids: torch.Tensor, s: dict, seed: int,
+                              eval_every: int) -> tuple[dict[str, list[float]], float]:
+    """Train on repeated-chunk batches (set-up s, batches seeded by `seed`), probing every eval_every
+    steps and at the end: (the curve, the CPU seconds the probes took)."""
+    optimizer = adamw(model, s["lr"])
+    gen = torch.Generator().manual_seed(seed)
+    curve: dict[str, list[float]] = {"curve_steps": [], "curve_first": [], "curve_second": [],
+                                     "curve_induction": []}
+    probe_seconds = 0.0
+    model.train()
+    for step in range(s["steps"]):
+        if step % eval_every == 0:
+            t0 = time.process_time()
+            _record_induction(model, curve, step)
+            probe_seconds += time.process_time() - t0
+        rate = lr_at(step, lr=s["lr"], steps=s["steps"], warmup=s["warmup"], min_lr=s["lr"] / 10)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        x, y = repeated_chunk_batch(train_ids, s["batch_size"], s["block_size"], gen,
+                                    repeat_fraction=s["repeat_fraction"], periods=s["periods"])  # (B, T) x 2
+        train_step(model, optimizer, x, y)
+    _record_induction(model, curve, s["steps"])
+    return curve, probe_seconds
+
+
+def _drop_step(curve: dict[str, list[float]]) -> int:
+    """The first evaluated step whose second-copy loss is at most half the first copy's; -1 if none."""
+    drops = [st for st, a, b in zip(curve["curve_steps"], curve["curve_first"], curve["curve_second"])
+             if b <= a / 2]
+    return drops[0] if drops else -1
+
+
 def induction_experiment(seed: int = 0, steps: int | None = None, *, repeat_fraction: float | None = None,
                          eval_every: int = 50, threads: int = 1) -> dict:
     """Train a 2-layer model on text where copying pays and watch an induction head form.
@@ -716,52 +769,19 @@ def induction_experiment(seed: int = 0, steps: int | None = None, *, repeat_frac
     from .corpus import load_corpus
     from .threads import torch_threads
     from .tokenizers import course_chars
-    from .training import adamw, lr_at, train_step
 
-    s = dict(INDUCTION_SETUP)
-    if steps is not None:
-        require_positive_int("induction_experiment", "steps", steps)
-        s["steps"] = steps
-    if repeat_fraction is not None:
-        s["repeat_fraction"] = repeat_fraction
+    s = _induction_setup(steps, repeat_fraction)
     tok = course_chars()
     train_ids = torch.tensor(tok.encode(load_corpus("train")))  # (N_train,)
     with torch_threads(threads):
         start = time.process_time()
         torch.manual_seed(seed)
         model = build_model(induction_config(tok.vocab_size))
-        optimizer = adamw(model, s["lr"])
-        gen = torch.Generator().manual_seed(seed)
-        curve: dict[str, list[float]] = {"curve_steps": [], "curve_first": [], "curve_second": [],
-                                         "curve_induction": []}
-
-        def record(step: int) -> None:
-            probe = induction_probe(model, batch=16)
-            curve["curve_steps"].append(step)
-            curve["curve_first"].append(probe["loss_first_copy"])
-            curve["curve_second"].append(probe["loss_second_copy"])
-            curve["curve_induction"].append(probe["induction_score"])
-
-        probe_seconds = 0.0
-        model.train()
-        for step in range(s["steps"]):
-            if step % eval_every == 0:
-                t0 = time.process_time()
-                record(step)
-                probe_seconds += time.process_time() - t0
-            rate = lr_at(step, lr=s["lr"], steps=s["steps"], warmup=s["warmup"], min_lr=s["lr"] / 10)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            x, y = repeated_chunk_batch(train_ids, s["batch_size"], s["block_size"], gen,
-                                        repeat_fraction=s["repeat_fraction"], periods=s["periods"])
-            train_step(model, optimizer, x, y)
-        record(s["steps"])
+        curve, probe_seconds = _train_watching_induction(model, train_ids, s, seed, eval_every)
         model.eval()
         result = induction_probe(model)
         result.update(curve)
-        drops = [st for st, a, b in zip(curve["curve_steps"], curve["curve_first"], curve["curve_second"])
-                 if b <= a / 2]
-        result["drop_step"] = drops[0] if drops else -1
+        result["drop_step"] = _drop_step(curve)
         result.update(head_ablations(model, result))
         result["cpu_seconds"] = time.process_time() - start
         result["train_cpu_seconds"] = result["cpu_seconds"] - probe_seconds

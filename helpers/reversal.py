@@ -92,6 +92,58 @@ def _loss(model: TinyEncoderDecoder, src, tgt_in, tgt) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), tgt.flatten())  # mean over B * T target tokens
 
 
+def _check_reversal_settings(seed: int, warmup: int, **sizes: int) -> None:
+    """reversal_experiment's arguments, each bad one refused by name: `sizes` are the positive ints
+    (steps, length, ...), the seed an int, warmup in 0..steps-1."""
+    fn = "reversal_experiment"
+    for name, value in sizes.items():
+        require_positive_int(fn, name, value)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{fn}: seed must be an int; got {type(seed).__name__}")
+    steps = sizes["steps"]
+    if not 0 <= warmup < steps:
+        raise ValueError(f"{fn}: warmup must lie in 0..steps-1 = 0..{steps - 1}; got {warmup!r}")
+
+
+def _train_to_reverse(model: TinyEncoderDecoder, data: torch.Generator, *, steps: int, lr: float, warmup: int,
+                      batch_size: int, length: int, n_symbols: int) -> float:
+    """`steps` AdamW updates (no weight decay, lr_at's warm-up and cosine to lr / 10, gradients clipped
+    to norm 1) on fresh batches drawn from `data`; the first batch's loss."""
+    optimizer = adamw(model, lr, weight_decay=0.0)
+    model.train()
+    first_loss = None
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr=lr, steps=steps, warmup=warmup, min_lr=lr / 10)
+        loss = _loss(model, *reversal_batch(batch_size, length, n_symbols, data))
+        first_loss = loss.item() if first_loss is None else first_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return first_loss
+
+
+def _held_out_scores(model: TinyEncoderDecoder, held_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                     ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """The trained model (left in eval mode) on the held-out set: its loss, teacher-forced token accuracy
+    and greedy sequence accuracy; and the last decoder layer's anti-diagonal mass per head, (H,), on the
+    anti-diagonal itself and within one position of it."""
+    model.eval()
+    src, tgt_in, tgt = held_out  # (N, T) each
+    with torch.no_grad():
+        logits = model(src, tgt_in)  # (N, T, V)
+        scores = {
+            "loss": F.cross_entropy(logits.flatten(0, 1), tgt.flatten()).item(),
+            "accuracy": (logits.argmax(-1) == tgt).double().mean().item(),
+            "sequence_accuracy": (greedy_reverse(model, src) == tgt).all(-1).double().mean().item(),
+        }
+    maps = cross_attention_maps(model, src, tgt_in)  # (L, N, H, T, T)
+    mass = anti_diagonal_mass(maps)[-1]  # (H,): last decoder layer
+    band = anti_diagonal_mass(maps, width=1)[-1]  # (H,)
+    return scores, mass, band
+
+
 def reversal_experiment(seed: int = 0, *, steps: int = 600, length: int = 8, n_symbols: int = 10,
                         d_model: int = 32, n_heads: int = 2, n_layers: int = 1, batch_size: int = 64,
                         lr: float = 1e-2, warmup: int = 20, eval_size: int = 512) -> dict:
@@ -113,15 +165,8 @@ def reversal_experiment(seed: int = 0, *, steps: int = 600, length: int = 8, n_s
     identity to its neighbours, so a head may read one place off), anti_diagonal_init (best head
     before training), chance (1 / length), cpu_seconds; and "model", the trained model (eval mode, CPU).
     """
-    fn = "reversal_experiment"
-    for name, value in (("steps", steps), ("length", length), ("n_symbols", n_symbols), ("d_model", d_model),
-                        ("n_heads", n_heads), ("n_layers", n_layers), ("batch_size", batch_size),
-                        ("eval_size", eval_size)):
-        require_positive_int(fn, name, value)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"{fn}: seed must be an int; got {type(seed).__name__}")
-    if not 0 <= warmup < steps:
-        raise ValueError(f"{fn}: warmup must lie in 0..steps-1 = 0..{steps - 1}; got {warmup!r}")
+    _check_reversal_settings(seed, warmup, steps=steps, length=length, n_symbols=n_symbols, d_model=d_model,
+                             n_heads=n_heads, n_layers=n_layers, batch_size=batch_size, eval_size=eval_size)
     config = ModelConfig(vocab_size=n_symbols + 1, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                          max_seq_len=length, kind="encoder-decoder", kernels="fused")
     start = time.process_time()
@@ -131,32 +176,13 @@ def reversal_experiment(seed: int = 0, *, steps: int = 600, length: int = 8, n_s
         data = torch.Generator().manual_seed(seed)
         held_out = reversal_batch(eval_size, length, n_symbols, torch.Generator().manual_seed(seed + 1_000_003))
         init_mass = anti_diagonal_mass(cross_attention_maps(model, *held_out[:2]))[-1]  # (H,)
-        optimizer = adamw(model, lr, weight_decay=0.0)
-        model.train()
-        first_loss = None
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, lr=lr, steps=steps, warmup=warmup, min_lr=lr / 10)
-            loss = _loss(model, *reversal_batch(batch_size, length, n_symbols, data))
-            first_loss = loss.item() if first_loss is None else first_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        model.eval()
-        src, tgt_in, tgt = held_out
-        with torch.no_grad():
-            logits = model(src, tgt_in)  # (N, T, V)
-            held_loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten()).item()
-            accuracy = (logits.argmax(-1) == tgt).double().mean().item()
-            sequence_accuracy = (greedy_reverse(model, src) == tgt).all(-1).double().mean().item()
-        maps = cross_attention_maps(model, src, tgt_in)  # (L, N, H, T, T)
-        mass = anti_diagonal_mass(maps)[-1]  # (H,): last decoder layer
-        band = anti_diagonal_mass(maps, width=1)[-1]  # (H,)
+        first_loss = _train_to_reverse(model, data, steps=steps, lr=lr, warmup=warmup, batch_size=batch_size,
+                                       length=length, n_symbols=n_symbols)
+        scores, mass, band = _held_out_scores(model, held_out)
     return {
-        "accuracy": accuracy,
-        "sequence_accuracy": sequence_accuracy,
-        "loss": held_loss,
+        "accuracy": scores["accuracy"],
+        "sequence_accuracy": scores["sequence_accuracy"],
+        "loss": scores["loss"],
         "first_loss": first_loss,
         "chance_loss": float(torch.log(torch.tensor(float(n_symbols)))),
         "anti_diagonal": mass.max().item(),

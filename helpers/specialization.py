@@ -12,7 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blocks import ModelConfig, TinyDecoder
+from .corpus import load_corpus
 from .shapes import ShapeError, fmt_shape, require_float, require_positive_int
+from .threads import torch_threads
+from .tokenizers import course_chars
+from .training import batches, token_loss, train
 
 __all__ = ["previous_token_scores", "trained_heads_experiment"]
 
@@ -33,6 +38,39 @@ def previous_token_scores(weights: list[torch.Tensor]) -> torch.Tensor:
             raise ShapeError(f"{fn}: weights[{layer}] must be (B, H, T, T) with T >= 2; got {fmt_shape(w.shape)}")
         rows.append(torch.diagonal(w, offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2)))  # (H,): w[b, h, t, t - 1]
     return torch.stack(rows)  # (n_layers, H)
+
+
+def _check_heads_settings(steps: int, batch_size: int, block_size: int) -> None:
+    """trained_heads_experiment's sizes, each bad one refused by name."""
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("block_size", block_size)):
+        require_positive_int("trained_heads_experiment", name, value)
+    if block_size < 9:
+        raise ValueError(f"trained_heads_experiment: block_size must be at least 9 (distances are read over "
+                         f"queries 8..T-1); got {block_size}")
+
+
+def _scores_and_loss(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The model (put in eval mode) on the fixed validation windows x_val, y_val (8, T): each head's
+    previous-token score (n_layers, H) and the validation loss."""
+    model.eval()
+    with torch.no_grad():
+        logits, weights = model(x_val, return_weights=True)  # (8, T, V), n_layers x (8, H, T, T)
+    return previous_token_scores(weights), token_loss(logits, y_val).item()
+
+
+def _reading_habits(weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each head reads, from one (B, H, T, T) weight tensor per layer: (offsets (n_layers, H, 3),
+    the mean weight on the key 0, 1 and 2 tokens back over queries 3..T-1; distance (n_layers, H), the
+    mean attention distance over queries 8..T-1; argmax_prev (n_layers, H), the share of queries
+    i >= 1 whose top key is i - 1)."""
+    offsets = torch.stack([torch.stack([torch.diagonal(w, offset=-k, dim1=-2, dim2=-1)[..., 3 - k:].mean(dim=(0, 2))
+                                        for k in range(3)], dim=-1) for w in weights])  # (n_layers, H, 3)
+    T_ = weights[0].shape[-1]
+    lag = (torch.arange(T_)[:, None] - torch.arange(T_)[None, :]).clamp(min=0).to(weights[0].dtype)  # (T, T): i - j
+    distance = torch.stack([(w * lag).sum(-1)[..., 8:].mean(dim=(0, 2)) for w in weights])  # (n_layers, H)
+    argmax_prev = torch.stack([(w[..., 1:, :].argmax(-1) == torch.arange(T_ - 1)).double().mean(dim=(0, 2))
+                               for w in weights])  # (n_layers, H): share of queries i >= 1 whose top key is i - 1
+    return offsets, distance, argmax_prev
 
 
 def trained_heads_experiment(seed: int = 0, steps: int = 300, *, positions: str = "rope", lr: float = 1e-2,
@@ -64,47 +102,25 @@ def trained_heads_experiment(seed: int = 0, steps: int = 300, *, positions: str 
     the heads differ several-fold in how far back they read.
     Cost: about 5 CPU-s at one thread for the defaults; deterministic for a seed and a thread count.
     """
-    from .blocks import ModelConfig, TinyDecoder
-    from .corpus import load_corpus
-    from .threads import torch_threads
-    from .tokenizers import course_chars
-    from .training import batches, token_loss, train
-
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("block_size", block_size)):
-        require_positive_int("trained_heads_experiment", name, value)
-    if block_size < 9:
-        raise ValueError(f"trained_heads_experiment: block_size must be at least 9 (distances are read over "
-                         f"queries 8..T-1); got {block_size}")
+    _check_heads_settings(steps, batch_size, block_size)
     chars = course_chars()
     train_ids = torch.tensor(chars.encode(load_corpus("train")))  # (N,)
     val_ids = torch.tensor(chars.encode(load_corpus("val")))  # (N_val,)
     T = block_size
     x_val, y_val = batches(val_ids, 8, T, torch.Generator().manual_seed(seed + 4243))  # (8, T) x 2
 
-    def measure(model: nn.Module) -> tuple[torch.Tensor, float]:
-        model.eval()
-        with torch.no_grad():
-            logits, weights = model(x_val, return_weights=True)  # (8, T, V), n_layers x (8, H, T, T)
-        return previous_token_scores(weights), token_loss(logits, y_val).item()
-
     with torch_threads(threads):
         torch.manual_seed(seed)
         model = TinyDecoder(ModelConfig(vocab_size=chars.vocab_size, d_model=64, n_heads=4, n_layers=2,
                                         max_seq_len=T, positions=positions, kernels="fused"))
-        scores_init, val_init = measure(model)
+        scores_init, val_init = _scores_and_loss(model, x_val, y_val)
         train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, block_size=T, lr=lr, seed=seed,
               progress=False, threads=threads, eval_every=steps, eval_batches=2)
-        scores, val_trained = measure(model)
+        scores, val_trained = _scores_and_loss(model, x_val, y_val)
         model.eval()
         with torch.no_grad():
             _, weights = model(x_val, return_weights=True)  # n_layers x (8, H, T, T)
-    offsets = torch.stack([torch.stack([torch.diagonal(w, offset=-k, dim1=-2, dim2=-1)[..., 3 - k:].mean(dim=(0, 2))
-                                        for k in range(3)], dim=-1) for w in weights])  # (n_layers, H, 3)
-    T_ = weights[0].shape[-1]
-    lag = (torch.arange(T_)[:, None] - torch.arange(T_)[None, :]).clamp(min=0).to(weights[0].dtype)  # (T, T): i - j
-    distance = torch.stack([(w * lag).sum(-1)[..., 8:].mean(dim=(0, 2)) for w in weights])  # (n_layers, H)
-    argmax_prev = torch.stack([(w[..., 1:, :].argmax(-1) == torch.arange(T_ - 1)).double().mean(dim=(0, 2))
-                               for w in weights])  # (n_layers, H): share of queries i >= 1 whose top key is i - 1
+    offsets, distance, argmax_prev = _reading_habits(weights)
     best = int(scores.flatten().argmax())
     layer, head = divmod(best, scores.shape[1])
     others = torch.cat([scores.flatten()[:best], scores.flatten()[best + 1:]])

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -461,26 +462,11 @@ def _evaluate(model: nn.Module, val_set: list[tuple[torch.Tensor, torch.Tensor]]
     return total
 
 
-def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, steps: int, batch_size: int,
-          block_size: int, lr: float = 3e-3, warmup: int | None = None, min_lr: float | None = None,
-          weight_decay: float = 0.1, grad_clip: float | None = 1.0, eval_every: int | None = None,
-          eval_batches: int = 8, seed: int = 0, progress: bool = True, device: torch.device | str | None = None,
-          betas: tuple[float, float] = (0.9, 0.95), threads: int | None = None) -> TrainHistory:
-    """Train `model` (ids (B, T) int64 -> logits (B, T, V)) for `steps` AdamW updates; the history.
-
-    warmup: steps of linear warm-up (None: 10 % of steps); min_lr: the learning rate at the last
-    step (None: lr / 10); grad_clip: max global gradient norm (None or 0: no clipping);
-    eval_every: validate every so many steps (None: 10 times per run), always at 0 and at the end;
-    eval_batches: validation batches of batch_size windows, drawn once; seed: the batch sampler's
-    seed (the model's initialization is the caller's); device: where to train (None: where the
-    model's parameters are). The model is trained in place and left in its original train/eval mode.
-
-    threads: torch's CPU thread count for the run; None measures which is faster for this model on
-    this machine right now (`helpers.threads.choose_threads`, a few forward and backward passes on a
-    validation batch: one thread, or two when they win by 10 %). The learner's own setting is
-    restored afterwards, also after an error; history.threads records the count used. A run is
-    bit-identical for the same seed and thread count.
-    """
+def _train_settings(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, steps: int,
+                    batch_size: int, block_size: int, lr: float, warmup: int | None, min_lr: float | None,
+                    eval_every: int | None, eval_batches: int) -> tuple[int, float, int]:
+    """`train`'s arguments checked (each bad one refused by name) and its defaults filled in:
+    (warmup, min_lr, eval_every)."""
     fn = "train"
     if not isinstance(model, nn.Module):
         raise TypeError(f"{fn}: model must be a torch.nn.Module; got {type(model).__name__}")
@@ -501,17 +487,98 @@ def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, s
     if max_len is not None and block_size > max_len and getattr(model.config, "positions", "") == "learned":
         raise ShapeError(f"{fn}: block_size = {block_size} exceeds the model's learned position table "
                          f"(max_seq_len = {max_len} rows)")
+    return warmup, min_lr, eval_every
 
-    params = list(model.parameters())
+
+def _training_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """Where `train` runs: `device`, else where the model's parameters are (the CPU for a model without any)."""
     if device is None:
+        params = list(model.parameters())
         device = params[0].device if params else torch.device("cpu")
-    device = torch.device(device)
+    return torch.device(device)
+
+
+def _validation_set(val_ids: torch.Tensor, batch_size: int, block_size: int, eval_batches: int,
+                    seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed validation batches, drawn once from a generator of their own (seed + 1_000_003), so
+    every validation of a run (and of another run with the same seed) reads the same windows."""
+    val_gen = torch.Generator().manual_seed(seed + 1_000_003)
+    return [batches(val_ids, batch_size, block_size, val_gen) for _ in range(eval_batches)]  # (B, T), (B, T) each
+
+
+def _thread_probe(model: nn.Module, val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
+    """What `fastest_threads` times: one forward and backward pass on a validation batch, the gradients dropped."""
+    def probe() -> None:
+        token_loss(model(val_set[0][0]), val_set[0][1]).backward()
+        model.zero_grad(set_to_none=True)
+    return probe
+
+
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, rate: float, x: torch.Tensor, y: torch.Tensor,
+            grad_clip: float | None) -> tuple[float, torch.Tensor]:
+    """One update at learning rate `rate` on the batch x, y (B, T): (its loss as a float, gradient norm)."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    loss, norm = train_step(model, optimizer, x, y, grad_clip)
+    return loss.item(), norm  # .item() waits for the step to finish on a GPU
+
+
+def _record_step(history: TrainHistory, step: int, value: float, rate: float, norm: torch.Tensor) -> None:
+    """One update's loss, learning rate and gradient norm into the history; a loss that is not finite
+    stops the run with advice."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"train: the training loss became {value} at step {step}; lower lr "
+                                 f"(now {rate:.3g}) or keep grad_clip on")
+    history.steps.append(step)
+    history.train_loss.append(value)
+    history.lr.append(rate)
+    history.grad_norm.append(float(norm))
+
+
+def _record_validation(history: TrainHistory, step: int, model: nn.Module,
+                       val_set: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The mean validation loss after `step` updates, recorded in the history and returned."""
+    history.val_steps.append(step)
+    history.val_loss.append(_evaluate(model, val_set))
+    return history.val_loss[-1]
+
+
+def _record_throughput(history: TrainHistory, tokens: int, train_seconds: float, seconds: float) -> None:
+    """Training tokens, tokens per second of training (validation excluded) and the run's wall time."""
+    history.tokens = tokens
+    history.tokens_per_s = tokens / train_seconds if train_seconds > 0 else float("inf")
+    history.seconds = seconds
+
+
+def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, steps: int, batch_size: int,
+          block_size: int, lr: float = 3e-3, warmup: int | None = None, min_lr: float | None = None,
+          weight_decay: float = 0.1, grad_clip: float | None = 1.0, eval_every: int | None = None,
+          eval_batches: int = 8, seed: int = 0, progress: bool = True, device: torch.device | str | None = None,
+          betas: tuple[float, float] = (0.9, 0.95), threads: int | None = None) -> TrainHistory:
+    """Train `model` (ids (B, T) int64 -> logits (B, T, V)) for `steps` AdamW updates; the history.
+
+    warmup: steps of linear warm-up (None: 10 % of steps); min_lr: the learning rate at the last
+    step (None: lr / 10); grad_clip: max global gradient norm (None or 0: no clipping);
+    eval_every: validate every so many steps (None: 10 times per run), always at 0 and at the end;
+    eval_batches: validation batches of batch_size windows, drawn once; seed: the batch sampler's
+    seed (the model's initialization is the caller's); device: where to train (None: where the
+    model's parameters are). The model is trained in place and left in its original train/eval mode.
+
+    threads: torch's CPU thread count for the run; None measures which is faster for this model on
+    this machine right now (`helpers.threads.choose_threads`, a few forward and backward passes on a
+    validation batch: one thread, or two when they win by 10 %). The learner's own setting is
+    restored afterwards, also after an error; history.threads records the count used. A run is
+    bit-identical for the same seed and thread count.
+    """
+    warmup, min_lr, eval_every = _train_settings(
+        model, train_ids, val_ids, steps=steps, batch_size=batch_size, block_size=block_size, lr=lr,
+        warmup=warmup, min_lr=min_lr, eval_every=eval_every, eval_batches=eval_batches)
+    device = _training_device(model, device)
     model.to(device)
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)
 
     gen = torch.Generator().manual_seed(seed)  # training batches
-    val_gen = torch.Generator().manual_seed(seed + 1_000_003)  # the fixed validation batches
-    val_set = [batches(val_ids, batch_size, block_size, val_gen) for _ in range(eval_batches)]
+    val_set = _validation_set(val_ids, batch_size, block_size, eval_batches, seed)
     optimizer = adamw(model, lr, betas=betas, weight_decay=weight_decay)
 
     history = TrainHistory()
@@ -519,42 +586,26 @@ def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, *, s
     start = time.perf_counter()
     train_seconds = 0.0
 
-    def probe() -> None:  # one forward and backward pass on a validation batch, the gradients dropped
-        token_loss(model(val_set[0][0]), val_set[0][1]).backward()
-        model.zero_grad(set_to_none=True)
-
     from tqdm.auto import tqdm
 
     bar = tqdm(range(1, steps + 1), desc="training", disable=not progress, leave=True)
+    probe = _thread_probe(model, val_set) if device.type == "cpu" else None
     try:
-        with fastest_threads(probe if device.type == "cpu" else None, threads) as history.threads:
-            history.val_steps.append(0)
-            history.val_loss.append(_evaluate(model, val_set))
+        with fastest_threads(probe, threads) as history.threads:
+            _record_validation(history, 0, model, val_set)
             model.train()
             for step in bar:
                 t0 = time.perf_counter()
                 rate = lr_at(step - 1, lr=lr, steps=steps, warmup=warmup, min_lr=min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = rate
                 x, y = batches(train_ids, batch_size, block_size, gen)  # (B, T), (B, T)
-                loss, norm = train_step(model, optimizer, x, y, grad_clip)
-                value = loss.item()  # waits for the step to finish on a GPU
+                value, norm = _update(model, optimizer, rate, x, y, grad_clip)
                 train_seconds += time.perf_counter() - t0
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"{fn}: the training loss became {value} at step {step}; lower lr "
-                                             f"(now {rate:.3g}) or keep grad_clip on")
-                history.steps.append(step)
-                history.train_loss.append(value)
-                history.lr.append(rate)
-                history.grad_norm.append(float(norm))
+                _record_step(history, step, value, rate, norm)
                 if step % eval_every == 0 or step == steps:
-                    history.val_steps.append(step)
-                    history.val_loss.append(_evaluate(model, val_set))
-                    bar.set_postfix(loss=f"{value:.3f}", val=f"{history.val_loss[-1]:.3f}", lr=f"{rate:.2e}")
+                    val = _record_validation(history, step, model, val_set)
+                    bar.set_postfix(loss=f"{value:.3f}", val=f"{val:.3f}", lr=f"{rate:.2e}")
     finally:
         bar.close()
         model.train(was_training)
-    history.tokens = steps * batch_size * block_size
-    history.tokens_per_s = history.tokens / train_seconds if train_seconds > 0 else float("inf")
-    history.seconds = time.perf_counter() - start
+    _record_throughput(history, steps * batch_size * block_size, train_seconds, time.perf_counter() - start)
     return history

@@ -847,17 +847,21 @@ def _gradient_loss(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -
     return total
 
 
-def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Case, outputs: Sequence[str],
-                    forbidden: Sequence[Any], gradients: bool) -> None:
-    """The learner's output must stay on the autograd graph and its backward pass must run; with
-    `gradients`, its gradients must equal the reference's."""
-    where = f" ({case.note})" if case.note else ""
+def _tracked_outputs(reference: Callable[..., Any], case: Case, outputs: Sequence[str]
+                     ) -> tuple[Case, list[tuple[str, torch.Tensor]]]:
+    """The reference run on the case's inputs made to require grad: (that case, its floating outputs
+    on the autograd graph, by name)."""
     ref_case = _requiring_grad(case)
     with torch.enable_grad():
         expected = reference(*ref_case.args)
-    tracked = [(what, e) for what, e in _named(expected, outputs) if _floating(e) and e.requires_grad]
-    if not tracked:
-        return
+    return ref_case, [(what, e) for what, e in _named(expected, outputs) if _floating(e) and e.requires_grad]
+
+
+def _learner_outputs_on_graph(fn: Any, name: str, case: Case, outputs: Sequence[str], forbidden: Sequence[Any],
+                              tracked: Sequence[tuple[str, torch.Tensor]], where: str
+                              ) -> tuple[Case, dict[str, Any]]:
+    """The learner's function run on the case's inputs made to require grad: (that case, its outputs by
+    name); CheckFailed when an output the reference keeps on the graph is cut off from it."""
     learner_case = _requiring_grad(case)
     try:
         with torch.enable_grad():
@@ -871,18 +875,17 @@ def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Cas
         value = got_by_name.get(what)
         if not isinstance(value, torch.Tensor) or not value.requires_grad:
             raise CheckFailed(_CUT_OFF.format(what=f"{name}'s {what}{where}"))
-    ref_inputs = [a for a in ref_case.args if _floating(a)]
-    got_inputs = [a for a in learner_case.args if _floating(a)]
-    input_names = [n for n, a in zip(case.arg_names, case.args) if _floating(a)]
-    with torch.enable_grad():  # a check may run under torch.no_grad (an nn.Module's fast path)
-        ref_grads = torch.autograd.grad(_gradient_loss([e for _, e in tracked], [e for _, e in tracked]),
-                                        ref_inputs, allow_unused=True)
+    return learner_case, got_by_name
+
+
+def _learner_gradients(name: str, where: str, got: Sequence[torch.Tensor], tracked: Sequence[torch.Tensor],
+                       inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of _gradient_loss through the learner's outputs `got` with respect to its inputs;
+    CheckFailed naming the in-place operation when the backward pass fails."""
     try:
         with torch.enable_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
             warnings.simplefilter("ignore")
-            got_grads = torch.autograd.grad(
-                _gradient_loss([got_by_name[w] for w, _ in tracked], [e for _, e in tracked]),
-                got_inputs, allow_unused=True)
+            return torch.autograd.grad(_gradient_loss(got, tracked), inputs, allow_unused=True)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckFailed(
@@ -890,9 +893,13 @@ def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Cas
             f"({type(error).__name__}: {first}); an in-place operation (x[...] = ..., x += ..., a method "
             f"ending in _) changed a tensor autograd had saved: compute a new tensor instead"
         ) from None
-    verify_environment()
-    if not gradients:  # float32: the backward pass must run; its values are compared on float64 cases
-        return
+
+
+def _compare_gradients(name: str, where: str, case: Case, input_names: Sequence[str],
+                       ref_grads: Sequence[torch.Tensor | None], got_grads: Sequence[torch.Tensor | None],
+                       ref_inputs: Sequence[torch.Tensor]) -> None:
+    """CheckFailed for the first input whose gradient the learner's output does not pass on, or passes
+    on with other values than the reference's (where the reference's is a number)."""
     for arg_name, g_ref, g_got, inp in zip(input_names, ref_grads, got_grads, ref_inputs):
         if g_got is None and g_ref is not None and bool((g_ref != 0).any()):
             raise CheckFailed(_CUT_OFF.format(what=f"no gradient reaches {arg_name} from {name}'s output{where}")
@@ -909,6 +916,28 @@ def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Cas
                 f"not: {problem}. Autograd must see the computation that produces the output (no "
                 f".detach() tricks, no custom backward) [inputs: {case.describe_inputs()}]"
             )
+
+
+def _check_autograd(fn: Any, name: str, reference: Callable[..., Any], case: Case, outputs: Sequence[str],
+                    forbidden: Sequence[Any], gradients: bool) -> None:
+    """The learner's output must stay on the autograd graph and its backward pass must run; with
+    `gradients`, its gradients must equal the reference's."""
+    where = f" ({case.note})" if case.note else ""
+    ref_case, tracked = _tracked_outputs(reference, case, outputs)
+    if not tracked:
+        return
+    learner_case, got_by_name = _learner_outputs_on_graph(fn, name, case, outputs, forbidden, tracked, where)
+    ref_inputs = [a for a in ref_case.args if _floating(a)]
+    got_inputs = [a for a in learner_case.args if _floating(a)]
+    input_names = [n for n, a in zip(case.arg_names, case.args) if _floating(a)]
+    expected = [e for _, e in tracked]
+    with torch.enable_grad():  # a check may run under torch.no_grad (an nn.Module's fast path)
+        ref_grads = torch.autograd.grad(_gradient_loss(expected, expected), ref_inputs, allow_unused=True)
+    got_grads = _learner_gradients(name, where, [got_by_name[w] for w, _ in tracked], expected, got_inputs)
+    verify_environment()
+    if not gradients:  # float32: the backward pass must run; its values are compared on float64 cases
+        return
+    _compare_gradients(name, where, case, input_names, ref_grads, got_grads, ref_inputs)
 
 
 def _float64_probe(fn: Any, name: str, reference: Callable[..., Any], cases: Sequence[Case],
@@ -1187,6 +1216,70 @@ def _resolve(node: ast.AST, namespace: Mapping[str, Any]) -> tuple[str, Any] | N
     return ".".join([node.id, *reversed(parts)]), obj
 
 
+def _ipython_cells_and_namespace(cells: Sequence[str] | None, namespace: Mapping[str, Any] | None
+                                 ) -> tuple[Sequence[str], Mapping[str, Any]] | None:
+    """The cells and namespace to read: those given, else the recorded cells (CELLS) and IPython's user
+    namespace; None outside IPython (plain Python: the course's own tests call checks directly)."""
+    if cells is not None and namespace is not None:
+        return cells, namespace
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the course
+        return None
+    shell = get_ipython()
+    if shell is None:  # plain Python (the course's own tests call checks directly)
+        return None
+    return (CELLS if cells is None else cells), (shell.user_ns if namespace is None else namespace)
+
+
+def _parsed_cell(source: str) -> ast.Module | None:
+    """A cell's code as a tree, its magics (%) and shell lines (!) blanked; None when it does not parse."""
+    try:
+        return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                                   for line in source.splitlines()))
+    except SyntaxError:
+        return None
+
+
+def _cell_names(tree: ast.Module, namespace: Mapping[str, Any], modules: set[str]
+                ) -> tuple[dict[str, Any], str | None]:
+    """The namespace with what the cell itself imports (from an imported module), and the first
+    forbidden module (one of `modules`) the cell imports from, if any (the names are then partial)."""
+    local = dict(namespace)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in sys.modules:
+            for alias in node.names:
+                local[alias.asname or alias.name] = vars(sys.modules[node.module]).get(alias.name)
+            if node.module in modules:
+                return local, node.module
+    return local, None
+
+
+def _forbidden_name_in(tree: ast.Module, local: Mapping[str, Any], rules: _Forbidden, by_id: dict[int, Any],
+                       owners: dict[str, str]) -> str | None:
+    """What the first forbidden whole name or attribute chain of the cell is: a class of a forbidden
+    module (not a config dataclass), a function the rules refuse, or one of the forbidden objects."""
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    for node in ast.walk(tree):  # whole names only: `helpers.blocks.ModelConfig`, not `helpers.blocks`
+        if not isinstance(node, (ast.Name, ast.Attribute)) or id(node) in inner:
+            continue
+        found = _resolve(node, local)
+        if found is None:
+            continue
+        dotted, obj = found
+        if isinstance(obj, type):
+            # a class of a forbidden module (a model to measure), but not a config to read sizes from
+            if obj.__module__ in owners and not dataclasses.is_dataclass(obj):
+                return f"{owners[obj.__module__]}.{obj.__qualname__}"
+        elif callable(obj):
+            label = rules.direct(obj)
+            if label and not label.startswith("the checks' own code"):
+                return label
+        if obj is not None and by_id.get(id(obj)) is obj:
+            return dotted
+    return None
+
+
 def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells: Sequence[str] | None = None,
                         namespace: Mapping[str, Any] | None = None) -> tuple[str, str] | None:
     """(answers, what) when a cell that assigns some of the variables `names` (listed in `answers`,
@@ -1195,16 +1288,10 @@ def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells
     runs while a check calls the learner's function, so a value computed in the answer cell itself
     is read here from the cell's code, each name looked up in the learner's namespace (an alias made
     in another cell is still recognised). Outside IPython, and with no cells recorded, nothing is found."""
-    if cells is None or namespace is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:  # pragma: no cover - IPython is a dependency of the course
-            return None
-        shell = get_ipython()
-        if shell is None:  # plain Python (the course's own tests call checks directly)
-            return None
-        cells = CELLS if cells is None else cells
-        namespace = shell.user_ns if namespace is None else namespace
+    found = _ipython_cells_and_namespace(cells, namespace)
+    if found is None:
+        return None
+    cells, namespace = found
     names = set(names)
     rules = _Forbidden([f for f in forbidden if isinstance(f, types.ModuleType) or callable(f)])
     by_id = {id(f): f for f in forbidden}
@@ -1213,39 +1300,16 @@ def answers_computed_by(names: Iterable[str], forbidden: Sequence[Any], *, cells
     owners = {part.__name__: f.__name__ for f in forbidden if isinstance(f, types.ModuleType)
               for part in _with_its_modules(f)}
     for source in cells:
-        try:
-            tree = ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line
-                                       for line in source.splitlines()))
-        except SyntaxError:
+        tree = _parsed_cell(source)
+        if tree is None:
             continue
         assigned = sorted(_assigned_names(tree) & names)
         if not assigned:
             continue
-        local = dict(namespace)
-        for node in ast.walk(tree):  # names imported in the cell itself
-            if isinstance(node, ast.ImportFrom) and node.module in sys.modules:
-                for alias in node.names:
-                    local[alias.asname or alias.name] = vars(sys.modules[node.module]).get(alias.name)
-                if node.module in modules:
-                    return ", ".join(assigned), node.module
-        inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-        for node in ast.walk(tree):  # whole names only: `helpers.blocks.ModelConfig`, not `helpers.blocks`
-            if not isinstance(node, (ast.Name, ast.Attribute)) or id(node) in inner:
-                continue
-            found = _resolve(node, local)
-            if found is None:
-                continue
-            dotted, obj = found
-            if isinstance(obj, type):
-                # a class of a forbidden module (a model to measure), but not a config to read sizes from
-                if obj.__module__ in owners and not dataclasses.is_dataclass(obj):
-                    return ", ".join(assigned), f"{owners[obj.__module__]}.{obj.__qualname__}"
-            elif callable(obj):
-                label = rules.direct(obj)
-                if label and not label.startswith("the checks' own code"):
-                    return ", ".join(assigned), label
-            if obj is not None and by_id.get(id(obj)) is obj:
-                return ", ".join(assigned), dotted
+        local, module = _cell_names(tree, namespace, modules)
+        what = module or _forbidden_name_in(tree, local, rules, by_id, owners)
+        if what:
+            return ", ".join(assigned), what
     return None
 
 

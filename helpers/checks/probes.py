@@ -129,6 +129,81 @@ def _wrap(a: torch.Tensor) -> torch.Tensor:
     return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
 
 
+def _fits(angles: torch.Tensor, phi: torch.Tensor, tol: float) -> bool:
+    """Every angle of phi equals the one of `angles` (same shape) within tol, modulo 2 pi."""
+    return bool((_wrap(angles - phi).abs() <= tol).all())
+
+
+def _rows_at_other_positions(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor, *, what: str,
+                             tol: float) -> str | None:
+    """The sentence when every row t of phi (T, P) has the right frequencies at a whole-number position
+    of its own other than positions[t] (shifted, reversed, negated), or None."""
+    T, _ = phi.shape
+    span = int(positions.abs().max()) + T + 8
+    candidates = torch.arange(-span, span + 1, dtype=torch.float64)  # (C,) the positions tried
+    found = []
+    for t in range(T):
+        err = _wrap(candidates[:, None] * theta[None, :] - phi[t][None, :]).abs().amax(dim=-1)  # (C,)
+        best = int(err.argmin())
+        found.append(int(candidates[best]) if float(err[best]) <= tol else None)
+    if not all(p is not None for p in found):
+        return None
+    got = [int(p) for p in found]  # type: ignore[arg-type]
+    want = [int(p) for p in positions]
+    shifts = {g - w for g, w in zip(got, want)}
+    if len(shifts) == 1:
+        (shift,) = shifts
+        later = f"{abs(shift)} position{'s' if abs(shift) > 1 else ''} {'later' if shift > 0 else 'earlier'}"
+        return (f"every {what} got the angle of a position {later} than its own (the positions are off by "
+                f"{shift:+d}): {what} t is at position {want[0]} + t here, but your first {what} got the angle of "
+                f"position {got[0]}")
+    return (f"the {what}s are rotated as the positions {got}; they are at {want} (offset + t for {what} t)")
+
+
+def _pairs_not_turning(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor, *, pair: str,
+                       base: float, width: str, tol: float) -> str | None:
+    """The sentence when the positions are right but some pairs keep their angle at 0, or None."""
+    _, P = phi.shape
+    frozen = [k for k in range(P) if bool((_wrap(phi[:, k]).abs() <= tol).all())
+              and bool((_wrap(positions * theta[k]).abs() > tol).any())]
+    if not frozen:
+        return None
+    rest = [k for k in range(P) if k not in frozen]
+    turning = torch.tensor([0.0 if k in frozen else 1.0 for k in range(P)], dtype=torch.float64)  # (P,)
+    if not _fits(positions[:, None] * theta[None, :] * turning, phi, tol):
+        return None
+    return (f"the {pair} for k in {frozen} are not rotated at all; every pair k = 0 .. {P - 1} turns, by "
+            f"theta_k = {base:g}^(-2k / {width}) per position" + (f" (pairs {rest} are right)" if rest else ""))
+
+
+def _other_frequencies(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor, *, base: float,
+                       width: str, tol: float) -> str | None:
+    """The sentence when the rows sit at consecutive positions but each pair turns at another rate than
+    theta (another base or exponent, or one pair off), or None."""
+    T, P = phi.shape
+    steps = positions[1:] - positions[:-1]
+    if not (T >= 2 and bool((steps == 1).all())):
+        return None
+    rate = _wrap(phi[1:] - phi[:-1]).median(dim=0).values  # (P,) the angle per position of each pair
+    if not (_fits(positions[:, None] * rate[None, :], phi, tol) and P >= 2 and float(rate[1]) > 0
+            and float(rate[0]) > 0):
+        return None
+    k = torch.arange(1, P, dtype=torch.float64)
+    # rate_k = rate_0 * B^(-2k/width): B from each pair
+    logs = -torch.log(rate[1:] / rate[0]) * (2 * P) / (2 * k)  # width = 2 P channels
+    if bool(((logs - logs.mean()).abs() <= 1e-3 * logs.abs().max()).all()):
+        other = math.exp(float(logs.mean()))
+        return (f"the frequencies are those of base {other:.4g} (pair k turns by {other:.4g}^(-2k / {width}) per "
+                f"position; pair 1 by {float(rate[1]):.4g} instead of {float(theta[1]):.4g}); theta_k = "
+                f"{base:g}^(-2k / {width}): check the base {base:g} and the exponent 2k / {width}")
+    off = ((rate - theta).abs() > tol).nonzero()
+    if len(off) == 0:
+        return None
+    bad = int(off[0])
+    return (f"the positions are right but pair {bad} turns by {float(rate[bad]):.4g} per position instead of "
+            f"theta_{bad} = {base:g}^(-2*{bad} / {width}) = {float(theta[bad]):.4g}: the frequencies are wrong")
+
+
 def angle_symptom(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor, *, what: str, pair: str,
                   base: float, width: str, tol: float = 1e-3) -> str | None:
     """The sentence for angles phi (T, P) that are not positions[t] * theta[k], or None.
@@ -139,61 +214,12 @@ def angle_symptom(phi: torch.Tensor, positions: torch.Tensor, theta: torch.Tenso
     turning at all, and frequencies of another base or exponent. `what` names a row ("token",
     "row"), `pair` a pair ("pair k (channels k, k + d_head/2)")."""
     phi, positions, theta = phi.double(), positions.double(), theta.double()
-    T, P = phi.shape
-
-    def fits(angles: torch.Tensor) -> bool:
-        return bool((_wrap(angles - phi).abs() <= tol).all())
-
-    if fits(positions[:, None] * theta[None, :]):
+    T, P = phi.shape  # (T, P): one angle per row and pair
+    if _fits(positions[:, None] * theta[None, :], phi, tol):
         return None
-    # 1. every row at a whole-number position of its own, with the right frequencies
-    span = int(positions.abs().max()) + T + 8
-    candidates = torch.arange(-span, span + 1, dtype=torch.float64)
-    found = []
-    for t in range(T):
-        err = _wrap(candidates[:, None] * theta[None, :] - phi[t][None, :]).abs().amax(dim=-1)
-        best = int(err.argmin())
-        found.append(int(candidates[best]) if float(err[best]) <= tol else None)
-    if all(p is not None for p in found):
-        got = [int(p) for p in found]  # type: ignore[arg-type]
-        want = [int(p) for p in positions]
-        shifts = {g - w for g, w in zip(got, want)}
-        if len(shifts) == 1:
-            (shift,) = shifts
-            later = f"{abs(shift)} position{'s' if abs(shift) > 1 else ''} {'later' if shift > 0 else 'earlier'}"
-            return (f"every {what} got the angle of a position {later} than its own (the positions are off by "
-                    f"{shift:+d}): {what} t is at position {want[0]} + t here, but your first {what} got the angle of "
-                    f"position {got[0]}")
-        return (f"the {what}s are rotated as the positions {got}; they are at {want} (offset + t for {what} t)")
-    # 2. the right positions, but some pairs keep their angle at 0
-    frozen = [k for k in range(P) if bool((_wrap(phi[:, k]).abs() <= tol).all())
-              and bool((_wrap(positions * theta[k]).abs() > tol).any())]
-    if frozen:
-        rest = [k for k in range(P) if k not in frozen]
-        if fits(positions[:, None] * theta[None, :] * torch.tensor([0.0 if k in frozen else 1.0 for k in range(P)],
-                                                                     dtype=torch.float64)):
-            return (f"the {pair} for k in {frozen} are not rotated at all; every pair k = 0 .. {P - 1} turns, by "
-                    f"theta_k = {base:g}^(-2k / {width}) per position" + (f" (pairs {rest} are right)" if rest else ""))
-    # 3. the right positions, but each pair turns at another rate
-    steps = positions[1:] - positions[:-1]
-    if T >= 2 and bool((steps == 1).all()):
-        rate = _wrap(phi[1:] - phi[:-1]).median(dim=0).values  # (P,) the angle per position of each pair
-        if fits(positions[:, None] * rate[None, :]) and P >= 2 and float(rate[1]) > 0 and float(rate[0]) > 0:
-            k = torch.arange(1, P, dtype=torch.float64)
-            # rate_k = rate_0 * B^(-2k/width): B from each pair
-            logs = -torch.log(rate[1:] / rate[0]) * (2 * P) / (2 * k)  # width = 2 P channels
-            if bool(((logs - logs.mean()).abs() <= 1e-3 * logs.abs().max()).all()):
-                other = math.exp(float(logs.mean()))
-                return (f"the frequencies are those of base {other:.4g} (pair k turns by {other:.4g}^(-2k / {width}) per "
-                        f"position; pair 1 by {float(rate[1]):.4g} instead of {float(theta[1]):.4g}); theta_k = "
-                        f"{base:g}^(-2k / {width}): check the base {base:g} and the exponent 2k / {width}")
-            off = ((rate - theta).abs() > tol).nonzero()
-            if len(off) == 0:
-                return None
-            bad = int(off[0])
-            return (f"the positions are right but pair {bad} turns by {float(rate[bad]):.4g} per position instead of "
-                    f"theta_{bad} = {base:g}^(-2*{bad} / {width}) = {float(theta[bad]):.4g}: the frequencies are wrong")
-    return None
+    return (_rows_at_other_positions(phi, positions, theta, what=what, tol=tol)  # 1. each row at another position
+            or _pairs_not_turning(phi, positions, theta, pair=pair, base=base, width=width, tol=tol)  # 2. pairs at 0
+            or _other_frequencies(phi, positions, theta, base=base, width=width, tol=tol))  # 3. other rates
 
 
 # =============================================================================================

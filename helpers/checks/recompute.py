@@ -197,6 +197,54 @@ def _run(rerun: Sequence[tuple[str, Any]], namespace: Mapping[str, Any], sizes: 
     return errors
 
 
+def _cells_to_rerun(cells: Sequence[str], checks: Sequence[str], tests: Sequence[str]) -> list[tuple[str, Any]]:
+    """(source, code) of each cell to re-run: the visible check's calls left out, a cell that calls a
+    hidden test's function left out whole (see _without_calls), empty cells skipped."""
+    return [(source, code) for source in cells if source.strip()
+            for code in [_without_calls(source, checks, tests)] if code is not None]
+
+
+def _variant_problems(names: Sequence[str], rerun: Sequence[tuple[str, Any]], namespace: Mapping[str, Any], *,
+                      original: Mapping[str, Any], variant: Mapping[str, Any],
+                      expected_for: Callable[[Mapping[str, Any]], Mapping[str, float]],
+                      expected_here: Mapping[str, float], failed_at_home: set[int],
+                      tolerance: Mapping[str, float]) -> list[str]:
+    """Re-run the cells with the sizes of one variant: CheckFailed for a cell that raises there (and not
+    with the notebook's own sizes); else one sentence per answer in `names` that does not follow."""
+    scope = dict(namespace)
+    errors = [(i, e) for i, e in _run(rerun, namespace, variant, scope) if i not in failed_at_home]
+    sizes_text = ", ".join(f"{_label(p)} = {_show(_get(variant, p))}" for p in _paths(variant)
+                           if _get(variant, p) != _get(original, p))
+    if errors:
+        i, error = errors[0]
+        raise CheckFailed(
+            f"with other sizes ({sizes_text}) your cell that starts `{_first_line(rerun[i][0])}` raises "
+            f"{type(error).__name__}: {error}. The hidden test re-runs your cells after the sizes cell "
+            "with other sizes: compute each answer from the variables, without assuming the notebook's "
+            "numbers")
+    expected = expected_for(variant)
+    problems = []
+    for name in names:
+        tol = tolerance.get(name, 0.0)
+        got = scope.get(name)
+        if _matches(got, expected[name], tol):
+            continue
+        uses = [p for p in _paths(original) if _depends(name, p, original, variant, expected_for, tol)]
+        which = _and([f"{_label(p)} = {_show(_get(variant, p))} (not {_show(_get(original, p))})"
+                      for p in uses]) or "other sizes"
+        typed = " (the answer for the notebook's sizes)" if _matches(got, expected_here[name], tol) else ""
+        problems.append(f"`{name}` does not follow from the sizes: with {which} it should be "
+                        f"{_show(expected[name])}, and your code gives {_show(got)}{typed}.")
+    return problems
+
+
+def _restore(namespace: dict, before: Mapping[str, Any]) -> None:
+    """Undo what a magic in a re-run cell (%time, %%capture), which runs in the real namespace, changed."""
+    if namespace.keys() != before.keys() or any(namespace[k] is not v for k, v in before.items()):
+        namespace.clear()
+        namespace.update(before)
+
+
 def recheck_with_other_sizes(
     names: Sequence[str],
     *,
@@ -225,49 +273,25 @@ def recheck_with_other_sizes(
         namespace = _user_namespace()
     if cells is None:
         cells = _history_cells(sizes_marker)
-    rerun = [(source, code) for source in cells if source.strip()
-             for code in [_without_calls(source, checks, tests)] if code is not None]
+    rerun = _cells_to_rerun(cells, checks, tests)
     for variant in variants:
         if set(variant) != set(original):
             raise ValueError(f"a variant must set the same variables as the sizes cell: {sorted(original)}")
     before = dict(namespace)
     expected_here = expected_for(original)
-    problems = []
+    problems: list[str] = []
     try:
         # First with the notebook's own sizes: a cell that raises there raised in the notebook too (a
         # scratch cell with a typo): its error is not the other sizes' doing and does not count.
         failed_at_home = {i for i, _ in _run(rerun, namespace, original)}
         for variant in variants:
-            scope = dict(namespace)
-            errors = [(i, e) for i, e in _run(rerun, namespace, variant, scope) if i not in failed_at_home]
-            sizes_text = ", ".join(f"{_label(p)} = {_show(_get(variant, p))}" for p in _paths(variant)
-                                   if _get(variant, p) != _get(original, p))
-            if errors:
-                i, error = errors[0]
-                raise CheckFailed(
-                    f"with other sizes ({sizes_text}) your cell that starts `{_first_line(rerun[i][0])}` raises "
-                    f"{type(error).__name__}: {error}. The hidden test re-runs your cells after the sizes cell "
-                    "with other sizes: compute each answer from the variables, without assuming the notebook's "
-                    "numbers")
-            expected = expected_for(variant)
-            for name in names:
-                tol = tolerance.get(name, 0.0)
-                got = scope.get(name)
-                if _matches(got, expected[name], tol):
-                    continue
-                uses = [p for p in _paths(original) if _depends(name, p, original, variant, expected_for, tol)]
-                which = _and([f"{_label(p)} = {_show(_get(variant, p))} (not {_show(_get(original, p))})"
-                              for p in uses]) or "other sizes"
-                typed = " (the answer for the notebook's sizes)" if _matches(got, expected_here[name], tol) else ""
-                problems.append(f"`{name}` does not follow from the sizes: with {which} it should be "
-                                f"{_show(expected[name])}, and your code gives {_show(got)}{typed}.")
+            problems = _variant_problems(names, rerun, namespace, original=original, variant=variant,
+                                         expected_for=expected_for, expected_here=expected_here,
+                                         failed_at_home=failed_at_home, tolerance=tolerance)
             if problems:
                 break
     finally:
-        if namespace.keys() != before.keys() or any(namespace[k] is not v for k, v in before.items()):
-            # A magic in a re-run cell (%time, %%capture) runs in the real namespace: undo it.
-            namespace.clear()
-            namespace.update(before)
+        _restore(namespace, before)
     verify_environment()
     if problems:
         raise CheckFailed(" ".join(problems) + " Compute each answer from the variables rather than typing the "

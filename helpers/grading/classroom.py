@@ -34,6 +34,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .course import (
     INSTALLED_COURSE,
@@ -287,7 +288,8 @@ def write_grades(course: Path, api, assignment: Assignment, students: list[str],
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """course-grade-class's command line."""
     parser = argparse.ArgumentParser(prog="course-grade-class", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("assignment", help="e.g. 01_attention")
@@ -301,35 +303,47 @@ def main(argv: list[str] | None = None) -> int:
                         "the gradebook or other students' files (needs root on Linux; see helpers/grading/sandbox.py)")
     parser.add_argument("--no-zygote", action="store_true", help="start every kernel as a new Python process "
                         "(slower) instead of forking it from a worker's pre-imported one (see helpers/grading/zygote.py)")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    try:
-        course = find_course(args.course)
-        assignment = Assignment(course, args.assignment)
-        assignment.source  # noqa: B018 (raises GradingError for an unknown assignment)
-        if args.sandbox and (problem := sandbox_problem(args.sandbox)):
-            raise GradingError(problem)
-        api = nbgrader_api(course)
-        ensure_released(api, course, assignment)
-        if args.zip_collect:
-            run = subprocess.run(nbgrader_command("zip_collect", assignment.name, "--force"),
-                                 cwd=course, capture_output=True, text=True, check=False)
-            if run.returncode:
-                raise GradingError(f"nbgrader zip_collect failed:\n{run.stderr[-2000:]}")
-        students = sorted(submitted_notebooks(course, assignment.name))
-        if args.student:
-            students = [s for s in students if s in set(args.student)]
-        if not students:
-            raise GradingError(f"no submissions in {course / 'submitted'}/<student>/{assignment.name}/")
-    except GradingError as problem:
-        print(f"course-grade-class: {problem}", file=sys.stderr)
-        return 2
+    return parser
 
+
+def _prepare_class(args: argparse.Namespace) -> tuple[Path, Assignment, Any, list[str]]:
+    """Everything grading needs before it starts: (the course, the assignment, released, nbgrader's API,
+    the students with a submission, after --zip-collect and --student); GradingError for what stops it."""
+    course = find_course(args.course)
+    assignment = Assignment(course, args.assignment)
+    assignment.source  # noqa: B018 (raises GradingError for an unknown assignment)
+    if args.sandbox and (problem := sandbox_problem(args.sandbox)):
+        raise GradingError(problem)
+    api = nbgrader_api(course)
+    ensure_released(api, course, assignment)
+    if args.zip_collect:
+        run = subprocess.run(nbgrader_command("zip_collect", assignment.name, "--force"),
+                             cwd=course, capture_output=True, text=True, check=False)
+        if run.returncode:
+            raise GradingError(f"nbgrader zip_collect failed:\n{run.stderr[-2000:]}")
+    students = sorted(submitted_notebooks(course, assignment.name))
+    if args.student:
+        students = [s for s in students if s in set(args.student)]
+    if not students:
+        raise GradingError(f"no submissions in {course / 'submitted'}/<student>/{assignment.name}/")
+    return course, assignment, api, students
+
+
+def _scan_submissions(course: Path, assignment: Assignment, students: list[str]
+                      ) -> tuple[list[Finding], dict[str, str]]:
+    """course-scan's findings in the students' answer cells (also written to scan-<a>.csv), and the
+    notebooks it could not read."""
     print(f"scanning {len(students)} submissions of {assignment.name}")
     findings, unreadable = scan_class(course, assignment)
     findings = [f for f in findings if f.student in students]
     write_csv(findings, course / f"scan-{assignment.name}.csv")
+    return findings, unreadable
 
+
+def _autograde_class(args: argparse.Namespace, course: Path, api: Any, assignment: Assignment, students: list[str]
+                     ) -> tuple[dict[str, Outcome], list[str]]:
+    """Every student autograded (sandboxed with --sandbox): (the outcomes by student, the files of the
+    course the grading changed)."""
     print(f"autograding with {args.workers} workers" + (f", kernels sandboxed as {args.sandbox}" if args.sandbox else ""))
     register_students(api, students)
     if args.sandbox:
@@ -337,8 +351,22 @@ def main(argv: list[str] | None = None) -> int:
     before = snapshot(course)
     outcomes = autograde_all(course, assignment, students, workers=args.workers, timeout=args.timeout,
                              memory_gb=args.memory_gb or None, sandbox=args.sandbox, zygote=not args.no_zygote)
-    changed = changed_files(before, snapshot(course))
+    return outcomes, changed_files(before, snapshot(course))
 
+
+def main(argv: list[str] | None = None) -> int:
+    """course-grade-class: prepare, scan, autograde, then write the grades and the report; the exit
+    status (2, with the reason on stderr, when grading cannot start)."""
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        course, assignment, api, students = _prepare_class(args)
+    except GradingError as problem:
+        print(f"course-grade-class: {problem}", file=sys.stderr)
+        return 2
+
+    findings, unreadable = _scan_submissions(course, assignment, students)
+    outcomes, changed = _autograde_class(args, course, api, assignment, students)
     results = write_grades(course, api, assignment, students, outcomes)
     feedback_ok = all(o.feedback for o in outcomes.values() if o.graded)
     text = class_report(assignment, students, results, outcomes, findings, unreadable, changed,
