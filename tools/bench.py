@@ -94,8 +94,9 @@ def machine() -> str:
 
 def commit() -> str:
     run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            f":!{TIMINGS.relative_to(ROOT)}"],  # the file this writes does not count
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return (run.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
 
 
