@@ -38,7 +38,11 @@ import time
 import torch
 from torch import nn
 
+from .blocks import ModelConfig, TinyDecoder
+from .corpus import load_corpus
 from .shapes import ShapeError, fmt_shape, require_positive_int
+from .tokenizers import course_chars
+from .training import train
 
 __all__ = [
     "NGramModel",
@@ -249,10 +253,6 @@ def showcase_run(seed: int = 0, steps: int | None = None, *, device: torch.devic
     "history": its TrainHistory}. Cost: about 20 CPU-seconds at one thread (1,000 steps), 0.5 s
     for the count models, under a second for the whole-split evaluation.
     """
-    from .blocks import ModelConfig, TinyDecoder
-    from .corpus import load_corpus
-    from .tokenizers import course_chars
-    from .training import train
 
     tok = course_chars()
     train_ids = torch.tensor(tok.encode(load_corpus("train")))  # (N_train,)

@@ -28,6 +28,7 @@ from torch import nn
 
 from .attention import attention_scores, causal_mask, masked_softmax
 from .blocks import ModelConfig, TinyDecoder, decoder_forward, model_param_count
+from .diagnostics import entropy_table, leak_test, residual_stream, update_ratios
 from .heads import merge_heads, repeat_kv
 from .norms import layer_norm
 from .shapes import ShapeError, fmt_shape
@@ -293,7 +294,6 @@ def checkup(model: Model, seed: int = 0, B: int = 2, T: int = 12) -> dict[str, f
         padding_change  largest change of a real token's logits when padded tokens change  0
         extra_params    parameters beyond model_param_count(config)                      0
     """
-    from .diagnostics import entropy_table, leak_test, residual_stream, update_ratios
 
     gen = torch.Generator().manual_seed(seed)
     V = model.config.vocab_size

@@ -26,6 +26,7 @@ m grows, so it never holds more than a (block x block) piece of the T x T score 
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,7 +36,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .attention import scaled_dot_product_attention
-from .blocks import ModelConfig, cached_causal_mask
+from .blocks import ModelConfig, TinyDecoder, cached_causal_mask
+from .corpus import load_corpus
+from .ffn import ffn_param_count
+from .heads import attention_param_count
 from .shapes import (
     ShapeError,
     fmt_shape,
@@ -45,6 +49,8 @@ from .shapes import (
     require_same_dtype,
     require_tensor,
 )
+from .tokenizers import course_chars
+from .training import train
 
 __all__ = [
     "arithmetic_intensity",
@@ -312,8 +318,6 @@ def decoder_param_count(config) -> int:
     norm + [V d (LM head, when not tied)]; a LayerNorm has 2 d parameters, an RMSNorm d; config.bias
     gives the GELU FFN biases (the SwiGLU FFN never has them).
     Llama-3-8B (32 layers, d 4096, 32 heads, 8 K/V heads, d_ff 14336, V 128256, untied): 8,030,261,248."""
-    from .ffn import ffn_param_count
-    from .heads import attention_param_count
 
     fn = "decoder_param_count"
     config = _config_parts(fn, config)
@@ -331,7 +335,6 @@ def copy_bandwidth(n_bytes: int = 256 * 2**20, *, repeat: int = 5, device: torch
     """This machine's measured memory bandwidth in bytes/s: the best of `repeat` copies of n_bytes
     (float32), counting each byte read and each byte written (2 n_bytes per copy). Choose n_bytes far
     larger than the caches (the default 256 MiB), or the caches are measured instead."""
-    import time
 
     fn = "copy_bandwidth"
     _count(fn, "n_bytes", n_bytes)
@@ -644,10 +647,7 @@ def prefill_latency(config, lengths: Sequence[int], *, repeat: int = 3, seed: in
     """Seconds to run one prompt of each length through TinyDecoder(config) on the fast path (the
     prefill), the best of `repeat` timed runs after one warm-up, on the current torch thread count and
     device of a fresh model (CPU). Cost: about repeat + 1 forward passes per length."""
-    import time
     from dataclasses import replace
-
-    from .blocks import TinyDecoder
 
     fn = "prefill_latency"
     config = _config_parts(fn, config)
@@ -715,12 +715,6 @@ def context_use_experiment(seed: int = 0, *, steps: int = 200, n_targets: int = 
     64: the trained model reads 64 characters but its predictions use only the last few.
     Returns {"loss": {w: nats}, "val_loss": the trained model's validation loss, "cpu_seconds"}.
     Deterministic for a seed; costs about 5 CPU-seconds (200 steps of 16 x 64 characters)."""
-    import time
-
-    from .blocks import ModelConfig, TinyDecoder
-    from .corpus import load_corpus
-    from .tokenizers import course_chars
-    from .training import train
 
     start = time.process_time()
     tok = course_chars()

@@ -29,9 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import ModelConfig, TinyDecoder
+from .corpus import markov_chain
 from .norms import LayerNorm, post_ln_block, pre_ln_block
 from .shapes import require_positive_int
 from .threads import torch_threads
+from .training import train
 
 __all__ = ["StackGradients", "WARMUP_RUNS", "direct_path_logits", "encoder_layer_sublayers", "loglog_slope",
            "stack_gradients", "table_loss", "warmup_experiment", "warmup_runs", "xavier_encoder_layer"]
@@ -217,9 +220,6 @@ def warmup_runs(seed: int = 0, *, n_layers: int = 12, d_model: int = 32, n_heads
     Adam's (0.9, 0.999); the course's loop defaults to 0.95. runs: which (order, warm-up) pairs to
     train, a subset of WARMUP_RUNS (all four by default).
     """
-    from .blocks import ModelConfig, TinyDecoder
-    from .corpus import markov_chain
-    from .training import train
 
     fn = "warmup_runs"
     for name, value in (("n_layers", n_layers), ("steps", steps), ("warmup", warmup)):

@@ -34,9 +34,12 @@ from torch import nn
 from .attention import causal_mask
 from .baselines import split_loss
 from .blocks import ModelConfig, build_model
+from .corpus import load_corpus
 from .numerics import tolerances
 from .overview import measure_shapes, shape_map
 from .shapes import ShapeError, fmt_shape, require_float, require_positive_int, require_tensor
+from .threads import torch_threads
+from .tokenizers import course_chars
 from .training import adamw, batches, lr_at, param_count, train, train_step
 
 __all__ = [
@@ -619,8 +622,6 @@ def induction_probe(model: nn.Module, *, period: int = 24, batch: int = 32, prob
     windows of `period` characters repeated once. Scores: previous-token on validation text windows
     of 64, induction on the letters. Returns floats and nested lists (per layer, per head).
     """
-    from .corpus import load_corpus
-    from .tokenizers import course_chars
 
     tok = course_chars()
     val = torch.tensor(tok.encode(load_corpus("val")))  # (N_val,)
@@ -766,9 +767,6 @@ def induction_experiment(seed: int = 0, steps: int | None = None, *, repeat_frac
     (train_cpu_seconds without the probes), the set-up, and "model" (the trained TinyDecoder, in eval
     mode, on the CPU).
     """
-    from .corpus import load_corpus
-    from .threads import torch_threads
-    from .tokenizers import course_chars
 
     s = _induction_setup(steps, repeat_fraction)
     tok = course_chars()
@@ -803,7 +801,6 @@ def load_induction_runs(retrain: bool = False, path: Path | str | None = None) -
     """
     if retrain:
         return {name: {**induction_experiment(**kwargs), "source": "trained"} for name, kwargs in INDUCTION_RUNS.items()}
-    from .tokenizers import course_chars
 
     saved = torch.load(path or INDUCTION_CHECKPOINT, weights_only=True)
     runs = {}

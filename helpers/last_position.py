@@ -13,8 +13,12 @@ import math
 import torch
 from torch import nn
 
-from .blocks import TinyDecoder
+from .blocks import ModelConfig, TinyDecoder
+from .corpus import load_corpus
 from .shapes import require_positive_int
+from .threads import torch_threads
+from .tokenizers import course_chars
+from .training import adamw, batches, token_loss
 
 __all__ = ["last_position_experiment"]
 
@@ -37,7 +41,6 @@ def last_position_experiment(seed: int = 0, steps: int = 150, *, block_size: int
     `threads` torch threads (1: faster for a model this small; the caller's setting is restored).
     Deterministic for a seed and a thread count.
     """
-    from .threads import torch_threads
 
     with torch_threads(threads):
         return _last_position_runs(seed, steps, block_size, batch_size, d_model, lr)
@@ -45,10 +48,6 @@ def last_position_experiment(seed: int = 0, steps: int = 150, *, block_size: int
 
 def _last_position_runs(seed: int, steps: int, block_size: int, batch_size: int, d_model: int,
                         lr: float) -> dict[str, float]:
-    from .blocks import ModelConfig
-    from .corpus import load_corpus
-    from .tokenizers import course_chars
-    from .training import adamw, batches, token_loss
 
     fn = "last_position_experiment"
     for name, value in (("steps", steps), ("block_size", block_size), ("batch_size", batch_size),

@@ -474,15 +474,3 @@ def rope_scaled_frequencies(d_head: int, base: float = 10000.0, *, method: str =
                              f"{high_freq_factor!r}")
         ramp = ((original_len / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
     return (1 - ramp) * theta / s + ramp * theta  # (d/2,)
-
-
-# The length experiment (chapter 06, section 7) trains the shared model, which imports this module,
-# so it lives in helpers.extrapolation; its names are read from there on first use (PEP 562).
-_EXPERIMENT_NAMES = ("LENGTH_METHODS", "ROPE_VARIANTS", "length_ranges", "length_experiment")
-
-
-def __getattr__(name: str):
-    if name in _EXPERIMENT_NAMES:
-        from . import extrapolation
-        return getattr(extrapolation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

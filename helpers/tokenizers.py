@@ -30,6 +30,8 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
+from .corpus import load_corpus
+
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
@@ -264,7 +266,6 @@ class BPETokenizer:
 @functools.lru_cache(maxsize=4)
 def course_bpe(n_merges: int = DEFAULT_MERGES) -> BPETokenizer:
     """The BPE every chapter uses: trained on load_corpus("train") with n_merges merges."""
-    from .corpus import load_corpus
 
     return BPETokenizer.train(load_corpus("train"), n_merges)
 
@@ -272,6 +273,5 @@ def course_bpe(n_merges: int = DEFAULT_MERGES) -> BPETokenizer:
 @functools.lru_cache(maxsize=1)
 def course_chars() -> CharTokenizer:
     """The character tokenizer of the whole corpus (train and validation share one vocabulary)."""
-    from .corpus import load_corpus
 
     return CharTokenizer.from_text(load_corpus("all"))

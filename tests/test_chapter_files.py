@@ -108,3 +108,23 @@ def test_a_long_function_is_named(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
     (tmp_path / "helpers" / "m.py").write_text(f'def f():\n    """Doc."""\n{body}\n\n\ndef g():\n    return 1\n')
     assert long_functions(tmp_path) == [f"helpers/m.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def imports_inside_functions(root=ROOT) -> list[str]:
+    """'path:line name' for each import of a course module (helpers.*, or relative) inside a function
+    under helpers/: a module imports what it uses at its top, so the import graph stays readable and
+    acyclic (a lazy import would only hide a cycle)."""
+    found = []
+    for path in sorted((root / "helpers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    course = (isinstance(inner, ast.ImportFrom) and (inner.level > 0 or (inner.module or "").startswith("helpers"))) \
+                        or (isinstance(inner, ast.Import) and any(a.name.startswith("helpers") for a in inner.names))
+                    if course:
+                        found.append(f"{path.relative_to(root)}:{inner.lineno} {node.name}")
+    return found
+
+
+def test_no_course_module_is_imported_inside_a_function():
+    assert not imports_inside_functions(), imports_inside_functions()

@@ -546,7 +546,9 @@ for n, by_model in rates.items():
         base = sorted(by_model["nanoGPT"])[len(r) // 2]
         print(f"{n:>7} {name:>12} {tps:>9,.0f} {tps / base:>9.2f}x {tps * flops / 1e9:>8.1f} "
               f"{tps * flops / 1e9 / peak:>8.0%}")
-print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (above the CPU count: a busy machine)")
+load, cpus = os.getloadavg()[0], os.cpu_count()
+print(f"load average {load:.1f} on {cpus} CPUs: " + ("above the CPU count, a busy machine (other work slowed these timings)"
+                                                  if load > cpus else "not above the CPU count (little other work competed with these timings)"))
 
 # %% [markdown] id="throughput-caption"
 # *Reading the table:* on one thread the course path is the slowest (it computes the same numbers

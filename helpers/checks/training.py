@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import sys
 from collections.abc import Callable, Mapping
@@ -883,7 +884,6 @@ CURVE_CONFUSIONS = MappingProxyType({
 def _confused(truth: str, given: str, order_seed: int = _curves.ORDER_SEED) -> dict[str, str]:
     """A complete wrong answer whose only catalogued confusion is naming the `truth` curve `given`
     (the first such permutation of the right answer; the other names it gets wrong are uncatalogued)."""
-    import itertools
 
     key = _curves.true_labels(order_seed)
     for names in itertools.permutations(_curves.FAULTS):
