@@ -91,6 +91,18 @@ def _stats_dims(axis: str, x: torch.Tensor) -> tuple[int, ...]:
     return {"features": (-1,), "sequence": (-2,), "sequence_and_features": (-2, -1)}[axis]
 
 
+def _divide_by_spread(numerator, second_moment, eps, eps_place: str):
+    """numerator / sqrt(second_moment + eps) (the variance for LayerNorm, the mean square for RMSNorm),
+    or with eps in one of the catalogued wrong places: "outside" the root, "none", or "no_sqrt"."""
+    if eps_place == "inside":
+        return numerator / torch.sqrt(second_moment + eps)
+    if eps_place == "outside":
+        return numerator / (torch.sqrt(second_moment) + eps)
+    if eps_place == "none":
+        return numerator / torch.sqrt(second_moment)
+    return numerator / (second_moment + eps)  # "no_sqrt"
+
+
 def _tokens(gen: torch.Generator, *shape: int, dtype: torch.dtype) -> torch.Tensor:
     """Tokens with varied offsets and spreads; one token is tiny (entries ~1e-3), so that eps matters there."""
     offsets = _randn(gen, *shape[:-1], 1, dtype=torch.float64) * 2
@@ -349,14 +361,7 @@ def _layer_norm(*, axis: str = "features", correction: int = 0, eps_place: str =
         mean = x.mean(dim=dims, keepdim=True)
         var = x.var(dim=dims, keepdim=True, correction=correction)
         numerator = x - mean if center else x
-        if eps_place == "inside":
-            x_hat = numerator / torch.sqrt(var + eps)
-        elif eps_place == "outside":
-            x_hat = numerator / (torch.sqrt(var) + eps)
-        elif eps_place == "none":
-            x_hat = numerator / torch.sqrt(var)
-        else:  # "no_sqrt"
-            x_hat = numerator / (var + eps)
+        x_hat = _divide_by_spread(numerator, var, eps, eps_place)
         if affine == "gamma_beta":
             return x_hat * gamma + beta
         if affine == "none":
@@ -490,14 +495,7 @@ def _rms_norm(*, axis: str = "features", eps_place: str = "inside", center: bool
             x = x - x.mean(dim=dims, keepdim=True)
         square = x.pow(2)
         ms = square.mean(dim=dims, keepdim=True) if reduce == "mean" else square.sum(dim=dims, keepdim=True)
-        if eps_place == "inside":
-            y = x / torch.sqrt(ms + eps)
-        elif eps_place == "outside":
-            y = x / (torch.sqrt(ms) + eps)
-        elif eps_place == "none":
-            y = x / torch.sqrt(ms)
-        else:  # "no_sqrt"
-            y = x / (ms + eps)
+        y = _divide_by_spread(x, ms, eps, eps_place)
         return y * gamma if gamma_used else y
     return wrong
 
