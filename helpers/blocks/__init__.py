@@ -18,63 +18,12 @@ See helpers.blocks.decoder for the model's path and the config's fields.
 
 from __future__ import annotations
 
-from .decoder import (
-    CHOICES,  # noqa: F401  importable, but not in __all__, as before the split
-    LATER_CHAPTERS,
-    Attention,
-    BalancedMoEFFN,
-    DecoderBlock,
-    ModelConfig,
-    TinyDecoder,
-    attend,
-    decoder_forward,
-    model_param_count,
-    moe_balance_loss,
-    parallel_block,
-)
-from .encoders import (
-    CrossDecoderBlock,
-    EncoderBlock,
-    TinyEncoder,
-    TinyEncoderDecoder,
-    build_model,
-    cross_attention,
-    cross_attention_sublayer,
-    decoder_block,
-    self_attention_sublayer,
-)
-from .fused import fused_attend, fused_ffn, fused_norm
-from .generation import cached_forward, generate
-from .kv_cache import KVCache, LayerCache, cached_causal_mask
+from . import decoder, encoders, fused, generation, kv_cache
+from .decoder import *  # noqa: F403  each module's __all__ is its public names, written once there
+from .decoder import CHOICES  # noqa: F401  importable, but not in __all__, as before the split
+from .encoders import *  # noqa: F403
+from .fused import *  # noqa: F403
+from .generation import *  # noqa: F403
+from .kv_cache import *  # noqa: F403
 
-__all__ = [
-    "Attention",
-    "DecoderBlock",
-    "KVCache",
-    "LATER_CHAPTERS",
-    "LayerCache",
-    "ModelConfig",
-    "TinyDecoder",
-    "attend",
-    "cached_causal_mask",
-    "cached_forward",
-    "fused_attend",
-    "fused_ffn",
-    "fused_norm",
-    "decoder_forward",
-    "generate",
-    "model_param_count",
-    # chapter 05
-    "BalancedMoEFFN",
-    "CrossDecoderBlock",
-    "EncoderBlock",
-    "TinyEncoder",
-    "TinyEncoderDecoder",
-    "build_model",
-    "cross_attention",
-    "cross_attention_sublayer",
-    "decoder_block",
-    "moe_balance_loss",
-    "parallel_block",
-    "self_attention_sublayer",
-]
+__all__ = [*decoder.__all__, *encoders.__all__, *kv_cache.__all__, *generation.__all__, *fused.__all__]
